@@ -1,0 +1,239 @@
+// CPU kernels of the SGLD op family: sgld_step_, sgld_step_list_, philox_normal_.
+//
+// Work is split over the flattened element range with at::parallel_for (OpenMP); each thread
+// walks its range in blocks of kBlock elements: normals for the block's element groups first
+// (a vectorisable loop, compiled for AVX-512 / AVX2 / baseline and picked at load time), then
+// the update (a vectorisable loop per combination of optional arrays).
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "lift_ext/sgld.h"
+#include "lift_ext/sgld_args.h"
+
+namespace lift_ext {
+namespace {
+
+constexpr int64_t kBlock = 1024;          // elements per inner block (a multiple of 4)
+constexpr int64_t kGrain = 32 * kBlock;   // elements per parallel task
+
+constexpr int kLanes = 16;  // element groups generated together, one SIMD lane each
+
+// out[4 * j + k] = normal k of element group first_group + j, for j < num_groups.
+// Structure-of-arrays over kLanes groups so every loop below maps onto SIMD lanes.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void fill_normals(uint64_t seed, uint64_t offset, uint64_t first_group, int64_t num_groups,
+                  float* __restrict out) {
+  using namespace philox_detail;
+  for (int64_t j0 = 0; j0 < num_groups; j0 += kLanes) {
+    uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const uint64_t group = first_group + static_cast<uint64_t>(j0 + l);
+      c0[l] = static_cast<uint32_t>(group);
+      c1[l] = static_cast<uint32_t>(group >> 32);
+      c2[l] = static_cast<uint32_t>(offset);
+      c3[l] = static_cast<uint32_t>(offset >> 32);
+    }
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) {
+        const uint64_t p0 = static_cast<uint64_t>(kMul0) * c0[l];
+        const uint64_t p1 = static_cast<uint64_t>(kMul1) * c2[l];
+        const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[l] ^ k0;
+        const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[l] ^ k1;
+        c1[l] = static_cast<uint32_t>(p1);
+        c3[l] = static_cast<uint32_t>(p0);
+        c0[l] = n0;
+        c2[l] = n2;
+      }
+      k0 += kWeyl0;
+      k1 += kWeyl1;
+    }
+    float z0[kLanes], z1[kLanes], z2[kLanes], z3[kLanes];
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      box_muller(c0[l], c1[l], z0[l], z1[l]);
+      box_muller(c2[l], c3[l], z2[l], z3[l]);
+    }
+    const int64_t lanes = std::min<int64_t>(kLanes, num_groups - j0);
+    for (int l = 0; l < lanes; ++l) {
+      float* o = out + 4 * (j0 + l);
+      o[0] = z0[l];
+      o[1] = z1[l];
+      o[2] = z2[l];
+      o[3] = z3[l];
+    }
+  }
+}
+
+template <typename T>
+void to_float(const T* __restrict in, int64_t n, float* __restrict out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
+}
+
+// The update over n elements; flags make the optional arrays compile-time so the loop
+// vectorises. Arithmetic is sgld_update_element's, in the same order.
+template <bool kPrior, bool kPriorMean, bool kAccum, bool kPrecond, bool kNoise>
+void update_block(float* __restrict theta, const float* __restrict grad,
+                  const float* __restrict noise, const float* __restrict prior_mean,
+                  float* __restrict accum, float* __restrict square_avg, int64_t n,
+                  const SgldScalars& s) {
+  const float lr = s.lr, lam = s.prior_precision, scale = s.noise_scale;
+  const float alpha = s.alpha, one_minus_alpha = 1.0f - s.alpha, eps = s.eps;
+  for (int64_t i = 0; i < n; ++i) {
+    const float t = theta[i];
+    const float g = grad[i];
+    float drift = g;
+    if constexpr (kPrior) drift = g + lam * (t - (kPriorMean ? prior_mean[i] : 0.0f));
+    float step = lr * drift;
+    float noise_term = 0.0f;
+    if constexpr (kNoise) noise_term = scale * noise[i];
+    if constexpr (kPrecond) {
+      const float v = alpha * square_avg[i] + one_minus_alpha * (g * g);
+      square_avg[i] = v;
+      const float precond = 1.0f / (sqrtf(v) + eps);
+      step = step * precond;
+      if constexpr (kNoise) noise_term = noise_term * sqrtf(precond);
+    }
+    float updated = t - step;
+    if constexpr (kNoise) updated = updated + noise_term;
+    if constexpr (kAccum) accum[i] = accum[i] + (updated - t);
+    theta[i] = updated;
+  }
+}
+
+using UpdateFn = void (*)(float*, const float*, const float*, const float*, float*, float*,
+                          int64_t, const SgldScalars&);
+
+template <bool kPrior, bool kPriorMean, bool kAccum, bool kPrecond>
+UpdateFn pick_noise(bool noise) {
+  return noise ? &update_block<kPrior, kPriorMean, kAccum, kPrecond, true>
+               : &update_block<kPrior, kPriorMean, kAccum, kPrecond, false>;
+}
+template <bool kPrior, bool kPriorMean, bool kAccum>
+UpdateFn pick_precond(bool precond, bool noise) {
+  return precond ? pick_noise<kPrior, kPriorMean, kAccum, true>(noise)
+                 : pick_noise<kPrior, kPriorMean, kAccum, false>(noise);
+}
+template <bool kPrior, bool kPriorMean>
+UpdateFn pick_accum(bool accum, bool precond, bool noise) {
+  return accum ? pick_precond<kPrior, kPriorMean, true>(precond, noise)
+               : pick_precond<kPrior, kPriorMean, false>(precond, noise);
+}
+UpdateFn pick_update(bool prior, bool prior_mean, bool accum, bool precond, bool noise) {
+  if (!prior) return pick_accum<false, false>(accum, precond, noise);
+  return prior_mean ? pick_accum<true, true>(accum, precond, noise)
+                    : pick_accum<true, false>(accum, precond, noise);
+}
+
+// Elements [lo, hi) of the flattened call, all inside `slot`.
+void run_segment(const SgldSlot& slot, int64_t lo, int64_t hi, GradDtype grad_dtype,
+                 const SgldScalars& s, UpdateFn update) {
+  const bool noise = s.noise_scale != 0.0f;
+  float noise_buf[kBlock + 8];
+  float grad_buf[kBlock];
+  for (int64_t start = lo; start < hi;) {
+    // Blocks end on group boundaries so each group's normals are drawn once per block.
+    const int64_t end = std::min(hi, (start / kBlock + 1) * kBlock);
+    const int64_t n = end - start;
+    const int64_t local = start - slot.base;
+    const uint64_t first_group = static_cast<uint64_t>(start) / 4;
+    if (noise) {
+      const int64_t last_group = (end - 1) / 4;
+      fill_normals(s.seed, s.offset, first_group,
+                   last_group - static_cast<int64_t>(first_group) + 1, noise_buf);
+    }
+    const float* grad = nullptr;
+    switch (grad_dtype) {
+      case GradDtype::kFloat32:
+        grad = static_cast<const float*>(slot.grad) + local;
+        break;
+      case GradDtype::kBFloat16:
+        to_float(static_cast<const c10::BFloat16*>(slot.grad) + local, n, grad_buf);
+        grad = grad_buf;
+        break;
+      case GradDtype::kFloat16:
+        to_float(static_cast<const c10::Half*>(slot.grad) + local, n, grad_buf);
+        grad = grad_buf;
+        break;
+    }
+    update(slot.param + local, grad, noise_buf + (start - 4 * static_cast<int64_t>(first_group)),
+           slot.prior_mean ? slot.prior_mean + local : nullptr,
+           slot.accum ? slot.accum + local : nullptr,
+           slot.square_avg ? slot.square_avg + local : nullptr, n, s);
+    start = end;
+  }
+}
+
+void run_sgld_cpu(const SgldCall& call) {
+  if (call.slots.empty()) return;
+  const SgldSlot& first = call.slots.front();
+  const UpdateFn update =
+      pick_update(call.scalars.prior_precision != 0.0f, first.prior_mean != nullptr,
+                  first.accum != nullptr, first.square_avg != nullptr,
+                  call.scalars.noise_scale != 0.0f);
+  const auto& slots = call.slots;
+  at::parallel_for(0, call.total_numel, kGrain, [&](int64_t begin, int64_t end) {
+    // First slot whose range ends after `begin` (slots are sorted by base).
+    auto it = std::upper_bound(slots.begin(), slots.end(), begin,
+                               [](int64_t v, const SgldSlot& sl) { return v < sl.base + sl.numel; });
+    for (; it != slots.end() && it->base < end; ++it) {
+      const int64_t lo = std::max(begin, it->base);
+      const int64_t hi = std::min(end, it->base + it->numel);
+      run_segment(*it, lo, hi, call.grad_dtype, call.scalars, update);
+    }
+  });
+}
+
+void sgld_step_cpu(const at::Tensor& param, const at::Tensor& grad,
+                   const std::optional<at::Tensor>& prior_mean,
+                   const std::optional<at::Tensor>& accum,
+                   const std::optional<at::Tensor>& square_avg, double lr, double temperature,
+                   double prior_precision, double alpha, double eps, int64_t seed,
+                   int64_t offset) {
+  std::vector<at::Tensor> pm, ac, sq;
+  if (prior_mean) pm.push_back(*prior_mean);
+  if (accum) ac.push_back(*accum);
+  if (square_avg) sq.push_back(*square_avg);
+  run_sgld_cpu(prepare_sgld_call({param}, {grad}, pm, ac, sq, lr, temperature, prior_precision,
+                                 alpha, eps, seed, offset));
+}
+
+void sgld_step_list_cpu(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
+                        at::TensorList accums, at::TensorList square_avgs, double lr,
+                        double temperature, double prior_precision, double alpha, double eps,
+                        int64_t seed, int64_t offset) {
+  run_sgld_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr, temperature,
+                                 prior_precision, alpha, eps, seed, offset));
+}
+
+void philox_normal_cpu(const at::Tensor& out, int64_t seed, int64_t offset) {
+  check_philox_normal_args(out, seed, offset);
+  const int64_t numel = out.numel();
+  float* data = out.data_ptr<float>();
+  at::parallel_for(0, (numel + 3) / 4, kGrain / 4, [&](int64_t g0, int64_t g1) {
+    float buf[kBlock];
+    for (int64_t g = g0; g < g1; g += kBlock / 4) {
+      const int64_t groups = std::min<int64_t>(kBlock / 4, g1 - g);
+      fill_normals(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                   static_cast<uint64_t>(g), groups, buf);
+      const int64_t count = std::min<int64_t>(4 * groups, numel - 4 * g);
+      std::copy(buf, buf + count, data + 4 * g);
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lift_ext, CPU, m) {
+  m.impl("sgld_step_", &sgld_step_cpu);
+  m.impl("sgld_step_list_", &sgld_step_list_cpu);
+  m.impl("philox_normal_", &philox_normal_cpu);
+}
+
+}  // namespace lift_ext

@@ -1,0 +1,65 @@
+// CUDA glue of the SGLD op family: argument checks, device guard, current stream, launch
+// check. The kernels are in sgld_kernels.cu.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "lift_ext/sgld.h"
+#include "lift_ext/sgld_args.h"
+
+namespace lift_ext {
+namespace {
+
+void run_sgld_cuda(const SgldCall& call, const at::Tensor& first_param) {
+  if (call.slots.empty()) return;
+  TORCH_CHECK(first_param.is_cuda(), "params must be CUDA tensors here, got ",
+              first_param.device());
+  const c10::cuda::CUDAGuard guard(first_param.device());
+  launch_sgld_cuda(call.slots.data(), static_cast<int64_t>(call.slots.size()), call.grad_dtype,
+                   call.scalars, c10::cuda::getCurrentCUDAStream().stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void sgld_step_cuda(const at::Tensor& param, const at::Tensor& grad,
+                    const std::optional<at::Tensor>& prior_mean,
+                    const std::optional<at::Tensor>& accum,
+                    const std::optional<at::Tensor>& square_avg, double lr, double temperature,
+                    double prior_precision, double alpha, double eps, int64_t seed,
+                    int64_t offset) {
+  std::vector<at::Tensor> pm, ac, sq;
+  if (prior_mean) pm.push_back(*prior_mean);
+  if (accum) ac.push_back(*accum);
+  if (square_avg) sq.push_back(*square_avg);
+  run_sgld_cuda(prepare_sgld_call({param}, {grad}, pm, ac, sq, lr, temperature, prior_precision,
+                                  alpha, eps, seed, offset),
+                param);
+}
+
+void sgld_step_list_cuda(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
+                         at::TensorList accums, at::TensorList square_avgs, double lr,
+                         double temperature, double prior_precision, double alpha, double eps,
+                         int64_t seed, int64_t offset) {
+  const SgldCall call = prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr,
+                                          temperature, prior_precision, alpha, eps, seed, offset);
+  if (!params.empty()) run_sgld_cuda(call, params[0]);
+}
+
+void philox_normal_cuda(const at::Tensor& out, int64_t seed, int64_t offset) {
+  check_philox_normal_args(out, seed, offset);
+  const c10::cuda::CUDAGuard guard(out.device());
+  launch_philox_normal_cuda(out.data_ptr<float>(), out.numel(), static_cast<uint64_t>(seed),
+                            static_cast<uint64_t>(offset),
+                            c10::cuda::getCurrentCUDAStream().stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lift_ext, CUDA, m) {
+  m.impl("sgld_step_", &sgld_step_cuda);
+  m.impl("sgld_step_list_", &sgld_step_list_cuda);
+  m.impl("philox_normal_", &philox_normal_cuda);
+}
+
+}  // namespace lift_ext

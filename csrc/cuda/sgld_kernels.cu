@@ -1,0 +1,220 @@
+// CUDA kernels of the SGLD op family (no ATen here: the glue is csrc/cuda/sgld.cpp).
+//
+// One thread handles one group of 4 consecutive elements of the flattened call per
+// grid-stride iteration and draws their 4 normals from one Philox counter. A group that lies
+// inside one tensor with 16-byte aligned addresses takes vector loads and stores; others
+// (tensor borders, odd sizes) go element by element. The tensor table travels in the kernel
+// parameters (up to kMaxListSlots tensors per launch; CUDA >= 12.1 allows 32 KiB of them).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "lift_ext/sgld.h"
+
+namespace lift_ext {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxListSlots = 448;
+
+template <int kCapacity>
+struct SlotTable {
+  SgldSlot slots[kCapacity];
+  int count;
+  int64_t end;  // one past the last flattened element index covered by this launch
+  int64_t begin;  // first flattened element index covered by this launch
+};
+static_assert(sizeof(SlotTable<kMaxListSlots>) < 31 * 1024, "kernel parameters too large");
+
+template <typename G>
+__device__ __forceinline__ float load_grad(const void* grad, int64_t i);
+template <>
+__device__ __forceinline__ float load_grad<float>(const void* grad, int64_t i) {
+  return static_cast<const float*>(grad)[i];
+}
+template <>
+__device__ __forceinline__ float load_grad<__nv_bfloat16>(const void* grad, int64_t i) {
+  return __bfloat162float(static_cast<const __nv_bfloat16*>(grad)[i]);
+}
+template <>
+__device__ __forceinline__ float load_grad<__half>(const void* grad, int64_t i) {
+  return __half2float(static_cast<const __half*>(grad)[i]);
+}
+
+// Loads 4 consecutive grads starting at i (aligned for the vector width of G).
+template <typename G>
+__device__ __forceinline__ void load_grad4(const void* grad, int64_t i, float out[4]);
+template <>
+__device__ __forceinline__ void load_grad4<float>(const void* grad, int64_t i, float out[4]) {
+  const float4 v = *reinterpret_cast<const float4*>(static_cast<const float*>(grad) + i);
+  out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+}
+template <>
+__device__ __forceinline__ void load_grad4<__nv_bfloat16>(const void* grad, int64_t i,
+                                                         float out[4]) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const __nv_bfloat16*>(grad) + i);
+  const __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(&raw.x);
+  const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162*>(&raw.y);
+  out[0] = __low2float(a); out[1] = __high2float(a);
+  out[2] = __low2float(b); out[3] = __high2float(b);
+}
+template <>
+__device__ __forceinline__ void load_grad4<__half>(const void* grad, int64_t i, float out[4]) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const __half*>(grad) + i);
+  const __half2 a = *reinterpret_cast<const __half2*>(&raw.x);
+  const __half2 b = *reinterpret_cast<const __half2*>(&raw.y);
+  out[0] = __low2float(a); out[1] = __high2float(a);
+  out[2] = __low2float(b); out[3] = __high2float(b);
+}
+
+__device__ __forceinline__ bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
+
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ void store4(float* p, const float v[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+
+// Index of the slot holding flattened element e (slots sorted by base, all non-empty).
+template <int kCapacity>
+__device__ __forceinline__ int find_slot(const SlotTable<kCapacity>& table, int64_t e) {
+  int lo = 0, hi = table.count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (table.slots[mid].base <= e) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+template <int kCapacity, typename G>
+__global__ void __launch_bounds__(kThreads)
+sgld_kernel(const SlotTable<kCapacity> table, const SgldScalars s) {
+  const bool noise_on = s.noise_scale != 0.0f;
+  const int64_t first_group = table.begin / 4;
+  const int64_t last_group = (table.end - 1) / 4;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t group = first_group + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       group <= last_group; group += stride) {
+    float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (noise_on) philox_normal4(s.seed, s.offset, static_cast<uint64_t>(group), z);
+    const int64_t e0 = group * 4;
+    const int t = find_slot(table, e0 < table.begin ? table.begin : e0);
+    const SgldSlot& slot = table.slots[t];
+    const int64_t local = e0 - slot.base;
+    const bool whole = e0 >= slot.base && e0 + 4 <= slot.base + slot.numel;
+    const bool vector_ok =
+        whole && aligned16(slot.param + local) &&
+        (reinterpret_cast<uintptr_t>(static_cast<const char*>(slot.grad) + local * sizeof(G)) &
+         (4 * sizeof(G) - 1)) == 0 &&
+        (!slot.prior_mean || aligned16(slot.prior_mean + local)) &&
+        (!slot.accum || aligned16(slot.accum + local)) &&
+        (!slot.square_avg || aligned16(slot.square_avg + local));
+    if (vector_ok) {
+      float theta[4], grad[4], out[4];
+      const float4 tv = load4(slot.param + local);
+      theta[0] = tv.x; theta[1] = tv.y; theta[2] = tv.z; theta[3] = tv.w;
+      load_grad4<G>(slot.grad, local, grad);
+      // Element-wise update on registers; the optional arrays are read/written through the
+      // same element function (they are small, cached lines of the same 16 bytes).
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        out[k] = sgld_update_element(theta[k], grad[k], z[k],
+                                     slot.prior_mean ? slot.prior_mean + local : nullptr,
+                                     slot.accum ? slot.accum + local : nullptr,
+                                     slot.square_avg ? slot.square_avg + local : nullptr, k, s);
+      }
+      store4(slot.param + local, out);
+    } else {
+      for (int k = 0; k < 4; ++k) {
+        const int64_t e = e0 + k;
+        if (e < table.begin || e >= table.end) continue;
+        const SgldSlot& sl = table.slots[find_slot(table, e)];
+        const int64_t i = e - sl.base;
+        sl.param[i] = sgld_update_element(sl.param[i], load_grad<G>(sl.grad, i), z[k],
+                                          sl.prior_mean, sl.accum, sl.square_avg, i, s);
+      }
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+philox_normal_kernel(float* out, int64_t numel, uint64_t seed, uint64_t offset) {
+  const int64_t groups = (numel + 3) / 4;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
+       g += stride) {
+    float z[4];
+    philox_normal4(seed, offset, static_cast<uint64_t>(g), z);
+    const int64_t e0 = 4 * g;
+    if (e0 + 4 <= numel && aligned16(out + e0)) {
+      store4(out + e0, z);
+    } else {
+      for (int k = 0; k < 4 && e0 + k < numel; ++k) out[e0 + k] = z[k];
+    }
+  }
+}
+
+int grid_for(int64_t groups) {
+  static thread_local int sms = 0;
+  if (sms == 0) {
+    int device = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (sms <= 0) sms = 1;
+  }
+  const int64_t wanted = (groups + kThreads - 1) / kThreads;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(wanted, int64_t(sms) * 8)));
+}
+
+template <int kCapacity, typename G>
+void launch_table(const SgldSlot* slots, int count, const SgldScalars& s, cudaStream_t stream) {
+  SlotTable<kCapacity> table;
+  for (int i = 0; i < count; ++i) table.slots[i] = slots[i];
+  table.count = count;
+  table.begin = slots[0].base;
+  table.end = slots[count - 1].base + slots[count - 1].numel;
+  const int64_t groups = (table.end - 1) / 4 - table.begin / 4 + 1;
+  sgld_kernel<kCapacity, G><<<grid_for(groups), kThreads, 0, stream>>>(table, s);
+}
+
+template <typename G>
+void launch_all(const SgldSlot* slots, int64_t num_slots, const SgldScalars& s,
+                cudaStream_t stream) {
+  if (num_slots == 1) {
+    launch_table<1, G>(slots, 1, s, stream);
+    return;
+  }
+  // Lists longer than kMaxListSlots go in consecutive launches over disjoint element
+  // ranges; a group straddling two launches is split by the [begin, end) test.
+  for (int64_t first = 0; first < num_slots; first += kMaxListSlots) {
+    const int count = static_cast<int>(std::min<int64_t>(kMaxListSlots, num_slots - first));
+    launch_table<kMaxListSlots, G>(slots + first, count, s, stream);
+  }
+}
+
+}  // namespace
+
+void launch_sgld_cuda(const SgldSlot* slots, int64_t num_slots, GradDtype grad_dtype,
+                      const SgldScalars& scalars, void* stream) {
+  if (num_slots == 0) return;
+  auto st = static_cast<cudaStream_t>(stream);
+  switch (grad_dtype) {
+    case GradDtype::kFloat32: launch_all<float>(slots, num_slots, scalars, st); break;
+    case GradDtype::kBFloat16: launch_all<__nv_bfloat16>(slots, num_slots, scalars, st); break;
+    case GradDtype::kFloat16: launch_all<__half>(slots, num_slots, scalars, st); break;
+  }
+}
+
+void launch_philox_normal_cuda(float* out, int64_t numel, uint64_t seed, uint64_t offset,
+                               void* stream) {
+  if (numel == 0) return;
+  const int64_t groups = (numel + 3) / 4;
+  philox_normal_kernel<<<grid_for(groups), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      out, numel, seed, offset);
+}
+
+}  // namespace lift_ext

@@ -1,0 +1,83 @@
+// The SGLD update of one element, shared by the CPU and CUDA kernels, and the raw-pointer
+// launch interface of the CUDA kernels (so the .cu files need no ATen headers).
+//
+// Convention (DESIGN.md section 2):
+//   theta <- theta - lr * G * (g + lam * (theta - c)) + sqrt(2 * lr * T * G) * xi,  xi ~ N(0, 1)
+// with G = 1 unless RMSprop preconditioning is on (pSGLD, no Gamma correction term):
+//   v <- alpha * v + (1 - alpha) * g^2,   G = 1 / (sqrt(v) + eps).
+// lr is half the paper's eta. With T = 0 no noise is drawn and the step is exactly SGD with
+// weight decay lam toward c. An accumulator, when given, receives theta_new - theta_old.
+#pragma once
+
+#include <cstdint>
+
+#include "lift_ext/philox.h"
+
+namespace lift_ext {
+
+// Scalars of one SGLD call, already converted to the kernel's units.
+struct SgldScalars {
+  float lr;
+  float prior_precision;  // lam
+  float noise_scale;      // sqrt(2 * lr * T), 0 when no noise is drawn
+  float alpha;            // RMSprop decay (used only with square_avg)
+  float eps;              // RMSprop epsilon (used only with square_avg)
+  uint64_t seed;
+  uint64_t offset;
+};
+
+// One element. `noise` is ignored when scalars.noise_scale == 0.
+// prior_mean, accum, square_avg may be null.
+LIFT_HOST_DEVICE float sgld_update_element(float theta, float grad, float noise,
+                                           const float* prior_mean, float* accum, float* square_avg,
+                                           int64_t i, const SgldScalars& s) {
+  float drift = grad;
+  if (s.prior_precision != 0.0f) {
+    const float center = prior_mean ? prior_mean[i] : 0.0f;
+    drift = grad + s.prior_precision * (theta - center);
+  }
+  float step = s.lr * drift;
+  float noise_term = s.noise_scale * noise;
+  if (square_avg) {
+    const float v = s.alpha * square_avg[i] + (1.0f - s.alpha) * (grad * grad);
+    square_avg[i] = v;
+    const float precond = 1.0f / (sqrtf(v) + s.eps);
+    step = step * precond;
+    noise_term = noise_term * sqrtf(precond);
+  }
+  float updated = theta - step;
+  if (s.noise_scale != 0.0f) {
+    updated = updated + noise_term;
+  }
+  if (accum) {
+    accum[i] = accum[i] + (updated - theta);
+  }
+  return updated;
+}
+
+enum class GradDtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+// One tensor of an SGLD call. `base` is the index of its first element in the flattened
+// list: it fixes the noise this tensor receives.
+struct SgldSlot {
+  float* param;
+  const void* grad;
+  const float* prior_mean;
+  float* accum;
+  float* square_avg;
+  int64_t numel;
+  int64_t base;
+};
+
+#if defined(LIFT_EXT_WITH_CUDA) || defined(__CUDACC__)
+// Launches the fused update over `num_slots` tensors on `stream` (a cudaStream_t).
+// All slots share the grad dtype and which optional arrays are present.
+void launch_sgld_cuda(const SgldSlot* slots, int64_t num_slots, GradDtype grad_dtype,
+                      const SgldScalars& scalars, void* stream);
+
+// Writes normals(seed, offset) for elements 0..numel-1 into out (device memory).
+void launch_philox_normal_cuda(float* out, int64_t numel, uint64_t seed, uint64_t offset,
+                               void* stream);
+#endif
+
+}  // namespace lift_ext

@@ -1,0 +1,31 @@
+// Validation of the SGLD op arguments and their conversion into kernel slots; shared by the
+// CPU and CUDA implementations so both refuse the same inputs with the same messages.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "lift_ext/sgld.h"
+
+namespace lift_ext {
+
+struct SgldCall {
+  std::vector<SgldSlot> slots;  // tensors with at least one element, in list order
+  GradDtype grad_dtype = GradDtype::kFloat32;
+  SgldScalars scalars{};
+  int64_t total_numel = 0;
+};
+
+// Checks a list call (a flat call is a list of one) and returns its slots. Every check runs
+// before anything is written, so a refused call leaves all tensors untouched.
+SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
+                           at::TensorList accums, at::TensorList square_avgs, double lr,
+                           double temperature, double prior_precision, double alpha, double eps,
+                           int64_t seed, int64_t offset);
+
+// Checks the output of philox_normal_.
+void check_philox_normal_args(const at::Tensor& out, int64_t seed, int64_t offset);
+
+}  // namespace lift_ext

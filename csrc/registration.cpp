@@ -1,0 +1,21 @@
+// Every op schema of lift_ext, declared once. Backends register their kernels with
+// TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/; fake (meta) kernels live in lift_ext/ops.py.
+// In-place ops end in `_` and take the tensors they write first.
+#include <torch/library.h>
+
+TORCH_LIBRARY(lift_ext, m) {
+  // SGLD step on one flat tensor (DESIGN.md section 2). prior_mean, accum and square_avg are
+  // optional; square_avg present switches on RMSprop preconditioning.
+  m.def(
+      "sgld_step_(Tensor(a!) param, Tensor grad, Tensor? prior_mean, Tensor(b!)? accum, "
+      "Tensor(c!)? square_avg, float lr, float temperature, float prior_precision, "
+      "float alpha, float eps, int seed, int offset) -> ()");
+  // The same on a list of tensors in one pass; element indices (and so the noise) run over
+  // the concatenation of the list. Empty optional lists mean "absent".
+  m.def(
+      "sgld_step_list_(Tensor(a!)[] params, Tensor[] grads, Tensor[] prior_means, "
+      "Tensor(b!)[] accums, Tensor(c!)[] square_avgs, float lr, float temperature, "
+      "float prior_precision, float alpha, float eps, int seed, int offset) -> ()");
+  // Fills `out` (float32, contiguous) with the noise sgld_step_ adds to a flat vector.
+  m.def("philox_normal_(Tensor(a!) out, int seed, int offset) -> ()");
+}

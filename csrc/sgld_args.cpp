@@ -1,0 +1,123 @@
+#include "lift_ext/sgld_args.h"
+
+#include <cmath>
+#include <string>
+
+#include <c10/util/Exception.h>
+
+namespace lift_ext {
+namespace {
+
+std::string item_name(const char* name, size_t index, bool is_list) {
+  return is_list ? std::string(name) + "[" + std::to_string(index) + "]" : std::string(name);
+}
+
+void check_companion(const at::Tensor& t, const at::Tensor& param, const std::string& name,
+                     const std::string& param_name, bool allow_low_precision) {
+  TORCH_CHECK(t.device() == param.device(), name, " must be on the same device as ", param_name,
+              " (", param.device(), "), got ", t.device());
+  if (allow_low_precision) {
+    const auto dt = t.scalar_type();
+    TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, name,
+                " must be float32, bfloat16 or float16, got ", dt);
+  } else {
+    TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
+  }
+  TORCH_CHECK(t.sizes() == param.sizes(), name, " must have the shape of ", param_name, " ",
+              param.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+}  // namespace
+
+SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
+                           at::TensorList accums, at::TensorList square_avgs, double lr,
+                           double temperature, double prior_precision, double alpha, double eps,
+                           int64_t seed, int64_t offset) {
+  TORCH_CHECK(std::isfinite(lr) && lr >= 0.0, "lr must be a finite number >= 0, got ", lr);
+  TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0,
+              "temperature must be a finite number >= 0, got ", temperature);
+  TORCH_CHECK(std::isfinite(prior_precision) && prior_precision >= 0.0,
+              "prior_precision must be a finite number >= 0, got ", prior_precision);
+  TORCH_CHECK(seed >= 0, "seed must be >= 0, got ", seed);
+  TORCH_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  const bool preconditioned = !square_avgs.empty();
+  if (preconditioned) {
+    TORCH_CHECK(alpha >= 0.0 && alpha < 1.0, "alpha must be in [0, 1), got ", alpha);
+    TORCH_CHECK(std::isfinite(eps) && eps > 0.0, "eps must be a finite number > 0, got ", eps);
+  }
+
+  const size_t n = params.size();
+  const bool is_list = n != 1;
+  TORCH_CHECK(grads.size() == n, "grads must have one tensor per param (", n, "), got ",
+              grads.size());
+  TORCH_CHECK(prior_means.empty() || prior_means.size() == n,
+              "prior_mean must be empty or have one tensor per param (", n, "), got ",
+              prior_means.size());
+  TORCH_CHECK(accums.empty() || accums.size() == n,
+              "accum must be empty or have one tensor per param (", n, "), got ", accums.size());
+  TORCH_CHECK(square_avgs.empty() || square_avgs.size() == n,
+              "square_avg must be empty or have one tensor per param (", n, "), got ",
+              square_avgs.size());
+
+  SgldCall call;
+  call.slots.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    const std::string p_name = item_name("params", i, is_list);
+    TORCH_CHECK(p.defined(), p_name, " is undefined");
+    TORCH_CHECK(p.scalar_type() == at::kFloat, p_name, " must be float32, got ", p.scalar_type());
+    TORCH_CHECK(p.is_contiguous(), p_name, " must be contiguous");
+    TORCH_CHECK(p.device() == params[0].device(), "all params must be on one device: ", p_name,
+                " is on ", p.device(), ", params[0] on ", params[0].device());
+    check_companion(grads[i], p, item_name("grads", i, is_list), p_name, true);
+    if (i > 0) {
+      TORCH_CHECK(grads[i].scalar_type() == grads[0].scalar_type(),
+                  "all grads must share one dtype: ", item_name("grads", i, is_list), " is ",
+                  grads[i].scalar_type(), ", grads[0] is ", grads[0].scalar_type());
+    }
+    if (!prior_means.empty()) {
+      check_companion(prior_means[i], p, item_name("prior_mean", i, is_list), p_name, false);
+    }
+    if (!accums.empty()) {
+      check_companion(accums[i], p, item_name("accum", i, is_list), p_name, false);
+    }
+    if (preconditioned) {
+      check_companion(square_avgs[i], p, item_name("square_avg", i, is_list), p_name, false);
+    }
+    if (p.numel() > 0) {
+      call.slots.push_back(SgldSlot{
+          p.data_ptr<float>(), grads[i].data_ptr(),
+          prior_means.empty() ? nullptr : prior_means[i].data_ptr<float>(),
+          accums.empty() ? nullptr : accums[i].data_ptr<float>(),
+          preconditioned ? square_avgs[i].data_ptr<float>() : nullptr, p.numel(),
+          call.total_numel});
+    }
+    call.total_numel += p.numel();
+  }
+  if (n > 0) {
+    switch (grads[0].scalar_type()) {
+      case at::kBFloat16: call.grad_dtype = GradDtype::kBFloat16; break;
+      case at::kHalf: call.grad_dtype = GradDtype::kFloat16; break;
+      default: call.grad_dtype = GradDtype::kFloat32; break;
+    }
+  }
+  const double noise_scale = std::sqrt(2.0 * lr * temperature);
+  call.scalars = SgldScalars{static_cast<float>(lr),
+                             static_cast<float>(prior_precision),
+                             static_cast<float>(noise_scale),
+                             static_cast<float>(alpha),
+                             static_cast<float>(eps),
+                             static_cast<uint64_t>(seed),
+                             static_cast<uint64_t>(offset)};
+  return call;
+}
+
+void check_philox_normal_args(const at::Tensor& out, int64_t seed, int64_t offset) {
+  TORCH_CHECK(out.scalar_type() == at::kFloat, "out must be float32, got ", out.scalar_type());
+  TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
+  TORCH_CHECK(seed >= 0, "seed must be >= 0, got ", seed);
+  TORCH_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+}
+
+}  // namespace lift_ext

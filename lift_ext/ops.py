@@ -1,0 +1,82 @@
+"""Thin wrappers over the registered ops (`torch.ops.lift_ext.*`) and their fake kernels.
+
+The fakes mirror the C++ checks that can be decided from metadata alone (shapes, dtypes,
+devices), so `torch.compile(fullgraph=True)` and `torch.library.opcheck` see the same
+contract as the kernels. Algorithm code calls these, never `torch.ops` directly.
+"""
+from typing import List, Optional, Sequence
+
+import torch
+
+from lift_ext import _loader  # noqa: F401  - registers the ops
+
+_GRAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_companion(t: torch.Tensor, param: torch.Tensor, name: str, low_precision: bool) -> None:
+    torch._check(t.device == param.device, lambda: f"{name} must be on the same device as params")
+    if low_precision:
+        torch._check(t.dtype in _GRAD_DTYPES, lambda: f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
+    else:
+        torch._check(t.dtype == torch.float32, lambda: f"{name} must be float32, got {t.dtype}")
+    torch._check(t.shape == param.shape, lambda: f"{name} must have the shape of params {tuple(param.shape)}, got {tuple(t.shape)}")
+
+
+def _check_lists(params, grads, prior_means, accums, square_avgs) -> None:
+    n = len(params)
+    torch._check(len(grads) == n, lambda: f"grads must have one tensor per param ({n}), got {len(grads)}")
+    for name, lst in (("prior_mean", prior_means), ("accum", accums), ("square_avg", square_avgs)):
+        torch._check(len(lst) in (0, n), lambda: f"{name} must be empty or have one tensor per param ({n})")
+    for i, p in enumerate(params):
+        torch._check(p.dtype == torch.float32, lambda: f"params[{i}] must be float32, got {p.dtype}")
+        torch._check(p.device == params[0].device, lambda: "all params must be on one device")
+        _check_companion(grads[i], p, f"grads[{i}]", True)
+        for name, lst in (("prior_mean", prior_means), ("accum", accums), ("square_avg", square_avgs)):
+            if lst:
+                _check_companion(lst[i], p, f"{name}[{i}]", False)
+
+
+@torch.library.register_fake("lift_ext::sgld_step_")
+def _sgld_step_fake(param, grad, prior_mean, accum, square_avg, lr, temperature,
+                    prior_precision, alpha, eps, seed, offset):
+    _check_lists([param], [grad], [prior_mean] if prior_mean is not None else [],
+                 [accum] if accum is not None else [], [square_avg] if square_avg is not None else [])
+
+
+@torch.library.register_fake("lift_ext::sgld_step_list_")
+def _sgld_step_list_fake(params, grads, prior_means, accums, square_avgs, lr, temperature,
+                         prior_precision, alpha, eps, seed, offset):
+    _check_lists(params, grads, prior_means, accums, square_avgs)
+
+
+@torch.library.register_fake("lift_ext::philox_normal_")
+def _philox_normal_fake(out, seed, offset):
+    torch._check(out.dtype == torch.float32, lambda: f"out must be float32, got {out.dtype}")
+
+
+def sgld_step_(param: torch.Tensor, grad: torch.Tensor, prior_mean: Optional[torch.Tensor],
+               accum: Optional[torch.Tensor], square_avg: Optional[torch.Tensor], *, lr: float,
+               temperature: float, prior_precision: float, alpha: float, eps: float, seed: int,
+               offset: int) -> None:
+    """In-place SGLD step on one flat float32 tensor (see `lift_ext.sgld_step`)."""
+    torch.ops.lift_ext.sgld_step_(param, grad, prior_mean, accum, square_avg, lr, temperature,
+                                  prior_precision, alpha, eps, seed, offset)
+
+
+def sgld_step_list_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                    prior_means: Sequence[torch.Tensor], accums: Sequence[torch.Tensor],
+                    square_avgs: Sequence[torch.Tensor], *, lr: float, temperature: float,
+                    prior_precision: float, alpha: float, eps: float, seed: int,
+                    offset: int) -> None:
+    """In-place SGLD step on a list of float32 tensors in one pass; empty lists mean absent."""
+    torch.ops.lift_ext.sgld_step_list_(list(params), list(grads), list(prior_means),
+                                       list(accums), list(square_avgs), lr, temperature,
+                                       prior_precision, alpha, eps, seed, offset)
+
+
+def philox_normal_(out: torch.Tensor, *, seed: int, offset: int) -> None:
+    """Fill float32 `out` with the standard normals of elements 0..numel-1 for (seed, offset)."""
+    torch.ops.lift_ext.philox_normal_(out, seed, offset)
+
+
+__all__: List[str] = ["sgld_step_", "sgld_step_list_", "philox_normal_"]

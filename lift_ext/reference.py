@@ -1,0 +1,97 @@
+"""Pure-PyTorch oracle for every lift_ext kernel: the same math, written plainly.
+
+Nothing here calls the compiled extension. Where precision matters the math runs in
+float64; tests compare the fused kernels against these functions.
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+
+
+def _mulhilo32(a: torch.Tensor, b: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit words of a * b for uint32 values held in int64, without overflow."""
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    p_hi, p_lo = a_hi * b, a_lo * b  # each < 2^48
+    low = (((p_hi & 0xFFFF) << 16) + p_lo) & _MASK32
+    high = (p_hi + (p_lo >> 16)) >> 16
+    return high & _MASK32, low
+
+
+def philox4x32_10(counter: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Philox4x32-10 on int64 tensors holding uint32 words.
+
+    counter: [..., 4], key: [..., 2] (broadcastable). Returns [..., 4] output words.
+    """
+    c0, c1, c2, c3 = (counter[..., i].to(torch.int64) & _MASK32 for i in range(4))
+    k0, k1 = (key[..., i].to(torch.int64) & _MASK32 for i in range(2))
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(c0, _PHILOX_M0)
+        hi1, lo1 = _mulhilo32(c2, _PHILOX_M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + _PHILOX_W0) & _MASK32
+        k1 = (k1 + _PHILOX_W1) & _MASK32
+    return torch.stack([c0, c1, c2, c3], dim=-1)
+
+
+def philox_uniform_words(numel: int, seed: int, offset: int) -> torch.Tensor:
+    """The 32-bit Philox words of elements 0..numel-1: counter (i // 4, offset), key seed."""
+    groups = (numel + 3) // 4
+    g = torch.arange(groups, dtype=torch.int64)
+    counter = torch.stack([g & _MASK32, g >> 32,
+                           torch.full_like(g, offset & _MASK32), torch.full_like(g, offset >> 32)], -1)
+    key = torch.tensor([seed & _MASK32, seed >> 32], dtype=torch.int64)
+    return philox4x32_10(counter, key).reshape(-1)[:numel]
+
+
+def philox_normal(numel: int, seed: int, offset: int) -> torch.Tensor:
+    """float64 Box-Muller normals of the kernel stream (exact log / sin / cos).
+
+    Words (w0, w1, w2, w3) of each group give (z0, z1) from (w0, w1) and (z2, z3) from (w2, w3):
+    u = (w_even >> 8) * 2^-24 + 2^-25, angle = (w_odd >> 30) * pi/2 + ((w_odd >> 6) & (2^24-1)) * 2^-24 * pi/2,
+    z_even = sqrt(-2 log u) cos(angle), z_odd = sqrt(-2 log u) sin(angle).
+    """
+    groups = (numel + 3) // 4
+    words = philox_uniform_words(4 * groups, seed, offset).reshape(-1, 2)
+    u = (words[:, 0] >> 8).double() * 2.0**-24 + 2.0**-25
+    quadrant = (words[:, 1] >> 30).double()
+    fraction = ((words[:, 1] >> 6) & 0xFFFFFF).double() * 2.0**-24
+    angle = (quadrant + fraction) * (math.pi / 2)
+    radius = torch.sqrt(-2.0 * torch.log(u))
+    z = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1)
+    return z.reshape(-1)[:numel]
+
+
+def sgld_step(param: torch.Tensor, grad: torch.Tensor, noise: Optional[torch.Tensor], *, lr: float,
+              temperature: float = 1.0, prior_mean: Optional[torch.Tensor] = None,
+              prior_precision: float = 0.0, accum: Optional[torch.Tensor] = None,
+              square_avg: Optional[torch.Tensor] = None, alpha: float = 0.99, eps: float = 1e-8,
+              ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """One SGLD step in float64, out of place; returns (param, accum, square_avg) after it.
+
+        v <- alpha v + (1 - alpha) g^2,  G = 1 / (sqrt(v) + eps)    (only with square_avg)
+        theta <- theta - lr G (g + lam (theta - c)) + sqrt(2 lr T G) xi
+
+    lr is half the paper's eta; lam = prior_precision; c = prior_mean (0 when None); xi = noise.
+    accum, when given, receives theta_new - theta_old.
+    """
+    theta = param.double()
+    g = grad.double()
+    drift = g
+    if prior_precision != 0.0:
+        center = prior_mean.double() if prior_mean is not None else torch.zeros_like(theta)
+        drift = g + prior_precision * (theta - center)
+    precond = torch.ones_like(theta)
+    new_square_avg = None
+    if square_avg is not None:
+        new_square_avg = alpha * square_avg.double() + (1.0 - alpha) * g * g
+        precond = 1.0 / (torch.sqrt(new_square_avg) + eps)
+    new_theta = theta - lr * precond * drift
+    if temperature != 0.0:
+        new_theta = new_theta + math.sqrt(2.0 * lr * temperature) * torch.sqrt(precond) * noise.double()
+    new_accum = None if accum is None else accum.double() + (new_theta - theta)
+    return new_theta, new_accum, new_square_avg

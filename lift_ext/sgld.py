@@ -1,0 +1,121 @@
+"""`lift_ext.sgld_step` and `lift_ext.philox_normal`: the public entry points of the SGLD kernels.
+
+Convention (one everywhere in lift_ext):
+
+    theta <- theta - lr * G * (g + lam * (theta - c)) + sqrt(2 * lr * T * G) * xi,   xi ~ N(0, I)
+
+lr is half the paper's step size eta (LiFT writes theta + eta/2 grad log p + sqrt(eta) z), T is
+the temperature (1 samples the posterior; 0 turns the noise off and gives exactly SGD with
+weight decay lam toward c), G = 1 / (sqrt(v) + eps) with v the RMSprop average of g^2 when
+`square_avg` is given (pSGLD, Li et al. 2016, without the Gamma correction term), else 1.
+If g is the gradient of a MEAN loss over n examples, the same dynamics need lam / n and T / n.
+"""
+import warnings
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from lift_ext import ops
+
+TensorOrList = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+_MAX_SEED = 2**63 - 1
+
+
+def _as_list(value: Optional[TensorOrList], name: str, structure: Optional[int]) -> List[torch.Tensor]:
+    """Normalise a Tensor / list argument; `structure` is None for the single-tensor form."""
+    if value is None:
+        return []
+    if structure is None:
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a Tensor like params, got {type(value).__name__}")
+        return [value]
+    if isinstance(value, torch.Tensor) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list of Tensors like params, got {type(value).__name__}")
+    if len(value) != structure:
+        raise ValueError(f"{name} must have one tensor per param ({structure}), got {len(value)}")
+    for i, t in enumerate(value):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}[{i}] must be a Tensor, got {type(t).__name__}")
+    return list(value)
+
+
+def draw_seed_offset(generator: Optional[torch.Generator]) -> Tuple[int, int]:
+    """Draw a fresh (seed, offset) pair from `generator` (the default CPU generator if None),
+    advancing it; two draws give independent noise streams."""
+    gen = generator if generator is not None else torch.default_generator
+    pair = torch.randint(0, _MAX_SEED, (2,), generator=gen, device=gen.device, dtype=torch.int64)
+    seed, offset = pair.tolist()
+    return int(seed), int(offset)
+
+
+def resolve_seed_offset(seed: Optional[int], offset: Optional[int],
+                        generator: Optional[torch.Generator]) -> Tuple[int, int]:
+    """Explicit (seed, offset) if given (offset defaults to 0), else a draw from the generator."""
+    if seed is None:
+        if offset is not None:
+            raise ValueError("offset was given without seed; pass both, or a generator")
+        return draw_seed_offset(generator)
+    if generator is not None:
+        raise ValueError("pass either seed/offset or generator, not both")
+    offset = 0 if offset is None else offset
+    for name, v in (("seed", seed), ("offset", offset)):
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= _MAX_SEED:
+            raise ValueError(f"{name} must be an int in [0, 2**63 - 1], got {v!r}")
+    return seed, offset
+
+
+def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperature: float = 1.0,
+              prior_mean: Optional[TensorOrList] = None, prior_precision: float = 0.0,
+              accum: Optional[TensorOrList] = None, square_avg: Optional[TensorOrList] = None,
+              alpha: float = 0.99, eps: float = 1e-8, seed: Optional[int] = None,
+              offset: Optional[int] = None, generator: Optional[torch.Generator] = None) -> None:
+    """One fused SGLD step, in place on `params` (and `accum`, `square_avg`).
+
+    params: float32 contiguous Tensor, or list of them (one pass over the whole list).
+    grads: same structure and shapes; float32, bfloat16 or float16.
+    prior_mean (c), accum, square_avg: None or same structure, float32.
+    lr >= 0 (half the paper's eta), temperature T >= 0, prior_precision lam >= 0.
+    accum += theta_new - theta_old. square_avg switches on RMSprop preconditioning (alpha, eps).
+    Noise: Philox4x32-10 keyed by `seed` at counter (element index // 4, `offset`), element
+    indices running over the concatenated list, so a list and the equal flat buffer get the
+    same noise. Without seed, (seed, offset) is drawn from `generator` (default: torch's CPU
+    generator, so torch.manual_seed reproduces runs), advancing it. With temperature 0 no noise
+    is drawn and the generator is not advanced. Bad input raises before anything is written.
+    """
+    single = isinstance(params, torch.Tensor)
+    if not single and not isinstance(params, (list, tuple)):
+        raise TypeError(f"params must be a Tensor or a list of Tensors, got {type(params).__name__}")
+    structure = None if single else len(params)
+    param_list = _as_list(params, "params", structure)
+    grad_list = _as_list(grads, "grads", structure)
+    prior_list = _as_list(prior_mean, "prior_mean", structure)
+    accum_list = _as_list(accum, "accum", structure)
+    square_list = _as_list(square_avg, "square_avg", structure)
+    if lr * prior_precision >= 1.0:
+        warnings.warn(f"lr * prior_precision = {lr * prior_precision:g} >= 1: the prior pull "
+                      "overshoots and the chain is unstable; lower lr", RuntimeWarning, stacklevel=2)
+    if temperature == 0.0 and seed is None and offset is None:
+        seed_val, offset_val = 0, 0  # no noise is drawn: leave the generator alone
+    else:
+        seed_val, offset_val = resolve_seed_offset(seed, offset, generator)
+    kwargs = dict(lr=float(lr), temperature=float(temperature), prior_precision=float(prior_precision),
+                  alpha=float(alpha), eps=float(eps), seed=seed_val, offset=offset_val)
+    if single:
+        ops.sgld_step_(param_list[0], grad_list[0], prior_list[0] if prior_list else None,
+                       accum_list[0] if accum_list else None,
+                       square_list[0] if square_list else None, **kwargs)
+    else:
+        ops.sgld_step_list_(param_list, grad_list, prior_list, accum_list, square_list, **kwargs)
+
+
+def philox_normal(numel: int, *, seed: int, offset: int,
+                  device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+    """The float32 noise xi that `sgld_step` adds to a flat vector of `numel` elements for
+    this (seed, offset), identical on CPU and CUDA."""
+    if not isinstance(numel, int) or numel < 0:
+        raise ValueError(f"numel must be an int >= 0, got {numel!r}")
+    seed, offset = resolve_seed_offset(seed, offset, None)
+    out = torch.empty(numel, dtype=torch.float32, device=device)
+    ops.philox_normal_(out, seed=seed, offset=offset)
+    return out

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Developer build: compiles lift_ext/_C*.so into the source tree (no pip install), so several
+# checkouts can share one Python environment: run tests with PYTHONPATH=<checkout>.
+# Usage: tools/build_inplace.sh [python]   (build files in build/inplace)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${1:-python}
+cmake -S . -B build/inplace -G Ninja -DPython_EXECUTABLE="$(command -v "$PY")" >/dev/null
+cmake --build build/inplace -j"$(nproc)"
+cp build/inplace/_C*.so lift_ext/
