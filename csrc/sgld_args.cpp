@@ -3,6 +3,7 @@
 #include <cmath>
 #include <string>
 
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 namespace lift_ext {
@@ -118,6 +119,20 @@ void check_philox_normal_args(const at::Tensor& out, int64_t seed, int64_t offse
   TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
   TORCH_CHECK(seed >= 0, "seed must be >= 0, got ", seed);
   TORCH_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+}
+
+at::Tensor check_philox_words_args(const at::Tensor& counters, const at::Tensor& keys) {
+  TORCH_CHECK(counters.scalar_type() == at::kLong && keys.scalar_type() == at::kLong,
+              "counters and keys must be int64, got ", counters.scalar_type(), " and ",
+              keys.scalar_type());
+  TORCH_CHECK(counters.dim() == 2 && counters.size(1) == 4, "counters must have shape [N, 4], got ",
+              counters.sizes());
+  TORCH_CHECK(keys.dim() == 2 && keys.size(1) == 2 && keys.size(0) == counters.size(0),
+              "keys must have shape [N, 2] with N = counters.size(0), got ", keys.sizes());
+  TORCH_CHECK(keys.device() == counters.device(), "keys must be on the device of counters");
+  TORCH_CHECK(counters.is_contiguous() && keys.is_contiguous(),
+              "counters and keys must be contiguous");
+  return at::empty({counters.size(0), 4}, counters.options());
 }
 
 }  // namespace lift_ext

@@ -54,6 +54,18 @@ def _philox_normal_fake(out, seed, offset):
     torch._check(out.dtype == torch.float32, lambda: f"out must be float32, got {out.dtype}")
 
 
+@torch.library.register_fake("lift_ext::philox4x32_10")
+def _philox_words_fake(counters, keys):
+    torch._check(counters.dim() == 2 and counters.shape[1] == 4, lambda: "counters must have shape [N, 4]")
+    torch._check(keys.dim() == 2 and keys.shape[1] == 2, lambda: "keys must have shape [N, 2]")
+    return counters.new_empty((counters.shape[0], 4))
+
+
+def philox4x32_10(counters: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Raw Philox4x32-10 words: int64 counters [N, 4], keys [N, 2] (uint32 words) -> int64 [N, 4]."""
+    return torch.ops.lift_ext.philox4x32_10(counters, keys)
+
+
 def sgld_step_(param: torch.Tensor, grad: torch.Tensor, prior_mean: Optional[torch.Tensor],
                accum: Optional[torch.Tensor], square_avg: Optional[torch.Tensor], *, lr: float,
                temperature: float, prior_precision: float, alpha: float, eps: float, seed: int,
@@ -79,4 +91,4 @@ def philox_normal_(out: torch.Tensor, *, seed: int, offset: int) -> None:
     torch.ops.lift_ext.philox_normal_(out, seed, offset)
 
 
-__all__: List[str] = ["sgld_step_", "sgld_step_list_", "philox_normal_"]
+__all__: List[str] = ["sgld_step_", "sgld_step_list_", "philox_normal_", "philox4x32_10"]

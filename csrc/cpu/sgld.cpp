@@ -228,9 +228,25 @@ void philox_normal_cpu(const at::Tensor& out, int64_t seed, int64_t offset) {
   });
 }
 
+at::Tensor philox_words_cpu(const at::Tensor& counters, const at::Tensor& keys) {
+  at::Tensor words = check_philox_words_args(counters, keys);
+  const int64_t* c = counters.data_ptr<int64_t>();
+  const int64_t* k = keys.data_ptr<int64_t>();
+  int64_t* w = words.data_ptr<int64_t>();
+  for (int64_t i = 0; i < counters.size(0); ++i) {
+    const Philox4 r = philox4x32_10(
+        static_cast<uint32_t>(c[4 * i]), static_cast<uint32_t>(c[4 * i + 1]),
+        static_cast<uint32_t>(c[4 * i + 2]), static_cast<uint32_t>(c[4 * i + 3]),
+        static_cast<uint32_t>(k[2 * i]), static_cast<uint32_t>(k[2 * i + 1]));
+    for (int j = 0; j < 4; ++j) w[4 * i + j] = static_cast<int64_t>(r.v[j]);
+  }
+  return words;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lift_ext, CPU, m) {
+  m.impl("philox4x32_10", &philox_words_cpu);
   m.impl("sgld_step_", &sgld_step_cpu);
   m.impl("sgld_step_list_", &sgld_step_list_cpu);
   m.impl("philox_normal_", &philox_normal_cpu);

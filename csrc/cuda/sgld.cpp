@@ -54,9 +54,20 @@ void philox_normal_cuda(const at::Tensor& out, int64_t seed, int64_t offset) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+at::Tensor philox_words_cuda(const at::Tensor& counters, const at::Tensor& keys) {
+  at::Tensor words = check_philox_words_args(counters, keys);
+  const c10::cuda::CUDAGuard guard(counters.device());
+  launch_philox_words_cuda(counters.data_ptr<int64_t>(), keys.data_ptr<int64_t>(),
+                           words.data_ptr<int64_t>(), counters.size(0),
+                           c10::cuda::getCurrentCUDAStream().stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return words;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lift_ext, CUDA, m) {
+  m.impl("philox4x32_10", &philox_words_cuda);
   m.impl("sgld_step_", &sgld_step_cuda);
   m.impl("sgld_step_list_", &sgld_step_list_cuda);
   m.impl("philox_normal_", &philox_normal_cuda);

@@ -158,6 +158,17 @@ philox_normal_kernel(float* out, int64_t numel, uint64_t seed, uint64_t offset) 
   }
 }
 
+__global__ void philox_words_kernel(const int64_t* counters, const int64_t* keys, int64_t* words,
+                                    int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const Philox4 r = philox4x32_10(
+      static_cast<uint32_t>(counters[4 * i]), static_cast<uint32_t>(counters[4 * i + 1]),
+      static_cast<uint32_t>(counters[4 * i + 2]), static_cast<uint32_t>(counters[4 * i + 3]),
+      static_cast<uint32_t>(keys[2 * i]), static_cast<uint32_t>(keys[2 * i + 1]));
+  for (int j = 0; j < 4; ++j) words[4 * i + j] = static_cast<int64_t>(r.v[j]);
+}
+
 int grid_for(int64_t groups) {
   static thread_local int sms = 0;
   if (sms == 0) {
@@ -215,6 +226,14 @@ void launch_philox_normal_cuda(float* out, int64_t numel, uint64_t seed, uint64_
   const int64_t groups = (numel + 3) / 4;
   philox_normal_kernel<<<grid_for(groups), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       out, numel, seed, offset);
+}
+
+void launch_philox_words_cuda(const int64_t* counters, const int64_t* keys, int64_t* words,
+                              int64_t n, void* stream) {
+  if (n == 0) return;
+  const int blocks = static_cast<int>((n + kThreads - 1) / kThreads);
+  philox_words_kernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(counters, keys,
+                                                                                  words, n);
 }
 
 }  // namespace lift_ext

@@ -78,6 +78,10 @@ void launch_sgld_cuda(const SgldSlot* slots, int64_t num_slots, GradDtype grad_d
 // Writes normals(seed, offset) for elements 0..numel-1 into out (device memory).
 void launch_philox_normal_cuda(float* out, int64_t numel, uint64_t seed, uint64_t offset,
                                void* stream);
+
+// words[i, :] = Philox4x32-10(counters[i, :], keys[i, :]); int64 arrays holding uint32 words.
+void launch_philox_words_cuda(const int64_t* counters, const int64_t* keys, int64_t* words,
+                              int64_t n, void* stream);
 #endif
 
 }  // namespace lift_ext

@@ -28,4 +28,7 @@ SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::Tens
 // Checks the output of philox_normal_.
 void check_philox_normal_args(const at::Tensor& out, int64_t seed, int64_t offset);
 
+// Checks the arguments of philox4x32_10 and returns an empty int64 [N, 4] result.
+at::Tensor check_philox_words_args(const at::Tensor& counters, const at::Tensor& keys);
+
 }  // namespace lift_ext

@@ -1,0 +1,11 @@
+"""Shared fixtures: the devices present (CUDA tests skip cleanly without a GPU)."""
+import pytest
+import torch
+
+import lift_ext
+
+CUDA_OK = torch.cuda.is_available() and lift_ext.cuda_kernels_built()
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA_OK, reason="needs a GPU and the CUDA kernels"))]
+
+requires_cuda = pytest.mark.skipif(not CUDA_OK, reason="needs a GPU and the CUDA kernels")

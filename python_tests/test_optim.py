@@ -1,0 +1,112 @@
+"""lift_ext.optim.SGLD: the fused step as a torch.optim.Optimizer."""
+import pytest
+import torch
+
+import lift_ext
+from lift_ext import reference
+from lift_ext.optim import SGLD
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+
+
+def loss_fn(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 7, generator=g)
+    return (model(x) ** 2).mean()
+
+
+def test_temperature_zero_matches_torch_sgd_with_weight_decay():
+    a, b = make_model(), make_model()
+    opt_a = SGLD(a.parameters(), lr=0.05, temperature=0.0, prior_precision=0.1, seed=0)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.05, weight_decay=0.1)
+    for step in range(5):
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            loss_fn(model, step).backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+
+
+def test_step_matches_reference_with_noise():
+    model = make_model()
+    opt = SGLD(model.parameters(), lr=1e-3, temperature=1.0, prior_precision=2.0, seed=17)
+    loss_fn(model, 0).backward()
+    params = list(model.parameters())
+    flat_before = torch.cat([p.detach().reshape(-1) for p in params])
+    flat_grad = torch.cat([p.grad.reshape(-1) for p in params])
+    noise = lift_ext.philox_normal(flat_before.numel(), seed=17, offset=0)
+    expected, _, _ = reference.sgld_step(flat_before, flat_grad, noise, lr=1e-3, prior_precision=2.0)
+    opt.step()
+    after = torch.cat([p.detach().reshape(-1) for p in params])
+    torch.testing.assert_close(after.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_preconditioned_state_and_lr_scheduler():
+    model = make_model()
+    opt = SGLD(model.parameters(), lr=1e-2, preconditioned=True, seed=3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    for step in range(3):
+        opt.zero_grad()
+        loss_fn(model, step).backward()
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**3)
+    for p in model.parameters():
+        assert opt.state[p]["square_avg"].shape == p.shape
+        assert (opt.state[p]["square_avg"] > 0).all()
+
+
+def test_state_dict_resume_is_exact():
+    """n steps + save + load + n steps == 2n steps, bitwise (noise stream included)."""
+    def run(model, opt, steps, start):
+        for step in range(start, start + steps):
+            opt.zero_grad()
+            loss_fn(model, step).backward()
+            opt.step()
+
+    full = make_model()
+    opt_full = SGLD(full.parameters(), lr=1e-3, preconditioned=True, seed=99)
+    run(full, opt_full, 6, 0)
+
+    part = make_model()
+    opt_part = SGLD(part.parameters(), lr=1e-3, preconditioned=True, seed=99)
+    run(part, opt_part, 3, 0)
+    saved_model, saved_opt = part.state_dict(), opt_part.state_dict()
+    resumed = make_model(seed=1)
+    resumed.load_state_dict(saved_model)
+    opt_resumed = SGLD(resumed.parameters(), lr=1e-3, preconditioned=True, seed=0)
+    opt_resumed.load_state_dict(saved_opt)
+    run(resumed, opt_resumed, 3, 3)
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_load_foreign_state_dict_is_refused():
+    model = make_model()
+    opt = SGLD(model.parameters(), lr=1e-3, seed=0)
+    foreign = torch.optim.SGD(model.parameters(), lr=1e-3).state_dict()
+    with pytest.raises(ValueError, match="rng"):
+        opt.load_state_dict(foreign)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(lr=-1.0), "lr"), (dict(lr=1e-3, temperature=-1.0), "temperature"),
+    (dict(lr=1e-3, alpha=1.0), "alpha"), (dict(lr=1e-3, eps=0.0), "eps"),
+    (dict(lr=1e-3, prior_precision=-2.0), "prior_precision"),
+])
+def test_bad_hyper_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SGLD(make_model().parameters(), **kwargs)
+
+
+def test_seed_none_follows_torch_manual_seed():
+    params = list(make_model().parameters())
+    seeds = []
+    for global_seed in (4, 4, 5):
+        torch.manual_seed(global_seed)
+        seeds.append(SGLD(params, lr=1e-3).seed)
+    assert seeds[0] == seeds[1] != seeds[2]
