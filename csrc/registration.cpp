@@ -18,6 +18,12 @@ TORCH_LIBRARY(lift_ext, m) {
       "float prior_precision, float alpha, float eps, int seed, int offset) -> ()");
   // Fills `out` (float32, contiguous) with the noise sgld_step_ adds to a flat vector.
   m.def("philox_normal_(Tensor(a!) out, int seed, int offset) -> ()");
+  // SGLD-Gibbs update of the shared prior phi from the running task sum S (DESIGN.md
+  // section 3): a Langevin step (gibbs=False) or an exact conditional draw (gibbs=True).
+  m.def(
+      "phi_step_(Tensor(a!) phi, Tensor task_sum, Tensor? prior_mean, float lr, "
+      "float temperature, float sigma, float beta, int num_tasks, bool gibbs, int seed, "
+      "int offset) -> ()");
   // Raw Philox4x32-10 words: counters int64 [N, 4] and keys int64 [N, 2] hold uint32 words;
   // returns int64 [N, 4]. The generator of every kernel, exposed for verification.
   m.def("philox4x32_10(Tensor counters, Tensor keys) -> Tensor");

@@ -61,6 +61,26 @@ def _philox_words_fake(counters, keys):
     return counters.new_empty((counters.shape[0], 4))
 
 
+@torch.library.register_fake("lift_ext::phi_step_")
+def _phi_step_fake(phi, task_sum, prior_mean, lr, temperature, sigma, beta, num_tasks, gibbs, seed, offset):
+    torch._check(phi.dtype == torch.float32, lambda: f"phi must be float32, got {phi.dtype}")
+    torch._check(task_sum.shape == phi.shape, lambda: "task_sum must have the shape of phi")
+    if prior_mean is not None:
+        torch._check(prior_mean.shape == phi.shape, lambda: "prior_mean must have the shape of phi")
+
+
+def phi_step_(phi: torch.Tensor, task_sum: torch.Tensor, prior_mean: Optional[torch.Tensor], *,
+              lr: float, temperature: float, sigma: float, beta: float, num_tasks: int,
+              gibbs: bool, seed: int, offset: int) -> None:
+    """In-place SGLD-Gibbs update of phi from S = sum_i theta_i (see csrc/include/lift_ext/phi.h).
+
+    Langevin: phi <- phi - lr ((phi - mu0)/sigma^2 - (S - N phi)/beta^2) + sqrt(2 lr T) xi.
+    Gibbs:    phi <- v (mu0/sigma^2 + S/beta^2) + sqrt(T v) xi,  v = 1/(1/sigma^2 + N/beta^2).
+    """
+    torch.ops.lift_ext.phi_step_(phi, task_sum, prior_mean, lr, temperature, sigma, beta,
+                                 num_tasks, gibbs, seed, offset)
+
+
 def philox4x32_10(counters: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Raw Philox4x32-10 words: int64 counters [N, 4], keys [N, 2] (uint32 words) -> int64 [N, 4]."""
     return torch.ops.lift_ext.philox4x32_10(counters, keys)
@@ -91,4 +111,4 @@ def philox_normal_(out: torch.Tensor, *, seed: int, offset: int) -> None:
     torch.ops.lift_ext.philox_normal_(out, seed, offset)
 
 
-__all__: List[str] = ["sgld_step_", "sgld_step_list_", "philox_normal_", "philox4x32_10"]
+__all__: List[str] = ["sgld_step_", "sgld_step_list_", "philox_normal_", "philox4x32_10", "phi_step_"]

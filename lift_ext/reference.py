@@ -95,3 +95,27 @@ def sgld_step(param: torch.Tensor, grad: torch.Tensor, noise: Optional[torch.Ten
         new_theta = new_theta + math.sqrt(2.0 * lr * temperature) * torch.sqrt(precond) * noise.double()
     new_accum = None if accum is None else accum.double() + (new_theta - theta)
     return new_theta, new_accum, new_square_avg
+
+
+def phi_step(phi: torch.Tensor, task_sum: torch.Tensor, prior_mean: Optional[torch.Tensor],
+             noise: Optional[torch.Tensor], *, lr: float, temperature: float, sigma: float,
+             beta: float, num_tasks: int, gibbs: bool) -> torch.Tensor:
+    """SGLD-Gibbs update of the shared prior phi in float64, out of place.
+
+    Langevin (paper eq. 9 with J = (S - N phi)/beta^2):
+        phi <- phi - lr ((phi - mu0)/sigma^2 - (S - N phi)/beta^2) + sqrt(2 lr T) xi
+    Exact conditional draw:  phi <- m + sqrt(T v) xi,
+        v = 1/(1/sigma^2 + N/beta^2),  m = v (mu0/sigma^2 + S/beta^2).
+    """
+    p, s = phi.double(), task_sum.double()
+    mu0 = prior_mean.double() if prior_mean is not None else torch.zeros_like(p)
+    if gibbs:
+        variance = 1.0 / (1.0 / sigma**2 + num_tasks / beta**2)
+        out = variance * (mu0 / sigma**2 + s / beta**2)
+        scale = math.sqrt(temperature * variance)
+    else:
+        out = p - lr * ((p - mu0) / sigma**2 - (s - num_tasks * p) / beta**2)
+        scale = math.sqrt(2.0 * lr * temperature)
+    if scale != 0.0:
+        out = out + scale * noise.double()
+    return out
