@@ -13,4 +13,5 @@ from lift_ext._loader import cuda_kernels_built
 from lift_ext.sgld import philox_normal, sgld_step
 
 __version__ = "0.1.0"
-__all__ = ["sgld_step", "philox_normal", "cuda_kernels_built", "ops", "optim", "reference"]
+__all__ = ["sgld_step", "philox_normal", "cuda_kernels_built", "ops", "optim", "reference", "gmm"]
+from lift_ext import gmm  # noqa: F401
