@@ -27,4 +27,17 @@ TORCH_LIBRARY(lift_ext, m) {
   // Raw Philox4x32-10 words: counters int64 [N, 4] and keys int64 [N, 2] hold uint32 words;
   // returns int64 [N, 4]. The generator of every kernel, exposed for verification.
   m.def("philox4x32_10(Tensor counters, Tensor keys) -> Tensor");
+  // Gaussian-mixture E-step (DESIGN.md section 4): x [B, D] float32, means / m2 [K, D]
+  // float32, counts [K] float64, reg the variance floor -> (loglik [B, K], resp [B, K]) float64.
+  m.def("gmm_estep(Tensor x, Tensor means, Tensor m2, Tensor counts, float reg) -> (Tensor, Tensor)");
+  // Mini-batch online-EM M-step in place: Chan's merge of the batch statistics weighted by
+  // resp [B, K] (float64, from the E-step at batch-start parameters) into means, m2, counts.
+  m.def(
+      "gmm_mstep_(Tensor(a!) means, Tensor(b!) m2, Tensor(c!) counts, Tensor x, Tensor resp) "
+      "-> ()");
+  // Meta-test mixture-prior gradient (DESIGN.md section 5), accumulated into grad [D]:
+  //   grad += scale * sum_k resp_k (theta - mu_k) / (M2_k / n_k + reg),   resp [K] float64.
+  m.def(
+      "gmm_prior_grad_(Tensor(a!) grad, Tensor theta, Tensor means, Tensor m2, Tensor counts, "
+      "Tensor resp, float reg, float scale) -> ()");
 }

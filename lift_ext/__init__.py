@@ -4,13 +4,14 @@ parameter-efficient meta fine-tuning), as PyTorch custom ops with CPU and CUDA k
     lift_ext.sgld_step(params, grads, lr=..., ...)   fused Langevin step (Tensor or list)
     lift_ext.philox_normal(numel, seed=, offset=)     the exact noise sgld_step adds
     lift_ext.optim.SGLD                               the step as a torch.optim.Optimizer
+    lift_ext.gmm.OnlineGMM                            online-EM diagonal Gaussian mixture
     lift_ext.reference                                pure-PyTorch oracle of every kernel
 """
 import torch  # noqa: F401  - torch's libraries must be loaded before the extension
 
-from lift_ext import ops, optim, reference  # noqa: F401
+from lift_ext import gmm, ops, optim, reference  # noqa: F401
 from lift_ext._loader import cuda_kernels_built
 from lift_ext.sgld import philox_normal, sgld_step
 
 __version__ = "0.1.0"
-__all__ = ["sgld_step", "philox_normal", "cuda_kernels_built", "ops", "optim", "reference"]
+__all__ = ["sgld_step", "philox_normal", "cuda_kernels_built", "ops", "optim", "reference", "gmm"]

@@ -4,7 +4,7 @@ The fakes mirror the C++ checks that can be decided from metadata alone (shapes,
 devices), so `torch.compile(fullgraph=True)` and `torch.library.opcheck` see the same
 contract as the kernels. Algorithm code calls these, never `torch.ops` directly.
 """
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -84,6 +84,53 @@ def phi_step_(phi: torch.Tensor, task_sum: torch.Tensor, prior_mean: Optional[to
 def philox4x32_10(counters: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Raw Philox4x32-10 words: int64 counters [N, 4], keys [N, 2] (uint32 words) -> int64 [N, 4]."""
     return torch.ops.lift_ext.philox4x32_10(counters, keys)
+def _check_mixture(means, m2, counts) -> None:
+    torch._check(means.dim() == 2, lambda: f"means must be 2-D [K, D], got shape {tuple(means.shape)}")
+    torch._check(means.dtype == torch.float32, lambda: f"means must be float32, got {means.dtype}")
+    torch._check(m2.dtype == torch.float32, lambda: f"m2 must be float32, got {m2.dtype}")
+    torch._check(m2.shape == means.shape, lambda: f"m2 must have the shape of means {tuple(means.shape)}, got {tuple(m2.shape)}")
+    torch._check(counts.dtype == torch.float64, lambda: f"counts must be float64, got {counts.dtype}")
+    torch._check(counts.shape == means.shape[:1], lambda: f"counts must have shape [K], got {tuple(counts.shape)}")
+    for name, t in (("m2", m2), ("counts", counts)):
+        torch._check(t.device == means.device, lambda: f"{name} must be on the same device as means")
+
+
+def _check_samples(x, means) -> None:
+    torch._check(x.dim() == 2 and x.shape[1] == means.shape[1],
+                 lambda: f"x must have shape [B, {means.shape[1]}] (D of means), got {tuple(x.shape)}")
+    torch._check(x.dtype == torch.float32, lambda: f"x must be float32, got {x.dtype}")
+    torch._check(x.device == means.device, lambda: "x must be on the same device as means")
+
+
+def _check_resp(resp, shape, means) -> None:
+    torch._check(resp.dtype == torch.float64, lambda: f"resp must be float64, got {resp.dtype}")
+    torch._check(tuple(resp.shape) == tuple(shape), lambda: f"resp must have shape {list(shape)}, got {tuple(resp.shape)}")
+    torch._check(resp.device == means.device, lambda: "resp must be on the same device as means")
+
+
+@torch.library.register_fake("lift_ext::gmm_estep")
+def _gmm_estep_fake(x, means, m2, counts, reg):
+    _check_mixture(means, m2, counts)
+    _check_samples(x, means)
+    shape = (x.shape[0], means.shape[0])
+    return x.new_empty(shape, dtype=torch.float64), x.new_empty(shape, dtype=torch.float64)
+
+
+@torch.library.register_fake("lift_ext::gmm_mstep_")
+def _gmm_mstep_fake(means, m2, counts, x, resp):
+    _check_mixture(means, m2, counts)
+    _check_samples(x, means)
+    _check_resp(resp, (x.shape[0], means.shape[0]), means)
+
+
+@torch.library.register_fake("lift_ext::gmm_prior_grad_")
+def _gmm_prior_grad_fake(grad, theta, means, m2, counts, resp, reg, scale):
+    _check_mixture(means, m2, counts)
+    for name, t in (("grad", grad), ("theta", theta)):
+        torch._check(t.dtype == torch.float32, lambda: f"{name} must be float32, got {t.dtype}")
+        torch._check(t.shape == means.shape[1:], lambda: f"{name} must have shape [D] of means, got {tuple(t.shape)}")
+        torch._check(t.device == means.device, lambda: f"{name} must be on the same device as means")
+    _check_resp(resp, (means.shape[0],), means)
 
 
 def sgld_step_(param: torch.Tensor, grad: torch.Tensor, prior_mean: Optional[torch.Tensor],
@@ -111,4 +158,36 @@ def philox_normal_(out: torch.Tensor, *, seed: int, offset: int) -> None:
     torch.ops.lift_ext.philox_normal_(out, seed, offset)
 
 
-__all__: List[str] = ["sgld_step_", "sgld_step_list_", "philox_normal_", "philox4x32_10", "phi_step_"]
+def gmm_estep(x: torch.Tensor, means: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, *,
+              reg: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mixture E-step: (loglik, resp), both float64 [B, K].
+
+    loglik_bk = log alpha_k - 1/2 sum_d [(x_bd - mu_kd)^2 / var_kd + log var_kd + log 2 pi],
+    var_kd = m2_kd / n_k + reg, alpha_k = n_k / sum n; resp = softmax_k(loglik). x [B, D],
+    means, m2 [K, D] float32; counts n [K] float64; reg > 0 (units of x squared).
+    Sums over d are float64 in a fixed order (deterministic). n_k <= 0 gives loglik -inf.
+    """
+    return torch.ops.lift_ext.gmm_estep(x, means, m2, counts, reg)
+
+
+def gmm_mstep_(means: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, x: torch.Tensor,
+               resp: torch.Tensor) -> None:
+    """Mini-batch online-EM M-step in place: merges the resp-weighted batch x [B, D] into
+    (means, m2, counts) with Chan's formula (Welford's for B = 1); resp [B, K] float64 should
+    come from `gmm_estep` at the parameters of batch start. Components with sum_b resp = 0
+    are untouched."""
+    torch.ops.lift_ext.gmm_mstep_(means, m2, counts, x, resp)
+
+
+def gmm_prior_grad_(grad: torch.Tensor, theta: torch.Tensor, means: torch.Tensor,
+                    m2: torch.Tensor, counts: torch.Tensor, resp: torch.Tensor, *, reg: float,
+                    scale: float) -> None:
+    """grad += scale * sum_k resp_k (theta - mu_k) / (m2_k / n_k + reg), in place on grad [D].
+
+    With reg = reg_covar + beta^2 and resp the E-step responsibilities of theta under the same
+    reg, this is -d/dtheta log sum_k alpha_k N(theta; mu_k, var_k + beta^2)."""
+    torch.ops.lift_ext.gmm_prior_grad_(grad, theta, means, m2, counts, resp, reg, scale)
+
+
+__all__: List[str] = ["sgld_step_", "sgld_step_list_", "philox_normal_", "philox4x32_10", "phi_step_",
+                      "gmm_estep", "gmm_mstep_", "gmm_prior_grad_"]

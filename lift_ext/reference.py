@@ -119,3 +119,104 @@ def phi_step(phi: torch.Tensor, task_sum: torch.Tensor, prior_mean: Optional[tor
     if scale != 0.0:
         out = out + scale * noise.double()
     return out
+# ---------------------------------------------------------------------------------------
+# Diagonal Gaussian mixture, online EM (DESIGN.md sections 4 and 5), float64.
+#
+# State: counts n [K], means mu [K, D], centred second moments M2 [K, D];
+# var = M2 / n + reg, alpha = n / sum n.
+# ---------------------------------------------------------------------------------------
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gmm_variances(m2: torch.Tensor, counts: torch.Tensor, reg: float) -> torch.Tensor:
+    """var_kd = M2_kd / n_k + reg in float64 (components with n_k <= 0 get reg)."""
+    n = counts.double()[:, None]
+    safe = torch.where(n > 0, n, torch.ones_like(n))
+    return torch.where(n > 0, m2.double() / safe, torch.zeros_like(m2, dtype=torch.float64)) + reg
+
+
+def gmm_estep(x: torch.Tensor, means: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor,
+              reg: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(loglik, resp) [B, K] in float64:
+    loglik_bk = log alpha_k - 1/2 sum_d [(x_bd - mu_kd)^2 / var_kd + log var_kd + log 2 pi],
+    resp = softmax_k(loglik); n_k <= 0 gives -inf."""
+    x = x.double()
+    mu = means.double()
+    var = gmm_variances(m2, counts, reg)
+    n = counts.double()
+    log_alpha = torch.where(n > 0, torch.log(n.clamp_min(0)) - torch.log(n.clamp_min(0).sum()),
+                            torch.full_like(n, -math.inf))
+    logdet = torch.log(var).sum(1)
+    quad = torch.stack([(((xb[None, :] - mu) ** 2) / var).sum(1) for xb in x]) if len(x) else \
+        x.new_empty((0, mu.shape[0]))
+    loglik = log_alpha[None, :] - 0.5 * (quad + logdet[None, :] + x.shape[1] * _LOG_2PI)
+    return loglik, torch.softmax(loglik, dim=1)
+
+
+def gmm_mstep(means: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, x: torch.Tensor,
+              resp: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mini-batch M-step, out of place: Chan's merge of the resp-weighted batch.
+
+    W = sum_b q_b, m = sum_b q_b x_b / W, S = sum_b q_b (x_b - m)^2,
+    n' = n + W, mu' = mu + (m - mu) W / n', M2' = M2 + S + (m - mu)^2 n W / n'.
+    Components with W = 0 are returned unchanged. Returns (means, m2, counts) in float64.
+    """
+    mu, M2, n = means.double().clone(), m2.double().clone(), counts.double().clone()
+    x, q = x.double(), resp.double()
+    for k in range(mu.shape[0]):
+        w = q[:, k].sum()
+        if w == 0:
+            continue
+        batch_mean = (q[:, k, None] * x).sum(0) / w
+        batch_m2 = (q[:, k, None] * (x - batch_mean) ** 2).sum(0)
+        delta = batch_mean - mu[k]
+        updated = n[k] + w
+        mu[k] = mu[k] + delta * (w / updated)
+        M2[k] = M2[k] + batch_m2 + delta * delta * (n[k] * w / updated)
+        n[k] = updated
+    return mu, M2, n
+
+
+def gmm_welford_update(means: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor,
+                       x: torch.Tensor, q: torch.Tensor
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sample x [D] with responsibilities q [K], the Welford form, in the dtype given:
+    n' = n + q, delta = x - mu, mu' = mu + (q / n') delta, M2' = M2 + q delta (x - mu')."""
+    n_new = counts + q
+    ratio = torch.where(n_new > 0, q / torch.where(n_new > 0, n_new, torch.ones_like(n_new)),
+                        torch.zeros_like(n_new)).to(means.dtype)[:, None]
+    qd = q.to(means.dtype)[:, None]
+    delta = x[None, :] - means
+    mu_new = means + ratio * delta
+    return mu_new, m2 + qd * delta * (x[None, :] - mu_new), n_new
+
+
+def gmm_raw_moment_update(means: torch.Tensor, second: torch.Tensor, counts: torch.Tensor,
+                          x: torch.Tensor, q: torch.Tensor
+                          ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The paper's form (eq. 14) in the dtype given: running raw second moment S_k = E[x^2],
+    n' = n + q, mu' = mu + (q/n')(x - mu), S' = S + (q/n')(x^2 - S); var = S - mu^2 (see
+    `gmm_raw_moment_variances`). Algebraically equal to the Welford form, but S - mu^2
+    cancels catastrophically when |mu| >> std."""
+    n_new = counts + q
+    ratio = (q / n_new).to(means.dtype)[:, None]
+    return means + ratio * (x[None, :] - means), second + ratio * (x[None, :] ** 2 - second), n_new
+
+
+def gmm_raw_moment_variances(means: torch.Tensor, second: torch.Tensor, reg: float) -> torch.Tensor:
+    """var = S - mu^2 + reg, in the dtype of the inputs."""
+    return second - means * means + reg
+
+
+def gmm_prior_grad(theta: torch.Tensor, means: torch.Tensor, m2: torch.Tensor,
+                   counts: torch.Tensor, reg: float, beta: float
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of -log sum_k alpha_k N(theta; mu_k, var_k + beta^2) in float64, and the
+    responsibilities r [K] it uses: sum_k r_k (theta - mu_k) / (var_k + beta^2)."""
+    reg_total = reg + beta * beta
+    _, resp = gmm_estep(theta[None, :], means, m2, counts, reg_total)
+    var = gmm_variances(m2, counts, reg_total)
+    r = resp[0]
+    grad = (r[:, None] * (theta.double()[None, :] - means.double()) / var).sum(0)
+    return grad, r

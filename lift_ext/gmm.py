@@ -1,0 +1,278 @@
+"""`lift_ext.gmm.OnlineGMM`: a K-component diagonal Gaussian mixture over flat vectors of
+length D, fitted online by mini-batch EM with the fused kernels of `lift_ext.ops`
+(DESIGN.md sections 4 and 5).
+
+State: counts n_k (float64), means mu_k and centred second moments M2_k ([K, D] float32);
+var_k = M2_k / n_k + reg_covar and alpha_k = n_k / sum_j n_j.
+
+One update with a batch x [B, D] (B = 1 is the plain online EM of the paper):
+  E-step at the parameters of batch start: q_bk = alpha_k N(x_b; mu_k, var_k) / sum_j (...);
+  M-step: the q-weighted batch mean and centred moment of each component are merged into
+  (n_k, mu_k, M2_k) with Chan's parallel formula, which for B = 1 is Welford's update
+  n' = n + q, mu' = mu + (q/n')(x - mu), M2' = M2 + q (x - mu)(x - mu').
+A batch of B samples therefore equals B single-sample updates only when the responsibilities
+do not change within the batch ("mini-batch online EM").
+
+Initialisation (deterministic, independent of torch's global RNG): the first `warmup`
+samples (default 4 K) are buffered; k-means++ seeding with a private generator of fixed seed
+picks K of them as centres; every buffered sample goes to its nearest centre; each component
+starts with the count and mean of its samples and the pooled within-cluster variance of the
+buffer (a cluster of one sample has no variance of its own). Later samples are EM updates.
+"""
+import math
+from typing import Dict, Optional, Union
+
+import torch
+
+from lift_ext import ops
+
+DeviceLike = Union[str, torch.device, None]
+
+_INIT_SEED = 0x5EED
+
+
+class OnlineGMM:
+    """Online-EM diagonal Gaussian mixture with `n_components` components over vectors of
+    length `dim`; `reg_covar` (> 0, units of x squared) is added to every variance."""
+
+    def __init__(self, n_components: int, dim: int, *, reg_covar: float = 1e-6,
+                 device: DeviceLike = None, warmup: Optional[int] = None):
+        for name, value in (("n_components", n_components), ("dim", dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not (isinstance(reg_covar, (int, float)) and math.isfinite(reg_covar) and reg_covar > 0):
+            raise ValueError(f"reg_covar must be a finite number > 0, got {reg_covar!r}")
+        warmup = 4 * n_components if warmup is None else warmup
+        if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < n_components:
+            raise ValueError(f"warmup must be an int >= n_components ({n_components}), got {warmup!r}")
+        self.n_components = n_components
+        self.dim = dim
+        self.reg_covar = float(reg_covar)
+        self.warmup = warmup
+        dev = torch.device("cpu") if device is None else torch.device(device)
+        self._means = torch.zeros(n_components, dim, dtype=torch.float32, device=dev)
+        self._m2 = torch.zeros_like(self._means)
+        self._counts = torch.zeros(n_components, dtype=torch.float64, device=dev)
+        self._buffer = torch.empty(0, dim, dtype=torch.float32, device=dev)
+
+    # ---- state --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self._means.device
+
+    @property
+    def initialized(self) -> bool:
+        """True once `warmup` samples have been seen and the components exist."""
+        return self._buffer.shape[0] == 0 and bool((self._counts > 0).any())
+
+    @property
+    def means(self) -> torch.Tensor:
+        """mu [K, D] float32 (a copy)."""
+        return self._means.clone()
+
+    @property
+    def variances(self) -> torch.Tensor:
+        """var [K, D] float32 = M2 / n + reg_covar (reg_covar alone where n_k = 0)."""
+        n = self._counts[:, None]
+        raw = torch.where(n > 0, self._m2.double() / torch.where(n > 0, n, torch.ones_like(n)), 0.0)
+        return (raw + self.reg_covar).float()
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """alpha [K] float64 = n_k / sum_j n_j (zeros before initialisation)."""
+        total = self._counts.sum()
+        return self._counts / total if bool(total > 0) else torch.zeros_like(self._counts)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """n [K] float64: the summed responsibilities each component has absorbed (a copy)."""
+        return self._counts.clone()
+
+    # ---- input checks -------------------------------------------------------------------
+    def _as_batch(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        """x [D] or [B, D] as a float32 contiguous [B, D] tensor on our device; ValueError
+        (nothing changed) for a wrong shape or a NaN / Inf entry."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() not in (1, 2) or x.shape[-1] != self.dim:
+            raise ValueError(f"{name} must have shape [{self.dim}] or [B, {self.dim}], "
+                             f"got {list(x.shape)}")
+        if x.is_complex():
+            raise ValueError(f"{name} must be real, got {x.dtype}")
+        batch = x.reshape(-1, self.dim).to(device=self.device, dtype=torch.float32).contiguous()
+        if not bool(torch.isfinite(batch).all()):
+            raise ValueError(f"{name} contains NaN or Inf (after conversion to float32); "
+                             "the sample was refused and the mixture is unchanged")
+        return batch
+
+    def _require_initialized(self) -> None:
+        if not self.initialized:
+            missing = self.warmup - self._buffer.shape[0]
+            raise RuntimeError(f"OnlineGMM is not initialised yet: update() needs {missing} "
+                               "more samples")
+
+    # ---- fitting ------------------------------------------------------------------------
+    def update(self, x: torch.Tensor) -> None:
+        """One online-EM update with x [D] or a mini-batch x [B, D] (see the module doc).
+        During warm-up the samples are buffered; the `warmup`-th one initialises the mixture."""
+        batch = self._as_batch(x)
+        if not self.initialized:
+            take = min(self.warmup - self._buffer.shape[0], batch.shape[0])
+            self._buffer = torch.cat([self._buffer, batch[:take]])
+            batch = batch[take:]
+            if self._buffer.shape[0] < self.warmup:
+                return
+            self._initialize()
+        if batch.shape[0] > 0:
+            _, resp = ops.gmm_estep(batch, self._means, self._m2, self._counts, reg=self.reg_covar)
+            ops.gmm_mstep_(self._means, self._m2, self._counts, batch, resp)
+
+    def _squared_distances(self, x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+        """||x_b - c_j||^2 [B, J] float64 through the E-step kernel: with M2 = 0, n = 1 and
+        reg = 1 every variance is 1, so loglik = -log J - (quad + D log 2 pi) / 2."""
+        j = centers.shape[0]
+        ones = torch.ones(j, dtype=torch.float64, device=self.device)
+        loglik, _ = ops.gmm_estep(x, centers.contiguous(), torch.zeros_like(centers), ones, reg=1.0)
+        return (-2.0 * (loglik + math.log(j)) - self.dim * math.log(2.0 * math.pi)).clamp_min(0.0)
+
+    def _initialize(self) -> None:
+        buf, k = self._buffer, self.n_components
+        gen = torch.Generator().manual_seed(_INIT_SEED)
+        chosen = [int(torch.randint(buf.shape[0], (1,), generator=gen))]
+        nearest = self._squared_distances(buf, buf[chosen]).squeeze(1).cpu()
+        for _ in range(1, k):
+            if bool(nearest.sum() > 0):
+                pick = int(torch.multinomial(nearest, 1, generator=gen))
+            else:  # every buffered sample coincides with a centre
+                pick = int(torch.randint(buf.shape[0], (1,), generator=gen))
+            chosen.append(pick)
+            fresh = self._squared_distances(buf, buf[pick:pick + 1]).squeeze(1).cpu()
+            nearest = torch.minimum(nearest, fresh)
+        labels = self._squared_distances(buf, buf[chosen]).argmin(dim=1)
+        resp = torch.nn.functional.one_hot(labels, k).to(torch.float64).contiguous()
+        means = buf[chosen].clone()
+        m2 = torch.zeros_like(means)
+        counts = torch.zeros(k, dtype=torch.float64, device=self.device)
+        ops.gmm_mstep_(means, m2, counts, buf, resp)
+        pooled = m2.double().sum(0) / buf.shape[0]
+        self._means = means
+        self._m2 = (counts[:, None] * pooled[None, :]).float()
+        self._counts = counts
+        self._buffer = buf.new_empty(0, self.dim)
+
+    # ---- queries ------------------------------------------------------------------------
+    def _estep(self, x: torch.Tensor):
+        self._require_initialized()
+        batch = self._as_batch(x)
+        loglik, resp = ops.gmm_estep(batch, self._means, self._m2, self._counts, reg=self.reg_covar)
+        return loglik, resp, x.dim() == 1
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) = logsumexp_k [log alpha_k + log N(x; mu_k, var_k)] in nats, float64;
+        shape [B] for x [B, D], a scalar for x [D]."""
+        loglik, _, single = self._estep(x)
+        out = torch.logsumexp(loglik, dim=1)
+        return out[0] if single else out
+
+    def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior component probabilities [B, K] (or [K]) float64."""
+        _, resp, single = self._estep(x)
+        return resp[0] if single else resp
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Most probable component, int64 [B] (or a scalar)."""
+        _, resp, single = self._estep(x)
+        labels = resp.argmax(dim=1)
+        return labels[0] if single else labels
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """n draws [n, D] float32 from the mixture: k ~ alpha, x = mu_k + sqrt(var_k) z.
+        `generator` (on this mixture's device) makes the draws reproducible; without it
+        torch's default generator of the device is used."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        self._require_initialized()
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator) \
+            if n > 0 else torch.zeros(0, dtype=torch.int64, device=self.device)
+        noise = torch.randn(n, self.dim, device=self.device, generator=generator)
+        return self._means[comp] + self.variances[comp].sqrt() * noise
+
+    def add_prior_grad_(self, grad: torch.Tensor, theta: torch.Tensor, *, beta: float,
+                        scale: float = 1.0) -> torch.Tensor:
+        """Meta-test prior (DESIGN.md section 5): p(theta) = sum_k alpha_k N(theta; mu_k,
+        var_k + beta^2). Adds scale * (-d log p / d theta) = scale * sum_k r_k (theta - mu_k) /
+        (var_k + beta^2) to grad [D] float32 in place, so a following `lift_ext.sgld_step`
+        on theta uses it; returns the responsibilities r [K] float64."""
+        self._require_initialized()
+        reg = self.reg_covar + float(beta) ** 2
+        _, resp = ops.gmm_estep(theta.reshape(1, -1), self._means, self._m2, self._counts, reg=reg)
+        ops.gmm_prior_grad_(grad, theta, self._means, self._m2, self._counts, resp[0], reg=reg,
+                            scale=float(scale))
+        return resp[0]
+
+    # ---- persistence --------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        """Copies of the full state: means, m2, counts, the warm-up buffer, reg_covar, warmup."""
+        return {
+            "means": self._means.clone(),
+            "m2": self._m2.clone(),
+            "counts": self._counts.clone(),
+            "warmup_buffer": self._buffer.clone(),
+            "reg_covar": torch.tensor(self.reg_covar, dtype=torch.float64),
+            "warmup": torch.tensor(self.warmup, dtype=torch.int64),
+        }
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Replaces the state by `state` (from `state_dict` of a mixture with the same
+        n_components and dim). Everything is checked first: a ValueError leaves this
+        mixture unchanged."""
+        k, d = self.n_components, self.dim
+        expected = {"means", "m2", "counts", "warmup_buffer", "reg_covar", "warmup"}
+        if not isinstance(state, dict) or set(state) != expected:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must be a dict with keys {sorted(expected)}, got {got}")
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"state[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
+        shapes = {"means": (k, d), "m2": (k, d), "counts": (k,), "reg_covar": (), "warmup": ()}
+        for key, shape in shapes.items():
+            if tuple(state[key].shape) != shape:
+                raise ValueError(f"state[{key!r}] must have shape {list(shape)}, got {list(state[key].shape)}")
+        buf = state["warmup_buffer"]
+        warmup = int(state["warmup"])
+        reg = float(state["reg_covar"])
+        if buf.dim() != 2 or buf.shape[1] != d or buf.shape[0] >= max(warmup, 1):
+            raise ValueError(f"state['warmup_buffer'] must have shape [m, {d}] with m < warmup "
+                             f"({warmup}), got {list(buf.shape)}")
+        if warmup < k:
+            raise ValueError(f"state['warmup'] must be >= n_components ({k}), got {warmup}")
+        if not (math.isfinite(reg) and reg > 0):
+            raise ValueError(f"state['reg_covar'] must be a finite number > 0, got {reg}")
+        for key in ("means", "m2", "counts", "warmup_buffer"):
+            if not bool(torch.isfinite(state[key]).all()):
+                raise ValueError(f"state[{key!r}] contains NaN or Inf")
+        if bool((state["counts"] < 0).any()) or bool((state["m2"] < 0).any()):
+            raise ValueError("state['counts'] and state['m2'] must be >= 0")
+        if buf.shape[0] > 0 and bool((state["counts"] > 0).any()):
+            raise ValueError("state has both a warm-up buffer and fitted components")
+        dev = self.device
+        self._means = state["means"].to(dev, torch.float32).contiguous().clone()
+        self._m2 = state["m2"].to(dev, torch.float32).contiguous().clone()
+        self._counts = state["counts"].to(dev, torch.float64).contiguous().clone()
+        self._buffer = buf.to(dev, torch.float32).contiguous().clone()
+        self.reg_covar = reg
+        self.warmup = warmup
+
+    def to(self, device: DeviceLike) -> "OnlineGMM":
+        """Moves the whole state to `device`; returns self."""
+        dev = torch.device(device)
+        self._means = self._means.to(dev)
+        self._m2 = self._m2.to(dev)
+        self._counts = self._counts.to(dev)
+        self._buffer = self._buffer.to(dev)
+        return self
+
+    def __repr__(self) -> str:
+        return (f"OnlineGMM(n_components={self.n_components}, dim={self.dim}, "
+                f"reg_covar={self.reg_covar:g}, device={self.device}, "
+                f"initialized={self.initialized})")
