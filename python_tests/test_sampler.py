@@ -1,0 +1,172 @@
+"""SGLDGibbs on the conjugate hierarchical Gaussian model, where phi's posterior is exact:
+
+    y_ij ~ N(theta_i, s^2),  theta_i ~ N(phi, beta^2),  phi ~ N(mu0, sigma^2)   (per dimension)
+    => ybar_i | phi ~ N(phi, beta^2 + s^2/n_i) and
+       p(phi | y) = N(m, v),  1/v = 1/sigma^2 + sum_i 1/(beta^2 + s^2/n_i),
+                              m = v (mu0/sigma^2 + sum_i ybar_i / (beta^2 + s^2/n_i)).
+Each of D dimensions is an independent replicate, which gives the moment checks their power.
+"""
+import math
+import os
+
+import pytest
+import torch
+
+from lift_ext.checkpoint import CheckpointError
+from lift_ext.lift import SGLDGibbs
+
+N_TASKS, DIM, S2, BETA, SIGMA = 5, 256, 1.0, 0.5, 1.0
+TASK_SIZES = [10, 12, 8, 10, 15]
+
+
+@pytest.fixture(scope="module")
+def problem():
+    gen = torch.Generator().manual_seed(0)
+    mu0 = 0.3 * torch.randn(DIM, generator=gen)
+    phi_true = mu0 + SIGMA * torch.randn(DIM, generator=gen)
+    ybar = []
+    for n in TASK_SIZES:
+        theta = phi_true + BETA * torch.randn(DIM, generator=gen)
+        y = theta + math.sqrt(S2) * torch.randn(n, DIM, generator=gen)
+        ybar.append(y.mean(0))
+    ybar = torch.stack(ybar)
+    sizes = torch.tensor(TASK_SIZES, dtype=torch.float64)
+    w = 1.0 / (BETA**2 + S2 / sizes)
+    var = 1.0 / (1.0 / SIGMA**2 + w.sum())
+    mean = var * (mu0.double() / SIGMA**2 + (w[:, None] * ybar.double()).sum(0))
+
+    def grad_fn(i, theta):  # exact gradient of -log p(y_i | theta) = n_i (theta - ybar_i) / s^2
+        return TASK_SIZES[i] * (theta - ybar[i]) / S2
+
+    return dict(mu0=mu0, grad_fn=grad_fn, post_mean=mean, post_var=float(var), ybar=ybar)
+
+
+def sample_phi(problem, phi_update, steps=12000, burn_in=2000, lr=2e-3, **kw):
+    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=lr,
+                        phi_update=phi_update, prior_mean=problem["mu0"], theta_init=problem["ybar"],
+                        burn_in=burn_in, seed=7, **kw)
+    total = torch.zeros(DIM, dtype=torch.float64)
+    total_sq = torch.zeros(DIM, dtype=torch.float64)
+    sampler.run(burn_in, progress=False)
+    for _ in range(steps - burn_in):
+        sampler.step()
+        total += sampler.phi.double()
+        total_sq += sampler.phi.double() ** 2
+    kept = steps - burn_in
+    mean = total / kept
+    return sampler, mean, total_sq / kept - mean**2
+
+
+@pytest.mark.parametrize("phi_update", ["langevin", "gibbs"])
+def test_phi_posterior_matches_closed_form(problem, phi_update):
+    """Tolerances: the mean error is judged in posterior sd (chains are correlated, so the
+    effective sample size per dimension is ~10^2: allow 0.25 sd on average over dimensions); the
+    variance ratio within 15% (O(lr) discretisation bias is ~2-4% here). Noise sqrt(lr) instead of
+    sqrt(2 lr) halves the variance, a missing J pins phi near mu0: both fail."""
+    _, mean, var = sample_phi(problem, phi_update)
+    sd = math.sqrt(problem["post_var"])
+    mean_error = ((mean - problem["post_mean"]).abs() / sd).mean().item()
+    var_ratio = (var.mean() / problem["post_var"]).item()
+    assert mean_error < 0.25, mean_error
+    assert abs(var_ratio - 1.0) < 0.15, var_ratio
+
+
+def test_running_sum_stays_equal_to_thetas_sum(problem):
+    sampler, _, _ = sample_phi(problem, "langevin", steps=3000, burn_in=100)
+    torch.testing.assert_close(sampler.task_sum, sampler.thetas.sum(0), rtol=1e-5, atol=1e-4)
+
+
+def test_gmm_receives_thinned_samples_after_burn_in(problem):
+    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=2e-3, burn_in=30,
+                        thin=4, theta_init=problem["ybar"], n_components=2, seed=1)
+    sampler.run(130, progress=False)
+    assert sampler.num_gmm_samples == (130 - 30) // 4
+    assert float(sampler.gmm.counts.sum()) == pytest.approx((130 - 30) // 4)
+
+
+def test_round_robin_visits_every_task_each_epoch(problem):
+    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=2e-3, seed=3)
+    visits = [sampler.step() for _ in range(4 * N_TASKS)]
+    for epoch in range(4):
+        assert sorted(visits[epoch * N_TASKS:(epoch + 1) * N_TASKS]) == list(range(N_TASKS))
+    assert visits[:N_TASKS] != visits[N_TASKS:2 * N_TASKS] or visits[N_TASKS:2 * N_TASKS] != visits[2 * N_TASKS:3 * N_TASKS]
+
+
+@pytest.mark.parametrize("phi_update", ["langevin", "gibbs"])
+def test_resume_is_bitwise_exact(problem, tmp_path, phi_update):
+    kw = dict(sigma=SIGMA, beta=BETA, lr=2e-3, phi_update=phi_update, prior_mean=problem["mu0"],
+              theta_init=problem["ybar"], burn_in=5, thin=2, n_components=2, seed=11)
+    straight = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], **kw)
+    straight.run(47, progress=False)
+
+    first = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], **kw)
+    first.run(23, progress=False)
+    path = os.path.join(tmp_path, "chain.pt")
+    first.save(path)
+    resumed = SGLDGibbs.load(path, problem["grad_fn"])
+    resumed.run(24, progress=False)
+    assert torch.equal(straight.phi, resumed.phi)
+    assert torch.equal(straight.thetas, resumed.thetas)
+    assert torch.equal(straight.task_sum, resumed.task_sum)
+    assert torch.equal(straight.gmm.means, resumed.gmm.means)
+    assert torch.equal(straight.gmm.counts, resumed.gmm.counts)
+    assert resumed.step_count == 47
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(problem, tmp_path):
+    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=2e-3, seed=0)
+    sampler.run(3, progress=False)
+    good = os.path.join(tmp_path, "good.pt")
+    sampler.save(good)
+    data = open(good, "rb").read()
+    truncated = os.path.join(tmp_path, "truncated.pt")
+    with open(truncated, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        SGLDGibbs.load(truncated, problem["grad_fn"])
+    foreign = os.path.join(tmp_path, "foreign.pt")
+    torch.save({"format": "something else", "version": 1}, foreign)
+    with pytest.raises(CheckpointError, match="not a lift_ext.SGLDGibbs checkpoint"):
+        SGLDGibbs.load(foreign, problem["grad_fn"])
+    state = torch.load(good, weights_only=True)
+    del state["task_sum"]
+    incomplete = os.path.join(tmp_path, "incomplete.pt")
+    torch.save(state, incomplete)
+    with pytest.raises(CheckpointError, match="missing task_sum"):
+        SGLDGibbs.load(incomplete, problem["grad_fn"])
+    state = torch.load(good, weights_only=True)
+    state["thetas"] = state["thetas"][:, :-1].contiguous()
+    torch.save(state, incomplete)
+    with pytest.raises(CheckpointError, match="thetas must be a float32 tensor of shape"):
+        SGLDGibbs.load(incomplete, problem["grad_fn"])
+    state = torch.load(good, weights_only=True)
+    state["version"] = 99
+    torch.save(state, incomplete)
+    with pytest.raises(CheckpointError, match="version"):
+        SGLDGibbs.load(incomplete, problem["grad_fn"])
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")], "no temp files left behind"
+
+
+def test_unstable_settings_warn(problem):
+    with pytest.warns(RuntimeWarning, match="lr / beta"):
+        SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=0.01, lr=1e-3)
+    with pytest.warns(RuntimeWarning, match="lr_phi"):
+        SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=1e-3, lr_phi=0.1)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(phi_update="metropolis"), "phi_update"), (dict(thin=0), "thin"), (dict(sigma=0.0), "sigma"),
+    (dict(theta_init=torch.zeros(3)), "theta_init"), (dict(prior_mean=torch.full((DIM,), float("nan"))), "prior_mean"),
+    (dict(lr=float("inf")), "lr"),
+])
+def test_bad_arguments(problem, kwargs, message):
+    args = dict(sigma=SIGMA, beta=BETA, lr=2e-3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], **args)
+
+
+def test_bad_gradient_shape_is_reported(problem):
+    sampler = SGLDGibbs(N_TASKS, DIM, lambda i, t: torch.zeros(DIM + 1), sigma=SIGMA, beta=BETA, lr=2e-3)
+    with pytest.raises(ValueError, match="grad_fn"):
+        sampler.step()
