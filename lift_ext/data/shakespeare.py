@@ -44,7 +44,7 @@ __all__ = [
     "split_roles", "make_windows", "load_benchmark",
 ]
 
-PARSER_VERSION = 1
+PARSER_VERSION = 2
 _CACHE_FORMAT = "lift_ext.shakespeare_corpus"
 
 SKIP_REASONS = {
@@ -224,7 +224,7 @@ _ORDINALS = {"1": "FIRST", "I": "FIRST", "FIRST": "FIRST", "2": "SECOND", "II": 
 _GUT_START = re.compile(r"^\*{3}\s*START OF", re.I)
 _GUT_END = re.compile(r"^(?:\*{3}\s*END OF|End of (?:the )?Project Gutenberg)", re.I)
 _TRAILING_BRACKET = re.compile(r"\s*[\[{(].*$")
-_INLINE_BRACKET = re.compile(r"\[[^\]\[{}]*[\]}]")
+_INLINE_BRACKET = re.compile(r"[\[{][^\]\[{}]*[\]}]")
 
 
 def _label_norm(label: str) -> str:
@@ -418,9 +418,9 @@ def _speech_lines(lines: list[str], current: str | None, joint: bool,
                 if tail:
                     _add_line(tail, current, joint, speeches, skipped)
             continue
-        if s.startswith("[") or _BARE_EXIT.match(s):
+        if s.startswith(("[", "{")) or _BARE_EXIT.match(s):
             skipped["stage_direction"] += 1
-            in_bracket = s.startswith("[") and not re.search(r"[\]}]", s)
+            in_bracket = s.startswith(("[", "{")) and not re.search(r"[\]}]", s)
             continue
         n_inline = len(_INLINE_BRACKET.findall(s))
         s = _INLINE_BRACKET.sub(" ", s)
