@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BackboneConfig", "build_model", "pretrain", "load_or_pretrain", "add_lora",
+__all__ = ["BackboneConfig", "build_model", "pretrain", "load_or_pretrain", "backbone_key", "add_lora",
            "lm_loss", "next_token_accuracy", "GPT2_ATTENTION_MODULES", "GPT2_MLP_MODULES"]
 
 GPT2_ATTENTION_MODULES = ("attn.c_attn", "attn.c_proj")
