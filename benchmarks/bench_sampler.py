@@ -58,13 +58,13 @@ def main(argv=None):
 
     kernel_ms = median_ms(kernels, device)
     state_bytes = 4 * dim * (tasks + 3 + 2 * args.components)
-    peak = peak_bytes(device) - (base_memory if device.type == "cuda" else 0)
+    peak = peak_bytes(device) - base_memory
     print(f"device: {device_name(device)}; D = {dim}, N = {tasks}, K = {args.components}")
     print(f"{'SGLDGibbs.step()':<24} {step_ms:8.3f} ms")
     print(f"{'its kernels, direct':<24} {kernel_ms:8.3f} ms")
     print(f"{'overhead ratio':<24} {step_ms / kernel_ms:8.2f} x")
     print(f"{'state (minimum)':<24} {state_bytes / 2**20:8.1f} MiB")
-    label = "peak GPU memory" if device.type == "cuda" else "peak RSS (process)"
+    label = "peak GPU memory growth" if device.type == "cuda" else "peak RSS growth"
     print(f"{label:<24} {peak / 2**20:8.1f} MiB")
 
 

@@ -93,8 +93,11 @@ class SGLDGibbs:
             if not torch.isfinite(theta_init).all():
                 raise ValueError("theta_init must be finite")
             self._thetas.copy_(theta_init.to(dev, torch.float32).expand(num_tasks, dim))
-        self._task_sum = self._thetas.double().sum(0).float()
-        self._phi = (self._task_sum.double() / num_tasks).float()
+        total = torch.zeros(dim, dtype=torch.float64, device=dev)
+        for row in self._thetas:  # row by row: O(D) extra memory, float64 accumulation
+            total += row
+        self._task_sum = total.float()
+        self._phi = (total / num_tasks).float()
         self.gmm = OnlineGMM(n_components, dim, device=dev)
         self.step_count = 0
         self._epoch, self._position = 0, 0
