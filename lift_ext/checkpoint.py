@@ -7,10 +7,11 @@ and renames it, so a crash never leaves a half-written checkpoint under the real
 checkpoint of the expected format and version.
 """
 import os
-import tempfile
 from typing import Any, Dict, Iterable
 
 import torch
+
+from lift_ext.files import atomic_open
 
 
 class CheckpointError(ValueError):
@@ -19,19 +20,8 @@ class CheckpointError(ValueError):
 
 def save_atomic(state: Dict[str, Any], path: str) -> None:
     """torch.save(state) to `path` via a temporary file in the same directory + os.replace."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save(state, fh)
 
 
 def load_checked(path: str, *, fmt: str, version: int, required: Iterable[str],

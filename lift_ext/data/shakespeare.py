@@ -30,13 +30,14 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from lift_ext.files import atomic_open
 
 __all__ = [
     "PARSER_VERSION", "SKIP_REASONS", "Role", "Play", "Corpus", "CharVocab", "RoleTask",
@@ -94,19 +95,9 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory + os.replace, so a
-    reader sees either the old file or the complete new one, never a partial write."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path`` atomically (see lift_ext.files.atomic_open)."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
 
 
 # ---------------------------------------------------------------------------------------
