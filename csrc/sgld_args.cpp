@@ -114,6 +114,16 @@ SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::Tens
   return call;
 }
 
+void check_rng_state(const at::Tensor& rng_state, const at::Device& device) {
+  TORCH_CHECK(rng_state.scalar_type() == at::kLong, "rng_state must be int64 [seed, offset], got ",
+              rng_state.scalar_type());
+  TORCH_CHECK(rng_state.dim() == 1 && rng_state.size(0) == 2,
+              "rng_state must have shape [2] ([seed, offset]), got ", rng_state.sizes());
+  TORCH_CHECK(rng_state.is_contiguous(), "rng_state must be contiguous");
+  TORCH_CHECK(rng_state.device() == device, "rng_state must be on the device of params (", device,
+              "), got ", rng_state.device());
+}
+
 void check_philox_normal_args(const at::Tensor& out, int64_t seed, int64_t offset) {
   TORCH_CHECK(out.scalar_type() == at::kFloat, "out must be float32, got ", out.scalar_type());
   TORCH_CHECK(out.is_contiguous(), "out must be contiguous");

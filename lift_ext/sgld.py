@@ -69,7 +69,8 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
               prior_mean: Optional[TensorOrList] = None, prior_precision: float = 0.0,
               accum: Optional[TensorOrList] = None, square_avg: Optional[TensorOrList] = None,
               alpha: float = 0.99, eps: float = 1e-8, seed: Optional[int] = None,
-              offset: Optional[int] = None, generator: Optional[torch.Generator] = None) -> None:
+              offset: Optional[int] = None, generator: Optional[torch.Generator] = None,
+              rng_state: Optional[torch.Tensor] = None) -> None:
     """One fused SGLD step, in place on `params` (and `accum`, `square_avg`).
 
     params: float32 contiguous Tensor, or list of them (one pass over the whole list).
@@ -82,6 +83,12 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
     same noise. Without seed, (seed, offset) is drawn from `generator` (default: torch's CPU
     generator, so torch.manual_seed reproduces runs), advancing it. With temperature 0 no noise
     is drawn and the generator is not advanced. Bad input raises before anything is written.
+
+    rng_state: instead of seed/offset/generator, an int64 tensor [seed, offset] on the params'
+    device. The step reads (seed, offset) from it when it runs (on the GPU: in the kernel) and
+    then adds 1 to the offset in place (also with temperature 0), so one step captured in a
+    torch.cuda.CUDAGraph draws fresh noise on every replay; k calls match k explicit-seed
+    steps at offsets offset .. offset + k - 1.
     """
     single = isinstance(params, torch.Tensor)
     if not single and not isinstance(params, (list, tuple)):
@@ -95,6 +102,16 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
     if lr * prior_precision >= 1.0:
         warnings.warn(f"lr * prior_precision = {lr * prior_precision:g} >= 1: the prior pull "
                       "overshoots and the chain is unstable; lower lr", RuntimeWarning, stacklevel=2)
+    if rng_state is not None:
+        if seed is not None or offset is not None or generator is not None:
+            raise ValueError("pass either rng_state or seed/offset/generator, not both")
+        if not isinstance(rng_state, torch.Tensor):
+            raise TypeError(f"rng_state must be an int64 Tensor [seed, offset], got {type(rng_state).__name__}")
+        ops.sgld_step_graphsafe_(param_list, grad_list, prior_list, accum_list, square_list, rng_state,
+                                 lr=float(lr), temperature=float(temperature),
+                                 prior_precision=float(prior_precision), alpha=float(alpha),
+                                 eps=float(eps))
+        return
     if temperature == 0.0 and seed is None and offset is None:
         seed_val, offset_val = 0, 0  # no noise is drawn: leave the generator alone
     else:
