@@ -34,10 +34,16 @@ def _as_list(value: Optional[TensorOrList], name: str, structure: Optional[int])
         raise TypeError(f"{name} must be a list of Tensors like params, got {type(value).__name__}")
     if len(value) != structure:
         raise ValueError(f"{name} must have one tensor per param ({structure}), got {len(value)}")
-    for i, t in enumerate(value):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}[{i}] must be a Tensor, got {type(t).__name__}")
+    # The elements are checked by the op; _check_elements names the culprit if it refuses.
     return list(value)
+
+
+def _check_elements(lists) -> None:
+    """Raise a TypeError naming the first list element that is not a Tensor."""
+    for name, value in lists:
+        for i, t in enumerate(value):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}[{i}] must be a Tensor, got {type(t).__name__}")
 
 
 def draw_seed_offset(generator: Optional[torch.Generator]) -> Tuple[int, int]:
@@ -102,11 +108,15 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
     if lr * prior_precision >= 1.0:
         warnings.warn(f"lr * prior_precision = {lr * prior_precision:g} >= 1: the prior pull "
                       "overshoots and the chain is unstable; lower lr", RuntimeWarning, stacklevel=2)
+    named = (("params", param_list), ("grads", grad_list), ("prior_mean", prior_list),
+             ("accum", accum_list), ("square_avg", square_list))
     if rng_state is not None:
         if seed is not None or offset is not None or generator is not None:
             raise ValueError("pass either rng_state or seed/offset/generator, not both")
         if not isinstance(rng_state, torch.Tensor):
             raise TypeError(f"rng_state must be an int64 Tensor [seed, offset], got {type(rng_state).__name__}")
+        if not single:
+            _check_elements(named)
         ops.sgld_step_graphsafe_(param_list, grad_list, prior_list, accum_list, square_list, rng_state,
                                  lr=float(lr), temperature=float(temperature),
                                  prior_precision=float(prior_precision), alpha=float(alpha),
@@ -123,7 +133,11 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
                        accum_list[0] if accum_list else None,
                        square_list[0] if square_list else None, **kwargs)
     else:
-        ops.sgld_step_list_(param_list, grad_list, prior_list, accum_list, square_list, **kwargs)
+        try:
+            ops.sgld_step_list_(param_list, grad_list, prior_list, accum_list, square_list, **kwargs)
+        except (TypeError, RuntimeError):
+            _check_elements(named)  # a non-Tensor element: raise naming it, else the op's error
+            raise
 
 
 def philox_normal(numel: int, *, seed: int, offset: int,
