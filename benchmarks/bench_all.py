@@ -264,7 +264,11 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="results file (default benchmarks/out/bench_<device>.json)")
     parser.add_argument("--plot", default=None, help="PNG file (default next to the JSON)")
     parser.add_argument("--only", choices=["sgld", "phi", "gmm"], action="append", help="op families to run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (torch.set_num_threads); 1 resists contention on a shared machine")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     families = set(args.only or ["sgld", "phi", "gmm"])
     out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
