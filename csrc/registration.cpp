@@ -16,6 +16,14 @@ TORCH_LIBRARY(lift_ext, m) {
       "sgld_step_list_(Tensor(a!)[] params, Tensor[] grads, Tensor[] prior_means, "
       "Tensor(b!)[] accums, Tensor(c!)[] square_avgs, float lr, float temperature, "
       "float prior_precision, float alpha, float eps, int seed, int offset) -> ()");
+  // The list step with seed and offset read from an int64 device tensor rng_state = [seed,
+  // offset] (on the params' device), which the op then advances in place (offset += 1, on
+  // the device, also with temperature 0): a CUDA-graph capture of one call draws fresh noise
+  // on every replay. Same noise as sgld_step_list_ with that (seed, offset).
+  m.def(
+      "sgld_step_graphsafe_(Tensor(a!)[] params, Tensor[] grads, Tensor[] prior_means, "
+      "Tensor(b!)[] accums, Tensor(c!)[] square_avgs, Tensor(d!) rng_state, float lr, "
+      "float temperature, float prior_precision, float alpha, float eps) -> ()");
   // Fills `out` (float32, contiguous) with the noise sgld_step_ adds to a flat vector.
   m.def("philox_normal_(Tensor(a!) out, int seed, int offset) -> ()");
   // SGLD-Gibbs update of the shared prior phi from the running task sum S (DESIGN.md

@@ -1,6 +1,7 @@
 #include "lift_ext/sgld_args.h"
 
 #include <cmath>
+#include <ostream>
 #include <string>
 
 #include <ATen/ops/empty.h>
@@ -9,12 +10,26 @@
 namespace lift_ext {
 namespace {
 
-std::string item_name(const char* name, size_t index, bool is_list) {
-  return is_list ? std::string(name) + "[" + std::to_string(index) + "]" : std::string(name);
+// "grads[3]" (or "grads" for a single tensor), formatted only when a check fails: the
+// messages of TORCH_CHECK are built lazily, so a passing call allocates no strings.
+struct ItemName {
+  const char* name;
+  size_t index;
+  bool is_list;
+};
+
+std::ostream& operator<<(std::ostream& os, const ItemName& n) {
+  os << n.name;
+  if (n.is_list) os << "[" << n.index << "]";
+  return os;
 }
 
-void check_companion(const at::Tensor& t, const at::Tensor& param, const std::string& name,
-                     const std::string& param_name, bool allow_low_precision) {
+ItemName item_name(const char* name, size_t index, bool is_list) {
+  return ItemName{name, index, is_list};
+}
+
+void check_companion(const at::Tensor& t, const at::Tensor& param, const ItemName& name,
+                     const ItemName& param_name, bool allow_low_precision) {
   TORCH_CHECK(t.device() == param.device(), name, " must be on the same device as ", param_name,
               " (", param.device(), "), got ", t.device());
   if (allow_low_precision) {
@@ -65,7 +80,7 @@ SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::Tens
   call.slots.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
-    const std::string p_name = item_name("params", i, is_list);
+    const ItemName p_name = item_name("params", i, is_list);
     TORCH_CHECK(p.defined(), p_name, " is undefined");
     TORCH_CHECK(p.scalar_type() == at::kFloat, p_name, " must be float32, got ", p.scalar_type());
     TORCH_CHECK(p.is_contiguous(), p_name, " must be contiguous");
@@ -112,6 +127,16 @@ SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::Tens
                              static_cast<uint64_t>(seed),
                              static_cast<uint64_t>(offset)};
   return call;
+}
+
+void check_rng_state(const at::Tensor& rng_state, const at::Device& device) {
+  TORCH_CHECK(rng_state.scalar_type() == at::kLong, "rng_state must be int64 [seed, offset], got ",
+              rng_state.scalar_type());
+  TORCH_CHECK(rng_state.dim() == 1 && rng_state.size(0) == 2,
+              "rng_state must have shape [2] ([seed, offset]), got ", rng_state.sizes());
+  TORCH_CHECK(rng_state.is_contiguous(), "rng_state must be contiguous");
+  TORCH_CHECK(rng_state.device() == device, "rng_state must be on the device of params (", device,
+              "), got ", rng_state.device());
 }
 
 void check_philox_normal_args(const at::Tensor& out, int64_t seed, int64_t offset) {

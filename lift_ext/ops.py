@@ -49,6 +49,21 @@ def _sgld_step_list_fake(params, grads, prior_means, accums, square_avgs, lr, te
     _check_lists(params, grads, prior_means, accums, square_avgs)
 
 
+def _check_rng_state(rng_state, params) -> None:
+    torch._check(rng_state.dtype == torch.int64, lambda: f"rng_state must be int64 [seed, offset], got {rng_state.dtype}")
+    torch._check(rng_state.dim() == 1 and rng_state.shape[0] == 2,
+                 lambda: f"rng_state must have shape [2] ([seed, offset]), got {tuple(rng_state.shape)}")
+    if len(params) > 0:
+        torch._check(rng_state.device == params[0].device, lambda: "rng_state must be on the device of params")
+
+
+@torch.library.register_fake("lift_ext::sgld_step_graphsafe_")
+def _sgld_step_graphsafe_fake(params, grads, prior_means, accums, square_avgs, rng_state, lr,
+                              temperature, prior_precision, alpha, eps):
+    _check_rng_state(rng_state, params)
+    _check_lists(params, grads, prior_means, accums, square_avgs)
+
+
 @torch.library.register_fake("lift_ext::philox_normal_")
 def _philox_normal_fake(out, seed, offset):
     torch._check(out.dtype == torch.float32, lambda: f"out must be float32, got {out.dtype}")
@@ -153,6 +168,18 @@ def sgld_step_list_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
                                        prior_precision, alpha, eps, seed, offset)
 
 
+def sgld_step_graphsafe_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                         prior_means: Sequence[torch.Tensor], accums: Sequence[torch.Tensor],
+                         square_avgs: Sequence[torch.Tensor], rng_state: torch.Tensor, *,
+                         lr: float, temperature: float, prior_precision: float, alpha: float,
+                         eps: float) -> None:
+    """The list step with (seed, offset) read from int64 rng_state [2] on the params' device,
+    which is then advanced in place (offset += 1, on the device): CUDA-graph safe."""
+    torch.ops.lift_ext.sgld_step_graphsafe_(list(params), list(grads), list(prior_means),
+                                            list(accums), list(square_avgs), rng_state, lr,
+                                            temperature, prior_precision, alpha, eps)
+
+
 def philox_normal_(out: torch.Tensor, *, seed: int, offset: int) -> None:
     """Fill float32 `out` with the standard normals of elements 0..numel-1 for (seed, offset)."""
     torch.ops.lift_ext.philox_normal_(out, seed, offset)
@@ -189,5 +216,5 @@ def gmm_prior_grad_(grad: torch.Tensor, theta: torch.Tensor, means: torch.Tensor
     torch.ops.lift_ext.gmm_prior_grad_(grad, theta, means, m2, counts, resp, reg, scale)
 
 
-__all__: List[str] = ["sgld_step_", "sgld_step_list_", "philox_normal_", "philox4x32_10", "phi_step_",
+__all__: List[str] = ["sgld_step_", "sgld_step_list_", "sgld_step_graphsafe_", "philox_normal_", "philox4x32_10", "phi_step_",
                       "gmm_estep", "gmm_mstep_", "gmm_prior_grad_"]

@@ -34,10 +34,16 @@ def _as_list(value: Optional[TensorOrList], name: str, structure: Optional[int])
         raise TypeError(f"{name} must be a list of Tensors like params, got {type(value).__name__}")
     if len(value) != structure:
         raise ValueError(f"{name} must have one tensor per param ({structure}), got {len(value)}")
-    for i, t in enumerate(value):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}[{i}] must be a Tensor, got {type(t).__name__}")
+    # The elements are checked by the op; _check_elements names the culprit if it refuses.
     return list(value)
+
+
+def _check_elements(lists) -> None:
+    """Raise a TypeError naming the first list element that is not a Tensor."""
+    for name, value in lists:
+        for i, t in enumerate(value):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}[{i}] must be a Tensor, got {type(t).__name__}")
 
 
 def draw_seed_offset(generator: Optional[torch.Generator]) -> Tuple[int, int]:
@@ -69,7 +75,8 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
               prior_mean: Optional[TensorOrList] = None, prior_precision: float = 0.0,
               accum: Optional[TensorOrList] = None, square_avg: Optional[TensorOrList] = None,
               alpha: float = 0.99, eps: float = 1e-8, seed: Optional[int] = None,
-              offset: Optional[int] = None, generator: Optional[torch.Generator] = None) -> None:
+              offset: Optional[int] = None, generator: Optional[torch.Generator] = None,
+              rng_state: Optional[torch.Tensor] = None) -> None:
     """One fused SGLD step, in place on `params` (and `accum`, `square_avg`).
 
     params: float32 contiguous Tensor, or list of them (one pass over the whole list).
@@ -82,6 +89,12 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
     same noise. Without seed, (seed, offset) is drawn from `generator` (default: torch's CPU
     generator, so torch.manual_seed reproduces runs), advancing it. With temperature 0 no noise
     is drawn and the generator is not advanced. Bad input raises before anything is written.
+
+    rng_state: instead of seed/offset/generator, an int64 tensor [seed, offset] on the params'
+    device. The step reads (seed, offset) from it when it runs (on the GPU: in the kernel) and
+    then adds 1 to the offset in place (also with temperature 0), so one step captured in a
+    torch.cuda.CUDAGraph draws fresh noise on every replay; k calls match k explicit-seed
+    steps at offsets offset .. offset + k - 1.
     """
     single = isinstance(params, torch.Tensor)
     if not single and not isinstance(params, (list, tuple)):
@@ -95,6 +108,20 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
     if lr * prior_precision >= 1.0:
         warnings.warn(f"lr * prior_precision = {lr * prior_precision:g} >= 1: the prior pull "
                       "overshoots and the chain is unstable; lower lr", RuntimeWarning, stacklevel=2)
+    named = (("params", param_list), ("grads", grad_list), ("prior_mean", prior_list),
+             ("accum", accum_list), ("square_avg", square_list))
+    if rng_state is not None:
+        if seed is not None or offset is not None or generator is not None:
+            raise ValueError("pass either rng_state or seed/offset/generator, not both")
+        if not isinstance(rng_state, torch.Tensor):
+            raise TypeError(f"rng_state must be an int64 Tensor [seed, offset], got {type(rng_state).__name__}")
+        if not single:
+            _check_elements(named)
+        ops.sgld_step_graphsafe_(param_list, grad_list, prior_list, accum_list, square_list, rng_state,
+                                 lr=float(lr), temperature=float(temperature),
+                                 prior_precision=float(prior_precision), alpha=float(alpha),
+                                 eps=float(eps))
+        return
     if temperature == 0.0 and seed is None and offset is None:
         seed_val, offset_val = 0, 0  # no noise is drawn: leave the generator alone
     else:
@@ -106,7 +133,11 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
                        accum_list[0] if accum_list else None,
                        square_list[0] if square_list else None, **kwargs)
     else:
-        ops.sgld_step_list_(param_list, grad_list, prior_list, accum_list, square_list, **kwargs)
+        try:
+            ops.sgld_step_list_(param_list, grad_list, prior_list, accum_list, square_list, **kwargs)
+        except (TypeError, RuntimeError):
+            _check_elements(named)  # a non-Tensor element: raise naming it, else the op's error
+            raise
 
 
 def philox_normal(numel: int, *, seed: int, offset: int,

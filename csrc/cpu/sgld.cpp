@@ -162,6 +162,19 @@ void sgld_step_list_cpu(at::TensorList params, at::TensorList grads, at::TensorL
                                  prior_precision, alpha, eps, seed, offset));
 }
 
+void sgld_step_graphsafe_cpu(at::TensorList params, at::TensorList grads,
+                             at::TensorList prior_means, at::TensorList accums,
+                             at::TensorList square_avgs, const at::Tensor& rng_state, double lr,
+                             double temperature, double prior_precision, double alpha,
+                             double eps) {
+  check_rng_state(rng_state, params.empty() ? rng_state.device() : params[0].device());
+  int64_t* state = rng_state.data_ptr<int64_t>();
+  // prepare_sgld_call refuses negative seed / offset before anything is written.
+  run_sgld_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr, temperature,
+                                 prior_precision, alpha, eps, state[0], state[1]));
+  state[1] += 1;
+}
+
 void philox_normal_cpu(const at::Tensor& out, int64_t seed, int64_t offset) {
   check_philox_normal_args(out, seed, offset);
   const int64_t numel = out.numel();
@@ -199,6 +212,7 @@ TORCH_LIBRARY_IMPL(lift_ext, CPU, m) {
   m.impl("philox4x32_10", &philox_words_cpu);
   m.impl("sgld_step_", &sgld_step_cpu);
   m.impl("sgld_step_list_", &sgld_step_list_cpu);
+  m.impl("sgld_step_graphsafe_", &sgld_step_graphsafe_cpu);
   m.impl("philox_normal_", &philox_normal_cpu);
 }
 

@@ -45,6 +45,29 @@ void sgld_step_list_cuda(at::TensorList params, at::TensorList grads, at::Tensor
   if (!params.empty()) run_sgld_cuda(call, params[0]);
 }
 
+void sgld_step_graphsafe_cuda(at::TensorList params, at::TensorList grads,
+                              at::TensorList prior_means, at::TensorList accums,
+                              at::TensorList square_avgs, const at::Tensor& rng_state, double lr,
+                              double temperature, double prior_precision, double alpha,
+                              double eps) {
+  TORCH_CHECK(rng_state.is_cuda(), "rng_state must be a CUDA tensor here, got ",
+              rng_state.device());
+  check_rng_state(rng_state, params.empty() ? rng_state.device() : params[0].device());
+  // seed / offset live on the device: the host checks see placeholders (0, 0).
+  const SgldCall call = prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr,
+                                          temperature, prior_precision, alpha, eps, 0, 0);
+  const c10::cuda::CUDAGuard guard(rng_state.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  int64_t* state = rng_state.data_ptr<int64_t>();
+  if (!call.slots.empty()) {
+    launch_sgld_cuda(call.slots.data(), static_cast<int64_t>(call.slots.size()), call.grad_dtype,
+                     call.scalars, stream, state);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  launch_advance_offset_cuda(state, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 void philox_normal_cuda(const at::Tensor& out, int64_t seed, int64_t offset) {
   check_philox_normal_args(out, seed, offset);
   const c10::cuda::CUDAGuard guard(out.device());
@@ -70,6 +93,7 @@ TORCH_LIBRARY_IMPL(lift_ext, CUDA, m) {
   m.impl("philox4x32_10", &philox_words_cuda);
   m.impl("sgld_step_", &sgld_step_cuda);
   m.impl("sgld_step_list_", &sgld_step_list_cuda);
+  m.impl("sgld_step_graphsafe_", &sgld_step_graphsafe_cuda);
   m.impl("philox_normal_", &philox_normal_cuda);
 }
 

@@ -92,8 +92,12 @@ __device__ __forceinline__ int find_slot(const SlotTable<kCapacity>& table, int6
 
 template <int kCapacity, typename G>
 __global__ void __launch_bounds__(kThreads)
-sgld_kernel(const SlotTable<kCapacity> table, const SgldScalars s) {
+sgld_kernel(const SlotTable<kCapacity> table, SgldScalars s, const int64_t* rng_state) {
   const bool noise_on = s.noise_scale != 0.0f;
+  if (rng_state != nullptr) {  // graph-safe form: seed and offset as of this launch
+    s.seed = static_cast<uint64_t>(rng_state[0]);
+    s.offset = static_cast<uint64_t>(rng_state[1]);
+  }
   const int64_t first_group = table.begin / 4;
   const int64_t last_group = (table.end - 1) / 4;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -169,6 +173,8 @@ __global__ void philox_words_kernel(const int64_t* counters, const int64_t* keys
   for (int j = 0; j < 4; ++j) words[4 * i + j] = static_cast<int64_t>(r.v[j]);
 }
 
+__global__ void advance_offset_kernel(int64_t* rng_state) { rng_state[1] += 1; }
+
 int grid_for(int64_t groups) {
   static thread_local int sms = 0;
   if (sms == 0) {
@@ -182,42 +188,49 @@ int grid_for(int64_t groups) {
 }
 
 template <int kCapacity, typename G>
-void launch_table(const SgldSlot* slots, int count, const SgldScalars& s, cudaStream_t stream) {
+void launch_table(const SgldSlot* slots, int count, const SgldScalars& s, cudaStream_t stream,
+                  const int64_t* rng_state) {
   SlotTable<kCapacity> table;
   for (int i = 0; i < count; ++i) table.slots[i] = slots[i];
   table.count = count;
   table.begin = slots[0].base;
   table.end = slots[count - 1].base + slots[count - 1].numel;
   const int64_t groups = (table.end - 1) / 4 - table.begin / 4 + 1;
-  sgld_kernel<kCapacity, G><<<grid_for(groups), kThreads, 0, stream>>>(table, s);
+  sgld_kernel<kCapacity, G><<<grid_for(groups), kThreads, 0, stream>>>(table, s, rng_state);
 }
 
 template <typename G>
 void launch_all(const SgldSlot* slots, int64_t num_slots, const SgldScalars& s,
-                cudaStream_t stream) {
+                cudaStream_t stream, const int64_t* rng_state) {
   if (num_slots == 1) {
-    launch_table<1, G>(slots, 1, s, stream);
+    launch_table<1, G>(slots, 1, s, stream, rng_state);
     return;
   }
   // Lists longer than kMaxListSlots go in consecutive launches over disjoint element
   // ranges; a group straddling two launches is split by the [begin, end) test.
   for (int64_t first = 0; first < num_slots; first += kMaxListSlots) {
     const int count = static_cast<int>(std::min<int64_t>(kMaxListSlots, num_slots - first));
-    launch_table<kMaxListSlots, G>(slots + first, count, s, stream);
+    launch_table<kMaxListSlots, G>(slots + first, count, s, stream, rng_state);
   }
 }
 
 }  // namespace
 
 void launch_sgld_cuda(const SgldSlot* slots, int64_t num_slots, GradDtype grad_dtype,
-                      const SgldScalars& scalars, void* stream) {
+                      const SgldScalars& scalars, void* stream, const int64_t* rng_state) {
   if (num_slots == 0) return;
   auto st = static_cast<cudaStream_t>(stream);
   switch (grad_dtype) {
-    case GradDtype::kFloat32: launch_all<float>(slots, num_slots, scalars, st); break;
-    case GradDtype::kBFloat16: launch_all<__nv_bfloat16>(slots, num_slots, scalars, st); break;
-    case GradDtype::kFloat16: launch_all<__half>(slots, num_slots, scalars, st); break;
+    case GradDtype::kFloat32: launch_all<float>(slots, num_slots, scalars, st, rng_state); break;
+    case GradDtype::kBFloat16:
+      launch_all<__nv_bfloat16>(slots, num_slots, scalars, st, rng_state);
+      break;
+    case GradDtype::kFloat16: launch_all<__half>(slots, num_slots, scalars, st, rng_state); break;
   }
+}
+
+void launch_advance_offset_cuda(int64_t* rng_state, void* stream) {
+  advance_offset_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(rng_state);
 }
 
 void launch_philox_normal_cuda(float* out, int64_t numel, uint64_t seed, uint64_t offset,

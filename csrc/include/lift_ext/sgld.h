@@ -71,9 +71,15 @@ struct SgldSlot {
 
 #if defined(LIFT_EXT_WITH_CUDA) || defined(__CUDACC__)
 // Launches the fused update over `num_slots` tensors on `stream` (a cudaStream_t).
-// All slots share the grad dtype and which optional arrays are present.
+// All slots share the grad dtype and which optional arrays are present. With rng_state
+// (device memory, int64 [seed, offset]) the kernels read seed and offset from it instead of
+// scalars.seed / scalars.offset (graph-safe form; advance it with launch_advance_offset_cuda).
 void launch_sgld_cuda(const SgldSlot* slots, int64_t num_slots, GradDtype grad_dtype,
-                      const SgldScalars& scalars, void* stream);
+                      const SgldScalars& scalars, void* stream,
+                      const int64_t* rng_state = nullptr);
+
+// rng_state[1] += 1 on the device (one thread), ordered after the step on `stream`.
+void launch_advance_offset_cuda(int64_t* rng_state, void* stream);
 
 // Writes normals(seed, offset) for elements 0..numel-1 into out (device memory).
 void launch_philox_normal_cuda(float* out, int64_t numel, uint64_t seed, uint64_t offset,

@@ -18,6 +18,9 @@ struct SgldCall {
   int64_t total_numel = 0;
 };
 
+// Checks rng_state of sgld_step_graphsafe_: int64, shape [2], contiguous, on `device`.
+void check_rng_state(const at::Tensor& rng_state, const at::Device& device);
+
 // Checks a list call (a flat call is a list of one) and returns its slots. Every check runs
 // before anything is written, so a refused call leaves all tensors untouched.
 SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::TensorList prior_means,

@@ -1,0 +1,68 @@
+"""A short CUDA run of every lift_ext kernel, for compute-sanitizer (memcheck, racecheck):
+odd sizes (vector tails, unaligned list members), every grad dtype and optional array, both
+phi modes, the GMM E, M and prior-gradient kernels and the graph-safe SGLD step.
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitizer_driver.py
+"""
+import torch
+
+import lift_ext
+from lift_ext import ops
+
+
+def main():
+    assert torch.cuda.is_available() and lift_ext.cuda_kernels_built(), "needs a GPU and the CUDA kernels"
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    rnd = lambda *s: torch.randn(*s, device=dev, generator=gen)  # noqa: E731
+
+    # SGLD, flat, every grad dtype, with and without the optional arrays; odd numel.
+    n = 4099
+    for gdtype in (torch.float32, torch.bfloat16, torch.float16):
+        p, g, c = rnd(n), rnd(n).to(gdtype), rnd(n)
+        lift_ext.sgld_step(p, g, lr=1e-3, seed=1, offset=2)
+        lift_ext.sgld_step(p, g, lr=1e-3, prior_mean=c, prior_precision=0.5, accum=torch.zeros_like(p),
+                           square_avg=torch.rand(n, device=dev), seed=1, offset=3)
+    # SGLD, lists: many small tensors (one launch), sizes not multiples of 4, views at odd offsets.
+    base = rnd(70001)
+    sizes = [1, 3, 5, 4096, 6147, 33, 65537]
+    ps = list(base[1:1 + sum(sizes)].split(sizes))
+    gs = [rnd(k).bfloat16() for k in sizes]
+    cs = [rnd(k) for k in sizes]
+    lift_ext.sgld_step(ps, gs, lr=1e-3, prior_mean=cs, prior_precision=0.1,
+                       square_avg=[torch.rand(k, device=dev) for k in sizes], seed=4, offset=5)
+    lift_ext.sgld_step([rnd(6144) for _ in range(72)], [rnd(6144) for _ in range(72)], lr=1e-3,
+                       temperature=0.0)
+    # Graph-safe variant: seed/offset read from a device tensor, offset advanced on device.
+    if hasattr(torch.ops.lift_ext, "sgld_step_graphsafe_"):
+        state = torch.tensor([7, 0], dtype=torch.int64, device=dev)
+        p, g = rnd(n), rnd(n)
+        lift_ext.sgld_step(p, g, lr=1e-3, rng_state=state)
+        lift_ext.sgld_step(list(rnd(2 * n + 1).split([n, n + 1])), [rnd(n), rnd(n + 1)], lr=1e-3,
+                           rng_state=state)
+    # Noise and raw words.
+    lift_ext.philox_normal(12347, seed=3, offset=9, device=dev)
+    ops.philox4x32_10(torch.randint(0, 2**32, (37, 4), device=dev), torch.randint(0, 2**32, (37, 2), device=dev))
+    # phi step, both modes, with and without a prior mean.
+    phi, s, mu0 = rnd(n), rnd(n), rnd(n)
+    for gibbs in (False, True):
+        for pm in (None, mu0):
+            ops.phi_step_(phi, s, pm, lr=1e-3, temperature=1.0, sigma=1.0, beta=0.5, num_tasks=8,
+                          gibbs=gibbs, seed=1, offset=1)
+    # GMM E, M, prior gradient; D not a multiple of the vector width, B = 1 and B > 1.
+    k, d = 8, 10007
+    for b in (1, 5):
+        means, m2 = rnd(k, d), rnd(k, d).abs() + 1.0
+        counts = torch.full((k,), 10.0, dtype=torch.float64, device=dev)
+        x = rnd(b, d)
+        _, resp = ops.gmm_estep(x, means, m2, counts, reg=1e-6)
+        ops.gmm_mstep_(means, m2, counts, x, resp)
+    theta, grad = rnd(d), torch.zeros(d, device=dev)
+    _, r = ops.gmm_estep(theta[None], means, m2, counts, reg=1e-2)
+    ops.gmm_prior_grad_(grad, theta, means, m2, counts, r[0].contiguous(), reg=1e-2, scale=1.0)
+    torch.cuda.synchronize()
+    print("sanitizer driver: all kernels ran")
+
+
+if __name__ == "__main__":
+    main()
