@@ -11,36 +11,19 @@ sample (every component updated): the fused kernels' worst case.
 """
 import argparse
 import math
-import statistics
-import time
+import os
+import sys
 
 import torch
 
 import lift_ext  # noqa: F401
 from lift_ext import ops
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import median_ms  # noqa: E402
+
 CASES = [(8, 2**20, 1), (8, 2**22, 16), (8, 2**23, 1)]
 REG = 1e-6
-
-
-def median_ms(fn, device, repeats):
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
 
 
 def make_state(k, d, b, device):
@@ -102,7 +85,7 @@ def main():
         times = {}
         for label, fn in (("eager", eager_update), ("fused", fused_update), ("dense", fused_update_dense)):
             state = make_state(k, d, b, device)
-            times[label] = median_ms(lambda: fn(*state), device, args.repeats)
+            times[label] = median_ms(lambda: fn(*state), device, warmup=1, repeats=args.repeats, min_seconds=0.0)
             del state
         print(f"{k:>3} {d:>9} {b:>3} | {times['eager']:>10.2f} {times['fused']:>10.2f} "
               f"{times['eager'] / times['fused']:>6.1f}x | {times['dense']:>18.2f} "

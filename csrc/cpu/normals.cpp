@@ -12,6 +12,25 @@
 namespace lift_ext {
 namespace {
 constexpr int kLanes = 16;  // element groups generated together, one SIMD lane each
+
+// Box-Muller of kLanes groups' Philox words (w0..w3 per lane) and the interleaved store of
+// the first `lanes` groups' four normals. Inlined into each instruction-set variant.
+__attribute__((always_inline)) inline void store_normals(const uint32_t* w0, const uint32_t* w1,
+                                                         const uint32_t* w2, const uint32_t* w3,
+                                                         int64_t lanes, float* __restrict out) {
+  float z0[kLanes], z1[kLanes], z2[kLanes], z3[kLanes];
+#pragma omp simd
+  for (int l = 0; l < kLanes; ++l) {
+    box_muller(w0[l], w1[l], z0[l], z1[l]);
+    box_muller(w2[l], w3[l], z2[l], z3[l]);
+  }
+  for (int64_t l = 0; l < lanes; ++l) {
+    out[4 * l + 0] = z0[l];
+    out[4 * l + 1] = z1[l];
+    out[4 * l + 2] = z2[l];
+    out[4 * l + 3] = z3[l];
+  }
+}
 }  // namespace
 
 // Structure-of-arrays over kLanes groups so every loop below maps onto SIMD lanes.
@@ -45,20 +64,7 @@ void fill_normals_generic(uint64_t seed, uint64_t offset, uint64_t first_group, 
       k0 += kWeyl0;
       k1 += kWeyl1;
     }
-    float z0[kLanes], z1[kLanes], z2[kLanes], z3[kLanes];
-#pragma omp simd
-    for (int l = 0; l < kLanes; ++l) {
-      box_muller(c0[l], c1[l], z0[l], z1[l]);
-      box_muller(c2[l], c3[l], z2[l], z3[l]);
-    }
-    const int64_t lanes = std::min<int64_t>(kLanes, num_groups - j0);
-    for (int l = 0; l < lanes; ++l) {
-      float* o = out + 4 * (j0 + l);
-      o[0] = z0[l];
-      o[1] = z1[l];
-      o[2] = z2[l];
-      o[3] = z3[l];
-    }
+    store_normals(c0, c1, c2, c3, std::min<int64_t>(kLanes, num_groups - j0), out + 4 * j0);
   }
 }
 
@@ -116,20 +122,7 @@ void fill_normals_avx512(uint64_t seed, uint64_t offset, uint64_t first_group,
     _mm512_store_si512(w1, c1);
     _mm512_store_si512(w2, c2);
     _mm512_store_si512(w3, c3);
-    float z0[kLanes], z1[kLanes], z2[kLanes], z3[kLanes];
-#pragma omp simd
-    for (int l = 0; l < kLanes; ++l) {
-      box_muller(w0[l], w1[l], z0[l], z1[l]);
-      box_muller(w2[l], w3[l], z2[l], z3[l]);
-    }
-    const int64_t lanes = std::min<int64_t>(kLanes, num_groups - j0);
-    for (int l = 0; l < lanes; ++l) {
-      float* o = out + 4 * (j0 + l);
-      o[0] = z0[l];
-      o[1] = z1[l];
-      o[2] = z2[l];
-      o[3] = z3[l];
-    }
+    store_normals(w0, w1, w2, w3, std::min<int64_t>(kLanes, num_groups - j0), out + 4 * j0);
   }
 }
 #pragma GCC diagnostic pop

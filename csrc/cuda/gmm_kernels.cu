@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "lift_ext/cuda_grid.cuh"
 #include "lift_ext/gmm.h"
 
 namespace lift_ext {
@@ -202,18 +203,6 @@ gmm_prior_grad_kernel(float* __restrict__ grad, const float* __restrict__ theta,
   }
 }
 
-int elementwise_grid(int64_t numel) {
-  static thread_local int sms = 0;
-  if (sms == 0) {
-    int device = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (sms <= 0) sms = 1;
-  }
-  const int64_t wanted = (numel + kThreads - 1) / kThreads;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(wanted, int64_t(sms) * 8)));
-}
-
 }  // namespace
 
 int64_t gmm_estep_workspace_doubles(int64_t batch, int64_t components, int64_t dim) {
@@ -251,7 +240,7 @@ void launch_gmm_mstep_cuda(float* means, float* m2, double* counts, const float*
                            void* stream) {
   if (batch == 0) return;
   auto st = static_cast<cudaStream_t>(stream);
-  const dim3 grid(static_cast<unsigned>(elementwise_grid(dim)), static_cast<unsigned>(components));
+  const dim3 grid(static_cast<unsigned>(grid_stride_blocks(dim, kThreads)), static_cast<unsigned>(components));
   gmm_mstep_kernel<<<grid, kThreads, 0, st>>>(means, m2, counts, x, resp, batch, components, dim);
   const int count_blocks = static_cast<int>((components + kThreads - 1) / kThreads);
   gmm_counts_kernel<<<count_blocks, kThreads, 0, st>>>(counts, resp, batch, components);
@@ -261,7 +250,7 @@ void launch_gmm_prior_grad_cuda(float* grad, const float* theta, const float* me
                                 const float* m2, const double* counts, const double* resp,
                                 int64_t components, int64_t dim, float reg, double scale,
                                 void* stream) {
-  gmm_prior_grad_kernel<<<elementwise_grid(dim), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  gmm_prior_grad_kernel<<<grid_stride_blocks(dim, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       grad, theta, means, m2, counts, resp, components, dim, reg, scale);
 }
 

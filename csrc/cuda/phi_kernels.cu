@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "lift_ext/cuda_grid.cuh"
 #include "lift_ext/phi.h"
 
 namespace lift_ext {
@@ -45,12 +46,7 @@ phi_step_kernel(float* phi, const float* sum, const float* mu0, int64_t numel, c
 void launch_phi_step_cuda(float* phi, const float* sum, const float* mu0, int64_t numel,
                           const PhiScalars& scalars, void* stream) {
   if (numel == 0) return;
-  int device = 0, sms = 1;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int64_t groups = (numel + 3) / 4;
-  const int blocks = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>((groups + kThreads - 1) / kThreads, int64_t(sms) * 8)));
+  const int blocks = grid_stride_blocks((numel + 3) / 4, kThreads);
   phi_step_kernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(phi, sum, mu0, numel,
                                                                               scalars);
 }

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "lift_ext/cuda_grid.cuh"
 #include "lift_ext/sgld.h"
 
 namespace lift_ext {
@@ -175,18 +176,6 @@ __global__ void philox_words_kernel(const int64_t* counters, const int64_t* keys
 
 __global__ void advance_offset_kernel(int64_t* rng_state) { rng_state[1] += 1; }
 
-int grid_for(int64_t groups) {
-  static thread_local int sms = 0;
-  if (sms == 0) {
-    int device = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (sms <= 0) sms = 1;
-  }
-  const int64_t wanted = (groups + kThreads - 1) / kThreads;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(wanted, int64_t(sms) * 8)));
-}
-
 template <int kCapacity, typename G>
 void launch_table(const SgldSlot* slots, int count, const SgldScalars& s, cudaStream_t stream,
                   const int64_t* rng_state) {
@@ -196,7 +185,7 @@ void launch_table(const SgldSlot* slots, int count, const SgldScalars& s, cudaSt
   table.begin = slots[0].base;
   table.end = slots[count - 1].base + slots[count - 1].numel;
   const int64_t groups = (table.end - 1) / 4 - table.begin / 4 + 1;
-  sgld_kernel<kCapacity, G><<<grid_for(groups), kThreads, 0, stream>>>(table, s, rng_state);
+  sgld_kernel<kCapacity, G><<<grid_stride_blocks(groups, kThreads), kThreads, 0, stream>>>(table, s, rng_state);
 }
 
 template <typename G>
@@ -237,7 +226,7 @@ void launch_philox_normal_cuda(float* out, int64_t numel, uint64_t seed, uint64_
                                void* stream) {
   if (numel == 0) return;
   const int64_t groups = (numel + 3) / 4;
-  philox_normal_kernel<<<grid_for(groups), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  philox_normal_kernel<<<grid_stride_blocks(groups, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       out, numel, seed, offset);
 }
 
