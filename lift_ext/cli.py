@@ -22,13 +22,13 @@ config file: a JSON object with any subset of these keys (others keep their defa
   seeds         list of ints; each repeats meta-training and adaptation   [0]
   device        "cpu" or "cuda"                                           "cpu"
   min_lines, n_support, n_query      roles kept and windows per role       150, 8, 16
-  max_train, max_val, max_test       roles used per split (0 = all)        0, 12, 0
+  max_train, max_val, max_test       roles used per split (0 = all)        0, 8, 40
   backbone      BackboneConfig fields (n_layer, n_embd, n_head, steps, batch_size, lr, ...)
   lora_r, lora_alpha                 LoRA rank and scale on attention      8, 16
-  batch_size, meta_steps             minibatch windows; meta-training gradients per method
+  batch_size, meta_steps             minibatch windows; meta-training gradients per method  8, 500
   sigma, beta, temperature, lift_lr, n_components, burn_in, thin           LiFT
   meta_lr, inner_steps, outer_lr, mbc_clusters                             baselines
-  adapt_steps, adapt_lrs             adaptation budget; lrs tried on meta-val roles
+  adapt_steps, adapt_lrs             adaptation steps; RMSprop lrs tried on meta-val  15, [3e-5..1e-3]
 Stages write into --output: meta_state.pt, adapted.pt, results.json, results.md, results.png.
 Larger runs on a GPU, e.g.:  lift-ext demo --device cuda --config big.json  with
   {"max_val": 0, "seeds": [0, 1, 2], "meta_steps": 20000, "adapt_steps": 100,
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cache for the parsed corpus and backbone (default: $LIFT_EXT_CACHE or "
                             "~/.cache/lift_ext)")
         p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (overrides the config)")
+        p.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="CPU threads for torch (default 1: the models are tiny, and on a busy "
+                            "2-core machine 2 threads oversubscribe it and run ~10x slower)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         return p
 
@@ -107,8 +110,14 @@ def _run(args) -> int:
     from lift_ext.bench import runner
     from lift_ext.bench.report import markdown_table, write_results
 
+    import torch
+    from lift_ext.bench.config import ConfigError
+
     cfg = _config(args)
     _check_device(cfg.device)
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     output = runner.check_output(Path(args.output))
     progress = not args.no_progress
     t0 = time.perf_counter()

@@ -44,15 +44,15 @@ class BenchConfig:
     n_support: int = 8
     n_query: int = 16
     max_train: int = 0
-    max_val: int = 12
-    max_test: int = 0
+    max_val: int = 8
+    max_test: int = 40
     # backbone and adapter
     backbone: dict = field(default_factory=dict)
     lora_r: int = 8
     lora_alpha: float = 16.0
     # meta-training (shared budget)
     batch_size: int = 8
-    meta_steps: int = 1200
+    meta_steps: int = 500
     # LiFT
     sigma: float = 0.1
     beta: float = 0.05
@@ -67,8 +67,8 @@ class BenchConfig:
     outer_lr: float = 0.5
     mbc_clusters: int = 4
     # adaptation
-    adapt_steps: int = 30
-    adapt_lrs: list = field(default_factory=lambda: [1e-3, 3e-3])
+    adapt_steps: int = 15
+    adapt_lrs: list = field(default_factory=lambda: [3e-5, 1e-4, 3e-4, 1e-3])
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -156,5 +156,5 @@ def quick_config() -> dict:
     """Overrides for ``--quick`` (a smoke run in about 2 minutes on 2 CPU cores): a tiny
     backbone, few roles, tiny budgets."""
     return dict(max_train=16, max_val=3, max_test=6, meta_steps=120, n_components=2, burn_in=0.5, thin=5,
-                mbc_clusters=2, adapt_steps=5, adapt_lrs=[3e-3], inner_steps=3,
+                mbc_clusters=2, adapt_steps=5, adapt_lrs=[1e-4], inner_steps=3,
                 backbone=dict(n_layer=1, n_embd=64, n_head=2, steps=150, batch_size=16))

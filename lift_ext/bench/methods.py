@@ -177,26 +177,34 @@ def best_by_support_loss(flat: FlatParams, candidates: torch.Tensor, task: Tenso
     return min(range(len(losses)), key=losses.__getitem__)
 
 
+def start_vector(method: str, state: MetaState, flat: FlatParams, task: TensorTask) -> Optional[torch.Tensor]:
+    """Where a non-LiFT method starts adapting on ``task`` (None for the LiFT variants, whose
+    start is the best mixture component, chosen inside ``lift_ext.lift.adapt``): the PEFT init
+    (independent), the learned start (multitask, reptile, fomaml), or the library vector /
+    k-means centre with the lowest support loss (retrieval / mbc)."""
+    if method in ("lift", "lift_k1"):
+        return None
+    if method == "independent":
+        return state.init
+    if method in ("multitask", "reptile", "fomaml"):
+        return state.starts[method]
+    if method == "retrieval":
+        return state.library[best_by_support_loss(flat, state.library, task)]
+    if method == "mbc":
+        return state.centres[best_by_support_loss(flat, state.centres, task)]
+    raise ValueError(f"unknown method {method!r}")
+
+
 def adapt_role(method: str, state: MetaState, flat: FlatParams, task: TensorTask, *, steps: int,
-               lr: float, beta: float, seed: int) -> torch.Tensor:
-    """The adapted vector [D] of ``method`` on one role's support task (see the module doc).
-    LiFT variants: MAP under the mixture prior from the best component (lift_ext.lift.adapt);
-    retrieval / MBC: from the library vector / centre with the lowest support loss; the others
-    from their start vector; all without a prior term otherwise."""
+               lr: float, beta: float, seed: int, start: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The adapted vector [D] of ``method`` on one role's support task: ``steps`` RMSprop
+    steps of lift_ext.lift.adapt. LiFT variants: MAP under their mixture prior from the best
+    component; the others without a prior from ``start`` (default: ``start_vector``)."""
     common = dict(steps=steps, lr=lr, seed=seed)
     if method in ("lift", "lift_k1"):
         return adapt(flat, task, window_loss, prior=state.priors[method], beta=beta,
                      init="best_component", **common).theta
-    if method == "independent":
-        start = state.init
-    elif method in ("multitask", "reptile", "fomaml"):
-        start = state.starts[method]
-    elif method == "retrieval":
-        start = state.library[best_by_support_loss(flat, state.library, task)]
-    elif method == "mbc":
-        start = state.centres[best_by_support_loss(flat, state.centres, task)]
-    else:
-        raise ValueError(f"unknown method {method!r}")
+    start = start_vector(method, state, flat, task) if start is None else start
     return adapt(flat, task, window_loss, init="init", init_vector=start, **common).theta
 
 
@@ -209,4 +217,4 @@ def query_accuracy(flat: FlatParams, theta: torch.Tensor, windows: torch.Tensor)
 
 
 __all__ = ["MetaState", "window_loss", "train_multitask", "train_reptile", "train_fomaml",
-                      "train_lift", "kmeans", "best_by_support_loss", "adapt_role", "query_accuracy"]
+                      "train_lift", "kmeans", "best_by_support_loss", "start_vector", "adapt_role", "query_accuracy"]

@@ -108,10 +108,19 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True) ->
 
 
 def _adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, roles: list, lr: float,
-                 seed: int) -> List[torch.Tensor]:
+                 seed: int, starts: Dict[str, object] | None = None) -> List[torch.Tensor]:
+    """Adapted vectors of ``method`` for ``roles``; ``starts`` memoises each role's start
+    vector (retrieval / MBC score their whole library once per role, not once per lr)."""
     device = su.flat.vector.device
-    return [M.adapt_role(method, state, su.flat, support_task(r.support.to(device), cfg.batch_size),
-                         steps=cfg.adapt_steps, lr=lr, beta=cfg.beta, seed=seed) for r in roles]
+    starts = {} if starts is None else starts
+    out = []
+    for r in roles:
+        task = support_task(r.support.to(device), cfg.batch_size)
+        if r.key not in starts:
+            starts[r.key] = M.start_vector(method, state, su.flat, task)
+        out.append(M.adapt_role(method, state, su.flat, task, steps=cfg.adapt_steps, lr=lr, beta=cfg.beta,
+                                seed=seed, start=starts[r.key]))
+    return out
 
 
 def _accuracies(su: Setup, thetas: List[torch.Tensor], roles: list) -> List[float]:
@@ -123,9 +132,9 @@ def select_lr(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, seed
     """Mean meta-VAL query accuracy of ``method`` for every lr of ``cfg.adapt_lrs``."""
     if len(cfg.adapt_lrs) == 1:
         return {cfg.adapt_lrs[0]: float("nan")}
-    scores = {}
+    scores, starts = {}, {}
     for lr in cfg.adapt_lrs:
-        accs = _accuracies(su, _adapt_roles(cfg, su, state, method, su.val, lr, seed), su.val)
+        accs = _accuracies(su, _adapt_roles(cfg, su, state, method, su.val, lr, seed, starts), su.val)
         scores[lr] = sum(accs) / len(accs)
     return scores
 
