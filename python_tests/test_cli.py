@@ -52,7 +52,7 @@ def test_stage_from_another_config_is_refused(quick_run, tmp_path):
     proc, out, cache = quick_run
     assert proc.returncode == 0
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"meta_steps": 7}))
+    cfg.write_text(json.dumps({"seeds": [0]}))  # the defaults, not --quick
     res = _cli(["adapt", "--config", str(cfg), "--output", str(out)], cache)
     assert res.returncode == 2
     assert "another config" in res.stderr and "Traceback" not in res.stderr
