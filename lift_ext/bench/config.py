@@ -31,9 +31,9 @@ class BenchConfig:
     in the split's key order). Adapter: LoRA rank ``lora_r``, scale ``lora_alpha``.
     LiFT: ``sigma``, ``beta`` (prior and task scales, adapter-weight units), ``temperature``,
     ``lift_lr`` (per example, mean-loss units), ``n_components`` (K), ``burn_in`` as a fraction
-    of ``meta_steps``, ``thin``. Baselines: ``meta_lr`` (RMSprop step of multitask, Reptile's
-    and FO-MAML's inner loops), ``inner_steps``, ``outer_lr`` (Reptile's interpolation
-    factor, FO-MAML's outer RMSprop step), ``mbc_clusters``. Adaptation: ``adapt_steps``
+    of ``meta_steps``, ``thin``. Baselines: ``meta_lr`` (RMSprop step of multitask, of
+    Reptile's and FO-MAML's inner loops and of FO-MAML's outer step), ``inner_steps``,
+    ``outer_lr`` (Reptile's interpolation factor), ``mbc_clusters``. Adaptation: ``adapt_steps``
     RMSprop-preconditioned steps with the learning rate picked per method from ``adapt_lrs``
     on the meta-val roles. ``seeds``: every seed repeats meta-training and adaptation."""
     methods: list = field(default_factory=lambda: list(METHODS))
