@@ -226,12 +226,14 @@ def plot(rows, bandwidth, device_label, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5))
-    for op in sorted({r["op"] for r in rows}):
+    colors = plt.get_cmap("tab10").colors
+    for index, op in enumerate(sorted({r["op"] for r in rows})):
+        color = colors[index % len(colors)]  # one colour per op: fused solid, PyTorch dashed
         sel = sorted((r for r in rows if r["op"] == op), key=lambda r: r["bytes"])
         x = [r["bytes"] for r in sel]
-        ax.plot(x, [r["GBps"]["fused"] for r in sel], "o-", label=f"{op} fused")
+        ax.plot(x, [r["GBps"]["fused"] for r in sel], "o-", color=color, label=f"{op} fused")
         best = [max(v for k, v in r["GBps"].items() if k != "fused") for r in sel]
-        ax.plot(x, best, "x--", alpha=0.6, label=f"{op} best PyTorch")
+        ax.plot(x, best, "x--", color=color, alpha=0.6, label=f"{op} best PyTorch")
     ax.axhline(bandwidth, color="k", lw=1, ls=":", label="copy bandwidth")
     ax.set_xscale("log")
     ax.set_xlabel("minimal bytes moved per call")
