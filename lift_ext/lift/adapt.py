@@ -7,7 +7,8 @@ var_k + beta^2) of the OnlineGMM over phi samples. Objective per support example
 
 whose prior part has gradient (1/n) sum_k r_k(theta) (theta - mu_k)/(var_k + beta^2), added by
 the fused `gmm_prior_grad_` op (r from the E-step kernel). Steps use `lift_ext.sgld_step`:
-mode "map" at temperature 0 (RMSprop-preconditioned by default, i.e. RMSprop on L), mode
+mode "map" at temperature 0 (RMSprop-preconditioned by default, i.e. RMSprop on L, its
+average of g^2 started at the first gradient's square rather than at 0), mode
 "sgld" at temperature T/n (pSGLD sampling of the tempered posterior; after burn-in every
 `thin`-th theta is kept and predictions are averaged over them).
 
@@ -98,6 +99,10 @@ def adapt(flat: FlatParams, task: Task, loss_fn: LossFn, *, prior: Optional[Onli
         loss, grad = flat.loss_and_grad(theta, lambda call: loss_fn(call, batch))
         if prior is not None:
             prior.add_prior_grad_(grad, theta, beta=beta, scale=1.0 / n)
+        if square_avg is not None and step == 0:
+            # Start the RMSprop average at g0^2: from zero, the first step would be
+            # lr / sqrt(1 - alpha) = 10 lr per weight whatever the gradient's scale.
+            square_avg.copy_(grad * grad)
         sgld_step(theta, grad, lr=lr, temperature=step_temperature, square_avg=square_avg,
                   seed=seed, offset=step)
         losses.append(float(loss))
