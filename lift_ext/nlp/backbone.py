@@ -6,6 +6,7 @@ on predicting ``w[:, 1:]`` (next token at every position).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -180,6 +181,21 @@ def backbone_key(train_ids: torch.Tensor, vocab_size: int, config: BackboneConfi
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _hub_progress_bars(enabled: bool):
+    """transformers' own load/save progress bars, switched off when `enabled` is False."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_or_pretrain(train_ids: torch.Tensor, vocab_size: int,
                      config: BackboneConfig = BackboneConfig(), cache=None, device="cpu",
                      progress: bool = True, rebuild: bool = False):
@@ -205,7 +221,8 @@ def load_or_pretrain(train_ids: torch.Tensor, vocab_size: int,
             info = json.loads((final / _META).read_text(encoding="utf-8"))
             if info.get("key") != key:
                 raise ValueError("key mismatch")
-            model = GPT2LMHeadModel.from_pretrained(final).to(device).eval()
+            with _hub_progress_bars(progress):
+                model = GPT2LMHeadModel.from_pretrained(final).to(device).eval()
             return model, {**info, "path": str(final), "cached": True}
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             warnings.warn(f"cached backbone {str(final)!r} does not load ({e}); retraining it",
@@ -218,7 +235,8 @@ def load_or_pretrain(train_ids: torch.Tensor, vocab_size: int,
             "final_loss": sum(losses[-50:]) / len(losses[-50:]), "device": str(device)}
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=root))
     try:
-        model.save_pretrained(tmp)
+        with _hub_progress_bars(progress):
+            model.save_pretrained(tmp)
         (tmp / _META).write_text(json.dumps(info, indent=1), encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
