@@ -64,14 +64,11 @@ class LiFT:
 
     def _grad(self, task: int, theta: torch.Tensor) -> torch.Tensor:
         """n_i * d(mean minibatch loss)/d theta: the summed-units gradient of task `task`."""
-        gen = torch.Generator().manual_seed((self.seed * 7_919 + self.sampler_steps) % (2**63 - 1))
+        step = self.sampler.step_count  # minibatches are a function of (seed, step)
+        gen = torch.Generator().manual_seed((self.seed * 7_919 + step) % (2**63 - 1))
         batch = self.tasks[task].batch(gen)
         _, grad = self.flat.loss_and_grad(theta, lambda call: self.loss_fn(call, batch))
         return grad * self._sizes[task]
-
-    @property
-    def sampler_steps(self) -> int:
-        return self.sampler.step_count if hasattr(self, "sampler") else 0
 
     def run(self, num_steps: int, progress: bool = True) -> "LiFT":
         """Run `num_steps` SGLD-Gibbs steps (one task each); minibatches depend only on
