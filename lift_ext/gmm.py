@@ -54,6 +54,7 @@ class OnlineGMM:
         self._m2 = torch.zeros_like(self._means)
         self._counts = torch.zeros(n_components, dtype=torch.float64, device=dev)
         self._buffer = torch.empty(0, dim, dtype=torch.float32, device=dev)
+        self._warmup_storage: Optional[torch.Tensor] = None  # [warmup, D] rows behind _buffer
 
     # ---- state --------------------------------------------------------------------------
     @property
@@ -118,7 +119,7 @@ class OnlineGMM:
         batch = self._as_batch(x)
         if not self.initialized:
             take = min(self.warmup - self._buffer.shape[0], batch.shape[0])
-            self._buffer = torch.cat([self._buffer, batch[:take]])
+            self._append_warmup(batch[:take])
             batch = batch[take:]
             if self._buffer.shape[0] < self.warmup:
                 return
@@ -126,6 +127,16 @@ class OnlineGMM:
         if batch.shape[0] > 0:
             _, resp = ops.gmm_estep(batch, self._means, self._m2, self._counts, reg=self.reg_covar)
             ops.gmm_mstep_(self._means, self._m2, self._counts, batch, resp)
+
+    def _append_warmup(self, rows: torch.Tensor) -> None:
+        """Append rows to the warm-up buffer, kept in one preallocated [warmup, D] tensor (no
+        growing copies: the buffer is the largest transient of the mixture)."""
+        filled = self._buffer.shape[0]
+        if self._warmup_storage is None:
+            self._warmup_storage = self._means.new_empty(self.warmup, self.dim)
+            self._warmup_storage[:filled].copy_(self._buffer)
+        self._warmup_storage[filled:filled + rows.shape[0]].copy_(rows)
+        self._buffer = self._warmup_storage[:filled + rows.shape[0]]
 
     def _squared_distances(self, x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         """||x_b - c_j||^2 [B, J] float64 through the E-step kernel: with M2 = 0, n = 1 and
@@ -159,6 +170,7 @@ class OnlineGMM:
         self._m2 = (counts[:, None] * pooled[None, :]).float()
         self._counts = counts
         self._buffer = buf.new_empty(0, self.dim)
+        self._warmup_storage = None
 
     # ---- queries ------------------------------------------------------------------------
     def _estep(self, x: torch.Tensor):
@@ -260,6 +272,7 @@ class OnlineGMM:
         self._m2 = state["m2"].to(dev, torch.float32).contiguous().clone()
         self._counts = state["counts"].to(dev, torch.float64).contiguous().clone()
         self._buffer = buf.to(dev, torch.float32).contiguous().clone()
+        self._warmup_storage = None
         self.reg_covar = reg
         self.warmup = warmup
 
@@ -269,7 +282,8 @@ class OnlineGMM:
         self._means = self._means.to(dev)
         self._m2 = self._m2.to(dev)
         self._counts = self._counts.to(dev)
-        self._buffer = self._buffer.to(dev)
+        self._buffer = self._buffer.to(dev).clone()
+        self._warmup_storage = None
         return self
 
     def __repr__(self) -> str:
