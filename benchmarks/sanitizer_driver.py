@@ -33,6 +33,9 @@ def main():
                        square_avg=[torch.rand(k, device=dev) for k in sizes], seed=4, offset=5)
     lift_ext.sgld_step([rnd(6144) for _ in range(72)], [rnd(6144) for _ in range(72)], lr=1e-3,
                        temperature=0.0)
+    # A list longer than one launch's tensor table (448): split into several launches.
+    long_sizes = [(i * 37) % 11 for i in range(500)]
+    lift_ext.sgld_step([rnd(k) for k in long_sizes], [rnd(k) for k in long_sizes], lr=1e-3, seed=2)
     # Graph-safe variant: seed/offset read from a device tensor, offset advanced on device.
     if hasattr(torch.ops.lift_ext, "sgld_step_graphsafe_"):
         state = torch.tensor([7, 0], dtype=torch.int64, device=dev)
@@ -49,9 +52,10 @@ def main():
         for pm in (None, mu0):
             ops.phi_step_(phi, s, pm, lr=1e-3, temperature=1.0, sigma=1.0, beta=0.5, num_tasks=8,
                           gibbs=gibbs, seed=1, offset=1)
-    # GMM E, M, prior gradient; D not a multiple of the vector width, B = 1 and B > 1.
-    k, d = 8, 10007
-    for b in (1, 5):
+    # GMM E, M, prior gradient: D not a multiple of the vector width with B = 1 and B > 1, and
+    # D = 8192 (vector loads over several chunks) with B = 9 (a second batch tile).
+    k = 8
+    for b, d in ((1, 10007), (5, 10007), (9, 8192)):
         means, m2 = rnd(k, d), rnd(k, d).abs() + 1.0
         counts = torch.full((k,), 10.0, dtype=torch.float64, device=dev)
         x = rnd(b, d)

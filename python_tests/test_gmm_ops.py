@@ -205,9 +205,11 @@ def test_device_mismatch_is_refused():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_matches_cpu():
-    means, m2, counts = _state(8, 4099, "cpu")
-    x = _samples(7, 4099, "cpu")
+@pytest.mark.parametrize("batch,dim", [(7, 4099), (9, 8196)])
+def test_cuda_matches_cpu(batch, dim):
+    """(9, 8196): vectorised loads over several chunks and a second batch tile (B > 8)."""
+    means, m2, counts = _state(8, dim, "cpu")
+    x = _samples(batch, dim, "cpu")
     cpu = ops.gmm_estep(x, means, m2, counts, reg=1e-6)
     gpu = ops.gmm_estep(x.cuda(), means.cuda(), m2.cuda(), counts.cuda(), reg=1e-6)
     torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-12, atol=1e-9)

@@ -71,6 +71,35 @@ def test_phi_posterior_matches_closed_form(problem, phi_update):
     assert abs(var_ratio - 1.0) < 0.15, var_ratio
 
 
+def test_preconditioned_chain_matches_closed_form(problem):
+    """pSGLD theta steps (shared RMSprop average): the preconditioner settles near 1/|g| ~ 0.2
+    here, so lr = 1e-2 is about the plain chain's 2e-3 per unit gradient. Without a Gamma term
+    a fluctuating preconditioner biases the chain slightly; the same tolerances hold."""
+    sampler, mean, var = sample_phi(problem, "gibbs", lr=1e-2, preconditioned=True)
+    assert sampler.square_avg is not None and bool((sampler.square_avg > 0).all())
+    sd = math.sqrt(problem["post_var"])
+    mean_error = ((mean - problem["post_mean"]).abs() / sd).mean().item()
+    var_ratio = (var.mean() / problem["post_var"]).item()
+    assert mean_error < 0.25, mean_error
+    assert abs(var_ratio - 1.0) < 0.15, var_ratio
+
+
+def test_preconditioned_damping_keeps_vanishing_gradients_stable():
+    """Weights with zero data gradient: G = 1/damping, damping = lr/beta^2, so the prior
+    pull lr G / beta^2 = 1 snaps theta to phi instead of overshooting, and thetas stay finite."""
+    beta = 0.1
+    sampler = SGLDGibbs(3, 64, lambda i, t: torch.zeros(64), sigma=1.0, beta=beta, lr=1e-2,
+                        phi_update="gibbs", temperature=0.0, preconditioned=True,
+                        theta_init=torch.randn(3, 64, generator=torch.Generator().manual_seed(0)))
+    assert sampler.damping == pytest.approx(1e-2 / beta**2)
+    start = sampler.thetas.abs().max().item()
+    for _ in range(30):
+        phi_before = sampler.phi.clone()
+        task = sampler.step()
+        torch.testing.assert_close(sampler.thetas[task], phi_before, rtol=0, atol=1e-6)
+    assert sampler.thetas.abs().max().item() <= start
+
+
 def test_running_sum_stays_equal_to_thetas_sum(problem):
     sampler, _, _ = sample_phi(problem, "langevin", steps=3000, burn_in=100)
     torch.testing.assert_close(sampler.task_sum, sampler.thetas.sum(0), rtol=1e-5, atol=1e-4)
@@ -92,10 +121,11 @@ def test_round_robin_visits_every_task_each_epoch(problem):
     assert visits[:N_TASKS] != visits[N_TASKS:2 * N_TASKS] or visits[N_TASKS:2 * N_TASKS] != visits[2 * N_TASKS:3 * N_TASKS]
 
 
-@pytest.mark.parametrize("phi_update", ["langevin", "gibbs"])
-def test_resume_is_bitwise_exact(problem, tmp_path, phi_update):
+@pytest.mark.parametrize("phi_update,preconditioned", [("langevin", False), ("gibbs", False), ("gibbs", True)])
+def test_resume_is_bitwise_exact(problem, tmp_path, phi_update, preconditioned):
     kw = dict(sigma=SIGMA, beta=BETA, lr=2e-3, phi_update=phi_update, prior_mean=problem["mu0"],
-              theta_init=problem["ybar"], burn_in=5, thin=2, n_components=2, seed=11)
+              theta_init=problem["ybar"], burn_in=5, thin=2, n_components=2, seed=11,
+              preconditioned=preconditioned)
     straight = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], **kw)
     straight.run(47, progress=False)
 
@@ -170,3 +200,12 @@ def test_bad_gradient_shape_is_reported(problem):
     sampler = SGLDGibbs(N_TASKS, DIM, lambda i, t: torch.zeros(DIM + 1), sigma=SIGMA, beta=BETA, lr=2e-3)
     with pytest.raises(ValueError, match="grad_fn"):
         sampler.step()
+
+
+def test_divergence_is_reported_clearly(problem):
+    # lr * n_i / s^2 = 0.5 * 10 > 2: every theta step overshoots its data term and blows up.
+    with pytest.warns(RuntimeWarning, match="lr / beta"):
+        sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=0.5,
+                            phi_update="gibbs", theta_init=problem["ybar"], seed=1)
+    with pytest.raises(FloatingPointError, match="diverged.*lower lr"):
+        sampler.run(3000, progress=False)

@@ -265,3 +265,18 @@ def test_cpu_and_cuda_agree(preconditioned, grad_dtype):
     for key in ("param", "accum", "square"):
         for a, b in zip(cpu[key], gpu[key]):
             assert torch.equal(a, b.cpu()), key
+
+
+@requires_cuda
+def test_cpu_and_cuda_agree_on_lists_longer_than_one_launch():
+    """More tensors than one launch's table holds (448): the CUDA path splits the list into
+    several launches; every tensor still matches the CPU bitwise (same global noise index)."""
+    sizes = [(i * 37) % 11 for i in range(500)]
+    cpu = {k: [t.clone() for t in v.split(sizes)] for k, v in make_state(sum(sizes), "cpu", seed=6).items()}
+    gpu = {k: [t.cuda() for t in v] for k, v in cpu.items()}
+    for state in (cpu, gpu):
+        lift_ext.sgld_step(state["param"], state["grad"], prior_mean=state["prior"], accum=state["accum"],
+                           square_avg=state["square"], lr=1e-3, prior_precision=0.5, seed=2, offset=5)
+    for key in ("param", "accum", "square"):
+        for a, b in zip(cpu[key], gpu[key]):
+            assert torch.equal(a, b.cpu()), key

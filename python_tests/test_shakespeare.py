@@ -131,7 +131,11 @@ def test_windows_support_query_disjoint(tmp_path):
         assert torch.equal(t.support, w[:3]) and torch.equal(t.query, w[n - 5:])
         assert n - 5 >= 3  # query windows start after the support windows end: no overlap
     held = {r.text for r in bench.roles["test"]}
+    train = {r.text for r in bench.roles["train"]}
     assert not any(h in bench.pretrain_text() for h in held)
+    assert not any(t in bench.pretrain_text() for t in train)
+    with_train = bench.pretrain_text(include_train_roles=True)
+    assert all(t in with_train for t in train) and not any(h in with_train for h in held)
     s = bench.summary()
     assert "train" in s and "test" in s and "lines skipped" in s
 

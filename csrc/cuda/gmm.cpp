@@ -12,8 +12,14 @@
 namespace lift_ext {
 namespace {
 
+// The E-step's final kernel keeps 16 bytes of shared memory per component and the kernels put
+// components on grid.y: 2048 components stay well inside both limits.
+constexpr int64_t kGmmMaxCudaComponents = 2048;
+
 void check_cuda(const at::Tensor& means) {
   TORCH_CHECK(means.is_cuda(), "means must be a CUDA tensor here, got ", means.device());
+  TORCH_CHECK(means.size(0) <= kGmmMaxCudaComponents, "means: the CUDA mixture kernels support at most ",
+              kGmmMaxCudaComponents, " components, got ", means.size(0), " (use the CPU for more)");
 }
 
 std::tuple<at::Tensor, at::Tensor> gmm_estep_cuda(const at::Tensor& x, const at::Tensor& means,

@@ -35,7 +35,10 @@ class BenchConfig:
     Reptile's and FO-MAML's inner loops and of FO-MAML's outer step), ``inner_steps``,
     ``outer_lr`` (Reptile's interpolation factor), ``mbc_clusters``. Adaptation: ``adapt_steps``
     RMSprop-preconditioned steps with the learning rate picked per method from ``adapt_lrs``
-    on the meta-val roles. ``seeds``: every seed repeats meta-training and adaptation."""
+    on the meta-val roles. ``seeds``: every seed repeats meta-training and adaptation.
+    Backbone: ``backbone`` (BackboneConfig fields) pre-trained on the text outside every
+    benchmark role (minor roles, text outside roles, poems), plus the meta-train roles when
+    ``pretrain_train_roles`` (then meta-training sees no text the backbone has not seen)."""
     methods: list = field(default_factory=lambda: list(METHODS))
     seeds: list = field(default_factory=lambda: [0])
     device: str = "cpu"
@@ -48,6 +51,7 @@ class BenchConfig:
     max_test: int = 40
     # backbone and adapter
     backbone: dict = field(default_factory=dict)
+    pretrain_train_roles: bool = False
     lora_r: int = 8
     lora_alpha: float = 16.0
     # meta-training (shared budget)
@@ -58,6 +62,7 @@ class BenchConfig:
     beta: float = 0.05
     temperature: float = 1.0
     lift_lr: float = 0.1
+    lift_preconditioned: bool = False
     n_components: int = 4
     burn_in: float = 0.5
     thin: int = 5
@@ -96,6 +101,9 @@ class BenchConfig:
             raise ConfigError(f"adapt_lrs must be a non-empty list of numbers > 0, got {self.adapt_lrs!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be a string such as 'cpu' or 'cuda', got {self.device!r}")
+        for name in ("pretrain_train_roles", "lift_preconditioned"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.backbone, dict):
             raise ConfigError("backbone must be an object of BackboneConfig fields")
         try:

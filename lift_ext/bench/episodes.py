@@ -13,14 +13,17 @@ import torch
 from lift_ext.lift import TensorTask
 
 
-def pool_tasks(pools: Sequence[torch.Tensor], batch_size: int) -> list:
-    """One ``TensorTask`` per meta-train role pool; num_examples = pool windows."""
-    return [TensorTask(p, batch_size=batch_size) for p in pools]
+def pool_tasks(pools: Sequence[torch.Tensor], batch_size: int, stride: int) -> list:
+    """One ``TensorTask`` per meta-train role pool. The loss is a mean over predicted
+    characters, so the likelihood counts characters: windows overlapping with ``stride``
+    cover about windows * stride distinct ones (num_examples)."""
+    return [TensorTask(p, batch_size=batch_size, examples_per_row=stride) for p in pools]
 
 
 def support_task(support: torch.Tensor, batch_size: int) -> TensorTask:
-    """A test / val role's support windows as a task (full batch when n <= batch_size)."""
-    return TensorTask(support, batch_size=batch_size)
+    """A test / val role's disjoint support windows as a task (full batch when n <=
+    batch_size); num_examples = predicted characters (windows * seq_len)."""
+    return TensorTask(support, batch_size=batch_size, examples_per_row=support.shape[1] - 1)
 
 
 def sample_role(num_roles: int, generator: torch.Generator) -> int:

@@ -132,13 +132,14 @@ def train_fomaml(flat: FlatParams, pools: Sequence[torch.Tensor], init: torch.Te
 
 def train_lift(model: torch.nn.Module, tasks: Sequence[TensorTask], *, steps: int, sigma: float,
                beta: float, lr: float, temperature: float, n_components: int, burn_in: int, thin: int,
-               seed: int, progress: bool = True):
+               seed: int, preconditioned: bool = False, progress: bool = True):
     """LiFT's SGLD-Gibbs chain over (phi, theta_1..N) with ``steps`` steps (one role's
     minibatch each). Its phi samples feed two mixtures: the K-component one of the sampler
     (``lift``) and a one-component one (``lift_k1``, the ablation: the same posterior samples,
     one Gaussian). Returns (gmm_K, gmm_1, thetas [N, D])."""
     lift = LiFT(model, tasks, window_loss, sigma=sigma, beta=beta, lr=lr, temperature=temperature,
-                phi_update="gibbs", burn_in=burn_in, thin=thin, n_components=n_components, seed=seed)
+                phi_update="gibbs", burn_in=burn_in, thin=thin, n_components=n_components, seed=seed,
+                preconditioned=preconditioned)
     single = OnlineGMM(1, lift.flat.dim, device=lift.flat.vector.device)
     sampler = lift.sampler
     for _ in tqdm(range(steps), desc="LiFT SGLD-Gibbs", disable=not progress, mininterval=1.0):

@@ -60,7 +60,7 @@ def setup(cfg: BenchConfig, seed: int, cache=None, progress: bool = True) -> Set
     device = torch.device(cfg.device)
     bench = load_benchmark(n_support=cfg.n_support, n_query=cfg.n_query, min_lines=cfg.min_lines,
                            cache=cache)
-    ids = bench.vocab.encode(bench.pretrain_text())
+    ids = bench.vocab.encode(bench.pretrain_text(include_train_roles=cfg.pretrain_train_roles))
     model, info = load_or_pretrain(ids, len(bench.vocab), cfg.backbone_config(), cache=cache,
                                    device=device, progress=progress)
     for p in model.parameters():
@@ -83,7 +83,7 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True) ->
     gradient evaluations each."""
     init = su.flat.vector.detach().clone()
     state = M.MetaState(init=init)
-    tasks = pool_tasks(su.pools, cfg.batch_size)
+    tasks = pool_tasks(su.pools, cfg.batch_size, su.bench.config["pool_stride"])
     wanted = set(cfg.methods)
     common = dict(steps=cfg.meta_steps, seed=seed, progress=progress)
     if "multitask" in wanted:
@@ -98,7 +98,8 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True) ->
     if wanted & set(LIBRARY_METHODS):
         gmm_k, gmm_1, thetas = M.train_lift(
             su.model, tasks, sigma=cfg.sigma, beta=cfg.beta, lr=cfg.lift_lr, temperature=cfg.temperature,
-            n_components=cfg.n_components, burn_in=int(cfg.burn_in * cfg.meta_steps), thin=cfg.thin, **common)
+            n_components=cfg.n_components, burn_in=int(cfg.burn_in * cfg.meta_steps), thin=cfg.thin,
+            preconditioned=cfg.lift_preconditioned, **common)
         state.priors = {"lift": gmm_k, "lift_k1": gmm_1}
         state.library = thetas
         state.centres = M.kmeans(thetas, cfg.mbc_clusters, seed)

@@ -680,11 +680,15 @@ class ShakespeareBenchmark:
     config: dict
     dropped: dict[str, int]
 
-    def pretrain_text(self) -> str:
+    def pretrain_text(self, include_train_roles: bool = False) -> str:
         """Text for backbone pre-training, disjoint from every meta-val and meta-test role:
-        the meta-train roles, the roles below the size threshold and the poems."""
-        held_out = {r.key for s in ("val", "test") for r in self.roles[s]}
-        parts = [r.text for r in self.corpus.roles if r.key not in held_out]
+        the roles below the size threshold, the plays' text outside any role and the poems;
+        with ``include_train_roles`` also the meta-train roles (then meta-training sees no
+        text the backbone has not already been trained on)."""
+        excluded = {r.key for s in ("val", "test") for r in self.roles[s]}
+        if not include_train_roles:
+            excluded |= {r.key for r in self.roles["train"]}
+        parts = [r.text for r in self.corpus.roles if r.key not in excluded]
         parts += [p.nonrole_text for p in self.corpus.plays if p.nonrole_text]
         return " ".join(parts)
 

@@ -9,7 +9,12 @@ One `step()`:
   1. task i = next of a shuffled round-robin (a fresh permutation of the N tasks per epoch);
   2. theta_i <- theta_i - lr (g_i + (theta_i - phi)/beta^2) + sqrt(2 lr T) xi, and in the same
      fused pass S += theta_i,new - theta_i,old (S = sum_i theta_i, so J = (S - N phi)/beta^2
-     equals the paper's running J of eq. 11 exactly);
+     equals the paper's running J of eq. 11 exactly). With ``preconditioned=True`` it is a
+     pSGLD step (Li et al. 2016, without the Gamma correction term): v <- alpha v + (1 - alpha)
+     g_i^2 (one average shared by all tasks, started at the first gradient's square),
+     G = 1/(sqrt(v) + eps'), drift scaled by G and noise variance by G, where the damping
+     eps' = max(eps, lr/beta^2) keeps lr G/beta^2 <= 1, so the prior pull is stable and the
+     noise std at most beta sqrt(2T) even for weights whose data gradient vanishes;
   3. phi: Langevin (paper eq. 9) phi <- phi - lr_phi ((phi - mu0)/sigma^2 - (S - N phi)/beta^2)
      + sqrt(2 lr_phi T) xi, or "gibbs": an exact draw from p(phi | thetas) = N(m, T v I),
      v = 1/(1/sigma^2 + N/beta^2), m = v (mu0/sigma^2 + S/beta^2);
@@ -59,7 +64,8 @@ class SGLDGibbs:
                  lr: float, lr_phi: Optional[float] = None, temperature: float = 1.0,
                  phi_update: str = "langevin", prior_mean: Optional[torch.Tensor] = None,
                  theta_init: Optional[torch.Tensor] = None, burn_in: int = 0, thin: int = 1,
-                 n_components: int = 1, seed: int = 0, device: DeviceLike = None):
+                 n_components: int = 1, seed: int = 0, preconditioned: bool = False,
+                 alpha: float = 0.99, eps: float = 1e-8, device: DeviceLike = None):
         for name, value, low in (("num_tasks", num_tasks, 1), ("dim", dim, 1), ("burn_in", burn_in, 0),
                                  ("thin", thin, 1), ("n_components", n_components, 1), ("seed", seed, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -74,6 +80,12 @@ class SGLDGibbs:
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if phi_update not in _PHI_UPDATES:
             raise ValueError(f"phi_update must be one of {_PHI_UPDATES}, got {phi_update!r}")
+        if not isinstance(preconditioned, bool):
+            raise ValueError(f"preconditioned must be a bool, got {preconditioned!r}")
+        if not (isinstance(alpha, (int, float)) and 0.0 <= alpha < 1.0):
+            raise ValueError(f"alpha must be a number in [0, 1), got {alpha!r}")
+        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
         if not callable(grad_fn):
             raise TypeError("grad_fn must be callable as grad_fn(task_index, theta) -> Tensor [dim]")
 
@@ -81,6 +93,7 @@ class SGLDGibbs:
         self.sigma, self.beta, self.lr, self.lr_phi = float(sigma), float(beta), float(lr), float(lr_phi)
         self.temperature, self.phi_update = float(temperature), phi_update
         self.burn_in, self.thin, self.seed = burn_in, thin, seed
+        self.preconditioned, self.alpha, self.eps = preconditioned, float(alpha), float(eps)
         dev = torch.device("cpu") if device is None else torch.device(device)
 
         self._prior_mean = None if prior_mean is None else self._vector(prior_mean, "prior_mean", dev)
@@ -99,6 +112,7 @@ class SGLDGibbs:
         self._task_sum = total.float()
         self._phi = (total / num_tasks).float()
         self.gmm = OnlineGMM(n_components, dim, device=dev)
+        self._square_avg = torch.zeros(dim, dtype=torch.float32, device=dev) if preconditioned else None
         self.step_count = 0
         self._epoch, self._position = 0, 0
         self._order = _task_order(seed, 0, num_tasks)
@@ -141,8 +155,19 @@ class SGLDGibbs:
             raise ValueError(f"{name} must be finite")
         return value.detach().to(device, torch.float32).clone().contiguous()
 
+    @property
+    def square_avg(self) -> Optional[torch.Tensor]:
+        """The shared running average of squared task gradients v [D] (None without
+        preconditioning)."""
+        return self._square_avg
+
+    @property
+    def damping(self) -> float:
+        """eps' = max(eps, lr / beta^2), the preconditioner's damping (module docstring)."""
+        return max(self.eps, self.lr / self.beta**2)
+
     def _warn_if_unstable(self) -> None:
-        if self.lr / self.beta**2 >= 1.0:
+        if not self.preconditioned and self.lr / self.beta**2 >= 1.0:
             warnings.warn(f"lr / beta^2 = {self.lr / self.beta ** 2:g} >= 1: the theta step overshoots "
                           "its prior pull and diverges; lower lr", RuntimeWarning, stacklevel=3)
         phi_precision = 1.0 / self.sigma**2 + self.num_tasks / self.beta**2
@@ -170,17 +195,29 @@ class SGLDGibbs:
             raise ValueError(f"grad_fn({task}, theta) must return a Tensor of shape [{self.dim}], got "
                              f"{getattr(grad, 'shape', type(grad).__name__)}")
         offset = 2 * self.step_count
-        ops.sgld_step_(theta, grad.detach(), self._phi, self._task_sum, None, lr=self.lr,
-                       temperature=self.temperature, prior_precision=1.0 / self.beta**2, alpha=0.99,
-                       eps=1e-8, seed=self.seed, offset=offset)
+        grad = grad.detach()
+        if self._square_avg is not None and self.step_count == 0:
+            self._square_avg.copy_(grad * grad)  # from 0, the first steps would be ~10x too large
+        ops.sgld_step_(theta, grad, self._phi, self._task_sum, self._square_avg, lr=self.lr,
+                       temperature=self.temperature, prior_precision=1.0 / self.beta**2,
+                       alpha=self.alpha, eps=self.damping, seed=self.seed, offset=offset)
         ops.phi_step_(self._phi, self._task_sum, self._prior_mean, lr=self.lr_phi,
                       temperature=self.temperature, sigma=self.sigma, beta=self.beta,
                       num_tasks=self.num_tasks, gibbs=self.phi_update == "gibbs", seed=self.seed,
                       offset=offset + 1)
         self.step_count += 1
         if self.step_count > self.burn_in and (self.step_count - self.burn_in) % self.thin == 0:
+            self._check_finite()
             self.gmm.update(self._phi)
         return task
+
+    def _check_finite(self) -> None:
+        """Raise FloatingPointError when phi holds NaN / Inf: the chain has diverged."""
+        if not bool(torch.isfinite(self._phi).all()):
+            raise FloatingPointError(
+                f"SGLDGibbs diverged: phi is not finite after step {self.step_count} (lr={self.lr:g}, "
+                f"lr / beta^2 = {self.lr / self.beta ** 2:g}); the gradients are too large for this lr: "
+                "lower lr (or the temperature)")
 
     def diagnostics(self) -> Dict[str, float]:
         """Scalars to watch a run by: |phi| (RMS), the RMS spread of thetas around phi, and the
@@ -208,7 +245,8 @@ class SGLDGibbs:
         return dict(num_tasks=self.num_tasks, dim=self.dim, sigma=self.sigma, beta=self.beta,
                     lr=self.lr, lr_phi=self.lr_phi, temperature=self.temperature,
                     phi_update=self.phi_update, burn_in=self.burn_in, thin=self.thin,
-                    n_components=self.gmm.n_components, seed=self.seed)
+                    n_components=self.gmm.n_components, seed=self.seed,
+                    preconditioned=self.preconditioned, alpha=self.alpha, eps=self.eps)
 
     def save(self, path: str) -> None:
         """Write the whole sampler state to one file, atomically (temp file + rename)."""
@@ -216,6 +254,7 @@ class SGLDGibbs:
             "format": _FORMAT, "version": _VERSION, "hparams": self._hparams(),
             "phi": self._phi, "thetas": self._thetas, "task_sum": self._task_sum,
             "prior_mean": self._prior_mean, "gmm": self.gmm.state_dict(),
+            "square_avg": self._square_avg,
             "step": self.step_count, "order": {"epoch": self._epoch, "position": self._position},
         }, path)
 
@@ -233,6 +272,11 @@ class SGLDGibbs:
         expected = {"phi": (d,), "thetas": (n, d), "task_sum": (d,)}
         if state["prior_mean"] is not None:
             expected["prior_mean"] = (d,)
+        if hp.get("preconditioned"):
+            expected["square_avg"] = (d,)
+            if "square_avg" not in state:
+                raise CheckpointError(f"checkpoint {path!r} is incomplete: a preconditioned sampler "
+                                      "needs its square_avg")
         for key, shape in expected.items():
             value = state[key]
             if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.dtype != torch.float32:
@@ -248,6 +292,8 @@ class SGLDGibbs:
         sampler._thetas.copy_(state["thetas"])
         sampler._task_sum.copy_(state["task_sum"])
         sampler._phi.copy_(state["phi"])
+        if sampler._square_avg is not None:
+            sampler._square_avg.copy_(state["square_avg"])
         sampler.step_count = int(state["step"])
         sampler._epoch = int(state["order"]["epoch"])
         sampler._position = int(state["order"]["position"])

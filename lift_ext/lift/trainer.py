@@ -6,6 +6,10 @@ vectors (`FlatParams`). Units: `loss_fn(call, batch)` returns the MEAN loss of a
 so the gradient of -log p(D_i | theta) (a sum over n_i examples) is n_i times its gradient;
 `lr` is given per example (mean-loss units, half the paper's eta) and the sampler runs with
 lr / n_ref, n_ref = the mean task size, which makes its steps match a mean-loss step of size lr.
+With ``preconditioned=True`` the theta steps are pSGLD (a shared RMSprop average, see
+`SGLDGibbs`) and ``lr`` is passed unchanged: the preconditioned step is scale-free, so lr is
+an RMSprop step size (about the change of each weight per step), as for the baselines.
+``lr_phi`` (Langevin phi only) stays per example.
 
 Defaults (documented choices the paper leaves open): theta_i start at the adapter's
 initialisation (the PEFT init: LoRA A random, B zero, never all-zero) or at given per-task
@@ -32,7 +36,7 @@ class LiFT:
                  sigma: float = 0.01, beta: float = 0.01, lr: float = 1e-3,
                  lr_phi: Optional[float] = None, temperature: float = 1.0,
                  phi_update: str = "gibbs", burn_in: int = 0, thin: int = 1, n_components: int = 1,
-                 seed: int = 0, select: Selector = None,
+                 seed: int = 0, preconditioned: bool = False, select: Selector = None,
                  task_adapters: Optional[torch.Tensor] = None,
                  prior_mean: Union[str, torch.Tensor] = "init"):
         if len(tasks) < 1:
@@ -57,10 +61,11 @@ class LiFT:
         self._sizes = sizes
         self.sampler = SGLDGibbs(
             len(tasks), self.flat.dim, self._grad, sigma=sigma, beta=beta,
-            lr=lr / self.reference_size, lr_phi=None if lr_phi is None else lr_phi / self.reference_size,
+            lr=lr if preconditioned else lr / self.reference_size,
+            lr_phi=(lr if lr_phi is None else lr_phi) / self.reference_size,
             temperature=temperature, phi_update=phi_update, prior_mean=mu0, theta_init=theta_init,
             burn_in=burn_in, thin=thin, n_components=n_components, seed=seed,
-            device=self.flat.vector.device)
+            preconditioned=preconditioned, device=self.flat.vector.device)
 
     def _grad(self, task: int, theta: torch.Tensor) -> torch.Tensor:
         """n_i * d(mean minibatch loss)/d theta: the summed-units gradient of task `task`."""

@@ -6,9 +6,12 @@
 //   var_kd = M2_kd / n_k + reg,   alpha_k = n_k / sum_j n_j.
 // E-step:  loglik_bk = log alpha_k - 1/2 sum_d [ (x_bd - mu_kd)^2 / var_kd + log var_kd + log 2pi ]
 //          resp_bk  = softmax_k(loglik_bk)
-// The per-element terms are float32, their sums over d float64 in a fixed order: per chunk of
-// kGmmChunk elements, then chunk partials summed in chunk order. Results do not depend on the
-// number of threads or on the launch configuration.
+// The per-element terms are float32, their sums over d float64 in a fixed order per backend:
+// per chunk of kGmmChunk elements, then the chunk partials. Results do not depend on the number
+// of threads or on the launch configuration. The CPU (interleaved lanes, chunks in order) and
+// the CUDA kernels (per-thread strided sums, a reduction tree) order the float64 additions
+// differently, so the two agree to about 1e-15 relative, not bitwise; the M-step and the
+// prior gradient are bitwise equal for equal responsibilities.
 // M-step (mini-batch online EM): with the batch's responsibilities q_bk from the parameters at
 // batch start, W_k = sum_b q_bk, batch mean m_kd = sum_b q_bk x_bd / W_k and batch moment
 // S_kd = sum_b q_bk (x_bd - m_kd)^2 are merged into the running statistics (Chan et al.):
