@@ -30,7 +30,8 @@ class BenchConfig:
     meta-train, ``max_val`` meta-val and ``max_test`` meta-test roles (0 = all; the first ones
     in the split's key order). Adapter: LoRA rank ``lora_r``, scale ``lora_alpha``.
     LiFT: ``sigma``, ``beta`` (prior and task scales, adapter-weight units), ``temperature``,
-    ``lift_lr`` (per example, mean-loss units), ``n_components`` (K), ``burn_in`` as a fraction
+    ``lift_lr`` (with ``lift_preconditioned`` an RMSprop step size of the pSGLD theta steps,
+    else per example in mean-loss units), ``n_components`` (K), ``burn_in`` as a fraction
     of ``meta_steps``, ``thin``. Baselines: ``meta_lr`` (RMSprop step of multitask, of
     Reptile's and FO-MAML's inner loops and of FO-MAML's outer step), ``inner_steps``,
     ``outer_lr`` (Reptile's interpolation factor), ``mbc_clusters``. Adaptation: ``adapt_steps``
@@ -56,13 +57,13 @@ class BenchConfig:
     lora_alpha: float = 16.0
     # meta-training (shared budget)
     batch_size: int = 8
-    meta_steps: int = 500
+    meta_steps: int = 1500
     # LiFT
     sigma: float = 0.1
     beta: float = 0.05
-    temperature: float = 1.0
-    lift_lr: float = 0.1
-    lift_preconditioned: bool = False
+    temperature: float = 0.01
+    lift_lr: float = 3e-2
+    lift_preconditioned: bool = True
     n_components: int = 4
     burn_in: float = 0.5
     thin: int = 5
@@ -73,7 +74,7 @@ class BenchConfig:
     mbc_clusters: int = 4
     # adaptation
     adapt_steps: int = 15
-    adapt_lrs: list = field(default_factory=lambda: [3e-5, 1e-4, 3e-4, 1e-3])
+    adapt_lrs: list = field(default_factory=lambda: [3e-5, 1e-4, 3e-4])
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
