@@ -74,7 +74,7 @@ class BenchConfig:
     mbc_clusters: int = 4
     # adaptation
     adapt_steps: int = 15
-    adapt_lrs: list = field(default_factory=lambda: [3e-5, 1e-4, 3e-4])
+    adapt_lrs: list = field(default_factory=lambda: [3e-5, 1e-4])
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
