@@ -24,11 +24,14 @@ config file: a JSON object with any subset of these keys (others keep their defa
   min_lines, n_support, n_query      roles kept and windows per role       150, 8, 16
   max_train, max_val, max_test       roles used per split (0 = all)        0, 8, 40
   backbone      BackboneConfig fields (n_layer, n_embd, n_head, steps, batch_size, lr, ...)
+  pretrain_train_roles               also pre-train the backbone on meta-train roles  false
   lora_r, lora_alpha                 LoRA rank and scale on attention      8, 16
-  batch_size, meta_steps             minibatch windows; meta-training gradients per method  8, 500
-  sigma, beta, temperature, lift_lr, n_components, burn_in, thin           LiFT
+  batch_size, meta_steps             minibatch windows; meta-training gradients per method  8, 1500
+  sigma, beta, temperature           LiFT prior / task scales, chain temperature  0.1, 0.05, 0.01
+  lift_lr, lift_preconditioned       LiFT theta step (pSGLD: RMSprop step size)   3e-2, true
+  n_components, burn_in, thin        LiFT mixture; burn-in fraction; thinning     4, 0.5, 5
   meta_lr, inner_steps, outer_lr, mbc_clusters                             baselines
-  adapt_steps, adapt_lrs             adaptation steps; RMSprop lrs tried on meta-val  15, [3e-5..1e-3]
+  adapt_steps, adapt_lrs             adaptation steps; RMSprop lrs tried on meta-val  15, [3e-5, 1e-4]
 Stages write into --output: meta_state.pt, adapted.pt, results.json, results.md, results.png.
 Larger runs on a GPU, e.g.:  lift-ext demo --device cuda --config big.json  with
   {"max_val": 0, "seeds": [0, 1, 2], "meta_steps": 20000, "adapt_steps": 100,
@@ -65,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     demo = stage("demo", "run the Shakespeare benchmark end to end (meta-train, adapt, evaluate): "
-                         "about 15 minutes on a 2-core CPU, backbone pre-training included", False)
+                         "about 14 minutes on a 2-core CPU, backbone pre-training included", False)
     demo.add_argument("--quick", action="store_true",
                       help="a ~2-minute smoke run: tiny backbone, few roles, tiny budgets")
     demo.add_argument("--methods", default=None, metavar="A,B",

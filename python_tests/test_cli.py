@@ -92,6 +92,9 @@ def test_help_documents_commands():
         assert word in res.stdout
     res = _cli(["demo", "--help"], Path("/tmp"))
     assert "--quick" in res.stdout and "--device" in res.stdout and "--output" in res.stdout
+    from lift_ext.bench.config import BenchConfig
+    missing = [f for f in BenchConfig.__dataclass_fields__ if f not in res.stdout]
+    assert not missing, f"config keys not documented in --help: {missing}"
 
 
 def test_missing_data_package(tmp_path, monkeypatch, capsys):
