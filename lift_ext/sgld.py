@@ -94,7 +94,9 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
     device. The step reads (seed, offset) from it when it runs (on the GPU: in the kernel) and
     then adds 1 to the offset in place (also with temperature 0), so one step captured in a
     torch.cuda.CUDAGraph draws fresh noise on every replay; k calls match k explicit-seed
-    steps at offsets offset .. offset + k - 1.
+    steps at offsets offset .. offset + k - 1. Both values must be >= 0: the CPU path refuses
+    a negative one; the CUDA path cannot look at device values without a synchronisation and
+    reads them as unsigned 64-bit integers.
     """
     single = isinstance(params, torch.Tensor)
     if not single and not isinstance(params, (list, tuple)):
