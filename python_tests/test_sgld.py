@@ -218,6 +218,14 @@ def test_unstable_step_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lift_ext.sgld_step(p, torch.randn(4), lr=0.1, prior_precision=3.0, seed=0)
+    # Preconditioned: the bound is lr * prior_precision / eps (G can reach 1/eps).
+    with pytest.warns(RuntimeWarning, match="raise eps"):
+        lift_ext.sgld_step(p, torch.zeros(4), lr=0.1, prior_precision=3.0, square_avg=torch.zeros(4),
+                           eps=1e-8, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lift_ext.sgld_step(p, torch.zeros(4), lr=0.1, prior_precision=3.0, square_avg=torch.zeros(4),
+                           eps=0.5, seed=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
