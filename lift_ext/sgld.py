@@ -110,8 +110,8 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
     if square_avg is None and lr * prior_precision >= 1.0:
         warnings.warn(f"lr * prior_precision = {lr * prior_precision:g} >= 1: the prior pull "
                       "overshoots and the chain is unstable; lower lr", RuntimeWarning, stacklevel=2)
-    elif square_avg is not None and prior_precision > 0.0 and lr * prior_precision / eps >= 1.0:
-        warnings.warn(f"lr * prior_precision / eps = {lr * prior_precision / eps:g} >= 1: with "
+    elif square_avg is not None and prior_precision > 0.0 and lr * prior_precision / eps > 1.0 + 1e-9:
+        warnings.warn(f"lr * prior_precision / eps = {lr * prior_precision / eps:g} > 1: with "
                       "preconditioning the prior pull is lr * G * prior_precision with G up to 1/eps, "
                       "so weights whose gradients vanish overshoot it and the chain is unstable; "
                       "raise eps to at least lr * prior_precision or lower lr",
