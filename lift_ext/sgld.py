@@ -71,6 +71,13 @@ def resolve_seed_offset(seed: Optional[int], offset: Optional[int],
     return seed, offset
 
 
+def start_square_avg_(square_avg: torch.Tensor, grad: torch.Tensor) -> None:
+    """Set an RMSprop average to the first gradient's square, v = g0^2, before the first
+    step (the kernel's v <- alpha v + (1 - alpha) g^2 then keeps it at g0^2). From v = 0 the
+    first step would be lr / sqrt(1 - alpha) = 10 lr per weight whatever the gradient's scale."""
+    torch.mul(grad, grad, out=square_avg)
+
+
 def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperature: float = 1.0,
               prior_mean: Optional[TensorOrList] = None, prior_precision: float = 0.0,
               accum: Optional[TensorOrList] = None, square_avg: Optional[TensorOrList] = None,

@@ -25,7 +25,7 @@ import torch
 from lift_ext.gmm import OnlineGMM
 from lift_ext.lift.flat import FlatParams
 from lift_ext.lift.tasks import Task
-from lift_ext.sgld import sgld_step
+from lift_ext.sgld import sgld_step, start_square_avg_
 
 LossFn = Callable[[Callable[..., Any], Any], torch.Tensor]
 
@@ -100,9 +100,7 @@ def adapt(flat: FlatParams, task: Task, loss_fn: LossFn, *, prior: Optional[Onli
         if prior is not None:
             prior.add_prior_grad_(grad, theta, beta=beta, scale=1.0 / n)
         if square_avg is not None and step == 0:
-            # Start the RMSprop average at g0^2: from zero, the first step would be
-            # lr / sqrt(1 - alpha) = 10 lr per weight whatever the gradient's scale.
-            square_avg.copy_(grad * grad)
+            start_square_avg_(square_avg, grad)
         sgld_step(theta, grad, lr=lr, temperature=step_temperature, square_avg=square_avg,
                   seed=seed, offset=step)
         losses.append(float(loss))

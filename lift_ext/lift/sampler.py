@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from lift_ext import ops
 from lift_ext.checkpoint import load_checked, save_atomic
 from lift_ext.gmm import OnlineGMM
+from lift_ext.sgld import start_square_avg_
 
 GradFn = Callable[[int, torch.Tensor], torch.Tensor]
 DeviceLike = Union[str, torch.device, None]
@@ -197,7 +198,7 @@ class SGLDGibbs:
         offset = 2 * self.step_count
         grad = grad.detach()
         if self._square_avg is not None and self.step_count == 0:
-            self._square_avg.copy_(grad * grad)  # from 0, the first steps would be ~10x too large
+            start_square_avg_(self._square_avg, grad)
         ops.sgld_step_(theta, grad, self._phi, self._task_sum, self._square_avg, lr=self.lr,
                        temperature=self.temperature, prior_precision=1.0 / self.beta**2,
                        alpha=self.alpha, eps=self.damping, seed=self.seed, offset=offset)
@@ -207,17 +208,21 @@ class SGLDGibbs:
                       offset=offset + 1)
         self.step_count += 1
         if self.step_count > self.burn_in and (self.step_count - self.burn_in) % self.thin == 0:
-            self._check_finite()
-            self.gmm.update(self._phi)
+            self._feed_mixture()
         return task
 
-    def _check_finite(self) -> None:
-        """Raise FloatingPointError when phi holds NaN / Inf: the chain has diverged."""
-        if not bool(torch.isfinite(self._phi).all()):
+    def _feed_mixture(self) -> None:
+        """Give phi to the mixture. The mixture refuses a non-finite sample (its own check, no
+        second pass here); that means the chain diverged, which is raised as FloatingPointError."""
+        try:
+            self.gmm.update(self._phi)
+        except ValueError:
+            if bool(torch.isfinite(self._phi).all()):
+                raise
             raise FloatingPointError(
                 f"SGLDGibbs diverged: phi is not finite after step {self.step_count} (lr={self.lr:g}, "
                 f"lr / beta^2 = {self.lr / self.beta ** 2:g}); the gradients are too large for this lr: "
-                "lower lr (or the temperature)")
+                "lower lr (or the temperature)") from None
 
     def diagnostics(self) -> Dict[str, float]:
         """Scalars to watch a run by: |phi| (RMS), the RMS spread of thetas around phi, and the
