@@ -221,6 +221,12 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def print_progress(row):
+    """One finished row as it lands, so a run cut short still reports what it measured."""
+    times = ", ".join(f"{k} {v:.4f}" for k, v in row["ms"].items())
+    print(f"  {row['case']}: ms {times}; fused {row['fused_pct_copy']:.0f}% of copy", flush=True)
+
+
 def plot(rows, bandwidth, device_label, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -246,6 +252,9 @@ def plot(rows, bandwidth, device_label, path):
 
 
 def git_commit():
+    """Short hash of the checkout; LIFT_EXT_COMMIT overrides it (copies without .git)."""
+    if os.environ.get("LIFT_EXT_COMMIT"):
+        return os.environ["LIFT_EXT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
@@ -287,14 +296,15 @@ def main(argv=None):
     if "sgld" in families:
         for name, sizes, variant in sgld_cases(device, args.quick):
             rows.append(finish_row(sgld_row(name, sizes, variant, device, compiled), bandwidth))
-            print(f"  {rows[-1]['case']}: fused {rows[-1]['ms']['fused']:.3f} ms", flush=True)
+            print_progress(rows[-1])
     if "phi" in families:
         for numel in ([1 << 20] if args.quick else [1 << 20, 1 << 24]):
             rows.append(finish_row(phi_row(numel, device, compiled), bandwidth))
+            print_progress(rows[-1])
     if "gmm" in families:
         for k, d, b in gmm_cases(args.quick):
             rows.append(finish_row(gmm_row(k, d, b, device, compiled), bandwidth))
-            print(f"  {rows[-1]['case']}: fused {rows[-1]['ms']['fused']:.3f} ms", flush=True)
+            print_progress(rows[-1])
     print(format_table(rows))
     meta = {"device": label, "torch": torch.__version__, "commit": git_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -2,47 +2,65 @@
 # The one device check, for a lent GPU machine (H100/H200, torch preinstalled, no network),
 # in under 8 minutes: build the extension against the installed torch, run the whole test
 # suite (the CUDA tests run there instead of skipping), the full benchmark table
-# (bench_all.py: JSON + bandwidth plot), and compute-sanitizer memcheck and racecheck over a
-# short run of every kernel. Results go to $OUT (or benchmarks/out); copy the table and the
-# card into benchmarks/RESULTS.md with the date and commit.
-#   bash benchmarks/gpu_check.sh
+# (bench_all.py: JSON + bandwidth plot), one SGLDGibbs step at D = 2^22 (bench_sampler.py),
+# and compute-sanitizer memcheck and racecheck over a short run of every kernel. Each stage
+# has its own time limit and writes its log to $OUT (or benchmarks/out) as it goes, so a
+# stage that runs long still leaves the others' results. Copy the table and the card into
+# benchmarks/RESULTS.md with the date and commit.
+#   LIFT_EXT_COMMIT=<hash> bash benchmarks/gpu_check.sh     (the hash when .git is absent)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/out}"
-mkdir -p "$out"
+mkdir -p "$out" && out="$(cd "$out" && pwd)"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
+command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
 export PYTHONUNBUFFERED=1 LIFT_EXT_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export LIFT_EXT_COMMIT="${LIFT_EXT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 status=0
 step() { echo "=== $1 ($(date -u +%H:%M:%S))"; }
-{ date -u; git rev-parse HEAD 2>/dev/null || true; } | tee "$out/meta.txt"
-nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee -a "$out/meta.txt" || true
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/meta.txt"
+{
+  date -u; echo "commit $LIFT_EXT_COMMIT"; echo "python $PY"
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.memory,driver_version --format=csv,noheader
+  nvcc --version | tail -n 2
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+} 2>&1 | tee "$out/meta.txt"
 
 step "build"
-time pip install -q --no-build-isolation --no-deps . 2>&1 | tail -n 20
-python -c "import lift_ext; assert lift_ext.cuda_kernels_built(), 'CUDA kernels not built'" || exit 1
+timeout 150 "$PY" -m pip install -q --no-build-isolation --no-deps . > "$out/build.txt" 2>&1
+tail -n 15 "$out/build.txt"
+(cd /tmp && "$PY" -c "import lift_ext; assert lift_ext.cuda_kernels_built(), 'CUDA kernels not built'") || exit 1
 
 step "tests"
-# From a neutral directory so the installed package (with _C) is imported.
-(cd /tmp && timeout 180 python -m pytest "$OLDPWD/python_tests" -q -x -p no:cacheprovider 2>&1 | tail -n 30) \
-  | tee "$out/tests.txt"
-grep -qE "^[0-9]+ passed" "$out/tests.txt" && ! grep -qE "failed|error" "$out/tests.txt" || status=1
+# From a neutral directory so the installed package (with _C) is imported, not the source tree.
+(cd /tmp && timeout 150 "$PY" -m pytest "$OLDPWD/python_tests" -q -rfE -p no:cacheprovider \
+  --durations=8 > "$out/tests.txt" 2>&1)
+grep -E "^(FAILED|ERROR)" "$out/tests.txt" | head -n 40
+tail -n 12 "$out/tests.txt"
+grep -qE "^=*.*[0-9]+ passed" "$out/tests.txt" && ! grep -qE "[0-9]+ (failed|error)" "$out/tests.txt" || status=1
 
 step "benchmark table"
-timeout 240 python benchmarks/bench_all.py --device cuda --json "$out/bench_cuda.json" \
-  --plot "$out/bench_cuda.png" | tee "$out/bench_cuda.txt" || status=1
+timeout 180 "$PY" benchmarks/bench_all.py --device cuda --json "$out/bench_cuda.json" \
+  --plot "$out/bench_cuda.png" > "$out/bench_cuda.txt" 2>&1 || status=1
+sed -n '/^case /,$p' "$out/bench_cuda.txt"
+grep -q "^case " "$out/bench_cuda.txt" || tail -n 30 "$out/bench_cuda.txt"
+
+step "one SGLDGibbs step, D = 2^22"
+timeout 40 "$PY" benchmarks/bench_sampler.py --device cuda --dim 4194304 2>&1 | tee "$out/bench_sampler.txt" \
+  || status=1
 
 step "compute-sanitizer"
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
-    timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 3 \
-      python benchmarks/sanitizer_driver.py > "$out/sanitizer_$tool.txt" 2>&1
+    timeout 50 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+      "$PY" benchmarks/sanitizer_driver.py > "$out/sanitizer.tmp" 2>&1
     rc=$?
-    tail -n 5 "$out/sanitizer_$tool.txt"
-    echo "compute-sanitizer $tool: exit $rc" | tee -a "$out/sanitizer_summary.txt"
+    { echo "--- $tool"; cat "$out/sanitizer.tmp"; } >> "$out/sanitizer.txt"; rm -f "$out/sanitizer.tmp"
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|all kernels ran" "$out/sanitizer.txt" | tail -n 2
+    echo "compute-sanitizer $tool: exit $rc"
     [ "$rc" -eq 0 ] || status=1
   done
 else
-  echo "compute-sanitizer not found on PATH" | tee "$out/sanitizer_summary.txt"; status=1
+  echo "compute-sanitizer not found on PATH"; status=1
 fi
 step "done, status $status"
 exit "$status"
