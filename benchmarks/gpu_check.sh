@@ -8,6 +8,8 @@
 # stage that runs long still leaves the others' results. Copy the table and the card into
 # benchmarks/RESULTS.md with the date and commit.
 #   LIFT_EXT_COMMIT=<hash> bash benchmarks/gpu_check.sh     (the hash when .git is absent)
+#   STAGES="build tests sanitizer" bash benchmarks/gpu_check.sh   (a subset; default: all of
+#   build tests table sampler sanitizer)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/out}"
@@ -16,40 +18,59 @@ PY="${PYTHON:-$(command -v python3 || command -v python)}"
 command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
 export PYTHONUNBUFFERED=1 LIFT_EXT_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 export LIFT_EXT_COMMIT="${LIFT_EXT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+STAGES=" ${STAGES:-build tests table sampler sanitizer} "
 status=0
 step() { echo "=== $1 ($(date -u +%H:%M:%S))"; }
+want() { [[ "$STAGES" == *" $1 "* ]]; }
 {
   date -u; echo "commit $LIFT_EXT_COMMIT"; echo "python $PY"
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.memory,driver_version --format=csv,noheader
+  lscpu | grep -E "^(Model name|Flags)" | cut -c1-200
   nvcc --version | tail -n 2
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 } 2>&1 | tee "$out/meta.txt"
 
-step "build"
-timeout 150 "$PY" -m pip install -q --no-build-isolation --no-deps . > "$out/build.txt" 2>&1
-tail -n 15 "$out/build.txt"
+if want build; then
+  step "build"
+  # Unstripped, so that a crash's backtrace names the extension's functions.
+  timeout 150 "$PY" -m pip install -q --no-build-isolation --no-deps -C install.strip=false . \
+    > "$out/build.txt" 2>&1
+  tail -n 15 "$out/build.txt"
+fi
 (cd /tmp && "$PY" -c "import lift_ext; assert lift_ext.cuda_kernels_built(), 'CUDA kernels not built'") || exit 1
 
-step "tests"
-# From a neutral directory so the installed package (with _C) is imported, not the source tree.
-(cd /tmp && timeout 150 "$PY" -m pytest "$OLDPWD/python_tests" -q -rfE -p no:cacheprovider \
-  --durations=8 > "$out/tests.txt" 2>&1)
-grep -E "^(FAILED|ERROR)" "$out/tests.txt" | head -n 40
-tail -n 12 "$out/tests.txt"
-grep -qE "^=*.*[0-9]+ passed" "$out/tests.txt" && ! grep -qE "[0-9]+ (failed|error)" "$out/tests.txt" || status=1
+if want tests; then
+  step "tests"
+  # From a neutral directory so the installed package (with _C) is imported, not the source
+  # tree; with pytest-xdist (when present) a crashing test is reported and the rest still run.
+  parallel=()
+  "$PY" -c "import xdist" 2>/dev/null && parallel=(-n 4 --max-worker-restart 20)
+  (cd /tmp && timeout 150 "$PY" -m pytest "$OLDPWD/python_tests" -q -rfE -p no:cacheprovider \
+    "${parallel[@]}" --durations=8 > "$out/tests.txt" 2>&1)
+  grep -E "^(FAILED|ERROR)|crashed" "$out/tests.txt" | head -n 40
+  tail -n 12 "$out/tests.txt"
+  grep -qE "^=*.*[0-9]+ passed" "$out/tests.txt" && ! grep -qE "[0-9]+ (failed|error)" "$out/tests.txt" \
+    || status=1
+fi
 
-step "benchmark table"
-timeout 180 "$PY" benchmarks/bench_all.py --device cuda --json "$out/bench_cuda.json" \
-  --plot "$out/bench_cuda.png" > "$out/bench_cuda.txt" 2>&1 || status=1
-sed -n '/^case /,$p' "$out/bench_cuda.txt"
-grep -q "^case " "$out/bench_cuda.txt" || tail -n 30 "$out/bench_cuda.txt"
+if want table; then
+  step "benchmark table"
+  timeout 180 "$PY" benchmarks/bench_all.py --device cuda --json "$out/bench_cuda.json" \
+    --plot "$out/bench_cuda.png" > "$out/bench_cuda.txt" 2>&1 || status=1
+  sed -n '/^case /,$p' "$out/bench_cuda.txt"
+  grep -q "^case " "$out/bench_cuda.txt" || tail -n 30 "$out/bench_cuda.txt"
+fi
 
-step "one SGLDGibbs step, D = 2^22"
-timeout 40 "$PY" benchmarks/bench_sampler.py --device cuda --dim 4194304 2>&1 | tee "$out/bench_sampler.txt" \
-  || status=1
+if want sampler; then
+  step "one SGLDGibbs step, D = 2^22"
+  timeout 40 "$PY" benchmarks/bench_sampler.py --device cuda --dim 4194304 2>&1 \
+    | tee "$out/bench_sampler.txt" || status=1
+fi
 
-step "compute-sanitizer"
-if command -v compute-sanitizer >/dev/null; then
+if ! want sanitizer; then
+  :
+elif command -v compute-sanitizer >/dev/null; then
+  step "compute-sanitizer"
   for tool in memcheck racecheck; do
     timeout 50 compute-sanitizer --tool "$tool" --error-exitcode 3 \
       "$PY" benchmarks/sanitizer_driver.py > "$out/sanitizer.tmp" 2>&1

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lift_ext.checkpoint import CheckpointError
+from conftest import requires_cuda
 from lift_ext.lift import SGLDGibbs
 
 N_TASKS, DIM, S2, BETA, SIGMA = 5, 256, 1.0, 0.5, 1.0
@@ -209,3 +210,20 @@ def test_divergence_is_reported_clearly(problem):
                             phi_update="gibbs", theta_init=problem["ybar"], seed=1)
     with pytest.raises(FloatingPointError, match="diverged.*lower lr"):
         sampler.run(3000, progress=False)
+
+
+def test_gradient_on_another_device_is_reported():
+    sampler = SGLDGibbs(N_TASKS, DIM, lambda i, t: torch.zeros(DIM, device="meta"), sigma=SIGMA, beta=BETA,
+                        lr=2e-3)
+    with pytest.raises(ValueError, match="grad_fn.*meta.*cpu"):
+        sampler.step()
+
+
+@requires_cuda
+def test_state_follows_the_prior_mean_device(problem):
+    mu0 = problem["mu0"].cuda()
+    sampler = SGLDGibbs(N_TASKS, DIM, lambda i, t: problem["grad_fn"](i, t.cpu()).cuda(), sigma=SIGMA,
+                        beta=BETA, lr=2e-3, prior_mean=mu0, n_components=2)
+    sampler.run(20, progress=False)
+    assert sampler.device.type == "cuda" and sampler.thetas.is_cuda and sampler.gmm.means.is_cuda
+    assert torch.isfinite(sampler.phi).all()

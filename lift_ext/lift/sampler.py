@@ -21,7 +21,9 @@ One `step()`:
   4. after `burn_in` steps, every `thin`-th phi is a posterior sample fed to the OnlineGMM.
 lr is half the paper's eta (see lift_ext.sgld). Noise of step t: Philox (seed, offset 2t) for
 theta, (seed, offset 2t + 1) for phi, so a run is a pure function of its seed.
-Memory: thetas [N, D] once, plus phi, S, mu0 and the mixture's K x D arrays.
+Memory: thetas [N, D] once, plus phi, S, mu0 and the mixture's K x D arrays, all on `device`
+(default: the device of prior_mean, else of theta_init, else the CPU); grad_fn must return
+gradients on that device.
 """
 import math
 import warnings
@@ -56,6 +58,16 @@ def _task_order(seed: int, epoch: int, num_tasks: int) -> torch.Tensor:
     """The visiting order of epoch `epoch`: a permutation fixed by (seed, epoch)."""
     gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63 - 1))
     return torch.randperm(num_tasks, generator=gen)
+
+
+def _default_device(device: DeviceLike, prior_mean, theta_init) -> torch.device:
+    """`device` if given, else the device of prior_mean, else of theta_init, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    for value in (prior_mean, theta_init):
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return torch.device("cpu")
 
 
 class SGLDGibbs:
@@ -95,7 +107,7 @@ class SGLDGibbs:
         self.temperature, self.phi_update = float(temperature), phi_update
         self.burn_in, self.thin, self.seed = burn_in, thin, seed
         self.preconditioned, self.alpha, self.eps = preconditioned, float(alpha), float(eps)
-        dev = torch.device("cpu") if device is None else torch.device(device)
+        dev = _default_device(device, prior_mean, theta_init)
 
         self._prior_mean = None if prior_mean is None else self._vector(prior_mean, "prior_mean", dev)
         self._thetas = torch.empty(num_tasks, dim, dtype=torch.float32, device=dev)
@@ -195,6 +207,9 @@ class SGLDGibbs:
         if not isinstance(grad, torch.Tensor) or grad.shape != (self.dim,):
             raise ValueError(f"grad_fn({task}, theta) must return a Tensor of shape [{self.dim}], got "
                              f"{getattr(grad, 'shape', type(grad).__name__)}")
+        if grad.device != theta.device:
+            raise ValueError(f"grad_fn({task}, theta) returned a tensor on {grad.device}, but the sampler's "
+                             f"state is on {theta.device} (pass device= or a prior_mean on the right device)")
         offset = 2 * self.step_count
         grad = grad.detach()
         if self._square_avg is not None and self.step_count == 0:

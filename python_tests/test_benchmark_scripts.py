@@ -1,0 +1,29 @@
+"""The device-check scripts run on the CPU kernels too, so they cannot rot between GPU runs:
+benchmarks/sanitizer_driver.py (every kernel, odd sizes) and benchmarks/bench_sampler.py."""
+import os
+import runpy
+import sys
+
+import pytest
+
+from conftest import requires_cuda
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def _run_script(name, argv, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [name] + argv)
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    runpy.run_path(os.path.join(BENCHMARKS, name), run_name="__main__")
+
+
+def test_sanitizer_driver_runs_every_kernel_on_cpu(monkeypatch, capsys):
+    _run_script("sanitizer_driver.py", ["--device", "cpu"], monkeypatch)
+    assert "all kernels ran on cpu" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+def test_bench_sampler_reports_step_and_kernels(device, monkeypatch, capsys):
+    _run_script("bench_sampler.py", ["--device", device, "--dim", "4099", "--tasks", "3"], monkeypatch)
+    out = capsys.readouterr().out
+    assert "SGLDGibbs.step()" in out and "overhead ratio" in out
