@@ -33,9 +33,9 @@ want() { [[ "$STAGES" == *" $1 "* ]]; }
 if want build; then
   step "build"
   # Unstripped, so that a crash's backtrace names the extension's functions.
-  timeout 150 "$PY" -m pip install -q --no-build-isolation --no-deps -C install.strip=false . \
+  timeout 150 "$PY" -m pip install -v --no-build-isolation --no-deps -C install.strip=false -C build.verbose=true . \
     > "$out/build.txt" 2>&1
-  tail -n 15 "$out/build.txt"
+  grep -E "lift_ext: |error|Successfully installed" "$out/build.txt" | head -n 20
 fi
 (cd /tmp && "$PY" -c "import lift_ext; assert lift_ext.cuda_kernels_built(), 'CUDA kernels not built'") || exit 1
 
