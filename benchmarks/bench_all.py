@@ -100,6 +100,21 @@ def bf16_flat_step(p, g, c):
     return bench_sgld.flat_step(p, g.float(), c)
 
 
+def graph_replay_ms(step, device):
+    """Median ms of one replay of a CUDA graph holding `step` (the kernel time without the
+    Python and launch cost of an eager call)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return median_ms(graph.replay, device)
+
+
 def sgld_row(name, sizes, variant, device, compiled):
     total = sum(sizes)
     gdtype = torch.bfloat16 if variant == "bf16" else torch.float32
@@ -143,6 +158,14 @@ def sgld_row(name, sizes, variant, device, compiled):
         bytes_per = 14 if variant == "bf16" else 16
 
     timings = {"fused": median_ms(fused, device)}
+    if device.type == "cuda" and is_list and variant == "plain":
+        rng_state = torch.tensor([0, 0], dtype=torch.int64, device=device)
+        try:
+            timings["fused graph"] = graph_replay_ms(
+                lambda: lift_ext.sgld_step(ps, gs, lr=LR, temperature=TEMP, prior_mean=cs, prior_precision=LAM,
+                                           rng_state=rng_state), device)
+        except RuntimeError as exc:  # report and go on: the eager columns still stand
+            print(f"  {name}: CUDA graph replay failed: {exc}", file=sys.stderr, flush=True)
     if is_list:
         timings["per-tensor"] = median_ms(per_tensor, device)
         timings["foreach"] = median_ms(foreach_call, device)
@@ -218,6 +241,11 @@ def format_table(rows):
                      f"{r['fused_pct_copy']:>5.0f}% {r['floor_ms']:>9.3f} " + " ".join(cells))
     lines.append("x = alternative ms / fused ms (higher is better for the fused op); "
                  "floor = minimal bytes / measured copy bandwidth; %copy = fused GB/s / copy GB/s")
+    graphs = [r for r in rows if "fused graph" in r["ms"]]
+    if graphs:
+        lines.append("CUDA graph replay of the fused step (graph-safe form, no Python or launch cost):")
+        lines += [f"  {r['case']:<28} {r['ms']['fused graph']:.4f} ms  ({r['GBps']['fused graph']:.0f} GB/s)"
+                  for r in graphs]
     return "\n".join(lines)
 
 
@@ -238,7 +266,7 @@ def plot(rows, bandwidth, device_label, path):
         sel = sorted((r for r in rows if r["op"] == op), key=lambda r: r["bytes"])
         x = [r["bytes"] for r in sel]
         ax.plot(x, [r["GBps"]["fused"] for r in sel], "o-", color=color, label=f"{op} fused")
-        best = [max(v for k, v in r["GBps"].items() if k != "fused") for r in sel]
+        best = [max(v for k, v in r["GBps"].items() if k not in ("fused", "fused graph")) for r in sel]
         ax.plot(x, best, "x--", color=color, alpha=0.6, label=f"{op} best PyTorch")
     ax.axhline(bandwidth, color="k", lw=1, ls=":", label="copy bandwidth")
     ax.set_xscale("log")

@@ -6,6 +6,19 @@ Exits with status 2 and a readable message when torch cannot be imported.
 import sys
 
 
+def loaded_libstdcxx() -> str:
+    """Path of the libstdc++ this process runs on (torch imported), "" where /proc is absent."""
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                fields = line.split(None, 5)
+                if len(fields) == 6 and "/libstdc++.so" in fields[5]:
+                    return fields[5].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def main(out_path: str) -> int:
     try:
         import torch
@@ -28,6 +41,7 @@ def main(out_path: str) -> int:
         'set(LIFT_TORCH_INCLUDE_DIRS "{}")'.format(cmake_list(cpp_extension.include_paths())),
         'set(LIFT_TORCH_LIBRARY_DIRS "{}")'.format(cmake_list(cpp_extension.library_paths())),
         "set(LIFT_TORCH_CXX11_ABI {})".format(int(torch._C._GLIBCXX_USE_CXX11_ABI)),
+        'set(LIFT_TORCH_LIBSTDCXX "{}")'.format(loaded_libstdcxx()),
     ]
     with open(out_path, "w") as fh:
         fh.write("\n".join(lines) + "\n")

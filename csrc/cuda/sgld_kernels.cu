@@ -1,10 +1,14 @@
 // CUDA kernels of the SGLD op family (no ATen here: the glue is csrc/cuda/sgld.cpp).
 //
-// One thread handles one group of 4 consecutive elements of the flattened call per
-// grid-stride iteration and draws their 4 normals from one Philox counter. A group that lies
-// inside one tensor with 16-byte aligned addresses takes vector loads and stores; others
-// (tensor borders, odd sizes) go element by element. The tensor table travels in the kernel
-// parameters (up to kMaxListSlots tensors per launch; CUDA >= 12.1 allows 32 KiB of them).
+// One thread handles one group of 4 consecutive elements of the flattened call per loop
+// iteration and draws their 4 normals from one Philox counter. Each block owns one contiguous
+// run of groups (the grid is one wave of resident blocks), so a thread's groups move forward
+// through the tensor list and its slot lookup is a rare step, not a search per group. A group
+// that lies inside one tensor with 16-byte aligned addresses takes vector loads and stores,
+// issued before the noise is computed so that memory and arithmetic overlap; others (tensor
+// borders, odd sizes) go element by element. The tensor table travels in the kernel parameters
+// (up to kMaxListSlots tensors per launch; CUDA >= 12.1 allows 32 KiB of them); short lists
+// use a smaller table, so their launches copy fewer parameter bytes.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -20,6 +24,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxListSlots = 448;
+constexpr int kShortListSlots = 96;
 
 template <int kCapacity>
 struct SlotTable {
@@ -91,56 +96,86 @@ __device__ __forceinline__ int find_slot(const SlotTable<kCapacity>& table, int6
   return lo;
 }
 
+// The 4 elements from e0 lie in `slot` and every array of theirs is 16-byte aligned for them.
+__device__ __forceinline__ bool group_is_vector(const SgldSlot& slot, int64_t e0, int64_t local,
+                                                size_t grad_bytes) {
+  return e0 >= slot.base && e0 + 4 <= slot.base + slot.numel && aligned16(slot.param + local) &&
+         (reinterpret_cast<uintptr_t>(static_cast<const char*>(slot.grad) + local * grad_bytes) &
+          (4 * grad_bytes - 1)) == 0 &&
+         (!slot.prior_mean || aligned16(slot.prior_mean + local)) &&
+         (!slot.accum || aligned16(slot.accum + local)) &&
+         (!slot.square_avg || aligned16(slot.square_avg + local));
+}
+
 template <int kCapacity, typename G>
 __global__ void __launch_bounds__(kThreads)
-sgld_kernel(const SlotTable<kCapacity> table, SgldScalars s, const int64_t* rng_state) {
+sgld_kernel(const SlotTable<kCapacity> table, SgldScalars s, const int64_t* rng_state,
+            int64_t groups_per_block) {
   const bool noise_on = s.noise_scale != 0.0f;
   if (rng_state != nullptr) {  // graph-safe form: seed and offset as of this launch
     s.seed = static_cast<uint64_t>(rng_state[0]);
     s.offset = static_cast<uint64_t>(rng_state[1]);
   }
-  const int64_t first_group = table.begin / 4;
+  const bool use_center = s.prior_precision != 0.0f;
+  const int64_t block_first = table.begin / 4 + static_cast<int64_t>(blockIdx.x) * groups_per_block;
   const int64_t last_group = (table.end - 1) / 4;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t group = first_group + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       group <= last_group; group += stride) {
-    float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (noise_on) philox_normal4(s.seed, s.offset, static_cast<uint64_t>(group), z);
+  const int64_t block_last =
+      block_first + groups_per_block - 1 < last_group ? block_first + groups_per_block - 1 : last_group;
+  int t = 0;  // slot of this thread's current group; groups only move forward
+  bool located = false;
+  for (int64_t group = block_first + threadIdx.x; group <= block_last; group += blockDim.x) {
     const int64_t e0 = group * 4;
-    const int t = find_slot(table, e0 < table.begin ? table.begin : e0);
+    if constexpr (kCapacity > 1) {  // one tensor: slot 0, a constant index (no local copy)
+      const int64_t first = e0 < table.begin ? table.begin : e0;
+      if (!located) {
+        t = find_slot(table, first);
+        located = true;
+      } else {
+        while (t + 1 < table.count && table.slots[t + 1].base <= first) ++t;
+      }
+    }
     const SgldSlot& slot = table.slots[t];
     const int64_t local = e0 - slot.base;
-    const bool whole = e0 >= slot.base && e0 + 4 <= slot.base + slot.numel;
-    const bool vector_ok =
-        whole && aligned16(slot.param + local) &&
-        (reinterpret_cast<uintptr_t>(static_cast<const char*>(slot.grad) + local * sizeof(G)) &
-         (4 * sizeof(G) - 1)) == 0 &&
-        (!slot.prior_mean || aligned16(slot.prior_mean + local)) &&
-        (!slot.accum || aligned16(slot.accum + local)) &&
-        (!slot.square_avg || aligned16(slot.square_avg + local));
-    if (vector_ok) {
-      float theta[4], grad[4], out[4];
+    float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (group_is_vector(slot, e0, local, sizeof(G))) {
+      // Every load first, then the noise (pure arithmetic) while they are in flight.
+      float theta[4], grad[4], center[4] = {0.0f, 0.0f, 0.0f, 0.0f}, avg[4], acc[4], out[4];
       const float4 tv = load4(slot.param + local);
-      theta[0] = tv.x; theta[1] = tv.y; theta[2] = tv.z; theta[3] = tv.w;
       load_grad4<G>(slot.grad, local, grad);
-      // Element-wise update on registers; the optional arrays are read/written through the
-      // same element function (they are small, cached lines of the same 16 bytes).
+      if (use_center && slot.prior_mean) {
+        const float4 cv = load4(slot.prior_mean + local);
+        center[0] = cv.x; center[1] = cv.y; center[2] = cv.z; center[3] = cv.w;
+      }
+      if (slot.square_avg) {
+        const float4 vv = load4(slot.square_avg + local);
+        avg[0] = vv.x; avg[1] = vv.y; avg[2] = vv.z; avg[3] = vv.w;
+      }
+      if (slot.accum) {
+        const float4 av = load4(slot.accum + local);
+        acc[0] = av.x; acc[1] = av.y; acc[2] = av.z; acc[3] = av.w;
+      }
+      theta[0] = tv.x; theta[1] = tv.y; theta[2] = tv.z; theta[3] = tv.w;
+      if (noise_on) philox_normal4(s.seed, s.offset, static_cast<uint64_t>(group), z);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        out[k] = sgld_update_element(theta[k], grad[k], z[k],
-                                     slot.prior_mean ? slot.prior_mean + local : nullptr,
-                                     slot.accum ? slot.accum + local : nullptr,
-                                     slot.square_avg ? slot.square_avg + local : nullptr, k, s);
+        out[k] = sgld_update_value(theta[k], grad[k], z[k], center[k],
+                                   slot.square_avg ? &avg[k] : nullptr,
+                                   slot.accum ? &acc[k] : nullptr, s);
       }
       store4(slot.param + local, out);
+      if (slot.square_avg) store4(slot.square_avg + local, avg);
+      if (slot.accum) store4(slot.accum + local, acc);
     } else {
+      if (noise_on) philox_normal4(s.seed, s.offset, static_cast<uint64_t>(group), z);
       for (int k = 0; k < 4; ++k) {
         const int64_t e = e0 + k;
         if (e < table.begin || e >= table.end) continue;
-        const SgldSlot& sl = table.slots[find_slot(table, e)];
+        const SgldSlot& sl = table.slots[kCapacity > 1 ? find_slot(table, e) : 0];
         const int64_t i = e - sl.base;
-        sl.param[i] = sgld_update_element(sl.param[i], load_grad<G>(sl.grad, i), z[k],
-                                          sl.prior_mean, sl.accum, sl.square_avg, i, s);
+        const float center = use_center && sl.prior_mean ? sl.prior_mean[i] : 0.0f;
+        sl.param[i] = sgld_update_value(sl.param[i], load_grad<G>(sl.grad, i), z[k], center,
+                                        sl.square_avg ? sl.square_avg + i : nullptr,
+                                        sl.accum ? sl.accum + i : nullptr, s);
       }
     }
   }
@@ -185,7 +220,9 @@ void launch_table(const SgldSlot* slots, int count, const SgldScalars& s, cudaSt
   table.begin = slots[0].base;
   table.end = slots[count - 1].base + slots[count - 1].numel;
   const int64_t groups = (table.end - 1) / 4 - table.begin / 4 + 1;
-  sgld_kernel<kCapacity, G><<<grid_stride_blocks(groups, kThreads), kThreads, 0, stream>>>(table, s, rng_state);
+  const int blocks = resident_grid_blocks(sgld_kernel<kCapacity, G>, groups, kThreads);
+  const int64_t groups_per_block = (groups + blocks - 1) / blocks;
+  sgld_kernel<kCapacity, G><<<blocks, kThreads, 0, stream>>>(table, s, rng_state, groups_per_block);
 }
 
 template <typename G>
@@ -193,6 +230,10 @@ void launch_all(const SgldSlot* slots, int64_t num_slots, const SgldScalars& s,
                 cudaStream_t stream, const int64_t* rng_state) {
   if (num_slots == 1) {
     launch_table<1, G>(slots, 1, s, stream, rng_state);
+    return;
+  }
+  if (num_slots <= kShortListSlots) {
+    launch_table<kShortListSlots, G>(slots, static_cast<int>(num_slots), s, stream, rng_state);
     return;
   }
   // Lists longer than kMaxListSlots go in consecutive launches over disjoint element

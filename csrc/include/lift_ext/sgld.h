@@ -26,21 +26,21 @@ struct SgldScalars {
   uint64_t offset;
 };
 
-// One element. `noise` is ignored when scalars.noise_scale == 0.
-// prior_mean, accum, square_avg may be null.
-LIFT_HOST_DEVICE float sgld_update_element(float theta, float grad, float noise,
-                                           const float* prior_mean, float* accum, float* square_avg,
-                                           int64_t i, const SgldScalars& s) {
+// One element, on values. `center` is the prior mean c (read only when prior_precision != 0);
+// square_avg and accum point at the element's running average v and accumulator (in-out),
+// or are null when absent. `noise` is ignored when scalars.noise_scale == 0. The CPU loop in
+// csrc/cpu/sgld.cpp does the same operations in the same order (bitwise-equal results).
+LIFT_HOST_DEVICE float sgld_update_value(float theta, float grad, float noise, float center,
+                                         float* square_avg, float* accum, const SgldScalars& s) {
   float drift = grad;
   if (s.prior_precision != 0.0f) {
-    const float center = prior_mean ? prior_mean[i] : 0.0f;
     drift = grad + s.prior_precision * (theta - center);
   }
   float step = s.lr * drift;
   float noise_term = s.noise_scale * noise;
   if (square_avg) {
-    const float v = s.alpha * square_avg[i] + (1.0f - s.alpha) * (grad * grad);
-    square_avg[i] = v;
+    const float v = s.alpha * *square_avg + (1.0f - s.alpha) * (grad * grad);
+    *square_avg = v;
     const float precond = 1.0f / (sqrtf(v) + s.eps);
     step = step * precond;
     noise_term = noise_term * sqrtf(precond);
@@ -50,7 +50,7 @@ LIFT_HOST_DEVICE float sgld_update_element(float theta, float grad, float noise,
     updated = updated + noise_term;
   }
   if (accum) {
-    accum[i] = accum[i] + (updated - theta);
+    *accum = *accum + (updated - theta);
   }
   return updated;
 }
