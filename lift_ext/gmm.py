@@ -55,6 +55,7 @@ class OnlineGMM:
         self._counts = torch.zeros(n_components, dtype=torch.float64, device=dev)
         self._buffer = torch.empty(0, dim, dtype=torch.float32, device=dev)
         self._warmup_storage: Optional[torch.Tensor] = None  # [warmup, D] rows behind _buffer
+        self._fitted = False  # components exist (a host flag: no device read per update)
 
     # ---- state --------------------------------------------------------------------------
     @property
@@ -64,7 +65,7 @@ class OnlineGMM:
     @property
     def initialized(self) -> bool:
         """True once `warmup` samples have been seen and the components exist."""
-        return self._buffer.shape[0] == 0 and bool((self._counts > 0).any())
+        return self._fitted
 
     @property
     def means(self) -> torch.Tensor:
@@ -171,6 +172,7 @@ class OnlineGMM:
         self._counts = counts
         self._buffer = buf.new_empty(0, self.dim)
         self._warmup_storage = None
+        self._fitted = True
 
     # ---- queries ------------------------------------------------------------------------
     def _estep(self, x: torch.Tensor):
@@ -273,6 +275,7 @@ class OnlineGMM:
         self._counts = state["counts"].to(dev, torch.float64).contiguous().clone()
         self._buffer = buf.to(dev, torch.float32).contiguous().clone()
         self._warmup_storage = None
+        self._fitted = buf.shape[0] == 0 and bool((self._counts > 0).any())
         self.reg_covar = reg
         self.warmup = warmup
 

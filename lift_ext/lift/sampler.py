@@ -27,7 +27,7 @@ gradients on that device.
 """
 import math
 import warnings
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -54,10 +54,10 @@ def mean_loss_grad(grad_of_mean_loss: GradFn, task_sizes) -> GradFn:
     return lambda i, theta: grad_of_mean_loss(i, theta) * sizes[i]
 
 
-def _task_order(seed: int, epoch: int, num_tasks: int) -> torch.Tensor:
+def _task_order(seed: int, epoch: int, num_tasks: int) -> List[int]:
     """The visiting order of epoch `epoch`: a permutation fixed by (seed, epoch)."""
     gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63 - 1))
-    return torch.randperm(num_tasks, generator=gen)
+    return torch.randperm(num_tasks, generator=gen).tolist()
 
 
 def _default_device(device: DeviceLike, prior_mean, theta_init) -> torch.device:
@@ -195,7 +195,7 @@ class SGLDGibbs:
             self._epoch += 1
             self._position = 0
             self._order = _task_order(self.seed, self._epoch, self.num_tasks)
-        task = int(self._order[self._position])
+        task = self._order[self._position]
         self._position += 1
         return task
 
