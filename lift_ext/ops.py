@@ -162,7 +162,18 @@ def sgld_step_list_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
                     square_avgs: Sequence[torch.Tensor], *, lr: float, temperature: float,
                     prior_precision: float, alpha: float, eps: float, seed: int,
                     offset: int) -> None:
-    """In-place SGLD step on a list of float32 tensors in one pass; empty lists mean absent."""
+    """In-place SGLD step on a list of float32 tensors in one pass; empty lists mean absent.
+
+    Eager calls on plain tensors / Parameters take `_C.sgld_step_list_eager`, the same op
+    through the dispatcher's typed entry, which skips torch.ops' per-tensor conversion of the
+    lists (about a third of the host time of a call with hundreds of tensors); traced calls
+    and anything else (subclasses, __torch_function__ modes) go through torch.ops."""
+    if not torch.compiler.is_compiling() and not torch._C._is_torch_function_mode_enabled():
+        done = _loader._C.sgld_step_list_eager(params, grads, prior_means, accums, square_avgs,
+                                                lr, temperature, prior_precision, alpha, eps,
+                                                seed, offset)
+        if done is not NotImplemented:
+            return
     torch.ops.lift_ext.sgld_step_list_(list(params), list(grads), list(prior_means),
                                        list(accums), list(square_avgs), lr, temperature,
                                        prior_precision, alpha, eps, seed, offset)
