@@ -33,7 +33,7 @@ from lift_ext import ops  # noqa: E402
 
 import bench_gmm  # noqa: E402
 import bench_sgld  # noqa: E402
-from timing import copy_bandwidth_gbs, device_name, median_ms  # noqa: E402
+from timing import copy_bandwidth_gbs, device_name, graph_replay_ms, median_ms  # noqa: E402
 
 LR, LAM, TEMP = bench_sgld.LR, bench_sgld.LAM, bench_sgld.TEMP
 NOISE = bench_sgld.NOISE
@@ -98,21 +98,6 @@ def bf16_foreach_step(ps, gs, cs):
 
 def bf16_flat_step(p, g, c):
     return bench_sgld.flat_step(p, g.float(), c)
-
-
-def graph_replay_ms(step, device):
-    """Median ms of one replay of a CUDA graph holding `step` (the kernel time without the
-    Python and launch cost of an eager call)."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return median_ms(graph.replay, device)
 
 
 def sgld_row(name, sizes, variant, device, compiled):

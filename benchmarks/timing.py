@@ -1,5 +1,6 @@
 """Timing helpers shared by the benchmark scripts: median wall time of a callable on a device,
-and the device's measured copy bandwidth (the floor every memory-bound kernel is held to)."""
+the replay time of a CUDA graph of it, and the device's measured copy bandwidth (the floor
+every memory-bound kernel is held to)."""
 import statistics
 import time
 from typing import Callable
@@ -33,6 +34,21 @@ def median_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, r
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(samples)
+
+
+def graph_replay_ms(step, device):
+    """Median ms of one replay of a CUDA graph holding `step` (the kernel time without the
+    Python and launch cost of an eager call)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return median_ms(graph.replay, device)
 
 
 def copy_bandwidth_gbs(device: torch.device, numel: int = 1 << 26) -> float:

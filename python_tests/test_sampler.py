@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from lift_ext.checkpoint import CheckpointError
-from conftest import requires_cuda
 from lift_ext.lift import SGLDGibbs
+
+from conftest import requires_cuda
 
 N_TASKS, DIM, S2, BETA, SIGMA = 5, 256, 1.0, 0.5, 1.0
 TASK_SIZES = [10, 12, 8, 10, 15]
