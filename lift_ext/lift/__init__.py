@@ -8,9 +8,10 @@ over its samples, and meta-test adaptation under that mixture prior (DESIGN.md s
 """
 from lift_ext.lift.adapt import Adapted, adapt, average_predictions
 from lift_ext.lift.flat import FlatParams
+from lift_ext.lift.prior import MixturePrior
 from lift_ext.lift.sampler import SGLDGibbs, mean_loss_grad
 from lift_ext.lift.tasks import Task, TensorTask
 from lift_ext.lift.trainer import LiFT
 
-__all__ = ["SGLDGibbs", "mean_loss_grad", "FlatParams", "LiFT", "Task", "TensorTask", "adapt", "Adapted",
+__all__ = ["SGLDGibbs", "mean_loss_grad", "FlatParams", "MixturePrior", "LiFT", "Task", "TensorTask", "adapt", "Adapted",
            "average_predictions"]
