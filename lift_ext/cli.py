@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args):
-    from lift_ext.bench.config import BenchConfig, quick_config
+    from lift_ext.shakespeare.config import BenchConfig, quick_config
     base = {}
     if getattr(args, "quick", False):
         base.update(quick_config())
@@ -100,7 +100,7 @@ def _config(args):
 
 def _check_device(device: str) -> None:
     import torch
-    from lift_ext.bench.config import ConfigError
+    from lift_ext.shakespeare.config import ConfigError
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -110,11 +110,11 @@ def _check_device(device: str) -> None:
 
 
 def _run(args) -> int:
-    from lift_ext.bench import runner
-    from lift_ext.bench.report import markdown_table, write_results
+    from lift_ext.shakespeare import runner
+    from lift_ext.shakespeare.report import markdown_table, write_results
 
     import torch
-    from lift_ext.bench.config import ConfigError
+    from lift_ext.shakespeare.config import ConfigError
 
     cfg = _config(args)
     _check_device(cfg.device)
@@ -148,8 +148,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "quickstart":
         from lift_ext import quickstart
         return quickstart.main()
-    from lift_ext.bench.config import ConfigError
-    from lift_ext.bench.runner import StageError
+    from lift_ext.shakespeare.config import ConfigError
+    from lift_ext.shakespeare.runner import StageError
     try:
         return _run(args)
     except (ConfigError, StageError, ModuleNotFoundError, FileNotFoundError, PermissionError) as exc:

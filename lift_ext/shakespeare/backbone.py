@@ -169,7 +169,7 @@ def pretrain(model, train_ids: torch.Tensor, config: BackboneConfig = BackboneCo
 
 
 def _cache_root(cache) -> Path:
-    from lift_ext.data.shakespeare import cache_dir
+    from lift_ext.shakespeare.cache import cache_dir
     return cache_dir(cache)
 
 
@@ -202,7 +202,7 @@ def load_or_pretrain(train_ids: torch.Tensor, vocab_size: int,
     """The pre-trained backbone for this (data, config), trained only when not cached.
 
     Saved with ``save_pretrained`` under ``<cache>/backbones/gpt2-char-<key[:16]>`` (``cache``
-    as in :func:`lift_ext.data.shakespeare.cache_dir`), written to a temporary directory and
+    as in :func:`lift_ext.shakespeare.cache.cache_dir`), written to a temporary directory and
     renamed into place, with ``lift_ext_backbone.json`` recording config, key, training time
     and final loss. A directory that fails to load is rebuilt. Returns ``(model, info)``
     with the model in eval mode on ``device``; ``info`` is that JSON plus ``"path"`` and

@@ -20,14 +20,14 @@ from typing import Dict, List
 import torch
 from tqdm.auto import tqdm
 
-from lift_ext.bench import methods as M
-from lift_ext.bench.config import BenchConfig
-from lift_ext.bench.episodes import pool_tasks, support_task
+from lift_ext.shakespeare import methods as M
+from lift_ext.shakespeare.config import BenchConfig
+from lift_ext.shakespeare.episodes import pool_tasks, support_task
 from lift_ext.checkpoint import CheckpointError, load_checked, save_atomic
 from lift_ext.lift import FlatParams
 
 META_FILE, ADAPT_FILE = "meta_state.pt", "adapted.pt"
-_FORMAT = {"meta": "lift_ext.bench.meta_state", "adapt": "lift_ext.bench.adapted"}
+_FORMAT = {"meta": "lift_ext.shakespeare.meta_state", "adapt": "lift_ext.shakespeare.adapted"}
 LIBRARY_METHODS = ("lift", "lift_k1", "retrieval", "mbc")
 
 
@@ -54,8 +54,8 @@ def _limit(items: list, n: int) -> list:
 def setup(cfg: BenchConfig, seed: int, cache=None, progress: bool = True) -> Setup:
     """Load the Shakespeare role benchmark and the cached (or newly pre-trained) backbone,
     wrap it with LoRA (PEFT init drawn with torch seed ``seed``) and pack the adapter."""
-    from lift_ext.data.shakespeare import load_benchmark
-    from lift_ext.nlp.backbone import add_lora, load_or_pretrain
+    from lift_ext.shakespeare.roles import load_benchmark
+    from lift_ext.shakespeare.backbone import add_lora, load_or_pretrain
 
     device = torch.device(cfg.device)
     bench = load_benchmark(n_support=cfg.n_support, n_query=cfg.n_query, min_lines=cfg.min_lines,
@@ -225,7 +225,7 @@ def run_adapt(cfg: BenchConfig, output: Path, cache=None, progress: bool = True)
 
 def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None = None) -> dict:
     """Stage 3; needs ``adapted.pt`` of the same config. Returns the results dict (see
-    ``lift_ext.bench.report``) without writing it."""
+    ``lift_ext.shakespeare.report``) without writing it."""
     adapted = _load("adapt", cfg, "adapt", output / ADAPT_FILE, "adapt")
     per_method: Dict[str, list] = {m: [] for m in cfg.methods}
     detail: Dict[str, dict] = {m: {"lr": {}, "val_scores": {}, "adapt_seconds": 0.0} for m in cfg.methods}
@@ -240,7 +240,7 @@ def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None 
             detail[method]["lr"][str(seed)] = rec["lr"]
             detail[method]["val_scores"][str(seed)] = rec["val_scores"]
             detail[method]["adapt_seconds"] += rec["seconds"]
-    from lift_ext.bench.report import summarize
+    from lift_ext.shakespeare.report import summarize
     return summarize(cfg, per_method, detail, [r.key for r in roles], extra=extra or {})
 
 

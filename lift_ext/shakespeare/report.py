@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List
 
-from lift_ext.bench.config import BenchConfig
+from lift_ext.shakespeare.config import BenchConfig
 
 LABELS = {"lift": "LiFT (K components)", "lift_k1": "LiFT K=1", "independent": "independent LoRA",
           "multitask": "multi-task + FT", "reptile": "Reptile + FT", "fomaml": "FO-MAML + FT",

@@ -18,10 +18,10 @@ from typing import Dict, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from lift_ext.bench.episodes import sample_episode, sample_role
+from lift_ext.shakespeare.episodes import sample_episode, sample_role
 from lift_ext.gmm import OnlineGMM
 from lift_ext.lift import LiFT, FlatParams, TensorTask, adapt
-from lift_ext.nlp.backbone import lm_loss
+from lift_ext.shakespeare.backbone import lm_loss
 from lift_ext.sgld import sgld_step
 
 
