@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["BackboneConfig", "build_model", "pretrain", "load_or_pretrain", "backbone_key", "add_lora",
-           "lm_loss", "next_token_accuracy", "GPT2_ATTENTION_MODULES", "GPT2_MLP_MODULES"]
+           "lm_loss", "target_loss", "next_token_accuracy", "GPT2_ATTENTION_MODULES", "GPT2_MLP_MODULES"]
 
 GPT2_ATTENTION_MODULES = ("attn.c_attn", "attn.c_proj")
 GPT2_MLP_MODULES = ("mlp.c_fc", "mlp.c_proj")
@@ -87,8 +87,14 @@ def lm_loss(model, windows: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy (nats per token) of ``model`` on ``windows`` [B, T + 1],
     averaged over all B * T predicted positions. Differentiable."""
     _check_windows(windows)
-    logits = model(input_ids=windows[:, :-1]).logits
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), windows[:, 1:].reshape(-1))
+    return target_loss(model, windows[:, :-1], windows[:, 1:])
+
+
+def target_loss(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (nats per position) of ``model`` reading ``inputs`` [B, T] and scored
+    on ``targets`` [B, T] (position t's target; the next token for plain text). Differentiable."""
+    logits = model(input_ids=inputs).logits
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
 
 
 @torch.no_grad()

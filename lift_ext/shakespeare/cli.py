@@ -55,6 +55,9 @@ def add_commands(sub) -> None:
         p.add_argument("--cache", default=None, metavar="DIR",
                        help="cache for the parsed corpus and backbone (default: $LIFT_EXT_CACHE or "
                             "~/.cache/lift_ext)")
+        p.add_argument("--suite", default=None, choices=("families", "roles"),
+                       help="families (default: each role's targets pass through its family's letter "
+                            "permutation) or roles (plain next-character prediction, the earlier benchmark)")
         p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (overrides the config)")
         p.add_argument("--threads", type=int, default=1, metavar="N",
                        help="CPU threads for torch (default 1: the models are tiny, and on a busy "
@@ -77,19 +80,15 @@ def add_commands(sub) -> None:
 
 
 def _config(args):
-    from lift_ext.shakespeare.config import BenchConfig, quick_config
-    base = {}
-    if getattr(args, "quick", False):
-        base.update(quick_config())
-    if args.config:
-        file_cfg = BenchConfig.load(args.config).to_dict()
-        given = json.loads(Path(args.config).read_text(encoding="utf-8"))
-        base.update({k: file_cfg[k] for k in given})
+    from lift_ext.shakespeare.config import BenchConfig, read_json
+    given = read_json(args.config) if args.config else {}
+    if args.suite:
+        given["suite"] = args.suite
     if getattr(args, "methods", None):
-        base["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+        given["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.device:
-        base["device"] = args.device
-    return BenchConfig.from_dict(base)
+        given["device"] = args.device
+    return BenchConfig.from_dict(given, quick=getattr(args, "quick", False))
 
 
 def _check_device(device: str) -> None:
@@ -117,20 +116,29 @@ def _run(args) -> int:
     torch.set_num_threads(args.threads)
     output = runner.check_output(Path(args.output))
     progress = not args.no_progress
-    t0 = time.perf_counter()
-    if args.command == "demo":
-        runner.run_meta_train(cfg, output, args.cache, progress)
-        runner.run_adapt(cfg, output, args.cache, progress)
-    elif args.command == "meta-train":
-        print(f"wrote {runner.run_meta_train(cfg, output, args.cache, progress)}")
-        return 0
-    elif args.command == "adapt":
-        print(f"wrote {runner.run_adapt(cfg, output, args.cache, progress)}")
-        return 0
+    setups: dict = {}  # the stages of one command share the loaded data and models
+    common = dict(cache=args.cache, setups=setups)
+    clock = runner.Clock()
+    if args.command in ("demo", "meta-train"):
+        path = runner.run_meta_train(cfg, output, progress=progress, **common)
+        clock.lap("meta_train")
+        if args.command == "meta-train":
+            print(f"wrote {path}")
+            return 0
+    if args.command in ("demo", "adapt"):
+        path = runner.run_adapt(cfg, output, progress=progress, **common)
+        clock.lap("adapt")
+        if args.command == "adapt":
+            print(f"wrote {path}")
+            return 0
     import platform
-    results = runner.run_evaluate(cfg, output, args.cache, extra={
-        "seconds": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version()}})
+    results = runner.run_evaluate(cfg, output, extra={
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+                    "torch_threads": args.threads}}, **common)
+    clock.lap("evaluate")
+    results["seconds"] = round(clock.total()["wall"], 1)
+    results["timing"] = clock.laps
     paths = write_results(results, output)
     print(markdown_table(results))
     print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -2,9 +2,10 @@
 
 All methods work on the same flat LoRA vector (``FlatParams``, D floats) of the same
 backbone. A meta-training method turns the meta-train role pools into either a starting
-vector (multitask, Reptile, FO-MAML), a mixture prior (LiFT, LiFT K=1) or a library of
-per-role adapters (retrieval, MBC); ``adapt_role`` then runs the same number of
-RMSprop-preconditioned steps on a test role's support windows (``lift_ext.lift.adapt``).
+vector (multitask, Reptile, FO-MAML), one adapter per family (the oracle), a mixture prior
+(the LiFT variants, lift_ext.shakespeare.lift_methods) or a library of per-role adapters
+(retrieval, MBC); ``adapt_role`` then adapts each to a test role's support windows with the
+same ``lift_ext.lift.adapt`` settings ("backbone", the reference, is not adapted).
 
 Steps below are ``lift_ext.sgld_step`` at temperature 0 with a running square average, i.e.
 RMSprop (alpha = 0.99): theta <- theta - lr * g / (sqrt(v) + eps), g the gradient of the mean
@@ -13,21 +14,23 @@ next-character cross-entropy (nats) of one minibatch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from lift_ext.lift import FlatParams, MixturePrior, TensorTask, adapt
+from lift_ext.shakespeare.backbone import target_loss
 from lift_ext.shakespeare.episodes import sample_episode, sample_role
-from lift_ext.gmm import OnlineGMM
-from lift_ext.lift import LiFT, FlatParams, TensorTask, adapt
-from lift_ext.shakespeare.backbone import lm_loss
 from lift_ext.sgld import sgld_step
+
+LIFT_METHODS = ("lift", "lift_k1", "lift_paper")
+START_METHODS = ("multitask", "reptile", "fomaml")
 
 
 def window_loss(call, batch) -> torch.Tensor:
-    """Mean next-character cross-entropy (nats per predicted character) of a batch (windows,)."""
-    return lm_loss(call, batch[0])
+    """Mean cross-entropy (nats per predicted character) of a batch (inputs, targets)."""
+    return target_loss(call, batch[0], batch[1])
 
 
 class _RMSprop:
@@ -41,48 +44,70 @@ class _RMSprop:
         sgld_step(self.theta, grad, lr=self.lr, temperature=0.0, square_avg=self.square_avg)
 
 
+def _prior_state(prior: MixturePrior) -> dict:
+    return {"means": prior.means, "variances": prior.variances, "weights": prior.weights, "beta": prior.beta}
+
+
 @dataclass
 class MetaState:
     """What adaptation needs from meta-training, per method (all vectors float32 [D]).
 
     ``init``: the PEFT initialisation (LoRA A random, B = 0); ``starts``: learned starting
-    vectors (multitask, reptile, fomaml); ``priors``: mixtures over LiFT's phi samples (lift:
-    K components, lift_k1: one); ``library``: LiFT's per-role task vectors theta_i [N, D];
-    ``centres``: k-means centres of the library [C, D]."""
+    vectors (multitask, reptile, fomaml); ``family_adapters`` [F, D]: the oracle's adapter of
+    each family; ``priors``: the LiFT variants' meta-test priors; ``library``: LiFT's per-role
+    task vectors theta_i [N, D]; ``centres``: k-means centres of the library [C, D];
+    ``info``: JSON-able notes per method (e.g. the chain's task visits)."""
     init: torch.Tensor
     starts: Dict[str, torch.Tensor] = field(default_factory=dict)
-    priors: Dict[str, OnlineGMM] = field(default_factory=dict)
+    family_adapters: Optional[torch.Tensor] = None
+    priors: Dict[str, MixturePrior] = field(default_factory=dict)
     library: Optional[torch.Tensor] = None
     centres: Optional[torch.Tensor] = None
+    info: Dict[str, dict] = field(default_factory=dict)
 
     def to_state(self) -> dict:
-        return {"init": self.init, "starts": dict(self.starts), "library": self.library,
-                "centres": self.centres, "priors": {k: g.state_dict() for k, g in self.priors.items()},
-                "prior_sizes": {k: [g.n_components, g.dim] for k, g in self.priors.items()}}
+        return {"init": self.init, "starts": dict(self.starts), "family_adapters": self.family_adapters,
+                "library": self.library, "centres": self.centres, "info": dict(self.info),
+                "priors": {k: _prior_state(p) for k, p in self.priors.items()}}
 
     @classmethod
-    def from_state(cls, state: dict) -> "MetaState":
-        priors = {}
-        for name, (k, d) in state["prior_sizes"].items():
-            gmm = OnlineGMM(k, d)
-            gmm.load_state_dict(state["priors"][name])
-            priors[name] = gmm
-        return cls(init=state["init"], starts=dict(state["starts"]), priors=priors,
-                   library=state["library"], centres=state["centres"])
+    def from_state(cls, state: dict, device) -> "MetaState":
+        def dev(x):
+            return None if x is None else x.to(device)
+        priors = {k: MixturePrior(p["means"], p["variances"], p["weights"], p["beta"]).to(device)
+                  for k, p in state["priors"].items()}
+        return cls(init=dev(state["init"]), starts={k: dev(v) for k, v in state["starts"].items()},
+                   family_adapters=dev(state["family_adapters"]), priors=priors,
+                   library=dev(state["library"]), centres=dev(state["centres"]), info=dict(state["info"]))
 
 
 def train_multitask(flat: FlatParams, tasks: Sequence[TensorTask], init: torch.Tensor, *, steps: int,
-                    lr: float, seed: int, progress: bool = True) -> torch.Tensor:
-    """One adapter for all meta-train roles: ``steps`` RMSprop steps, each on a minibatch of
-    a uniformly drawn role's pool."""
+                    lr: float, seed: int, progress: bool = True, desc: str = "multitask") -> torch.Tensor:
+    """One adapter for all ``tasks``: ``steps`` RMSprop steps, each on a minibatch of a
+    uniformly drawn task's pool."""
     gen = torch.Generator().manual_seed(seed)
     theta = init.clone()
     opt = _RMSprop(theta, lr)
-    for _ in tqdm(range(steps), desc="multitask", disable=not progress, mininterval=1.0):
+    for _ in tqdm(range(steps), desc=desc, disable=not progress, mininterval=1.0):
         batch = tasks[sample_role(len(tasks), gen)].batch(gen)
         _, grad = flat.loss_and_grad(theta, lambda call: window_loss(call, batch))
         opt.step(grad)
     return theta
+
+
+def train_family_adapters(flat: FlatParams, tasks: Sequence[TensorTask], families: Sequence[int],
+                          n_families: int, init: torch.Tensor, *, steps: int, lr: float, seed: int,
+                          progress: bool = True) -> torch.Tensor:
+    """The oracle's adapters [F, D]: for each family, multitask training on the meta-train
+    roles of that family with steps // F steps (the same total budget as one method); a family
+    without meta-train roles keeps ``init``."""
+    out = init.expand(n_families, -1).clone()
+    for f in range(n_families):
+        members = [t for t, g in zip(tasks, families) if g == f]
+        if members:
+            out[f] = train_multitask(flat, members, init, steps=max(1, steps // n_families), lr=lr,
+                                     seed=seed * 1_000 + f, progress=progress, desc=f"oracle family {f}")
+    return out
 
 
 def train_reptile(flat: FlatParams, tasks: Sequence[TensorTask], init: torch.Tensor, *, steps: int,
@@ -106,7 +131,7 @@ def train_reptile(flat: FlatParams, tasks: Sequence[TensorTask], init: torch.Ten
     return phi
 
 
-def train_fomaml(flat: FlatParams, pools: Sequence[torch.Tensor], init: torch.Tensor, *, steps: int,
+def train_fomaml(flat: FlatParams, pools: Sequence[tuple], init: torch.Tensor, *, steps: int,
                  inner_steps: int, lr: float, n_support: int, n_query: int, seed: int,
                  progress: bool = True) -> torch.Tensor:
     """First-order MAML: per episode (support / query minibatches of one role's pool),
@@ -123,31 +148,11 @@ def train_fomaml(flat: FlatParams, pools: Sequence[torch.Tensor], init: torch.Te
         support, query = sample_episode(pools[sample_role(len(pools), gen)], n_support, n_query, gen)
         theta = phi.clone()
         for _ in range(inner_steps):
-            _, grad = flat.loss_and_grad(theta, lambda call: window_loss(call, (support,)))
+            _, grad = flat.loss_and_grad(theta, lambda call: window_loss(call, support))
             sgld_step(theta, grad, lr=lr, temperature=0.0, square_avg=inner_avg)
-        _, grad = flat.loss_and_grad(theta, lambda call: window_loss(call, (query,)))
+        _, grad = flat.loss_and_grad(theta, lambda call: window_loss(call, query))
         outer.step(grad)
     return phi
-
-
-def train_lift(model: torch.nn.Module, tasks: Sequence[TensorTask], *, steps: int, sigma: float,
-               beta: float, lr: float, temperature: float, n_components: int, burn_in: int, thin: int,
-               seed: int, preconditioned: bool = False, progress: bool = True):
-    """LiFT's SGLD-Gibbs chain over (phi, theta_1..N) with ``steps`` steps (one role's
-    minibatch each). Its phi samples feed two mixtures: the K-component one of the sampler
-    (``lift``) and a one-component one (``lift_k1``, the ablation: the same posterior samples,
-    one Gaussian). Returns (gmm_K, gmm_1, thetas [N, D])."""
-    lift = LiFT(model, tasks, window_loss, sigma=sigma, beta=beta, lr=lr, temperature=temperature,
-                phi_update="gibbs", burn_in=burn_in, thin=thin, n_components=n_components, seed=seed,
-                preconditioned=preconditioned)
-    single = OnlineGMM(1, lift.flat.dim, device=lift.flat.vector.device)
-    sampler = lift.sampler
-    for _ in tqdm(range(steps), desc="LiFT SGLD-Gibbs", disable=not progress, mininterval=1.0):
-        before = sampler.num_gmm_samples
-        sampler.step()
-        if sampler.num_gmm_samples != before:
-            single.update(sampler.phi)
-    return lift.gmm, single, sampler.thetas.clone()
 
 
 def kmeans(x: torch.Tensor, k: int, seed: int, iters: int = 25) -> torch.Tensor:
@@ -178,17 +183,21 @@ def best_by_support_loss(flat: FlatParams, candidates: torch.Tensor, task: Tenso
     return min(range(len(losses)), key=losses.__getitem__)
 
 
-def start_vector(method: str, state: MetaState, flat: FlatParams, task: TensorTask) -> Optional[torch.Tensor]:
-    """Where a non-LiFT method starts adapting on ``task`` (None for the LiFT variants, whose
-    start is the best mixture component, chosen inside ``lift_ext.lift.adapt``): the PEFT init
-    (independent), the learned start (multitask, reptile, fomaml), or the library vector /
-    k-means centre with the lowest support loss (retrieval / mbc)."""
-    if method in ("lift", "lift_k1"):
+def start_vector(method: str, state: MetaState, flat: FlatParams, task: TensorTask,
+                 family: int) -> Optional[torch.Tensor]:
+    """Where a method starts adapting on ``task`` (a role of ``family``): None for the LiFT
+    variants (their start, the best prior component, is chosen inside lift_ext.lift.adapt); the
+    PEFT init (independent, backbone); the learned start (multitask, reptile, fomaml); the true
+    family's adapter (oracle); the library vector / k-means centre with the lowest support
+    loss (retrieval / mbc)."""
+    if method in LIFT_METHODS:
         return None
-    if method == "independent":
+    if method in ("independent", "backbone"):
         return state.init
-    if method in ("multitask", "reptile", "fomaml"):
+    if method in START_METHODS:
         return state.starts[method]
+    if method == "oracle":
+        return state.family_adapters[family]
     if method == "retrieval":
         return state.library[best_by_support_loss(flat, state.library, task)]
     if method == "mbc":
@@ -196,26 +205,19 @@ def start_vector(method: str, state: MetaState, flat: FlatParams, task: TensorTa
     raise ValueError(f"unknown method {method!r}")
 
 
-def adapt_role(method: str, state: MetaState, flat: FlatParams, task: TensorTask, *, steps: int,
-               lr: float, beta: float, seed: int, start: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The adapted vector [D] of ``method`` on one role's support task: ``steps`` RMSprop
-    steps of lift_ext.lift.adapt. LiFT variants: MAP under their mixture prior from the best
-    component; the others without a prior from ``start`` (default: ``start_vector``)."""
-    common = dict(steps=steps, lr=lr, seed=seed)
-    if method in ("lift", "lift_k1"):
-        return adapt(flat, task, window_loss, prior=state.priors[method], beta=beta,
-                     init="best_component", **common).theta
-    start = start_vector(method, state, flat, task) if start is None else start
-    return adapt(flat, task, window_loss, init="init", init_vector=start, **common).theta
+def adapt_role(method: str, state: MetaState, flat: FlatParams, task: TensorTask, *, start: Optional[torch.Tensor],
+               options: dict) -> List[torch.Tensor]:
+    """The adapted vectors of ``method`` on one role's support ``task`` (one for a MAP
+    estimate, the kept samples in SGLD mode): lift_ext.lift.adapt with ``options`` (steps, lr,
+    stopping rule, mode), under the method's prior from its best component (LiFT variants),
+    else without a prior from ``start``. The reference "backbone" is not adapted."""
+    if method == "backbone":
+        return [state.init]
+    if method in LIFT_METHODS:
+        return adapt(flat, task, window_loss, prior=state.priors[method], init="best_component",
+                     **options).samples
+    return adapt(flat, task, window_loss, init="init", init_vector=start, **options).samples
 
 
-@torch.no_grad()
-def query_accuracy(flat: FlatParams, theta: torch.Tensor, windows: torch.Tensor) -> float:
-    """Fraction of correct argmax next-character predictions over all positions of windows."""
-    call = flat.call(theta)
-    logits = call(input_ids=windows[:, :-1]).logits
-    return float((logits.argmax(-1) == windows[:, 1:]).float().mean())
-
-
-__all__ = ["MetaState", "window_loss", "train_multitask", "train_reptile", "train_fomaml",
-                      "train_lift", "kmeans", "best_by_support_loss", "start_vector", "adapt_role", "query_accuracy"]
+__all__ = ["MetaState", "window_loss", "train_multitask", "train_family_adapters", "train_reptile", "train_fomaml",
+           "kmeans", "best_by_support_loss", "start_vector", "adapt_role", "LIFT_METHODS", "START_METHODS"]

@@ -1,28 +1,37 @@
 """Results: summary statistics, ``results.json``, a Markdown table and a bar plot.
 
-Each method's score is the mean next-character accuracy (fraction of positions whose argmax
-prediction is right) over its per-(seed, test role) query accuracies, with the standard error
-s / sqrt(n) (s the sample standard deviation, n = seeds x test roles). Files are written
-atomically (temporary file + os.replace).
+Scores per (seed, evaluated role): next-character accuracy on all query targets ("acc"), on
+the targets the role's family permutation changes ("acc_remapped"; roles without any, e.g.
+the identity family, have none) and the NLL in nats per character ("nll"). Each method's
+score is the mean over (seed, role) with the standard error s / sqrt(n) (s the sample
+standard deviation). A paired difference is the mean over the same (seed, role) pairs of
+one method's score minus another's, with its standard error: role difficulty cancels, so it
+is the sharper test. The noise floor is the paired difference of one method with itself
+under two seeds. Files are written atomically.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 from lift_ext.files import atomic_open
 from lift_ext.shakespeare.config import BenchConfig
+from lift_ext.shakespeare.scoring import METRICS
 
-LABELS = {"lift": "LiFT (K components)", "lift_k1": "LiFT K=1", "independent": "independent LoRA",
-          "multitask": "multi-task + FT", "reptile": "Reptile + FT", "fomaml": "FO-MAML + FT",
-          "retrieval": "retrieval + FT", "mbc": "MBC (k-means) + FT"}
+LABELS = {"lift": "LiFT (mixture prior)", "lift_k1": "LiFT K=1", "lift_paper": "LiFT, paper prior",
+          "independent": "independent LoRA", "multitask": "multi-task + FT", "reptile": "Reptile + FT",
+          "fomaml": "FO-MAML + FT", "retrieval": "retrieval + FT", "mbc": "MBC (k-means) + FT",
+          "oracle": "family oracle + FT (reference)", "backbone": "backbone, unadapted (reference)"}
+UNITS = {"acc": 100.0, "acc_remapped": 100.0, "nll": 1.0}
 
 
-def mean_stderr(xs: List[float]) -> tuple:
-    """(mean, standard error of the mean); stderr 0 for a single value."""
+def mean_stderr(xs: Sequence[float]) -> tuple:
+    """(mean, standard error of the mean); stderr 0 for a single value, nan mean for none."""
     n = len(xs)
+    if n == 0:
+        return math.nan, math.nan
     mean = sum(xs) / n
     if n < 2:
         return mean, 0.0
@@ -30,42 +39,87 @@ def mean_stderr(xs: List[float]) -> tuple:
     return mean, math.sqrt(var / n)
 
 
-def summarize(cfg: BenchConfig, per_task: Dict[str, List[float]], detail: Dict[str, dict],
-              roles: List[str], extra: dict) -> dict:
-    """The results.json object: {"config", "roles", "methods": {name: {"mean", "stderr",
-    "per_task", "lr", ...}}, ...extra}; per_task is ordered seed-major, role-minor."""
-    out = {"config": cfg.to_dict(), "test_roles": roles, "methods": {}}
-    for m, accs in per_task.items():
-        mean, se = mean_stderr(accs)
-        out["methods"][m] = {"mean": mean, "stderr": se, "per_task": accs, **detail.get(m, {})}
+def paired(a: Sequence[Optional[float]], b: Sequence[Optional[float]]) -> dict:
+    """Mean and standard error of a - b over the positions where both are present."""
+    diffs = [x - y for x, y in zip(a, b) if x is not None and y is not None]
+    mean, se = mean_stderr(diffs) if diffs else (None, None)
+    return {"mean": mean, "se": se, "n": len(diffs)}
+
+
+def _stats(values: List[Optional[float]]) -> dict:
+    """Mean and s.e. of the values present (None when there are none: JSON has no nan)."""
+    present = [v for v in values if v is not None]
+    mean, se = mean_stderr(present) if present else (None, None)
+    return {"mean": mean, "stderr": se, "per_task": values}
+
+
+def summarize(cfg: BenchConfig, scores: Dict[str, List[dict]], detail: Dict[str, dict],
+              roles: List[tuple], extra: dict) -> dict:
+    """The results.json object: {"config", "roles" ([key, family] per evaluated role),
+    "methods": {name: {"mean", "stderr", "per_task" (accuracy), "metrics": {metric: {"mean",
+    "stderr", "per_task"}}, "lr", ...}}, "paired" (LiFT minus each method, per metric),
+    "noise_floor" (each method, first seed minus second), ...extra}; per_task lists are
+    ordered seed-major, role-minor."""
+    out = {"config": cfg.to_dict(), "roles": [list(r) for r in roles], "methods": {}, "paired": {},
+           "noise_floor": {}}
+    for m, rows in scores.items():
+        metrics = {k: _stats([row[k] for row in rows]) for k in METRICS}
+        out["methods"][m] = {"mean": metrics["acc"]["mean"], "stderr": metrics["acc"]["stderr"],
+                             "per_task": metrics["acc"]["per_task"], "metrics": metrics, **detail.get(m, {})}
+    ref = out["methods"].get("lift")
+    for m, r in out["methods"].items():
+        if ref is not None and m != "lift":
+            out["paired"][m] = {k: paired(ref["metrics"][k]["per_task"], r["metrics"][k]["per_task"])
+                                for k in METRICS}
+        if len(cfg.seeds) >= 2:
+            n = len(roles)
+            per = r["metrics"]["acc"]["per_task"]
+            out["noise_floor"][m] = paired(per[:n], per[n:2 * n])
     out.update(extra)
     return out
 
 
+def _cell(stats: dict, metric: str) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    u = UNITS[metric]
+    digits = 2 if metric != "nll" else 3
+    return f"{u * stats['mean']:.{digits}f} ± {u * stats['stderr']:.{digits}f}"
+
+
 def markdown_table(results: dict) -> str:
-    """Methods sorted by mean accuracy (percent, +- standard error), with LiFT's lead over each
-    method twice: in units of the larger of the two standard errors (the target's criterion),
-    and as the mean paired difference over the same (seed, role) pairs in percentage points
-    with its standard error (the sharper test, since role difficulty cancels)."""
+    """Methods sorted by mean accuracy: accuracy (all and remapped targets, %) and NLL (nats /
+    char), each mean ± s.e., and LiFT's paired lead over each method in accuracy (pp, and in
+    paired standard errors)."""
     methods = results["methods"]
-    ref = methods.get("lift")
-    lines = ["| method | accuracy (%) | ± s.e. | LiFT lead (s.e. units) | LiFT lead, paired (pp) | adapt lr |",
-             "|---|---:|---:|---:|---:|---:|"]
+    remapped = any(r["metrics"]["acc_remapped"]["mean"] is not None for r in methods.values())
+    head = ["method", "accuracy (%)"] + (["remapped targets (%)"] if remapped else []) + \
+        ["NLL (nats/char)", "LiFT lead, paired (pp)", "LiFT lead (paired s.e.)", "adapt lr"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for name, r in sorted(methods.items(), key=lambda kv: -kv[1]["mean"]):
-        gap = paired = ""
-        if ref is not None and name != "lift":
-            se = max(ref["stderr"], r["stderr"])
-            gap = f"{(ref['mean'] - r['mean']) / se:+.1f}" if se > 0 else ""
-            d_mean, d_se = mean_stderr([a - b for a, b in zip(ref["per_task"], r["per_task"])])
-            paired = f"{100 * d_mean:+.2f} ± {100 * d_se:.2f}"
-        lrs = sorted({float(v) for v in r.get("lr", {}).values()})
-        lines.append(f"| {LABELS.get(name, name)} (`{name}`) | {100 * r['mean']:.2f} | "
-                     f"{100 * r['stderr']:.2f} | {gap} | {paired} | {', '.join(f'{v:g}' for v in lrs)} |")
-    n = len(next(iter(methods.values()))["per_task"])
-    lines.append("")
-    lines.append(f"Mean next-character accuracy on the query windows of {len(results['test_roles'])} "
-                 f"meta-test roles x {len(results['config']['seeds'])} seed(s) (n = {n}); "
-                 "adaptation lr chosen on meta-val roles.")
+        cells = [f"{LABELS.get(name, name)} (`{name}`)", _cell(r["metrics"]["acc"], "acc")]
+        if remapped:
+            cells.append(_cell(r["metrics"]["acc_remapped"], "acc_remapped"))
+        cells.append(_cell(r["metrics"]["nll"], "nll"))
+        lead = results["paired"].get(name, {}).get("acc")
+        if lead is None or lead["mean"] is None:
+            cells += ["", ""]
+        else:
+            cells.append(f"{100 * lead['mean']:+.2f} ± {100 * lead['se']:.2f}")
+            cells.append(f"{lead['mean'] / lead['se']:+.1f}" if lead["se"] > 0 else "")
+        lrs = sorted({float(v) for v in r.get("lr", {}).values()}) if name != "backbone" else []
+        cells.append(", ".join(f"{v:g}" for v in lrs))
+        lines.append("| " + " | ".join(cells) + " |")
+    n_roles, n_seeds = len(results["roles"]), len(results["config"]["seeds"])
+    split = "meta-test" if results["config"].get("eval_split", "test") == "test" else "meta-val"
+    lines += ["", f"Query windows of {n_roles} {split} roles x {n_seeds} seed(s) (n = {n_roles * n_seeds}); "
+              "adaptation lr chosen on meta-val roles; paired: LiFT minus the method on the same (seed, role)."]
+    floor = results.get("noise_floor", {})
+    if floor:
+        parts = [f"`{m}` {100 * v['mean']:+.2f} ± {100 * v['se']:.2f}" for m, v in floor.items()
+                 if m != "backbone"]
+        lines.append("Noise floor (accuracy, pp: the same method, first seed minus second, paired by role): "
+                     + ", ".join(parts) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -75,7 +129,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def plot_png(results: dict) -> bytes:
-    """A bar plot (PNG bytes) of mean accuracy with +-1 standard error bars."""
+    """A bar plot (PNG bytes) of mean accuracy with +-1 standard error bars (references in blue)."""
     import io
 
     import matplotlib
@@ -86,15 +140,16 @@ def plot_png(results: dict) -> bytes:
     names = [k for k, _ in items]
     means = [100 * v["mean"] for _, v in items]
     errs = [100 * v["stderr"] for _, v in items]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    colors = ["tab:red" if n.startswith("lift") else "tab:gray" for n in names]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    colors = ["tab:red" if n.startswith("lift") else "tab:blue" if n in ("oracle", "backbone") else "tab:gray"
+              for n in names]
     ax.bar(names, means, yerr=errs, capsize=4, color=colors)
     low = min(m - e for m, e in zip(means, errs))
     high = max(m + e for m, e in zip(means, errs))
     pad = max(0.5, 0.15 * (high - low))
     ax.set_ylim(low - pad, high + pad)
     ax.set_ylabel("next-character accuracy (%)")
-    ax.set_title("Shakespeare meta-test roles: mean ± s.e.")
+    ax.set_title(f"Shakespeare {results['config'].get('suite', 'roles')} suite: mean ± s.e. over roles x seeds")
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     fig.tight_layout()
     buf = io.BytesIO()

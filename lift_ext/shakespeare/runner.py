@@ -2,11 +2,13 @@
 
     meta_train  data + cached backbone + every method's meta-training   -> meta_state.pt
     adapt       per method, the adaptation lr picked on meta-val roles,
-                then every meta-test role adapted from its support set  -> adapted.pt
-    evaluate    next-character accuracy on each test role's query set   -> results.json/.md/.png
+                then every evaluated role adapted from its support set  -> adapted.pt
+    evaluate    accuracy (all / remapped targets) and NLL on each evaluated role's query set
+                                                                        -> results.json/.md/.png
 
 A stage file records the fingerprint of the config fields it depends on; a later stage run
-with a different config stops with a clear error instead of mixing runs.
+with a different config stops with a clear error instead of mixing runs. ``setups`` (a dict
+seed -> Setup) lets the stages of one process share the loaded data and model.
 """
 from __future__ import annotations
 
@@ -15,20 +17,42 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from tqdm.auto import tqdm
 
+from lift_ext.checkpoint import CheckpointError, load_checked, save_atomic
+from lift_ext.lift import FlatParams
 from lift_ext.shakespeare import methods as M
 from lift_ext.shakespeare.config import BenchConfig
 from lift_ext.shakespeare.episodes import pool_tasks, support_task
-from lift_ext.checkpoint import CheckpointError, load_checked, save_atomic
-from lift_ext.lift import FlatParams
+from lift_ext.shakespeare.lift_methods import LIBRARY_METHODS, train_lift_variants
+from lift_ext.shakespeare.scoring import query_metrics
+from lift_ext.shakespeare.suite import SuiteData, build_suite
 
 META_FILE, ADAPT_FILE = "meta_state.pt", "adapted.pt"
 _FORMAT = {"meta": "lift_ext.shakespeare.meta_state", "adapt": "lift_ext.shakespeare.adapted"}
-LIBRARY_METHODS = ("lift", "lift_k1", "retrieval", "mbc")
+_VERSION = 2
+
+
+class Clock:
+    """Wall and process CPU seconds per named lap. With one torch thread the CPU seconds are
+    about what the wall time would be on an idle machine, so a run on a shared machine can
+    still be compared with the time budget."""
+
+    def __init__(self):
+        self.laps: Dict[str, dict] = {}
+        self._start = self._mark = (time.perf_counter(), time.process_time())
+
+    def lap(self, name: str) -> dict:
+        now = (time.perf_counter(), time.process_time())
+        self.laps[name] = {"wall": now[0] - self._mark[0], "cpu": now[1] - self._mark[1]}
+        self._mark = now
+        return self.laps[name]
+
+    def total(self) -> dict:
+        return {"wall": time.perf_counter() - self._start[0], "cpu": time.process_time() - self._start[1]}
 
 
 class StageError(RuntimeError):
@@ -41,21 +65,20 @@ class Setup:
     bench: object
     model: torch.nn.Module
     flat: FlatParams
-    pools: List[torch.Tensor]
-    val: list
-    test: list
+    data: SuiteData
     backbone: dict
+    evaluated: list  # the scored roles: data.test, or data.val with eval_split "val"
 
 
-def _limit(items: list, n: int) -> list:
-    return items if n == 0 else items[:n]
-
-
-def setup(cfg: BenchConfig, seed: int, cache=None, progress: bool = True) -> Setup:
-    """Load the Shakespeare role benchmark and the cached (or newly pre-trained) backbone,
-    wrap it with LoRA (PEFT init drawn with torch seed ``seed``) and pack the adapter."""
-    from lift_ext.shakespeare.roles import load_benchmark
+def setup(cfg: BenchConfig, seed: int, cache=None, progress: bool = True,
+          setups: Optional[dict] = None) -> Setup:
+    """Load the Shakespeare role benchmark, its suite and the cached (or newly pre-trained)
+    backbone, wrap it with LoRA (PEFT init drawn with torch seed ``seed``) and pack the adapter;
+    reuse ``setups[seed]`` when given."""
+    if setups is not None and seed in setups:
+        return setups[seed]
     from lift_ext.shakespeare.backbone import add_lora, load_or_pretrain
+    from lift_ext.shakespeare.roles import load_benchmark
 
     device = torch.device(cfg.device)
     bench = load_benchmark(n_support=cfg.n_support, n_query=cfg.n_query, min_lines=cfg.min_lines,
@@ -67,103 +90,126 @@ def setup(cfg: BenchConfig, seed: int, cache=None, progress: bool = True) -> Set
         p.requires_grad_(False)
     torch.manual_seed(seed)
     model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha).to(device).eval()
-    flat = FlatParams(model)
-    pools = [t.pool.to(device) for t in _limit(bench.tasks["train"], cfg.max_train)]
-    val = _limit(bench.tasks["val"], cfg.max_val)
-    test = _limit(bench.tasks["test"], cfg.max_test)
-    for split, roles in (("meta-train", pools), ("meta-val", val), ("meta-test", test)):
+    data = build_suite(bench, cfg, device)
+    for split, roles in (("meta-train", data.pools), ("meta-val", data.val), ("meta-test", data.test)):
         if not roles:
             raise StageError(f"the {split} split is empty: lower min_lines or raise max_* in the config")
     backbone = {k: info[k] for k in ("key", "path", "cached", "train_seconds", "final_loss") if k in info}
-    return Setup(bench, model, flat, pools, val, test, backbone)
+    su = Setup(bench, model, FlatParams(model), data, backbone,
+               data.test if cfg.eval_split == "test" else data.val)
+    if setups is not None:
+        setups[seed] = su
+    return su
 
 
 def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True) -> M.MetaState:
     """Meta-train every configured method on the meta-train pools with ``cfg.meta_steps``
-    gradient evaluations each."""
+    gradient evaluations (of ``cfg.batch_size`` windows) each; notes the seconds per method."""
     init = su.flat.vector.detach().clone()
     state = M.MetaState(init=init)
-    tasks = pool_tasks(su.pools, cfg.batch_size, su.bench.config["pool_stride"])
+    stride = su.bench.config["pool_stride"]
+    tasks = pool_tasks(su.data.pools, cfg.batch_size, stride)
     wanted = set(cfg.methods)
     common = dict(steps=cfg.meta_steps, seed=seed, progress=progress)
+
+    def timed(name, fn, *args, **kwargs):
+        clock = Clock()
+        out = fn(*args, **kwargs)
+        lap = clock.lap(name)
+        state.info[name] = {"meta_seconds": lap["wall"], "meta_cpu_seconds": lap["cpu"]}
+        return out
+
     if "multitask" in wanted:
-        state.starts["multitask"] = M.train_multitask(su.flat, tasks, init, lr=cfg.meta_lr, **common)
+        state.starts["multitask"] = timed("multitask", M.train_multitask, su.flat, tasks, init,
+                                          lr=cfg.meta_lr, **common)
     if "reptile" in wanted:
-        state.starts["reptile"] = M.train_reptile(su.flat, tasks, init, inner_steps=cfg.inner_steps,
-                                                  lr=cfg.meta_lr, outer_lr=cfg.outer_lr, **common)
+        state.starts["reptile"] = timed("reptile", M.train_reptile, su.flat, tasks, init,
+                                        inner_steps=cfg.inner_steps, lr=cfg.meta_lr, outer_lr=cfg.outer_lr, **common)
     if "fomaml" in wanted:
-        state.starts["fomaml"] = M.train_fomaml(su.flat, su.pools, init, inner_steps=cfg.inner_steps,
-                                                lr=cfg.meta_lr, n_support=cfg.batch_size,
-                                                n_query=cfg.batch_size, **common)
+        state.starts["fomaml"] = timed("fomaml", M.train_fomaml, su.flat, su.data.pools, init,
+                                       inner_steps=cfg.inner_steps, lr=cfg.meta_lr, n_support=cfg.batch_size,
+                                       n_query=cfg.batch_size, **common)
+    if "oracle" in wanted:
+        state.family_adapters = timed("oracle", M.train_family_adapters, su.flat, tasks, su.data.pool_families,
+                                      cfg.families, init, lr=cfg.meta_lr, **common)
+    priors, library, info = train_lift_variants(su.model, su.data.pools, stride, cfg, wanted, seed, progress)
+    state.priors, state.library = priors, library
+    state.info.update(info)
     if wanted & set(LIBRARY_METHODS):
-        gmm_k, gmm_1, thetas = M.train_lift(
-            su.model, tasks, sigma=cfg.sigma, beta=cfg.beta, lr=cfg.lift_lr, temperature=cfg.temperature,
-            n_components=cfg.n_components, burn_in=int(cfg.burn_in * cfg.meta_steps), thin=cfg.thin,
-            preconditioned=cfg.lift_preconditioned, **common)
-        state.priors = {"lift": gmm_k, "lift_k1": gmm_1}
-        state.library = thetas
-        state.centres = M.kmeans(thetas, cfg.mbc_clusters, seed)
-        if not torch.equal(su.flat.vector, init):
-            raise RuntimeError("meta-training changed the shared adapter buffer")
+        state.centres = M.kmeans(library, cfg.mbc_clusters, seed)
+    if not torch.equal(su.flat.vector, init):
+        raise RuntimeError("meta-training changed the shared adapter buffer")
     return state
 
 
+def adapt_options(cfg: BenchConfig, lr: float, seed: int) -> dict:
+    """lift_ext.lift.adapt's settings for one method: MAP with at most ``adapt_steps`` steps,
+    the stopping rule (``adapt_eval_every`` 0: the support objective is checked only at the
+    end), the minibatch order of ``seed``."""
+    every = cfg.adapt_eval_every or max(1, cfg.adapt_steps)
+    return dict(steps=cfg.adapt_steps, lr=lr, seed=seed, tol=cfg.adapt_tol, patience=cfg.adapt_patience,
+                eval_every=every)
+
+
 def _adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, roles: list, lr: float,
-                 seed: int, starts: Dict[str, object] | None = None) -> List[torch.Tensor]:
-    """Adapted vectors of ``method`` for ``roles``; ``starts`` memoises each role's start
-    vector (retrieval / MBC score their whole library once per role, not once per lr)."""
-    device = su.flat.vector.device
-    starts = {} if starts is None else starts
+                 seed: int, starts: Dict[str, object]) -> List[torch.Tensor]:
+    """Adapted vectors [S, D] of ``method`` for each of ``roles``; ``starts`` memoises each
+    role's start vector (retrieval / MBC score their library once per role, not once per lr)."""
     out = []
     for r in roles:
-        task = support_task(r.support.to(device), cfg.batch_size)
+        task = support_task(r.support, cfg.batch_size)
         if r.key not in starts:
-            starts[r.key] = M.start_vector(method, state, su.flat, task)
-        out.append(M.adapt_role(method, state, su.flat, task, steps=cfg.adapt_steps, lr=lr, beta=cfg.beta,
-                                seed=seed, start=starts[r.key]))
+            starts[r.key] = M.start_vector(method, state, su.flat, task, r.family)
+        samples = M.adapt_role(method, state, su.flat, task, start=starts[r.key],
+                               options=adapt_options(cfg, lr, seed))
+        out.append(torch.stack(samples))
     return out
 
 
-def _accuracies(su: Setup, thetas: List[torch.Tensor], roles: list) -> List[float]:
-    device = su.flat.vector.device
-    return [M.query_accuracy(su.flat, th, r.query.to(device)) for th, r in zip(thetas, roles)]
+def _scores(su: Setup, thetas: List[torch.Tensor], roles: list) -> List[dict]:
+    return [query_metrics(su.flat, list(th), r) for th, r in zip(thetas, roles)]
 
 
-def select_lr(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, seed: int) -> Dict[float, float]:
-    """Mean meta-VAL query accuracy of ``method`` for every lr of ``cfg.adapt_lrs``."""
-    if len(cfg.adapt_lrs) == 1:
-        return {cfg.adapt_lrs[0]: float("nan")}
-    scores, starts = {}, {}
+def select_lr(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, seed: int,
+              starts: dict) -> Dict[float, float]:
+    """Mean meta-VAL query accuracy of ``method`` for every lr of ``cfg.adapt_lrs`` (nan when
+    there is nothing to choose)."""
+    if len(cfg.adapt_lrs) == 1 or method == "backbone":
+        return {cfg.adapt_lrs[0]: math.nan}
+    scores = {}
     for lr in cfg.adapt_lrs:
-        accs = _accuracies(su, _adapt_roles(cfg, su, state, method, su.val, lr, seed, starts), su.val)
+        accs = [s["acc"] for s in _scores(su, _adapt_roles(cfg, su, state, method, su.data.val, lr, seed,
+                                                           starts), su.data.val)]
         scores[lr] = sum(accs) / len(accs)
     return scores
 
 
-def adapt_test(cfg: BenchConfig, su: Setup, state: M.MetaState, seed: int, progress: bool = True) -> dict:
+def adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, seed: int, progress: bool = True) -> dict:
     """Per method: lr chosen on meta-val (highest mean query accuracy), then the adapted
-    vectors of every meta-test role and the seconds taken."""
+    vectors of every evaluated role and the seconds taken."""
     out = {}
     for method in tqdm(cfg.methods, desc=f"adapting (seed {seed})", disable=not progress):
-        t0 = time.perf_counter()
-        scores = select_lr(cfg, su, state, method, seed)
+        clock = Clock()
+        val_starts: dict = {}
+        scores = select_lr(cfg, su, state, method, seed, val_starts)
         lr = max(scores, key=lambda k: -math.inf if math.isnan(scores[k]) else scores[k])
-        thetas = _adapt_roles(cfg, su, state, method, su.test, lr, seed)
-        out[method] = {"lr": lr, "val_scores": {str(k): v for k, v in scores.items()},
-                       "thetas": torch.stack(thetas).cpu(), "seconds": time.perf_counter() - t0}
+        starts = val_starts if su.evaluated is su.data.val else {}
+        thetas = _adapt_roles(cfg, su, state, method, su.evaluated, lr, seed, starts)
+        out[method] = {"lr": lr, "val_scores": {str(k): None if math.isnan(v) else v for k, v in scores.items()},
+                       "thetas": torch.stack(thetas).cpu(), **clock.lap("adapt")}
     return out
 
 
 # ---- stage files ------------------------------------------------------------------------
 
 def _save(kind: str, cfg: BenchConfig, stage: str, payload: dict, path: Path) -> None:
-    save_atomic({"format": _FORMAT[kind], "version": 1, "fingerprint": cfg.fingerprint(stage),
+    save_atomic({"format": _FORMAT[kind], "version": _VERSION, "fingerprint": cfg.fingerprint(stage),
                  "config": cfg.to_dict(), **payload}, str(path))
 
 
 def _load(kind: str, cfg: BenchConfig, stage: str, path: Path, producer: str) -> dict:
     try:
-        state = load_checked(str(path), fmt=_FORMAT[kind], version=1, required=("fingerprint", "seeds"),
+        state = load_checked(str(path), fmt=_FORMAT[kind], version=_VERSION, required=("fingerprint", "seeds"),
                              map_location="cpu")
     except CheckpointError as exc:
         if not path.exists():
@@ -177,20 +223,6 @@ def _load(kind: str, cfg: BenchConfig, stage: str, path: Path, producer: str) ->
     return state
 
 
-def run_meta_train(cfg: BenchConfig, output: Path, cache=None, progress: bool = True) -> Path:
-    """Stage 1 for every seed; writes ``output/meta_state.pt``."""
-    seeds = {}
-    for seed in cfg.seeds:
-        t0 = time.perf_counter()
-        su = setup(cfg, seed, cache, progress)
-        state = meta_train(cfg, su, seed, progress)
-        seeds[seed] = {"state": _to_cpu(state.to_state()), "backbone": su.backbone,
-                       "seconds": time.perf_counter() - t0}
-    path = output / META_FILE
-    _save("meta", cfg, "meta-train", {"seeds": seeds}, path)
-    return path
-
-
 def _to_cpu(obj):
     if isinstance(obj, torch.Tensor):
         return obj.cpu()
@@ -199,49 +231,64 @@ def _to_cpu(obj):
     return obj
 
 
-def _to_device(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    return obj
+def run_meta_train(cfg: BenchConfig, output: Path, cache=None, progress: bool = True,
+                   setups: Optional[dict] = None) -> Path:
+    """Stage 1 for every seed; writes ``output/meta_state.pt``."""
+    seeds = {}
+    for seed in cfg.seeds:
+        clock = Clock()
+        su = setup(cfg, seed, cache, progress, setups)
+        clock.lap("setup")
+        state = meta_train(cfg, su, seed, progress)
+        clock.lap("meta_train")
+        seeds[seed] = {"state": _to_cpu(state.to_state()), "backbone": su.backbone, "timing": clock.laps}
+    path = output / META_FILE
+    _save("meta", cfg, "meta-train", {"seeds": seeds}, path)
+    return path
 
 
-def run_adapt(cfg: BenchConfig, output: Path, cache=None, progress: bool = True) -> Path:
+def run_adapt(cfg: BenchConfig, output: Path, cache=None, progress: bool = True,
+              setups: Optional[dict] = None) -> Path:
     """Stage 2; needs ``meta_state.pt`` of the same config, writes ``output/adapted.pt``."""
     meta = _load("meta", cfg, "meta-train", output / META_FILE, "meta-train")
     seeds = {}
     for seed in cfg.seeds:
-        su = setup(cfg, seed, cache, progress=False)
-        state = M.MetaState.from_state(_to_device(meta["seeds"][seed]["state"], cfg.device))
-        for gmm in state.priors.values():
-            gmm.to(cfg.device)
-        seeds[seed] = adapt_test(cfg, su, state, seed, progress)
+        su = setup(cfg, seed, cache, progress=False, setups=setups)
+        state = M.MetaState.from_state(meta["seeds"][seed]["state"], cfg.device)
+        seeds[seed] = adapt_roles(cfg, su, state, seed, progress)
     path = output / ADAPT_FILE
-    _save("adapt", cfg, "adapt", {"seeds": seeds, "meta_seconds": {s: meta["seeds"][s]["seconds"]
-                                                                   for s in cfg.seeds}}, path)
+    stages = {s: {k: meta["seeds"][s][k] for k in ("timing", "backbone")} for s in cfg.seeds}
+    notes = {s: meta["seeds"][s]["state"]["info"] for s in cfg.seeds}
+    _save("adapt", cfg, "adapt", {"seeds": seeds, "meta": stages, "notes": notes}, path)
     return path
 
 
-def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None = None) -> dict:
+def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None = None,
+                 setups: Optional[dict] = None) -> dict:
     """Stage 3; needs ``adapted.pt`` of the same config. Returns the results dict (see
     ``lift_ext.shakespeare.report``) without writing it."""
     adapted = _load("adapt", cfg, "adapt", output / ADAPT_FILE, "adapt")
-    per_method: Dict[str, list] = {m: [] for m in cfg.methods}
-    detail: Dict[str, dict] = {m: {"lr": {}, "val_scores": {}, "adapt_seconds": 0.0} for m in cfg.methods}
-    roles = None
+    scores: Dict[str, list] = {m: [] for m in cfg.methods}
+    detail: Dict[str, dict] = {m: {"lr": {}, "val_scores": {}, "adapt_seconds": 0.0, "adapt_cpu_seconds": 0.0,
+                                   "meta_seconds": 0.0, "meta_cpu_seconds": 0.0} for m in cfg.methods}
+    su = None
     for seed in cfg.seeds:
-        su = setup(cfg, seed, cache, progress=False)
-        roles = su.test
+        su = setup(cfg, seed, cache, progress=False, setups=setups)
         for method in cfg.methods:
             rec = adapted["seeds"][seed][method]
-            thetas = list(rec["thetas"].to(cfg.device))
-            per_method[method] += _accuracies(su, thetas, su.test)
+            scores[method] += _scores(su, list(rec["thetas"].to(cfg.device)), su.evaluated)
             detail[method]["lr"][str(seed)] = rec["lr"]
             detail[method]["val_scores"][str(seed)] = rec["val_scores"]
-            detail[method]["adapt_seconds"] += rec["seconds"]
+            note = adapted["notes"][seed].get(method, {})
+            for stage, wall, cpu in (("adapt", rec["wall"], rec["cpu"]),
+                                     ("meta", note.get("meta_seconds", 0.0), note.get("meta_cpu_seconds", 0.0))):
+                detail[method][f"{stage}_seconds"] += wall
+                detail[method][f"{stage}_cpu_seconds"] += cpu
+            detail[method]["notes"] = {k: v for k, v in note.items() if "seconds" not in k}
     from lift_ext.shakespeare.report import summarize
-    return summarize(cfg, per_method, detail, [r.key for r in roles], extra=extra or {})
+    timing = {"meta": {str(s): adapted["meta"][s] for s in cfg.seeds}}
+    return summarize(cfg, scores, detail, [(r.key, r.family) for r in su.evaluated],
+                     extra={**(extra or {}), "stages": timing})
 
 
 def check_output(output: Path) -> Path:

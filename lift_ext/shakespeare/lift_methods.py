@@ -1,0 +1,113 @@
+"""The LiFT variants' meta-training: SGLD-Gibbs chains over the meta-train roles and the
+meta-test prior each variant adapts under (docs/design.md sections 3, 4 and 10).
+
+    lift        the chain of ``cfg.lift_prior``: "mixture" (K = n_components shared adapters
+                phi_k in the hierarchy, its conditional phi_k, z, pi read as the prior) or
+                "paper" (one phi, an online-EM mixture of K components over its samples)
+    lift_k1     the same prior model with one component: for "mixture" its own chain with
+                K = 1; for "paper" a one-component mixture over the same chain's phi samples
+    lift_paper  the paper's chain with K components, whatever ``cfg.lift_prior`` is
+
+Budget: a chain takes ``meta_steps`` steps of ``tasks_per_step`` = B tasks, each task's
+gradient on max(1, batch_size // B) windows of its pool, so a step sees about as many windows
+as one minibatch of the other methods, and each role is visited meta_steps * B / N times.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, Sequence, Set, Tuple
+
+import torch
+from tqdm.auto import tqdm
+
+from lift_ext.gmm import OnlineGMM
+from lift_ext.lift import LiFT, MixturePrior
+from lift_ext.shakespeare.episodes import pool_tasks
+from lift_ext.shakespeare.methods import LIFT_METHODS, window_loss
+
+LIBRARY_METHODS = ("retrieval", "mbc")
+
+
+def lift_batch(cfg) -> int:
+    """Windows per task visit of a LiFT chain."""
+    return max(1, cfg.batch_size // cfg.tasks_per_step)
+
+
+def _chain(model, tasks, cfg, *, prior: str, n_components: int, seed: int) -> LiFT:
+    options = dict(prior=prior, tasks_per_step=cfg.tasks_per_step)
+    if prior == "mixture":
+        options.update(dirichlet_alpha=1.0, warmup_steps=int(cfg.lift_warmup * cfg.meta_steps))
+    else:
+        options.update(burn_in=int(cfg.burn_in * cfg.meta_steps), thin=cfg.thin)
+    return LiFT(model, tasks, window_loss, sigma=cfg.sigma, beta=cfg.beta, lr=cfg.lift_lr,
+                temperature=cfg.temperature, phi_update="gibbs", n_components=n_components, seed=seed,
+                preconditioned=cfg.lift_preconditioned, **options)
+
+
+def _run_paper(lift: LiFT, steps: int, progress: bool) -> OnlineGMM:
+    """Run the paper chain; its phi samples also feed a one-component mixture (returned)."""
+    sampler = lift.sampler
+    single = OnlineGMM(1, lift.flat.dim, device=lift.flat.vector.device)
+    for _ in tqdm(range(steps), desc="LiFT SGLD-Gibbs (paper prior)", disable=not progress, mininterval=1.0):
+        before = sampler.num_gmm_samples
+        sampler.step()
+        if sampler.num_gmm_samples != before:
+            single.update(sampler.phi)
+    return single
+
+
+def _needs(method: str, cfg) -> Tuple[str, int]:
+    """The (prior, components) of ``method``'s meta-test prior."""
+    if method == "lift_paper":
+        return "paper", cfg.n_components
+    return cfg.lift_prior, 1 if method == "lift_k1" else cfg.n_components
+
+
+def _chain_of(prior: str, components: int, cfg) -> Tuple[str, int]:
+    """The chain that yields a (prior, components) meta-test prior: the paper chain serves
+    both K and 1 components (mixtures over the same phi samples)."""
+    return (prior, cfg.n_components) if prior == "paper" else (prior, components)
+
+
+def chains_needed(cfg, wanted: Set[str]) -> Set[Tuple[str, int]]:
+    """The (prior, K) chains the wanted methods need (the library of retrieval / MBC is the
+    task vectors of the ``lift`` method's chain)."""
+    need = {_chain_of(*_needs(m, cfg), cfg) for m in LIFT_METHODS if m in wanted}
+    if wanted & set(LIBRARY_METHODS):
+        need.add(_chain_of(*_needs("lift", cfg), cfg))
+    return need
+
+
+def train_lift_variants(model, pools: Sequence[tuple], stride: int, cfg, wanted: Set[str], seed: int,
+                        progress: bool = True) -> Tuple[Dict[str, MixturePrior], torch.Tensor, dict]:
+    """Run the chains the ``wanted`` methods need; return (meta-test prior per wanted LiFT
+    variant, the task vectors [N, D] of the ``lift`` method's chain or None, notes per variant)."""
+    tasks = pool_tasks(pools, lift_batch(cfg), stride)
+    results: Dict[Tuple[str, int], MixturePrior] = {}
+    library = None
+    seconds = {}
+    for prior, k in sorted(chains_needed(cfg, wanted)):
+        wall, cpu = time.perf_counter(), time.process_time()
+        lift = _chain(model, tasks, cfg, prior=prior, n_components=k, seed=seed)
+        if prior == "paper":
+            single = _run_paper(lift, cfg.meta_steps, progress)
+            results[prior, 1] = MixturePrior.from_gmm(single, cfg.beta)
+        else:
+            lift.run(cfg.meta_steps, progress=progress)
+        results[prior, k] = lift.meta_test_prior()
+        if (prior, k) == _chain_of(*_needs("lift", cfg), cfg):
+            library = lift.thetas.clone()
+        seconds[prior, k] = (time.perf_counter() - wall, time.process_time() - cpu)
+    priors, info = {}, {}
+    for method in LIFT_METHODS:
+        if method in wanted:
+            prior, k = _needs(method, cfg)
+            priors[method] = results[prior, k]
+            chain = seconds[_chain_of(prior, k, cfg)]
+            info[method] = {"prior": prior, "components": k, "windows_per_visit": lift_batch(cfg),
+                            "visits_per_role": cfg.meta_steps * cfg.tasks_per_step / len(tasks),
+                            "meta_seconds": chain[0], "meta_cpu_seconds": chain[1]}
+    return priors, library, info
+
+
+__all__ = ["train_lift_variants", "chains_needed", "lift_batch", "LIBRARY_METHODS"]
