@@ -172,8 +172,9 @@ def adapt(flat: FlatParams, task: Task, loss_fn: LossFn, *, prior: PriorLike = N
 
     prior: MixturePrior, OnlineGMM (with `beta`) or None. steps: the most steps (MAP) or the
     exact number (SGLD). lr: per example (mean-loss units; with preconditioning an RMSprop step
-    size, about the change of each weight per step). tol: in J's units (per example); patience:
-    evaluations; eval_every: steps. temperature: SGLD only; burn_in (default steps // 2) and
+    size, about the change of each weight per step). tol: in J's units, i.e. the loss's per
+    example (the default 1e-3 suits log-losses in nats per example, e.g. next-token NLL; set it
+    on the loss's own scale otherwise); patience: evaluations; eval_every: steps. temperature: SGLD only; burn_in (default steps // 2) and
     thin: which SGLD iterates are kept. seed: minibatch order and SGLD noise.
     Neither `flat.vector` nor the module changes; bad arguments raise before any work.
     """
