@@ -1,5 +1,16 @@
 """Loads the compiled kernels (`lift_ext._C`) and says what to do when they are missing."""
-import torch  # noqa: F401  - the torch libraries must be loaded before _C
+import torch  # the torch libraries must be loaded before _C
+
+MIN_TORCH = (2, 10)  # older torch.load(weights_only=True) has published code-execution and memory bugs
+
+
+def _torch_version() -> tuple:
+    return tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+
+
+if _torch_version() < MIN_TORCH:
+    raise ImportError(f"lift_ext needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]} (found {torch.__version__}): "
+                      "its checkpoint loading relies on fixes to torch.load in that release")
 
 try:
     from lift_ext import _C  # noqa: F401  - loading registers torch.ops.lift_ext.*

@@ -14,13 +14,15 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Ite
     exit it is flushed, fsynced, given the permissions of an ordinary new file (0666 less the
     umask; the temporary file is created 0600), renamed onto `path`, and the directory is
     fsynced so the rename survives a crash; on an error it is removed. Creates the parent
-    directory."""
+    directory. Temporary files that killed writers left beside `path` are removed first."""
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
+    prefix = f".tmp-{os.path.basename(path)}."
+    _remove_stale(directory, prefix)
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}.", dir=directory)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as fh:
             yield fh
@@ -51,3 +53,24 @@ def _fsync_directory(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _remove_stale(directory: str, prefix: str) -> None:
+    """Delete `prefix<pid>.*` temporary files in `directory` whose writer process is gone."""
+    for name in os.listdir(directory):
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -91,9 +91,9 @@ class OnlineGMM:
         return self._counts.clone()
 
     # ---- input checks -------------------------------------------------------------------
-    def _as_batch(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    def _as_batch(self, x: torch.Tensor, name: str = "x", check_finite: bool = True) -> torch.Tensor:
         """x [D] or [B, D] as a float32 contiguous [B, D] tensor on our device; ValueError
-        (nothing changed) for a wrong shape or a NaN / Inf entry."""
+        (nothing changed) for a wrong shape or, with `check_finite`, a NaN / Inf entry."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() not in (1, 2) or x.shape[-1] != self.dim:
@@ -102,7 +102,7 @@ class OnlineGMM:
         if x.is_complex():
             raise ValueError(f"{name} must be real, got {x.dtype}")
         batch = x.reshape(-1, self.dim).to(device=self.device, dtype=torch.float32).contiguous()
-        if not bool(torch.isfinite(batch).all()):
+        if check_finite and not bool(torch.isfinite(batch).all()):
             raise ValueError(f"{name} contains NaN or Inf (after conversion to float32); "
                              "the sample was refused and the mixture is unchanged")
         return batch
@@ -116,18 +116,37 @@ class OnlineGMM:
     # ---- fitting ------------------------------------------------------------------------
     def update(self, x: torch.Tensor) -> None:
         """One online-EM update with x [D] or a mini-batch x [B, D] (see the module doc).
-        During warm-up the samples are buffered; the `warmup`-th one initialises the mixture."""
-        batch = self._as_batch(x)
+        During warm-up the samples are buffered; the `warmup`-th one initialises the mixture.
+        A batch that would make the mixture non-finite (NaN / Inf entries, or a finite sample
+        so far from every component that no responsibility can be formed) is refused with a
+        ValueError and the mixture is left exactly as it was."""
+        batch = self._as_batch(x, check_finite=not self.initialized)
         if not self.initialized:
-            take = min(self.warmup - self._buffer.shape[0], batch.shape[0])
+            filled = self._buffer.shape[0]
+            take = min(self.warmup - filled, batch.shape[0])
             self._append_warmup(batch[:take])
-            batch = batch[take:]
+            rest = batch[take:]
             if self._buffer.shape[0] < self.warmup:
                 return
-            self._initialize()
-        if batch.shape[0] > 0:
-            _, resp = ops.gmm_estep(batch, self._means, self._m2, self._counts, reg=self.reg_covar)
-            ops.gmm_mstep_(self._means, self._m2, self._counts, batch, resp)
+            before = (self._means, self._m2, self._counts, self._warmup_storage, self._fitted)
+            try:
+                self._initialize()  # replaces (does not mutate) the arrays saved in `before`
+                self._update_fitted(rest)
+            except ValueError:
+                self._means, self._m2, self._counts, self._warmup_storage, self._fitted = before
+                self._buffer = self._warmup_storage[:filled]
+                raise
+            return
+        self._update_fitted(batch)
+
+    def _update_fitted(self, batch: torch.Tensor) -> None:
+        if batch.shape[0] == 0:
+            return
+        _, resp = ops.gmm_estep(batch, self._means, self._m2, self._counts, reg=self.reg_covar)
+        if not bool(torch.isfinite(resp).all()):  # the one device read of an update
+            raise ValueError("x was refused and the mixture is unchanged: it contains NaN or Inf, or lies "
+                             "so far from every component that its responsibilities are not finite")
+        ops.gmm_mstep_(self._means, self._m2, self._counts, batch, resp)
 
     def _append_warmup(self, rows: torch.Tensor) -> None:
         """Append rows to the warm-up buffer, kept in one preallocated [warmup, D] tensor (no
@@ -152,6 +171,9 @@ class OnlineGMM:
         gen = torch.Generator().manual_seed(_INIT_SEED)
         chosen = [int(torch.randint(buf.shape[0], (1,), generator=gen))]
         nearest = self._squared_distances(buf, buf[chosen]).squeeze(1).cpu()
+        if not bool(torch.isfinite(nearest).all()):
+            raise ValueError("x was refused and the mixture is unchanged: the warm-up samples lie so far "
+                             "apart that their squared distances overflow")
         for _ in range(1, k):
             if bool(nearest.sum() > 0):
                 pick = int(torch.multinomial(nearest, 1, generator=gen))
@@ -167,8 +189,12 @@ class OnlineGMM:
         counts = torch.zeros(k, dtype=torch.float64, device=self.device)
         ops.gmm_mstep_(means, m2, counts, buf, resp)
         pooled = m2.double().sum(0) / buf.shape[0]
+        m2 = (counts[:, None] * pooled[None, :]).float()
+        if not (bool(torch.isfinite(means).all()) and bool(torch.isfinite(m2).all())):
+            raise ValueError("x was refused and the mixture is unchanged: the warm-up samples' spread "
+                             "overflows float32 (a sample is too far from the others)")
         self._means = means
-        self._m2 = (counts[:, None] * pooled[None, :]).float()
+        self._m2 = m2
         self._counts = counts
         self._buffer = buf.new_empty(0, self.dim)
         self._warmup_storage = None

@@ -92,8 +92,9 @@ def meta_train(model, train, n_components, steps=3000):
 
 
 def test_lift_prior_beats_adaptation_from_the_peft_init(meta_setup):
-    """5-shot regression, 50 MAP steps each: from the LiFT mixture prior vs from the PEFT init
-    without a prior (same optimiser, steps and lr). The query error must at least halve."""
+    """5-shot regression, MAP to the stopping rule (at most 50 steps) each: from the LiFT mixture
+    prior vs from the PEFT init without a prior (same optimiser, budget and lr). The query error
+    must at least halve."""
     model, init, _, train, test = meta_setup
     trainer = meta_train(model, train, n_components=2)
     flat = trainer.flat
@@ -101,7 +102,7 @@ def test_lift_prior_beats_adaptation_from_the_peft_init(meta_setup):
     for x, y in test:
         support = TensorTask(x[:5], y[:5], batch_size=5)
         query = (x[5:], y[5:])
-        lift = adapt(flat, support, mse, prior=trainer.gmm, beta=0.05, steps=50, lr=1e-2)
+        lift = trainer.adapt(support, steps=50, lr=1e-2)
         plain = adapt(flat, support, mse, prior=None, init_vector=trainer.init_vector, steps=50, lr=1e-2)
         with torch.no_grad():
             errors["lift"].append(float(mse(flat.call(lift.theta), query)))
@@ -121,16 +122,19 @@ def test_lift_trainer_state_and_units(meta_setup):
 
 
 def test_lift_trainer_resume_is_exact(meta_setup, tmp_path):
+    """save then LiFT.load (a fresh model, the same tasks) continues the chain bitwise."""
     model, _, _, train, _ = meta_setup
     tasks = [TensorTask(x, y, batch_size=16) for x, y in train]
     kw = dict(sigma=1.0, beta=0.05, lr=5e-2, burn_in=5, n_components=1, seed=3)
     straight = LiFT(model, tasks, mse, **kw).run(30, progress=False)
     first = LiFT(model, tasks, mse, **kw).run(15, progress=False)
     first.save(str(tmp_path / "lift.pt"))
-    resumed = LiFT(model, tasks, mse, **kw)
-    resumed.load_sampler(str(tmp_path / "lift.pt"))
+    resumed = LiFT.load(str(tmp_path / "lift.pt"), make_model(), tasks, mse)
+    assert resumed.seed == 3 and resumed.sampler.step_count == 15
     resumed.run(15, progress=False)
     assert torch.equal(straight.phi, resumed.phi) and torch.equal(straight.thetas, resumed.thetas)
+    with pytest.raises(ValueError, match="16 tasks"):
+        LiFT.load(str(tmp_path / "lift.pt"), make_model(), tasks[:3], mse)
 
 
 def test_adapt_modes_and_inits(meta_setup):
@@ -138,17 +142,19 @@ def test_adapt_modes_and_inits(meta_setup):
     trainer = meta_train(model, train, 2, steps=200)
     x, y = test[0]
     support = TensorTask(x[:5], y[:5], batch_size=5)
+    prior = trainer.meta_test_prior()
     for init_name in ("best_component", "mean", "init"):
-        out = adapt(trainer.flat, support, mse, prior=trainer.gmm, beta=0.05, init=init_name,
-                    init_vector=trainer.init_vector, steps=5, lr=1e-2)
-        assert out.theta.shape == (trainer.flat.dim,) and len(out.losses) == 5
+        out = trainer.adapt(support, init=init_name, steps=5, lr=1e-2)
+        assert out.theta.shape == (trainer.flat.dim,) and len(out.losses) == out.steps_run <= 5
         assert (out.component is not None) == (init_name == "best_component")
-    sampled = adapt(trainer.flat, support, mse, prior=trainer.gmm, beta=0.05, mode="sgld", steps=20,
-                    lr=1e-3, burn_in=10, thin=2)
-    assert len(sampled.samples) == 5
+        assert (out.scores is not None) == (init_name == "best_component")
+    same = adapt(trainer.flat, support, mse, prior=trainer.gmm, beta=0.05, steps=5, lr=1e-2)
+    assert prior.beta == 0.05 and torch.equal(same.theta, trainer.adapt(support, steps=5, lr=1e-2).theta)
+    sampled = trainer.adapt(support, mode="sgld", steps=20, lr=1e-3, burn_in=10, thin=2)
+    assert len(sampled.samples) == 5 and sampled.steps_run == 20
     mean_pred = average_predictions(trainer.flat, sampled.samples, lambda call: call(x[5:]))
     assert mean_pred.shape == (100, 1)
     with pytest.raises(ValueError, match="mode"):
-        adapt(trainer.flat, support, mse, prior=trainer.gmm, mode="vi")
+        adapt(trainer.flat, support, mse, prior=prior, mode="vi")
     with pytest.raises(ValueError, match="init_vector"):
         adapt(trainer.flat, support, mse, prior=None)

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from lift_ext.checkpoint import CheckpointError
+from lift_ext.checkpoint import CheckpointError, load_checked, save_atomic
 from lift_ext.lift import SGLDGibbs
 
 from conftest import requires_cuda
@@ -157,23 +157,23 @@ def test_corrupt_and_foreign_checkpoints_are_refused(problem, tmp_path):
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         SGLDGibbs.load(truncated, problem["grad_fn"])
     foreign = os.path.join(tmp_path, "foreign.pt")
-    torch.save({"format": "something else", "version": 1}, foreign)
+    save_atomic({"format": "something else", "version": 1}, foreign)
     with pytest.raises(CheckpointError, match="not a lift_ext.SGLDGibbs checkpoint"):
         SGLDGibbs.load(foreign, problem["grad_fn"])
-    state = torch.load(good, weights_only=True)
+    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=1, required=())
     del state["task_sum"]
     incomplete = os.path.join(tmp_path, "incomplete.pt")
-    torch.save(state, incomplete)
+    save_atomic(state, incomplete)
     with pytest.raises(CheckpointError, match="missing task_sum"):
         SGLDGibbs.load(incomplete, problem["grad_fn"])
-    state = torch.load(good, weights_only=True)
+    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=1, required=())
     state["thetas"] = state["thetas"][:, :-1].contiguous()
-    torch.save(state, incomplete)
+    save_atomic(state, incomplete)
     with pytest.raises(CheckpointError, match="thetas must be a float32 tensor of shape"):
         SGLDGibbs.load(incomplete, problem["grad_fn"])
-    state = torch.load(good, weights_only=True)
+    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=1, required=())
     state["version"] = 99
-    torch.save(state, incomplete)
+    save_atomic(state, incomplete)
     with pytest.raises(CheckpointError, match="version"):
         SGLDGibbs.load(incomplete, problem["grad_fn"])
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")], "no temp files left behind"

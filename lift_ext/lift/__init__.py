@@ -1,10 +1,13 @@
 """LiFT: SGLD-Gibbs posterior sampling of a shared adapter prior, an online Gaussian mixture
-over its samples, and meta-test adaptation under that mixture prior (DESIGN.md sections 3-5).
+over its samples, and meta-test adaptation under that mixture prior (docs/design.md).
 
-    SGLDGibbs   the sampler on flat vectors with a user-supplied gradient (no nn.Module needed)
-    FlatParams  a module's adapter tensors packed into one float32 vector (params become views)
-    LiFT        meta-training of a model's adapter over tasks (SGLDGibbs on FlatParams)
-    adapt       meta-test adaptation under the learned mixture prior (MAP or SGLD)
+    SGLDGibbs     the sampler on flat vectors with a user-supplied gradient (no nn.Module needed)
+    FlatParams    a module's adapter tensors packed into one float32 vector (params become
+                  views); load_(theta) writes a vector back into the module
+    MixturePrior  the meta-test prior over a new task's adapter (a diagonal Gaussian mixture)
+    LiFT          meta-training of a model's adapter over tasks (SGLDGibbs on FlatParams), its
+                  meta-test prior, apply / export_peft of an adapter, save / load
+    adapt         meta-test adaptation under a mixture prior (MAP to a stopping rule, or SGLD)
 """
 from lift_ext.lift.adapt import Adapted, adapt, average_predictions
 from lift_ext.lift.flat import FlatParams

@@ -1,48 +1,110 @@
-"""Meta-test: adapting an adapter to a new task from its support set (DESIGN.md section 5).
+"""Meta-test: adapting an adapter to a new task from its support set (docs/design.md,
+"Meta-test").
 
-Prior from meta-training (optional): the marginal p(theta*) = sum_k alpha_k N(theta*; mu_k,
-var_k + beta^2) of the OnlineGMM over phi samples. Objective per support example (mean units):
+Prior (optional): a `MixturePrior` p(theta) = sum_k w_k N(theta; m_k, diag(v_k) + beta^2 I),
+or an `OnlineGMM` over phi samples with `beta` (converted by `MixturePrior.from_gmm`). The
+support objective, in units of the loss per example (nats per example for a log-loss):
 
-    L(theta) = mean support loss(theta) - (1/n) log p(theta),   n = support examples,
+    J(theta) = mean support loss(theta) - (1/n) log p(theta),   n = task.num_examples,
 
-whose prior part has gradient (1/n) sum_k r_k(theta) (theta - mu_k)/(var_k + beta^2), added by
-the fused `gmm_prior_grad_` op (r from the E-step kernel). Steps use `lift_ext.sgld_step`:
-mode "map" at temperature 0 (RMSprop-preconditioned by default, i.e. RMSprop on L, its
-average of g^2 started at the first gradient's square rather than at 0), mode
-"sgld" at temperature T/n (pSGLD sampling of the tempered posterior; after burn-in every
-`thin`-th theta is kept and predictions are averaged over them).
+whose prior part has gradient (1/n) sum_k r_k(theta) (theta - m_k) / (v_k + beta^2), added by
+the fused `gmm_prior_grad_` op (r from the E-step kernel). Without a prior J is the mean
+support loss (plain fine-tuning, the no-meta-learning baseline).
 
-Initialisation: "best_component" (default) picks the component k maximising
-log alpha_k - n * support loss(mu_k); "mean" starts at sum_k alpha_k mu_k; "init" starts at
-`init_vector` (the PEFT initialisation), as does any run without a prior.
+Start ("init"): "best_component" (default) starts at the mean of the component with the
+largest score_k = log w_k - n * mean support loss(m_k), i.e. log w_k + log p(support | m_k):
+the log posterior p(z = k | support) up to a constant, with each component's evidence
+int p(support | theta) N(theta; m_k, .) dtheta replaced by its value at theta = m_k (exact as
+the component's spread shrinks to 0; the neglected Occam factor is the same for components
+of equal spread). It costs K forward passes over the support set. "mean" starts at
+sum_k w_k m_k; "init" at `init_vector` (e.g. the PEFT initialisation), as does a run without
+a prior.
+
+Steps use `lift_ext.sgld_step` on minibatches `task.batch(generator)`; with
+``preconditioned=True`` (default) they are RMSprop-preconditioned, the average of g^2 starting
+at 0, which the step replaces by g^2 itself while it is 0 (so no weight takes an oversized
+first step, whatever its first gradient).
+
+mode "map": temperature 0 (RMSprop / SGD on J), run to a stopping rule. J on the whole
+support set (`task.full()`) is evaluated at the start and after every `eval_every` steps (and
+after the last); the run stops when the best J seen has improved by at most `tol` over the
+last `patience` evaluations ("no_improvement"), when J is not finite ("non_finite"), or after
+`steps` steps ("max_steps"). It returns the iterate with the best J seen, so the result is
+never worse on J than the start.
+
+mode "sgld": pSGLD at temperature T/n (samples of the tempered posterior), exactly `steps`
+steps; after `burn_in` steps every `thin`-th theta is kept, and `average_predictions` averages
+predictions over them. tol / patience / eval_every do not apply.
 """
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
 
+from lift_ext import validate
 from lift_ext.gmm import OnlineGMM
 from lift_ext.lift.flat import FlatParams
+from lift_ext.lift.prior import MixturePrior
 from lift_ext.lift.tasks import Task
-from lift_ext.sgld import sgld_step, start_square_avg_
+from lift_ext.sgld import sgld_step
+from lift_ext.types import LossFn
 
-LossFn = Callable[[Callable[..., Any], Any], torch.Tensor]
+PriorLike = Union[MixturePrior, OnlineGMM, None]
 
 INITS = ("best_component", "mean", "init")
 MODES = ("map", "sgld")
+STOP_REASONS = ("no_improvement", "non_finite", "max_steps")
 
 
 @dataclass
 class Adapted:
-    """The result of `adapt`: `theta` (the MAP estimate, or the last sample), `samples` (the
-    kept SGLD samples; [theta] in MAP mode), the chosen component (best_component init) and the
-    support objective after every step."""
+    """The result of `adapt`.
+
+    theta: the MAP estimate (the best iterate by J), or the last SGLD iterate [D] float32.
+    samples: the kept SGLD samples ([theta] in MAP mode, or when none was kept).
+    component: the component started from (init "best_component"), else None.
+    scores: score_k = log w_k - n * mean support loss(m_k) of every component [K] float64
+        (init "best_component"), else None; softmax(scores) = the plug-in p(z = k | support).
+    losses: the minibatch mean loss before each step.
+    objectives: (steps done, J) at every evaluation of the full-support objective (MAP mode).
+    best_step: the steps done when theta was reached (MAP mode; steps_run in SGLD mode).
+    steps_run: the steps taken.
+    stop_reason: one of STOP_REASONS (SGLD mode: "max_steps").
+    """
 
     theta: torch.Tensor
     samples: List[torch.Tensor]
     component: Optional[int] = None
+    scores: Optional[torch.Tensor] = None
     losses: List[float] = field(default_factory=list)
+    objectives: List[Tuple[int, float]] = field(default_factory=list)
+    best_step: int = 0
+    steps_run: int = 0
+    stop_reason: str = "max_steps"
+
+
+def as_prior(prior: PriorLike, beta: Optional[float], dim: int, device: torch.device) -> Optional[MixturePrior]:
+    """`prior` as a MixturePrior on `device` (an OnlineGMM needs `beta`; a MixturePrior holds
+    its own, and a `beta` given with it must equal it), or None."""
+    if prior is None:
+        if beta is not None:
+            raise ValueError(f"beta={beta!r} was given without a prior: it is the prior's task spread")
+        return None
+    if isinstance(prior, OnlineGMM):
+        if beta is None:
+            raise ValueError("beta (the task spread around phi, units of theta) is needed to use an "
+                             "OnlineGMM as the prior")
+        prior = MixturePrior.from_gmm(prior, validate.number("beta", beta))
+    elif isinstance(prior, MixturePrior):
+        if beta is not None and validate.number("beta", beta) != prior.beta:
+            raise ValueError(f"beta={beta!r} differs from the MixturePrior's own beta={prior.beta!r}; "
+                             "leave beta out (or build the prior with the beta wanted)")
+    else:
+        raise TypeError(f"prior must be a MixturePrior, an OnlineGMM or None, got {type(prior).__name__}")
+    if prior.dim != dim:
+        raise ValueError(f"prior is over vectors of length {prior.dim}, the adapter has {dim}")
+    return prior if prior.device == device else prior.to(device)
 
 
 def _support_loss(flat: FlatParams, theta: torch.Tensor, task: Task, loss_fn: LossFn) -> float:
@@ -50,65 +112,128 @@ def _support_loss(flat: FlatParams, theta: torch.Tensor, task: Task, loss_fn: Lo
         return float(loss_fn(flat.call(theta), task.full()))
 
 
-def initial_vector(flat: FlatParams, task: Task, loss_fn: LossFn, prior: Optional[OnlineGMM],
-                   init: str, init_vector: Optional[torch.Tensor]) -> "tuple[torch.Tensor, Optional[int]]":
-    """The starting adapter for `init` (see the module docstring) and the chosen component."""
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+def support_objective(flat: FlatParams, theta: torch.Tensor, task: Task, loss_fn: LossFn,
+                      prior: Optional[MixturePrior]) -> float:
+    """J(theta) = mean loss over task.full() - (1/n) log p(theta) (module docstring)."""
+    value = _support_loss(flat, theta, task, loss_fn)
+    return value if prior is None else value - prior.log_prob(theta) / task.num_examples
+
+
+def component_scores(flat: FlatParams, task: Task, loss_fn: LossFn, prior: MixturePrior) -> torch.Tensor:
+    """score_k = log w_k - n * mean support loss(m_k) [K] float64 (module docstring)."""
+    losses = torch.tensor([_support_loss(flat, mean, task, loss_fn) for mean in prior.means],
+                          dtype=torch.float64)
+    return prior.weights.cpu().log() - task.num_examples * losses
+
+
+def _start(flat: FlatParams, task: Task, loss_fn: LossFn, prior: Optional[MixturePrior], init: str,
+           init_vector: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[int], Optional[torch.Tensor]]:
+    """(starting theta, chosen component, component scores) for `init` (module docstring)."""
     if prior is None or init == "init":
-        if init_vector is None:
-            raise ValueError("init_vector (the adapter's initialisation) is needed without a prior or with init='init'")
-        return init_vector.detach().clone().float(), None
+        return init_vector, None, None
     if init == "mean":
-        return (prior.weights.to(prior.means.dtype) @ prior.means).clone(), None
-    n = task.num_examples
-    scores = [math.log(max(float(w), 1e-300)) - n * _support_loss(flat, mu, task, loss_fn)
-              for w, mu in zip(prior.weights.tolist(), prior.means)]
-    best = max(range(len(scores)), key=scores.__getitem__)
-    return prior.means[best].clone(), best
+        return prior.weights.float() @ prior.means, None, None
+    scores = component_scores(flat, task, loss_fn, prior)
+    best = int(scores.argmax())
+    return prior.means[best].clone(), best, scores
 
 
-def adapt(flat: FlatParams, task: Task, loss_fn: LossFn, *, prior: Optional[OnlineGMM] = None,
-          beta: float = 0.01, init: str = "best_component", init_vector: Optional[torch.Tensor] = None,
-          mode: str = "map", steps: int = 100, lr: float = 1e-3, preconditioned: bool = True,
-          temperature: float = 1.0, burn_in: Optional[int] = None, thin: int = 1, seed: int = 0) -> Adapted:
-    """Adapt to `task` (its `batch` gives support minibatches, `full()` the whole support set).
+class _BestIterate:
+    """MAP mode's record of the best J and the stopping rule (module docstring)."""
 
-    lr is per example (mean-loss units; with preconditioning an RMSprop step size). Without a
-    prior this is plain fine-tuning from `init_vector`, the no-meta-learning baseline.
+    def __init__(self, theta: torch.Tensor, value: float, tol: float, patience: int):
+        if not math.isfinite(value):
+            raise ValueError(f"the support objective at the starting adapter is {value}: check the "
+                             "loss function, the data and the start (init / init_vector)")
+        self.theta, self.value, self.step = theta.clone(), value, 0
+        self.tol, self.patience = tol, patience
+        self.record = [value]  # the best J after each evaluation
+
+    def update(self, step: int, theta: torch.Tensor, value: float) -> Optional[str]:
+        """Take J(theta) after `step` steps; return the stop reason, or None to go on."""
+        if not math.isfinite(value):
+            return "non_finite"
+        if value < self.value:
+            self.theta, self.value, self.step = theta.clone(), value, step
+        self.record.append(self.value)
+        if len(self.record) > self.patience and self.record[-1 - self.patience] - self.value <= self.tol:
+            return "no_improvement"
+        return None
+
+
+def adapt(flat: FlatParams, task: Task, loss_fn: LossFn, *, prior: PriorLike = None,
+          beta: Optional[float] = None, init: str = "best_component",
+          init_vector: Optional[torch.Tensor] = None, mode: str = "map", steps: int = 200,
+          lr: float = 1e-3, preconditioned: bool = True, tol: float = 1e-3, patience: int = 3,
+          eval_every: int = 10, temperature: float = 1.0, burn_in: Optional[int] = None,
+          thin: int = 1, seed: int = 0) -> Adapted:
+    """Adapt to `task` (its `batch` gives support minibatches, `full()` the whole support set);
+    see the module docstring for the objective, the start, the modes and the stopping rule.
+
+    prior: MixturePrior, OnlineGMM (with `beta`) or None. steps: the most steps (MAP) or the
+    exact number (SGLD). lr: per example (mean-loss units; with preconditioning an RMSprop step
+    size, about the change of each weight per step). tol: in J's units, i.e. the loss's per
+    example (the default 1e-3 suits log-losses in nats per example, e.g. next-token NLL; set it
+    on the loss's own scale otherwise); patience: evaluations; eval_every: steps. temperature: SGLD only; burn_in (default steps // 2) and
+    thin: which SGLD iterates are kept. seed: minibatch order and SGLD noise.
+    Neither `flat.vector` nor the module changes; bad arguments raise before any work.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if prior is not None and not beta > 0:
-        raise ValueError(f"beta must be > 0 with a prior, got {beta!r}")
-    theta, component = initial_vector(flat, task, loss_fn, prior, init, init_vector)
-    theta = theta.to(flat.vector.device).contiguous()
+    validate.one_of("mode", mode, MODES)
+    validate.one_of("init", init, INITS)
+    steps = validate.integer("steps", steps)
+    lr = validate.number("lr", lr)
+    validate.boolean("preconditioned", preconditioned)
+    tol = validate.number("tol", tol, inclusive=True)
+    patience = validate.integer("patience", patience, low=1)
+    eval_every = validate.integer("eval_every", eval_every, low=1)
+    temperature = validate.number("temperature", temperature, inclusive=True)
+    burn_in = steps // 2 if burn_in is None else validate.integer("burn_in", burn_in)
+    thin = validate.integer("thin", thin, low=1)
+    seed = validate.integer("seed", seed)
+    device = flat.vector.device
+    prior = as_prior(prior, beta, flat.dim, device)
+    if init_vector is not None:
+        init_vector = validate.vector("init_vector", init_vector, flat.dim, device)
+    elif prior is None or init == "init":
+        raise ValueError("init_vector (the adapter to start from, e.g. the PEFT initialisation) is "
+                         "needed without a prior or with init='init'")
+
+    theta, component, scores = _start(flat, task, loss_fn, prior, init, init_vector)
+    theta = theta.to(device, torch.float32).contiguous()
     n = task.num_examples
     square_avg = torch.zeros_like(theta) if preconditioned else None
-    burn_in = steps // 2 if burn_in is None else burn_in
     step_temperature = 0.0 if mode == "map" else temperature / n
+    best = _BestIterate(theta, support_objective(flat, theta, task, loss_fn, prior), tol, patience) \
+        if mode == "map" else None
+    out = Adapted(theta=theta, samples=[], component=component, scores=scores)
+    if best is not None:
+        out.objectives.append((0, best.value))
     gen = torch.Generator().manual_seed(seed)
-    samples: List[torch.Tensor] = []
-    losses: List[float] = []
     for step in range(steps):
         batch = task.batch(gen)
         loss, grad = flat.loss_and_grad(theta, lambda call: loss_fn(call, batch))
         if prior is not None:
-            prior.add_prior_grad_(grad, theta, beta=beta, scale=1.0 / n)
-        if square_avg is not None and step == 0:
-            start_square_avg_(square_avg, grad)
+            prior.add_prior_grad_(grad, theta, scale=1.0 / n)
         sgld_step(theta, grad, lr=lr, temperature=step_temperature, square_avg=square_avg,
                   seed=seed, offset=step)
-        losses.append(float(loss))
-        if mode == "sgld" and step >= burn_in and (step - burn_in) % thin == 0:
-            samples.append(theta.clone())
-    if mode == "map" or not samples:
-        samples = [theta]
-    return Adapted(theta=theta, samples=samples, component=component, losses=losses)
+        out.losses.append(float(loss))
+        out.steps_run = done = step + 1
+        if best is None:
+            if step >= burn_in and (step - burn_in) % thin == 0:
+                out.samples.append(theta.clone())
+        elif done % eval_every == 0 or done == steps:
+            value = support_objective(flat, theta, task, loss_fn, prior)
+            out.objectives.append((done, value))
+            reason = best.update(done, theta, value)
+            if reason is not None:
+                out.stop_reason = reason
+                break
+    if best is None:
+        out.best_step = out.steps_run
+    else:
+        out.theta, out.best_step = best.theta, best.step
+    out.samples = out.samples or [out.theta]
+    return out
 
 
 def average_predictions(flat: FlatParams, thetas: List[torch.Tensor],
@@ -124,4 +249,5 @@ def average_predictions(flat: FlatParams, thetas: List[torch.Tensor],
     return total / len(thetas)
 
 
-__all__ = ["Adapted", "adapt", "average_predictions", "initial_vector", "INITS", "MODES"]
+__all__ = ["Adapted", "adapt", "average_predictions", "as_prior", "support_objective", "component_scores",
+           "INITS", "MODES", "STOP_REASONS"]

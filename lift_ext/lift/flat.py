@@ -2,15 +2,19 @@
 float32 vector, so a task's whole adapter is one vector of length D and one kernel launch
 updates it.
 
-The module's selected parameters become views into `FlatParams.vector` (their `.data` is
-re-pointed; the Parameter objects stay). Evaluating the model at any other flat vector theta
+The module's selected float32 parameters become views into `FlatParams.vector` (their `.data`
+is re-pointed; the Parameter objects stay). Evaluating the model at any other flat vector theta
 goes through `torch.func.functional_call` with views of theta: the frozen backbone is never
-copied, and the gradient comes back as one flat vector.
+copied, and the gradient comes back as one flat vector. Samplers and `adapt` work on such
+vectors and never touch the module; `load_(theta)` writes one into the module's own adapter
+tensors (for its forward, `state_dict` or peft's `save_pretrained`).
 """
 from typing import Any, Callable, Dict, Iterable, List, Tuple, Union
 
 import torch
 from torch.func import functional_call
+
+from lift_ext import validate
 
 Selector = Union[None, Iterable[str], Callable[[str, torch.nn.Parameter], bool]]
 
@@ -39,6 +43,7 @@ class FlatParams:
             if not p.dtype.is_floating_point:
                 raise ValueError(f"parameter {name} is {p.dtype}; only floating-point parameters can be packed")
         self.module = module
+        self._params: List[torch.nn.Parameter] = [p for _, p in chosen]
         self.names: List[str] = [n for n, _ in chosen]
         self.shapes: List[torch.Size] = [p.shape for _, p in chosen]
         self.dtypes: List[torch.dtype] = [p.dtype for _, p in chosen]
@@ -65,6 +70,18 @@ class FlatParams:
             raise ValueError(f"flat vector must have shape [{self.dim}], got {tuple(flat.shape)}")
         return {name: part.view(shape).to(dtype) for name, part, shape, dtype in
                 zip(self.names, self._split(flat), self.shapes, self.dtypes)}
+
+    def load_(self, theta: torch.Tensor) -> None:
+        """Write theta [D] (any float dtype and device; finite) into the module's adapter tensors,
+        so that the module itself computes at theta: afterwards `self.vector` equals theta and
+        every selected parameter holds its slice (cast to the parameter's dtype where that is not
+        float32). A refused theta (shape, NaN / Inf) raises ValueError and changes nothing."""
+        value = validate.vector("theta", theta, self.dim, self.vector.device)
+        self.vector.copy_(value)
+        with torch.no_grad():
+            for param, part, shape in zip(self._params, self._split(self.vector), self.shapes):
+                if param.data_ptr() != part.data_ptr():  # not a view of the vector (not float32)
+                    param.copy_(part.view(shape))
 
     def call(self, flat: torch.Tensor) -> Callable[..., Any]:
         """A function running the module's forward with the packed parameters set to `flat`."""

@@ -72,6 +72,13 @@ class MixturePrior:
         """The fused mixture ops read var_k = m2_k / n_k + reg: n = w, m2 = v w, reg = beta^2."""
         return self.means, self.variances * self.weights.float()[:, None], self.weights, self.beta ** 2
 
+    def log_prob(self, theta: torch.Tensor) -> float:
+        """log p(theta) = logsumexp_k [log w_k + log N(theta; m_k, diag(v_k) + beta^2 I)] in nats
+        (float64 sums, from the fused E-step), for theta [D]."""
+        means, m2, counts, reg = self._op_args()
+        loglik, _ = ops.gmm_estep(theta.reshape(1, -1).float(), means, m2, counts, reg=reg)
+        return float(torch.logsumexp(loglik[0], dim=0))
+
     def responsibilities(self, theta: torch.Tensor) -> torch.Tensor:
         """r_k(theta) = p(component k | theta) [K] float64, from the fused E-step."""
         means, m2, counts, reg = self._op_args()

@@ -227,17 +227,16 @@ class SGLDGibbs:
         return task
 
     def _feed_mixture(self) -> None:
-        """Give phi to the mixture. The mixture refuses a non-finite sample (its own check, no
-        second pass here); that means the chain diverged, which is raised as FloatingPointError."""
+        """Give phi to the mixture. The mixture refuses (unchanged) a sample that is not finite or
+        so far from its components that it would become non-finite (its own check, no second
+        pass here); either means the chain diverged, which is raised as FloatingPointError."""
         try:
             self.gmm.update(self._phi)
         except ValueError:
-            if bool(torch.isfinite(self._phi).all()):
-                raise
             raise FloatingPointError(
-                f"SGLDGibbs diverged: phi is not finite after step {self.step_count} (lr={self.lr:g}, "
-                f"lr / beta^2 = {self.lr / self.beta ** 2:g}); the gradients are too large for this lr: "
-                "lower lr (or the temperature)") from None
+                f"SGLDGibbs diverged: phi is not finite or has run away after step {self.step_count} "
+                f"(lr={self.lr:g}, lr / beta^2 = {self.lr / self.beta ** 2:g}); the gradients are too "
+                "large for this lr: lower lr (or the temperature)") from None
 
     def diagnostics(self) -> Dict[str, float]:
         """Scalars to watch a run by: |phi| (RMS), the RMS spread of thetas around phi, and the

@@ -1,4 +1,5 @@
-"""`LiFT`: meta-training of a shared adapter prior over many tasks with SGLD-Gibbs.
+"""`LiFT`: meta-training of a shared adapter prior over many tasks with SGLD-Gibbs, and the
+way back from its result to a usable model.
 
 Takes a model whose trainable parameters are the adapter (e.g. peft LoRA over a frozen
 backbone), a list of tasks and a loss function, and runs `SGLDGibbs` on the flat adapter
@@ -9,28 +10,68 @@ lr / n_ref, n_ref = the mean task size, which makes its steps match a mean-loss 
 With ``preconditioned=True`` the theta steps are pSGLD (a shared RMSprop average, see
 `SGLDGibbs`) and ``lr`` is passed unchanged: the preconditioned step is scale-free, so lr is
 an RMSprop step size (about the change of each weight per step), as for the baselines.
-``lr_phi`` (Langevin phi only) stays per example.
+``lr_phi`` (Langevin phi only) stays per example. Other `SGLDGibbs` options (e.g. its prior
+model, alpha, eps) pass through as keyword arguments.
 
 Defaults (documented choices the paper leaves open): theta_i start at the adapter's
 initialisation (the PEFT init: LoRA A random, B zero, never all-zero) or at given per-task
 adapters; phi starts at their mean; mu0 = the initialisation vector; phi is drawn exactly from
 its Gaussian conditional ("gibbs"), because at the paper's sigma = beta = 0.01 a Langevin phi
 step is only stable for tiny lr_phi.
+
+Using the result: `meta_test_prior()` is the learned prior over a new task's adapter;
+`adapt(task)` adapts to a support set under it; `apply(theta)` writes an adapter into the
+model's own tensors; `export_peft(path, theta)` writes a standard peft adapter directory;
+`save(path)` / `LiFT.load(path, model, tasks, loss_fn)` checkpoint and resume the chain.
 """
-from typing import Any, Callable, Optional, Sequence, Union
+import inspect
+from typing import List, Optional, Sequence, Union
 
 import torch
 
 from lift_ext.gmm import OnlineGMM
+from lift_ext.lift.adapt import Adapted, adapt
 from lift_ext.lift.flat import FlatParams, Selector
+from lift_ext.lift.prior import MixturePrior
 from lift_ext.lift.sampler import SGLDGibbs
 from lift_ext.lift.tasks import Task
+from lift_ext.types import LossFn
 
-LossFn = Callable[[Callable[..., Any], Any], torch.Tensor]
+AdapterLike = Union[None, torch.Tensor, Adapted]
+
+# SGLDGibbs arguments that LiFT derives itself (from the model, the tasks and its own options).
+_DERIVED = ("num_tasks", "dim", "grad_fn", "prior_mean", "theta_init", "device")
+
+
+def _task_sizes(tasks: Sequence[Task]) -> List[int]:
+    if len(tasks) < 1:
+        raise ValueError("tasks must hold at least one task")
+    sizes = []
+    for i, task in enumerate(tasks):
+        n = getattr(task, "num_examples", None)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1 or not callable(getattr(task, "batch", None)):
+            raise TypeError(f"tasks[{i}] must have num_examples (int >= 1) and batch(generator)")
+        sizes.append(n)
+    return sizes
+
+
+def _check_sampler_options(options: dict) -> None:
+    """Refuse keyword arguments SGLDGibbs does not take, or that LiFT sets itself."""
+    accepted = set(inspect.signature(SGLDGibbs.__init__).parameters) - {"self"}
+    derived = sorted(set(options) & set(_DERIVED))
+    if derived:
+        raise TypeError(f"LiFT sets {derived} itself (from the model, tasks, prior_mean and task_adapters)")
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise TypeError(f"unknown LiFT/SGLDGibbs option(s) {unknown}; SGLDGibbs takes "
+                        f"{sorted(accepted - set(_DERIVED))}")
 
 
 class LiFT:
-    """LiFT meta-training over `tasks` for the adapter of `model` (see the module docstring)."""
+    """LiFT meta-training over `tasks` for the adapter of `model` (see the module docstring).
+
+    Attributes: model, tasks, loss_fn, flat (the adapter as a FlatParams), init_vector (the
+    adapter as it was when this LiFT was built, a copy), sampler (the SGLDGibbs chain)."""
 
     def __init__(self, model: torch.nn.Module, tasks: Sequence[Task], loss_fn: LossFn, *,
                  sigma: float = 0.01, beta: float = 0.01, lr: float = 1e-3,
@@ -38,34 +79,32 @@ class LiFT:
                  phi_update: str = "gibbs", burn_in: int = 0, thin: int = 1, n_components: int = 1,
                  seed: int = 0, preconditioned: bool = False, select: Selector = None,
                  task_adapters: Optional[torch.Tensor] = None,
-                 prior_mean: Union[str, torch.Tensor] = "init"):
-        if len(tasks) < 1:
-            raise ValueError("tasks must hold at least one task")
-        sizes = []
-        for i, task in enumerate(tasks):
-            n = getattr(task, "num_examples", None)
-            if not isinstance(n, int) or n < 1 or not callable(getattr(task, "batch", None)):
-                raise TypeError(f"tasks[{i}] must have num_examples (int >= 1) and batch(generator)")
-            sizes.append(n)
+                 prior_mean: Union[str, torch.Tensor] = "init", **sampler_options):
+        _check_sampler_options(sampler_options)
+        if isinstance(prior_mean, str) and prior_mean not in ("init", "zero"):
+            raise ValueError(f"prior_mean must be 'init', 'zero' or a Tensor, got {prior_mean!r}")
+        self._bind(model, tasks, loss_fn, select, seed)
+        mu0 = prior_mean if not isinstance(prior_mean, str) else \
+            (self.init_vector if prior_mean == "init" else None)
+        self.sampler = SGLDGibbs(
+            len(self.tasks), self.flat.dim, self._grad, sigma=sigma, beta=beta,
+            lr=lr if preconditioned else lr / self.reference_size,
+            lr_phi=(lr if lr_phi is None else lr_phi) / self.reference_size,
+            temperature=temperature, phi_update=phi_update, prior_mean=mu0,
+            theta_init=self.init_vector if task_adapters is None else task_adapters,
+            burn_in=burn_in, thin=thin, n_components=n_components, seed=seed,
+            preconditioned=preconditioned, device=self.flat.vector.device, **sampler_options)
+
+    def _bind(self, model: torch.nn.Module, tasks: Sequence[Task], loss_fn: LossFn, select: Selector,
+              seed: int) -> None:
+        """Everything but the sampler: the model's adapter as a flat vector and the task sizes."""
+        self._sizes = _task_sizes(tasks)
+        if not callable(loss_fn):
+            raise TypeError("loss_fn must be callable as loss_fn(model_call, batch) -> mean loss")
         self.model, self.tasks, self.loss_fn, self.seed = model, list(tasks), loss_fn, seed
         self.flat = FlatParams(model, select)
         self.init_vector = self.flat.vector.detach().clone()
-        self.reference_size = sum(sizes) / len(sizes)
-        if isinstance(prior_mean, str):
-            if prior_mean not in ("init", "zero"):
-                raise ValueError(f"prior_mean must be 'init', 'zero' or a Tensor, got {prior_mean!r}")
-            mu0 = self.init_vector if prior_mean == "init" else None
-        else:
-            mu0 = prior_mean
-        theta_init = self.init_vector if task_adapters is None else task_adapters
-        self._sizes = sizes
-        self.sampler = SGLDGibbs(
-            len(tasks), self.flat.dim, self._grad, sigma=sigma, beta=beta,
-            lr=lr if preconditioned else lr / self.reference_size,
-            lr_phi=(lr if lr_phi is None else lr_phi) / self.reference_size,
-            temperature=temperature, phi_update=phi_update, prior_mean=mu0, theta_init=theta_init,
-            burn_in=burn_in, thin=thin, n_components=n_components, seed=seed,
-            preconditioned=preconditioned, device=self.flat.vector.device)
+        self.reference_size = sum(self._sizes) / len(self._sizes)
 
     def _grad(self, task: int, theta: torch.Tensor) -> torch.Tensor:
         """n_i * d(mean minibatch loss)/d theta: the summed-units gradient of task `task`."""
@@ -76,14 +115,14 @@ class LiFT:
         return grad * self._sizes[task]
 
     def run(self, num_steps: int, progress: bool = True) -> "LiFT":
-        """Run `num_steps` SGLD-Gibbs steps (one task each); minibatches depend only on
-        (seed, step), so a run is reproducible and resumable."""
+        """Run `num_steps` SGLD-Gibbs steps; minibatches depend only on (seed, step), so a run is
+        reproducible and resumable."""
         self.sampler.run(num_steps, progress=progress)
         return self
 
     @property
     def gmm(self) -> OnlineGMM:
-        """The mixture over phi samples: the meta-learned prior for `adapt`."""
+        """The mixture over phi samples (the paper's meta-test prior, without beta)."""
         return self.sampler.gmm
 
     @property
@@ -94,14 +133,102 @@ class LiFT:
     def thetas(self) -> torch.Tensor:
         return self.sampler.thetas
 
+    # ---- the learned prior and adaptation ---------------------------------------------------
+    def _chain_state(self) -> str:
+        s = self.sampler
+        return (f"{s.step_count} steps have run with burn_in={s.burn_in} and thin={s.thin}, so "
+                f"{s.num_gmm_samples} phi samples were kept (one every thin-th step after burn_in)")
+
+    def meta_test_prior(self) -> MixturePrior:
+        """The meta-learned prior over a new task's adapter: the sampler's own
+        `meta_test_prior()` where it has one, else its mixture over phi samples with beta^2
+        added (`MixturePrior.from_gmm`). RuntimeError, naming burn_in / thin / steps, while the
+        chain has not produced one yet."""
+        own = getattr(self.sampler, "meta_test_prior", None)
+        if own is not None:
+            try:
+                return own()
+            except (RuntimeError, ValueError) as exc:
+                raise RuntimeError(f"no meta-test prior yet ({exc}): {self._chain_state()}; "
+                                   "run more steps (LiFT.run)") from exc
+        gmm = self.sampler.gmm
+        if not gmm.initialized:
+            s = self.sampler
+            missing = s.burn_in + gmm.warmup * s.thin - s.step_count
+            what = (f"no phi samples yet: run more steps than burn_in (={s.burn_in})" if s.num_gmm_samples == 0
+                    else "the mixture over phi samples is not fitted yet")
+            raise RuntimeError(f"{what}; {self._chain_state()}, and the mixture (n_components="
+                               f"{gmm.n_components}) needs {gmm.warmup}: run at least {missing} more "
+                               "steps (LiFT.run)")
+        return MixturePrior.from_gmm(gmm, self.sampler.beta)
+
+    def adapt(self, task: Task, **options) -> Adapted:
+        """`lift_ext.lift.adapt(self.flat, task, self.loss_fn, **options)` with prior defaulting
+        to `meta_test_prior()` and init_vector to `init_vector`. The model is not changed:
+        `apply(result)` writes the adapted adapter into it."""
+        if "prior" not in options:
+            options["prior"] = self.meta_test_prior()
+        options.setdefault("init_vector", self.init_vector)
+        return adapt(self.flat, task, self.loss_fn, **options)
+
+    # ---- writing an adapter into the model ---------------------------------------------------
+    def _adapter(self, theta: AdapterLike) -> torch.Tensor:
+        """theta as a vector [D]: None = the mean of the meta-test prior's heaviest component
+        (for one component, the meta-learned prior mean); an Adapted gives its theta."""
+        if theta is None:
+            prior = self.meta_test_prior()
+            return prior.means[int(prior.weights.argmax())]
+        if isinstance(theta, Adapted):
+            return theta.theta
+        if not isinstance(theta, torch.Tensor):
+            raise TypeError(f"theta must be None, a Tensor [{self.flat.dim}] or an Adapted, "
+                            f"got {type(theta).__name__}")
+        return theta
+
+    def apply(self, theta: AdapterLike = None) -> torch.nn.Module:
+        """Write an adapter into the model's own adapter tensors (`FlatParams.load_`) and return
+        the model, which then computes with it (forward, state_dict, save_pretrained).
+        theta: a vector [D], an `Adapted` (from `adapt`), or None for the meta-learned prior
+        mean (the heaviest component's mean). The chain is not affected."""
+        self.flat.load_(self._adapter(theta))
+        return self.model
+
+    def export_peft(self, path: str, theta: AdapterLike = None) -> None:
+        """Write `theta` (as in `apply`) as a standard peft adapter directory with the model's
+        `save_pretrained(path)`, loadable by `peft.PeftModel.from_pretrained(base_model, path)`.
+        The model's adapter is left as it was."""
+        save = getattr(self.model, "save_pretrained", None)
+        if not callable(save):
+            raise TypeError(f"export_peft needs a peft model (one with save_pretrained); the model is "
+                            f"a {type(self.model).__name__}")
+        vector = self._adapter(theta)
+        previous = self.flat.vector.clone()
+        self.flat.load_(vector)
+        try:
+            save(path)
+        finally:
+            self.flat.load_(previous)
+
+    # ---- checkpoints -------------------------------------------------------------------------
     def save(self, path: str) -> None:
-        """The sampler's checkpoint (the model and tasks are the caller's to rebuild)."""
+        """Write the chain's state to one file, atomically (the sampler's checkpoint; the model,
+        tasks and loss function are the caller's to rebuild). Read it with `LiFT.load`."""
         self.sampler.save(path)
 
-    def load_sampler(self, path: str) -> None:
-        """Continue from a checkpoint written by `save` with the same model, tasks and loss."""
-        loaded = SGLDGibbs.load(path, self._grad, device=self.flat.vector.device)
-        if loaded.dim != self.flat.dim or loaded.num_tasks != len(self.tasks):
-            raise ValueError(f"checkpoint {path!r} holds {loaded.num_tasks} tasks of dim {loaded.dim}, "
-                             f"this trainer has {len(self.tasks)} of dim {self.flat.dim}")
-        self.sampler = loaded
+    @classmethod
+    def load(cls, path: str, model: torch.nn.Module, tasks: Sequence[Task], loss_fn: LossFn, *,
+             select: Selector = None) -> "LiFT":
+        """A LiFT continuing the chain saved by `save` at `path`, over `model`'s adapter (the
+        same architecture and selection), the same `tasks` (in order) and loss function; its
+        hyper-parameters come from the file. `init_vector` is `model`'s adapter as passed in.
+        A foreign or damaged file raises lift_ext.checkpoint.CheckpointError; a mismatch with
+        the model or tasks a ValueError."""
+        trainer = cls.__new__(cls)
+        trainer._bind(model, tasks, loss_fn, select, seed=0)
+        sampler = SGLDGibbs.load(path, trainer._grad, device=trainer.flat.vector.device)
+        if sampler.dim != trainer.flat.dim or sampler.num_tasks != len(trainer.tasks):
+            raise ValueError(f"checkpoint {path!r} holds {sampler.num_tasks} tasks of dim {sampler.dim}, "
+                             f"but {len(trainer.tasks)} tasks and an adapter of dim {trainer.flat.dim} "
+                             "were passed")
+        trainer.sampler, trainer.seed = sampler, sampler.seed
+        return trainer

@@ -1,0 +1,229 @@
+"""Meta-test adaptation (`lift_ext.lift.adapt`) on a linear model, where the objective, its
+minimiser and the component scores have closed forms (float64 references)."""
+import math
+
+import pytest
+import torch
+
+from lift_ext.gmm import OnlineGMM
+from lift_ext.lift import FlatParams, MixturePrior, TensorTask, adapt, average_predictions
+from lift_ext.lift.adapt import STOP_REASONS
+from lift_ext.sgld import sgld_step
+
+N, D = 6, 4
+
+
+def mse(call, batch):
+    x, y = batch
+    return ((call(x).squeeze(-1) - y) ** 2).mean()
+
+
+@pytest.fixture
+def linear():
+    """A bias-free linear model (the adapter is its weight, D = 4) and one task of N = 6 rows,
+    one minibatch = the whole support set (deterministic gradients)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(D, 1, bias=False)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(N, D, generator=gen)
+    y = x @ torch.randn(D, generator=gen) + 0.1 * torch.randn(N, generator=gen)
+    return model, FlatParams(model), TensorTask(x, y, batch_size=N), x, y
+
+
+def ref_log_prior(theta, prior):
+    """log sum_k w_k N(theta; m_k, diag(v_k) + beta^2 I) in float64."""
+    std = (prior.variances.double() + prior.beta ** 2).sqrt()
+    comp = torch.distributions.Normal(prior.means.double(), std).log_prob(theta.double()).sum(-1)
+    return torch.logsumexp(prior.weights.log() + comp, 0)
+
+
+def ref_objective(theta, x, y, prior):
+    loss = ((x.double() @ theta.double() - y.double()) ** 2).mean()
+    return loss if prior is None else loss - ref_log_prior(theta, prior) / x.shape[0]
+
+
+def random_prior(k, beta=0.5, seed=2):
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.rand(k, generator=gen, dtype=torch.float64) + 0.2
+    return MixturePrior(torch.randn(k, D, generator=gen), 0.3 * torch.rand(k, D, generator=gen),
+                        weights / weights.sum(), beta)
+
+
+def test_log_prob_matches_float64_reference():
+    prior = random_prior(3)
+    theta = torch.randn(D)
+    assert prior.log_prob(theta) == pytest.approx(float(ref_log_prior(theta, prior)), rel=1e-6)
+
+
+def test_map_steps_match_gradient_descent_on_the_reference_objective(linear):
+    """Plain SGD (preconditioned=False) on J: each step is theta - lr * grad J(theta), grad J by
+    autograd through the float64 reference; the objectives recorded are J at those iterates."""
+    model, flat, task, x, y = linear
+    prior = random_prior(2)
+    start = prior.means[0].clone()
+    out = adapt(flat, task, mse, prior=prior, init="init", init_vector=start, steps=6, lr=0.02,
+                preconditioned=False, eval_every=1, tol=0.0)
+    theta, expected = start.double(), []
+    for _ in range(6):
+        t = theta.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(ref_objective(t, x, y, prior), t)
+        theta = theta - 0.02 * grad
+        expected.append(float(ref_objective(theta, x, y, prior)))
+    assert out.steps_run == 6 and out.stop_reason == "max_steps" and out.best_step == 6
+    torch.testing.assert_close(out.theta.double(), theta, rtol=1e-5, atol=1e-6)
+    assert [s for s, _ in out.objectives] == list(range(7))
+    assert out.objectives[0][1] == pytest.approx(float(ref_objective(start, x, y, prior)), rel=1e-6)
+    assert [v for _, v in out.objectives[1:]] == pytest.approx(expected, rel=1e-5)
+
+
+def test_map_stops_early_at_the_closed_form_minimiser(linear):
+    """K = 1: J is quadratic with minimiser (2 X'X + diag(1/s^2)) w = 2 X'y + m / s^2,
+    s^2 = v + beta^2. The stopping rule ends the run long before the step budget, there."""
+    model, flat, task, x, y = linear
+    prior = random_prior(1)
+    s2 = prior.variances[0].double() + prior.beta ** 2
+    xd, yd = x.double(), y.double()
+    w_star = torch.linalg.solve(2 * xd.T @ xd + torch.diag(1 / s2), 2 * xd.T @ yd + prior.means[0].double() / s2)
+    out = adapt(flat, task, mse, prior=prior, steps=20_000, lr=0.05, preconditioned=False, tol=1e-7,
+                patience=3, eval_every=10)
+    assert out.stop_reason == "no_improvement" and out.steps_run < 5_000, out.steps_run
+    torch.testing.assert_close(out.theta.double(), w_star, rtol=0, atol=2e-4)
+    best = min(v for _, v in out.objectives)
+    assert best == pytest.approx(float(ref_objective(w_star, x, y, prior)), abs=1e-6)
+    assert best == pytest.approx(float(ref_objective(out.theta, x, y, prior)), abs=1e-6)
+    # the rule: the last `patience` evaluations improved the best J by at most tol, earlier ones did not
+    record = [min(v for _, v in out.objectives[: i + 1]) for i in range(len(out.objectives))]
+    assert record[-4] - record[-1] <= 1e-7 < record[-5] - record[-2]
+
+
+@pytest.mark.parametrize("preconditioned, lr", [(False, 5.0), (False, 0.3), (True, 3.0), (True, 0.3)])
+def test_never_returns_a_worse_objective_than_the_start(linear, preconditioned, lr):
+    """Step sizes from too large to divergent: the result is the best iterate evaluated, never
+    worse on J than the start; when every step makes J worse, the start itself."""
+    model, flat, task, x, y = linear
+    prior = random_prior(2)
+    out = adapt(flat, task, mse, prior=prior, init="mean", steps=200, lr=lr, preconditioned=preconditioned,
+                eval_every=1)
+    start = prior.weights.float() @ prior.means
+    values = [v for _, v in out.objectives]
+    assert float(ref_objective(out.theta, x, y, prior)) == pytest.approx(min(values), abs=1e-5)
+    assert min(values) <= values[0] and out.samples == [out.theta]
+    assert out.objectives[[s for s, _ in out.objectives].index(out.best_step)][1] == min(values)
+    if all(v > values[0] or not math.isfinite(v) for v in values[1:]):
+        assert out.best_step == 0 and torch.equal(out.theta, start)
+    if (preconditioned, lr) == (False, 5.0):  # SGD far beyond 2 / curvature: diverges at once
+        assert out.best_step == 0 and out.stop_reason in ("no_improvement", "non_finite")
+
+
+def test_component_is_chosen_by_weighted_support_evidence(linear):
+    """score_k = log w_k - n * mean support loss(m_k), reference-checked; the start is the
+    argmax, which is not the lowest-loss component when the weights say otherwise."""
+    model, flat, task, x, y = linear
+    w_fit = torch.linalg.lstsq(x, y[:, None]).solution[:, 0]
+    means = torch.stack([w_fit + 1.0, w_fit, w_fit + 0.02])
+    for weights, expected in (([0.3, 0.3, 0.4], None), ([0.01, 0.01, 0.98], 2), ([0.2, 0.79, 0.01], 1)):
+        prior = MixturePrior(means, torch.zeros(3, D), torch.tensor(weights, dtype=torch.float64), 0.1)
+        out = adapt(flat, task, mse, prior=prior, steps=0)
+        losses = torch.stack([((x.double() @ m.double() - y.double()) ** 2).mean() for m in means])
+        reference = torch.tensor(weights, dtype=torch.float64).log() - N * losses
+        torch.testing.assert_close(out.scores, reference, rtol=1e-5, atol=1e-6)
+        assert out.component == int(reference.argmax()) and torch.equal(out.theta, means[out.component])
+        if expected is not None:
+            assert out.component == expected
+    assert int(losses.argmin()) == 1  # component 2 won above on its weight, not its loss
+
+
+def test_online_gmm_prior_equals_its_mixture_prior(linear):
+    model, flat, task, x, y = linear
+    gmm = OnlineGMM(2, D)
+    gmm.update(torch.randn(16, D, generator=torch.Generator().manual_seed(5)))
+    a = adapt(flat, task, mse, prior=gmm, beta=0.3, steps=30, lr=1e-2)
+    b = adapt(flat, task, mse, prior=MixturePrior.from_gmm(gmm, 0.3), steps=30, lr=1e-2)
+    assert torch.equal(a.theta, b.theta) and a.objectives == b.objectives and a.component == b.component
+    with pytest.raises(ValueError, match="beta"):
+        adapt(flat, task, mse, prior=gmm, steps=3)
+    with pytest.raises(ValueError, match="no fitted component"):
+        adapt(flat, task, mse, prior=OnlineGMM(2, D), beta=0.3, steps=3)
+
+
+def test_without_a_prior_the_objective_is_the_support_loss(linear):
+    model, flat, task, x, y = linear
+    start = flat.vector.clone()
+    out = adapt(flat, task, mse, init_vector=start, steps=20, lr=0.01, preconditioned=False, eval_every=5)
+    assert out.component is None and out.scores is None
+    for step, value in out.objectives:
+        assert step % 5 == 0
+    assert out.objectives[0][1] == pytest.approx(float(ref_objective(start, x, y, None)), rel=1e-6)
+    assert out.objectives[-1][1] == pytest.approx(float(ref_objective(out.theta, x, y, None)), rel=1e-5)
+
+
+def test_sgld_mode_keeps_thinned_samples_and_averages_predictions(linear):
+    model, flat, task, x, y = linear
+    prior = random_prior(2)
+    out = adapt(flat, task, mse, prior=prior, mode="sgld", steps=19, burn_in=10, thin=2, lr=1e-3, seed=4)
+    assert out.steps_run == 19 and out.stop_reason == "max_steps" and out.objectives == []
+    assert len(out.samples) == 5 and torch.equal(out.samples[-1], out.theta)
+    assert len({tuple(s.tolist()) for s in out.samples}) == 5, "the noise moves every kept sample"
+    mean = average_predictions(flat, out.samples, lambda call: call(x))
+    torch.testing.assert_close(mean, torch.stack([x @ s[:, None] for s in out.samples]).mean(0))
+
+
+def first_step_is_bounded_by_lr() -> bool:
+    """Whether the SGLD kernel starts an RMSprop average of 0 at g^2 (then a first
+    preconditioned step moves each weight by at most lr)."""
+    theta, avg = torch.zeros(1), torch.zeros(1)
+    sgld_step(theta, torch.ones(1), lr=1e-3, temperature=0.0, square_avg=avg, seed=0)
+    return float(avg) == 1.0
+
+
+@pytest.mark.skipif(not first_step_is_bounded_by_lr(), reason="needs the SGLD kernel that starts the "
+                    "RMSprop average at g^2 where it is 0")
+def test_preconditioned_steps_stay_near_lr_for_weights_with_zero_first_gradients():
+    """LoRA-like f(x) = b (a . x) from b = 0: a's first gradient is 0 and appears at step 2.
+    Every weight's first move is lr * g / |g| = lr (a 10 lr step from an average started at 0
+    without the rule). The iterates are those of SGLD mode at temperature 0 (the MAP steps,
+    every one kept)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(D, 1, bias=False), torch.nn.Linear(1, 1, bias=False))
+    flat = FlatParams(model)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(N, D, generator=gen)
+    task = TensorTask(x, x.sum(1), batch_size=N)
+    start = torch.cat([torch.randn(D, generator=gen), torch.zeros(1)])
+    lr = 1e-2
+    out = adapt(flat, task, mse, init_vector=start, mode="sgld", temperature=0.0, steps=6, burn_in=0, lr=lr)
+    moves = torch.diff(torch.stack([start] + out.samples), dim=0).abs()
+    assert float(moves[0, :D].max()) == 0.0 and float(moves[1, :D].min()) > 0, "a moves from step 2 on"
+    first = torch.cat([moves[1, :D], moves[0, D:]])  # a moves first at step 2, b at step 1
+    torch.testing.assert_close(first, torch.full_like(first, lr), rtol=1e-4, atol=0)
+
+
+BAD = [("mode", "vi", "mode"), ("init", "best", "init"), ("steps", -1, "steps"), ("steps", 2.0, "steps"),
+       ("lr", 0.0, "lr"), ("tol", -1e-3, "tol"), ("patience", 0, "patience"), ("eval_every", 0, "eval_every"),
+       ("temperature", -1.0, "temperature"), ("burn_in", -1, "burn_in"), ("thin", 0, "thin"),
+       ("seed", -1, "seed"), ("preconditioned", 1, "preconditioned"), ("beta", 0.2, "beta"),
+       ("init_vector", torch.zeros(D + 1), "init_vector"), ("init_vector", torch.full((D,), math.nan), "init_vector"),
+       ("prior", MixturePrior(torch.zeros(1, D + 1), torch.zeros(1, D + 1), torch.ones(1, dtype=torch.float64), 0.1),
+        "prior")]
+
+
+@pytest.mark.parametrize("name, value, match", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_arguments_are_refused_and_nothing_changes(linear, name, value, match):
+    model, flat, task, x, y = linear
+    before, weight = flat.vector.clone(), model.weight.detach().clone()
+    calls = []
+    kwargs = dict(prior=random_prior(2), steps=3)
+    kwargs[name] = value
+    with pytest.raises(ValueError, match=match):
+        adapt(flat, task, lambda call, batch: calls.append(1) or mse(call, batch), **kwargs)
+    assert not calls, "refused before any forward pass"
+    assert torch.equal(flat.vector, before) and torch.equal(model.weight, weight)
+
+
+def test_prior_of_another_kind_is_a_type_error_and_a_run_leaves_the_model_alone(linear):
+    model, flat, task, x, y = linear
+    with pytest.raises(TypeError, match="prior"):
+        adapt(flat, task, mse, prior=torch.zeros(D))
+    before = flat.vector.clone()
+    out = adapt(flat, task, mse, prior=random_prior(2), steps=30, lr=1e-2)
+    assert torch.equal(flat.vector, before) and out.stop_reason in STOP_REASONS
