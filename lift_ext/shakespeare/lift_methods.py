@@ -4,8 +4,9 @@ meta-test prior each variant adapts under (docs/design.md sections 3, 4 and 10).
     lift        the chain of ``cfg.lift_prior``: "mixture" (K = n_components shared adapters
                 phi_k in the hierarchy, its conditional phi_k, z, pi read as the prior) or
                 "paper" (one phi, an online-EM mixture of K components over its samples)
-    lift_k1     the same prior model with one component: for "mixture" its own chain with
-                K = 1; for "paper" a one-component mixture over the same chain's phi samples
+    lift_k1     one component: a single Gaussian over the paper chain's phi samples (with one
+                component the mixture hierarchy is the paper's exact-Gibbs chain, so both
+                ablations share that chain)
     lift_paper  the paper's chain with K components, whatever ``cfg.lift_prior`` is
 
 Budget: a chain takes ``meta_steps`` steps of ``tasks_per_step`` = B tasks, each task's
@@ -60,7 +61,9 @@ def _needs(method: str, cfg) -> Tuple[str, int]:
     """The (prior, components) of ``method``'s meta-test prior."""
     if method == "lift_paper":
         return "paper", cfg.n_components
-    return cfg.lift_prior, 1 if method == "lift_k1" else cfg.n_components
+    if method == "lift_k1":
+        return "paper", 1
+    return cfg.lift_prior, cfg.n_components
 
 
 def _chain_of(prior: str, components: int, cfg) -> Tuple[str, int]:

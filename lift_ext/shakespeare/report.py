@@ -20,7 +20,7 @@ from lift_ext.files import atomic_open
 from lift_ext.shakespeare.config import BenchConfig
 from lift_ext.shakespeare.scoring import METRICS
 
-LABELS = {"lift": "LiFT (mixture prior)", "lift_k1": "LiFT K=1", "lift_paper": "LiFT, paper prior",
+LABELS = {"lift": "LiFT", "lift_k1": "LiFT K=1 (ablation)", "lift_paper": "LiFT, paper's prior (ablation)",
           "independent": "independent LoRA", "multitask": "multi-task + FT", "reptile": "Reptile + FT",
           "fomaml": "FO-MAML + FT", "retrieval": "retrieval + FT", "mbc": "MBC (k-means) + FT",
           "oracle": "family oracle + FT (reference)", "backbone": "backbone, unadapted (reference)"}
@@ -79,6 +79,13 @@ def summarize(cfg: BenchConfig, scores: Dict[str, List[dict]], detail: Dict[str,
     return out
 
 
+def label(name: str, record: dict) -> str:
+    """The table's name for a method; a LiFT variant also names its prior model and K."""
+    notes = record.get("notes") or {}
+    extra = f", {notes['prior']} prior, K = {notes['components']}" if "prior" in notes else ""
+    return f"{LABELS.get(name, name)}{extra} (`{name}`)"
+
+
 def _cell(stats: dict, metric: str) -> str:
     if stats["mean"] is None:
         return "n/a"
@@ -97,7 +104,7 @@ def markdown_table(results: dict) -> str:
         ["NLL (nats/char)", "LiFT lead, paired (pp)", "LiFT lead (paired s.e.)", "adapt lr"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for name, r in sorted(methods.items(), key=lambda kv: -kv[1]["mean"]):
-        cells = [f"{LABELS.get(name, name)} (`{name}`)", _cell(r["metrics"]["acc"], "acc")]
+        cells = [label(name, r), _cell(r["metrics"]["acc"], "acc")]
         if remapped:
             cells.append(_cell(r["metrics"]["acc_remapped"], "acc_remapped"))
         cells.append(_cell(r["metrics"]["nll"], "nll"))
