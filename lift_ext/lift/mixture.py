@@ -51,13 +51,18 @@ def squared_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     return (-2.0 * (loglik + math.log(j)) - dim * math.log(2.0 * math.pi)).clamp_min(0.0)
 
 
+def rows_identical(x: torch.Tensor) -> bool:
+    """True when every row of x [N, D] equals the first."""
+    return bool((x == x[0]).all())
+
+
 def initial_assignments(thetas: torch.Tensor, k: int, generator: torch.Generator,
                         lloyd_iterations: int = 20) -> torch.Tensor:
     """z [N] int64 (CPU) for the start of the chain. Rows that differ: k-means++ seeding (with
     `generator`), each row to its nearest centre, then Lloyd iterations until the labels settle.
     Identical rows (nothing to cluster): a balanced assignment, task perm[j] to component j mod K."""
     n = thetas.shape[0]
-    if bool((thetas == thetas[0]).all()):
+    if rows_identical(thetas):
         perm = torch.randperm(n, generator=generator)
         labels = torch.empty(n, dtype=torch.int64)
         labels[perm] = torch.arange(n) % k

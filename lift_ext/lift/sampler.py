@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from lift_ext import ops, validate
 from lift_ext.gmm import OnlineGMM
 from lift_ext.lift import sampler_state
-from lift_ext.lift.mixture import MAX_COMPONENTS, Components, initial_assignments, keyed_generator
+from lift_ext.lift.mixture import MAX_COMPONENTS, Components, initial_assignments, keyed_generator, rows_identical
 from lift_ext.lift.prior import MixturePrior
 from lift_ext.lift.task_order import TaskOrder
 from lift_ext.sgld import start_square_avg_
@@ -140,6 +140,11 @@ class SGLDGibbs:
             self._thetas.copy_(theta_init.to(dev, torch.float32).expand(num_tasks, dim))
         self._components = Components(n_components if mixture else 1, num_tasks, dim, dev, dirichlet_alpha)
         if mixture and warmup_steps == 0:
+            if n_components > 1 and rows_identical(self._thetas):
+                warnings.warn("prior='mixture' with warmup_steps=0 and identical initial thetas: z starts "
+                              "from a random balanced assignment, from which components tend to merge "
+                              "and stay empty; set warmup_steps (a few epochs, e.g. 5 N / tasks_per_step)",
+                              RuntimeWarning, stacklevel=2)
             self._assign_by_kmeans()
         else:
             self._components.rebuild_(self._thetas, torch.zeros(num_tasks, dtype=torch.int64), mu0)
