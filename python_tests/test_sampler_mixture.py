@@ -14,6 +14,8 @@ from lift_ext import reference
 from lift_ext.lift import MixturePrior, SGLDGibbs
 from lift_ext.lift.mixture import COMPONENT_STRIDE, Components
 
+from conftest import requires_cuda
+
 K, N, D, S2, BETA, SIGMA = 3, 30, 20, 1.0, 0.5, 3.0
 
 
@@ -245,3 +247,18 @@ def test_bad_arguments_are_refused(clustered, kwargs, message):
     with pytest.raises(ValueError, match=message):
         SGLDGibbs(N, D, lambda i, t: calls.append(i), **args)
     assert not calls
+
+
+@requires_cuda
+def test_mixture_chain_runs_on_the_gpu(clustered):
+    """Every piece on the device of the state: E-step, phi_k draws, sums; z and pi on the host."""
+    sampler = mixture(clustered, prior_mean=clustered["mu0"].cuda(), theta_init=clustered["ybar"].cuda(),
+                      warmup_steps=50)
+    sampler.grad_fn = lambda i, theta: clustered["grad_fn"](i, theta.cpu()).cuda()
+    sampler.run(400, progress=False)
+    assert sampler.phis.is_cuda and sampler.task_sums.is_cuda and not sampler.assignments.is_cuda
+    matching(sampler.assignments, clustered["z_true"])
+    z = sampler.assignments.cuda()
+    for k in range(K):
+        torch.testing.assert_close(sampler.task_sums[k], sampler.thetas[z == k].sum(0), rtol=1e-5, atol=1e-4)
+    assert sampler.meta_test_prior().means.is_cuda

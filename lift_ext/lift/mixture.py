@@ -197,9 +197,10 @@ class Components:
         counts = torch.tensor(self.counts, dtype=torch.float64)
         variance = 1.0 / (1.0 / sigma**2 + counts / beta**2)  # v_k [K]
         device = self.phis.device
-        mu0 = prior_mean.double() if prior_mean is not None else torch.zeros(self.dim, dtype=torch.float64, device=device)
         v = variance.to(device)[:, None]
-        means = v * (mu0[None, :] / sigma**2 + self.sums.double() / beta**2)
+        means = v * self.sums.double() / beta**2
+        if prior_mean is not None:
+            means += v * prior_mean.double()[None, :] / sigma**2
         variances = (temperature * v).expand(self.k, self.dim)
         return MixturePrior(means.float(), variances.float(), self.expected_weights().to(device), beta)
 

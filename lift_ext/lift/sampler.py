@@ -286,7 +286,8 @@ class SGLDGibbs:
         self.step_count += 1
         if self.prior == "mixture" and self.step_count == self.warmup_steps:
             self._assign_by_kmeans()
-        if self.gmm is not None and self.step_count > self.burn_in and (self.step_count - self.burn_in) % self.thin == 0:
+        past_burn_in = self.step_count - self.burn_in
+        if self.gmm is not None and past_burn_in > 0 and past_burn_in % self.thin == 0:
             self._feed_mixture()
         return tasks
 
