@@ -262,3 +262,11 @@ def test_mixture_chain_runs_on_the_gpu(clustered):
     for k in range(K):
         torch.testing.assert_close(sampler.task_sums[k], sampler.thetas[z == k].sum(0), rtol=1e-5, atol=1e-4)
     assert sampler.meta_test_prior().means.is_cuda
+
+
+def test_divergence_is_reported_clearly(clustered):
+    # lr * n_i / s^2 >= 2.5: every theta step overshoots its data term and blows up.
+    with pytest.warns(RuntimeWarning, match="lr / beta"):
+        sampler = mixture(clustered, lr=0.25)
+    with pytest.raises(FloatingPointError, match="diverged.*lower lr"):
+        sampler.run(3000, progress=False)

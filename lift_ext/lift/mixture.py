@@ -155,7 +155,9 @@ class Components:
 
     def draw_assignments_(self, thetas: torch.Tensor, tasks: Sequence[int], *, beta: float,
                           temperature: float, generator: torch.Generator) -> None:
-        """z_i for each of `tasks` from its conditional; S and n follow the moves."""
+        """z_i for each of `tasks` from its conditional; S and n follow the moves. A NaN score
+        (a theta or phi that is not finite: the chain diverged) raises FloatingPointError with
+        nothing moved."""
         if self.k == 1:
             return
         index = torch.tensor(list(tasks), dtype=torch.int64, device=thetas.device)
@@ -169,6 +171,8 @@ class Components:
             scores = loglik.cpu() - torch.log(-torch.log(uniform.clamp_min(1e-300)))
         else:
             scores = -squared_distances(rows, self.phis).cpu()
+        if bool(scores.isnan().any()):
+            raise FloatingPointError("a stepped theta or a phi_k is not finite")
         for row, (task, comp) in enumerate(zip(tasks, scores.argmax(dim=1).tolist())):
             old = int(self.assignments[task])
             if comp == old:

@@ -276,8 +276,11 @@ class SGLDGibbs:
         mixing = self.prior == "mixture" and t >= self.warmup_steps
         generator = keyed_generator("SGLDGibbs.mixture", self.seed, t) if mixing and comps.k > 1 else None
         if mixing:
-            comps.draw_assignments_(self._thetas, tasks, beta=self.beta, temperature=self.temperature,
-                                    generator=generator)
+            try:
+                comps.draw_assignments_(self._thetas, tasks, beta=self.beta, temperature=self.temperature,
+                                        generator=generator)
+            except FloatingPointError:
+                raise self._divergence("a theta or phi_k") from None
         comps.draw_phis_(self._prior_mean, lr=self.lr_phi, temperature=self.temperature, sigma=self.sigma,
                          beta=self.beta, gibbs=self.phi_update == "gibbs", seed=self.seed, step=t)
         if mixing:
@@ -326,10 +329,13 @@ class SGLDGibbs:
         except ValueError:
             if bool(torch.isfinite(self.phi).all()):
                 raise
-            raise FloatingPointError(
-                f"SGLDGibbs diverged: phi is not finite after step {self.step_count} (lr={self.lr:g}, "
-                f"lr / beta^2 = {self.lr / self.beta ** 2:g}); the gradients are too large for this lr: "
-                "lower lr (or the temperature)") from None
+            raise self._divergence("phi") from None
+
+    def _divergence(self, what: str) -> FloatingPointError:
+        return FloatingPointError(
+            f"SGLDGibbs diverged: {what} is not finite at step {self.step_count} (lr={self.lr:g}, "
+            f"lr / beta^2 = {self.lr / self.beta ** 2:g}); the gradients are too large for this lr: "
+            "lower lr (or the temperature)")
 
     def diagnostics(self) -> Dict[str, float]:
         """Scalars to watch a run by: the RMS of the phis, the RMS spread of the thetas around
