@@ -26,34 +26,23 @@ void to_float(const T* __restrict in, int64_t n, float* __restrict out) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
 }
 
-// The update over n elements; flags make the optional arrays compile-time so the loop
-// vectorises. Arithmetic is sgld_update_element's, in the same order.
+// The update over n elements: sgld_update_value per element, with the optional terms fixed
+// at compile time so that the loop vectorises (compiled for AVX-512 / AVX2 / baseline and
+// picked at load time; the same IEEE operations in every variant, so the same bits).
 template <bool kPrior, bool kPriorMean, bool kAccum, bool kPrecond, bool kNoise>
+__attribute__((target_clones("avx512f", "avx2", "default")))
 void update_block(float* __restrict theta, const float* __restrict grad,
                   const float* __restrict noise, const float* __restrict prior_mean,
                   float* __restrict accum, float* __restrict square_avg, int64_t n,
                   const SgldScalars& s) {
-  const float lr = s.lr, lam = s.prior_precision, scale = s.noise_scale;
-  const float alpha = s.alpha, one_minus_alpha = 1.0f - s.alpha, eps = s.eps;
+  constexpr SgldTerms terms{kPrior, kPrecond, kNoise, kAccum};
   for (int64_t i = 0; i < n; ++i) {
-    const float t = theta[i];
-    const float g = grad[i];
-    float drift = g;
-    if constexpr (kPrior) drift = g + lam * (t - (kPriorMean ? prior_mean[i] : 0.0f));
-    float step = lr * drift;
-    float noise_term = 0.0f;
-    if constexpr (kNoise) noise_term = scale * noise[i];
-    if constexpr (kPrecond) {
-      const float v = alpha * square_avg[i] + one_minus_alpha * (g * g);
-      square_avg[i] = v;
-      const float precond = 1.0f / (sqrtf(v) + eps);
-      step = step * precond;
-      if constexpr (kNoise) noise_term = noise_term * sqrtf(precond);
-    }
-    float updated = t - step;
-    if constexpr (kNoise) updated = updated + noise_term;
-    if constexpr (kAccum) accum[i] = accum[i] + (updated - t);
-    theta[i] = updated;
+    float v = kPrecond ? square_avg[i] : 0.0f;
+    float acc = kAccum ? accum[i] : 0.0f;
+    theta[i] = sgld_update_value(theta[i], grad[i], kNoise ? noise[i] : 0.0f,
+                                 kPriorMean ? prior_mean[i] : 0.0f, v, acc, terms, s);
+    if constexpr (kPrecond) square_avg[i] = v;
+    if constexpr (kAccum) accum[i] = acc;
   }
 }
 
