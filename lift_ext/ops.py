@@ -36,13 +36,6 @@ def _check_lists(params, grads, prior_means, accums, square_avgs) -> None:
                 _check_companion(lst[i], p, f"{name}[{i}]", False)
 
 
-@torch.library.register_fake("lift_ext::sgld_step_")
-def _sgld_step_fake(param, grad, prior_mean, accum, square_avg, lr, temperature,
-                    prior_precision, alpha, eps, seed, offset):
-    _check_lists([param], [grad], [prior_mean] if prior_mean is not None else [],
-                 [accum] if accum is not None else [], [square_avg] if square_avg is not None else [])
-
-
 @torch.library.register_fake("lift_ext::sgld_step_list_")
 def _sgld_step_list_fake(params, grads, prior_means, accums, square_avgs, lr, temperature,
                          prior_precision, alpha, eps, seed, offset):
@@ -152,9 +145,12 @@ def sgld_step_(param: torch.Tensor, grad: torch.Tensor, prior_mean: Optional[tor
                accum: Optional[torch.Tensor], square_avg: Optional[torch.Tensor], *, lr: float,
                temperature: float, prior_precision: float, alpha: float, eps: float, seed: int,
                offset: int) -> None:
-    """In-place SGLD step on one flat float32 tensor (see `lift_ext.sgld_step`)."""
-    torch.ops.lift_ext.sgld_step_(param, grad, prior_mean, accum, square_avg, lr, temperature,
-                                  prior_precision, alpha, eps, seed, offset)
+    """In-place SGLD step on one flat float32 tensor (see `lift_ext.sgld_step`): the list step
+    with a list of one (None means absent)."""
+    sgld_step_list_([param], [grad], [] if prior_mean is None else [prior_mean],
+                    [] if accum is None else [accum], [] if square_avg is None else [square_avg],
+                    lr=lr, temperature=temperature, prior_precision=prior_precision, alpha=alpha,
+                    eps=eps, seed=seed, offset=offset)
 
 
 def sgld_step_list_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],

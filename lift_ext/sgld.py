@@ -143,16 +143,11 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
         seed_val, offset_val = resolve_seed_offset(seed, offset, generator)
     kwargs = dict(lr=float(lr), temperature=float(temperature), prior_precision=float(prior_precision),
                   alpha=float(alpha), eps=float(eps), seed=seed_val, offset=offset_val)
-    if single:
-        ops.sgld_step_(param_list[0], grad_list[0], prior_list[0] if prior_list else None,
-                       accum_list[0] if accum_list else None,
-                       square_list[0] if square_list else None, **kwargs)
-    else:
-        try:
-            ops.sgld_step_list_(param_list, grad_list, prior_list, accum_list, square_list, **kwargs)
-        except (TypeError, RuntimeError):
-            _check_elements(named)  # a non-Tensor element: raise naming it, else the op's error
-            raise
+    try:
+        ops.sgld_step_list_(param_list, grad_list, prior_list, accum_list, square_list, **kwargs)
+    except (TypeError, RuntimeError):
+        _check_elements(named)  # a non-Tensor element: raise naming it, else the op's error
+        raise
 
 
 def philox_normal(numel: int, *, seed: int, offset: int,

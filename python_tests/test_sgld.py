@@ -231,15 +231,31 @@ def test_unstable_step_warns():
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     s = make_state(1031, device)
-    args = (s["param"], s["grad"], s["prior"], s["accum"], s["square"], 1e-3, 1.0, 2.0, 0.99, 1e-8, 3, 4)
-    torch.library.opcheck(torch.ops.lift_ext.sgld_step_.default, args)
-    torch.library.opcheck(torch.ops.lift_ext.sgld_step_.default,
-                          (s["param"], s["grad"], None, None, None, 1e-3, 0.0, 0.0, 0.99, 1e-8, 0, 0))
+    one = [[s[k]] for k in ("param", "grad", "prior", "accum", "square")]
+    torch.library.opcheck(torch.ops.lift_ext.sgld_step_list_.default, (*one, 1e-3, 1.0, 2.0, 0.99, 1e-8, 3, 4))
+    torch.library.opcheck(torch.ops.lift_ext.sgld_step_list_.default,
+                          (one[0], one[1], [], [], [], 1e-3, 0.0, 0.0, 0.99, 1e-8, 0, 0))
     lists = [list(make_state(n, device, seed=n)[k] for n in (5, 1, 7)) for k in ("param", "grad", "prior", "accum", "square")]
     torch.library.opcheck(torch.ops.lift_ext.sgld_step_list_.default,
                           (*lists, 1e-3, 1.0, 2.0, 0.99, 1e-8, 3, 4))
     torch.library.opcheck(torch.ops.lift_ext.sgld_step_list_.default,
                           (lists[0], lists[1], [], [], [], 1e-3, 1.0, 0.0, 0.99, 1e-8, 3, 4))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("optional", [False, True])
+def test_flat_wrapper_is_the_list_op_with_one_tensor(device, optional):
+    """ops.sgld_step_ (one tensor, None for absent) is the list op on lists of one; no
+    separate single-tensor op is registered."""
+    kw = dict(lr=1e-3, temperature=0.8, prior_precision=2.0, alpha=0.9, eps=1e-6, seed=4, offset=3)
+    a = make_state(4099, device, seed=3)
+    b = {k: v.clone() for k, v in a.items()}
+    names = ("prior", "accum", "square")
+    lift_ext.ops.sgld_step_(a["param"], a["grad"], *(a[k] if optional else None for k in names), **kw)
+    lift_ext.ops.sgld_step_list_([b["param"]], [b["grad"]], *([b[k]] if optional else [] for k in names), **kw)
+    for key in ("param", "accum", "square"):
+        assert torch.equal(a[key], b[key]), key
+    assert not hasattr(torch.ops.lift_ext, "sgld_step_")
 
 
 def test_torch_compile_fullgraph():

@@ -1,4 +1,5 @@
-// CPU kernels of the SGLD op family: sgld_step_, sgld_step_list_, philox_normal_.
+// CPU kernels of the SGLD op family: sgld_step_list_, sgld_step_graphsafe_, philox_normal_,
+// philox4x32_10.
 //
 // Work is split over the flattened element range with at::parallel_for (OpenMP); each thread
 // walks its range in blocks of kBlock elements: normals for the block's element groups first
@@ -129,20 +130,6 @@ void run_sgld_cpu(const SgldCall& call) {
   });
 }
 
-void sgld_step_cpu(const at::Tensor& param, const at::Tensor& grad,
-                   const std::optional<at::Tensor>& prior_mean,
-                   const std::optional<at::Tensor>& accum,
-                   const std::optional<at::Tensor>& square_avg, double lr, double temperature,
-                   double prior_precision, double alpha, double eps, int64_t seed,
-                   int64_t offset) {
-  std::vector<at::Tensor> pm, ac, sq;
-  if (prior_mean) pm.push_back(*prior_mean);
-  if (accum) ac.push_back(*accum);
-  if (square_avg) sq.push_back(*square_avg);
-  run_sgld_cpu(prepare_sgld_call({param}, {grad}, pm, ac, sq, lr, temperature, prior_precision,
-                                 alpha, eps, seed, offset));
-}
-
 void sgld_step_list_cpu(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
                         at::TensorList accums, at::TensorList square_avgs, double lr,
                         double temperature, double prior_precision, double alpha, double eps,
@@ -199,7 +186,6 @@ at::Tensor philox_words_cpu(const at::Tensor& counters, const at::Tensor& keys) 
 
 TORCH_LIBRARY_IMPL(lift_ext, CPU, m) {
   m.impl("philox4x32_10", &philox_words_cpu);
-  m.impl("sgld_step_", &sgld_step_cpu);
   m.impl("sgld_step_list_", &sgld_step_list_cpu);
   m.impl("sgld_step_graphsafe_", &sgld_step_graphsafe_cpu);
   m.impl("philox_normal_", &philox_normal_cpu);
