@@ -3,8 +3,17 @@ from typing import Any, Dict, Iterable, Optional
 
 import torch
 
-from lift_ext import ops
+from lift_ext import ops, validate
 from lift_ext.sgld import draw_seed_offset, resolve_seed_offset
+
+
+def _check_group(group: Dict[str, Any]) -> None:
+    """Refuse a parameter group's bad hyper-parameter with a ValueError naming it."""
+    for name in ("lr", "temperature", "prior_precision"):
+        validate.number(name, group[name], inclusive=True)
+    validate.number("alpha", group["alpha"], inclusive=True, high=1.0)
+    validate.number("eps", group["eps"])
+    validate.boolean("preconditioned", group["preconditioned"])
 
 
 class SGLD(torch.optim.Optimizer):
@@ -25,18 +34,9 @@ class SGLD(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float, temperature: float = 1.0,
                  prior_precision: float = 0.0, preconditioned: bool = False, alpha: float = 0.99,
                  eps: float = 1e-8, seed: Optional[int] = None):
-        if not lr >= 0.0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        if not temperature >= 0.0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if not prior_precision >= 0.0:
-            raise ValueError(f"prior_precision must be >= 0, got {prior_precision}")
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-        if not eps > 0.0:
-            raise ValueError(f"eps must be > 0, got {eps}")
         defaults = dict(lr=lr, temperature=temperature, prior_precision=prior_precision,
                         preconditioned=preconditioned, alpha=alpha, eps=eps)
+        _check_group(defaults)
         super().__init__(params, defaults)
         if seed is None:
             seed = draw_seed_offset(None)[0]

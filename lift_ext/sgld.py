@@ -11,13 +11,12 @@ weight decay lam toward c), G = 1 / (sqrt(v) + eps) with v the RMSprop average o
 If g is the gradient of a MEAN loss over n examples, the same dynamics need lam / n and T / n.
 """
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple
 
 import torch
 
-from lift_ext import ops
-
-TensorOrList = Union[torch.Tensor, Sequence[torch.Tensor]]
+from lift_ext import ops, validate
+from lift_ext.types import DeviceLike, TensorOrList
 
 _MAX_SEED = 2**63 - 1
 
@@ -65,10 +64,7 @@ def resolve_seed_offset(seed: Optional[int], offset: Optional[int],
     if generator is not None:
         raise ValueError("pass either seed/offset or generator, not both")
     offset = 0 if offset is None else offset
-    for name, v in (("seed", seed), ("offset", offset)):
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= _MAX_SEED:
-            raise ValueError(f"{name} must be an int in [0, 2**63 - 1], got {v!r}")
-    return seed, offset
+    return validate.integer("seed", seed, 0, _MAX_SEED), validate.integer("offset", offset, 0, _MAX_SEED)
 
 
 def start_square_avg_(square_avg: torch.Tensor, grad: torch.Tensor) -> None:
@@ -150,12 +146,10 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
         raise
 
 
-def philox_normal(numel: int, *, seed: int, offset: int,
-                  device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+def philox_normal(numel: int, *, seed: int, offset: int, device: DeviceLike = "cpu") -> torch.Tensor:
     """The float32 noise xi that `sgld_step` adds to a flat vector of `numel` elements for
-    this (seed, offset), identical on CPU and CUDA."""
-    if not isinstance(numel, int) or numel < 0:
-        raise ValueError(f"numel must be an int >= 0, got {numel!r}")
+    this (seed, offset), identical on CPU and CUDA (device None: torch's default device)."""
+    numel = validate.integer("numel", numel)
     seed, offset = resolve_seed_offset(seed, offset, None)
     out = torch.empty(numel, dtype=torch.float32, device=device)
     ops.philox_normal_(out, seed=seed, offset=offset)

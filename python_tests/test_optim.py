@@ -96,7 +96,8 @@ def test_load_foreign_state_dict_is_refused():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(lr=-1.0), "lr"), (dict(lr=1e-3, temperature=-1.0), "temperature"),
     (dict(lr=1e-3, alpha=1.0), "alpha"), (dict(lr=1e-3, eps=0.0), "eps"),
-    (dict(lr=1e-3, prior_precision=-2.0), "prior_precision"),
+    (dict(lr=1e-3, prior_precision=-2.0), "prior_precision"), (dict(lr="0.1"), "lr must be a finite number"),
+    (dict(lr=float("nan")), "lr"), (dict(lr=1e-3, preconditioned=1), "preconditioned must be a bool"),
 ])
 def test_bad_hyper_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
