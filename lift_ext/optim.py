@@ -23,7 +23,9 @@ class SGLD(torch.optim.Optimizer):
 
     i.e. `lift_ext.sgld_step` with prior mean 0 (a Gaussian prior N(0, 1/prior_precision)
     on every parameter); `preconditioned=True` keeps an RMSprop average of grad^2 per
-    parameter (pSGLD). lr is half the paper's eta; LR schedulers change it as usual.
+    parameter (pSGLD), started at 0, which the step reads as "no gradient yet": each element
+    starts at its first nonzero gradient's square (see `lift_ext.sgld_step`), so no first step
+    is 10x. lr is half the paper's eta; LR schedulers change it as usual.
 
     Noise: each group-step uses (seed, offset) and then offset += 1. `seed=None` draws the
     seed from torch's default generator at construction. `state_dict()` carries the seed and

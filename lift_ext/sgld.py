@@ -7,7 +7,8 @@ Convention (one everywhere in lift_ext):
 lr is half the paper's step size eta (LiFT writes theta + eta/2 grad log p + sqrt(eta) z), T is
 the temperature (1 samples the posterior; 0 turns the noise off and gives exactly SGD with
 weight decay lam toward c), G = 1 / (sqrt(v) + eps) with v the RMSprop average of g^2 when
-`square_avg` is given (pSGLD, Li et al. 2016, without the Gamma correction term), else 1.
+`square_avg` is given (pSGLD, Li et al. 2016, without the Gamma correction term; an average
+of exactly 0 starts at g^2, see `sgld_step`), else 1.
 If g is the gradient of a MEAN loss over n examples, the same dynamics need lam / n and T / n.
 """
 import warnings
@@ -67,13 +68,6 @@ def resolve_seed_offset(seed: Optional[int], offset: Optional[int],
     return validate.integer("seed", seed, 0, _MAX_SEED), validate.integer("offset", offset, 0, _MAX_SEED)
 
 
-def start_square_avg_(square_avg: torch.Tensor, grad: torch.Tensor) -> None:
-    """Set an RMSprop average to the first gradient's square, v = g0^2, before the first
-    step (the kernel's v <- alpha v + (1 - alpha) g^2 then keeps it at g0^2). From v = 0 the
-    first step would be lr / sqrt(1 - alpha) = 10 lr per weight whatever the gradient's scale."""
-    torch.mul(grad, grad, out=square_avg)
-
-
 def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperature: float = 1.0,
               prior_mean: Optional[TensorOrList] = None, prior_precision: float = 0.0,
               accum: Optional[TensorOrList] = None, square_avg: Optional[TensorOrList] = None,
@@ -86,7 +80,18 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
     grads: same structure and shapes; float32, bfloat16 or float16.
     prior_mean (c), accum, square_avg: None or same structure, float32.
     lr >= 0 (half the paper's eta), temperature T >= 0, prior_precision lam >= 0.
-    accum += theta_new - theta_old. square_avg switches on RMSprop preconditioning (alpha, eps).
+    accum += theta_new - theta_old. square_avg switches on RMSprop preconditioning, per element:
+
+        v <- g^2                             if v == 0   (no nonzero gradient seen yet)
+        v <- alpha v + (1 - alpha) g^2       otherwise
+        G  = 1 / (sqrt(v) + eps)             (v in units of g^2, eps in units of g)
+
+    so a fresh average (zeros) needs no special first step. Why: from v = 0 the plain rule
+    gives v = (1 - alpha) g^2, G = 1 / (sqrt(1 - alpha) |g|) and a step lr |g| G = lr /
+    sqrt(1 - alpha) (10 lr at alpha = 0.99) whatever the gradient's scale, decaying only over
+    ~1 / (1 - alpha) steps; starting at g^2 makes the first step lr |g| / (|g| + eps) ~ lr.
+    The test is per element, so a weight whose first gradients are exactly 0 (LoRA A while
+    B = 0) starts when its first nonzero gradient arrives; until then v stays 0, G = 1/eps.
     Noise: Philox4x32-10 keyed by `seed` at counter (element index // 4, `offset`), element
     indices running over the concatenated list, so a list and the equal flat buffer get the
     same noise. Without seed, (seed, offset) is drawn from `generator` (default: torch's CPU

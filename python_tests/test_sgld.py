@@ -38,6 +38,63 @@ def test_flat_matches_reference(device, numel, preconditioned):
         torch.testing.assert_close(s["square"].cpu().double(), ref_sq, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_rmsprop_start_at_zero_average_matches_reference(device):
+    """Random v and g with exact zeros in both: where v == 0 the average starts at g^2
+    (exactly, in float32); elsewhere alpha v + (1 - alpha) g^2. Kernel against reference."""
+    n = 4099
+    s = make_state(n, device, seed=8)
+    gen = torch.Generator().manual_seed(8)
+    s["square"][torch.rand(n, generator=gen) < 0.3] = 0.0
+    s["grad"][torch.rand(n, generator=gen) < 0.25] = 0.0
+    v_was_zero = s["square"] == 0
+    grad = s["grad"].clone()
+    ref_theta, _, ref_sq = reference.sgld_step(
+        s["param"].cpu(), grad.cpu(), reference_noise(n, 2, 3), lr=1e-3, temperature=0.5,
+        prior_mean=s["prior"].cpu(), prior_precision=1.0, square_avg=s["square"].cpu(), alpha=0.9, eps=1e-3)
+    lift_ext.sgld_step(s["param"], grad, lr=1e-3, temperature=0.5, prior_mean=s["prior"], prior_precision=1.0,
+                       square_avg=s["square"], alpha=0.9, eps=1e-3, seed=2, offset=3)
+    assert v_was_zero.any() and (v_was_zero & (grad == 0)).any() and (v_was_zero & (grad != 0)).any()
+    assert torch.equal(s["square"][v_was_zero], (grad * grad)[v_was_zero])
+    torch.testing.assert_close(s["square"].cpu().double(), ref_sq, rtol=1e-6, atol=0)
+    torch.testing.assert_close(s["param"].cpu().double(), ref_theta, rtol=1e-5, atol=1e-6)
+
+
+def _late_gradient_steps(step_fn, lr):
+    """Steps of weight 0 whose gradient is 0 for 3 steps, then 0.02; weight 1 sees 0.02 from
+    the start. Returns (first step of weight 0 after its gradient appears, weight 1's first)."""
+    history = []
+    for step in range(5):
+        grad = torch.tensor([0.0 if step < 3 else 0.02, 0.02])
+        history.append(step_fn(grad).clone())
+    return (history[3][0] - history[2][0]).item(), (history[0][1] - 1.0).item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_weight_with_late_first_gradient_steps_about_lr(device):
+    """pSGLD at temperature 0: a weight whose first gradients are 0 moves by about lr (not
+    10 lr = lr / sqrt(1 - alpha)) when its gradient appears, through sgld_step and optim.SGLD."""
+    lr = 1e-3
+    theta, avg = torch.ones(2, device=device), torch.zeros(2, device=device)
+
+    def with_sgld_step(grad):
+        lift_ext.sgld_step(theta, grad.to(device), lr=lr, temperature=0.0, square_avg=avg)
+        return theta.cpu()
+
+    param = torch.nn.Parameter(torch.ones(2, device=device))
+    opt = lift_ext.optim.SGLD([param], lr=lr, temperature=0.0, preconditioned=True, seed=0)
+
+    def with_optimizer(grad):
+        param.grad = grad.to(device)
+        opt.step()
+        return param.detach().cpu()
+
+    for step_fn in (with_sgld_step, with_optimizer):
+        late, first = _late_gradient_steps(step_fn, lr)
+        assert late == pytest.approx(-lr, rel=1e-4), step_fn.__name__
+        assert first == pytest.approx(-lr, rel=1e-4), step_fn.__name__
+
+
 def reference_noise(numel, seed, offset):
     """The kernel's own noise (float32), so the reference sees identical noise."""
     return lift_ext.philox_normal(numel, seed=seed, offset=offset)

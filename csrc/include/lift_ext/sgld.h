@@ -4,7 +4,10 @@
 // Convention (DESIGN.md section 2):
 //   theta <- theta - lr * G * (g + lam * (theta - c)) + sqrt(2 * lr * T * G) * xi,  xi ~ N(0, 1)
 // with G = 1 unless RMSprop preconditioning is on (pSGLD, no Gamma correction term):
-//   v <- alpha * v + (1 - alpha) * g^2,   G = 1 / (sqrt(v) + eps).
+//   v <- g^2 if v == 0 else alpha * v + (1 - alpha) * g^2,   G = 1 / (sqrt(v) + eps).
+// v == 0 means "no nonzero gradient seen yet": the average starts at the first one's square
+// (from 0 the first step would be lr / sqrt(1 - alpha), 10 lr at alpha = 0.99, whatever the
+// gradient's scale, also for a weight whose gradients are 0 for a while and then are not).
 // lr is half the paper's eta. With T = 0 no noise is drawn and the step is exactly SGD with
 // weight decay lam toward c. An accumulator, when given, receives theta_new - theta_old.
 #pragma once
@@ -50,7 +53,10 @@ LIFT_HOST_DEVICE float sgld_update_value(float theta, float grad, float noise, f
   float noise_term = 0.0f;
   if (terms.noise) noise_term = s.noise_scale * noise;
   if (terms.precond) {
-    const float v = s.alpha * square_avg + (1.0f - s.alpha) * (grad * grad);
+    const float g2 = grad * grad;
+    // Both candidates computed, then a select: a branch-free loop the CPU can vectorise.
+    const float decayed = s.alpha * square_avg + (1.0f - s.alpha) * g2;
+    const float v = square_avg == 0.0f ? g2 : decayed;
     square_avg = v;
     const float precond = 1.0f / (sqrtf(v) + s.eps);
     step = step * precond;
