@@ -30,17 +30,22 @@ def _check_companion(t: torch.Tensor, param: torch.Tensor, name: str, low_precis
     else:
         torch._check(t.dtype == torch.float32, lambda: f"{name} must be float32, got {t.dtype}")
     torch._check(t.shape == param.shape, lambda: f"{name} must have the shape of params {tuple(param.shape)}, got {tuple(t.shape)}")
+    torch._check(t.is_contiguous(), lambda: f"{name} must be contiguous")
 
 
-def _check_lists(params, grads, prior_means, accums, square_avgs) -> None:
+def check_sgld_lists(params, grads, prior_means, accums, square_avgs) -> None:
+    """The SGLD list op's checks on its tensors (dtype, device, shape, layout), as its fake
+    runs them; callers use it to refuse a call before changing anything else."""
     n = len(params)
     torch._check(len(grads) == n, lambda: f"grads must have one tensor per param ({n}), got {len(grads)}")
     for name, lst in (("prior_mean", prior_means), ("accum", accums), ("square_avg", square_avgs)):
         torch._check(len(lst) in (0, n), lambda: f"{name} must be empty or have one tensor per param ({n})")
     for i, p in enumerate(params):
         torch._check(p.dtype == torch.float32, lambda: f"params[{i}] must be float32, got {p.dtype}")
+        torch._check(p.is_contiguous(), lambda: f"params[{i}] must be contiguous")
         torch._check(p.device == params[0].device, lambda: "all params must be on one device")
         _check_companion(grads[i], p, f"grads[{i}]", True)
+        torch._check(grads[i].dtype == grads[0].dtype, lambda: f"all grads must share one dtype: grads[{i}] is {grads[i].dtype}, grads[0] is {grads[0].dtype}")
         for name, lst in (("prior_mean", prior_means), ("accum", accums), ("square_avg", square_avgs)):
             if lst:
                 _check_companion(lst[i], p, f"{name}[{i}]", False)
@@ -72,7 +77,7 @@ def sgld_step_list_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
 @torch.library.register_fake("lift_ext::sgld_step_list_")
 def _sgld_step_list_fake(params, grads, prior_means, accums, square_avgs, lr, temperature,
                          prior_precision, alpha, eps, seed, offset):
-    _check_lists(params, grads, prior_means, accums, square_avgs)
+    check_sgld_lists(params, grads, prior_means, accums, square_avgs)
 
 
 def sgld_step_graphsafe_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
@@ -99,7 +104,7 @@ def _check_rng_state(rng_state, params) -> None:
 def _sgld_step_graphsafe_fake(params, grads, prior_means, accums, square_avgs, rng_state, lr,
                               temperature, prior_precision, alpha, eps):
     _check_rng_state(rng_state, params)
-    _check_lists(params, grads, prior_means, accums, square_avgs)
+    check_sgld_lists(params, grads, prior_means, accums, square_avgs)
 
 
 def sgld_step_(param: torch.Tensor, grad: torch.Tensor, prior_mean: Optional[torch.Tensor],
@@ -242,5 +247,5 @@ def _gmm_prior_grad_fake(grad, theta, means, m2, counts, resp, reg, scale):
     _check_resp(resp, (means.shape[0],), means)
 
 
-__all__: List[str] = ["sgld_step_list_", "sgld_step_graphsafe_", "sgld_step_", "philox_normal_",
+__all__: List[str] = ["sgld_step_list_", "check_sgld_lists", "sgld_step_graphsafe_", "sgld_step_", "philox_normal_",
                       "philox4x32_10", "phi_step_", "gmm_estep", "gmm_mstep_", "gmm_prior_grad_"]

@@ -55,6 +55,21 @@ def draw_seed_offset(generator: Optional[torch.Generator]) -> Tuple[int, int]:
     return int(seed), int(offset)
 
 
+def check_hyper_parameters(lr: float, temperature: float, prior_precision: float, alpha: float,
+                           eps: float, prefix: str = "") -> Tuple[float, float, float, float, float]:
+    """(lr, temperature, prior_precision, alpha, eps) as floats, each refused by name (ValueError,
+    `prefix` before the name) unless lr, temperature, prior_precision are in [0, F] and
+    eps in (0, F], F = float32's largest value (the kernels compute in float32), and alpha is
+    in [0, 1)."""
+    top = validate.FLOAT32_MAX
+    checked = [validate.number(prefix + name, value, inclusive=True, high=top, high_inclusive=True)
+               for name, value in (("lr", lr), ("temperature", temperature),
+                                   ("prior_precision", prior_precision))]
+    checked.append(validate.number(prefix + "alpha", alpha, inclusive=True, high=1.0))
+    checked.append(validate.number(prefix + "eps", eps, high=top, high_inclusive=True))
+    return tuple(checked)
+
+
 def resolve_seed_offset(seed: Optional[int], offset: Optional[int],
                         generator: Optional[torch.Generator]) -> Tuple[int, int]:
     """Explicit (seed, offset) if given (offset defaults to 0), else a draw from the generator."""
@@ -96,7 +111,8 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
     indices running over the concatenated list, so a list and the equal flat buffer get the
     same noise. Without seed, (seed, offset) is drawn from `generator` (default: torch's CPU
     generator, so torch.manual_seed reproduces runs), advancing it. With temperature 0 no noise
-    is drawn and the generator is not advanced. Bad input raises before anything is written.
+    is drawn and the generator is not advanced. Bad input raises before anything is written,
+    the generator included: a refused call leaves it where it was.
 
     rng_state: instead of seed/offset/generator, an int64 tensor [seed, offset] on the params'
     device. The step reads (seed, offset) from it when it runs (on the GPU: in the kernel) and
@@ -115,6 +131,10 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
     prior_list = _as_list(prior_mean, "prior_mean", structure)
     accum_list = _as_list(accum, "accum", structure)
     square_list = _as_list(square_avg, "square_avg", structure)
+    lr, temperature, prior_precision, alpha, eps = check_hyper_parameters(
+        lr, temperature, prior_precision, alpha, eps)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if square_avg is None and lr * prior_precision >= 1.0:
         warnings.warn(f"lr * prior_precision = {lr * prior_precision:g} >= 1: the prior pull "
                       "overshoots and the chain is unstable; lower lr", RuntimeWarning, stacklevel=2)
@@ -134,20 +154,26 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
         if not single:
             _check_elements(named)
         ops.sgld_step_graphsafe_(param_list, grad_list, prior_list, accum_list, square_list, rng_state,
-                                 lr=float(lr), temperature=float(temperature),
-                                 prior_precision=float(prior_precision), alpha=float(alpha),
-                                 eps=float(eps))
+                                 lr=lr, temperature=temperature, prior_precision=prior_precision,
+                                 alpha=alpha, eps=eps)
         return
+    drawn_from = None
     if temperature == 0.0 and seed is None and offset is None:
         seed_val, offset_val = 0, 0  # no noise is drawn: leave the generator alone
     else:
+        if seed is None:  # a draw, undone below if the op refuses the call
+            drawn_from = generator if generator is not None else torch.default_generator
+            before = drawn_from.get_state()
         seed_val, offset_val = resolve_seed_offset(seed, offset, generator)
-    kwargs = dict(lr=float(lr), temperature=float(temperature), prior_precision=float(prior_precision),
-                  alpha=float(alpha), eps=float(eps), seed=seed_val, offset=offset_val)
     try:
-        ops.sgld_step_list_(param_list, grad_list, prior_list, accum_list, square_list, **kwargs)
-    except (TypeError, RuntimeError):
-        _check_elements(named)  # a non-Tensor element: raise naming it, else the op's error
+        ops.sgld_step_list_(param_list, grad_list, prior_list, accum_list, square_list, lr=lr,
+                            temperature=temperature, prior_precision=prior_precision, alpha=alpha,
+                            eps=eps, seed=seed_val, offset=offset_val)
+    except Exception as exc:
+        if drawn_from is not None:
+            drawn_from.set_state(before)
+        if isinstance(exc, (TypeError, RuntimeError)):
+            _check_elements(named)  # a non-Tensor element: raise naming it, else the op's error
         raise
 
 

@@ -261,6 +261,41 @@ def test_bad_list_inputs_leave_all_params_untouched():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("use_default", [False, True])
+def test_refused_call_advances_no_generator(use_default):
+    """Whatever refuses the call (a scalar in Python, a tensor in the op, after the draw), the
+    generator it would have drawn (seed, offset) from is left where it was."""
+    gen = torch.default_generator if use_default else torch.Generator().manual_seed(3)
+    p, g = torch.randn(9), torch.randn(9)
+    snapshot = p.clone()
+    bad = [dict(grads=g.double()), dict(grads=torch.randn(10)), dict(grads=g, lr=-1.0),
+           dict(grads=g, lr="0.1"), dict(grads=g, square_avg=torch.rand(9)[None]),
+           dict(grads=g, prior_mean=torch.randn(9).half())]
+    for kwargs in bad:
+        kwargs = {"lr": 1e-3, **kwargs}
+        grads = kwargs.pop("grads")
+        before = gen.get_state()
+        with pytest.raises((RuntimeError, ValueError, TypeError)):
+            lift_ext.sgld_step(p, grads, generator=None if use_default else gen, **kwargs)
+        assert torch.equal(gen.get_state(), before), kwargs
+        assert torch.equal(p, snapshot)
+    lift_ext.sgld_step(p, g, lr=1e-3, generator=None if use_default else gen)
+    assert not torch.equal(gen.get_state(), before), "an accepted call draws"
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(seed=3.0), ValueError, "seed must be an int"), (dict(seed=1, offset=2.0), ValueError, "offset must be an int"),
+    (dict(seed=True), ValueError, "seed must be an int"), (dict(generator=5), TypeError, "generator must be a torch.Generator"),
+    (dict(lr=3e38 * 10), ValueError, "lr must be a finite number in"), (dict(eps=0.0), ValueError, "eps must be"),
+])
+def test_scalar_arguments_are_refused_by_name(kwargs, error, message):
+    p = torch.randn(5)
+    snapshot = p.clone()
+    with pytest.raises(error, match=message):
+        lift_ext.sgld_step(p, torch.randn(5), **{"lr": 1e-3, **kwargs})
+    assert torch.equal(p, snapshot)
+
+
 @requires_cuda
 def test_device_mismatch_is_refused():
     p = torch.randn(10, device="cuda")
