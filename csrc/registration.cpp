@@ -4,14 +4,10 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(lift_ext, m) {
-  // SGLD step on one flat tensor (DESIGN.md section 2). prior_mean, accum and square_avg are
-  // optional; square_avg present switches on RMSprop preconditioning.
-  m.def(
-      "sgld_step_(Tensor(a!) param, Tensor grad, Tensor? prior_mean, Tensor(b!)? accum, "
-      "Tensor(c!)? square_avg, float lr, float temperature, float prior_precision, "
-      "float alpha, float eps, int seed, int offset) -> ()");
-  // The same on a list of tensors in one pass; element indices (and so the noise) run over
-  // the concatenation of the list. Empty optional lists mean "absent".
+  // SGLD step on a list of tensors in one pass (DESIGN.md section 2); element indices (and
+  // so the noise) run over the concatenation of the list, so one flat tensor is a list of
+  // one. prior_means, accums and square_avgs are optional: an empty list means "absent";
+  // square_avgs present switches on RMSprop preconditioning.
   m.def(
       "sgld_step_list_(Tensor(a!)[] params, Tensor[] grads, Tensor[] prior_means, "
       "Tensor(b!)[] accums, Tensor(c!)[] square_avgs, float lr, float temperature, "
@@ -24,7 +20,7 @@ TORCH_LIBRARY(lift_ext, m) {
       "sgld_step_graphsafe_(Tensor(a!)[] params, Tensor[] grads, Tensor[] prior_means, "
       "Tensor(b!)[] accums, Tensor(c!)[] square_avgs, Tensor(d!) rng_state, float lr, "
       "float temperature, float prior_precision, float alpha, float eps) -> ()");
-  // Fills `out` (float32, contiguous) with the noise sgld_step_ adds to a flat vector.
+  // Fills `out` (float32, contiguous) with the noise sgld_step_list_ adds to a flat vector.
   m.def("philox_normal_(Tensor(a!) out, int seed, int offset) -> ()");
   // SGLD-Gibbs update of the shared prior phi from the running task sum S (DESIGN.md
   // section 3): a Langevin step (gibbs=False) or an exact conditional draw (gibbs=True).
