@@ -51,7 +51,6 @@ from lift_ext.lift import sampler_state
 from lift_ext.lift.mixture import MAX_COMPONENTS, Components, initial_assignments, keyed_generator, rows_identical
 from lift_ext.lift.prior import MixturePrior
 from lift_ext.lift.task_order import TaskOrder
-from lift_ext.sgld import start_square_avg_
 from lift_ext.types import DeviceLike, GradFn
 
 _PHI_UPDATES = ("langevin", "gibbs")
@@ -301,8 +300,6 @@ class SGLDGibbs:
         centers = [comps.phis[int(comps.assignments[task])] for task in tasks]
         kwargs = dict(lr=self.lr, temperature=self.temperature, prior_precision=1.0 / self.beta**2,
                       alpha=self.alpha, eps=self.damping, seed=self.seed, offset=offset)
-        if self._square_avg is not None and self.step_count == 0:
-            start_square_avg_(self._square_avg, grads[0])
         if len(tasks) == 1:
             sums = comps.sums[int(comps.assignments[tasks[0]])]
             ops.sgld_step_(rows[0], grads[0], centers[0], sums, self._square_avg, **kwargs)
