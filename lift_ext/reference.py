@@ -122,7 +122,7 @@ def phi_step(phi: torch.Tensor, task_sum: torch.Tensor, prior_mean: Optional[tor
         out = out + scale * noise.double()
     return out
 # ---------------------------------------------------------------------------------------
-# Diagonal Gaussian mixture, online EM (DESIGN.md sections 4 and 5), float64.
+# Diagonal Gaussian mixture, online EM (docs/design.md sections 4 and 5), float64.
 #
 # State: counts n [K], means mu [K, D], centred second moments M2 [K, D];
 # var = M2 / n + reg, alpha = n / sum n.

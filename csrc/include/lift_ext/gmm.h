@@ -1,7 +1,7 @@
 // Diagonal Gaussian-mixture statistics shared by the CPU and CUDA kernels, and the raw-pointer
 // launch interface of the CUDA kernels (so the .cu file needs no ATen headers).
 //
-// State of K components over vectors of length D (DESIGN.md section 4):
+// State of K components over vectors of length D (docs/design.md section 4):
 //   counts n_k (float64), means mu_kd and centred second moments M2_kd (float32),
 //   var_kd = M2_kd / n_k + reg,   alpha_k = n_k / sum_j n_j.
 // E-step:  loglik_bk = log alpha_k - 1/2 sum_d [ (x_bd - mu_kd)^2 / var_kd + log var_kd + log 2pi ]

@@ -1,7 +1,7 @@
 // The SGLD update of one element, shared by the CPU and CUDA kernels, and the raw-pointer
 // launch interface of the CUDA kernels (so the .cu files need no ATen headers).
 //
-// Convention (DESIGN.md section 2):
+// Convention (docs/design.md section 2):
 //   theta <- theta - lr * G * (g + lam * (theta - c)) + sqrt(2 * lr * T * G) * xi,  xi ~ N(0, 1)
 // with G = 1 unless RMSprop preconditioning is on (pSGLD, no Gamma correction term):
 //   v <- g^2 if v == 0 else alpha * v + (1 - alpha) * g^2,   G = 1 / (sqrt(v) + eps).
