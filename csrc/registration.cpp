@@ -4,14 +4,10 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(lift_ext, m) {
-  // SGLD step on one flat tensor (DESIGN.md section 2). prior_mean, accum and square_avg are
-  // optional; square_avg present switches on RMSprop preconditioning.
-  m.def(
-      "sgld_step_(Tensor(a!) param, Tensor grad, Tensor? prior_mean, Tensor(b!)? accum, "
-      "Tensor(c!)? square_avg, float lr, float temperature, float prior_precision, "
-      "float alpha, float eps, int seed, int offset) -> ()");
-  // The same on a list of tensors in one pass; element indices (and so the noise) run over
-  // the concatenation of the list. Empty optional lists mean "absent".
+  // SGLD step on a list of tensors in one pass (docs/design.md sections 2 and 6); element
+  // indices (and so the noise) run over the concatenation of the list, so one flat tensor is
+  // a list of one. prior_means, accums and square_avgs are optional: an empty list means "absent";
+  // square_avgs present switches on RMSprop preconditioning.
   m.def(
       "sgld_step_list_(Tensor(a!)[] params, Tensor[] grads, Tensor[] prior_means, "
       "Tensor(b!)[] accums, Tensor(c!)[] square_avgs, float lr, float temperature, "
@@ -24,9 +20,9 @@ TORCH_LIBRARY(lift_ext, m) {
       "sgld_step_graphsafe_(Tensor(a!)[] params, Tensor[] grads, Tensor[] prior_means, "
       "Tensor(b!)[] accums, Tensor(c!)[] square_avgs, Tensor(d!) rng_state, float lr, "
       "float temperature, float prior_precision, float alpha, float eps) -> ()");
-  // Fills `out` (float32, contiguous) with the noise sgld_step_ adds to a flat vector.
+  // Fills `out` (float32, contiguous) with the noise sgld_step_list_ adds to a flat vector.
   m.def("philox_normal_(Tensor(a!) out, int seed, int offset) -> ()");
-  // SGLD-Gibbs update of the shared prior phi from the running task sum S (DESIGN.md
+  // SGLD-Gibbs update of the shared prior phi from the running task sum S (docs/design.md
   // section 3): a Langevin step (gibbs=False) or an exact conditional draw (gibbs=True).
   m.def(
       "phi_step_(Tensor(a!) phi, Tensor task_sum, Tensor? prior_mean, float lr, "
@@ -35,7 +31,7 @@ TORCH_LIBRARY(lift_ext, m) {
   // Raw Philox4x32-10 words: counters int64 [N, 4] and keys int64 [N, 2] hold uint32 words;
   // returns int64 [N, 4]. The generator of every kernel, exposed for verification.
   m.def("philox4x32_10(Tensor counters, Tensor keys) -> Tensor");
-  // Gaussian-mixture E-step (DESIGN.md section 4): x [B, D] float32, means / m2 [K, D]
+  // Gaussian-mixture E-step (docs/design.md section 4): x [B, D] float32, means / m2 [K, D]
   // float32, counts [K] float64, reg the variance floor -> (loglik [B, K], resp [B, K]) float64.
   m.def("gmm_estep(Tensor x, Tensor means, Tensor m2, Tensor counts, float reg) -> (Tensor, Tensor)");
   // Mini-batch online-EM M-step in place: Chan's merge of the batch statistics weighted by
@@ -43,7 +39,7 @@ TORCH_LIBRARY(lift_ext, m) {
   m.def(
       "gmm_mstep_(Tensor(a!) means, Tensor(b!) m2, Tensor(c!) counts, Tensor x, Tensor resp) "
       "-> ()");
-  // Meta-test mixture-prior gradient (DESIGN.md section 5), accumulated into grad [D]:
+  // Meta-test mixture-prior gradient (docs/design.md section 5), accumulated into grad [D]:
   //   grad += scale * sum_k resp_k (theta - mu_k) / (M2_k / n_k + reg),   resp [K] float64.
   m.def(
       "gmm_prior_grad_(Tensor(a!) grad, Tensor theta, Tensor means, Tensor m2, Tensor counts, "

@@ -23,6 +23,10 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     ) from exc
 
 
+# An op every build registers for each backend it was compiled with.
+PROBE_OP = "lift_ext::sgld_step_list_"
+
+
 def cuda_kernels_built() -> bool:
     """True when the extension was compiled with its CUDA kernels."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key("lift_ext::sgld_step_", "CUDA")
+    return torch._C._dispatch_has_kernel_for_dispatch_key(PROBE_OP, "CUDA")

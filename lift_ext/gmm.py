@@ -1,6 +1,6 @@
 """`lift_ext.gmm.OnlineGMM`: a K-component diagonal Gaussian mixture over flat vectors of
 length D, fitted online by mini-batch EM with the fused kernels of `lift_ext.ops`
-(DESIGN.md sections 4 and 5).
+(docs/design.md sections 4 and 5).
 
 State: counts n_k (float64), means mu_k and centred second moments M2_k ([K, D] float32);
 var_k = M2_k / n_k + reg_covar and alpha_k = n_k / sum_j n_j.
@@ -239,7 +239,7 @@ class OnlineGMM:
 
     def add_prior_grad_(self, grad: torch.Tensor, theta: torch.Tensor, *, beta: float,
                         scale: float = 1.0) -> torch.Tensor:
-        """Meta-test prior (DESIGN.md section 5): p(theta) = sum_k alpha_k N(theta; mu_k,
+        """Meta-test prior (docs/design.md section 5): p(theta) = sum_k alpha_k N(theta; mu_k,
         var_k + beta^2). Adds scale * (-d log p / d theta) = scale * sum_k r_k (theta - mu_k) /
         (var_k + beta^2) to grad [D] float32 in place, so a following `lift_ext.sgld_step`
         on theta uses it; returns the responsibilities r [K] float64."""

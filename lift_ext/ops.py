@@ -1,14 +1,24 @@
-"""Thin wrappers over the registered ops (`torch.ops.lift_ext.*`) and their fake kernels.
+"""The op contract of lift_ext: one typed wrapper per registered op (`torch.ops.lift_ext.*`,
+schemas in csrc/registration.cpp), each followed by its fake kernel.
+
+Families, in the order below:
+
+    SGLD     sgld_step_list_, sgld_step_graphsafe_; sgld_step_ (the list step on one tensor)
+    noise    philox_normal_, philox4x32_10
+    phi      phi_step_
+    mixture  gmm_estep, gmm_mstep_, gmm_prior_grad_
 
 The fakes mirror the C++ checks that can be decided from metadata alone (shapes, dtypes,
 devices), so `torch.compile(fullgraph=True)` and `torch.library.opcheck` see the same
-contract as the kernels. Algorithm code calls these, never `torch.ops` directly.
+contract as the kernels. Algorithm code calls these wrappers, never `torch.ops` directly.
 """
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from lift_ext import _loader  # noqa: F401  - registers the ops
+
+# ---- SGLD ---------------------------------------------------------------------------------
 
 _GRAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -20,33 +30,66 @@ def _check_companion(t: torch.Tensor, param: torch.Tensor, name: str, low_precis
     else:
         torch._check(t.dtype == torch.float32, lambda: f"{name} must be float32, got {t.dtype}")
     torch._check(t.shape == param.shape, lambda: f"{name} must have the shape of params {tuple(param.shape)}, got {tuple(t.shape)}")
+    torch._check(t.is_contiguous(), lambda: f"{name} must be contiguous")
 
 
-def _check_lists(params, grads, prior_means, accums, square_avgs) -> None:
+def check_sgld_lists(params, grads, prior_means, accums, square_avgs) -> None:
+    """The SGLD list op's checks on its tensors (dtype, device, shape, layout), as its fake
+    runs them; callers use it to refuse a call before changing anything else."""
     n = len(params)
     torch._check(len(grads) == n, lambda: f"grads must have one tensor per param ({n}), got {len(grads)}")
     for name, lst in (("prior_mean", prior_means), ("accum", accums), ("square_avg", square_avgs)):
         torch._check(len(lst) in (0, n), lambda: f"{name} must be empty or have one tensor per param ({n})")
     for i, p in enumerate(params):
         torch._check(p.dtype == torch.float32, lambda: f"params[{i}] must be float32, got {p.dtype}")
+        torch._check(p.is_contiguous(), lambda: f"params[{i}] must be contiguous")
         torch._check(p.device == params[0].device, lambda: "all params must be on one device")
         _check_companion(grads[i], p, f"grads[{i}]", True)
+        torch._check(grads[i].dtype == grads[0].dtype, lambda: f"all grads must share one dtype: grads[{i}] is {grads[i].dtype}, grads[0] is {grads[0].dtype}")
         for name, lst in (("prior_mean", prior_means), ("accum", accums), ("square_avg", square_avgs)):
             if lst:
                 _check_companion(lst[i], p, f"{name}[{i}]", False)
 
 
-@torch.library.register_fake("lift_ext::sgld_step_")
-def _sgld_step_fake(param, grad, prior_mean, accum, square_avg, lr, temperature,
-                    prior_precision, alpha, eps, seed, offset):
-    _check_lists([param], [grad], [prior_mean] if prior_mean is not None else [],
-                 [accum] if accum is not None else [], [square_avg] if square_avg is not None else [])
+def sgld_step_list_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                    prior_means: Sequence[torch.Tensor], accums: Sequence[torch.Tensor],
+                    square_avgs: Sequence[torch.Tensor], *, lr: float, temperature: float,
+                    prior_precision: float, alpha: float, eps: float, seed: int,
+                    offset: int) -> None:
+    """In-place SGLD step on a list of float32 tensors in one pass; empty lists mean absent
+    (the update: `lift_ext.sgld_step`).
+
+    Eager calls on plain tensors / Parameters take `_C.sgld_step_list_eager`, the same op
+    through the dispatcher's typed entry, which skips torch.ops' per-tensor conversion of the
+    lists (about a third of the host time of a call with hundreds of tensors); traced calls
+    and anything else (subclasses, __torch_function__ modes) go through torch.ops."""
+    if not torch.compiler.is_compiling() and not torch._C._is_torch_function_mode_enabled():
+        done = _loader._C.sgld_step_list_eager(params, grads, prior_means, accums, square_avgs,
+                                                lr, temperature, prior_precision, alpha, eps,
+                                                seed, offset)
+        if done is not NotImplemented:
+            return
+    torch.ops.lift_ext.sgld_step_list_(list(params), list(grads), list(prior_means),
+                                       list(accums), list(square_avgs), lr, temperature,
+                                       prior_precision, alpha, eps, seed, offset)
 
 
 @torch.library.register_fake("lift_ext::sgld_step_list_")
 def _sgld_step_list_fake(params, grads, prior_means, accums, square_avgs, lr, temperature,
                          prior_precision, alpha, eps, seed, offset):
-    _check_lists(params, grads, prior_means, accums, square_avgs)
+    check_sgld_lists(params, grads, prior_means, accums, square_avgs)
+
+
+def sgld_step_graphsafe_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                         prior_means: Sequence[torch.Tensor], accums: Sequence[torch.Tensor],
+                         square_avgs: Sequence[torch.Tensor], rng_state: torch.Tensor, *,
+                         lr: float, temperature: float, prior_precision: float, alpha: float,
+                         eps: float) -> None:
+    """The list step with (seed, offset) read from int64 rng_state [2] on the params' device,
+    which is then advanced in place (offset += 1, on the device): CUDA-graph safe."""
+    torch.ops.lift_ext.sgld_step_graphsafe_(list(params), list(grads), list(prior_means),
+                                            list(accums), list(square_avgs), rng_state, lr,
+                                            temperature, prior_precision, alpha, eps)
 
 
 def _check_rng_state(rng_state, params) -> None:
@@ -61,12 +104,36 @@ def _check_rng_state(rng_state, params) -> None:
 def _sgld_step_graphsafe_fake(params, grads, prior_means, accums, square_avgs, rng_state, lr,
                               temperature, prior_precision, alpha, eps):
     _check_rng_state(rng_state, params)
-    _check_lists(params, grads, prior_means, accums, square_avgs)
+    check_sgld_lists(params, grads, prior_means, accums, square_avgs)
+
+
+def sgld_step_(param: torch.Tensor, grad: torch.Tensor, prior_mean: Optional[torch.Tensor],
+               accum: Optional[torch.Tensor], square_avg: Optional[torch.Tensor], *, lr: float,
+               temperature: float, prior_precision: float, alpha: float, eps: float, seed: int,
+               offset: int) -> None:
+    """In-place SGLD step on one flat float32 tensor (see `lift_ext.sgld_step`): the list step
+    with a list of one (None means absent). A composite, so no op and no fake of its own."""
+    sgld_step_list_([param], [grad], [] if prior_mean is None else [prior_mean],
+                    [] if accum is None else [accum], [] if square_avg is None else [square_avg],
+                    lr=lr, temperature=temperature, prior_precision=prior_precision, alpha=alpha,
+                    eps=eps, seed=seed, offset=offset)
+
+
+# ---- noise --------------------------------------------------------------------------------
+
+def philox_normal_(out: torch.Tensor, *, seed: int, offset: int) -> None:
+    """Fill float32 `out` with the standard normals of elements 0..numel-1 for (seed, offset)."""
+    torch.ops.lift_ext.philox_normal_(out, seed, offset)
 
 
 @torch.library.register_fake("lift_ext::philox_normal_")
 def _philox_normal_fake(out, seed, offset):
     torch._check(out.dtype == torch.float32, lambda: f"out must be float32, got {out.dtype}")
+
+
+def philox4x32_10(counters: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Raw Philox4x32-10 words: int64 counters [N, 4], keys [N, 2] (uint32 words) -> int64 [N, 4]."""
+    return torch.ops.lift_ext.philox4x32_10(counters, keys)
 
 
 @torch.library.register_fake("lift_ext::philox4x32_10")
@@ -76,13 +143,7 @@ def _philox_words_fake(counters, keys):
     return counters.new_empty((counters.shape[0], 4))
 
 
-@torch.library.register_fake("lift_ext::phi_step_")
-def _phi_step_fake(phi, task_sum, prior_mean, lr, temperature, sigma, beta, num_tasks, gibbs, seed, offset):
-    torch._check(phi.dtype == torch.float32, lambda: f"phi must be float32, got {phi.dtype}")
-    torch._check(task_sum.shape == phi.shape, lambda: "task_sum must have the shape of phi")
-    if prior_mean is not None:
-        torch._check(prior_mean.shape == phi.shape, lambda: "prior_mean must have the shape of phi")
-
+# ---- phi ----------------------------------------------------------------------------------
 
 def phi_step_(phi: torch.Tensor, task_sum: torch.Tensor, prior_mean: Optional[torch.Tensor], *,
               lr: float, temperature: float, sigma: float, beta: float, num_tasks: int,
@@ -96,9 +157,16 @@ def phi_step_(phi: torch.Tensor, task_sum: torch.Tensor, prior_mean: Optional[to
                                  num_tasks, gibbs, seed, offset)
 
 
-def philox4x32_10(counters: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Raw Philox4x32-10 words: int64 counters [N, 4], keys [N, 2] (uint32 words) -> int64 [N, 4]."""
-    return torch.ops.lift_ext.philox4x32_10(counters, keys)
+@torch.library.register_fake("lift_ext::phi_step_")
+def _phi_step_fake(phi, task_sum, prior_mean, lr, temperature, sigma, beta, num_tasks, gibbs, seed, offset):
+    torch._check(phi.dtype == torch.float32, lambda: f"phi must be float32, got {phi.dtype}")
+    torch._check(task_sum.shape == phi.shape, lambda: "task_sum must have the shape of phi")
+    if prior_mean is not None:
+        torch._check(prior_mean.shape == phi.shape, lambda: "prior_mean must have the shape of phi")
+
+
+# ---- mixture ------------------------------------------------------------------------------
+
 def _check_mixture(means, m2, counts) -> None:
     torch._check(means.dim() == 2, lambda: f"means must be 2-D [K, D], got shape {tuple(means.shape)}")
     torch._check(means.dtype == torch.float32, lambda: f"means must be float32, got {means.dtype}")
@@ -123,79 +191,6 @@ def _check_resp(resp, shape, means) -> None:
     torch._check(resp.device == means.device, lambda: "resp must be on the same device as means")
 
 
-@torch.library.register_fake("lift_ext::gmm_estep")
-def _gmm_estep_fake(x, means, m2, counts, reg):
-    _check_mixture(means, m2, counts)
-    _check_samples(x, means)
-    shape = (x.shape[0], means.shape[0])
-    return x.new_empty(shape, dtype=torch.float64), x.new_empty(shape, dtype=torch.float64)
-
-
-@torch.library.register_fake("lift_ext::gmm_mstep_")
-def _gmm_mstep_fake(means, m2, counts, x, resp):
-    _check_mixture(means, m2, counts)
-    _check_samples(x, means)
-    _check_resp(resp, (x.shape[0], means.shape[0]), means)
-
-
-@torch.library.register_fake("lift_ext::gmm_prior_grad_")
-def _gmm_prior_grad_fake(grad, theta, means, m2, counts, resp, reg, scale):
-    _check_mixture(means, m2, counts)
-    for name, t in (("grad", grad), ("theta", theta)):
-        torch._check(t.dtype == torch.float32, lambda: f"{name} must be float32, got {t.dtype}")
-        torch._check(t.shape == means.shape[1:], lambda: f"{name} must have shape [D] of means, got {tuple(t.shape)}")
-        torch._check(t.device == means.device, lambda: f"{name} must be on the same device as means")
-    _check_resp(resp, (means.shape[0],), means)
-
-
-def sgld_step_(param: torch.Tensor, grad: torch.Tensor, prior_mean: Optional[torch.Tensor],
-               accum: Optional[torch.Tensor], square_avg: Optional[torch.Tensor], *, lr: float,
-               temperature: float, prior_precision: float, alpha: float, eps: float, seed: int,
-               offset: int) -> None:
-    """In-place SGLD step on one flat float32 tensor (see `lift_ext.sgld_step`)."""
-    torch.ops.lift_ext.sgld_step_(param, grad, prior_mean, accum, square_avg, lr, temperature,
-                                  prior_precision, alpha, eps, seed, offset)
-
-
-def sgld_step_list_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
-                    prior_means: Sequence[torch.Tensor], accums: Sequence[torch.Tensor],
-                    square_avgs: Sequence[torch.Tensor], *, lr: float, temperature: float,
-                    prior_precision: float, alpha: float, eps: float, seed: int,
-                    offset: int) -> None:
-    """In-place SGLD step on a list of float32 tensors in one pass; empty lists mean absent.
-
-    Eager calls on plain tensors / Parameters take `_C.sgld_step_list_eager`, the same op
-    through the dispatcher's typed entry, which skips torch.ops' per-tensor conversion of the
-    lists (about a third of the host time of a call with hundreds of tensors); traced calls
-    and anything else (subclasses, __torch_function__ modes) go through torch.ops."""
-    if not torch.compiler.is_compiling() and not torch._C._is_torch_function_mode_enabled():
-        done = _loader._C.sgld_step_list_eager(params, grads, prior_means, accums, square_avgs,
-                                                lr, temperature, prior_precision, alpha, eps,
-                                                seed, offset)
-        if done is not NotImplemented:
-            return
-    torch.ops.lift_ext.sgld_step_list_(list(params), list(grads), list(prior_means),
-                                       list(accums), list(square_avgs), lr, temperature,
-                                       prior_precision, alpha, eps, seed, offset)
-
-
-def sgld_step_graphsafe_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
-                         prior_means: Sequence[torch.Tensor], accums: Sequence[torch.Tensor],
-                         square_avgs: Sequence[torch.Tensor], rng_state: torch.Tensor, *,
-                         lr: float, temperature: float, prior_precision: float, alpha: float,
-                         eps: float) -> None:
-    """The list step with (seed, offset) read from int64 rng_state [2] on the params' device,
-    which is then advanced in place (offset += 1, on the device): CUDA-graph safe."""
-    torch.ops.lift_ext.sgld_step_graphsafe_(list(params), list(grads), list(prior_means),
-                                            list(accums), list(square_avgs), rng_state, lr,
-                                            temperature, prior_precision, alpha, eps)
-
-
-def philox_normal_(out: torch.Tensor, *, seed: int, offset: int) -> None:
-    """Fill float32 `out` with the standard normals of elements 0..numel-1 for (seed, offset)."""
-    torch.ops.lift_ext.philox_normal_(out, seed, offset)
-
-
 def gmm_estep(x: torch.Tensor, means: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, *,
               reg: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mixture E-step: (loglik, resp), both float64 [B, K].
@@ -208,6 +203,14 @@ def gmm_estep(x: torch.Tensor, means: torch.Tensor, m2: torch.Tensor, counts: to
     return torch.ops.lift_ext.gmm_estep(x, means, m2, counts, reg)
 
 
+@torch.library.register_fake("lift_ext::gmm_estep")
+def _gmm_estep_fake(x, means, m2, counts, reg):
+    _check_mixture(means, m2, counts)
+    _check_samples(x, means)
+    shape = (x.shape[0], means.shape[0])
+    return x.new_empty(shape, dtype=torch.float64), x.new_empty(shape, dtype=torch.float64)
+
+
 def gmm_mstep_(means: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, x: torch.Tensor,
                resp: torch.Tensor) -> None:
     """Mini-batch online-EM M-step in place: merges the resp-weighted batch x [B, D] into
@@ -215,6 +218,13 @@ def gmm_mstep_(means: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, x: t
     come from `gmm_estep` at the parameters of batch start. Components with sum_b resp = 0
     are untouched."""
     torch.ops.lift_ext.gmm_mstep_(means, m2, counts, x, resp)
+
+
+@torch.library.register_fake("lift_ext::gmm_mstep_")
+def _gmm_mstep_fake(means, m2, counts, x, resp):
+    _check_mixture(means, m2, counts)
+    _check_samples(x, means)
+    _check_resp(resp, (x.shape[0], means.shape[0]), means)
 
 
 def gmm_prior_grad_(grad: torch.Tensor, theta: torch.Tensor, means: torch.Tensor,
@@ -227,5 +237,15 @@ def gmm_prior_grad_(grad: torch.Tensor, theta: torch.Tensor, means: torch.Tensor
     torch.ops.lift_ext.gmm_prior_grad_(grad, theta, means, m2, counts, resp, reg, scale)
 
 
-__all__: List[str] = ["sgld_step_", "sgld_step_list_", "sgld_step_graphsafe_", "philox_normal_", "philox4x32_10", "phi_step_",
-                      "gmm_estep", "gmm_mstep_", "gmm_prior_grad_"]
+@torch.library.register_fake("lift_ext::gmm_prior_grad_")
+def _gmm_prior_grad_fake(grad, theta, means, m2, counts, resp, reg, scale):
+    _check_mixture(means, m2, counts)
+    for name, t in (("grad", grad), ("theta", theta)):
+        torch._check(t.dtype == torch.float32, lambda: f"{name} must be float32, got {t.dtype}")
+        torch._check(t.shape == means.shape[1:], lambda: f"{name} must have shape [D] of means, got {tuple(t.shape)}")
+        torch._check(t.device == means.device, lambda: f"{name} must be on the same device as means")
+    _check_resp(resp, (means.shape[0],), means)
+
+
+__all__: List[str] = ["sgld_step_list_", "check_sgld_lists", "sgld_step_graphsafe_", "sgld_step_", "philox_normal_",
+                      "philox4x32_10", "phi_step_", "gmm_estep", "gmm_mstep_", "gmm_prior_grad_"]

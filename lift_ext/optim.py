@@ -1,10 +1,22 @@
 """`lift_ext.optim.SGLD`: the fused SGLD step as a `torch.optim.Optimizer`."""
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-from lift_ext import ops
-from lift_ext.sgld import draw_seed_offset, resolve_seed_offset
+from lift_ext import ops, validate
+from lift_ext.sgld import check_hyper_parameters, draw_seed_offset, resolve_seed_offset
+
+_GROUP_KEYS = ("lr", "temperature", "prior_precision", "preconditioned", "alpha", "eps")
+
+
+def _check_group(group: Dict[str, Any], prefix: str = "") -> None:
+    """Refuse a parameter group's bad hyper-parameter with a ValueError naming it."""
+    missing = [key for key in _GROUP_KEYS if key not in group]
+    if missing:
+        raise ValueError(f"{prefix}the parameter group has no {missing}: it was not made by lift_ext.optim.SGLD")
+    check_hyper_parameters(group["lr"], group["temperature"], group["prior_precision"], group["alpha"],
+                           group["eps"], prefix)
+    validate.boolean(prefix + "preconditioned", group["preconditioned"])
 
 
 class SGLD(torch.optim.Optimizer):
@@ -14,7 +26,9 @@ class SGLD(torch.optim.Optimizer):
 
     i.e. `lift_ext.sgld_step` with prior mean 0 (a Gaussian prior N(0, 1/prior_precision)
     on every parameter); `preconditioned=True` keeps an RMSprop average of grad^2 per
-    parameter (pSGLD). lr is half the paper's eta; LR schedulers change it as usual.
+    parameter (pSGLD), started at 0, which the step reads as "no gradient yet": each element
+    starts at its first nonzero gradient's square (see `lift_ext.sgld_step`), so no first step
+    is 10x. lr is half the paper's eta; LR schedulers change it as usual.
 
     Noise: each group-step uses (seed, offset) and then offset += 1. `seed=None` draws the
     seed from torch's default generator at construction. `state_dict()` carries the seed and
@@ -25,47 +39,55 @@ class SGLD(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float, temperature: float = 1.0,
                  prior_precision: float = 0.0, preconditioned: bool = False, alpha: float = 0.99,
                  eps: float = 1e-8, seed: Optional[int] = None):
-        if not lr >= 0.0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        if not temperature >= 0.0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if not prior_precision >= 0.0:
-            raise ValueError(f"prior_precision must be >= 0, got {prior_precision}")
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-        if not eps > 0.0:
-            raise ValueError(f"eps must be > 0, got {eps}")
         defaults = dict(lr=lr, temperature=temperature, prior_precision=prior_precision,
                         preconditioned=preconditioned, alpha=alpha, eps=eps)
+        _check_group(defaults)
+        if seed is not None:
+            seed = resolve_seed_offset(seed, 0, None)[0]
         super().__init__(params, defaults)
-        if seed is None:
-            seed = draw_seed_offset(None)[0]
-        self.seed, self.offset = resolve_seed_offset(seed, 0, None)
+        self.seed = draw_seed_offset(None)[0] if seed is None else seed
+        self.offset = 0
+
+    def _group_call(self, index: int, group: Dict[str, Any]) -> Optional[Tuple[list, list, list, list]]:
+        """(params with a grad, their grads, square averages, the (param, average) pairs new to
+        the state) of one group, its hyper-parameters checked; None when no param has a grad.
+        Changes nothing."""
+        _check_group(group, f"param_groups[{index}]: " if len(self.param_groups) > 1 else "")
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return None
+        square_avgs: List[torch.Tensor] = []
+        fresh: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        if group["preconditioned"]:
+            for p in params:
+                avg = self.state.get(p, {}).get("square_avg")
+                if avg is None:  # zeros: "no gradient yet" (see lift_ext.sgld_step)
+                    avg = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                    fresh.append((p, avg))
+                square_avgs.append(avg)
+        return params, [p.grad for p in params], square_avgs, fresh
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One SGLD step of every group. All groups are checked before any is stepped, so a
+        refused step leaves parameters, state and the noise offset as they were."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            square_avgs = []
-            if group["preconditioned"]:
-                for p in params:
-                    state = self.state[p]
-                    if "square_avg" not in state:
-                        state["square_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                    square_avgs.append(state["square_avg"])
+        calls = [(group, self._group_call(i, group)) for i, group in enumerate(self.param_groups)]
+        calls = [(group, call) for group, call in calls if call is not None]
+        for _, (params, grads, square_avgs, _) in calls[1:]:  # the first op call checks itself
+            ops.check_sgld_lists(params, grads, [], [], square_avgs)
+        for group, (params, grads, square_avgs, fresh) in calls:
             ops.sgld_step_list_(params, grads, [], [], square_avgs, lr=float(group["lr"]),
                                 temperature=float(group["temperature"]),
                                 prior_precision=float(group["prior_precision"]),
                                 alpha=float(group["alpha"]), eps=float(group["eps"]),
                                 seed=self.seed, offset=self.offset)
             self.offset += 1
+            for p, avg in fresh:
+                self.state[p]["square_avg"] = avg
         return loss
 
     def state_dict(self) -> Dict[str, Any]:
@@ -74,10 +96,34 @@ class SGLD(torch.optim.Optimizer):
         return state
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a state saved by `state_dict`. Everything is checked first (the noise stream's
+        seed and offset, every group's hyper-parameters, every square average's shape and
+        values): a refused state leaves the optimizer as it was."""
         state_dict = dict(state_dict)
         rng = state_dict.pop("rng", None)
         if not isinstance(rng, dict) or not {"seed", "offset"} <= set(rng):
             raise ValueError("state_dict has no 'rng' entry with 'seed' and 'offset': it was not "
                              "saved by lift_ext.optim.SGLD")
+        seed, offset = resolve_seed_offset(rng["seed"], rng["offset"], None)
+        self._check_saved(state_dict)
         super().load_state_dict(state_dict)
-        self.seed, self.offset = resolve_seed_offset(int(rng["seed"]), int(rng["offset"]), None)
+        self.seed, self.offset = seed, offset
+
+    def _check_saved(self, state_dict: Dict[str, Any]) -> None:
+        groups, saved = state_dict.get("param_groups"), state_dict.get("state")
+        if not isinstance(groups, list) or not isinstance(saved, dict) or not all(
+                isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+            raise ValueError("state_dict must hold 'state' (a dict) and 'param_groups' (a list of "
+                             "dicts with 'params')")
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError("state_dict's parameter groups do not match this optimizer's (number of "
+                             "groups or of parameters in a group)")
+        for i, (group, current) in enumerate(zip(groups, self.param_groups)):
+            _check_group(group, f"state_dict param_groups[{i}]: ")
+            for key, p in zip(group["params"], current["params"]):
+                entry = saved.get(key)
+                avg = entry.get("square_avg") if isinstance(entry, dict) else None
+                if avg is not None and not (isinstance(avg, torch.Tensor) and avg.shape == p.shape
+                                            and bool(torch.isfinite(avg).all()) and bool((avg >= 0).all())):
+                    raise ValueError(f"state_dict state[{key!r}]['square_avg'] must be a finite Tensor >= 0 "
+                                     f"of shape {tuple(p.shape)} (its parameter's)")

@@ -73,7 +73,8 @@ def sgld_step(param: torch.Tensor, grad: torch.Tensor, noise: Optional[torch.Ten
               ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """One SGLD step in float64, out of place; returns (param, accum, square_avg) after it.
 
-        v <- alpha v + (1 - alpha) g^2,  G = 1 / (sqrt(v) + eps)    (only with square_avg)
+        v <- g^2 if v == 0 else alpha v + (1 - alpha) g^2,  G = 1 / (sqrt(v) + eps)
+                                                                (only with square_avg)
         theta <- theta - lr G (g + lam (theta - c)) + sqrt(2 lr T G) xi
 
     lr is half the paper's eta; lam = prior_precision; c = prior_mean (0 when None); xi = noise.
@@ -88,7 +89,8 @@ def sgld_step(param: torch.Tensor, grad: torch.Tensor, noise: Optional[torch.Ten
     precond = torch.ones_like(theta)
     new_square_avg = None
     if square_avg is not None:
-        new_square_avg = alpha * square_avg.double() + (1.0 - alpha) * g * g
+        v = square_avg.double()
+        new_square_avg = torch.where(v == 0, g * g, alpha * v + (1.0 - alpha) * g * g)
         precond = 1.0 / (torch.sqrt(new_square_avg) + eps)
     new_theta = theta - lr * precond * drift
     if temperature != 0.0:
@@ -120,7 +122,7 @@ def phi_step(phi: torch.Tensor, task_sum: torch.Tensor, prior_mean: Optional[tor
         out = out + scale * noise.double()
     return out
 # ---------------------------------------------------------------------------------------
-# Diagonal Gaussian mixture, online EM (DESIGN.md sections 4 and 5), float64.
+# Diagonal Gaussian mixture, online EM (docs/design.md sections 4 and 5), float64.
 #
 # State: counts n [K], means mu [K, D], centred second moments M2 [K, D];
 # var = M2 / n + reg, alpha = n / sum n.

@@ -7,17 +7,17 @@ Convention (one everywhere in lift_ext):
 lr is half the paper's step size eta (LiFT writes theta + eta/2 grad log p + sqrt(eta) z), T is
 the temperature (1 samples the posterior; 0 turns the noise off and gives exactly SGD with
 weight decay lam toward c), G = 1 / (sqrt(v) + eps) with v the RMSprop average of g^2 when
-`square_avg` is given (pSGLD, Li et al. 2016, without the Gamma correction term), else 1.
+`square_avg` is given (pSGLD, Li et al. 2016, without the Gamma correction term; an average
+of exactly 0 starts at g^2, see `sgld_step`), else 1.
 If g is the gradient of a MEAN loss over n examples, the same dynamics need lam / n and T / n.
 """
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple
 
 import torch
 
-from lift_ext import ops
-
-TensorOrList = Union[torch.Tensor, Sequence[torch.Tensor]]
+from lift_ext import ops, validate
+from lift_ext.types import DeviceLike, TensorOrList
 
 _MAX_SEED = 2**63 - 1
 
@@ -55,6 +55,21 @@ def draw_seed_offset(generator: Optional[torch.Generator]) -> Tuple[int, int]:
     return int(seed), int(offset)
 
 
+def check_hyper_parameters(lr: float, temperature: float, prior_precision: float, alpha: float,
+                           eps: float, prefix: str = "") -> Tuple[float, float, float, float, float]:
+    """(lr, temperature, prior_precision, alpha, eps) as floats, each refused by name (ValueError,
+    `prefix` before the name) unless lr, temperature, prior_precision are in [0, F] and
+    eps in (0, F], F = float32's largest value (the kernels compute in float32), and alpha is
+    in [0, 1)."""
+    top = validate.FLOAT32_MAX
+    checked = [validate.number(prefix + name, value, inclusive=True, high=top, high_inclusive=True)
+               for name, value in (("lr", lr), ("temperature", temperature),
+                                   ("prior_precision", prior_precision))]
+    checked.append(validate.number(prefix + "alpha", alpha, inclusive=True, high=1.0))
+    checked.append(validate.number(prefix + "eps", eps, high=top, high_inclusive=True))
+    return tuple(checked)
+
+
 def resolve_seed_offset(seed: Optional[int], offset: Optional[int],
                         generator: Optional[torch.Generator]) -> Tuple[int, int]:
     """Explicit (seed, offset) if given (offset defaults to 0), else a draw from the generator."""
@@ -65,17 +80,7 @@ def resolve_seed_offset(seed: Optional[int], offset: Optional[int],
     if generator is not None:
         raise ValueError("pass either seed/offset or generator, not both")
     offset = 0 if offset is None else offset
-    for name, v in (("seed", seed), ("offset", offset)):
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= _MAX_SEED:
-            raise ValueError(f"{name} must be an int in [0, 2**63 - 1], got {v!r}")
-    return seed, offset
-
-
-def start_square_avg_(square_avg: torch.Tensor, grad: torch.Tensor) -> None:
-    """Set an RMSprop average to the first gradient's square, v = g0^2, before the first
-    step (the kernel's v <- alpha v + (1 - alpha) g^2 then keeps it at g0^2). From v = 0 the
-    first step would be lr / sqrt(1 - alpha) = 10 lr per weight whatever the gradient's scale."""
-    torch.mul(grad, grad, out=square_avg)
+    return validate.integer("seed", seed, 0, _MAX_SEED), validate.integer("offset", offset, 0, _MAX_SEED)
 
 
 def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperature: float = 1.0,
@@ -90,12 +95,24 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
     grads: same structure and shapes; float32, bfloat16 or float16.
     prior_mean (c), accum, square_avg: None or same structure, float32.
     lr >= 0 (half the paper's eta), temperature T >= 0, prior_precision lam >= 0.
-    accum += theta_new - theta_old. square_avg switches on RMSprop preconditioning (alpha, eps).
+    accum += theta_new - theta_old. square_avg switches on RMSprop preconditioning, per element:
+
+        v <- g^2                             if v == 0   (no nonzero gradient seen yet)
+        v <- alpha v + (1 - alpha) g^2       otherwise
+        G  = 1 / (sqrt(v) + eps)             (v in units of g^2, eps in units of g)
+
+    so a fresh average (zeros) needs no special first step. Why: from v = 0 the plain rule
+    gives v = (1 - alpha) g^2, G = 1 / (sqrt(1 - alpha) |g|) and a step lr |g| G = lr /
+    sqrt(1 - alpha) (10 lr at alpha = 0.99) whatever the gradient's scale, decaying only over
+    ~1 / (1 - alpha) steps; starting at g^2 makes the first step lr |g| / (|g| + eps) ~ lr.
+    The test is per element, so a weight whose first gradients are exactly 0 (LoRA A while
+    B = 0) starts when its first nonzero gradient arrives; until then v stays 0, G = 1/eps.
     Noise: Philox4x32-10 keyed by `seed` at counter (element index // 4, `offset`), element
     indices running over the concatenated list, so a list and the equal flat buffer get the
     same noise. Without seed, (seed, offset) is drawn from `generator` (default: torch's CPU
     generator, so torch.manual_seed reproduces runs), advancing it. With temperature 0 no noise
-    is drawn and the generator is not advanced. Bad input raises before anything is written.
+    is drawn and the generator is not advanced. Bad input raises before anything is written,
+    the generator included: a refused call leaves it where it was.
 
     rng_state: instead of seed/offset/generator, an int64 tensor [seed, offset] on the params'
     device. The step reads (seed, offset) from it when it runs (on the GPU: in the kernel) and
@@ -114,6 +131,10 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
     prior_list = _as_list(prior_mean, "prior_mean", structure)
     accum_list = _as_list(accum, "accum", structure)
     square_list = _as_list(square_avg, "square_avg", structure)
+    lr, temperature, prior_precision, alpha, eps = check_hyper_parameters(
+        lr, temperature, prior_precision, alpha, eps)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if square_avg is None and lr * prior_precision >= 1.0:
         warnings.warn(f"lr * prior_precision = {lr * prior_precision:g} >= 1: the prior pull "
                       "overshoots and the chain is unstable; lower lr", RuntimeWarning, stacklevel=2)
@@ -133,34 +154,33 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
         if not single:
             _check_elements(named)
         ops.sgld_step_graphsafe_(param_list, grad_list, prior_list, accum_list, square_list, rng_state,
-                                 lr=float(lr), temperature=float(temperature),
-                                 prior_precision=float(prior_precision), alpha=float(alpha),
-                                 eps=float(eps))
+                                 lr=lr, temperature=temperature, prior_precision=prior_precision,
+                                 alpha=alpha, eps=eps)
         return
+    drawn_from = None
     if temperature == 0.0 and seed is None and offset is None:
         seed_val, offset_val = 0, 0  # no noise is drawn: leave the generator alone
     else:
+        if seed is None:  # a draw, undone below if the op refuses the call
+            drawn_from = generator if generator is not None else torch.default_generator
+            before = drawn_from.get_state()
         seed_val, offset_val = resolve_seed_offset(seed, offset, generator)
-    kwargs = dict(lr=float(lr), temperature=float(temperature), prior_precision=float(prior_precision),
-                  alpha=float(alpha), eps=float(eps), seed=seed_val, offset=offset_val)
-    if single:
-        ops.sgld_step_(param_list[0], grad_list[0], prior_list[0] if prior_list else None,
-                       accum_list[0] if accum_list else None,
-                       square_list[0] if square_list else None, **kwargs)
-    else:
-        try:
-            ops.sgld_step_list_(param_list, grad_list, prior_list, accum_list, square_list, **kwargs)
-        except (TypeError, RuntimeError):
+    try:
+        ops.sgld_step_list_(param_list, grad_list, prior_list, accum_list, square_list, lr=lr,
+                            temperature=temperature, prior_precision=prior_precision, alpha=alpha,
+                            eps=eps, seed=seed_val, offset=offset_val)
+    except Exception as exc:
+        if drawn_from is not None:
+            drawn_from.set_state(before)
+        if isinstance(exc, (TypeError, RuntimeError)):
             _check_elements(named)  # a non-Tensor element: raise naming it, else the op's error
-            raise
+        raise
 
 
-def philox_normal(numel: int, *, seed: int, offset: int,
-                  device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+def philox_normal(numel: int, *, seed: int, offset: int, device: DeviceLike = "cpu") -> torch.Tensor:
     """The float32 noise xi that `sgld_step` adds to a flat vector of `numel` elements for
-    this (seed, offset), identical on CPU and CUDA."""
-    if not isinstance(numel, int) or numel < 0:
-        raise ValueError(f"numel must be an int >= 0, got {numel!r}")
+    this (seed, offset), identical on CPU and CUDA (device None: torch's default device)."""
+    numel = validate.integer("numel", numel)
     seed, offset = resolve_seed_offset(seed, offset, None)
     out = torch.empty(numel, dtype=torch.float32, device=device)
     ops.philox_normal_(out, seed=seed, offset=offset)

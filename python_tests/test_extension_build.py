@@ -23,3 +23,10 @@ def test_error_message_with_numbers_is_raised_not_crashed():
     with pytest.raises(RuntimeError, match=r"x must have shape \[B, 6\]"):
         ops.gmm_estep(torch.zeros(2, 5), torch.zeros(3, 6), torch.ones(3, 6),
                       torch.ones(3, dtype=torch.float64), reg=1e-6)
+
+
+def test_cuda_probe_names_a_registered_op():
+    """cuda_kernels_built() asks whether PROBE_OP has a CUDA kernel; the op must exist (with
+    its CPU kernel), or the answer would be False on every build."""
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(_loader.PROBE_OP, "CPU")
+    assert isinstance(_loader.cuda_kernels_built(), bool)

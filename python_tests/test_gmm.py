@@ -213,27 +213,16 @@ def test_to_device_round_trip():
     assert torch.equal(model.log_prob(x[:10]), ll)
 
 
-def test_far_finite_sample_is_refused_and_the_mixture_stays_usable():
-    gen = torch.Generator().manual_seed(3)
+@pytest.mark.parametrize("seen,far", [(4, 3e37), (3, 3e38)], ids=["fitted", "completing-warmup"])
+def test_far_finite_sample_is_refused_with_the_mixture_unchanged(seen, far):
+    gen = torch.Generator().manual_seed(seen)
     gmm = OnlineGMM(2, 5, warmup=4)
-    gmm.update(torch.randn(4, 5, generator=gen))
+    gmm.update(torch.randn(seen, 5, generator=gen))
     before = gmm.state_dict()
     with pytest.raises(ValueError, match="unchanged"):
-        gmm.update(torch.full((5,), 3e37))
+        gmm.update(torch.full((5,), far))
     after = gmm.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    gmm.update(torch.randn(5, generator=gen))  # still updates
-    OnlineGMM(2, 5, warmup=4).load_state_dict(gmm.state_dict())  # and its state reloads
-
-
-def test_far_sample_completing_the_warmup_is_refused_with_the_buffer_unchanged():
-    gen = torch.Generator().manual_seed(4)
-    gmm = OnlineGMM(2, 5, warmup=4)
-    gmm.update(torch.randn(3, 5, generator=gen))
-    before = gmm.state_dict()
-    with pytest.raises(ValueError, match="unchanged"):
-        gmm.update(torch.full((5,), 3e38))
-    after = gmm.state_dict()
-    assert not gmm.initialized and all(torch.equal(before[k], after[k]) for k in before)
-    gmm.update(torch.randn(5, generator=gen))
+    assert gmm.initialized == (seen >= 4) and all(torch.equal(before[k], after[k]) for k in before)
+    gmm.update(torch.randn(5, generator=gen))  # still updates (and completes the warm-up)
     assert gmm.initialized and bool(torch.isfinite(gmm.means).all())
+    OnlineGMM(2, 5, warmup=4).load_state_dict(gmm.state_dict())  # and its state reloads

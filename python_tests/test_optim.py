@@ -1,4 +1,6 @@
 """lift_ext.optim.SGLD: the fused step as a torch.optim.Optimizer."""
+import copy
+
 import pytest
 import torch
 
@@ -96,7 +98,8 @@ def test_load_foreign_state_dict_is_refused():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(lr=-1.0), "lr"), (dict(lr=1e-3, temperature=-1.0), "temperature"),
     (dict(lr=1e-3, alpha=1.0), "alpha"), (dict(lr=1e-3, eps=0.0), "eps"),
-    (dict(lr=1e-3, prior_precision=-2.0), "prior_precision"),
+    (dict(lr=1e-3, prior_precision=-2.0), "prior_precision"), (dict(lr="0.1"), "lr must be a finite number"),
+    (dict(lr=float("nan")), "lr"), (dict(lr=1e-3, preconditioned=1), "preconditioned must be a bool"),
 ])
 def test_bad_hyper_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -110,3 +113,86 @@ def test_seed_none_follows_torch_manual_seed():
         torch.manual_seed(global_seed)
         seeds.append(SGLD(params, lr=1e-3).seed)
     assert seeds[0] == seeds[1] != seeds[2]
+
+
+def _two_groups(preconditioned=True):
+    model = make_model()
+    first, second = list(model[0].parameters()), list(model[2].parameters())
+    opt = SGLD([{"params": first}, {"params": second}], lr=1e-3, preconditioned=preconditioned, seed=5)
+    loss_fn(model, 0).backward()
+    return model, opt
+
+
+def _replace_second(opt, value, grad):
+    """Put a parameter holding `value` (grad `grad`) first in the second group."""
+    param = torch.nn.Parameter(value)
+    param.grad_dtype = None
+    param.grad = grad
+    opt.param_groups[1]["params"][0] = param
+
+
+def _snapshot(model, opt):
+    return [p.detach().clone() for p in model.parameters()], opt.offset, len(opt.state)
+
+
+@pytest.mark.parametrize("spoil,error,message", [
+    (lambda opt: opt.param_groups[1].update(lr=-1.0), ValueError, r"param_groups\[1\]: lr must be"),
+    (lambda opt: opt.param_groups[1].update(alpha="0.9"), ValueError, r"param_groups\[1\]: alpha must be"),
+    (lambda opt: _replace_second(opt, torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)),
+     RuntimeError, r"params\[0\] must be float32"),
+    (lambda opt: _replace_second(opt, torch.zeros(7, 3).t(), torch.zeros(3, 7)), RuntimeError,
+     r"params\[0\] must be contiguous"),
+    (lambda opt: _replace_second(opt, torch.zeros(3), torch.zeros(3, dtype=torch.float64)), RuntimeError,
+     r"grads\[0\] must be float32, bfloat16 or float16"),
+])
+def test_step_checks_every_group_before_stepping_any(spoil, error, message):
+    """A bad second group is refused before the first is stepped: parameters, state and the
+    noise offset stay as they were."""
+    model, opt = _two_groups()
+    before = _snapshot(model, opt)
+    spoil(opt)
+    with pytest.raises(error, match=message):
+        opt.step()
+    after = _snapshot(model, opt)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0])) and before[1:] == after[1:]
+
+
+def _spoiled_state_dicts(saved):
+    def edit(fn):
+        sd = copy.deepcopy(saved)
+        fn(sd)
+        return sd
+    return [
+        (edit(lambda sd: sd["rng"].update(seed=3.0)), "seed must be an int"),
+        (edit(lambda sd: sd["rng"].update(seed=True)), "seed must be an int"),
+        (edit(lambda sd: sd["rng"].update(offset=-1)), "offset must be an int"),
+        (edit(lambda sd: sd["param_groups"][1].update(lr=float("inf"))), r"param_groups\[1\]: lr must be"),
+        (edit(lambda sd: sd["param_groups"][0].pop("eps")), r"param_groups\[0\]: the parameter group has no \['eps'\]"),
+        (edit(lambda sd: sd["state"][0].update(square_avg=torch.zeros(3))), "square_avg'\\] must be a finite Tensor"),
+        (edit(lambda sd: sd["state"][1]["square_avg"].fill_(float("nan"))), "square_avg'\\] must be a finite Tensor"),
+        (edit(lambda sd: sd["param_groups"].pop()), "do not match"),
+    ]
+
+
+def test_load_state_dict_checks_everything_before_replacing_anything():
+    model, opt = _two_groups()
+    opt.step()
+    saved = opt.state_dict()
+    target_model, target = _two_groups()
+    target.param_groups[0]["lr"] = 0.5
+    target.step()
+    expected = copy.deepcopy(target.state_dict())
+    for spoiled, message in _spoiled_state_dicts(saved):
+        with pytest.raises(ValueError, match=message):
+            target.load_state_dict(spoiled)
+        now = target.state_dict()
+        assert now["rng"] == expected["rng"] and now["param_groups"] == expected["param_groups"], message
+        assert all(torch.equal(now["state"][k]["square_avg"], v["square_avg"]) for k, v in expected["state"].items())
+    target.load_state_dict(saved)  # the unspoiled one loads
+    assert target.state_dict()["rng"] == saved["rng"]
+
+
+@pytest.mark.parametrize("seed", [3.0, 2.5, True, -1, 2**63])
+def test_seed_must_be_an_int_in_range(seed):
+    with pytest.raises(ValueError, match="seed must be an int"):
+        SGLD(make_model().parameters(), lr=1e-3, seed=seed)

@@ -149,3 +149,14 @@ def test_philox_words_bad_input():
         lift_ext.ops.philox4x32_10(torch.zeros(3, 3, dtype=torch.int64), torch.zeros(3, 2, dtype=torch.int64))
     with pytest.raises(RuntimeError, match="int64"):
         lift_ext.ops.philox4x32_10(torch.zeros(3, 4), torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(numel=-1), "numel must be an int >= 0"), (dict(numel=True), "numel must be an int"),
+    (dict(numel=4.0), "numel must be an int"), (dict(numel=4, seed=-1), "seed must be an int"),
+    (dict(numel=4, offset=2**63), "offset must be an int"),
+])
+def test_philox_normal_bad_arguments_are_named(kwargs, message):
+    kwargs = {"seed": 1, "offset": 0, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        lift_ext.philox_normal(kwargs.pop("numel"), **kwargs)

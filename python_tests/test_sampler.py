@@ -97,7 +97,7 @@ def test_preconditioned_damping_keeps_vanishing_gradients_stable():
     start = sampler.thetas.abs().max().item()
     for _ in range(30):
         phi_before = sampler.phi.clone()
-        task = sampler.step()
+        (task,) = sampler.step()
         torch.testing.assert_close(sampler.thetas[task], phi_before, rtol=0, atol=1e-6)
     assert sampler.thetas.abs().max().item() <= start
 
@@ -117,7 +117,7 @@ def test_gmm_receives_thinned_samples_after_burn_in(problem):
 
 def test_round_robin_visits_every_task_each_epoch(problem):
     sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=2e-3, seed=3)
-    visits = [sampler.step() for _ in range(4 * N_TASKS)]
+    visits = [task for _ in range(4 * N_TASKS) for task in sampler.step()]
     for epoch in range(4):
         assert sorted(visits[epoch * N_TASKS:(epoch + 1) * N_TASKS]) == list(range(N_TASKS))
     assert visits[:N_TASKS] != visits[N_TASKS:2 * N_TASKS] or visits[N_TASKS:2 * N_TASKS] != visits[2 * N_TASKS:3 * N_TASKS]
@@ -160,18 +160,18 @@ def test_corrupt_and_foreign_checkpoints_are_refused(problem, tmp_path):
     save_atomic({"format": "something else", "version": 1}, foreign)
     with pytest.raises(CheckpointError, match="not a lift_ext.SGLDGibbs checkpoint"):
         SGLDGibbs.load(foreign, problem["grad_fn"])
-    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=1, required=())
-    del state["task_sum"]
+    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=2, required=())
+    del state["components"]
     incomplete = os.path.join(tmp_path, "incomplete.pt")
     save_atomic(state, incomplete)
-    with pytest.raises(CheckpointError, match="missing task_sum"):
+    with pytest.raises(CheckpointError, match="missing components"):
         SGLDGibbs.load(incomplete, problem["grad_fn"])
-    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=1, required=())
+    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=2, required=())
     state["thetas"] = state["thetas"][:, :-1].contiguous()
     save_atomic(state, incomplete)
     with pytest.raises(CheckpointError, match="thetas must be a float32 tensor of shape"):
         SGLDGibbs.load(incomplete, problem["grad_fn"])
-    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=1, required=())
+    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=2, required=())
     state["version"] = 99
     save_atomic(state, incomplete)
     with pytest.raises(CheckpointError, match="version"):

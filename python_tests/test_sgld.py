@@ -38,6 +38,63 @@ def test_flat_matches_reference(device, numel, preconditioned):
         torch.testing.assert_close(s["square"].cpu().double(), ref_sq, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_rmsprop_start_at_zero_average_matches_reference(device):
+    """Random v and g with exact zeros in both: where v == 0 the average starts at g^2
+    (exactly, in float32); elsewhere alpha v + (1 - alpha) g^2. Kernel against reference."""
+    n = 4099
+    s = make_state(n, device, seed=8)
+    gen = torch.Generator().manual_seed(8)
+    s["square"][torch.rand(n, generator=gen) < 0.3] = 0.0
+    s["grad"][torch.rand(n, generator=gen) < 0.25] = 0.0
+    v_was_zero = s["square"] == 0
+    grad = s["grad"].clone()
+    ref_theta, _, ref_sq = reference.sgld_step(
+        s["param"].cpu(), grad.cpu(), reference_noise(n, 2, 3), lr=1e-3, temperature=0.5,
+        prior_mean=s["prior"].cpu(), prior_precision=1.0, square_avg=s["square"].cpu(), alpha=0.9, eps=1e-3)
+    lift_ext.sgld_step(s["param"], grad, lr=1e-3, temperature=0.5, prior_mean=s["prior"], prior_precision=1.0,
+                       square_avg=s["square"], alpha=0.9, eps=1e-3, seed=2, offset=3)
+    assert v_was_zero.any() and (v_was_zero & (grad == 0)).any() and (v_was_zero & (grad != 0)).any()
+    assert torch.equal(s["square"][v_was_zero], (grad * grad)[v_was_zero])
+    torch.testing.assert_close(s["square"].cpu().double(), ref_sq, rtol=1e-6, atol=0)
+    torch.testing.assert_close(s["param"].cpu().double(), ref_theta, rtol=1e-5, atol=1e-6)
+
+
+def _late_gradient_steps(step_fn, lr):
+    """Steps of weight 0 whose gradient is 0 for 3 steps, then 0.02; weight 1 sees 0.02 from
+    the start. Returns (first step of weight 0 after its gradient appears, weight 1's first)."""
+    history = []
+    for step in range(5):
+        grad = torch.tensor([0.0 if step < 3 else 0.02, 0.02])
+        history.append(step_fn(grad).clone())
+    return (history[3][0] - history[2][0]).item(), (history[0][1] - 1.0).item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_weight_with_late_first_gradient_steps_about_lr(device):
+    """pSGLD at temperature 0: a weight whose first gradients are 0 moves by about lr (not
+    10 lr = lr / sqrt(1 - alpha)) when its gradient appears, through sgld_step and optim.SGLD."""
+    lr = 1e-3
+    theta, avg = torch.ones(2, device=device), torch.zeros(2, device=device)
+
+    def with_sgld_step(grad):
+        lift_ext.sgld_step(theta, grad.to(device), lr=lr, temperature=0.0, square_avg=avg)
+        return theta.cpu()
+
+    param = torch.nn.Parameter(torch.ones(2, device=device))
+    opt = lift_ext.optim.SGLD([param], lr=lr, temperature=0.0, preconditioned=True, seed=0)
+
+    def with_optimizer(grad):
+        param.grad = grad.to(device)
+        opt.step()
+        return param.detach().cpu()
+
+    for step_fn in (with_sgld_step, with_optimizer):
+        late, first = _late_gradient_steps(step_fn, lr)
+        assert late == pytest.approx(-lr, rel=1e-4), step_fn.__name__
+        assert first == pytest.approx(-lr, rel=1e-4), step_fn.__name__
+
+
 def reference_noise(numel, seed, offset):
     """The kernel's own noise (float32), so the reference sees identical noise."""
     return lift_ext.philox_normal(numel, seed=seed, offset=offset)
@@ -204,6 +261,41 @@ def test_bad_list_inputs_leave_all_params_untouched():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("use_default", [False, True])
+def test_refused_call_advances_no_generator(use_default):
+    """Whatever refuses the call (a scalar in Python, a tensor in the op, after the draw), the
+    generator it would have drawn (seed, offset) from is left where it was."""
+    gen = torch.default_generator if use_default else torch.Generator().manual_seed(3)
+    p, g = torch.randn(9), torch.randn(9)
+    snapshot = p.clone()
+    bad = [dict(grads=g.double()), dict(grads=torch.randn(10)), dict(grads=g, lr=-1.0),
+           dict(grads=g, lr="0.1"), dict(grads=g, square_avg=torch.rand(9)[None]),
+           dict(grads=g, prior_mean=torch.randn(9).half())]
+    for kwargs in bad:
+        kwargs = {"lr": 1e-3, **kwargs}
+        grads = kwargs.pop("grads")
+        before = gen.get_state()
+        with pytest.raises((RuntimeError, ValueError, TypeError)):
+            lift_ext.sgld_step(p, grads, generator=None if use_default else gen, **kwargs)
+        assert torch.equal(gen.get_state(), before), kwargs
+        assert torch.equal(p, snapshot)
+    lift_ext.sgld_step(p, g, lr=1e-3, generator=None if use_default else gen)
+    assert not torch.equal(gen.get_state(), before), "an accepted call draws"
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(seed=3.0), ValueError, "seed must be an int"), (dict(seed=1, offset=2.0), ValueError, "offset must be an int"),
+    (dict(seed=True), ValueError, "seed must be an int"), (dict(generator=5), TypeError, "generator must be a torch.Generator"),
+    (dict(lr=3e38 * 10), ValueError, "lr must be a finite number in"), (dict(eps=0.0), ValueError, "eps must be"),
+])
+def test_scalar_arguments_are_refused_by_name(kwargs, error, message):
+    p = torch.randn(5)
+    snapshot = p.clone()
+    with pytest.raises(error, match=message):
+        lift_ext.sgld_step(p, torch.randn(5), **{"lr": 1e-3, **kwargs})
+    assert torch.equal(p, snapshot)
+
+
 @requires_cuda
 def test_device_mismatch_is_refused():
     p = torch.randn(10, device="cuda")
@@ -231,15 +323,31 @@ def test_unstable_step_warns():
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     s = make_state(1031, device)
-    args = (s["param"], s["grad"], s["prior"], s["accum"], s["square"], 1e-3, 1.0, 2.0, 0.99, 1e-8, 3, 4)
-    torch.library.opcheck(torch.ops.lift_ext.sgld_step_.default, args)
-    torch.library.opcheck(torch.ops.lift_ext.sgld_step_.default,
-                          (s["param"], s["grad"], None, None, None, 1e-3, 0.0, 0.0, 0.99, 1e-8, 0, 0))
+    one = [[s[k]] for k in ("param", "grad", "prior", "accum", "square")]
+    torch.library.opcheck(torch.ops.lift_ext.sgld_step_list_.default, (*one, 1e-3, 1.0, 2.0, 0.99, 1e-8, 3, 4))
+    torch.library.opcheck(torch.ops.lift_ext.sgld_step_list_.default,
+                          (one[0], one[1], [], [], [], 1e-3, 0.0, 0.0, 0.99, 1e-8, 0, 0))
     lists = [list(make_state(n, device, seed=n)[k] for n in (5, 1, 7)) for k in ("param", "grad", "prior", "accum", "square")]
     torch.library.opcheck(torch.ops.lift_ext.sgld_step_list_.default,
                           (*lists, 1e-3, 1.0, 2.0, 0.99, 1e-8, 3, 4))
     torch.library.opcheck(torch.ops.lift_ext.sgld_step_list_.default,
                           (lists[0], lists[1], [], [], [], 1e-3, 1.0, 0.0, 0.99, 1e-8, 3, 4))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("optional", [False, True])
+def test_flat_wrapper_is_the_list_op_with_one_tensor(device, optional):
+    """ops.sgld_step_ (one tensor, None for absent) is the list op on lists of one; no
+    separate single-tensor op is registered."""
+    kw = dict(lr=1e-3, temperature=0.8, prior_precision=2.0, alpha=0.9, eps=1e-6, seed=4, offset=3)
+    a = make_state(4099, device, seed=3)
+    b = {k: v.clone() for k, v in a.items()}
+    names = ("prior", "accum", "square")
+    lift_ext.ops.sgld_step_(a["param"], a["grad"], *(a[k] if optional else None for k in names), **kw)
+    lift_ext.ops.sgld_step_list_([b["param"]], [b["grad"]], *([b[k]] if optional else [] for k in names), **kw)
+    for key in ("param", "accum", "square"):
+        assert torch.equal(a[key], b[key]), key
+    assert not hasattr(torch.ops.lift_ext, "sgld_step_")
 
 
 def test_torch_compile_fullgraph():

@@ -12,10 +12,15 @@ HP = dict(lr=1e-3, temperature=0.7, prior_precision=2.0, alpha=0.9, eps=1e-6)
 
 
 def make_lists(sizes, device, seed=0):
+    """params, grads, prior means, square averages; every 5th grad and every 3rd average 0."""
     g = torch.Generator().manual_seed(seed)
     t = lambda n: torch.randn(n, generator=g).to(device)  # noqa: E731
-    return ([t(n) for n in sizes], [t(n) for n in sizes], [t(n) for n in sizes],
-            [torch.rand(n, generator=g).to(device) for n in sizes])
+    params, grads, means = [t(n) for n in sizes], [t(n) for n in sizes], [t(n) for n in sizes]
+    avgs = [torch.rand(n, generator=g).to(device) for n in sizes]
+    for grad, avg in zip(grads, avgs):
+        grad[::5] = 0.0
+        avg[::3] = 0.0
+    return params, grads, means, avgs
 
 
 @pytest.mark.parametrize("device", DEVICES)

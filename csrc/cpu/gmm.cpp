@@ -60,13 +60,11 @@ double chunk_quadratic(const float* __restrict x, const float* __restrict mu,
   for (; i + kLanes <= n; i += kLanes) {
 #pragma omp simd
     for (int l = 0; l < kLanes; ++l) {
-      const float t = x[i + l] - mu[i + l];
-      acc[l] += static_cast<double>(t * t * inv_var[i + l]);
+      acc[l] += static_cast<double>(gmm_quad_term(x[i + l], mu[i + l], inv_var[i + l]));
     }
   }
   for (int l = 0; i < n; ++i, ++l) {
-    const float t = x[i] - mu[i];
-    acc[l] += static_cast<double>(t * t * inv_var[i]);
+    acc[l] += static_cast<double>(gmm_quad_term(x[i], mu[i], inv_var[i]));
   }
   return sum_lanes(acc);
 }
@@ -129,7 +127,7 @@ void merge_block(float* __restrict mean, float* __restrict m2, const float* __re
     }
     return;
   }
-  // Same arithmetic, in the same order, as gmm_batch_moments, with the sample loop outside.
+  // gmm_batch_moments' terms, summed in the same order, with the sample loop outside.
   double bmean[kSub], bm2[kSub];
   for (int64_t s0 = 0; s0 < n; s0 += kSub) {
     const int64_t len = std::min(kSub, n - s0);
@@ -139,7 +137,7 @@ void merge_block(float* __restrict mean, float* __restrict m2, const float* __re
       const double qb = q[b * q_stride];
       const float* xb = x + b * stride + s0;
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) bmean[i] += qb * static_cast<double>(xb[i]);
+      for (int64_t i = 0; i < len; ++i) bmean[i] += gmm_weighted_sample(qb, xb[i]);
     }
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) bmean[i] = bmean[i] / w;
@@ -147,10 +145,7 @@ void merge_block(float* __restrict mean, float* __restrict m2, const float* __re
       const double qb = q[b * q_stride];
       const float* xb = x + b * stride + s0;
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) {
-        const double t = static_cast<double>(xb[i]) - bmean[i];
-        bm2[i] += qb * t * t;
-      }
+      for (int64_t i = 0; i < len; ++i) bm2[i] += gmm_weighted_square(qb, xb[i], bmean[i]);
     }
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) {
@@ -195,7 +190,7 @@ void prior_block(double* __restrict acc, const float* __restrict theta,
                  float reg, double r, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    acc[i] += r * static_cast<double>(gmm_prior_term(theta[i], mu[i], m2[i], inv_count, reg));
+    acc[i] += gmm_prior_term(r, theta[i], mu[i], m2[i], inv_count, reg);
   }
 }
 

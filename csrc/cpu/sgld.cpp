@@ -1,4 +1,5 @@
-// CPU kernels of the SGLD op family: sgld_step_, sgld_step_list_, philox_normal_.
+// CPU kernels of the SGLD op family: sgld_step_list_, sgld_step_graphsafe_, philox_normal_,
+// philox4x32_10.
 //
 // Work is split over the flattened element range with at::parallel_for (OpenMP); each thread
 // walks its range in blocks of kBlock elements: normals for the block's element groups first
@@ -26,34 +27,23 @@ void to_float(const T* __restrict in, int64_t n, float* __restrict out) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
 }
 
-// The update over n elements; flags make the optional arrays compile-time so the loop
-// vectorises. Arithmetic is sgld_update_element's, in the same order.
+// The update over n elements: sgld_update_value per element, with the optional terms fixed
+// at compile time so that the loop vectorises (compiled for AVX-512 / AVX2 / baseline and
+// picked at load time; the same IEEE operations in every variant, so the same bits).
 template <bool kPrior, bool kPriorMean, bool kAccum, bool kPrecond, bool kNoise>
+__attribute__((target_clones("avx512f", "avx2", "default")))
 void update_block(float* __restrict theta, const float* __restrict grad,
                   const float* __restrict noise, const float* __restrict prior_mean,
                   float* __restrict accum, float* __restrict square_avg, int64_t n,
                   const SgldScalars& s) {
-  const float lr = s.lr, lam = s.prior_precision, scale = s.noise_scale;
-  const float alpha = s.alpha, one_minus_alpha = 1.0f - s.alpha, eps = s.eps;
+  constexpr SgldTerms terms{kPrior, kPrecond, kNoise, kAccum};
   for (int64_t i = 0; i < n; ++i) {
-    const float t = theta[i];
-    const float g = grad[i];
-    float drift = g;
-    if constexpr (kPrior) drift = g + lam * (t - (kPriorMean ? prior_mean[i] : 0.0f));
-    float step = lr * drift;
-    float noise_term = 0.0f;
-    if constexpr (kNoise) noise_term = scale * noise[i];
-    if constexpr (kPrecond) {
-      const float v = alpha * square_avg[i] + one_minus_alpha * (g * g);
-      square_avg[i] = v;
-      const float precond = 1.0f / (sqrtf(v) + eps);
-      step = step * precond;
-      if constexpr (kNoise) noise_term = noise_term * sqrtf(precond);
-    }
-    float updated = t - step;
-    if constexpr (kNoise) updated = updated + noise_term;
-    if constexpr (kAccum) accum[i] = accum[i] + (updated - t);
-    theta[i] = updated;
+    float v = kPrecond ? square_avg[i] : 0.0f;
+    float acc = kAccum ? accum[i] : 0.0f;
+    theta[i] = sgld_update_value(theta[i], grad[i], kNoise ? noise[i] : 0.0f,
+                                 kPriorMean ? prior_mean[i] : 0.0f, v, acc, terms, s);
+    if constexpr (kPrecond) square_avg[i] = v;
+    if constexpr (kAccum) accum[i] = acc;
   }
 }
 
@@ -140,20 +130,6 @@ void run_sgld_cpu(const SgldCall& call) {
   });
 }
 
-void sgld_step_cpu(const at::Tensor& param, const at::Tensor& grad,
-                   const std::optional<at::Tensor>& prior_mean,
-                   const std::optional<at::Tensor>& accum,
-                   const std::optional<at::Tensor>& square_avg, double lr, double temperature,
-                   double prior_precision, double alpha, double eps, int64_t seed,
-                   int64_t offset) {
-  std::vector<at::Tensor> pm, ac, sq;
-  if (prior_mean) pm.push_back(*prior_mean);
-  if (accum) ac.push_back(*accum);
-  if (square_avg) sq.push_back(*square_avg);
-  run_sgld_cpu(prepare_sgld_call({param}, {grad}, pm, ac, sq, lr, temperature, prior_precision,
-                                 alpha, eps, seed, offset));
-}
-
 void sgld_step_list_cpu(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
                         at::TensorList accums, at::TensorList square_avgs, double lr,
                         double temperature, double prior_precision, double alpha, double eps,
@@ -210,7 +186,6 @@ at::Tensor philox_words_cpu(const at::Tensor& counters, const at::Tensor& keys) 
 
 TORCH_LIBRARY_IMPL(lift_ext, CPU, m) {
   m.impl("philox4x32_10", &philox_words_cpu);
-  m.impl("sgld_step_", &sgld_step_cpu);
   m.impl("sgld_step_list_", &sgld_step_list_cpu);
   m.impl("sgld_step_graphsafe_", &sgld_step_graphsafe_cpu);
   m.impl("philox_normal_", &philox_normal_cpu);

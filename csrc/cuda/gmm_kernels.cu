@@ -106,10 +106,7 @@ gmm_estep_partial_kernel(const float* __restrict__ x, const float* __restrict__ 
           load4<kVec>(x + (b0 + j) * dim + lo + i, n, xv);
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            if (e < n) {
-              const float t = xv[e] - mv[e];
-              acc[j] += static_cast<double>(t * t * inv_var[e]);
-            }
+            if (e < n) acc[j] += static_cast<double>(gmm_quad_term(xv[e], mv[e], inv_var[e]));
           }
         }
       }
@@ -196,8 +193,8 @@ gmm_prior_grad_kernel(float* __restrict__ grad, const float* __restrict__ theta,
     for (int64_t k = 0; k < components; ++k) {
       const double r = resp[k], count = counts[k];
       if (r == 0.0 || !(count > 0.0)) continue;
-      acc += r * static_cast<double>(gmm_prior_term(t, means[k * dim + d], m2[k * dim + d],
-                                                    static_cast<float>(1.0 / count), reg));
+      acc += gmm_prior_term(r, t, means[k * dim + d], m2[k * dim + d],
+                            static_cast<float>(1.0 / count), reg);
     }
     grad[d] += static_cast<float>(scale * acc);
   }

@@ -21,21 +21,6 @@ void run_sgld_cuda(const SgldCall& call, const at::Tensor& first_param) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void sgld_step_cuda(const at::Tensor& param, const at::Tensor& grad,
-                    const std::optional<at::Tensor>& prior_mean,
-                    const std::optional<at::Tensor>& accum,
-                    const std::optional<at::Tensor>& square_avg, double lr, double temperature,
-                    double prior_precision, double alpha, double eps, int64_t seed,
-                    int64_t offset) {
-  std::vector<at::Tensor> pm, ac, sq;
-  if (prior_mean) pm.push_back(*prior_mean);
-  if (accum) ac.push_back(*accum);
-  if (square_avg) sq.push_back(*square_avg);
-  run_sgld_cuda(prepare_sgld_call({param}, {grad}, pm, ac, sq, lr, temperature, prior_precision,
-                                  alpha, eps, seed, offset),
-                param);
-}
-
 void sgld_step_list_cuda(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
                          at::TensorList accums, at::TensorList square_avgs, double lr,
                          double temperature, double prior_precision, double alpha, double eps,
@@ -91,7 +76,6 @@ at::Tensor philox_words_cuda(const at::Tensor& counters, const at::Tensor& keys)
 
 TORCH_LIBRARY_IMPL(lift_ext, CUDA, m) {
   m.impl("philox4x32_10", &philox_words_cuda);
-  m.impl("sgld_step_", &sgld_step_cuda);
   m.impl("sgld_step_list_", &sgld_step_list_cuda);
   m.impl("sgld_step_graphsafe_", &sgld_step_graphsafe_cuda);
   m.impl("philox_normal_", &philox_normal_cuda);

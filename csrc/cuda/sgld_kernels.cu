@@ -156,11 +156,10 @@ sgld_kernel(const SlotTable<kCapacity> table, SgldScalars s, const int64_t* rng_
       }
       theta[0] = tv.x; theta[1] = tv.y; theta[2] = tv.z; theta[3] = tv.w;
       if (noise_on) philox_normal4(s.seed, s.offset, static_cast<uint64_t>(group), z);
+      const SgldTerms terms{use_center, slot.square_avg != nullptr, noise_on, slot.accum != nullptr};
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        out[k] = sgld_update_value(theta[k], grad[k], z[k], center[k],
-                                   slot.square_avg ? &avg[k] : nullptr,
-                                   slot.accum ? &acc[k] : nullptr, s);
+        out[k] = sgld_update_value(theta[k], grad[k], z[k], center[k], avg[k], acc[k], terms, s);
       }
       store4(slot.param + local, out);
       if (slot.square_avg) store4(slot.square_avg + local, avg);
@@ -173,9 +172,13 @@ sgld_kernel(const SlotTable<kCapacity> table, SgldScalars s, const int64_t* rng_
         const SgldSlot& sl = table.slots[kCapacity > 1 ? find_slot(table, e) : 0];
         const int64_t i = e - sl.base;
         const float center = use_center && sl.prior_mean ? sl.prior_mean[i] : 0.0f;
-        sl.param[i] = sgld_update_value(sl.param[i], load_grad<G>(sl.grad, i), z[k], center,
-                                        sl.square_avg ? sl.square_avg + i : nullptr,
-                                        sl.accum ? sl.accum + i : nullptr, s);
+        float avg = sl.square_avg ? sl.square_avg[i] : 0.0f;
+        float acc = sl.accum ? sl.accum[i] : 0.0f;
+        const SgldTerms terms{use_center, sl.square_avg != nullptr, noise_on, sl.accum != nullptr};
+        sl.param[i] = sgld_update_value(sl.param[i], load_grad<G>(sl.grad, i), z[k], center, avg,
+                                        acc, terms, s);
+        if (sl.square_avg) sl.square_avg[i] = avg;
+        if (sl.accum) sl.accum[i] = acc;
       }
     }
   }

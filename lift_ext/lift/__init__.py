@@ -1,5 +1,6 @@
 """LiFT: SGLD-Gibbs posterior sampling of a shared adapter prior, an online Gaussian mixture
-over its samples, and meta-test adaptation under that mixture prior (docs/design.md).
+over its samples, and meta-test adaptation under that mixture prior (docs/design.md sections 3, 5
+and 10).
 
     SGLDGibbs     the sampler on flat vectors with a user-supplied gradient (no nn.Module needed)
     FlatParams    a module's adapter tensors packed into one float32 vector (params become

@@ -1,5 +1,5 @@
-"""Meta-test: adapting an adapter to a new task from its support set (docs/design.md,
-"Meta-test").
+"""Meta-test: adapting an adapter to a new task from its support set (docs/design.md
+section 5).
 
 Prior (optional): a `MixturePrior` p(theta) = sum_k w_k N(theta; m_k, diag(v_k) + beta^2 I),
 or an `OnlineGMM` over phi samples with `beta` (converted by `MixturePrior.from_gmm`). The

@@ -3,8 +3,8 @@
     p(theta*) = sum_k w_k N(theta*; m_k, diag(v_k) + beta^2 I),
 
 where m_k, v_k are the mean and variance of component k's shared adapter phi_k (a learned
-prior location and its uncertainty) and beta^2 the task-level spread around it (docs/design.md,
-"Meta-test"). Built by the samplers (`SGLDGibbs.meta_test_prior()`) or from an `OnlineGMM`
+prior location and its uncertainty) and beta^2 the task-level spread around it (docs/design.md
+section 5). Built by the samplers (`SGLDGibbs.meta_test_prior()`) or from an `OnlineGMM`
 fitted to phi samples (`MixturePrior.from_gmm`, the paper's route); `lift_ext.lift.adapt`
 takes it.
 """

@@ -1,48 +1,60 @@
-"""`SGLDGibbs`: LiFT's posterior sampler over a shared prior phi and N task vectors theta_i.
+"""`SGLDGibbs`: LiFT's posterior sampler over shared prior adapters and N task vectors theta_i.
 
-Model (DESIGN.md sections 1 and 3), vectors of length D:
-    phi ~ N(mu0, sigma^2 I),   theta_i | phi ~ N(phi, beta^2 I),   p(D_i | theta_i) given by
-    `grad_fn(i, theta_i)` = a stochastic estimate of -d/dtheta log p(D_i | theta_i), summed
-    over task i's data (the model's units; `mean_loss_grad` converts from a mean loss).
+Model (docs/design.md sections 3 and 10), vectors of length D in the units of theta:
+    prior="paper":   phi ~ N(mu0, sigma^2 I),  theta_i | phi ~ N(phi, beta^2 I);
+    prior="mixture": pi ~ Dir(a0 1_K), phi_k ~ N(mu0, sigma^2 I), z_i ~ Cat(pi),
+                     theta_i | z_i = k ~ N(phi_k, beta^2 I)   (see lift_ext.lift.mixture);
+and p(D_i | theta_i) given by `grad_fn(i, theta_i)` = a stochastic estimate of
+-d/dtheta log p(D_i | theta_i), summed over task i's data (`mean_loss_grad` converts from a
+mean loss).
 
-One `step()`:
-  1. task i = next of a shuffled round-robin (a fresh permutation of the N tasks per epoch);
-  2. theta_i <- theta_i - lr (g_i + (theta_i - phi)/beta^2) + sqrt(2 lr T) xi, and in the same
-     fused pass S += theta_i,new - theta_i,old (S = sum_i theta_i, so J = (S - N phi)/beta^2
-     equals the paper's running J of eq. 11 exactly). With ``preconditioned=True`` it is a
-     pSGLD step (Li et al. 2016, without the Gamma correction term): v <- alpha v + (1 - alpha)
-     g_i^2 (one average shared by all tasks, started at the first gradient's square),
-     G = 1/(sqrt(v) + eps'), drift scaled by G and noise variance by G, where the damping
-     eps' = max(eps, lr/beta^2) keeps lr G/beta^2 <= 1, so the prior pull is stable and the
-     noise std at most beta sqrt(2T) even for weights whose data gradient vanishes;
-  3. phi: Langevin (paper eq. 9) phi <- phi - lr_phi ((phi - mu0)/sigma^2 - (S - N phi)/beta^2)
-     + sqrt(2 lr_phi T) xi, or "gibbs": an exact draw from p(phi | thetas) = N(m, T v I),
-     v = 1/(1/sigma^2 + N/beta^2), m = v (mu0/sigma^2 + S/beta^2);
-  4. after `burn_in` steps, every `thin`-th phi is a posterior sample fed to the OnlineGMM.
-lr is half the paper's eta (see lift_ext.sgld). Noise of step t: Philox (seed, offset 2t) for
-theta, (seed, offset 2t + 1) for phi, so a run is a pure function of its seed.
-Memory: thetas [N, D] once, plus phi, S, mu0 and the mixture's K x D arrays, all on `device`
-(default: the device of prior_mean, else of theta_init, else the CPU); grad_fn must return
-gradients on that device.
+One `step()` (t = step_count):
+  1. tasks: the next B = `tasks_per_step` of a shuffled round-robin (lift_ext.lift.task_order);
+     grad_fn is called for each of them first, and the sampler changes nothing until all
+     have returned (an exception or KeyboardInterrupt in grad_fn leaves the state as it was);
+  2. theta_i <- theta_i - lr (g_i + (theta_i - c_i)/beta^2) + sqrt(2 lr T) xi for the B tasks,
+     c_i = phi (paper) or phi_{z_i} (mixture), and S_{z_i} += theta_i,new - theta_i,old, so the
+     component sums S (S = sum_i theta_i for the paper prior) stay exact. B = 1: one
+     `ops.sgld_step_` that also accumulates into S. B > 1: one `ops.sgld_step_list_` over the B
+     rows (all against the same phis), then S_{z_i} += new - old row by row in task order (the
+     op's accums would alias one S row B times). Noise: Philox (seed, offset 2t), element
+     b D + j for row b, so B = 1 is the single-tensor step.
+     ``preconditioned=True`` makes it pSGLD (Li et al. 2016, without the Gamma term): one
+     RMSprop average v of squared task gradients shared by all tasks, G = 1/(sqrt(v) + eps'),
+     drift scaled by G and noise variance by G; eps' = max(eps, lr/beta^2) keeps lr G/beta^2
+     <= 1 (the prior pull stays stable, the noise std at most beta sqrt(2T)). With B > 1 row b
+     is preconditioned by alpha v + (1 - alpha) g_b^2 (its own gradient, as a single step would),
+     and v then becomes the mean over b of those, alpha v + (1 - alpha) mean_b g_b^2;
+  3. mixture only: each stepped task's z_i from its conditional;
+  4. phi (paper): Langevin (eq. 9) phi <- phi - lr_phi ((phi - mu0)/sigma^2 - (S - N phi)/beta^2)
+     + sqrt(2 lr_phi T) xi, or "gibbs": an exact draw N(m, T v I), v = 1/(1/sigma^2 + N/beta^2),
+     m = v (mu0/sigma^2 + S/beta^2); noise at offset 2t + 1. Mixture: every phi_k by the same
+     exact draw from its n_k members, then pi ~ Dir(a0 + n);
+  5. paper only: after `burn_in` steps every `thin`-th phi is a sample for the OnlineGMM.
+lr is half the paper's eta (see lift_ext.sgld). A run is a pure function of its seed.
+Mixture start: with warmup_steps = 0, z comes from k-means++ over the initial thetas (a
+balanced seeded assignment when they are all equal); with warmup_steps = W > 0 the first W
+steps are the one-phi exact-Gibbs chain (z = 0) and k-means++ over the thetas then sets z.
+Memory: thetas [N, D] once, plus the K x D phis and S, mu0 (and the OnlineGMM's K x D arrays
+for the paper prior), all on `device` (default: the device of prior_mean, else of theta_init,
+else the CPU); grad_fn must return gradients on that device.
 """
-import math
 import warnings
-from typing import Callable, Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from lift_ext import ops
-from lift_ext.checkpoint import load_checked, save_atomic
+from lift_ext import ops, validate
 from lift_ext.gmm import OnlineGMM
-from lift_ext.sgld import start_square_avg_
+from lift_ext.lift import sampler_state
+from lift_ext.lift.mixture import MAX_COMPONENTS, Components, initial_assignments, keyed_generator, rows_identical
+from lift_ext.lift.prior import MixturePrior
+from lift_ext.lift.task_order import TaskOrder
+from lift_ext.types import DeviceLike, GradFn
 
-GradFn = Callable[[int, torch.Tensor], torch.Tensor]
-DeviceLike = Union[str, torch.device, None]
-
-_FORMAT = "lift_ext.SGLDGibbs"
-_VERSION = 1
 _PHI_UPDATES = ("langevin", "gibbs")
+_PRIORS = ("paper", "mixture")
 
 
 def mean_loss_grad(grad_of_mean_loss: GradFn, task_sizes) -> GradFn:
@@ -52,12 +64,6 @@ def mean_loss_grad(grad_of_mean_loss: GradFn, task_sizes) -> GradFn:
     if any(n < 1 for n in sizes):
         raise ValueError("task_sizes must all be >= 1")
     return lambda i, theta: grad_of_mean_loss(i, theta) * sizes[i]
-
-
-def _task_order(seed: int, epoch: int, num_tasks: int) -> List[int]:
-    """The visiting order of epoch `epoch`: a permutation fixed by (seed, epoch)."""
-    gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63 - 1))
-    return torch.randperm(num_tasks, generator=gen).tolist()
 
 
 def _default_device(device: DeviceLike, prior_mean, theta_init) -> torch.device:
@@ -71,71 +77,106 @@ def _default_device(device: DeviceLike, prior_mean, theta_init) -> torch.device:
 
 
 class SGLDGibbs:
-    """SGLD-Gibbs sampler of LiFT (see the module docstring for the math)."""
+    """SGLD-Gibbs sampler of LiFT (see the module docstring for the math).
+
+    prior: "paper" (one phi; `n_components` is the OnlineGMM's K over phi samples) or
+    "mixture" (`n_components` = K <= num_tasks shared adapters phi_k, exact Gibbs for phi_k, z
+    and pi; Dirichlet concentration `dirichlet_alpha`; `warmup_steps` one-phi steps before
+    k-means++ sets z; burn_in and thin feed the OnlineGMM and so apply to "paper" only)."""
 
     def __init__(self, num_tasks: int, dim: int, grad_fn: GradFn, *, sigma: float, beta: float,
                  lr: float, lr_phi: Optional[float] = None, temperature: float = 1.0,
                  phi_update: str = "langevin", prior_mean: Optional[torch.Tensor] = None,
                  theta_init: Optional[torch.Tensor] = None, burn_in: int = 0, thin: int = 1,
                  n_components: int = 1, seed: int = 0, preconditioned: bool = False,
-                 alpha: float = 0.99, eps: float = 1e-8, device: DeviceLike = None):
-        for name, value, low in (("num_tasks", num_tasks, 1), ("dim", dim, 1), ("burn_in", burn_in, 0),
-                                 ("thin", thin, 1), ("n_components", n_components, 1), ("seed", seed, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        for name, value in (("sigma", sigma), ("beta", beta), ("lr", lr)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        lr_phi = lr if lr_phi is None else lr_phi
-        if not (isinstance(lr_phi, (int, float)) and math.isfinite(lr_phi) and lr_phi > 0):
-            raise ValueError(f"lr_phi must be a finite number > 0, got {lr_phi!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-        if phi_update not in _PHI_UPDATES:
-            raise ValueError(f"phi_update must be one of {_PHI_UPDATES}, got {phi_update!r}")
-        if not isinstance(preconditioned, bool):
-            raise ValueError(f"preconditioned must be a bool, got {preconditioned!r}")
-        if not (isinstance(alpha, (int, float)) and 0.0 <= alpha < 1.0):
-            raise ValueError(f"alpha must be a number in [0, 1), got {alpha!r}")
-        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-            raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+                 alpha: float = 0.99, eps: float = 1e-8, tasks_per_step: int = 1,
+                 prior: str = "paper", dirichlet_alpha: float = 1.0, warmup_steps: int = 0,
+                 device: DeviceLike = None):
+        num_tasks, dim = validate.integer("num_tasks", num_tasks, 1), validate.integer("dim", dim, 1)
+        burn_in, thin = validate.integer("burn_in", burn_in), validate.integer("thin", thin, 1)
+        seed = validate.integer("seed", seed)
+        prior = validate.one_of("prior", prior, _PRIORS)
+        mixture = prior == "mixture"
+        n_components = validate.integer("n_components", n_components, 1,
+                                        min(num_tasks, MAX_COMPONENTS) if mixture else None)
+        tasks_per_step = validate.integer("tasks_per_step", tasks_per_step, 1, num_tasks)
+        warmup_steps = validate.integer("warmup_steps", warmup_steps)
+        if warmup_steps and not mixture:
+            raise ValueError(f"warmup_steps applies to prior='mixture' only, got {warmup_steps} with prior='paper'")
+        dirichlet_alpha = validate.number("dirichlet_alpha", dirichlet_alpha)
+        sigma, beta, lr = (validate.number(n, v) for n, v in (("sigma", sigma), ("beta", beta), ("lr", lr)))
+        lr_phi = validate.number("lr_phi", lr if lr_phi is None else lr_phi)
+        temperature = validate.number("temperature", temperature, inclusive=True)
+        phi_update = validate.one_of("phi_update", phi_update, _PHI_UPDATES)
+        if mixture and phi_update != "gibbs":
+            raise ValueError("phi_update must be 'gibbs' with prior='mixture' (each phi_k is drawn "
+                             f"exactly from its conditional), got {phi_update!r}")
+        validate.boolean("preconditioned", preconditioned)
+        alpha = validate.number("alpha", alpha, inclusive=True, high=1.0)
+        eps = validate.number("eps", eps)
         if not callable(grad_fn):
             raise TypeError("grad_fn must be callable as grad_fn(task_index, theta) -> Tensor [dim]")
-
-        self.num_tasks, self.dim, self.grad_fn = num_tasks, dim, grad_fn
-        self.sigma, self.beta, self.lr, self.lr_phi = float(sigma), float(beta), float(lr), float(lr_phi)
-        self.temperature, self.phi_update = float(temperature), phi_update
-        self.burn_in, self.thin, self.seed = burn_in, thin, seed
-        self.preconditioned, self.alpha, self.eps = preconditioned, float(alpha), float(eps)
         dev = _default_device(device, prior_mean, theta_init)
-
-        self._prior_mean = None if prior_mean is None else self._vector(prior_mean, "prior_mean", dev)
-        self._thetas = torch.empty(num_tasks, dim, dtype=torch.float32, device=dev)
-        if theta_init is None:
-            self._thetas.copy_(self._prior_mean if self._prior_mean is not None else torch.zeros(dim))
-        else:
+        mu0 = None if prior_mean is None else validate.vector("prior_mean", prior_mean, dim, dev)
+        if theta_init is not None:
             if not isinstance(theta_init, torch.Tensor) or theta_init.shape not in ((dim,), (num_tasks, dim)):
                 raise ValueError(f"theta_init must be a Tensor of shape [{dim}] or [{num_tasks}, {dim}]")
             if not torch.isfinite(theta_init).all():
                 raise ValueError("theta_init must be finite")
+
+        self.num_tasks, self.dim, self.grad_fn = num_tasks, dim, grad_fn
+        self.sigma, self.beta, self.lr, self.lr_phi = sigma, beta, lr, lr_phi
+        self.temperature, self.phi_update, self.prior = temperature, phi_update, prior
+        self.burn_in, self.thin, self.seed = burn_in, thin, seed
+        self.preconditioned, self.alpha, self.eps = preconditioned, alpha, eps
+        self.tasks_per_step, self.warmup_steps = tasks_per_step, warmup_steps
+        self.n_components, self.dirichlet_alpha = n_components, dirichlet_alpha
+        self._prior_mean = mu0
+        self._thetas = torch.empty(num_tasks, dim, dtype=torch.float32, device=dev)
+        if theta_init is None:
+            self._thetas.copy_(mu0 if mu0 is not None else torch.zeros(dim))
+        else:
             self._thetas.copy_(theta_init.to(dev, torch.float32).expand(num_tasks, dim))
-        total = torch.zeros(dim, dtype=torch.float64, device=dev)
-        for row in self._thetas:  # row by row: O(D) extra memory, float64 accumulation
-            total += row
-        self._task_sum = total.float()
-        self._phi = (total / num_tasks).float()
-        self.gmm = OnlineGMM(n_components, dim, device=dev)
+        self._components = Components(n_components if mixture else 1, num_tasks, dim, dev, dirichlet_alpha)
+        if mixture and warmup_steps == 0:
+            if n_components > 1 and rows_identical(self._thetas):
+                warnings.warn("prior='mixture' with warmup_steps=0 and identical initial thetas: z starts "
+                              "from a random balanced assignment, from which components tend to merge "
+                              "and stay empty; set warmup_steps (a few epochs, e.g. 5 N / tasks_per_step)",
+                              RuntimeWarning, stacklevel=2)
+            self._assign_by_kmeans()
+        else:
+            self._components.rebuild_(self._thetas, torch.zeros(num_tasks, dtype=torch.int64), mu0)
+        self.gmm = None if mixture else OnlineGMM(n_components, dim, device=dev)
         self._square_avg = torch.zeros(dim, dtype=torch.float32, device=dev) if preconditioned else None
         self.step_count = 0
-        self._epoch, self._position = 0, 0
-        self._order = _task_order(seed, 0, num_tasks)
+        self._order = TaskOrder(seed, num_tasks)
         self._warn_if_unstable()
 
     # ---- state ----------------------------------------------------------------------------
     @property
     def phi(self) -> torch.Tensor:
-        """The shared prior mean phi [D] (the live buffer: clone it to keep a sample)."""
-        return self._phi
+        """The shared prior mean phi [D] of prior="paper" (the live buffer: clone it to keep a
+        sample). prior="mixture" has K of them: read `phis` or `meta_test_prior()`."""
+        if self.prior == "mixture":
+            raise AttributeError("SGLDGibbs(prior='mixture') has no single phi: read phis [K, D] "
+                                 "(with assignments and weights) or meta_test_prior()")
+        return self._components.phis[0]
+
+    @property
+    def phis(self) -> torch.Tensor:
+        """The shared adapters phi_k [K, D] (the live buffer; [1, D] for prior="paper")."""
+        return self._components.phis
+
+    @property
+    def assignments(self) -> torch.Tensor:
+        """z [N] int64 on the CPU: the component of each task (all 0 for prior="paper")."""
+        return self._components.assignments.clone()
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """pi [K] float64 on the CPU: the current draw of the component weights."""
+        return self._components.weights.clone()
 
     @property
     def thetas(self) -> torch.Tensor:
@@ -143,9 +184,17 @@ class SGLDGibbs:
         return self._thetas
 
     @property
+    def task_sums(self) -> torch.Tensor:
+        """S_k = sum of theta_i over the tasks of component k [K, D] (the live buffer; [1, D]
+        for prior="paper"), kept up to date by the theta step and the z draws."""
+        return self._components.sums
+
+    @property
     def task_sum(self) -> torch.Tensor:
-        """S = sum_i theta_i [D], kept up to date by the fused theta step."""
-        return self._task_sum
+        """S = sum_i theta_i [D] of prior="paper" (the live buffer); see `task_sums`."""
+        if self.prior == "mixture":
+            raise AttributeError("SGLDGibbs(prior='mixture') keeps one sum per component: read task_sums [K, D]")
+        return self._components.sums[0]
 
     @property
     def prior_mean(self) -> Optional[torch.Tensor]:
@@ -154,19 +203,13 @@ class SGLDGibbs:
 
     @property
     def device(self) -> torch.device:
-        return self._phi.device
+        return self._thetas.device
 
     @property
     def num_gmm_samples(self) -> int:
-        """phi samples fed to the mixture so far: (steps - burn_in) // thin, 0 before burn-in."""
-        return max(0, self.step_count - self.burn_in) // self.thin
-
-    def _vector(self, value: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
-        if not isinstance(value, torch.Tensor) or value.shape != (self.dim,):
-            raise ValueError(f"{name} must be a Tensor of shape [{self.dim}]")
-        if not torch.isfinite(value).all():
-            raise ValueError(f"{name} must be finite")
-        return value.detach().to(device, torch.float32).clone().contiguous()
+        """phi samples fed to the OnlineGMM so far: (steps - burn_in) // thin, 0 before burn-in
+        (always 0 for prior="mixture", which has no OnlineGMM)."""
+        return 0 if self.gmm is None else max(0, self.step_count - self.burn_in) // self.thin
 
     @property
     def square_avg(self) -> Optional[torch.Tensor]:
@@ -189,19 +232,29 @@ class SGLDGibbs:
                           "Langevin phi step diverges; lower lr_phi or use phi_update='gibbs'",
                           RuntimeWarning, stacklevel=3)
 
-    # ---- sampling -------------------------------------------------------------------------
-    def _next_task(self) -> int:
-        if self._position == self.num_tasks:
-            self._epoch += 1
-            self._position = 0
-            self._order = _task_order(self.seed, self._epoch, self.num_tasks)
-        task = self._order[self._position]
-        self._position += 1
-        return task
+    def meta_test_prior(self) -> MixturePrior:
+        """The meta-test prior for `lift_ext.lift.adapt`. prior="paper": the OnlineGMM fitted to
+        the phi samples, plus beta^2. prior="mixture": the current state's conditional phi_k
+        posteriors N(m_k, T v_k I) given z and S (Rao-Blackwellised), weights E[pi | z] =
+        (a0 + n_k) / (K a0 + N), plus beta^2."""
+        if self.prior == "mixture":
+            if self.step_count < self.warmup_steps:
+                raise RuntimeError(f"the mixture prior has no components yet: the first warmup_steps="
+                                   f"{self.warmup_steps} steps run before k-means++ assigns the tasks, "
+                                   f"and {self.step_count} have run")
+            return self._components.meta_test_prior(self._prior_mean, sigma=self.sigma, beta=self.beta,
+                                                    temperature=self.temperature)
+        if not self.gmm.initialized:
+            need, total = self.gmm.warmup, self.burn_in + self.thin * self.gmm.warmup
+            raise RuntimeError(
+                f"no meta-test prior yet: it is a mixture over phi samples and needs {need} of them; one "
+                f"is kept every thin={self.thin} steps after burn_in={self.burn_in}, so {self.step_count} "
+                f"steps have given {self.num_gmm_samples}: run at least {total - self.step_count} more "
+                "steps, or lower burn_in / thin")
+        return MixturePrior.from_gmm(self.gmm, self.beta)
 
-    def step(self) -> int:
-        """One SGLD-Gibbs step; returns the index of the task visited."""
-        task = self._next_task()
+    # ---- sampling -------------------------------------------------------------------------
+    def _task_grad(self, task: int) -> torch.Tensor:
         theta = self._thetas[task]
         grad = self.grad_fn(task, theta)
         if not isinstance(grad, torch.Tensor) or grad.shape != (self.dim,):
@@ -210,46 +263,93 @@ class SGLDGibbs:
         if grad.device != theta.device:
             raise ValueError(f"grad_fn({task}, theta) returned a tensor on {grad.device}, but the sampler's "
                              f"state is on {theta.device} (pass device= or a prior_mean on the right device)")
-        offset = 2 * self.step_count
-        grad = grad.detach()
-        if self._square_avg is not None and self.step_count == 0:
-            start_square_avg_(self._square_avg, grad)
-        ops.sgld_step_(theta, grad, self._phi, self._task_sum, self._square_avg, lr=self.lr,
-                       temperature=self.temperature, prior_precision=1.0 / self.beta**2,
-                       alpha=self.alpha, eps=self.damping, seed=self.seed, offset=offset)
-        ops.phi_step_(self._phi, self._task_sum, self._prior_mean, lr=self.lr_phi,
-                      temperature=self.temperature, sigma=self.sigma, beta=self.beta,
-                      num_tasks=self.num_tasks, gibbs=self.phi_update == "gibbs", seed=self.seed,
-                      offset=offset + 1)
+        return grad.detach()
+
+    def step(self) -> List[int]:
+        """One SGLD-Gibbs step; returns the tasks visited, in order (`tasks_per_step` of them,
+        fewer when the next task of the round-robin is already among them)."""
+        tasks, epoch, position = self._order.peek(self.tasks_per_step)
+        grads = [self._task_grad(task) for task in tasks]  # may raise: nothing has changed yet
+        t, comps = self.step_count, self._components
+        self._step_thetas(tasks, grads, offset=2 * t)
+        mixing = self.prior == "mixture" and t >= self.warmup_steps
+        generator = keyed_generator("SGLDGibbs.mixture", self.seed, t) if mixing and comps.k > 1 else None
+        if mixing:
+            try:
+                comps.draw_assignments_(self._thetas, tasks, beta=self.beta, temperature=self.temperature,
+                                        generator=generator)
+            except FloatingPointError:
+                raise self._divergence("a theta or phi_k is not finite") from None
+        comps.draw_phis_(self._prior_mean, lr=self.lr_phi, temperature=self.temperature, sigma=self.sigma,
+                         beta=self.beta, gibbs=self.phi_update == "gibbs", seed=self.seed, step=t)
+        if mixing:
+            comps.draw_weights_(temperature=self.temperature, generator=generator)
+        self._order.advance(epoch, position)
         self.step_count += 1
-        if self.step_count > self.burn_in and (self.step_count - self.burn_in) % self.thin == 0:
+        if self.prior == "mixture" and self.step_count == self.warmup_steps:
+            self._assign_by_kmeans()
+        past_burn_in = self.step_count - self.burn_in
+        if self.gmm is not None and past_burn_in > 0 and past_burn_in % self.thin == 0:
             self._feed_mixture()
-        return task
+        return tasks
+
+    def _step_thetas(self, tasks: Sequence[int], grads: Sequence[torch.Tensor], offset: int) -> None:
+        """Step 2 of the module docstring for the rows of `tasks`."""
+        comps = self._components
+        rows = [self._thetas[task] for task in tasks]
+        centers = [comps.phis[int(comps.assignments[task])] for task in tasks]
+        kwargs = dict(lr=self.lr, temperature=self.temperature, prior_precision=1.0 / self.beta**2,
+                      alpha=self.alpha, eps=self.damping, seed=self.seed, offset=offset)
+        if len(tasks) == 1:
+            sums = comps.sums[int(comps.assignments[tasks[0]])]
+            ops.sgld_step_(rows[0], grads[0], centers[0], sums, self._square_avg, **kwargs)
+            return
+        old = torch.stack(rows)
+        averages = None if self._square_avg is None else self._square_avg.expand(len(tasks), -1).clone()
+        ops.sgld_step_list_(rows, grads, centers, [], [] if averages is None else list(averages.unbind(0)),
+                            **kwargs)
+        if averages is not None:
+            self._square_avg.copy_(averages.mean(dim=0))
+        comps.add_deltas_(tasks, torch.stack(rows).sub_(old))
+
+    def _assign_by_kmeans(self) -> None:
+        """z from k-means++ over the current thetas (seeded by `seed`); S, n, phis and pi rebuilt."""
+        comps = self._components
+        labels = initial_assignments(self._thetas, comps.k, keyed_generator("SGLDGibbs.kmeans", self.seed))
+        comps.rebuild_(self._thetas, labels, self._prior_mean)
 
     def _feed_mixture(self) -> None:
-        """Give phi to the mixture. The mixture refuses (unchanged) a sample that is not finite or
-        so far from its components that it would become non-finite (its own check, no second
-        pass here); either means the chain diverged, which is raised as FloatingPointError."""
+        """Give phi to the OnlineGMM. It refuses (unchanged) a sample that is not finite or so
+        far from its components that it would become non-finite (its own check, no second pass
+        here); either means the chain diverged, which is raised as FloatingPointError."""
         try:
-            self.gmm.update(self._phi)
+            self.gmm.update(self.phi)
         except ValueError:
-            raise FloatingPointError(
-                f"SGLDGibbs diverged: phi is not finite or has run away after step {self.step_count} "
-                f"(lr={self.lr:g}, lr / beta^2 = {self.lr / self.beta ** 2:g}); the gradients are too "
-                "large for this lr: lower lr (or the temperature)") from None
+            raise self._divergence("phi (not finite, or run away from the mixture)") from None
+
+    def _divergence(self, what: str) -> FloatingPointError:
+        return FloatingPointError(
+            f"SGLDGibbs diverged: {what} at step {self.step_count} (lr={self.lr:g}, "
+            f"lr / beta^2 = {self.lr / self.beta ** 2:g}); the gradients are too large for this lr: "
+            "lower lr (or the temperature)")
 
     def diagnostics(self) -> Dict[str, float]:
-        """Scalars to watch a run by: |phi| (RMS), the RMS spread of thetas around phi, and the
-        number of mixture samples. Each call synchronises with the device."""
-        spread = (self._thetas - self._phi).pow(2).mean().sqrt()
-        return {"phi_rms": float(self._phi.pow(2).mean().sqrt()), "theta_spread": float(spread),
-                "gmm_samples": float(self.num_gmm_samples)}
+        """Scalars to watch a run by: the RMS of the phis, the RMS spread of the thetas around
+        their phi_{z_i}, the number of OnlineGMM samples and (mixture) of occupied components.
+        Each call synchronises with the device."""
+        comps = self._components
+        centers = comps.phis.index_select(0, comps.assignments.to(self.device))
+        out = {"phi_rms": float(comps.phis.pow(2).mean().sqrt()),
+               "theta_spread": float((self._thetas - centers).pow(2).mean().sqrt()),
+               "gmm_samples": float(self.num_gmm_samples)}
+        if self.prior == "mixture":
+            out["components_used"] = float(sum(n > 0 for n in comps.counts))
+        return out
 
     def run(self, num_steps: int, progress: bool = True, report_every: Optional[int] = None) -> None:
         """`num_steps` steps with a tqdm bar showing `diagnostics()` every `report_every` steps
         (default: 20 reports per run)."""
-        if not isinstance(num_steps, int) or num_steps < 0:
-            raise ValueError(f"num_steps must be an int >= 0, got {num_steps!r}")
+        validate.integer("num_steps", num_steps)
         every = report_every or max(1, num_steps // 20)
         with tqdm(total=num_steps, disable=not progress, desc="SGLD-Gibbs", unit="step") as bar:
             for done in range(1, num_steps + 1):
@@ -259,62 +359,23 @@ class SGLDGibbs:
                         bar.set_postfix({k: f"{v:.4g}" for k, v in self.diagnostics().items()}, refresh=False)
                     bar.update(done - bar.n)
 
-    # ---- checkpoints ----------------------------------------------------------------------
-    def _hparams(self) -> Dict[str, object]:
+    # ---- checkpoints (lift_ext.lift.sampler_state) -----------------------------------------
+    def hparams(self) -> Dict[str, object]:
+        """The constructor's arguments that fix the chain (all but grad_fn, the tensors and device)."""
         return dict(num_tasks=self.num_tasks, dim=self.dim, sigma=self.sigma, beta=self.beta,
                     lr=self.lr, lr_phi=self.lr_phi, temperature=self.temperature,
                     phi_update=self.phi_update, burn_in=self.burn_in, thin=self.thin,
-                    n_components=self.gmm.n_components, seed=self.seed,
-                    preconditioned=self.preconditioned, alpha=self.alpha, eps=self.eps)
+                    n_components=self.n_components, seed=self.seed,
+                    preconditioned=self.preconditioned, alpha=self.alpha, eps=self.eps,
+                    tasks_per_step=self.tasks_per_step, prior=self.prior,
+                    dirichlet_alpha=self.dirichlet_alpha, warmup_steps=self.warmup_steps)
 
     def save(self, path: str) -> None:
         """Write the whole sampler state to one file, atomically (temp file + rename)."""
-        save_atomic({
-            "format": _FORMAT, "version": _VERSION, "hparams": self._hparams(),
-            "phi": self._phi, "thetas": self._thetas, "task_sum": self._task_sum,
-            "prior_mean": self._prior_mean, "gmm": self.gmm.state_dict(),
-            "square_avg": self._square_avg,
-            "step": self.step_count, "order": {"epoch": self._epoch, "position": self._position},
-        }, path)
+        sampler_state.save(self, path)
 
     @classmethod
     def load(cls, path: str, grad_fn: GradFn, device: DeviceLike = None) -> "SGLDGibbs":
         """Rebuild a sampler saved by `save`; it continues the exact same chain. A truncated,
         foreign or inconsistent file raises lift_ext.checkpoint.CheckpointError."""
-        from lift_ext.checkpoint import CheckpointError
-
-        state = load_checked(path, fmt=_FORMAT, version=_VERSION, map_location="cpu",
-                             required=("hparams", "phi", "thetas", "task_sum", "prior_mean", "gmm",
-                                       "step", "order"))
-        hp = dict(state["hparams"])
-        n, d = hp.get("num_tasks"), hp.get("dim")
-        expected = {"phi": (d,), "thetas": (n, d), "task_sum": (d,)}
-        if state["prior_mean"] is not None:
-            expected["prior_mean"] = (d,)
-        if hp.get("preconditioned"):
-            expected["square_avg"] = (d,)
-            if "square_avg" not in state:
-                raise CheckpointError(f"checkpoint {path!r} is incomplete: a preconditioned sampler "
-                                      "needs its square_avg")
-        for key, shape in expected.items():
-            value = state[key]
-            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.dtype != torch.float32:
-                raise CheckpointError(f"checkpoint {path!r}: {key} must be a float32 tensor of shape "
-                                      f"{list(shape)}")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                sampler = cls(grad_fn=grad_fn, prior_mean=state["prior_mean"], device=device, **hp)
-            sampler.gmm.load_state_dict(state["gmm"])
-        except (TypeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint {path!r} is inconsistent: {exc}") from exc
-        sampler._thetas.copy_(state["thetas"])
-        sampler._task_sum.copy_(state["task_sum"])
-        sampler._phi.copy_(state["phi"])
-        if sampler._square_avg is not None:
-            sampler._square_avg.copy_(state["square_avg"])
-        sampler.step_count = int(state["step"])
-        sampler._epoch = int(state["order"]["epoch"])
-        sampler._position = int(state["order"]["position"])
-        sampler._order = _task_order(sampler.seed, sampler._epoch, sampler.num_tasks)
-        return sampler
+        return sampler_state.load(cls, path, grad_fn, device)

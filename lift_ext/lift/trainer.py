@@ -134,33 +134,11 @@ class LiFT:
         return self.sampler.thetas
 
     # ---- the learned prior and adaptation ---------------------------------------------------
-    def _chain_state(self) -> str:
-        s = self.sampler
-        return (f"{s.step_count} steps have run with burn_in={s.burn_in} and thin={s.thin}, so "
-                f"{s.num_gmm_samples} phi samples were kept (one every thin-th step after burn_in)")
-
     def meta_test_prior(self) -> MixturePrior:
-        """The meta-learned prior over a new task's adapter: the sampler's own
-        `meta_test_prior()` where it has one, else its mixture over phi samples with beta^2
-        added (`MixturePrior.from_gmm`). RuntimeError, naming burn_in / thin / steps, while the
-        chain has not produced one yet."""
-        own = getattr(self.sampler, "meta_test_prior", None)
-        if own is not None:
-            try:
-                return own()
-            except (RuntimeError, ValueError) as exc:
-                raise RuntimeError(f"no meta-test prior yet ({exc}): {self._chain_state()}; "
-                                   "run more steps (LiFT.run)") from exc
-        gmm = self.sampler.gmm
-        if not gmm.initialized:
-            s = self.sampler
-            missing = s.burn_in + gmm.warmup * s.thin - s.step_count
-            what = (f"no phi samples yet: run more steps than burn_in (={s.burn_in})" if s.num_gmm_samples == 0
-                    else "the mixture over phi samples is not fitted yet")
-            raise RuntimeError(f"{what}; {self._chain_state()}, and the mixture (n_components="
-                               f"{gmm.n_components}) needs {gmm.warmup}: run at least {missing} more "
-                               "steps (LiFT.run)")
-        return MixturePrior.from_gmm(gmm, self.sampler.beta)
+        """The meta-learned prior over a new task's adapter (`SGLDGibbs.meta_test_prior`).
+        RuntimeError, naming burn_in / thin / the steps still needed, while the chain has not
+        produced one yet."""
+        return self.sampler.meta_test_prior()
 
     def adapt(self, task: Task, **options) -> Adapted:
         """`lift_ext.lift.adapt(self.flat, task, self.loss_fn, **options)` with prior defaulting

@@ -1,7 +1,7 @@
 // Diagonal Gaussian-mixture statistics shared by the CPU and CUDA kernels, and the raw-pointer
 // launch interface of the CUDA kernels (so the .cu file needs no ATen headers).
 //
-// State of K components over vectors of length D (DESIGN.md section 4):
+// State of K components over vectors of length D (docs/design.md section 4):
 //   counts n_k (float64), means mu_kd and centred second moments M2_kd (float32),
 //   var_kd = M2_kd / n_k + reg,   alpha_k = n_k / sum_j n_j.
 // E-step:  loglik_bk = log alpha_k - 1/2 sum_d [ (x_bd - mu_kd)^2 / var_kd + log var_kd + log 2pi ]
@@ -50,6 +50,22 @@ LIFT_HOST_DEVICE void gmm_merge_moments(float& mean, float& m2, double batch_mea
                           delta * delta * (count * w / updated));
 }
 
+// (x - mu)^2 / var of one element of the E-step's quadratic form, from inv_var = 1 / var.
+LIFT_HOST_DEVICE float gmm_quad_term(float x, float mean, float inv_var) {
+  const float t = x - mean;
+  return t * t * inv_var;
+}
+
+// The two sample terms of an element's batch moments: sum_b q_b x_b (then m = sum / w) and
+// S = sum_b q_b (x_b - m)^2, each summed over b in sample order on every backend.
+LIFT_HOST_DEVICE double gmm_weighted_sample(double q, float x) {
+  return q * static_cast<double>(x);
+}
+LIFT_HOST_DEVICE double gmm_weighted_square(double q, float x, double batch_mean) {
+  const double t = static_cast<double>(x) - batch_mean;
+  return q * t * t;
+}
+
 // The batch moments of one element: xs points at x_0d, consecutive samples `stride` elements
 // apart; q_b = q[b * q_stride]; w = sum_b q_b > 0. For B = 1, m = x and S = 0 exactly.
 LIFT_HOST_DEVICE void gmm_batch_moments(const float* xs, int64_t stride, const double* q,
@@ -61,18 +77,18 @@ LIFT_HOST_DEVICE void gmm_batch_moments(const float* xs, int64_t stride, const d
     return;
   }
   double s = 0.0;
-  for (int64_t b = 0; b < batch; ++b) s += q[b * q_stride] * static_cast<double>(xs[b * stride]);
+  for (int64_t b = 0; b < batch; ++b) s += gmm_weighted_sample(q[b * q_stride], xs[b * stride]);
   batch_mean = s / w;
   for (int64_t b = 0; b < batch; ++b) {
-    const double t = static_cast<double>(xs[b * stride]) - batch_mean;
-    batch_m2 += q[b * q_stride] * t * t;
+    batch_m2 += gmm_weighted_square(q[b * q_stride], xs[b * stride], batch_mean);
   }
 }
 
-// (theta - mu) / var of one element and component: the per-component prior drift.
-LIFT_HOST_DEVICE float gmm_prior_term(float theta, float mean, float m2, float inv_count,
-                                      float reg) {
-  return (theta - mean) / gmm_variance(m2, inv_count, reg);
+// r_k (theta - mu) / var of one element and component, in float64: the term the prior
+// gradient sums over components (float32 drift, weighted by the float64 responsibility).
+LIFT_HOST_DEVICE double gmm_prior_term(double r, float theta, float mean, float m2,
+                                       float inv_count, float reg) {
+  return r * static_cast<double>((theta - mean) / gmm_variance(m2, inv_count, reg));
 }
 
 // loglik and resp of one sample from its sums over d: quad_k = sum_d (x_d - mu_kd)^2 / var_kd,

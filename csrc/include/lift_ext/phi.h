@@ -1,4 +1,4 @@
-// The shared-prior (phi) update of SGLD-Gibbs (DESIGN.md section 3), one element, shared by the
+// The shared-prior (phi) update of SGLD-Gibbs (docs/design.md section 3), one element, shared by the
 // CPU and CUDA kernels, and the raw-pointer CUDA launcher.
 //
 // State: phi, S = sum_i theta_i over the N tasks, prior mean mu0 (0 when absent).

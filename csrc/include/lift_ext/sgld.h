@@ -1,10 +1,13 @@
 // The SGLD update of one element, shared by the CPU and CUDA kernels, and the raw-pointer
 // launch interface of the CUDA kernels (so the .cu files need no ATen headers).
 //
-// Convention (DESIGN.md section 2):
+// Convention (docs/design.md section 2):
 //   theta <- theta - lr * G * (g + lam * (theta - c)) + sqrt(2 * lr * T * G) * xi,  xi ~ N(0, 1)
 // with G = 1 unless RMSprop preconditioning is on (pSGLD, no Gamma correction term):
-//   v <- alpha * v + (1 - alpha) * g^2,   G = 1 / (sqrt(v) + eps).
+//   v <- g^2 if v == 0 else alpha * v + (1 - alpha) * g^2,   G = 1 / (sqrt(v) + eps).
+// v == 0 means "no nonzero gradient seen yet": the average starts at the first one's square
+// (from 0 the first step would be lr / sqrt(1 - alpha), 10 lr at alpha = 0.99, whatever the
+// gradient's scale, also for a weight whose gradients are 0 for a while and then are not).
 // lr is half the paper's eta. With T = 0 no noise is drawn and the step is exactly SGD with
 // weight decay lam toward c. An accumulator, when given, receives theta_new - theta_old.
 #pragma once
@@ -26,32 +29,42 @@ struct SgldScalars {
   uint64_t offset;
 };
 
-// One element, on values. `center` is the prior mean c (read only when prior_precision != 0);
-// square_avg and accum point at the element's running average v and accumulator (in-out),
-// or are null when absent. `noise` is ignored when scalars.noise_scale == 0. The CPU loop in
-// csrc/cpu/sgld.cpp does the same operations in the same order (bitwise-equal results).
+// Which optional terms an update has. The CPU loop fixes them at compile time (one
+// vectorised loop per combination, the branches folded away after inlining); the CUDA
+// kernel sets them per call and tensor.
+struct SgldTerms {
+  bool prior;    // prior_precision != 0: the pull lam * (theta - c)
+  bool precond;  // square_avg given: RMSprop preconditioning
+  bool noise;    // noise_scale != 0
+  bool accum;    // accumulator given
+};
+
+// The update of one element, on values: the only place the SGLD arithmetic is written (the
+// CPU loop in csrc/cpu/sgld.cpp and the CUDA kernel both call it, so their results are
+// bitwise equal). `center` is the prior mean c (read only with terms.prior); square_avg and
+// accum are the element's running average v and accumulator, read and written only with
+// terms.precond / terms.accum; `noise` is read only with terms.noise. Returns theta_new.
 LIFT_HOST_DEVICE float sgld_update_value(float theta, float grad, float noise, float center,
-                                         float* square_avg, float* accum, const SgldScalars& s) {
+                                         float& square_avg, float& accum, SgldTerms terms,
+                                         const SgldScalars& s) {
   float drift = grad;
-  if (s.prior_precision != 0.0f) {
-    drift = grad + s.prior_precision * (theta - center);
-  }
+  if (terms.prior) drift = grad + s.prior_precision * (theta - center);
   float step = s.lr * drift;
-  float noise_term = s.noise_scale * noise;
-  if (square_avg) {
-    const float v = s.alpha * *square_avg + (1.0f - s.alpha) * (grad * grad);
-    *square_avg = v;
+  float noise_term = 0.0f;
+  if (terms.noise) noise_term = s.noise_scale * noise;
+  if (terms.precond) {
+    const float g2 = grad * grad;
+    // Both candidates computed, then a select: a branch-free loop the CPU can vectorise.
+    const float decayed = s.alpha * square_avg + (1.0f - s.alpha) * g2;
+    const float v = square_avg == 0.0f ? g2 : decayed;
+    square_avg = v;
     const float precond = 1.0f / (sqrtf(v) + s.eps);
     step = step * precond;
-    noise_term = noise_term * sqrtf(precond);
+    if (terms.noise) noise_term = noise_term * sqrtf(precond);
   }
   float updated = theta - step;
-  if (s.noise_scale != 0.0f) {
-    updated = updated + noise_term;
-  }
-  if (accum) {
-    *accum = *accum + (updated - theta);
-  }
+  if (terms.noise) updated = updated + noise_term;
+  if (terms.accum) accum = accum + (updated - theta);
   return updated;
 }
 
