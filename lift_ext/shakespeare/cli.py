@@ -16,28 +16,52 @@ import time
 from pathlib import Path
 from typing import Optional
 
-CONFIG_HELP = """\
-config file: a JSON object with any subset of these keys (others keep their defaults):
-  methods       list of: lift, lift_k1, independent, multitask, reptile, fomaml, retrieval, mbc
-  seeds         list of ints; each repeats meta-training and adaptation   [0]
-  device        "cpu" or "cuda"                                           "cpu"
-  min_lines, n_support, n_query      roles kept and windows per role       150, 8, 16
-  max_train, max_val, max_test       roles used per split (0 = all)        0, 8, 40
+CONFIG_KEYS = """\
+config file: a JSON object with any subset of these keys (others keep their suite's defaults):
+  suite         "families" (targets through each role's family permutation) or "roles" (plain)
+  methods       list of: lift, lift_k1, lift_paper, lift_sgld, independent, multitask, reptile,
+                fomaml, retrieval, mbc, oracle (families only), backbone
+  seeds         list of ints; each repeats meta-training and adaptation
+  device        "cpu" or "cuda"
+  families, family_seed, family_swaps, within_family   F families; their seed; letter pairs each
+                non-identity family swaps; rare pairs each role swaps on top (0 = none)
+  min_lines, n_support, n_query      roles kept and windows per role
+  max_train, max_val, max_test       roles used per split (0 = all)
+  eval_split    "test", or "val" to score meta-val roles (for choosing hyper-parameters)
   backbone      BackboneConfig fields (n_layer, n_embd, n_head, steps, batch_size, lr, ...)
-  pretrain_train_roles               also pre-train the backbone on meta-train roles  false
-  lora_r, lora_alpha                 LoRA rank and scale on attention      8, 16
-  batch_size, meta_steps             minibatch windows; meta-training gradients per method  8, 1500
-  sigma, beta, temperature           LiFT prior / task scales, chain temperature  0.1, 0.05, 0.01
-  lift_lr, lift_preconditioned       LiFT theta step (pSGLD: RMSprop step size)   3e-2, true
-  n_components, burn_in, thin        LiFT mixture; burn-in fraction; thinning     4, 0.5, 5
+  pretrain_train_roles               also pre-train the backbone on meta-train roles
+  lora_r, lora_alpha                 LoRA rank and scale on attention
+  batch_size, meta_steps             minibatch windows; meta-training steps per method
+  lift_prior    "mixture" (K adapters in the hierarchy) or "paper" (online EM over phi samples)
+  sigma, beta, temperature           LiFT prior / task scales, chain temperature
+  lift_lr, lift_preconditioned       LiFT theta step (pSGLD: RMSprop step size)
+  n_components, tasks_per_step, lift_warmup   K; tasks per chain step; mixture warm-up fraction
+  burn_in, thin                      paper prior: burn-in fraction of steps; thinning
   meta_lr, inner_steps, outer_lr, mbc_clusters                             baselines
-  adapt_steps, adapt_lrs             adaptation steps; RMSprop lrs tried on meta-val  15, [3e-5, 1e-4]
+  adapt_steps, adapt_lrs             most adaptation steps; RMSprop lrs tried on meta-val
+  adapt_tol, adapt_patience, adapt_eval_every   stopping rule on the support objective
+"""
+
+
+TRAILER = """\
 Stages write into --output: meta_state.pt, adapted.pt, results.json, results.md, results.png.
 Larger runs on a GPU, e.g.:  lift-ext demo --device cuda --config big.json  with
-  {"max_val": 0, "seeds": [0, 1, 2], "meta_steps": 20000, "adapt_steps": 100,
+  {"max_val": 0, "meta_steps": 20000, "adapt_steps": 100,
    "backbone": {"n_layer": 6, "n_embd": 256, "n_head": 8, "steps": 10000}}
 The backbone and parsed corpus are cached in $LIFT_EXT_CACHE (default ~/.cache/lift_ext).
 """
+CONFIG_HELP = CONFIG_KEYS + TRAILER
+
+
+def config_help() -> str:
+    """The config keys and each suite's defaults (the epilog of the stage commands)."""
+    from lift_ext.shakespeare.config import BenchConfig
+    lines = [CONFIG_KEYS]
+    for suite in ("families", "roles"):
+        d = BenchConfig.from_dict({"suite": suite}).to_dict()
+        shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in d.items() if k not in ("suite", "backbone"))
+        lines.append(f"defaults of suite {suite!r}: {shown}\n")
+    return "\n".join(lines + [TRAILER])
 
 
 EXTRA_MODULES = ("transformers", "peft", "matplotlib")
@@ -46,7 +70,7 @@ EXTRA_MODULES = ("transformers", "peft", "matplotlib")
 def add_commands(sub) -> None:
     """Add the benchmark's subcommands to `sub` (an argparse subparsers object)."""
     def stage(name: str, help_: str, config_required: bool) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_, epilog=CONFIG_HELP,
+        p = sub.add_parser(name, help=help_, description=help_, epilog=config_help(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", required=config_required, metavar="FILE",
                        help="JSON config (see below)" + ("" if config_required else "; overrides the defaults"))

@@ -8,6 +8,7 @@ meta-test prior each variant adapts under (docs/design.md sections 3, 4 and 10).
                 component the mixture hierarchy is the paper's exact-Gibbs chain, so both
                 ablations share that chain)
     lift_paper  the paper's chain with K components, whatever ``cfg.lift_prior`` is
+    lift_sgld   lift's prior, adapted by SGLD sampling with prediction averaging (not MAP)
 
 Budget: a chain takes ``meta_steps`` steps of ``tasks_per_step`` = B tasks, each task's
 gradient on max(1, batch_size // B) windows of its pool, so a step sees about as many windows
@@ -63,7 +64,7 @@ def _needs(method: str, cfg) -> Tuple[str, int]:
         return "paper", cfg.n_components
     if method == "lift_k1":
         return "paper", 1
-    return cfg.lift_prior, cfg.n_components
+    return cfg.lift_prior, cfg.n_components  # lift, lift_sgld
 
 
 def _chain_of(prior: str, components: int, cfg) -> Tuple[str, int]:

@@ -14,7 +14,7 @@ next-character cross-entropy (nats) of one minibatch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -24,7 +24,7 @@ from lift_ext.shakespeare.backbone import target_loss
 from lift_ext.shakespeare.episodes import sample_episode, sample_role
 from lift_ext.sgld import sgld_step
 
-LIFT_METHODS = ("lift", "lift_k1", "lift_paper")
+LIFT_METHODS = ("lift", "lift_k1", "lift_paper", "lift_sgld")
 START_METHODS = ("multitask", "reptile", "fomaml")
 
 
@@ -206,17 +206,20 @@ def start_vector(method: str, state: MetaState, flat: FlatParams, task: TensorTa
 
 
 def adapt_role(method: str, state: MetaState, flat: FlatParams, task: TensorTask, *, start: Optional[torch.Tensor],
-               options: dict) -> List[torch.Tensor]:
-    """The adapted vectors of ``method`` on one role's support ``task`` (one for a MAP
-    estimate, the kept samples in SGLD mode): lift_ext.lift.adapt with ``options`` (steps, lr,
-    stopping rule, mode), under the method's prior from its best component (LiFT variants),
-    else without a prior from ``start``. The reference "backbone" is not adapted."""
+               options: dict, temperature: float) -> Tuple[List[torch.Tensor], Optional[int]]:
+    """(adapted vectors, chosen prior component) of ``method`` on one role's support ``task``:
+    lift_ext.lift.adapt with ``options`` (steps, lr, stopping rule), under the method's prior
+    from its best component (LiFT variants: MAP, one vector; ``lift_sgld``: pSGLD at
+    ``temperature``, the samples kept after steps // 2, whose predictions are averaged), else
+    without a prior from ``start``. The reference "backbone" is not adapted."""
     if method == "backbone":
-        return [state.init]
+        return [state.init], None
     if method in LIFT_METHODS:
-        return adapt(flat, task, window_loss, prior=state.priors[method], init="best_component",
-                     **options).samples
-    return adapt(flat, task, window_loss, init="init", init_vector=start, **options).samples
+        if method == "lift_sgld":
+            options = dict(options, mode="sgld", temperature=temperature)
+        out = adapt(flat, task, window_loss, prior=state.priors[method], init="best_component", **options)
+        return out.samples, out.component
+    return adapt(flat, task, window_loss, init="init", init_vector=start, **options).samples, None
 
 
 __all__ = ["MetaState", "window_loss", "train_multitask", "train_family_adapters", "train_reptile", "train_fomaml",

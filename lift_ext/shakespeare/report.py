@@ -21,6 +21,7 @@ from lift_ext.shakespeare.config import BenchConfig
 from lift_ext.shakespeare.scoring import METRICS
 
 LABELS = {"lift": "LiFT", "lift_k1": "LiFT K=1 (ablation)", "lift_paper": "LiFT, paper's prior (ablation)",
+          "lift_sgld": "LiFT, SGLD adaptation (prediction averaging)",
           "independent": "independent LoRA", "multitask": "multi-task + FT", "reptile": "Reptile + FT",
           "fomaml": "FO-MAML + FT", "retrieval": "retrieval + FT", "mbc": "MBC (k-means) + FT",
           "oracle": "family oracle + FT (reference)", "backbone": "backbone, unadapted (reference)"}
@@ -75,8 +76,26 @@ def summarize(cfg: BenchConfig, scores: Dict[str, List[dict]], detail: Dict[str,
             n = len(roles)
             per = r["metrics"]["acc"]["per_task"]
             out["noise_floor"][m] = paired(per[:n], per[n:2 * n])
+    for m, r in out["methods"].items():
+        comps = r.get("components") or []
+        if comps and None not in comps:
+            out["component_purity"] = {**out.get("component_purity", {}), m: purity(comps, roles)}
     out.update(extra)
     return out
+
+
+def purity(components: List[int], roles: List[tuple]) -> float:
+    """The fraction of evaluated (seed, role) pairs whose chosen prior component's most common
+    family (in that seed, whose chain labels its components) is the role's own family."""
+    n = len(roles)
+    agree = 0
+    for start in range(0, len(components), n):
+        table: Dict[int, Dict[int, int]] = {}
+        for comp, (_, family) in zip(components[start:start + n], roles):
+            table.setdefault(comp, {}).setdefault(family, 0)
+            table[comp][family] += 1
+        agree += sum(max(counts.values()) for counts in table.values())
+    return agree / len(components)
 
 
 def label(name: str, record: dict) -> str:
@@ -121,6 +140,11 @@ def markdown_table(results: dict) -> str:
     split = "meta-test" if results["config"].get("eval_split", "test") == "test" else "meta-val"
     lines += ["", f"Query windows of {n_roles} {split} roles x {n_seeds} seed(s) (n = {n_roles * n_seeds}); "
               "adaptation lr chosen on meta-val roles; paired: LiFT minus the method on the same (seed, role)."]
+    pure = results.get("component_purity", {})
+    if pure and results["config"].get("suite") == "families":
+        lines.append("Family purity of the prior component each LiFT variant starts from (fraction of roles whose "
+                     "component mostly serves their own family): "
+                     + ", ".join(f"`{m}` {100 * v:.0f} %" for m, v in pure.items()) + ".")
     floor = results.get("noise_floor", {})
     if floor:
         parts = [f"`{m}` {100 * v['mean']:+.2f} ± {100 * v['se']:.2f}" for m, v in floor.items()

@@ -152,17 +152,20 @@ def adapt_options(cfg: BenchConfig, lr: float, seed: int) -> dict:
 
 
 def _adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, roles: list, lr: float,
-                 seed: int, starts: Dict[str, object]) -> List[torch.Tensor]:
-    """Adapted vectors [S, D] of ``method`` for each of ``roles``; ``starts`` memoises each
-    role's start vector (retrieval / MBC score their library once per role, not once per lr)."""
+                 seed: int, starts: Dict[str, object], components: Optional[list] = None) -> List[torch.Tensor]:
+    """Adapted vectors [S, D] of ``method`` for each of ``roles`` (the chosen prior component of
+    each appended to ``components``); ``starts`` memoises each role's start vector (retrieval /
+    MBC score their library once per role, not once per lr)."""
     out = []
     for r in roles:
         task = support_task(r.support, cfg.batch_size)
         if r.key not in starts:
             starts[r.key] = M.start_vector(method, state, su.flat, task, r.family)
-        samples = M.adapt_role(method, state, su.flat, task, start=starts[r.key],
-                               options=adapt_options(cfg, lr, seed))
+        samples, component = M.adapt_role(method, state, su.flat, task, start=starts[r.key],
+                                          options=adapt_options(cfg, lr, seed), temperature=cfg.temperature)
         out.append(torch.stack(samples))
+        if components is not None:
+            components.append(component)
     return out
 
 
@@ -194,8 +197,10 @@ def adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, seed: int, prog
         scores = select_lr(cfg, su, state, method, seed, val_starts)
         lr = max(scores, key=lambda k: -math.inf if math.isnan(scores[k]) else scores[k])
         starts = val_starts if su.evaluated is su.data.val else {}
-        thetas = _adapt_roles(cfg, su, state, method, su.evaluated, lr, seed, starts)
+        components: list = []
+        thetas = _adapt_roles(cfg, su, state, method, su.evaluated, lr, seed, starts, components)
         out[method] = {"lr": lr, "val_scores": {str(k): None if math.isnan(v) else v for k, v in scores.items()},
+                       "components": components,
                        "thetas": torch.stack(thetas).cpu(), **clock.lap("adapt")}
     return out
 
@@ -279,6 +284,7 @@ def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None 
             scores[method] += _scores(su, list(rec["thetas"].to(cfg.device)), su.evaluated)
             detail[method]["lr"][str(seed)] = rec["lr"]
             detail[method]["val_scores"][str(seed)] = rec["val_scores"]
+            detail[method].setdefault("components", []).extend(rec["components"])
             note = adapted["notes"][seed].get(method, {})
             for stage, wall, cpu in (("adapt", rec["wall"], rec["cpu"]),
                                      ("meta", note.get("meta_seconds", 0.0), note.get("meta_cpu_seconds", 0.0))):
