@@ -6,7 +6,7 @@ support and query minibatches from one meta-train role's pool.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Sequence, Tuple, Union
 
 import torch
 
@@ -14,19 +14,29 @@ from lift_ext.lift import TensorTask
 
 
 Pair = Tuple[torch.Tensor, torch.Tensor]
+Windows = Union[Pair, torch.Tensor]
 
 
-def pool_tasks(pools: Sequence[Pair], batch_size: int, stride: int) -> list:
+def as_pair(windows: Windows) -> Pair:
+    """An (inputs, targets) pair as it is, or plain-text windows [n, L + 1] as (w[:, :-1],
+    w[:, 1:]) (every target the next character)."""
+    if isinstance(windows, torch.Tensor):
+        return windows[:, :-1], windows[:, 1:]
+    return windows
+
+
+def pool_tasks(pools: Sequence[Windows], batch_size: int, stride: int) -> list:
     """One ``TensorTask`` per meta-train role pool. The loss is a mean over predicted
     characters, so the likelihood counts characters: windows overlapping with ``stride``
     cover about windows * stride distinct ones (num_examples)."""
-    return [TensorTask(*p, batch_size=batch_size, examples_per_row=stride) for p in pools]
+    return [TensorTask(*as_pair(p), batch_size=batch_size, examples_per_row=stride) for p in pools]
 
 
-def support_task(support: Pair, batch_size: int) -> TensorTask:
+def support_task(support: Windows, batch_size: int) -> TensorTask:
     """A test / val role's disjoint support windows as a task (full batch when n <=
     batch_size); num_examples = predicted characters (windows * seq_len)."""
-    return TensorTask(*support, batch_size=batch_size, examples_per_row=support[1].shape[1])
+    inputs, targets = as_pair(support)
+    return TensorTask(inputs, targets, batch_size=batch_size, examples_per_row=targets.shape[1])
 
 
 def sample_role(num_roles: int, generator: torch.Generator) -> int:
