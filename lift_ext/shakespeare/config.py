@@ -24,8 +24,10 @@ METHODS = ("lift", "lift_k1", "lift_paper", "lift_sgld", "independent", "multita
 SUITES = ("families", "roles")
 EVAL_SPLITS = ("test", "val")
 LIFT_PRIORS = ("mixture", "paper")
-FAMILY_METHODS = ("lift", "lift_k1", "lift_paper", "lift_sgld", "independent", "multitask", "reptile", "fomaml",
-                  "mbc", "oracle", "backbone")
+# lift_sgld (SGLD adaptation) tied lift (MAP) in the documented run and is left out of the
+# default list to keep the default run within its time budget; --methods adds it.
+FAMILY_METHODS = ("lift", "lift_k1", "lift_paper", "independent", "multitask", "reptile", "fomaml", "mbc",
+                  "oracle", "backbone")
 ROLES_METHODS = ("lift", "lift_k1", "independent", "multitask", "reptile", "fomaml", "retrieval", "mbc")
 # The roles suite is the benchmark of docs/benchmark.md's roles section, unchanged: these
 # values replace the family suite's defaults when "suite" is "roles".
