@@ -52,8 +52,8 @@ def squared_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
 
 
 def rows_identical(x: torch.Tensor) -> bool:
-    """True when every row of x [N, D] equals the first."""
-    return bool((x == x[0]).all())
+    """True when every row of x [N, D] equals the first (at once for one row broadcast as a view)."""
+    return x.shape[0] < 2 or x.stride(0) == 0 or bool((x == x[0]).all())
 
 
 def initial_assignments(thetas: torch.Tensor, k: int, generator: torch.Generator,
