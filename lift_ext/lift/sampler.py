@@ -308,8 +308,7 @@ class SGLDGibbs:
         comps = self._components
         rows = [self._thetas[task] for task in tasks]
         centers = [comps.phis[int(comps.assignments[task])] for task in tasks]
-        kwargs = dict(lr=self.lr, temperature=self.temperature, prior_precision=1.0 / self.beta**2,
-                      alpha=self.alpha, eps=self.damping, seed=self.seed, offset=offset)
+        kwargs = self._sgld_options(offset)
         if self._square_avg is not None and self.step_count == 0:
             start_square_avg_(self._square_avg, grads[0])
         if len(tasks) == 1:
@@ -323,6 +322,11 @@ class SGLDGibbs:
         if averages is not None:
             self._square_avg.copy_(averages.mean(dim=0))
         comps.add_deltas_(tasks, torch.stack(rows).sub_(old))
+
+    def _sgld_options(self, offset: int) -> Dict[str, object]:
+        """The scalar arguments of the theta step's op at Philox offset `offset`."""
+        return dict(lr=self.lr, temperature=self.temperature, prior_precision=1.0 / self.beta**2,
+                    alpha=self.alpha, eps=self.damping, seed=self.seed, offset=offset)
 
     def _assign_by_kmeans(self, thetas: Optional[torch.Tensor] = None) -> None:
         """z from k-means++ over all N `thetas` (default: the current ones, seeded by `seed`);
