@@ -85,7 +85,9 @@ class TaskGradients:
         scales = torch.tensor([float(self.scales[task]) for task in tasks], dtype=thetas.dtype,
                               device=thetas.device)
         try:
-            out = self._vmapped(thetas.detach(), stacked) * scales[:, None]
+            with warnings.catch_warnings():  # vmap's notice that an op runs as a loop inside it
+                warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
+                out = self._vmapped(thetas.detach(), stacked) * scales[:, None]
         except Exception as exc:  # noqa: BLE001 - any failure of vmap means: not batchable here
             if self.batched:
                 raise  # it worked before: this is a real error of the model or loss

@@ -96,11 +96,16 @@ def _read(path: str, name, fmt: str, tag: str, required) -> dict:
     return state
 
 
+def read_manifest(path: str) -> dict:
+    """The manifest of the checkpoint set in directory `path` (CheckpointError if there is none)."""
+    return load_checked(os.path.join(path, MANIFEST), fmt=FORMAT, version=VERSION,
+                        required=("tag", "step", "num_shards", "shared", "shards"))
+
+
 def load(cls, path: str, grad_fn, device=None, *, process_group=None, fault_grace: float = 5.0):
     """A `cls` (ShardedSGLDGibbs) continuing the chain of the set in directory `path`, holding
     this rank's shards; CheckpointError for a missing, incomplete, mixed or damaged set."""
-    manifest = load_checked(os.path.join(path, MANIFEST), fmt=FORMAT, version=VERSION,
-                            required=("tag", "step", "num_shards", "shared", "shards"))
+    manifest = read_manifest(path)
     tag, num_shards = manifest["tag"], manifest["num_shards"]
     shared = _read(path, manifest["shared"], FORMAT + ".shared", tag,
                    ("hparams", "components", "prior_mean", "gmm", "square_avg", "step", "order"))
