@@ -44,7 +44,7 @@ def sequential(flat, loss_fn, batches, thetas, scales):
 def test_batched_gradients_equal_the_sequential_ones(setup):
     flat, batches, thetas = setup
     scales = [3.0, 1.0, 7.0, 2.0]
-    grads = TaskGradients(flat, next_token_loss, lambda i: batches[i], scales)
+    grads = TaskGradients(flat, next_token_loss, lambda i: batches[i], scales, batched=True)
     out = grads.many(list(range(B)), thetas)
     assert grads.batched is True
     want = sequential(flat, next_token_loss, batches, thetas, scales)
@@ -60,7 +60,7 @@ def test_a_model_vmap_cannot_run_falls_back_with_one_warning(setup):
         loss = next_token_loss(call, batch)
         return loss * (1.0 if loss.item() > 0 else 2.0)
 
-    grads = TaskGradients(flat, loss_with_item, lambda i: batches[i], [1.0] * B)
+    grads = TaskGradients(flat, loss_with_item, lambda i: batches[i], [1.0] * B, batched=True)
     with pytest.warns(RuntimeWarning, match="batched task gradients are off"):
         out = grads.many(list(range(B)), thetas)
     assert grads.batched is False
@@ -70,7 +70,7 @@ def test_a_model_vmap_cannot_run_falls_back_with_one_warning(setup):
 
 def test_batched_results_that_disagree_are_not_used(setup, monkeypatch):
     flat, batches, thetas = setup
-    grads = TaskGradients(flat, next_token_loss, lambda i: batches[i], [1.0] * B)
+    grads = TaskGradients(flat, next_token_loss, lambda i: batches[i], [1.0] * B, batched=True)
     monkeypatch.setattr(grads, "_vmapped", lambda th, b: torch.ones_like(th))
     with pytest.warns(RuntimeWarning, match="differ from the sequential"):
         out = grads.many(list(range(B)), thetas)
@@ -81,7 +81,7 @@ def test_minibatches_that_cannot_be_stacked_take_the_sequential_path(setup):
     flat, batches, thetas = setup
     ragged = [batches[0], (batches[1][0][:2],)]
     assert stack_batches(ragged) is None and stack_batches([(1,), (1,)]) is None
-    grads = TaskGradients(flat, next_token_loss, lambda i: ragged[i], [1.0, 1.0])
+    grads = TaskGradients(flat, next_token_loss, lambda i: ragged[i], [1.0, 1.0], batched=True)
     out = grads.many([0, 1], thetas[:2])
     assert grads.batched is None  # not decided by a call that never tried
     assert torch.equal(out, sequential(flat, next_token_loss, ragged, thetas[:2], [1.0, 1.0]))
@@ -93,7 +93,7 @@ def test_a_real_error_of_the_loss_is_raised_not_hidden(setup):
     def broken(call, batch):
         raise KeyError("no such column")
 
-    grads = TaskGradients(flat, broken, lambda i: batches[i], [1.0] * B)
+    grads = TaskGradients(flat, broken, lambda i: batches[i], [1.0] * B, batched=True)
     with pytest.raises(KeyError, match="no such column"):
         grads.many(list(range(B)), thetas)
 
@@ -133,5 +133,6 @@ def test_lift_with_batched_gradients_follows_the_sequential_chain():
     assert runs[0].grads.batched is True and runs[1].grads.batched is False
     assert torch.allclose(runs[0].thetas, runs[1].thetas, rtol=0, atol=1e-6 * float(runs[1].thetas.abs().max()))
     assert torch.allclose(runs[0].phi, runs[1].phi, rtol=0, atol=1e-6 * float(runs[1].phi.abs().max()))
-    with pytest.raises(ValueError, match="batched must be a bool"):
+    assert LiFT(lora_model(), tasks, next_token_loss).grads.batched is False  # auto: off on the CPU
+    with pytest.raises(ValueError, match="batched must be True, False or None"):
         LiFT(lora_model(), tasks, next_token_loss, batched_grads=1)

@@ -226,3 +226,15 @@ def test_sharded_lift_on_a_peft_model_resumes_and_matches_lift(tmp_path):
         ShardedLiFT(lora_model(), {0: tasks[0]}, next_token_loss, num_tasks=4, **kw)
     with pytest.raises(ValueError, match="num_tasks is needed"):
         ShardedLiFT(lora_model(), {0: tasks[0]}, next_token_loss, **kw)
+
+
+def test_bench_distributed_runs_on_one_rank(monkeypatch, capsys):
+    import runpy
+    import sys
+    benchmarks = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    monkeypatch.setattr(sys, "argv", ["bench_distributed.py", "--ranks", "1", "--tasks", "2", "--batch", "2",
+                                      "--steps", "1", "--repeats", "1"])
+    runpy.run_path(os.path.join(benchmarks, "bench_distributed.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "[1] batched task gradients, B = 2, D = 18432" in out and "batched used: True" in out
+    assert "task-steps/s" in out

@@ -106,7 +106,7 @@ def run_lift(process_group):
     tasks = lift_tasks()
     mine = {i: tasks[i] for i in ShardedLiFT.local_task_ids(len(tasks), process_group, num_shards=2)}
     lift = ShardedLiFT(LowRank(), mine, mse, num_tasks=len(tasks), process_group=process_group, num_shards=2,
-                       **LIFT_KW).run(4, progress=False)
+                       batched_grads=True, **LIFT_KW).run(4, progress=False)
     return dict(thetas=lift.thetas.clone(), phi=lift.phi.clone(), ids=list(mine), batched=lift.grads.batched)
 
 

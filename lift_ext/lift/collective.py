@@ -53,7 +53,7 @@ def _group_store(group) -> Optional[object]:
 class Collective:
     """Rank, world size and the checked collectives of `group` (None: a world of one process,
     where every collective is the identity). `bytes_reduced` counts the bytes this rank has
-    passed to all-reduces (the buffers' sizes, status slots included)."""
+    passed to all-reduces (the buffers' sizes, status slots included; 0 in a world of one)."""
 
     def __init__(self, group=None, fault_grace: float = 5.0):
         self.fault_grace = validate.number("fault_grace", fault_grace)
@@ -80,8 +80,8 @@ class Collective:
         status = buffer[buffer.numel() - self.world_size:]
         status.zero_()
         status[self.rank] = failure
-        self.bytes_reduced += buffer.numel() * buffer.element_size()
         if self.world_size > 1:
+            self.bytes_reduced += buffer.numel() * buffer.element_size()
             self._guard(lambda: dist.all_reduce(buffer, group=self.group), what)
         return [int(code) for code in status.tolist()]
 

@@ -47,7 +47,7 @@ class ShardedLiFT(LiFT):
         return local_task_ids(validate.integer("num_tasks", num_tasks, 1), shards, comm.world_size, comm.rank)
 
     def _bind(self, model: torch.nn.Module, tasks: Tasks, loss_fn: LossFn, select: Selector, seed: int,
-              batched_grads: bool) -> None:
+              batched_grads: Optional[bool]) -> None:
         """As LiFT's, with this rank's tasks only and n_ref summed over the ranks."""
         n = self._declared_tasks if self._declared_tasks is not None else \
             (len(tasks) if not isinstance(tasks, Mapping) else None)
@@ -69,7 +69,7 @@ class ShardedLiFT(LiFT):
 
     @classmethod
     def load(cls, path: str, model: torch.nn.Module, tasks: Tasks, loss_fn: LossFn, *,
-             select: Selector = None, batched_grads: bool = True, num_tasks: Optional[int] = None,
+             select: Selector = None, batched_grads: Optional[bool] = None, num_tasks: Optional[int] = None,
              process_group=None, fault_grace: float = 5.0) -> "ShardedLiFT":
         """The chain of the checkpoint set at `path` on this world (any world size dividing its
         num_shards), over `model`'s adapter and this rank's `tasks` (as in the constructor)."""

@@ -12,9 +12,9 @@ With ``preconditioned=True`` the theta steps are pSGLD (a shared RMSprop average
 an RMSprop step size (about the change of each weight per step), as for the baselines.
 ``lr_phi`` (Langevin phi only) stays per example. Other `SGLDGibbs` options (e.g. its prior
 model, alpha, eps) pass through as keyword arguments. With tasks_per_step = B > 1 the B task
-gradients of a step come from one vmapped forward/backward (`batched_grads=True`, the
-default; lift_ext.lift.batched_grad, which falls back to B passes where the model does not
-allow it).
+gradients of a step can come from one vmapped forward/backward (`batched_grads`: True, False,
+or None = on for an adapter on a GPU, off on the CPU where it measured slower; see
+lift_ext.lift.batched_grad, which falls back to B passes where the model does not allow it).
 
 Defaults (documented choices the paper leaves open): theta_i start at the adapter's
 initialisation (the PEFT init: LoRA A random, B zero, never all-zero) or at given per-task
@@ -86,7 +86,7 @@ class LiFT:
                  phi_update: str = "gibbs", burn_in: int = 0, thin: int = 1, n_components: int = 1,
                  seed: int = 0, preconditioned: bool = False, select: Selector = None,
                  task_adapters: Optional[torch.Tensor] = None,
-                 prior_mean: Union[str, torch.Tensor] = "init", batched_grads: bool = True,
+                 prior_mean: Union[str, torch.Tensor] = "init", batched_grads: Optional[bool] = None,
                  **sampler_options):
         _check_sampler_options(sampler_options, self._new_sampler)
         if isinstance(prior_mean, str) and prior_mean not in ("init", "zero"):
@@ -106,7 +106,7 @@ class LiFT:
     _new_sampler = SGLDGibbs  # the chain's class (lift_ext.lift.sharded_trainer shards it)
 
     def _bind(self, model: torch.nn.Module, tasks: Sequence[Task], loss_fn: LossFn, select: Selector,
-              seed: int, batched_grads: bool) -> None:
+              seed: int, batched_grads: Optional[bool]) -> None:
         """Everything but the sampler: the task sizes, the model's adapter as a flat vector and
         the task gradients."""
         self._sizes = _task_sizes(tasks)
@@ -114,7 +114,7 @@ class LiFT:
         self._attach(model, list(tasks), loss_fn, select, seed, batched_grads)
 
     def _attach(self, model: torch.nn.Module, tasks, loss_fn: LossFn, select: Selector, seed: int,
-                batched_grads: bool) -> None:
+                batched_grads: Optional[bool]) -> None:
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable as loss_fn(model_call, batch) -> mean loss")
         self.model, self.tasks, self.loss_fn, self.seed = model, tasks, loss_fn, seed
@@ -210,7 +210,7 @@ class LiFT:
 
     @classmethod
     def load(cls, path: str, model: torch.nn.Module, tasks: Sequence[Task], loss_fn: LossFn, *,
-             select: Selector = None, batched_grads: bool = True) -> "LiFT":
+             select: Selector = None, batched_grads: Optional[bool] = None) -> "LiFT":
         """A LiFT continuing the chain saved by `save` at `path`, over `model`'s adapter (the
         same architecture and selection), the same `tasks` (in order) and loss function; its
         hyper-parameters come from the file. `init_vector` is `model`'s adapter as passed in.
@@ -220,7 +220,7 @@ class LiFT:
 
     @classmethod
     def _resume(cls, path: str, model: torch.nn.Module, tasks, loss_fn: LossFn, select: Selector,
-                batched_grads: bool, preset: dict, **load_options) -> "LiFT":
+                batched_grads: Optional[bool], preset: dict, **load_options) -> "LiFT":
         """`load` with `preset` attributes set before binding and `load_options` for the
         sampler class's own load."""
         trainer = cls.__new__(cls)
