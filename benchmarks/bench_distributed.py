@@ -11,9 +11,11 @@ Every process runs with one thread.
 2. sharded: ShardedLiFT (paper prior; mixture with --components K > 1; batched gradients as
    --batched-grads says, default auto = off on the CPU) over --tasks N tasks,
    --batch B tasks per rank and step, on P = --ranks spawned gloo ranks (FileStore): task-steps
-   per second (P B per step), bytes each rank passes to all-reduces per step (measured by the
-   sampler's Collective), the bytes of the thetas each rank holds (their storage) and each
-   rank's peak RSS (the whole process: torch, the model, activations).
+   per second (P B per step), each rank's CPU time over wall time while stepping (below 1:
+   the rank waited for a core or for the others), bytes each rank passes to all-reduces per
+   step (measured by the sampler's Collective), the bytes of the thetas each rank holds (their
+   storage) and each rank's peak RSS (the whole process: torch, the model, activations).
+   Every P runs in freshly spawned processes.
 
     python benchmarks/bench_distributed.py [--ranks 1 2] [--tasks 32] [--batch 8] [--steps 5]
 """
@@ -90,11 +92,11 @@ def rank_main(rank: int, world: int, store: str, args: argparse.Namespace, out: 
     for _ in range(2):  # warm-up (the first step also checks the batched gradients)
         sampler.step()
     sent = sampler.comm.bytes_reduced
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         sampler.step()
     seconds = time.perf_counter() - start
-    torch.save({"seconds": seconds, "bytes_per_step": (sampler.comm.bytes_reduced - sent) / args.steps,
+    torch.save({"seconds": seconds, "cpu_share": (time.process_time() - cpu) / seconds, "bytes_per_step": (sampler.comm.bytes_reduced - sent) / args.steps,
                 "theta_bytes": sampler.thetas.untyped_storage().nbytes(), "rows": len(sampler.task_ids),
                 "dim": sampler.dim, "k": sampler.phis.shape[0], "batched": lift.grads.batched,
                 "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
@@ -102,20 +104,17 @@ def rank_main(rank: int, world: int, store: str, args: argparse.Namespace, out: 
 
 
 def bench_sharded(world: int, args: argparse.Namespace) -> list:
-    """Part 2 on `world` spawned ranks (in this process when world = 1)."""
+    """Part 2 on `world` spawned ranks (a process group only when world > 1)."""
     with tempfile.TemporaryDirectory() as out:
-        if world == 1:
-            rank_main(0, 1, "", args, out)
-        else:
-            context = multiprocessing.get_context("spawn")
-            procs = [context.Process(target=rank_main, args=(r, world, os.path.join(out, "store"), args, out))
-                     for r in range(world)]
-            for proc in procs:
-                proc.start()
-            for proc in procs:
-                proc.join()
-            if any(proc.exitcode != 0 for proc in procs):
-                raise SystemExit(f"a rank failed: exit codes {[proc.exitcode for proc in procs]}")
+        context = multiprocessing.get_context("spawn")
+        procs = [context.Process(target=rank_main, args=(r, world, os.path.join(out, "store"), args, out))
+                 for r in range(world)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        if any(proc.exitcode != 0 for proc in procs):
+            raise SystemExit(f"a rank failed: exit codes {[proc.exitcode for proc in procs]}")
         return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(world)]
 
 
@@ -141,15 +140,16 @@ def main(argv=None) -> None:
               f"max |diff| / max |g| = {r['worst_rel']:.1e}")
     print(f"\n[2] sharded chain: N = {args.tasks} tasks, B = {args.batch} per rank, {args.steps} timed steps, "
           f"batched gradients {args.batched_grads}")
-    print("    P  task-steps/s  speedup  bytes all-reduced/step/rank  (K x D x 4)  thetas bytes/rank"
-          "  (N/P x D x 4)  peak RSS/rank MB")
+    print("    P  task-steps/s  speedup  CPU/wall per rank  bytes all-reduced/step/rank  (K x D x 4)"
+          "  thetas bytes/rank  (N/P x D x 4)  peak RSS/rank MB")
     base = None
     for world in args.ranks:
         ranks = bench_sharded(world, args)
         rate = world * args.batch * args.steps / max(r["seconds"] for r in ranks)
         base = base or rate
         first = ranks[0]
-        print(f"   {world:2d}  {rate:12.1f}  {rate / base:6.2f}x  {first['bytes_per_step']:27,.0f}  "
+        shares = "/".join(f"{r['cpu_share']:.2f}" for r in ranks)
+        print(f"   {world:2d}  {rate:12.1f}  {rate / base:6.2f}x  {shares:>17}  {first['bytes_per_step']:27,.0f}  "
               f"{first['k'] * first['dim'] * 4:11,d}  {max(r['theta_bytes'] for r in ranks):17,d}  "
               f"{args.tasks // world * first['dim'] * 4:14,d}  "
               f"{max(r['peak_rss'] for r in ranks) / 2**20:16.0f}")

@@ -61,7 +61,7 @@ class ShardedLiFT(LiFT):
                              f"num_tasks={n}; missing {missing[:5]}")
         self._sizes = dict(zip(local, _task_sizes([tasks[i] for i in local])))
         comm = Collective(self._group)
-        total = comm.buffer(1, torch.float64, "cpu")
+        total = comm.buffer(1, torch.float64, next(model.parameters()).device)  # NCCL needs a GPU buffer
         total[0] = float(sum(self._sizes.values()))
         comm.raise_failures(comm.sum_(total, "the sum of the task sizes"), "construction")
         self.num_tasks, self.reference_size = n, float(total[0]) / n
