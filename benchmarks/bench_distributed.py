@@ -96,7 +96,8 @@ def rank_main(rank: int, world: int, store: str, args: argparse.Namespace, out: 
     for _ in range(args.steps):
         sampler.step()
     seconds = time.perf_counter() - start
-    torch.save({"seconds": seconds, "cpu_share": (time.process_time() - cpu) / seconds, "bytes_per_step": (sampler.comm.bytes_reduced - sent) / args.steps,
+    torch.save({"seconds": seconds, "cpu_share": (time.process_time() - cpu) / seconds,
+                "bytes_per_step": (sampler.comm.bytes_reduced - sent) / args.steps,
                 "theta_bytes": sampler.thetas.untyped_storage().nbytes(), "rows": len(sampler.task_ids),
                 "dim": sampler.dim, "k": sampler.phis.shape[0], "batched": lift.grads.batched,
                 "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},

@@ -88,6 +88,12 @@ class ShardedSGLDGibbs(SGLDGibbs):
         return self._thetas
 
     @property
+    def _draws_bar(self) -> bool:
+        """run()'s bar is drawn on rank 0 only; the diagnostics it shows are a collective, so
+        every rank must pass run() the same `progress`."""
+        return self.comm.rank == 0
+
+    @property
     def shards(self) -> range:
         """The shards this rank holds."""
         return self._shards

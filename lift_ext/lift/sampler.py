@@ -253,6 +253,8 @@ class SGLDGibbs:
         return MixturePrior.from_gmm(self.gmm, self.beta)
 
     # ---- sampling -------------------------------------------------------------------------
+    _draws_bar = True  # run()'s progress bar is drawn by this process
+
     def _held_rows(self, start: torch.Tensor) -> torch.Tensor:
         """The task vectors this sampler holds, a new float32 buffer: all N rows of `start`."""
         return torch.empty(start.shape, dtype=torch.float32, device=start.device).copy_(start)
@@ -365,15 +367,14 @@ class SGLDGibbs:
 
     def run(self, num_steps: int, progress: bool = True, report_every: Optional[int] = None) -> None:
         """`num_steps` steps with a tqdm bar showing `diagnostics()` every `report_every` steps
-        (default: 20 reports per run)."""
+        (default: 20 reports per run; the bar is drawn where `_draws_bar`)."""
         validate.integer("num_steps", num_steps)
         every = report_every or max(1, num_steps // 20)
-        with tqdm(total=num_steps, disable=not progress, desc="SGLD-Gibbs", unit="step") as bar:
+        with tqdm(total=num_steps, disable=not (progress and self._draws_bar), desc="SGLD-Gibbs", unit="step") as bar:
             for done in range(1, num_steps + 1):
                 self.step()
-                if done % every == 0 or done == num_steps:
-                    if progress:
-                        bar.set_postfix({k: f"{v:.4g}" for k, v in self.diagnostics().items()}, refresh=False)
+                if progress and (done % every == 0 or done == num_steps):
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in self.diagnostics().items()}, refresh=False)
                     bar.update(done - bar.n)
 
     # ---- checkpoints (lift_ext.lift.sampler_state) -----------------------------------------
