@@ -96,6 +96,8 @@ def job_chains(rank, out):
     after = dict(chain_state(sampler), thetas=sampler.thetas.clone())
     result["raise"] = dict(raised=raised, unchanged=all(torch.equal(before[k], after[k]) for k in before),
                            step=sampler.step_count)
+    sampler.run(3, progress=True, report_every=1)  # the group still works; diagnostics are a collective
+    result["diagnostics"] = sampler.diagnostics()
     result["lift"] = run_lift(dist.group.WORLD)
     return result
 
@@ -219,6 +221,7 @@ def test_two_ranks_equal_one_process_and_sets_move_between_world_sizes(tmp_path)
     assert raised[0]["raised"][0] == "RankFailure" and raised[0]["raised"][2] == [1]
     assert "rank 1 raised during step 3" in raised[0]["raised"][1]
     assert all(r["unchanged"] and r["step"] == 3 for r in raised)
+    assert results[0]["diagnostics"] == results[1]["diagnostics"]
     lift, one = [results[rank]["lift"] for rank in (0, 1)], run_lift(None)
     assert lift[0]["ids"] == [0, 1, 2] and lift[1]["ids"] == [3, 4, 5] and lift[0]["batched"] is True
     assert torch.equal(torch.cat([lift[0]["thetas"], lift[1]["thetas"]]), one["thetas"])

@@ -10,7 +10,9 @@ A rank that is killed, or a process that exits, cannot join: the collective then
 the others (gloo: at once when the peer's connection closes, otherwise after the process
 group's timeout, `init_process_group(timeout=...)`, which bounds every wait). The survivors
 then check in under a key of the group's store and wait at most `fault_grace` seconds for
-each other; the ranks that never check in are the ones named. Without a store (a group this
+each other; the ranks that never check in are the ones named. The keys carry a name the ranks
+agree on when the Collective is made (rank 0 draws it, one all-reduce), so the ranks of two
+samplers, or of two runs on one store, never read each other's keys. Without a store (a group this
 module cannot find one for) the error names the other rank when there are two, else says
 that the failed rank is unknown.
 
@@ -18,10 +20,10 @@ Bitwise: the sum of an all-reduce is computed once and copied to every rank (glo
 reduce then broadcast), so every rank gets the same bits; for two ranks a + b = b + a, so it
 also equals the one-process sum of the two partials.
 """
-import itertools
+import random
 import threading
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -30,7 +32,6 @@ from lift_ext import validate
 
 # Failure codes a rank writes into its status slot.
 OK, RAISED, DIVERGED = 0, 1, 2
-_TAGS = itertools.count()
 
 
 class RankFailure(RuntimeError):
@@ -50,6 +51,23 @@ def _group_store(group) -> Optional[object]:
         return None
 
 
+def group_rank_and_size(group) -> Tuple[int, int]:
+    """(this process's rank in `group`, its size); (0, 1) for None."""
+    if group is None:
+        return 0, 1
+    if not dist.is_initialized():
+        raise ValueError("process_group given, but torch.distributed is not initialised "
+                         "(call torch.distributed.init_process_group first)")
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _collective_device(group) -> torch.device:
+    """Where `group`'s collectives take their tensors: the current GPU for NCCL, else the CPU."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 class Collective:
     """Rank, world size and the checked collectives of `group` (None: a world of one process,
     where every collective is the identity). `bytes_reduced` counts the bytes this rank has
@@ -58,16 +76,16 @@ class Collective:
     def __init__(self, group=None, fault_grace: float = 5.0):
         self.fault_grace = validate.number("fault_grace", fault_grace)
         self.group = group
-        if group is None:
-            self.rank, self.world_size, self._store = 0, 1, None
-        else:
-            if not dist.is_initialized():
-                raise ValueError("process_group given, but torch.distributed is not initialised "
-                                 "(call torch.distributed.init_process_group first)")
-            self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
-            self._store = _group_store(group)
-        self._tag = f"lift_ext.collective/{next(_TAGS)}"
+        self.rank, self.world_size = group_rank_and_size(group)
+        self._store = None if group is None else _group_store(group)
         self.bytes_reduced = 0
+        self._tag = "lift_ext.collective/start"
+        if self.world_size > 1:  # a name for this object's store keys, the same on every rank
+            nonce = torch.zeros(1, dtype=torch.int64, device=_collective_device(group))
+            if self.rank == 0:
+                nonce[0] = random.getrandbits(62)
+            self._guard(lambda: dist.all_reduce(nonce, group=group), "the start of a sharded sampler")
+            self._tag = f"lift_ext.collective/{int(nonce[0]):x}"
 
     def buffer(self, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
         """A zeroed buffer of `numel` elements plus one status slot per rank, for `sum_`."""

@@ -15,7 +15,7 @@ import torch
 
 from lift_ext import validate
 from lift_ext.lift import shard_checkpoint
-from lift_ext.lift.collective import Collective
+from lift_ext.lift.collective import Collective, group_rank_and_size
 from lift_ext.lift.distributed import ShardedSGLDGibbs
 from lift_ext.lift.flat import Selector
 from lift_ext.lift.shards import local_task_ids
@@ -42,9 +42,9 @@ class ShardedLiFT(LiFT):
     @staticmethod
     def local_task_ids(num_tasks: int, process_group=None, num_shards: Optional[int] = None) -> range:
         """The global indices of the tasks this rank will hold: the ones whose data it needs."""
-        comm = Collective(process_group)
-        shards = comm.world_size if num_shards is None else validate.integer("num_shards", num_shards, 1)
-        return local_task_ids(validate.integer("num_tasks", num_tasks, 1), shards, comm.world_size, comm.rank)
+        rank, world_size = group_rank_and_size(process_group)
+        shards = world_size if num_shards is None else validate.integer("num_shards", num_shards, 1)
+        return local_task_ids(validate.integer("num_tasks", num_tasks, 1), shards, world_size, rank)
 
     def _bind(self, model: torch.nn.Module, tasks: Tasks, loss_fn: LossFn, select: Selector, seed: int,
               batched_grads: Optional[bool]) -> None:
