@@ -48,7 +48,7 @@ from lift_ext.lift import shard_checkpoint
 from lift_ext.lift.collective import DIVERGED, OK, RAISED, Collective
 from lift_ext.lift.mixture import COMPONENT_STRIDE, keyed_generator
 from lift_ext.lift.sampler import SGLDGibbs
-from lift_ext.lift.shards import ShardedOrder, held_shards, shard_bounds
+from lift_ext.lift.shards import ShardedOrder, held_shards, local_task_ids, shard_bounds
 from lift_ext.types import DeviceLike, GradFn
 
 
@@ -68,11 +68,11 @@ class ShardedSGLDGibbs(SGLDGibbs):
         num_shards = comm.world_size if num_shards is None else \
             validate.integer("num_shards", num_shards, 1, num_tasks)
         shards = held_shards(num_shards, comm.world_size, comm.rank)
-        bounds = shard_bounds(num_tasks, num_shards)
-        smallest = min(hi - lo for lo, hi in bounds)
+        smallest = min(hi - lo for lo, hi in shard_bounds(num_tasks, num_shards))
         validate.integer("tasks_per_step", options.get("tasks_per_step", 1), 1, smallest)
         self.comm, self.num_shards, self._shards = comm, num_shards, shards
-        self._lo, self._hi = bounds[shards[0]][0], bounds[shards[-1]][1]
+        local = local_task_ids(num_tasks, num_shards, comm.world_size, comm.rank)
+        self._lo, self._hi = local.start, local.stop
         super().__init__(num_tasks, dim, grad_fn, **options)
         self._order = ShardedOrder(self.seed, num_tasks, num_shards)
 
@@ -107,13 +107,9 @@ class ShardedSGLDGibbs(SGLDGibbs):
     def all_thetas(self) -> torch.Tensor:
         """Every task's vector [N, D], gathered from all ranks (a collective: every rank must
         call it; N x D floats on each)."""
-        counts = [hi - lo for lo, hi in (self._rank_bounds(r) for r in range(self.comm.world_size))]
+        world = self.comm.world_size
+        counts = [len(local_task_ids(self.num_tasks, self.num_shards, world, r)) for r in range(world)]
         return self.comm.gather_rows(self._thetas, counts, "the gather of all thetas")
-
-    def _rank_bounds(self, rank: int):
-        shards = held_shards(self.num_shards, self.comm.world_size, rank)
-        bounds = shard_bounds(self.num_tasks, self.num_shards)
-        return bounds[shards[0]][0], bounds[shards[-1]][1]
 
     def _assign_by_kmeans(self, thetas: Optional[torch.Tensor] = None) -> None:
         super()._assign_by_kmeans(self.all_thetas() if thetas is None else thetas)
