@@ -71,6 +71,19 @@ def bench_batched(batch: int, repeats: int) -> dict:
             **{name: statistics.median(t) for name, t in times.items()}}
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set: VmHWM of /proc/self/status on Linux (ru_maxrss would
+    include the peak of the parent a spawned process was forked from), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def rank_main(rank: int, world: int, store: str, args: argparse.Namespace, out: str) -> None:
     """Part 2 on one rank: build ShardedLiFT over this rank's tasks, time `steps` steps."""
     import torch.distributed as dist
@@ -100,7 +113,7 @@ def rank_main(rank: int, world: int, store: str, args: argparse.Namespace, out: 
                 "bytes_per_step": (sampler.comm.bytes_reduced - sent) / args.steps,
                 "theta_bytes": sampler.thetas.untyped_storage().nbytes(), "rows": len(sampler.task_ids),
                 "dim": sampler.dim, "k": sampler.phis.shape[0], "batched": lift.grads.batched,
-                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
+                "peak_rss": peak_rss_bytes()},
                os.path.join(out, f"rank{rank}.pt"))
 
 
