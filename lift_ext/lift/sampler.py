@@ -10,8 +10,8 @@ mean loss).
 
 One `step()` (t = step_count):
   1. tasks: the next B = `tasks_per_step` of a shuffled round-robin (lift_ext.lift.task_order);
-     grad_fn is called for each of them first, and the sampler changes nothing until all
-     have returned (an exception or KeyboardInterrupt in grad_fn leaves the state as it was);
+     grad_fn is called for each of them first (grad_fn.many once, if it has it), and nothing
+     changes until all have returned (an exception or KeyboardInterrupt leaves the state as it was);
   2. theta_i <- theta_i - lr (g_i + (theta_i - c_i)/beta^2) + sqrt(2 lr T) xi for the B tasks,
      c_i = phi (paper) or phi_{z_i} (mixture), and S_{z_i} += theta_i,new - theta_i,old, so the
      component sums S (S = sum_i theta_i for the paper prior) stay exact. B = 1: one
