@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from lift_ext import ops
+from lift_ext.kmeans import plus_plus_seeds, squared_distances
 from lift_ext.lift.prior import MixturePrior
 
 COMPONENT_STRIDE = 2**40
@@ -45,15 +46,6 @@ def keyed_seed(*key: object) -> int:
 def keyed_generator(*key: object) -> torch.Generator:
     """A CPU torch.Generator seeded by a hash of `key` (distinct keys: independent streams)."""
     return torch.Generator().manual_seed(keyed_seed(*key))
-
-
-def squared_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """||x_b - c_j||^2 [B, J] float64 by the fused E-step: with m2 = 0, counts = 1 and reg = 1
-    every variance is 1, so loglik = -log J - (||x_b - c_j||^2 + D log 2 pi) / 2."""
-    j, dim = centers.shape
-    ones = torch.ones(j, dtype=torch.float64, device=centers.device)
-    loglik, _ = ops.gmm_estep(x, centers.contiguous(), torch.zeros_like(centers), ones, reg=1.0)
-    return (-2.0 * (loglik + math.log(j)) - dim * math.log(2.0 * math.pi)).clamp_min(0.0)
 
 
 def rows_identical(x: torch.Tensor) -> bool:
@@ -72,13 +64,7 @@ def initial_assignments(thetas: torch.Tensor, k: int, generator: torch.Generator
         labels = torch.empty(n, dtype=torch.int64)
         labels[perm] = torch.arange(n) % k
         return labels
-    chosen = [int(torch.randint(n, (1,), generator=generator))]
-    nearest = squared_distances(thetas, thetas[chosen]).squeeze(1).cpu()
-    for _ in range(1, k):
-        pick = int(torch.multinomial(nearest, 1, generator=generator)) if bool(nearest.sum() > 0) \
-            else int(torch.randint(n, (1,), generator=generator))
-        chosen.append(pick)
-        nearest = torch.minimum(nearest, squared_distances(thetas, thetas[pick:pick + 1]).squeeze(1).cpu())
+    chosen = plus_plus_seeds(thetas, k, generator)
     centers = thetas[chosen].clone()
     labels = squared_distances(thetas, centers).argmin(dim=1).cpu()
     for _ in range(lloyd_iterations):
