@@ -13,6 +13,7 @@ from lift_ext.lift import shard_checkpoint
 from lift_ext.lift.distributed import ShardedSGLDGibbs
 from lift_ext.lift.shards import ShardedOrder, held_shards, local_task_ids, shard_bounds
 from lift_ext.lift.task_order import TaskOrder
+from conftest import chain_state
 
 N, D = 10, 13
 
@@ -41,15 +42,6 @@ def options(problem, case, **extra):
     kw = dict(sigma=1.3, beta=0.4, lr=3e-3, seed=5, prior_mean=problem["mu0"], theta_init=0.5 * problem["targets"])
     kw.update(CASES[case], **extra)
     return kw
-
-
-def chain_state(sampler):
-    out = [sampler.thetas, sampler.phis, sampler.task_sums, sampler.assignments, sampler.weights]
-    if sampler.square_avg is not None:
-        out.append(sampler.square_avg)
-    if sampler.gmm is not None:
-        out += [sampler.gmm.means, sampler.gmm.counts]
-    return out
 
 
 def test_layout_is_contiguous_balanced_and_divided_among_ranks():
