@@ -7,6 +7,8 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include "lift_ext/overlap.h"
+
 namespace lift_ext {
 namespace {
 
@@ -44,12 +46,41 @@ void check_companion(const at::Tensor& t, const at::Tensor& param, const ItemNam
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
+// The overlap check of a call (overlap.h) over the bytes of every array of every slot: the
+// arrays the step writes (params, accum, square_avg) against everything else.
+void check_slots_disjoint(const SgldCall& call, const std::vector<uint32_t>& slot_index,
+                          bool is_list) {
+  static constexpr MemoryRole kRoles[] = {{"params", true},
+                                          {"grads", false},
+                                          {"prior_mean", false},
+                                          {"accum", true},
+                                          {"square_avg", true}};
+  if (call.slots.empty()) return;
+  const uintptr_t grad_bytes = call.grad_dtype == GradDtype::kFloat32 ? 4 : 2;
+  const SgldSlot& first = call.slots.front();
+  std::vector<MemoryRange> ranges;
+  ranges.reserve(5 * call.slots.size());
+  auto add_role = [&](uint32_t role, auto pointer_of, uintptr_t element_bytes) {
+    for (size_t s = 0; s < call.slots.size(); ++s) {
+      const auto begin = reinterpret_cast<uintptr_t>(pointer_of(call.slots[s]));
+      const auto bytes = static_cast<uintptr_t>(call.slots[s].numel) * element_bytes;
+      ranges.push_back(MemoryRange{begin, begin + bytes, slot_index[s], role});
+    }
+  };
+  using Slot = const SgldSlot&;
+  add_role(0, [](Slot s) -> const void* { return s.param; }, 4);
+  add_role(1, [](Slot s) -> const void* { return s.grad; }, grad_bytes);
+  if (first.prior_mean) add_role(2, [](Slot s) -> const void* { return s.prior_mean; }, 4);
+  if (first.accum) add_role(3, [](Slot s) -> const void* { return s.accum; }, 4);
+  if (first.square_avg) add_role(4, [](Slot s) -> const void* { return s.square_avg; }, 4);
+  check_disjoint(ranges, kRoles, is_list);
+}
+
 }  // namespace
 
-SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
-                           at::TensorList accums, at::TensorList square_avgs, double lr,
-                           double temperature, double prior_precision, double alpha, double eps,
-                           int64_t seed, int64_t offset) {
+SgldScalars prepare_sgld_scalars(double lr, double temperature, double prior_precision,
+                                 double alpha, double eps, int64_t seed, int64_t offset,
+                                 bool preconditioned) {
   TORCH_CHECK(std::isfinite(lr) && lr >= 0.0, "lr must be a finite number >= 0, got ", lr);
   TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0,
               "temperature must be a finite number >= 0, got ", temperature);
@@ -57,12 +88,24 @@ SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::Tens
               "prior_precision must be a finite number >= 0, got ", prior_precision);
   TORCH_CHECK(seed >= 0, "seed must be >= 0, got ", seed);
   TORCH_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
-  const bool preconditioned = !square_avgs.empty();
   if (preconditioned) {
     TORCH_CHECK(alpha >= 0.0 && alpha < 1.0, "alpha must be in [0, 1), got ", alpha);
     TORCH_CHECK(std::isfinite(eps) && eps > 0.0, "eps must be a finite number > 0, got ", eps);
   }
+  const double noise_scale = std::sqrt(2.0 * lr * temperature);
+  return SgldScalars{static_cast<float>(lr),
+                     static_cast<float>(prior_precision),
+                     static_cast<float>(noise_scale),
+                     static_cast<float>(alpha),
+                     static_cast<float>(eps),
+                     static_cast<uint64_t>(seed),
+                     static_cast<uint64_t>(offset)};
+}
 
+SgldCall prepare_sgld_tensors(at::TensorList params, at::TensorList grads,
+                              at::TensorList prior_means, at::TensorList accums,
+                              at::TensorList square_avgs) {
+  const bool preconditioned = !square_avgs.empty();
   const size_t n = params.size();
   const bool is_list = n != 1;
   TORCH_CHECK(grads.size() == n, "grads must have one tensor per param (", n, "), got ",
@@ -78,6 +121,8 @@ SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::Tens
 
   SgldCall call;
   call.slots.reserve(n);
+  std::vector<uint32_t> slot_index;  // list index of each slot, for the overlap messages
+  slot_index.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     const ItemName p_name = item_name("params", i, is_list);
@@ -108,6 +153,7 @@ SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::Tens
           accums.empty() ? nullptr : accums[i].data_ptr<float>(),
           preconditioned ? square_avgs[i].data_ptr<float>() : nullptr, p.numel(),
           call.total_numel});
+      slot_index.push_back(static_cast<uint32_t>(i));
     }
     call.total_numel += p.numel();
   }
@@ -118,14 +164,18 @@ SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::Tens
       default: call.grad_dtype = GradDtype::kFloat32; break;
     }
   }
-  const double noise_scale = std::sqrt(2.0 * lr * temperature);
-  call.scalars = SgldScalars{static_cast<float>(lr),
-                             static_cast<float>(prior_precision),
-                             static_cast<float>(noise_scale),
-                             static_cast<float>(alpha),
-                             static_cast<float>(eps),
-                             static_cast<uint64_t>(seed),
-                             static_cast<uint64_t>(offset)};
+  check_slots_disjoint(call, slot_index, is_list);
+  return call;
+}
+
+SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
+                           at::TensorList accums, at::TensorList square_avgs, double lr,
+                           double temperature, double prior_precision, double alpha, double eps,
+                           int64_t seed, int64_t offset) {
+  const SgldScalars scalars = prepare_sgld_scalars(lr, temperature, prior_precision, alpha, eps,
+                                                   seed, offset, !square_avgs.empty());
+  SgldCall call = prepare_sgld_tensors(params, grads, prior_means, accums, square_avgs);
+  call.scalars = scalars;
   return call;
 }
 

@@ -1,11 +1,12 @@
 // CPU kernels of the SGLD op family: sgld_step_list_, sgld_step_graphsafe_, philox_normal_,
-// philox4x32_10.
+// philox4x32_10, and run_sgld_cpu, which the TensorTable ops (csrc/table.cpp) also run.
 //
 // Work is split over the flattened element range with at::parallel_for (OpenMP); each thread
 // walks its range in blocks of kBlock elements: normals for the block's element groups first
 // (a vectorisable loop, compiled for AVX-512 / AVX2 / baseline and picked at load time), then
 // the update (a vectorisable loop per combination of optional arrays).
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -15,6 +16,7 @@
 #include "lift_ext/cpu_normals.h"
 #include "lift_ext/sgld.h"
 #include "lift_ext/sgld_args.h"
+#include "lift_ext/sgld_run.h"
 
 namespace lift_ext {
 namespace {
@@ -110,31 +112,42 @@ void run_segment(const SgldSlot& slot, int64_t lo, int64_t hi, GradDtype grad_dt
   }
 }
 
-void run_sgld_cpu(const SgldCall& call) {
-  if (call.slots.empty()) return;
-  const SgldSlot& first = call.slots.front();
-  const UpdateFn update =
-      pick_update(call.scalars.prior_precision != 0.0f, first.prior_mean != nullptr,
-                  first.accum != nullptr, first.square_avg != nullptr,
-                  call.scalars.noise_scale != 0.0f);
-  const auto& slots = call.slots;
-  at::parallel_for(0, call.total_numel, kGrain, [&](int64_t begin, int64_t end) {
+}  // namespace
+
+void run_sgld_cpu(const SgldSlot* slots, int64_t count, GradDtype grad_dtype,
+                  const SgldScalars& scalars) {
+  if (count == 0) return;
+  RECORD_FUNCTION("lift_ext::sgld_cpu_kernel", std::vector<c10::IValue>());
+  const SgldSlot& first = slots[0];
+  const UpdateFn update = pick_update(scalars.prior_precision != 0.0f, first.prior_mean != nullptr,
+                                     first.accum != nullptr, first.square_avg != nullptr,
+                                     scalars.noise_scale != 0.0f);
+  const SgldSlot* const slots_end = slots + count;
+  const int64_t total_numel = slots[count - 1].base + slots[count - 1].numel;
+  at::parallel_for(0, total_numel, kGrain, [&](int64_t begin, int64_t end) {
     // First slot whose range ends after `begin` (slots are sorted by base).
-    auto it = std::upper_bound(slots.begin(), slots.end(), begin,
+    auto it = std::upper_bound(slots, slots_end, begin,
                                [](int64_t v, const SgldSlot& sl) { return v < sl.base + sl.numel; });
-    for (; it != slots.end() && it->base < end; ++it) {
+    for (; it != slots_end && it->base < end; ++it) {
       const int64_t lo = std::max(begin, it->base);
       const int64_t hi = std::min(end, it->base + it->numel);
-      run_segment(*it, lo, hi, call.grad_dtype, call.scalars, update);
+      run_segment(*it, lo, hi, grad_dtype, scalars, update);
     }
   });
+}
+
+namespace {
+
+void run_call_cpu(const SgldCall& call) {
+  run_sgld_cpu(call.slots.data(), static_cast<int64_t>(call.slots.size()), call.grad_dtype,
+               call.scalars);
 }
 
 void sgld_step_list_cpu(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
                         at::TensorList accums, at::TensorList square_avgs, double lr,
                         double temperature, double prior_precision, double alpha, double eps,
                         int64_t seed, int64_t offset) {
-  run_sgld_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr, temperature,
+  run_call_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr, temperature,
                                  prior_precision, alpha, eps, seed, offset));
 }
 
@@ -146,7 +159,7 @@ void sgld_step_graphsafe_cpu(at::TensorList params, at::TensorList grads,
   check_rng_state(rng_state, params.empty() ? rng_state.device() : params[0].device());
   int64_t* state = rng_state.data_ptr<int64_t>();
   // prepare_sgld_call refuses negative seed / offset before anything is written.
-  run_sgld_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr, temperature,
+  run_call_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr, temperature,
                                  prior_precision, alpha, eps, state[0], state[1]));
   state[1] += 1;
 }
