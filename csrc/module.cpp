@@ -15,7 +15,6 @@
 //   tensor_table_is_current          TensorTable::is_current
 #include <Python.h>
 
-#include <array>
 #include <string>
 #include <vector>
 
@@ -33,15 +32,14 @@ using lift_ext::TensorTable;
 using TablePtr = c10::intrusive_ptr<TensorTable>;
 
 // Appends the tensors of a Python list or tuple to `out`; false (nothing raised) when `seq` is
-// not a list or tuple, or an element is not a Tensor (exactly a torch.Tensor or
-// torch.nn.Parameter with `exact`, any Tensor subclass otherwise).
-bool unpack_tensors(PyObject* seq, std::vector<at::Tensor>& out, bool exact) {
+// not a list or tuple, or an element is not exactly a torch.Tensor or torch.nn.Parameter.
+bool plain_tensors(PyObject* seq, std::vector<at::Tensor>& out) {
   if (!PyList_Check(seq) && !PyTuple_Check(seq)) return false;
   const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
   PyObject** items = PySequence_Fast_ITEMS(seq);
   out.reserve(static_cast<size_t>(n));
   for (Py_ssize_t i = 0; i < n; ++i) {
-    if (exact ? !THPVariable_CheckExact(items[i]) : !THPVariable_Check(items[i])) return false;
+    if (!THPVariable_CheckExact(items[i])) return false;
     out.push_back(THPVariable_Unpack(items[i]));
   }
   return true;
@@ -77,7 +75,7 @@ PyObject* sgld_step_list_eager(PyObject* /*self*/, PyObject* args) {
   }
   std::vector<at::Tensor> tensors[5];
   for (int k = 0; k < 5; ++k) {
-    if (!unpack_tensors(lists[k], tensors[k], /*exact=*/true)) Py_RETURN_NOTIMPLEMENTED;
+    if (!plain_tensors(lists[k], tensors[k])) Py_RETURN_NOTIMPLEMENTED;
   }
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("lift_ext::sgld_step_list_", "")
@@ -101,7 +99,7 @@ PyObject* tensor_table_new(PyObject* /*self*/, PyObject* args) {
   }
   std::vector<at::Tensor> tensors[5];
   for (int k = 0; k < 5; ++k) {
-    if (!unpack_tensors(lists[k], tensors[k], /*exact=*/true)) {
+    if (!plain_tensors(lists[k], tensors[k])) {
       throw torch::TypeError(std::string(names[k]) +
                              " must be a list of torch.Tensor or torch.nn.Parameter (a "
                              "TensorTable holds plain tensors, no subclass)");
@@ -163,28 +161,30 @@ PyObject* sgld_step_table_graphsafe_eager(PyObject* /*self*/, PyObject* args) {
   END_HANDLE_TH_ERRORS
 }
 
-// tensor_table_is_current(table, (params, grads, prior_means, accums, square_avgs), group)
-//   -> bool; group: None or a list of tensors (a parameter group).
+// tensor_table_is_current(table, group) -> bool; group: None or a list of tensors (a
+// parameter group).
 PyObject* tensor_table_is_current(PyObject* /*self*/, PyObject* args) {
   HANDLE_TH_ERRORS
   PyObject* handle;
-  PyObject* lists;
   PyObject* group;
-  if (!PyArg_ParseTuple(args, "OO!O", &handle, &PyTuple_Type, &lists, &group)) return nullptr;
+  if (!PyArg_ParseTuple(args, "OO", &handle, &group)) return nullptr;
   const TablePtr table = unwrap_table(handle);
-  TensorTable::Lists now;
-  if (PyTuple_GET_SIZE(lists) != TensorTable::kNumRoles) {
-    throw torch::TypeError("expected a tuple of 5 lists (params, grads, prior_means, accums, "
-                           "square_avgs)");
+  std::vector<const c10::TensorImpl*> group_tensors;  // no reference counting: just identities
+  if (group != Py_None) {
+    if (!PyList_Check(group) && !PyTuple_Check(group)) {
+      throw torch::TypeError("group must be None or a list of Tensors");
+    }
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(group);
+    PyObject** items = PySequence_Fast_ITEMS(group);
+    group_tensors.reserve(static_cast<size_t>(n));
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      if (!THPVariable_Check(items[i])) {
+        throw torch::TypeError("group must be None or a list of Tensors");
+      }
+      group_tensors.push_back(THPVariable_Unpack(items[i]).unsafeGetTensorImpl());
+    }
   }
-  for (int k = 0; k < TensorTable::kNumRoles; ++k) {
-    if (!unpack_tensors(PyTuple_GET_ITEM(lists, k), now[k], /*exact=*/false)) Py_RETURN_FALSE;
-  }
-  std::vector<at::Tensor> group_tensors;
-  if (group != Py_None && !unpack_tensors(group, group_tensors, /*exact=*/false)) {
-    throw torch::TypeError("group must be None or a list of Tensors");
-  }
-  if (table->is_current(now, group == Py_None ? nullptr : &group_tensors)) Py_RETURN_TRUE;
+  if (table->is_current(group == Py_None ? nullptr : &group_tensors)) Py_RETURN_TRUE;
   Py_RETURN_FALSE;
   END_HANDLE_TH_ERRORS
 }
@@ -201,7 +201,7 @@ PyMethodDef methods[] = {
     {"sgld_step_table_graphsafe_eager", sgld_step_table_graphsafe_eager, METH_VARARGS,
      "lift_ext::sgld_step_table_graphsafe_ through the typed dispatcher entry, without the GIL."},
     {"tensor_table_is_current", tensor_table_is_current, METH_VARARGS,
-     "TensorTable::is_current(lists, group)."},
+     "TensorTable::is_current(group)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

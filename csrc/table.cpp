@@ -88,13 +88,7 @@ void TensorTable::step_graphsafe(const at::Tensor& rng_state, SgldScalars scalar
 #endif
 }
 
-bool TensorTable::is_current(const Lists& now, const std::vector<at::Tensor>* group) const {
-  for (int r = 0; r < kNumRoles; ++r) {
-    if (now[r].size() != tensors_[r].size()) return false;
-    for (size_t i = 0; i < now[r].size(); ++i) {
-      if (now[r][i].unsafeGetTensorImpl() != tensors_[r][i].unsafeGetTensorImpl()) return false;
-    }
-  }
+bool TensorTable::is_current(const std::vector<const c10::TensorImpl*>* group) const {
   for (const Snapshot& s : snapshots_) {
     const c10::TensorImpl* t = s.tensor;
     const c10::StorageImpl* storage = t->unsafe_storage().unsafeGetStorageImpl();
@@ -114,10 +108,10 @@ bool TensorTable::is_current(const Lists& now, const std::vector<at::Tensor>* gr
   }
   if (group == nullptr) return true;
   size_t j = 0;
-  for (const at::Tensor& p : *group) {
-    const at::Tensor& grad = p.unsafeGetTensorImpl()->grad();
+  for (const c10::TensorImpl* p : *group) {
+    const at::Tensor& grad = p->grad();
     if (!grad.defined()) continue;
-    if (j == ps.size() || p.unsafeGetTensorImpl() != ps[j].unsafeGetTensorImpl() ||
+    if (j == ps.size() || p != ps[j].unsafeGetTensorImpl() ||
         grad.unsafeGetTensorImpl() != gs[j].unsafeGetTensorImpl()) {
       return false;
     }

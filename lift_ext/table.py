@@ -117,16 +117,17 @@ class TensorTable:
 
     def is_current(self, group: Optional[Sequence[torch.Tensor]] = None) -> bool:
         """True when a step would still update what the lists say: every tensor of the table is
-        still the object in its list, on the memory, dtype, size and layout it had at build (no
-        `p.data = ...`, `.to()`, `set_`, `resize_`, storage reallocation, `swap_tensors`), and
-        every grad that was its param's `.grad` at build still is.
+        still on the memory, dtype, size and layout it had at build (no `p.data = ...`,
+        `.to()`, `set_`, `resize_`, storage reallocation), and every grad that was its
+        param's `.grad` at build still is. (`torch.utils.swap_tensors` refuses a tensor a
+        table holds.)
 
         group: also require that the tensors of `group` (e.g. an optimizer's parameter group)
         that have a `.grad` are exactly the table's params, in order, with those grads.
         Cost: a few ns per tensor (C++), no allocation."""
         if group is not None and not isinstance(group, (list, tuple)):
             group = list(group)
-        return _loader._C.tensor_table_is_current(self.handle, self.lists, group)
+        return _loader._C.tensor_table_is_current(self.handle, group)
 
 
 def _rebuild(params, grads, prior_means, accums, square_avgs) -> TensorTable:

@@ -9,7 +9,7 @@ import torch
 import lift_ext
 from lift_ext import _loader, ops
 
-from conftest import DEVICES
+from conftest import DEVICES, requires_cuda
 
 SIZES = [3, 0, 4097, 1, 64, 5, 1000]  # odd sizes, an empty tensor, borders inside 4-groups
 HP = dict(lr=1e-3, temperature=0.7, prior_precision=2.0, alpha=0.9, eps=1e-2)
@@ -214,6 +214,65 @@ def test_copies_are_new_tables_over_copied_tensors():
         assert not torch.equal(twin.params[0], before[0])
 
 
+def _replacements():
+    """change(params, grads) functions: each makes a table built before it stale."""
+    def data(ps, gs):
+        ps[0].data = ps[0].data.clone()
+
+    def dtype(ps, gs):
+        ps[1].data = ps[1].data.double()
+
+    def grad(ps, gs):
+        ps[1].grad = torch.zeros_like(ps[1])
+
+    def resized(ps, gs):
+        ps[0].data.resize_(4096)  # beyond the storage: reallocated in place
+
+    def storage(ps, gs):
+        gs[1].untyped_storage().resize_(0)
+
+    def transposed(ps, gs):
+        ps[1].data = ps[1].data.view(2, 3).t()
+
+    return [data, dtype, grad, resized, storage, transposed]
+
+
+@pytest.mark.parametrize("change", _replacements(), ids=lambda f: f.__name__)
+def test_is_current_notices_replacements(change):
+    params = [torch.nn.Parameter(torch.randn(6)) for _ in range(2)]
+    for p in params:
+        p.grad = torch.randn(6)
+    table = lift_ext.TensorTable(params, [p.grad for p in params])
+    assert table.is_current()
+    with torch.no_grad():
+        params[0].add_(1.0)  # in place: still current
+        params[1].grad.mul_(2.0)
+    lift_ext.sgld_step(table, seed=0, offset=0, **HP)
+    assert table.is_current() and table.is_current(params)
+    with pytest.raises(RuntimeError, match="use_count"):  # torch refuses to swap a held tensor
+        torch.utils.swap_tensors(params[0], torch.nn.Parameter(torch.randn(6)))
+    change(params, [p.grad for p in params])
+    assert not table.is_current()
+
+
+def test_is_current_with_a_group():
+    """The optimizer's question: are the group's params that have a grad exactly the table's?"""
+    params = [torch.nn.Parameter(torch.randn(3)) for _ in range(4)]
+    for p in params[:3]:
+        p.grad = torch.randn(3)
+    table = lift_ext.TensorTable(params[:3], [p.grad for p in params[:3]])
+    assert table.is_current(params) and table.is_current(iter(params))  # params[3]: no grad
+    assert not table.is_current(params[::-1]) and not table.is_current(params[:2])
+    params[3].grad = torch.randn(3)
+    assert not table.is_current(params) and table.is_current()
+    params[3].grad = None
+    params[0].grad = None
+    assert not table.is_current(params) and not table.is_current()
+    explicit = lift_ext.TensorTable(params[1:3], [torch.randn(3), torch.randn(3)])
+    params[1].grad = torch.randn(3)  # grads given apart from .grad are not tied to it
+    assert explicit.is_current() and not explicit.is_current(params[1:3])
+
+
 def test_table_entry_releases_the_gil():
     """Another Python thread runs while a long CPU step through a table is in its kernel."""
     from test_sgld_eager_entry import progress_during
@@ -223,3 +282,48 @@ def test_table_entry_releases_the_gil():
         return lambda: _loader._C.sgld_step_table_eager(table.handle, 1e-3, 1.0, 0.0, 0.99, 1e-8, 1, 1)
 
     assert progress_during(make_call)
+
+
+@requires_cuda
+def test_cuda_table_agrees_with_the_cpu_on_thousands_of_tensors():
+    """One launch over 4096 tensors (the list op needs 10): every tensor matches the CPU."""
+    sizes = [(i * 37) % 23 for i in range(4096)]
+    cpu = make(sizes, "cpu", torch.bfloat16, seed=5)
+    gpu = {k: [t.cuda() for t in v] for k, v in cpu.items()}
+    for lists in (cpu, gpu):
+        table = lift_ext.TensorTable(lists["params"], lists["grads"], prior_means=lists["prior_means"],
+                                     accums=lists["accums"], square_avgs=lists["square_avgs"])
+        lift_ext.sgld_step(table, seed=2, offset=5, **HP)
+    for key in ("params", "accums", "square_avgs"):
+        for a, b in zip(cpu[key], gpu[key]):
+            assert torch.equal(a, b.cpu()), key
+
+
+@requires_cuda
+def test_cuda_graph_replays_of_a_table_step_draw_fresh_noise():
+    """Capture one table step with rng_state; k replays equal k eager list steps at offsets
+    offset .. offset + k - 1, and a table cannot be built during capture."""
+    a = make([6144, 6144, 1001, 3], "cuda")
+    b = clone(a)
+    start = clone(a)
+    table = lift_ext.TensorTable(a["params"], a["grads"], prior_means=a["prior_means"])
+    state = torch.tensor([21, 7], dtype=torch.int64, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream: the table's other-stream path
+        lift_ext.sgld_step(table, rng_state=state, **HP)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        lift_ext.sgld_step(table, rng_state=state, **HP)
+        with pytest.raises(RuntimeError, match="cannot be built during CUDA-graph capture"):
+            lift_ext.TensorTable(b["params"], b["grads"])
+    for p, p0 in zip(a["params"], start["params"]):
+        p.copy_(p0)
+    state.copy_(torch.tensor([21, 7]))
+    for i in range(3):
+        graph.replay()
+        lift_ext.sgld_step(b["params"], b["grads"], prior_mean=b["prior_means"], seed=21, offset=7 + i, **HP)
+        torch.cuda.synchronize()
+        assert_written_equal(a, b, ())
+    assert state.tolist() == [21, 10]

@@ -32,7 +32,6 @@ class TensorTable : public torch::CustomClassHolder {
  public:
   // The argument lists of a step, in the order of the list op's arguments.
   enum Role : int { kParams = 0, kGrads, kPriorMeans, kAccums, kSquareAvgs, kNumRoles };
-  using Lists = std::array<std::vector<at::Tensor>, kNumRoles>;
 
   // Checks the lists as the list op does (prepare_sgld_tensors: dtypes, devices, shapes,
   // layout, no overlap) and builds the slots; at least one param.
@@ -53,12 +52,13 @@ class TensorTable : public torch::CustomClassHolder {
   // offset are ignored.
   void step_graphsafe(const at::Tensor& rng_state, SgldScalars scalars) const;
 
-  // True when `now` holds the very tensors of the table (no swap), each still on the memory,
-  // dtype, size and layout it had at build (no replaced data, no reallocated storage), and
-  // every grad that was its param's .grad at build still is. With `group` (a parameter group):
-  // also its entries that have a .grad are exactly the table's params, in order, with those
-  // grads. O(number of tensors), no allocation.
-  bool is_current(const Lists& now, const std::vector<at::Tensor>* group) const;
+  // True when every tensor of the table is still on the memory, dtype, size and layout it had
+  // at build (no replaced data, no reallocated storage) and every grad that was its param's
+  // .grad at build still is. With `group` (a parameter group): also its entries that have a
+  // .grad are exactly the table's params, in order, with those grads. O(number of tensors),
+  // no allocation. (The tensors themselves cannot be swapped: torch.utils.swap_tensors
+  // refuses a tensor something else, here the table, holds.)
+  bool is_current(const std::vector<const c10::TensorImpl*>* group) const;
 
  private:
   // Where one held tensor's elements were at build.
@@ -71,7 +71,7 @@ class TensorTable : public torch::CustomClassHolder {
     caffe2::TypeMeta dtype;
   };
 
-  Lists tensors_;
+  std::array<std::vector<at::Tensor>, kNumRoles> tensors_;
   std::vector<c10::Storage> storages_;  // the storage of every held tensor at build
   std::vector<Snapshot> snapshots_;
   std::vector<uint8_t> grad_is_param_grad_;  // grads[i] was params[i].grad at build
