@@ -50,30 +50,29 @@ void check_companion(const at::Tensor& t, const at::Tensor& param, const ItemNam
 // arrays the step writes (params, accum, square_avg) against everything else.
 void check_slots_disjoint(const SgldCall& call, const std::vector<uint32_t>& slot_index,
                           bool is_list) {
-  static constexpr MemoryRole kRoles[] = {{"params", true},
-                                          {"grads", false},
-                                          {"prior_mean", false},
-                                          {"accum", true},
-                                          {"square_avg", true}};
   if (call.slots.empty()) return;
-  const uintptr_t grad_bytes = call.grad_dtype == GradDtype::kFloat32 ? 4 : 2;
+  const size_t n = call.slots.size();
   const SgldSlot& first = call.slots.front();
+  const MemoryRole roles[] = {{"params", true, n},
+                              {"grads", false, n},
+                              {"prior_mean", false, first.prior_mean ? n : 0},
+                              {"accum", true, first.accum ? n : 0},
+                              {"square_avg", true, first.square_avg ? n : 0}};
   std::vector<MemoryRange> ranges;
-  ranges.reserve(5 * call.slots.size());
-  auto add_role = [&](uint32_t role, auto pointer_of, uintptr_t element_bytes) {
-    for (size_t s = 0; s < call.slots.size(); ++s) {
-      const auto begin = reinterpret_cast<uintptr_t>(pointer_of(call.slots[s]));
-      const auto bytes = static_cast<uintptr_t>(call.slots[s].numel) * element_bytes;
-      ranges.push_back(MemoryRange{begin, begin + bytes, slot_index[s], role});
+  ranges.reserve(5 * n);
+  auto add = [&](auto pointer_of, uintptr_t element_bytes) {
+    for (const SgldSlot& slot : call.slots) {
+      const auto begin = reinterpret_cast<uintptr_t>(pointer_of(slot));
+      ranges.push_back(MemoryRange{begin, begin + static_cast<uintptr_t>(slot.numel) * element_bytes});
     }
   };
   using Slot = const SgldSlot&;
-  add_role(0, [](Slot s) -> const void* { return s.param; }, 4);
-  add_role(1, [](Slot s) -> const void* { return s.grad; }, grad_bytes);
-  if (first.prior_mean) add_role(2, [](Slot s) -> const void* { return s.prior_mean; }, 4);
-  if (first.accum) add_role(3, [](Slot s) -> const void* { return s.accum; }, 4);
-  if (first.square_avg) add_role(4, [](Slot s) -> const void* { return s.square_avg; }, 4);
-  check_disjoint(ranges, kRoles, is_list);
+  add([](Slot s) -> const void* { return s.param; }, 4);
+  add([](Slot s) -> const void* { return s.grad; }, call.grad_dtype == GradDtype::kFloat32 ? 4 : 2);
+  if (first.prior_mean) add([](Slot s) -> const void* { return s.prior_mean; }, 4);
+  if (first.accum) add([](Slot s) -> const void* { return s.accum; }, 4);
+  if (first.square_avg) add([](Slot s) -> const void* { return s.square_avg; }, 4);
+  check_disjoint(ranges, roles, slot_index, is_list);
 }
 
 }  // namespace
@@ -121,8 +120,8 @@ SgldCall prepare_sgld_tensors(at::TensorList params, at::TensorList grads,
 
   SgldCall call;
   call.slots.reserve(n);
-  std::vector<uint32_t> slot_index;  // list index of each slot, for the overlap messages
-  slot_index.reserve(n);
+  // The list index of each slot, for the overlap messages; empty while slot k is tensor k.
+  std::vector<uint32_t> slot_index;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     const ItemName p_name = item_name("params", i, is_list);
@@ -147,13 +146,17 @@ SgldCall prepare_sgld_tensors(at::TensorList params, at::TensorList grads,
       check_companion(square_avgs[i], p, item_name("square_avg", i, is_list), p_name, false);
     }
     if (p.numel() > 0) {
+      const size_t k = call.slots.size();  // this tensor's slot; k < i after an empty tensor
+      if (k != i) {
+        for (size_t j = slot_index.size(); j < k; ++j) slot_index.push_back(static_cast<uint32_t>(j));
+        slot_index.push_back(static_cast<uint32_t>(i));
+      }
       call.slots.push_back(SgldSlot{
           p.data_ptr<float>(), grads[i].data_ptr(),
           prior_means.empty() ? nullptr : prior_means[i].data_ptr<float>(),
           accums.empty() ? nullptr : accums[i].data_ptr<float>(),
           preconditioned ? square_avgs[i].data_ptr<float>() : nullptr, p.numel(),
           call.total_numel});
-      slot_index.push_back(static_cast<uint32_t>(i));
     }
     call.total_numel += p.numel();
   }

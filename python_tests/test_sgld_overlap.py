@@ -30,6 +30,9 @@ def _aliased_calls():
         (dict(params=p[:2], grads=g[:2], prior_mean=[g[0], g[1]], accum=[torch.randn(6), p[0].view(2, 3).view(6)]),
          r"params\[0\] and accum\[1\] share memory"),  # another view object of the same memory
         (dict(params=p[0], grads=p[0]), r"params and grads share memory"),  # single tensors: no index
+        (dict(params=[torch.zeros(0), p[0], torch.zeros(0), p[1], p[0]],
+              grads=[torch.zeros(0), g[0], torch.zeros(0), g[1], g[2]]),
+         r"params\[1\] and params\[4\] share memory"),  # empty tensors keep the indices right
     ]
 
 
@@ -70,7 +73,19 @@ def test_tensors_only_read_may_overlap():
     assert torch.equal(buf, torch.cat(copies))
 
 
-@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
+def test_roles_interleaved_in_memory():
+    """params and grads alternating in one buffer (their address spans interleave): disjoint
+    passes, and a grad reaching into the next param is found."""
+    buf = torch.zeros(4 * 200)
+    params = [buf[8 * i:8 * i + 4] for i in range(100)]
+    grads = [buf[8 * i + 4:8 * i + 8] for i in range(100)]
+    lift_ext.sgld_step(params, grads, lr=1.0, temperature=0.0)
+    grads[37] = buf[8 * 37 + 5:8 * 37 + 9]
+    with pytest.raises(RuntimeError, match=r"params\[38\] and grads\[37\] share memory"):
+        lift_ext.sgld_step(params, grads, lr=1.0, temperature=0.0)
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled", "nearly"])
 def test_long_lists_in_any_address_order(order):
     """Many views of one buffer (so addresses are known): disjoint ones pass in any order, and
     one overlapping pair hidden among them is found and named."""
@@ -81,6 +96,9 @@ def test_long_lists_in_any_address_order(order):
         index.reverse()
     elif order == "shuffled":
         random.Random(0).shuffle(index)
+    elif order == "nearly":  # in order but for a few tensors moved far away
+        for k in range(5, n, 97):
+            index.insert(random.Random(k).randrange(n), index.pop(k))
     params = [buf[i * width:(i + 1) * width] for i in index]
     grad_list = [grads[i * width:(i + 1) * width] for i in index]
     lift_ext.sgld_step(params, grad_list, lr=1.0, temperature=0.0)

@@ -10,27 +10,28 @@
 
 namespace lift_ext {
 
-// The bytes [begin, end) of one tensor of a call (begin < end: empty tensors have none), the
-// argument list it came from (`role`, an index into the roles) and its index in that list.
+// The bytes [begin, end) of one tensor of a call (begin < end: empty tensors have none).
 struct MemoryRange {
   uintptr_t begin;
   uintptr_t end;
-  uint32_t index;
-  uint32_t role;
 };
 
-// One argument list of a call: its name in messages and whether the call writes its tensors.
+// One argument list of a call: its name in messages, whether the call writes its tensors, and
+// how many ranges it has.
 struct MemoryRole {
   const char* name;
   bool written;
+  size_t count;
 };
 
 // Raises a c10::Error naming both tensors when two ranges overlap and one of them is written.
-// `ranges` holds the ranges of each role contiguously, roles in increasing order; `indexed`
-// false names a tensor without its index (a call of single tensors). Reorders `ranges`.
-// Cost: one sort by address, O(n log n) in the number of tensors and independent of their
-// sizes; O(n) when each role's list is already in address order, ascending or descending
-// (the usual case: tensors allocated one after the other).
-void check_disjoint(std::vector<MemoryRange>& ranges, c10::ArrayRef<MemoryRole> roles, bool indexed);
+// `ranges` holds each role's ranges one after the other, in the order of `roles`; the k-th
+// range of a role is its tensor list_index[k] (k itself when list_index is empty) in messages
+// ("grads[7]"; `indexed` false: "grads", a call of single tensors). Cost: one sort by
+// address, O(n log n) in the number of tensors and independent of their sizes; about O(n)
+// when each role's tensors are nearly in address order (either direction: tensors allocated
+// one after another) and the roles' address spans do not interleave.
+void check_disjoint(const std::vector<MemoryRange>& ranges, c10::ArrayRef<MemoryRole> roles,
+                    c10::ArrayRef<uint32_t> list_index, bool indexed);
 
 }  // namespace lift_ext
