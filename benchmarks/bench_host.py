@@ -18,8 +18,9 @@ and reports, per call, the median `total` time and the `host` time:
   CUDA  host = the call without synchronising (the launch returns first), total = the call
         and the device work up to a synchronisation; the table kernel alone = one replay of a
         CUDA graph of the table step (rng_state form).
-Also per case: building the table, TensorTable.is_current() (what optim.SGLD checks each
-step), and optim.SGLD.step() with a kept table (grads zeroed in place).
+Also per case: the table call on COUNT tensors of 0 elements (the host path alone, measured
+directly: the kernel has nothing to do), building the table, TensorTable.is_current() (what
+optim.SGLD checks each step), and optim.SGLD.step() with a kept table (grads kept in place).
 
     python benchmarks/bench_host.py [--device cuda] [--cases 448x65536,72x6144] [--threads 1]
 
@@ -81,7 +82,7 @@ def interleaved(fns, device, rounds, per_round, sync_inside):
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def cpu_kernel_us(fn, calls=200):
+def cpu_kernel_us(fn, calls=400):
     """Median length of the CPU kernel's profiler range over `calls` calls of fn."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(calls):
@@ -123,7 +124,10 @@ def make_steps(count, numel, device):
         "foreach SGD": foreach_sgd,
         "fused Adam": adam.step,
     }
+    empty = [[torch.zeros(0, device=device) for _ in range(count)] for _ in range(3)]
+    empty_table = lift_ext.TensorTable(empty[0], empty[1], prior_means=empty[2])
     extras = {
+        "table, 0 elements": lambda: lift_ext.sgld_step(empty_table, offset=next(offsets), **hyper),
         "table build": lambda: lift_ext.TensorTable(ps, gs, prior_means=cs),
         "is_current": table.is_current,
         "SGLD.step kept": sgld.step,
@@ -133,7 +137,7 @@ def make_steps(count, numel, device):
 
 def run_case(count, numel, device, rounds):
     steps, extras, table, adam_kind = make_steps(count, numel, device)
-    per_round = max(5, min(200, 20000 // count))
+    per_round = max(20, min(400, 80000 // count))
     total = interleaved(steps, device, rounds, per_round, sync_inside=True)
     other = interleaved(extras, device, max(3, rounds // 2), max(3, per_round // 4), sync_inside=False)
     row = {"count": count, "numel": numel, "adam": adam_kind, "total_us": total, "other_us": other}
@@ -159,17 +163,26 @@ def format_table(rows, device):
         cells = "".join(f" {r['host_us'][n]:>16.1f} {r['total_us'][n]:>8.1f}" for n in names)
         lines.append(f"{r['count']:>7} x {r['numel']:<6}{cells} {r['kernel_us']['table']:>12.1f}")
     lines.append("")
-    head2 = f"{'tensors':>7}   {'table build':>12} {'is_current':>11} {'SGLD.step kept':>15}"
+    head2 = (f"{'tensors':>7}   {'table, 0 elements':>17} {'table build':>12} {'is_current':>11} "
+             f"{'SGLD.step kept':>15}")
     lines += [head2, "-" * len(head2)]
     for r in rows:
         o = r["other_us"]
-        lines.append(f"{r['count']:>7}   {o['table build']:>12.1f} {o['is_current']:>11.2f} "
-                     f"{o['SGLD.step kept']:>15.1f}")
+        lines.append(f"{r['count']:>7}   {o['table, 0 elements']:>17.1f} {o['table build']:>12.1f} "
+                     f"{o['is_current']:>11.2f} {o['SGLD.step kept']:>15.1f}")
     adam = {r["adam"] for r in rows}
     lines.append(f"microseconds per call, median; host = "
                  + ("total - kernel (profiler range)" if device.type == "cpu" else "the call without a sync")
                  + f"; Adam: {'/'.join(sorted(adam))}")
     return "\n".join(lines)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
 
 
 def commit():
@@ -185,16 +198,17 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", default=DEFAULT_CASES, help="COUNTxNUMEL,... (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--json", help="default: benchmarks/results/host_<device>.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = [run_case(count, numel, device, args.rounds) for count, numel in parse_cases(args.cases)]
-    info = {"device": device_name(device), "torch": torch.__version__, "commit": commit(),
+    info = {"device": device_name(device), "cpu": cpu_model(), "torch": torch.__version__, "commit": commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "threads": torch.get_num_threads()}
-    print(f"device: {info['device']}; torch {info['torch']}; commit {info['commit']}; {info['date']}")
+    print(f"device: {info['device']} ({info['cpu']}); torch {info['torch']}; commit {info['commit']}; "
+          f"{info['date']}")
     print(format_table(rows, device))
     path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                      f"host_{device.type}.json")
