@@ -1,6 +1,8 @@
-// Every op schema of lift_ext, declared once. Backends register their kernels with
-// TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/; fake (meta) kernels live in lift_ext/ops.py.
-// In-place ops end in `_` and take the tensors they write first.
+// Every op schema of lift_ext, and its TorchBind class TensorTable, declared once. Backends
+// register their kernels with TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/ (the TensorTable
+// ops, which take no tensor to dispatch on but rng_state, once in csrc/table.cpp); fake (meta)
+// kernels live in lift_ext/ops.py. In-place ops end in `_` and take the tensors they write
+// first.
 #include <torch/library.h>
 
 #include "lift_ext/table.h"
@@ -35,7 +37,8 @@ TORCH_LIBRARY(lift_ext, m) {
   // alias annotation): torch.compile and functionalization must use sgld_step_list_.
   m.def(
       "sgld_step_table_(__torch__.torch.classes.lift_ext.TensorTable table, float lr, "
-      "float temperature, float prior_precision, float alpha, float eps, int seed, int offset) -> ()");
+      "float temperature, float prior_precision, float alpha, float eps, int seed, "
+      "int offset) -> ()");
   // The table step with seed and offset read from rng_state and advanced, as
   // sgld_step_graphsafe_ does for lists (CUDA-graph safe).
   m.def(

@@ -63,7 +63,8 @@ void check_slots_disjoint(const SgldCall& call, const std::vector<uint32_t>& slo
   auto add = [&](auto pointer_of, uintptr_t element_bytes) {
     for (const SgldSlot& slot : call.slots) {
       const auto begin = reinterpret_cast<uintptr_t>(pointer_of(slot));
-      ranges.push_back(MemoryRange{begin, begin + static_cast<uintptr_t>(slot.numel) * element_bytes});
+      const auto bytes = static_cast<uintptr_t>(slot.numel) * element_bytes;
+      ranges.push_back(MemoryRange{begin, begin + bytes});
     }
   };
   using Slot = const SgldSlot&;
@@ -148,7 +149,9 @@ SgldCall prepare_sgld_tensors(at::TensorList params, at::TensorList grads,
     if (p.numel() > 0) {
       const size_t k = call.slots.size();  // this tensor's slot; k < i after an empty tensor
       if (k != i) {
-        for (size_t j = slot_index.size(); j < k; ++j) slot_index.push_back(static_cast<uint32_t>(j));
+        for (size_t j = slot_index.size(); j < k; ++j) {
+          slot_index.push_back(static_cast<uint32_t>(j));
+        }
         slot_index.push_back(static_cast<uint32_t>(i));
       }
       call.slots.push_back(SgldSlot{

@@ -25,7 +25,10 @@ writes: `is_current()` notices it, a step does not, so never step a table after 
 
 CUDA graphs: a table step is capturable (nothing is allocated or copied per step, the
 pointer table stays where it was uploaded); with `rng_state` the offset advances on the device,
-so every replay draws fresh noise. Build the table before capturing. torch.compile: the table
+so every replay draws fresh noise. Build the table before capturing (building during capture
+is refused), and keep it alive while the graph may replay: the graph reads its pointer table.
+The table may be stepped on any stream (one other than its build's first waits for the
+upload). torch.compile: the table
 op hides the tensors it writes from the tracer, so a traced `sgld_step(table, ...)` runs the
 list op on the table's lists (same results, the list call's host cost).
 """

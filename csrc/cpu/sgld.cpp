@@ -140,9 +140,9 @@ void run_sgld_cpu(const SgldSlot* slots, int64_t count, GradDtype grad_dtype,
   const int64_t total_numel = slots[count - 1].base + slots[count - 1].numel;
   at::parallel_for(0, total_numel, kGrain, [&](int64_t begin, int64_t end) {
     // First slot whose range ends after `begin` (slots are sorted by base).
-    const SgldSlot* it = std::upper_bound(slots, slots_end, begin, [](int64_t v, const SgldSlot& sl) {
-      return v < sl.base + sl.numel;
-    });
+    const SgldSlot* it =
+        std::upper_bound(slots, slots_end, begin,
+                         [](int64_t v, const SgldSlot& sl) { return v < sl.base + sl.numel; });
     run_range(it, slots_end, begin, end, grad_dtype, scalars, update);
   });
 }

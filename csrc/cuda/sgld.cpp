@@ -84,7 +84,8 @@ void upload_slots_cuda(const SgldSlot* slots, int64_t count, DeviceSlots& out) {
 void run_sgld_table_cuda(const DeviceSlots& table, GradDtype grad_dtype,
                          const SgldScalars& scalars, int64_t* rng_state) {
   const c10::cuda::CUDAGuard guard(table.stream.device());
-  const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream(table.stream.device_index());
+  const c10::cuda::CUDAStream current =
+      c10::cuda::getCurrentCUDAStream(table.stream.device_index());
   if (current.unwrap() != table.stream) {
     // Another stream than the upload's: order it after the copy (during a capture as a wait
     // on an event from outside the graph), and keep the slots' memory from being reused

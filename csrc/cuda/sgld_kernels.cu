@@ -41,7 +41,7 @@ struct SlotTable {
 };
 
 // The slots of a TensorTable, in device memory (read only while kernels run).
-struct DeviceSlots {
+struct GlobalSlots {
   const SgldSlot* __restrict__ slots;
   int count;
   int64_t end;
@@ -282,14 +282,18 @@ void launch_sgld_table_cuda(const SgldSlot* device_slots, int64_t num_slots, int
                             int64_t end, GradDtype grad_dtype, const SgldScalars& scalars,
                             void* stream, const int64_t* rng_state) {
   if (num_slots == 0) return;
-  const DeviceSlots table{device_slots, static_cast<int>(num_slots), end, begin};
+  const GlobalSlots table{device_slots, static_cast<int>(num_slots), end, begin};
   auto st = static_cast<cudaStream_t>(stream);
   switch (grad_dtype) {
-    case GradDtype::kFloat32: launch_kernel<DeviceSlots, float>(table, scalars, st, rng_state); break;
-    case GradDtype::kBFloat16:
-      launch_kernel<DeviceSlots, __nv_bfloat16>(table, scalars, st, rng_state);
+    case GradDtype::kFloat32:
+      launch_kernel<GlobalSlots, float>(table, scalars, st, rng_state);
       break;
-    case GradDtype::kFloat16: launch_kernel<DeviceSlots, __half>(table, scalars, st, rng_state); break;
+    case GradDtype::kBFloat16:
+      launch_kernel<GlobalSlots, __nv_bfloat16>(table, scalars, st, rng_state);
+      break;
+    case GradDtype::kFloat16:
+      launch_kernel<GlobalSlots, __half>(table, scalars, st, rng_state);
+      break;
   }
 }
 

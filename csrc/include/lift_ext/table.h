@@ -5,13 +5,15 @@
 // step it (csrc/registration.cpp), and lift_ext.TensorTable (lift_ext/table.py) wraps it.
 //
 // Memory safety without per-call work: the table keeps a reference to every tensor and to the
-// storage each had at build, so replacing a tensor's data (`p.data = ...`, `.to()`, `set_`,
-// `torch.utils.swap_tensors`) or a gradient (`p.grad = None`) never frees memory the table
-// writes; the table keeps stepping what it was built from. Noticing such a replacement takes
-// per-tensor work (is_current, ~3 ns per tensor in cache, 10-30 ns out of it), which the step
-// itself does not do. Reallocating a held storage in place (`resize_` beyond its size,
-// `untyped_storage().resize_()`, `share_memory_()`) does free that memory: is_current notices
-// it, a step does not, so a table must not be stepped after it.
+// storage each had at build, so replacing a tensor's data (`p.data = ...`, `.to()`, `set_`)
+// or a gradient (`p.grad = None`) never frees memory the table writes; the table keeps
+// stepping what it was built from (torch.utils.swap_tensors refuses a tensor it holds).
+// Noticing such a replacement takes per-tensor work (is_current, ~3 ns per tensor in cache,
+// 10-30 ns out of it), which the step itself does not do. Reallocating a held storage in
+// place (`resize_` beyond its size, `untyped_storage().resize_()`, `share_memory_()`) does
+// free that memory: is_current notices it, a step does not, so a table must not be stepped
+// after it. A CUDA graph that captured a step reads the table's device slots: the table must
+// outlive the graph's replays.
 #pragma once
 
 #include <array>
