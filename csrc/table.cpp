@@ -84,6 +84,7 @@ void TensorTable::step_graphsafe(const at::Tensor& rng_state, SgldScalars scalar
     return;
   }
 #if defined(LIFT_EXT_WITH_CUDA)
+  // Also without slots (a table of empty tensors): the offset still advances.
   run_sgld_table_cuda(device_slots_, call_.grad_dtype, scalars, rng_state.data_ptr<int64_t>());
 #endif
 }

@@ -81,6 +81,16 @@ def test_rng_state_and_generator_forms_equal_the_list_forms(device):
     assert torch.equal(gen_a.get_state(), before), "no noise, no draw"
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_table_of_empty_tensors_steps_nothing_and_advances_rng_state(device):
+    table = lift_ext.TensorTable([torch.zeros(0, device=device), torch.zeros(0, device=device)],
+                                 [torch.zeros(0, device=device), torch.zeros(0, device=device)])
+    state = torch.tensor([3, 4], dtype=torch.int64, device=device)
+    lift_ext.sgld_step(table, seed=1, offset=2, **HP)
+    lift_ext.sgld_step(table, rng_state=state, **HP)
+    assert state.tolist() == [3, 5]
+
+
 def test_parameters_and_attributes():
     params = [torch.nn.Parameter(torch.randn(5)) for _ in range(3)]
     for p in params:

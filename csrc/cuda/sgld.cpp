@@ -86,20 +86,23 @@ void run_sgld_table_cuda(const DeviceSlots& table, GradDtype grad_dtype,
   const c10::cuda::CUDAGuard guard(table.stream.device());
   const c10::cuda::CUDAStream current =
       c10::cuda::getCurrentCUDAStream(table.stream.device_index());
-  if (current.unwrap() != table.stream) {
-    // Another stream than the upload's: order it after the copy (during a capture as a wait
-    // on an event from outside the graph), and keep the slots' memory from being reused
-    // before this stream's kernels have read it.
-    const bool capturing =
-        c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
-    C10_CUDA_CHECK(cudaStreamWaitEvent(current.stream(),
-                                       static_cast<cudaEvent_t>(table.uploaded.eventId()),
-                                       capturing ? cudaEventWaitExternal : cudaEventWaitDefault));
-    c10::cuda::CUDACachingAllocator::recordStream(table.bytes.storage().data_ptr(), current);
+  if (table.count > 0) {  // a table of empty tensors has no slots (and no upload)
+    if (current.unwrap() != table.stream) {
+      // Another stream than the upload's: order it after the copy (during a capture as a
+      // wait on an event from outside the graph), and keep the slots' memory from being
+      // reused before this stream's kernels have read it.
+      const bool capturing =
+          c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+      C10_CUDA_CHECK(cudaStreamWaitEvent(
+          current.stream(), static_cast<cudaEvent_t>(table.uploaded.eventId()),
+          capturing ? cudaEventWaitExternal : cudaEventWaitDefault));
+      c10::cuda::CUDACachingAllocator::recordStream(table.bytes.storage().data_ptr(), current);
+    }
+    launch_sgld_table_cuda(static_cast<const SgldSlot*>(table.bytes.const_data_ptr()),
+                           table.count, table.begin, table.end, grad_dtype, scalars,
+                           current.stream(), rng_state);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  launch_sgld_table_cuda(static_cast<const SgldSlot*>(table.bytes.const_data_ptr()), table.count,
-                         table.begin, table.end, grad_dtype, scalars, current.stream(), rng_state);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (rng_state != nullptr) {
     launch_advance_offset_cuda(rng_state, current.stream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
