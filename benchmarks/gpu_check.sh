@@ -3,14 +3,17 @@
 # in under 8 minutes: build the extension against the installed torch, run the whole test
 # suite (the CUDA tests run there instead of skipping), the full benchmark table
 # (bench_all.py: JSON + bandwidth plot), one SGLDGibbs step at D = 2^22 (bench_sampler.py),
-# compute-sanitizer memcheck and racecheck over a short run of every kernel, and an Nsight
-# Compute summary of the SGLD kernel at the benchmark shapes (ncu_driver.py). Each stage
+# the host time of one step call, list vs TensorTable vs torch's foreach SGD and fused Adam
+# (bench_host.py: 1 to 4,096 small tensors, and 72 x 6144 / 448 x 65536 against the table
+# kernel's graph replay), compute-sanitizer memcheck and racecheck over a short run of every
+# kernel, and an Nsight Compute summary of the SGLD kernel at the benchmark shapes
+# (ncu_driver.py). Each stage
 # has its own time limit and writes its log to $OUT (or benchmarks/out) as it goes, so a
 # stage that runs long still leaves the others' results. Copy the table and the card into
 # benchmarks/RESULTS.md with the date and commit.
 #   LIFT_EXT_COMMIT=<hash> bash benchmarks/gpu_check.sh     (the hash when .git is absent)
 #   STAGES="build tests sanitizer" bash benchmarks/gpu_check.sh   (a subset; default: all of
-#   build tests sanitizer sampler table profile, run in that order)
+#   build tests sanitizer sampler host table profile, run in that order)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/out}"
@@ -19,7 +22,7 @@ PY="${PYTHON:-$(command -v python3 || command -v python)}"
 command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
 export PYTHONUNBUFFERED=1 LIFT_EXT_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 export LIFT_EXT_COMMIT="${LIFT_EXT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
-STAGES=" ${STAGES:-build tests sanitizer sampler table profile} "
+STAGES=" ${STAGES:-build tests sanitizer sampler host table profile} "
 status=0
 step() { echo "=== $1 ($(date -u +%H:%M:%S))"; }
 want() { [[ "$STAGES" == *" $1 "* ]]; }
@@ -75,6 +78,14 @@ if want sampler; then
   step "one SGLDGibbs step, D = 2^22"
   timeout 40 "$PY" benchmarks/bench_sampler.py --device cuda --dim 4194304 2>&1 \
     | tee -a "$out/summary.txt" || status=1
+fi
+
+if want host; then
+  step "host time of one step call (bench_host.py)"
+  timeout 150 "$PY" benchmarks/bench_host.py --device cuda \
+    --cases 1x16,72x16,448x16,4096x16,72x6144,448x65536 --json "$out/host_cuda.json" \
+    > "$out/host_cuda.txt" 2>&1 || status=1
+  cat "$out/host_cuda.txt" | tail -n 20
 fi
 
 if want table; then

@@ -1,6 +1,7 @@
 """A short CUDA run of every lift_ext kernel, for compute-sanitizer (memcheck, racecheck):
 odd sizes (vector tails, unaligned list members), every grad dtype and optional array, both
-phi modes, the GMM E, M and prior-gradient kernels and the graph-safe SGLD step.
+phi modes, the GMM E, M and prior-gradient kernels, the graph-safe SGLD step, and the
+TensorTable steps (slots in device memory; on the table's stream and on another one).
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitizer_driver.py
     python benchmarks/sanitizer_driver.py --device cpu     (the same calls on the CPU kernels)
@@ -49,6 +50,19 @@ def main(argv=None):
         lift_ext.sgld_step(p, g, lr=1e-3, rng_state=state)
         lift_ext.sgld_step(list(rnd(2 * n + 1).split([n, n + 1])), [rnd(n), rnd(n + 1)], lr=1e-3,
                            rng_state=state)
+    # TensorTable: the same odd list through a table (one launch reading its slots from device
+    # memory), plain and graph-safe, on the build's stream and on another stream.
+    table = lift_ext.TensorTable(ps, gs, prior_means=cs, accums=[torch.zeros(k, device=dev) for k in sizes],
+                                 square_avgs=[torch.rand(k, device=dev) for k in sizes])
+    lift_ext.sgld_step(table, lr=1e-3, prior_precision=0.1, eps=1e-2, seed=6, offset=7)
+    state = torch.tensor([7, 0], dtype=torch.int64, device=dev)
+    lift_ext.sgld_step(table, lr=1e-3, rng_state=state, eps=1e-2)
+    if dev.type == "cuda":
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            lift_ext.sgld_step(table, lr=1e-3, seed=8, offset=9, eps=1e-2)
+        torch.cuda.current_stream().wait_stream(side)
     # Noise and raw words.
     lift_ext.philox_normal(12347, seed=3, offset=9, device=dev)
     ops.philox4x32_10(torch.randint(0, 2**32, (37, 4), device=dev), torch.randint(0, 2**32, (37, 2), device=dev))

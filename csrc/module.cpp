@@ -1,23 +1,38 @@
 // The Python module `lift_ext._C`. Loading it runs the static TORCH_LIBRARY registrations
-// (import torch before it). It also holds one function, `sgld_step_list_eager`: the same
-// `lift_ext::sgld_step_list_` op reached through the dispatcher's typed C++ entry instead of
-// `torch.ops`, which converts a Python list of tensors element by element into the boxed
-// calling convention (~0.09 us per tensor: 0.12 ms for a 448-tensor step with prior means,
-// more than the CUDA kernel). Plain tensors and Parameters only; for anything else (a list
-// holding a Tensor subclass or a non-Tensor) it returns NotImplemented and the caller takes
-// torch.ops, which also serves torch.compile and __torch_function__ modes.
+// (import torch before it). It also holds the eager entries of the SGLD ops: each reaches its
+// op through the dispatcher's typed C++ entry instead of `torch.ops`, which converts a Python
+// list of tensors element by element into the boxed calling convention (~0.09 us per tensor:
+// 0.12 ms for a 448-tensor step with prior means, more than the CUDA kernel), and each
+// releases the GIL while the op runs, so other Python threads go on during a long CPU step.
+//
+//   sgld_step_list_eager             lift_ext::sgld_step_list_ on plain tensors / Parameters;
+//                                    NotImplemented for anything else (a Tensor subclass, a
+//                                    non-Tensor): the caller takes torch.ops, which also serves
+//                                    torch.compile and __torch_function__ modes
+//   tensor_table_new                 a TensorTable (lift_ext/table.h) from five lists
+//   sgld_step_table_eager            lift_ext::sgld_step_table_: O(1) host work
+//   sgld_step_table_graphsafe_eager  lift_ext::sgld_step_table_graphsafe_
+//   tensor_table_is_current          TensorTable::is_current
 #include <Python.h>
 
+#include <string>
 #include <vector>
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/jit/python/pybind_utils.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include "lift_ext/table.h"
 
 namespace {
 
-// Appends the tensors of a Python list or tuple to `out`; false (nothing raised) when an
-// element is not exactly a torch.Tensor or torch.nn.Parameter.
+using lift_ext::TensorTable;
+using TablePtr = c10::intrusive_ptr<TensorTable>;
+
+// Appends the tensors of a Python list or tuple to `out`; false (nothing raised) when `seq` is
+// not a list or tuple, or an element is not exactly a torch.Tensor or torch.nn.Parameter.
 bool plain_tensors(PyObject* seq, std::vector<at::Tensor>& out) {
   if (!PyList_Check(seq) && !PyTuple_Check(seq)) return false;
   const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -30,8 +45,21 @@ bool plain_tensors(PyObject* seq, std::vector<at::Tensor>& out) {
   return true;
 }
 
+// The TensorTable inside a torch.ScriptObject (TypeError for anything else).
+TablePtr unwrap_table(PyObject* handle) {
+  const py::handle h(handle);
+  if (!py::isinstance<torch::jit::Object>(h)) {
+    throw torch::TypeError(std::string("expected a torch.classes.lift_ext.TensorTable, got ") +
+                           Py_TYPE(handle)->tp_name);
+  }
+  return c10::IValue(h.cast<torch::jit::Object>()._ivalue()).toCustomClass<TensorTable>();
+}
+
 using SgldListFn = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList,
                         at::TensorList, double, double, double, double, double, int64_t, int64_t);
+using SgldTableFn = void(const TablePtr&, double, double, double, double, double, int64_t, int64_t);
+using SgldTableGraphsafeFn = void(const TablePtr&, const at::Tensor&, double, double, double,
+                                  double, double);
 
 // sgld_step_list_eager(params, grads, prior_means, accums, square_avgs, lr, temperature,
 //                      prior_precision, alpha, eps, seed, offset) -> None | NotImplemented
@@ -52,16 +80,128 @@ PyObject* sgld_step_list_eager(PyObject* /*self*/, PyObject* args) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("lift_ext::sgld_step_list_", "")
                              .typed<SgldListFn>();
-  op.call(tensors[0], tensors[1], tensors[2], tensors[3], tensors[4], lr, temperature,
-          prior_precision, alpha, eps, seed, offset);
+  {
+    const pybind11::gil_scoped_release no_gil;
+    op.call(tensors[0], tensors[1], tensors[2], tensors[3], tensors[4], lr, temperature,
+              prior_precision, alpha, eps, seed, offset);
+  }
   Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
+// tensor_table_new(params, grads, prior_means, accums, square_avgs) -> torch.ScriptObject
+PyObject* tensor_table_new(PyObject* /*self*/, PyObject* args) {
+  HANDLE_TH_ERRORS
+  static const char* const names[5] = {"params", "grads", "prior_means", "accums", "square_avgs"};
+  PyObject* lists[5];
+  if (!PyArg_ParseTuple(args, "OOOOO", &lists[0], &lists[1], &lists[2], &lists[3], &lists[4])) {
+    return nullptr;
+  }
+  std::vector<at::Tensor> tensors[5];
+  for (int k = 0; k < 5; ++k) {
+    if (!plain_tensors(lists[k], tensors[k])) {
+      throw torch::TypeError(std::string(names[k]) +
+                             " must be a list of torch.Tensor or torch.nn.Parameter (a "
+                             "TensorTable holds plain tensors, no subclass)");
+    }
+  }
+  auto table = c10::make_intrusive<TensorTable>(std::move(tensors[0]), std::move(tensors[1]),
+                                                std::move(tensors[2]), std::move(tensors[3]),
+                                                std::move(tensors[4]));
+  return torch::jit::toPyObject(c10::IValue(std::move(table))).release().ptr();
+  END_HANDLE_TH_ERRORS
+}
+
+// sgld_step_table_eager(table, lr, temperature, prior_precision, alpha, eps, seed, offset)
+PyObject* sgld_step_table_eager(PyObject* /*self*/, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject* handle;
+  double lr, temperature, prior_precision, alpha, eps;
+  long long seed, offset;
+  if (!PyArg_ParseTuple(args, "OdddddLL", &handle, &lr, &temperature, &prior_precision, &alpha,
+                        &eps, &seed, &offset)) {
+    return nullptr;
+  }
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lift_ext::sgld_step_table_", "")
+                             .typed<SgldTableFn>();
+  const TablePtr table = unwrap_table(handle);
+  {
+    const pybind11::gil_scoped_release no_gil;
+    op.call(table, lr, temperature, prior_precision, alpha, eps, seed, offset);
+  }
+  Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
+// sgld_step_table_graphsafe_eager(table, rng_state, lr, temperature, prior_precision, alpha, eps)
+PyObject* sgld_step_table_graphsafe_eager(PyObject* /*self*/, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject* handle;
+  PyObject* state;
+  double lr, temperature, prior_precision, alpha, eps;
+  if (!PyArg_ParseTuple(args, "OOddddd", &handle, &state, &lr, &temperature, &prior_precision,
+                        &alpha, &eps)) {
+    return nullptr;
+  }
+  if (!THPVariable_Check(state)) {
+    throw torch::TypeError(std::string("rng_state must be an int64 Tensor [seed, offset], got ") +
+                           Py_TYPE(state)->tp_name);
+  }
+  const TablePtr table = unwrap_table(handle);
+  const at::Tensor rng_state = THPVariable_Unpack(state);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lift_ext::sgld_step_table_graphsafe_", "")
+                             .typed<SgldTableGraphsafeFn>();
+  {
+    const pybind11::gil_scoped_release no_gil;
+    op.call(table, rng_state, lr, temperature, prior_precision, alpha, eps);
+  }
+  Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
+// tensor_table_is_current(table, group) -> bool; group: None or a list of tensors (a
+// parameter group).
+PyObject* tensor_table_is_current(PyObject* /*self*/, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject* handle;
+  PyObject* group;
+  if (!PyArg_ParseTuple(args, "OO", &handle, &group)) return nullptr;
+  const TablePtr table = unwrap_table(handle);
+  std::vector<const c10::TensorImpl*> group_tensors;  // no reference counting: just identities
+  if (group != Py_None) {
+    if (!PyList_Check(group) && !PyTuple_Check(group)) {
+      throw torch::TypeError("group must be None or a list of Tensors");
+    }
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(group);
+    PyObject** items = PySequence_Fast_ITEMS(group);
+    group_tensors.reserve(static_cast<size_t>(n));
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      if (!THPVariable_Check(items[i])) {
+        throw torch::TypeError("group must be None or a list of Tensors");
+      }
+      group_tensors.push_back(THPVariable_Unpack(items[i]).unsafeGetTensorImpl());
+    }
+  }
+  if (table->is_current(group == Py_None ? nullptr : &group_tensors)) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
   END_HANDLE_TH_ERRORS
 }
 
 PyMethodDef methods[] = {
     {"sgld_step_list_eager", sgld_step_list_eager, METH_VARARGS,
-     "lift_ext::sgld_step_list_ through the typed dispatcher entry (plain tensors only; "
-     "NotImplemented otherwise)."},
+     "lift_ext::sgld_step_list_ through the typed dispatcher entry, without the GIL (plain "
+     "tensors only; NotImplemented otherwise)."},
+    {"tensor_table_new", tensor_table_new, METH_VARARGS,
+     "A torch.classes.lift_ext.TensorTable from (params, grads, prior_means, accums, "
+     "square_avgs)."},
+    {"sgld_step_table_eager", sgld_step_table_eager, METH_VARARGS,
+     "lift_ext::sgld_step_table_ through the typed dispatcher entry, without the GIL."},
+    {"sgld_step_table_graphsafe_eager", sgld_step_table_graphsafe_eager, METH_VARARGS,
+     "lift_ext::sgld_step_table_graphsafe_ through the typed dispatcher entry, without the GIL."},
+    {"tensor_table_is_current", tensor_table_is_current, METH_VARARGS,
+     "TensorTable::is_current(group)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -1,9 +1,20 @@
-// Every op schema of lift_ext, declared once. Backends register their kernels with
-// TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/; fake (meta) kernels live in lift_ext/ops.py.
-// In-place ops end in `_` and take the tensors they write first.
+// Every op schema of lift_ext, and its TorchBind class TensorTable, declared once. Backends
+// register their kernels with TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/ (the TensorTable
+// ops, which take no tensor to dispatch on but rng_state, once in csrc/table.cpp); fake (meta)
+// kernels live in lift_ext/ops.py. In-place ops end in `_` and take the tensors they write
+// first.
 #include <torch/library.h>
 
+#include "lift_ext/table.h"
+
 TORCH_LIBRARY(lift_ext, m) {
+  // The tensors of an SGLD step, checked once, their slots built once (lift_ext/table.h):
+  // TensorTable(params, grads, prior_means, accums, square_avgs), the lists as the list op
+  // takes them (empty = absent); len(table) is its number of params.
+  m.class_<lift_ext::TensorTable>("TensorTable")
+      .def(torch::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+                       std::vector<at::Tensor>, std::vector<at::Tensor>>())
+      .def("__len__", &lift_ext::TensorTable::size);
   // SGLD step on a list of tensors in one pass (docs/design.md sections 2 and 6); element
   // indices (and so the noise) run over the concatenation of the list, so one flat tensor is
   // a list of one. prior_means, accums and square_avgs are optional: an empty list means "absent";
@@ -20,6 +31,20 @@ TORCH_LIBRARY(lift_ext, m) {
       "sgld_step_graphsafe_(Tensor(a!)[] params, Tensor[] grads, Tensor[] prior_means, "
       "Tensor(b!)[] accums, Tensor(c!)[] square_avgs, Tensor(d!) rng_state, float lr, "
       "float temperature, float prior_precision, float alpha, float eps) -> ()");
+  // The list step over the tensors of a TensorTable: bitwise the same as sgld_step_list_ on its
+  // lists, with O(1) host work (the checks ran when the table was built). The tensors it
+  // writes are inside the table, so the schema cannot mark them (a class argument takes no
+  // alias annotation): torch.compile and functionalization must use sgld_step_list_.
+  m.def(
+      "sgld_step_table_(__torch__.torch.classes.lift_ext.TensorTable table, float lr, "
+      "float temperature, float prior_precision, float alpha, float eps, int seed, "
+      "int offset) -> ()");
+  // The table step with seed and offset read from rng_state and advanced, as
+  // sgld_step_graphsafe_ does for lists (CUDA-graph safe).
+  m.def(
+      "sgld_step_table_graphsafe_(__torch__.torch.classes.lift_ext.TensorTable table, "
+      "Tensor(a!) rng_state, float lr, float temperature, float prior_precision, float alpha, "
+      "float eps) -> ()");
   // Fills `out` (float32, contiguous) with the noise sgld_step_list_ adds to a flat vector.
   m.def("philox_normal_(Tensor(a!) out, int seed, int offset) -> ()");
   // SGLD-Gibbs update of the shared prior phi from the running task sum S (docs/design.md

@@ -7,6 +7,8 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include "lift_ext/overlap.h"
+
 namespace lift_ext {
 namespace {
 
@@ -44,12 +46,41 @@ void check_companion(const at::Tensor& t, const at::Tensor& param, const ItemNam
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
+// The overlap check of a call (overlap.h) over the bytes of every array of every slot: the
+// arrays the step writes (params, accum, square_avg) against everything else.
+void check_slots_disjoint(const SgldCall& call, const std::vector<uint32_t>& slot_index,
+                          bool is_list) {
+  if (call.slots.empty()) return;
+  const size_t n = call.slots.size();
+  const SgldSlot& first = call.slots.front();
+  const MemoryRole roles[] = {{"params", true, n},
+                              {"grads", false, n},
+                              {"prior_mean", false, first.prior_mean ? n : 0},
+                              {"accum", true, first.accum ? n : 0},
+                              {"square_avg", true, first.square_avg ? n : 0}};
+  std::vector<MemoryRange> ranges;
+  ranges.reserve(5 * n);
+  auto add = [&](auto pointer_of, uintptr_t element_bytes) {
+    for (const SgldSlot& slot : call.slots) {
+      const auto begin = reinterpret_cast<uintptr_t>(pointer_of(slot));
+      const auto bytes = static_cast<uintptr_t>(slot.numel) * element_bytes;
+      ranges.push_back(MemoryRange{begin, begin + bytes});
+    }
+  };
+  using Slot = const SgldSlot&;
+  add([](Slot s) -> const void* { return s.param; }, 4);
+  add([](Slot s) -> const void* { return s.grad; }, call.grad_dtype == GradDtype::kFloat32 ? 4 : 2);
+  if (first.prior_mean) add([](Slot s) -> const void* { return s.prior_mean; }, 4);
+  if (first.accum) add([](Slot s) -> const void* { return s.accum; }, 4);
+  if (first.square_avg) add([](Slot s) -> const void* { return s.square_avg; }, 4);
+  check_disjoint(ranges, roles, slot_index, is_list);
+}
+
 }  // namespace
 
-SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
-                           at::TensorList accums, at::TensorList square_avgs, double lr,
-                           double temperature, double prior_precision, double alpha, double eps,
-                           int64_t seed, int64_t offset) {
+SgldScalars prepare_sgld_scalars(double lr, double temperature, double prior_precision,
+                                 double alpha, double eps, int64_t seed, int64_t offset,
+                                 bool preconditioned) {
   TORCH_CHECK(std::isfinite(lr) && lr >= 0.0, "lr must be a finite number >= 0, got ", lr);
   TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0,
               "temperature must be a finite number >= 0, got ", temperature);
@@ -57,12 +88,24 @@ SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::Tens
               "prior_precision must be a finite number >= 0, got ", prior_precision);
   TORCH_CHECK(seed >= 0, "seed must be >= 0, got ", seed);
   TORCH_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
-  const bool preconditioned = !square_avgs.empty();
   if (preconditioned) {
     TORCH_CHECK(alpha >= 0.0 && alpha < 1.0, "alpha must be in [0, 1), got ", alpha);
     TORCH_CHECK(std::isfinite(eps) && eps > 0.0, "eps must be a finite number > 0, got ", eps);
   }
+  const double noise_scale = std::sqrt(2.0 * lr * temperature);
+  return SgldScalars{static_cast<float>(lr),
+                     static_cast<float>(prior_precision),
+                     static_cast<float>(noise_scale),
+                     static_cast<float>(alpha),
+                     static_cast<float>(eps),
+                     static_cast<uint64_t>(seed),
+                     static_cast<uint64_t>(offset)};
+}
 
+SgldCall prepare_sgld_tensors(at::TensorList params, at::TensorList grads,
+                              at::TensorList prior_means, at::TensorList accums,
+                              at::TensorList square_avgs) {
+  const bool preconditioned = !square_avgs.empty();
   const size_t n = params.size();
   const bool is_list = n != 1;
   TORCH_CHECK(grads.size() == n, "grads must have one tensor per param (", n, "), got ",
@@ -78,6 +121,8 @@ SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::Tens
 
   SgldCall call;
   call.slots.reserve(n);
+  // The list index of each slot, for the overlap messages; empty while slot k is tensor k.
+  std::vector<uint32_t> slot_index;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     const ItemName p_name = item_name("params", i, is_list);
@@ -102,6 +147,13 @@ SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::Tens
       check_companion(square_avgs[i], p, item_name("square_avg", i, is_list), p_name, false);
     }
     if (p.numel() > 0) {
+      const size_t k = call.slots.size();  // this tensor's slot; k < i after an empty tensor
+      if (k != i) {
+        for (size_t j = slot_index.size(); j < k; ++j) {
+          slot_index.push_back(static_cast<uint32_t>(j));
+        }
+        slot_index.push_back(static_cast<uint32_t>(i));
+      }
       call.slots.push_back(SgldSlot{
           p.data_ptr<float>(), grads[i].data_ptr(),
           prior_means.empty() ? nullptr : prior_means[i].data_ptr<float>(),
@@ -118,14 +170,18 @@ SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::Tens
       default: call.grad_dtype = GradDtype::kFloat32; break;
     }
   }
-  const double noise_scale = std::sqrt(2.0 * lr * temperature);
-  call.scalars = SgldScalars{static_cast<float>(lr),
-                             static_cast<float>(prior_precision),
-                             static_cast<float>(noise_scale),
-                             static_cast<float>(alpha),
-                             static_cast<float>(eps),
-                             static_cast<uint64_t>(seed),
-                             static_cast<uint64_t>(offset)};
+  check_slots_disjoint(call, slot_index, is_list);
+  return call;
+}
+
+SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
+                           at::TensorList accums, at::TensorList square_avgs, double lr,
+                           double temperature, double prior_precision, double alpha, double eps,
+                           int64_t seed, int64_t offset) {
+  const SgldScalars scalars = prepare_sgld_scalars(lr, temperature, prior_precision, alpha, eps,
+                                                   seed, offset, !square_avgs.empty());
+  SgldCall call = prepare_sgld_tensors(params, grads, prior_means, accums, square_avgs);
+  call.scalars = scalars;
   return call;
 }
 

@@ -2,6 +2,8 @@
 parameter-efficient meta fine-tuning), as PyTorch custom ops with CPU and CUDA kernels.
 
     lift_ext.sgld_step(params, grads, lr=..., ...)   fused Langevin step (Tensor or list)
+    lift_ext.TensorTable(params, grads, ...)          the lists of a step, checked once:
+                                                      lift_ext.sgld_step(table, lr=...)
     lift_ext.philox_normal(numel, seed=, offset=)     the exact noise sgld_step adds
     lift_ext.optim.SGLD                               the step as a torch.optim.Optimizer
     lift_ext.gmm.OnlineGMM                            online-EM diagonal Gaussian mixture
@@ -12,6 +14,7 @@ import torch  # noqa: F401  - torch's libraries must be loaded before the extens
 from lift_ext import gmm, ops, optim, reference  # noqa: F401
 from lift_ext._loader import cuda_kernels_built
 from lift_ext.sgld import philox_normal, sgld_step
+from lift_ext.table import TensorTable
 
 __version__ = "0.1.0"
-__all__ = ["sgld_step", "philox_normal", "cuda_kernels_built", "ops", "optim", "reference", "gmm"]
+__all__ = ["sgld_step", "TensorTable", "philox_normal", "cuda_kernels_built", "ops", "optim", "reference", "gmm"]

@@ -25,6 +25,7 @@ from typing import Dict, Optional, Union
 import torch
 
 from lift_ext import ops
+from lift_ext.kmeans import plus_plus_seeds, squared_distances
 
 DeviceLike = Union[str, torch.device, None]
 
@@ -158,31 +159,13 @@ class OnlineGMM:
         self._warmup_storage[filled:filled + rows.shape[0]].copy_(rows)
         self._buffer = self._warmup_storage[:filled + rows.shape[0]]
 
-    def _squared_distances(self, x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-        """||x_b - c_j||^2 [B, J] float64 through the E-step kernel: with M2 = 0, n = 1 and
-        reg = 1 every variance is 1, so loglik = -log J - (quad + D log 2 pi) / 2."""
-        j = centers.shape[0]
-        ones = torch.ones(j, dtype=torch.float64, device=self.device)
-        loglik, _ = ops.gmm_estep(x, centers.contiguous(), torch.zeros_like(centers), ones, reg=1.0)
-        return (-2.0 * (loglik + math.log(j)) - self.dim * math.log(2.0 * math.pi)).clamp_min(0.0)
-
     def _initialize(self) -> None:
         buf, k = self._buffer, self.n_components
-        gen = torch.Generator().manual_seed(_INIT_SEED)
-        chosen = [int(torch.randint(buf.shape[0], (1,), generator=gen))]
-        nearest = self._squared_distances(buf, buf[chosen]).squeeze(1).cpu()
-        if not bool(torch.isfinite(nearest).all()):
-            raise ValueError("x was refused and the mixture is unchanged: the warm-up samples lie so far "
-                             "apart that their squared distances overflow")
-        for _ in range(1, k):
-            if bool(nearest.sum() > 0):
-                pick = int(torch.multinomial(nearest, 1, generator=gen))
-            else:  # every buffered sample coincides with a centre
-                pick = int(torch.randint(buf.shape[0], (1,), generator=gen))
-            chosen.append(pick)
-            fresh = self._squared_distances(buf, buf[pick:pick + 1]).squeeze(1).cpu()
-            nearest = torch.minimum(nearest, fresh)
-        labels = self._squared_distances(buf, buf[chosen]).argmin(dim=1)
+        try:
+            chosen = plus_plus_seeds(buf, k, torch.Generator().manual_seed(_INIT_SEED))
+        except ValueError as exc:
+            raise ValueError(f"x was refused and the mixture is unchanged: {exc}") from None
+        labels = squared_distances(buf, buf[chosen]).argmin(dim=1)
         resp = torch.nn.functional.one_hot(labels, k).to(torch.float64).contiguous()
         means = buf[chosen].clone()
         m2 = torch.zeros_like(means)

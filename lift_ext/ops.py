@@ -3,7 +3,8 @@ schemas in csrc/registration.cpp), each followed by its fake kernel.
 
 Families, in the order below:
 
-    SGLD     sgld_step_list_, sgld_step_graphsafe_; sgld_step_ (the list step on one tensor)
+    SGLD     sgld_step_list_, sgld_step_graphsafe_; sgld_step_ (the list step on one tensor);
+             sgld_step_table_, sgld_step_table_graphsafe_ (the list steps on a TensorTable)
     noise    philox_normal_, philox4x32_10
     phi      phi_step_
     mixture  gmm_estep, gmm_mstep_, gmm_prior_grad_
@@ -105,6 +106,47 @@ def _sgld_step_graphsafe_fake(params, grads, prior_means, accums, square_avgs, r
                               temperature, prior_precision, alpha, eps):
     _check_rng_state(rng_state, params)
     check_sgld_lists(params, grads, prior_means, accums, square_avgs)
+
+
+def sgld_step_table_(table: torch.ScriptObject, *, lr: float, temperature: float,
+                     prior_precision: float, alpha: float, eps: float, seed: int,
+                     offset: int) -> None:
+    """sgld_step_list_ over the tensors of `table` (a torch.classes.lift_ext.TensorTable, the
+    handle of `lift_ext.TensorTable`), bitwise, with O(1) host work: its tensors were checked
+    when it was built. Eager calls take `_C.sgld_step_table_eager` (the typed dispatcher entry,
+    without the GIL), __torch_function__ modes torch.ops. Not for tracing: the tensors it
+    writes are inside the table, where the schema cannot mark them; traced code calls
+    sgld_step_list_ on the table's lists."""
+    if not torch._C._is_torch_function_mode_enabled():
+        _loader._C.sgld_step_table_eager(table, lr, temperature, prior_precision, alpha, eps, seed,
+                                         offset)
+        return
+    torch.ops.lift_ext.sgld_step_table_(table, lr, temperature, prior_precision, alpha, eps, seed,
+                                        offset)
+
+
+@torch.library.register_fake("lift_ext::sgld_step_table_")
+def _sgld_step_table_fake(table, lr, temperature, prior_precision, alpha, eps, seed, offset):
+    pass  # nothing to check from metadata: the table's tensors were checked at its build
+
+
+def sgld_step_table_graphsafe_(table: torch.ScriptObject, rng_state: torch.Tensor, *, lr: float,
+                               temperature: float, prior_precision: float, alpha: float,
+                               eps: float) -> None:
+    """sgld_step_graphsafe_ over the tensors of `table`: (seed, offset) read from rng_state on
+    the table's device, then offset += 1 (on the device for CUDA). Eager and traced use as
+    sgld_step_table_."""
+    if not torch._C._is_torch_function_mode_enabled():
+        _loader._C.sgld_step_table_graphsafe_eager(table, rng_state, lr, temperature,
+                                                   prior_precision, alpha, eps)
+        return
+    torch.ops.lift_ext.sgld_step_table_graphsafe_(table, rng_state, lr, temperature,
+                                                  prior_precision, alpha, eps)
+
+
+@torch.library.register_fake("lift_ext::sgld_step_table_graphsafe_")
+def _sgld_step_table_graphsafe_fake(table, rng_state, lr, temperature, prior_precision, alpha, eps):
+    _check_rng_state(rng_state, [])
 
 
 def sgld_step_(param: torch.Tensor, grad: torch.Tensor, prior_mean: Optional[torch.Tensor],
@@ -247,5 +289,6 @@ def _gmm_prior_grad_fake(grad, theta, means, m2, counts, resp, reg, scale):
     _check_resp(resp, (means.shape[0],), means)
 
 
-__all__: List[str] = ["sgld_step_list_", "check_sgld_lists", "sgld_step_graphsafe_", "sgld_step_", "philox_normal_",
+__all__: List[str] = ["sgld_step_list_", "check_sgld_lists", "sgld_step_graphsafe_", "sgld_step_table_",
+                      "sgld_step_table_graphsafe_", "sgld_step_", "philox_normal_",
                       "philox4x32_10", "phi_step_", "gmm_estep", "gmm_mstep_", "gmm_prior_grad_"]

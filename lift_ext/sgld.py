@@ -12,38 +12,15 @@ of exactly 0 starts at g^2, see `sgld_step`), else 1.
 If g is the gradient of a MEAN loss over n examples, the same dynamics need lam / n and T / n.
 """
 import warnings
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 
 from lift_ext import ops, validate
+from lift_ext.table import TensorTable, as_tensor_list, check_elements
 from lift_ext.types import DeviceLike, TensorOrList
 
 _MAX_SEED = 2**63 - 1
-
-
-def _as_list(value: Optional[TensorOrList], name: str, structure: Optional[int]) -> List[torch.Tensor]:
-    """Normalise a Tensor / list argument; `structure` is None for the single-tensor form."""
-    if value is None:
-        return []
-    if structure is None:
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name} must be a Tensor like params, got {type(value).__name__}")
-        return [value]
-    if isinstance(value, torch.Tensor) or not isinstance(value, (list, tuple)):
-        raise TypeError(f"{name} must be a list of Tensors like params, got {type(value).__name__}")
-    if len(value) != structure:
-        raise ValueError(f"{name} must have one tensor per param ({structure}), got {len(value)}")
-    # The elements are checked by the op; _check_elements names the culprit if it refuses.
-    return list(value)
-
-
-def _check_elements(lists) -> None:
-    """Raise a TypeError naming the first list element that is not a Tensor."""
-    for name, value in lists:
-        for i, t in enumerate(value):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{name}[{i}] must be a Tensor, got {type(t).__name__}")
 
 
 def draw_seed_offset(generator: Optional[torch.Generator]) -> Tuple[int, int]:
@@ -83,17 +60,34 @@ def resolve_seed_offset(seed: Optional[int], offset: Optional[int],
     return validate.integer("seed", seed, 0, _MAX_SEED), validate.integer("offset", offset, 0, _MAX_SEED)
 
 
-def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperature: float = 1.0,
-              prior_mean: Optional[TensorOrList] = None, prior_precision: float = 0.0,
-              accum: Optional[TensorOrList] = None, square_avg: Optional[TensorOrList] = None,
-              alpha: float = 0.99, eps: float = 1e-8, seed: Optional[int] = None,
-              offset: Optional[int] = None, generator: Optional[torch.Generator] = None,
+def _warn_if_unstable(lr: float, prior_precision: float, eps: float, preconditioned: bool) -> None:
+    if not preconditioned and lr * prior_precision >= 1.0:
+        warnings.warn(f"lr * prior_precision = {lr * prior_precision:g} >= 1: the prior pull "
+                      "overshoots and the chain is unstable; lower lr", RuntimeWarning, stacklevel=3)
+    elif preconditioned and prior_precision > 0.0 and lr * prior_precision / eps > 1.0 + 1e-9:
+        warnings.warn(f"lr * prior_precision / eps = {lr * prior_precision / eps:g} > 1: with "
+                      "preconditioning the prior pull is lr * G * prior_precision with G up to 1/eps, "
+                      "so weights whose gradients vanish overshoot it and the chain is unstable; "
+                      "raise eps to at least lr * prior_precision or lower lr",
+                      RuntimeWarning, stacklevel=3)
+
+
+def sgld_step(params: Union[TensorOrList, TensorTable], grads: Optional[TensorOrList] = None, *,
+              lr: float, temperature: float = 1.0, prior_mean: Optional[TensorOrList] = None,
+              prior_precision: float = 0.0, accum: Optional[TensorOrList] = None,
+              square_avg: Optional[TensorOrList] = None, alpha: float = 0.99, eps: float = 1e-8,
+              seed: Optional[int] = None, offset: Optional[int] = None,
+              generator: Optional[torch.Generator] = None,
               rng_state: Optional[torch.Tensor] = None) -> None:
     """One fused SGLD step, in place on `params` (and `accum`, `square_avg`).
 
-    params: float32 contiguous Tensor, or list of them (one pass over the whole list).
+    params: float32 contiguous Tensor, or list of them (one pass over the whole list), or a
+    `lift_ext.TensorTable` (then grads, prior_mean, accum and square_avg stay None: the table
+    holds them; the same step, bitwise, with host work independent of the number of tensors).
     grads: same structure and shapes; float32, bfloat16 or float16.
     prior_mean (c), accum, square_avg: None or same structure, float32.
+    No tensor the step writes (params, accum, square_avg) may share memory with another tensor
+    of the call (the same tensor twice, views of one buffer): refused, naming both.
     lr >= 0 (half the paper's eta), temperature T >= 0, prior_precision lam >= 0.
     accum += theta_new - theta_old. square_avg switches on RMSprop preconditioning, per element:
 
@@ -122,40 +116,48 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
     a negative one; the CUDA path cannot look at device values without a synchronisation and
     reads them as unsigned 64-bit integers.
     """
-    single = isinstance(params, torch.Tensor)
-    if not single and not isinstance(params, (list, tuple)):
-        raise TypeError(f"params must be a Tensor or a list of Tensors, got {type(params).__name__}")
-    structure = None if single else len(params)
-    param_list = _as_list(params, "params", structure)
-    grad_list = _as_list(grads, "grads", structure)
-    prior_list = _as_list(prior_mean, "prior_mean", structure)
-    accum_list = _as_list(accum, "accum", structure)
-    square_list = _as_list(square_avg, "square_avg", structure)
+    table = params if isinstance(params, TensorTable) else None
+    if table is not None:
+        for name, value in (("grads", grads), ("prior_mean", prior_mean), ("accum", accum),
+                            ("square_avg", square_avg)):
+            if value is not None:
+                raise ValueError(f"{name} must be None when params is a TensorTable (the table holds its tensors)")
+        lists = table.lists
+        preconditioned = bool(table.square_avgs)
+        # A traced call runs the list op: the table op's writes are invisible to the tracer.
+        via_table = not torch.compiler.is_compiling()
+    else:
+        single = isinstance(params, torch.Tensor)
+        if not single and not isinstance(params, (list, tuple)):
+            raise TypeError(f"params must be a Tensor, a list of Tensors or a TensorTable, got {type(params).__name__}")
+        if grads is None:
+            raise TypeError("grads must be given: a Tensor or a list of Tensors like params")
+        structure = None if single else len(params)
+        lists = tuple(as_tensor_list(value, name, structure) for name, value in (
+            ("params", params), ("grads", grads), ("prior_mean", prior_mean), ("accum", accum),
+            ("square_avg", square_avg)))
+        preconditioned = square_avg is not None
+        via_table = False
     lr, temperature, prior_precision, alpha, eps = check_hyper_parameters(
         lr, temperature, prior_precision, alpha, eps)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if square_avg is None and lr * prior_precision >= 1.0:
-        warnings.warn(f"lr * prior_precision = {lr * prior_precision:g} >= 1: the prior pull "
-                      "overshoots and the chain is unstable; lower lr", RuntimeWarning, stacklevel=2)
-    elif square_avg is not None and prior_precision > 0.0 and lr * prior_precision / eps > 1.0 + 1e-9:
-        warnings.warn(f"lr * prior_precision / eps = {lr * prior_precision / eps:g} > 1: with "
-                      "preconditioning the prior pull is lr * G * prior_precision with G up to 1/eps, "
-                      "so weights whose gradients vanish overshoot it and the chain is unstable; "
-                      "raise eps to at least lr * prior_precision or lower lr",
-                      RuntimeWarning, stacklevel=2)
-    named = (("params", param_list), ("grads", grad_list), ("prior_mean", prior_list),
-             ("accum", accum_list), ("square_avg", square_list))
+    _warn_if_unstable(lr, prior_precision, eps, preconditioned)
+    hyper = dict(lr=lr, temperature=temperature, prior_precision=prior_precision, alpha=alpha, eps=eps)
+    # Elements of a list call are checked by the op; check_elements names a non-Tensor one.
+    named = None if table is not None or single else zip(
+        ("params", "grads", "prior_mean", "accum", "square_avg"), lists)
     if rng_state is not None:
         if seed is not None or offset is not None or generator is not None:
             raise ValueError("pass either rng_state or seed/offset/generator, not both")
         if not isinstance(rng_state, torch.Tensor):
             raise TypeError(f"rng_state must be an int64 Tensor [seed, offset], got {type(rng_state).__name__}")
-        if not single:
-            _check_elements(named)
-        ops.sgld_step_graphsafe_(param_list, grad_list, prior_list, accum_list, square_list, rng_state,
-                                 lr=lr, temperature=temperature, prior_precision=prior_precision,
-                                 alpha=alpha, eps=eps)
+        if via_table:
+            ops.sgld_step_table_graphsafe_(table.handle, rng_state, **hyper)
+            return
+        if named is not None:
+            check_elements(named)
+        ops.sgld_step_graphsafe_(*lists, rng_state, **hyper)
         return
     drawn_from = None
     if temperature == 0.0 and seed is None and offset is None:
@@ -166,14 +168,15 @@ def sgld_step(params: TensorOrList, grads: TensorOrList, *, lr: float, temperatu
             before = drawn_from.get_state()
         seed_val, offset_val = resolve_seed_offset(seed, offset, generator)
     try:
-        ops.sgld_step_list_(param_list, grad_list, prior_list, accum_list, square_list, lr=lr,
-                            temperature=temperature, prior_precision=prior_precision, alpha=alpha,
-                            eps=eps, seed=seed_val, offset=offset_val)
+        if via_table:
+            ops.sgld_step_table_(table.handle, seed=seed_val, offset=offset_val, **hyper)
+        else:
+            ops.sgld_step_list_(*lists, seed=seed_val, offset=offset_val, **hyper)
     except Exception as exc:
         if drawn_from is not None:
             drawn_from.set_state(before)
-        if isinstance(exc, (TypeError, RuntimeError)):
-            _check_elements(named)  # a non-Tensor element: raise naming it, else the op's error
+        if named is not None and isinstance(exc, (TypeError, RuntimeError)):
+            check_elements(named)  # a non-Tensor element: raise naming it, else the op's error
         raise
 
 

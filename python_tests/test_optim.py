@@ -196,3 +196,102 @@ def test_load_state_dict_checks_everything_before_replacing_anything():
 def test_seed_must_be_an_int_in_range(seed):
     with pytest.raises(ValueError, match="seed must be an int"):
         SGLD(make_model().parameters(), lr=1e-3, seed=seed)
+
+
+def _zero(set_to_none):
+    def event(model, mirror, opt):
+        opt.zero_grad(set_to_none=set_to_none)
+        mirror.zero_grad(set_to_none=set_to_none)
+    return event
+
+
+def _model_to(model, mirror, opt):
+    _zero(False)(model, mirror, opt)
+    for m in (model, mirror):  # every parameter (and grad) gets new memory, same values
+        m.to(torch.float64).to(torch.float32)
+
+
+def _data_replaced(model, mirror, opt):
+    _zero(False)(model, mirror, opt)
+    first = next(model.parameters())
+    first.data = first.data.clone()
+
+
+def _grad_assigned(model, mirror, opt):
+    _zero(False)(model, mirror, opt)
+    for m in (model, mirror):
+        last = list(m.parameters())[-1]
+        last.grad = torch.zeros_like(last)  # a new tensor; backward accumulates into it
+
+
+def _grad_vanishes(model, mirror, opt):
+    _zero(False)(model, mirror, opt)
+    for m in (model, mirror):
+        m[0].bias.grad = None
+        m[0].bias.requires_grad_(False)  # no grad from now on: not stepped
+
+
+def _state_loaded(model, mirror, opt):
+    _zero(False)(model, mirror, opt)
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # new square-average tensors
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+@pytest.mark.parametrize("event", [_zero(True), _zero(False), _model_to, _data_replaced, _grad_assigned,
+                                   _grad_vanishes, _state_loaded],
+                         ids=["set_to_none", "zero_in_place", "model_to", "data_replaced", "grad_assigned",
+                              "grad_vanishes", "state_loaded"])
+def test_steps_follow_replaced_tensors(preconditioned, event):
+    """The optimizer's cached tables follow every replacement: its parameters (and square
+    averages) stay bitwise equal to list calls of lift_ext.sgld_step on a twin model."""
+    model = make_model()
+    mirror = copy.deepcopy(model)
+    kw = dict(lr=1e-2, prior_precision=0.5, eps=1e-2)
+    opt = SGLD(model.parameters(), preconditioned=preconditioned, seed=11, **kw)
+    avgs = {}
+    for step in range(4):
+        for m in (model, mirror):
+            loss_fn(m, step).backward()
+        opt.step()
+        stepped = [(i, p) for i, p in enumerate(mirror.parameters()) if p.grad is not None]
+        square = [avgs.setdefault(i, torch.zeros_like(p)) for i, p in stepped] if preconditioned else None
+        lift_ext.sgld_step([p for _, p in stepped], [p.grad for _, p in stepped], square_avg=square,
+                           seed=11, offset=step, **kw)
+        for a, b in zip(model.parameters(), mirror.parameters()):
+            assert torch.equal(a, b), step
+        if preconditioned:
+            for i, p in enumerate(model.parameters()):
+                if i in avgs:
+                    assert torch.equal(opt.state[p]["square_avg"], avgs[i]), step
+        event(model, mirror, opt)
+
+
+def test_a_current_table_is_kept():
+    model = make_model()
+    opt = SGLD(model.parameters(), lr=1e-3, seed=0)
+    tables = []
+    for step in range(3):
+        opt.zero_grad(set_to_none=False)
+        loss_fn(model, step).backward()
+        opt.step()
+        tables.append(opt._tables[0])
+    assert tables[0] is tables[1] is tables[2]
+    opt.zero_grad()  # set_to_none: the table (and the old grads it holds) is dropped
+    assert not opt._tables
+
+
+def test_copies_continue_the_noise_stream():
+    """A deep copy (pickling goes the same way) keeps the seed and offset and builds its own
+    tables over its own parameters."""
+    model = make_model()
+    opt = SGLD(model.parameters(), lr=1e-3, preconditioned=True, seed=21)
+    loss_fn(model, 0).backward()
+    opt.step()
+    twin = copy.deepcopy(opt)  # parameters and state copied together (not the grads)
+    assert (twin.seed, twin.offset) == (opt.seed, opt.offset)
+    mine, theirs = opt.param_groups[0]["params"], twin.param_groups[0]["params"]
+    for a, b in zip(mine, theirs):
+        b.grad = a.grad.clone()
+    opt.step()
+    twin.step()
+    assert all(a is not b and torch.equal(a, b) for a, b in zip(mine, theirs))

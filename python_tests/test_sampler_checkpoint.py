@@ -7,6 +7,7 @@ import torch
 
 from lift_ext.checkpoint import CheckpointError, load_checked, save_atomic
 from lift_ext.lift import SGLDGibbs
+from conftest import chain_state
 
 N, D = 9, 24
 
@@ -25,15 +26,6 @@ CASES = {
 }
 
 
-def state(sampler):
-    out = [sampler.thetas, sampler.phis, sampler.task_sums, sampler.assignments, sampler.weights]
-    if sampler.square_avg is not None:
-        out.append(sampler.square_avg)
-    if sampler.gmm is not None:
-        out += [sampler.gmm.means, sampler.gmm.counts]
-    return out
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("split", [11, 23])  # before and after the warm-up's end at step 20
 def test_resume_continues_the_exact_chain(grad_fn, tmp_path, case, split):
@@ -49,7 +41,7 @@ def test_resume_continues_the_exact_chain(grad_fn, tmp_path, case, split):
     assert resumed.hparams() == first.hparams()
     resumed.run(40 - split, progress=False)
     assert resumed.step_count == 40
-    for a, b in zip(state(straight), state(resumed)):
+    for a, b in zip(chain_state(straight), chain_state(resumed)):
         assert torch.equal(a, b)
     assert straight.step() == resumed.step()
 

@@ -63,3 +63,58 @@ def test_torch_function_modes_see_the_op():
     with Record():
         ops.sgld_step_list_(p, g, [], [], [], **HP)
     assert any("sgld_step_list_" in str(f) for f in seen)
+
+
+
+def progress_during(make_call):
+    """True when another Python thread ran while a call was inside its kernel. make_call(n)
+    returns a call that steps n elements on one CPU thread; n doubles from 2^22 until a call
+    takes over 60 ms. Only the middle of the call counts: a thread switch can happen just
+    before or after it (within sys.getswitchinterval())."""
+    import sys
+    import threading
+    import time
+
+    margin = 2 * sys.getswitchinterval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        n = 1 << 22
+        while True:
+            call = make_call(n)
+            start = time.perf_counter()
+            call()
+            if time.perf_counter() - start > 0.06 or n >= 1 << 26:
+                break
+            n *= 2
+        stamps, stop = [], threading.Event()
+
+        def count():
+            while not stop.is_set():
+                stamps.append(time.perf_counter())
+
+        worker = threading.Thread(target=count)
+        worker.start()
+        try:
+            while not stamps:  # the worker is running
+                time.sleep(0.001)
+            start = time.perf_counter()
+            call()
+            end = time.perf_counter()
+        finally:
+            stop.set()
+            worker.join()
+    finally:
+        torch.set_num_threads(threads)
+    assert end - start > 3 * margin, f"the call took {end - start:.3f} s: too short to tell"
+    return any(start + margin < t < end - margin for t in stamps)
+
+
+def test_list_entry_releases_the_gil():
+    """Another Python thread makes progress while a long CPU step runs (it did not while the
+    entry held the GIL for the whole kernel)."""
+    def make_call(n):
+        p, g = [torch.zeros(n)], [torch.zeros(n)]
+        return lambda: _loader._C.sgld_step_list_eager(p, g, [], [], [], 1e-3, 1.0, 0.0, 0.99, 1e-8, 1, 1)
+
+    assert progress_during(make_call)

@@ -1,11 +1,13 @@
 // CPU kernels of the SGLD op family: sgld_step_list_, sgld_step_graphsafe_, philox_normal_,
-// philox4x32_10.
+// philox4x32_10, and run_sgld_cpu, which the TensorTable ops (csrc/table.cpp) also run.
 //
 // Work is split over the flattened element range with at::parallel_for (OpenMP); each thread
 // walks its range in blocks of kBlock elements: normals for the block's element groups first
-// (a vectorisable loop, compiled for AVX-512 / AVX2 / baseline and picked at load time), then
-// the update (a vectorisable loop per combination of optional arrays).
+// (a vectorisable loop, compiled for AVX-512 / AVX2 / baseline and picked at load time, once
+// per block whatever the number of tensors in it), then the update of each tensor's piece
+// (a vectorisable loop per combination of optional arrays).
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -15,6 +17,7 @@
 #include "lift_ext/cpu_normals.h"
 #include "lift_ext/sgld.h"
 #include "lift_ext/sgld_args.h"
+#include "lift_ext/sgld_run.h"
 
 namespace lift_ext {
 namespace {
@@ -71,70 +74,91 @@ UpdateFn pick_update(bool prior, bool prior_mean, bool accum, bool precond, bool
                     : pick_accum<true, false>(accum, precond, noise);
 }
 
-// Elements [lo, hi) of the flattened call, all inside `slot`.
-void run_segment(const SgldSlot& slot, int64_t lo, int64_t hi, GradDtype grad_dtype,
-                 const SgldScalars& s, UpdateFn update) {
+// Elements [lo, hi) of the flattened call that lie in `slot` (and in one block), with the
+// block's normals in `noise` (noise[0] is the first normal of element group lo / 4 rounded
+// down to the block's first group; see run_range).
+void run_piece(const SgldSlot& slot, int64_t lo, int64_t hi, const float* noise,
+               GradDtype grad_dtype, const SgldScalars& s, UpdateFn update, float* grad_buf) {
+  const int64_t n = hi - lo;
+  const int64_t local = lo - slot.base;
+  const float* grad = nullptr;
+  switch (grad_dtype) {
+    case GradDtype::kFloat32:
+      grad = static_cast<const float*>(slot.grad) + local;
+      break;
+    case GradDtype::kBFloat16:
+      to_float(static_cast<const c10::BFloat16*>(slot.grad) + local, n, grad_buf);
+      grad = grad_buf;
+      break;
+    case GradDtype::kFloat16:
+      to_float(static_cast<const c10::Half*>(slot.grad) + local, n, grad_buf);
+      grad = grad_buf;
+      break;
+  }
+  update(slot.param + local, grad, noise, slot.prior_mean ? slot.prior_mean + local : nullptr,
+         slot.accum ? slot.accum + local : nullptr,
+         slot.square_avg ? slot.square_avg + local : nullptr, n, s);
+}
+
+// Elements [begin, end) of the flattened call, in blocks of up to kBlock elements ending on
+// kBlock boundaries: each block's normals are drawn once (for all the tensors it spans, so
+// a list of small tensors costs what one flat tensor does), then each tensor's piece of the
+// block is updated. `it`: the first slot that ends after `begin`.
+void run_range(const SgldSlot* it, const SgldSlot* slots_end, int64_t begin, int64_t end,
+               GradDtype grad_dtype, const SgldScalars& s, UpdateFn update) {
   const bool noise = s.noise_scale != 0.0f;
   float noise_buf[kBlock + 8];
   float grad_buf[kBlock];
-  for (int64_t start = lo; start < hi;) {
-    // Blocks end on group boundaries so each group's normals are drawn once per block.
-    const int64_t end = std::min(hi, (start / kBlock + 1) * kBlock);
-    const int64_t n = end - start;
-    const int64_t local = start - slot.base;
-    const uint64_t first_group = static_cast<uint64_t>(start) / 4;
+  for (int64_t start = begin; start < end;) {
+    const int64_t stop = std::min(end, (start / kBlock + 1) * kBlock);
+    const int64_t first_group = start / 4;
     if (noise) {
-      const int64_t last_group = (end - 1) / 4;
-      fill_normals(s.seed, s.offset, first_group,
-                   last_group - static_cast<int64_t>(first_group) + 1, noise_buf);
+      fill_normals(s.seed, s.offset, static_cast<uint64_t>(first_group),
+                   (stop - 1) / 4 - first_group + 1, noise_buf);
     }
-    const float* grad = nullptr;
-    switch (grad_dtype) {
-      case GradDtype::kFloat32:
-        grad = static_cast<const float*>(slot.grad) + local;
-        break;
-      case GradDtype::kBFloat16:
-        to_float(static_cast<const c10::BFloat16*>(slot.grad) + local, n, grad_buf);
-        grad = grad_buf;
-        break;
-      case GradDtype::kFloat16:
-        to_float(static_cast<const c10::Half*>(slot.grad) + local, n, grad_buf);
-        grad = grad_buf;
-        break;
+    for (; it != slots_end && it->base < stop; ++it) {
+      const int64_t lo = std::max(start, it->base);
+      const int64_t hi = std::min(stop, it->base + it->numel);
+      run_piece(*it, lo, hi, noise_buf + (lo - 4 * first_group), grad_dtype, s, update, grad_buf);
+      if (it->base + it->numel > stop) break;  // the slot goes on into the next block
     }
-    update(slot.param + local, grad, noise_buf + (start - 4 * static_cast<int64_t>(first_group)),
-           slot.prior_mean ? slot.prior_mean + local : nullptr,
-           slot.accum ? slot.accum + local : nullptr,
-           slot.square_avg ? slot.square_avg + local : nullptr, n, s);
-    start = end;
+    start = stop;
   }
 }
 
-void run_sgld_cpu(const SgldCall& call) {
-  if (call.slots.empty()) return;
-  const SgldSlot& first = call.slots.front();
-  const UpdateFn update =
-      pick_update(call.scalars.prior_precision != 0.0f, first.prior_mean != nullptr,
-                  first.accum != nullptr, first.square_avg != nullptr,
-                  call.scalars.noise_scale != 0.0f);
-  const auto& slots = call.slots;
-  at::parallel_for(0, call.total_numel, kGrain, [&](int64_t begin, int64_t end) {
+}  // namespace
+
+void run_sgld_cpu(const SgldSlot* slots, int64_t count, GradDtype grad_dtype,
+                  const SgldScalars& scalars) {
+  if (count == 0) return;
+  RECORD_FUNCTION("lift_ext::sgld_cpu_kernel", std::vector<c10::IValue>());
+  const SgldSlot& first = slots[0];
+  const UpdateFn update = pick_update(scalars.prior_precision != 0.0f, first.prior_mean != nullptr,
+                                     first.accum != nullptr, first.square_avg != nullptr,
+                                     scalars.noise_scale != 0.0f);
+  const SgldSlot* const slots_end = slots + count;
+  const int64_t total_numel = slots[count - 1].base + slots[count - 1].numel;
+  at::parallel_for(0, total_numel, kGrain, [&](int64_t begin, int64_t end) {
     // First slot whose range ends after `begin` (slots are sorted by base).
-    auto it = std::upper_bound(slots.begin(), slots.end(), begin,
-                               [](int64_t v, const SgldSlot& sl) { return v < sl.base + sl.numel; });
-    for (; it != slots.end() && it->base < end; ++it) {
-      const int64_t lo = std::max(begin, it->base);
-      const int64_t hi = std::min(end, it->base + it->numel);
-      run_segment(*it, lo, hi, call.grad_dtype, call.scalars, update);
-    }
+    const SgldSlot* it =
+        std::upper_bound(slots, slots_end, begin,
+                         [](int64_t v, const SgldSlot& sl) { return v < sl.base + sl.numel; });
+    run_range(it, slots_end, begin, end, grad_dtype, scalars, update);
   });
+}
+
+namespace {
+
+void run_call_cpu(const SgldCall& call) {
+  run_sgld_cpu(call.slots.data(), static_cast<int64_t>(call.slots.size()), call.grad_dtype,
+               call.scalars);
 }
 
 void sgld_step_list_cpu(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
                         at::TensorList accums, at::TensorList square_avgs, double lr,
                         double temperature, double prior_precision, double alpha, double eps,
                         int64_t seed, int64_t offset) {
-  run_sgld_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr, temperature,
+  run_call_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr, temperature,
                                  prior_precision, alpha, eps, seed, offset));
 }
 
@@ -146,7 +170,7 @@ void sgld_step_graphsafe_cpu(at::TensorList params, at::TensorList grads,
   check_rng_state(rng_state, params.empty() ? rng_state.device() : params[0].device());
   int64_t* state = rng_state.data_ptr<int64_t>();
   // prepare_sgld_call refuses negative seed / offset before anything is written.
-  run_sgld_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr, temperature,
+  run_call_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr, temperature,
                                  prior_precision, alpha, eps, state[0], state[1]));
   state[1] += 1;
 }

@@ -1,12 +1,19 @@
 // CUDA glue of the SGLD op family: argument checks, device guard, current stream, launch
-// check. The kernels are in sgld_kernels.cu.
+// check (for the list ops here, for the TensorTable ops through run_sgld_table_cuda). The
+// kernels are in sgld_kernels.cu.
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstring>
+
 #include "lift_ext/sgld.h"
 #include "lift_ext/sgld_args.h"
+#include "lift_ext/sgld_run.h"
 
 namespace lift_ext {
 namespace {
@@ -52,6 +59,57 @@ void sgld_step_graphsafe_cuda(at::TensorList params, at::TensorList grads,
   launch_advance_offset_cuda(state, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+
+}  // namespace
+
+void upload_slots_cuda(const SgldSlot* slots, int64_t count, DeviceSlots& out) {
+  TORCH_CHECK(c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None,
+              "a TensorTable cannot be built during CUDA-graph capture (its slots are copied to "
+              "the device when it is built): build it before capturing");
+  const c10::cuda::CUDAGuard guard(out.stream.device());
+  const auto bytes = static_cast<int64_t>(count * sizeof(SgldSlot));
+  // From pinned memory, so the copy does not wait; the pinned block is not reused before the
+  // copy has run (the host allocator records the stream).
+  at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), slots, static_cast<size_t>(bytes));
+  out.stream = c10::cuda::getCurrentCUDAStream(out.stream.device_index());
+  out.bytes = host.to(at::TensorOptions().device(out.stream.device()), /*non_blocking=*/true,
+                      /*copy=*/true);
+  out.count = count;
+  out.begin = slots[0].base;
+  out.end = slots[count - 1].base + slots[count - 1].numel;
+  out.uploaded.record(out.stream);
+}
+
+void run_sgld_table_cuda(const DeviceSlots& table, GradDtype grad_dtype,
+                         const SgldScalars& scalars, int64_t* rng_state) {
+  const c10::cuda::CUDAGuard guard(table.stream.device());
+  const c10::cuda::CUDAStream current =
+      c10::cuda::getCurrentCUDAStream(table.stream.device_index());
+  if (table.count > 0) {  // a table of empty tensors has no slots (and no upload)
+    if (current.unwrap() != table.stream) {
+      // Another stream than the upload's: order it after the copy (during a capture as a
+      // wait on an event from outside the graph), and keep the slots' memory from being
+      // reused before this stream's kernels have read it.
+      const bool capturing =
+          c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+      C10_CUDA_CHECK(cudaStreamWaitEvent(
+          current.stream(), static_cast<cudaEvent_t>(table.uploaded.eventId()),
+          capturing ? cudaEventWaitExternal : cudaEventWaitDefault));
+      c10::cuda::CUDACachingAllocator::recordStream(table.bytes.storage().data_ptr(), current);
+    }
+    launch_sgld_table_cuda(static_cast<const SgldSlot*>(table.bytes.const_data_ptr()),
+                           table.count, table.begin, table.end, grad_dtype, scalars,
+                           current.stream(), rng_state);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (rng_state != nullptr) {
+    launch_advance_offset_cuda(rng_state, current.stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+namespace {
 
 void philox_normal_cuda(const at::Tensor& out, int64_t seed, int64_t offset) {
   check_philox_normal_args(out, seed, offset);

@@ -6,9 +6,11 @@
 // through the tensor list and its slot lookup is a rare step, not a search per group. A group
 // that lies inside one tensor with 16-byte aligned addresses takes vector loads and stores,
 // issued before the noise is computed so that memory and arithmetic overlap; others (tensor
-// borders, odd sizes) go element by element. The tensor table travels in the kernel parameters
-// (up to kMaxListSlots tensors per launch; CUDA >= 12.1 allows 32 KiB of them); short lists
-// use a smaller table, so their launches copy fewer parameter bytes.
+// borders, odd sizes) go element by element. A list call's tensor table travels in the kernel
+// parameters (up to kMaxListSlots tensors per launch; CUDA >= 12.1 allows 32 KiB of them);
+// short lists use a smaller table, so their launches copy fewer parameter bytes. A TensorTable
+// keeps its table in device memory, built once: its launch passes a pointer (any length, one
+// launch), and the kernel body is the same, templated on where the slots live.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -32,6 +34,26 @@ struct SlotTable {
   int count;
   int64_t end;  // one past the last flattened element index covered by this launch
   int64_t begin;  // first flattened element index covered by this launch
+
+  static constexpr bool kSingle = kCapacity == 1;
+  __device__ __forceinline__ const SgldSlot& slot(int i) const { return slots[i]; }
+  __device__ __forceinline__ int64_t base(int i) const { return slots[i].base; }
+};
+
+// The slots of a TensorTable, in device memory (read only while kernels run).
+struct GlobalSlots {
+  const SgldSlot* __restrict__ slots;
+  int count;
+  int64_t end;
+  int64_t begin;
+
+  static constexpr bool kSingle = false;
+  // A copy: the kernel's stores through the slots' float pointers cannot alias it, so its
+  // fields stay in registers.
+  __device__ __forceinline__ SgldSlot slot(int i) const { return slots[i]; }
+  __device__ __forceinline__ int64_t base(int i) const {
+    return static_cast<int64_t>(__ldg(reinterpret_cast<const long long*>(&slots[i].base)));
+  }
 };
 static_assert(sizeof(SlotTable<kMaxListSlots>) < 31 * 1024, "kernel parameters too large");
 
@@ -86,12 +108,12 @@ __device__ __forceinline__ void store4(float* p, const float v[4]) {
 }
 
 // Index of the slot holding flattened element e (slots sorted by base, all non-empty).
-template <int kCapacity>
-__device__ __forceinline__ int find_slot(const SlotTable<kCapacity>& table, int64_t e) {
+template <typename Table>
+__device__ __forceinline__ int find_slot(const Table& table, int64_t e) {
   int lo = 0, hi = table.count - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) >> 1;
-    if (table.slots[mid].base <= e) lo = mid; else hi = mid - 1;
+    if (table.base(mid) <= e) lo = mid; else hi = mid - 1;
   }
   return lo;
 }
@@ -107,10 +129,9 @@ __device__ __forceinline__ bool group_is_vector(const SgldSlot& slot, int64_t e0
          (!slot.square_avg || aligned16(slot.square_avg + local));
 }
 
-template <int kCapacity, typename G>
+template <typename Table, typename G>
 __global__ void __launch_bounds__(kThreads)
-sgld_kernel(const SlotTable<kCapacity> table, SgldScalars s, const int64_t* rng_state,
-            int64_t groups_per_block) {
+sgld_kernel(const Table table, SgldScalars s, const int64_t* rng_state, int64_t groups_per_block) {
   const bool noise_on = s.noise_scale != 0.0f;
   if (rng_state != nullptr) {  // graph-safe form: seed and offset as of this launch
     s.seed = static_cast<uint64_t>(rng_state[0]);
@@ -125,16 +146,16 @@ sgld_kernel(const SlotTable<kCapacity> table, SgldScalars s, const int64_t* rng_
   bool located = false;
   for (int64_t group = block_first + threadIdx.x; group <= block_last; group += blockDim.x) {
     const int64_t e0 = group * 4;
-    if constexpr (kCapacity > 1) {  // one tensor: slot 0, a constant index (no local copy)
+    if constexpr (!Table::kSingle) {  // one tensor: slot 0, a constant index (no local copy)
       const int64_t first = e0 < table.begin ? table.begin : e0;
       if (!located) {
         t = find_slot(table, first);
         located = true;
       } else {
-        while (t + 1 < table.count && table.slots[t + 1].base <= first) ++t;
+        while (t + 1 < table.count && table.base(t + 1) <= first) ++t;
       }
     }
-    const SgldSlot& slot = table.slots[t];
+    const auto& slot = table.slot(t);
     const int64_t local = e0 - slot.base;
     float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (group_is_vector(slot, e0, local, sizeof(G))) {
@@ -169,7 +190,7 @@ sgld_kernel(const SlotTable<kCapacity> table, SgldScalars s, const int64_t* rng_
       for (int k = 0; k < 4; ++k) {
         const int64_t e = e0 + k;
         if (e < table.begin || e >= table.end) continue;
-        const SgldSlot& sl = table.slots[kCapacity > 1 ? find_slot(table, e) : 0];
+        const auto& sl = table.slot(Table::kSingle ? 0 : find_slot(table, e));
         const int64_t i = e - sl.base;
         const float center = use_center && sl.prior_mean ? sl.prior_mean[i] : 0.0f;
         float avg = sl.square_avg ? sl.square_avg[i] : 0.0f;
@@ -214,6 +235,17 @@ __global__ void philox_words_kernel(const int64_t* counters, const int64_t* keys
 
 __global__ void advance_offset_kernel(int64_t* rng_state) { rng_state[1] += 1; }
 
+// One launch over the element range of `table`: one resident wave of blocks, each taking an
+// equal contiguous run of element groups.
+template <typename Table, typename G>
+void launch_kernel(const Table& table, const SgldScalars& s, cudaStream_t stream,
+                   const int64_t* rng_state) {
+  const int64_t groups = (table.end - 1) / 4 - table.begin / 4 + 1;
+  const int blocks = resident_grid_blocks(sgld_kernel<Table, G>, groups, kThreads);
+  const int64_t groups_per_block = (groups + blocks - 1) / blocks;
+  sgld_kernel<Table, G><<<blocks, kThreads, 0, stream>>>(table, s, rng_state, groups_per_block);
+}
+
 template <int kCapacity, typename G>
 void launch_table(const SgldSlot* slots, int count, const SgldScalars& s, cudaStream_t stream,
                   const int64_t* rng_state) {
@@ -222,10 +254,7 @@ void launch_table(const SgldSlot* slots, int count, const SgldScalars& s, cudaSt
   table.count = count;
   table.begin = slots[0].base;
   table.end = slots[count - 1].base + slots[count - 1].numel;
-  const int64_t groups = (table.end - 1) / 4 - table.begin / 4 + 1;
-  const int blocks = resident_grid_blocks(sgld_kernel<kCapacity, G>, groups, kThreads);
-  const int64_t groups_per_block = (groups + blocks - 1) / blocks;
-  sgld_kernel<kCapacity, G><<<blocks, kThreads, 0, stream>>>(table, s, rng_state, groups_per_block);
+  launch_kernel<SlotTable<kCapacity>, G>(table, s, stream, rng_state);
 }
 
 template <typename G>
@@ -248,6 +277,25 @@ void launch_all(const SgldSlot* slots, int64_t num_slots, const SgldScalars& s,
 }
 
 }  // namespace
+
+void launch_sgld_table_cuda(const SgldSlot* device_slots, int64_t num_slots, int64_t begin,
+                            int64_t end, GradDtype grad_dtype, const SgldScalars& scalars,
+                            void* stream, const int64_t* rng_state) {
+  if (num_slots == 0) return;
+  const GlobalSlots table{device_slots, static_cast<int>(num_slots), end, begin};
+  auto st = static_cast<cudaStream_t>(stream);
+  switch (grad_dtype) {
+    case GradDtype::kFloat32:
+      launch_kernel<GlobalSlots, float>(table, scalars, st, rng_state);
+      break;
+    case GradDtype::kBFloat16:
+      launch_kernel<GlobalSlots, __nv_bfloat16>(table, scalars, st, rng_state);
+      break;
+    case GradDtype::kFloat16:
+      launch_kernel<GlobalSlots, __half>(table, scalars, st, rng_state);
+      break;
+  }
+}
 
 void launch_sgld_cuda(const SgldSlot* slots, int64_t num_slots, GradDtype grad_dtype,
                       const SgldScalars& scalars, void* stream, const int64_t* rng_state) {

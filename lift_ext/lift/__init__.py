@@ -2,20 +2,26 @@
 over its samples, and meta-test adaptation under that mixture prior (docs/design.md sections 3, 5
 and 10).
 
-    SGLDGibbs     the sampler on flat vectors with a user-supplied gradient (no nn.Module needed)
-    FlatParams    a module's adapter tensors packed into one float32 vector (params become
-                  views); load_(theta) writes a vector back into the module
-    MixturePrior  the meta-test prior over a new task's adapter (a diagonal Gaussian mixture)
-    LiFT          meta-training of a model's adapter over tasks (SGLDGibbs on FlatParams), its
-                  meta-test prior, apply / export_peft of an adapter, save / load
-    adapt         meta-test adaptation under a mixture prior (MAP to a stopping rule, or SGLD)
+    SGLDGibbs         the sampler on flat vectors with a user-supplied gradient (no nn.Module
+                      needed); prior="paper" or "mixture", tasks_per_step
+    ShardedSGLDGibbs  the same chain with its tasks sharded over a torch.distributed group
+    FlatParams        a module's adapter tensors packed into one float32 vector (params become
+                      views); load_(theta) writes a vector back into the module
+    MixturePrior      the meta-test prior over a new task's adapter (a diagonal Gaussian mixture)
+    LiFT              meta-training of a model's adapter over tasks (SGLDGibbs on FlatParams), its
+                      meta-test prior, apply / export_peft of an adapter, save / load
+    ShardedLiFT       LiFT over a sharded chain, each rank holding only its tasks' data
+    adapt             meta-test adaptation under a mixture prior (MAP to a stopping rule, or SGLD)
 """
 from lift_ext.lift.adapt import Adapted, adapt, average_predictions
+from lift_ext.lift.batched_grad import mean_loss_grad
+from lift_ext.lift.distributed import ShardedSGLDGibbs
 from lift_ext.lift.flat import FlatParams
 from lift_ext.lift.prior import MixturePrior
-from lift_ext.lift.sampler import SGLDGibbs, mean_loss_grad
+from lift_ext.lift.sampler import SGLDGibbs
+from lift_ext.lift.sharded_trainer import ShardedLiFT
 from lift_ext.lift.tasks import Task, TensorTask
 from lift_ext.lift.trainer import LiFT
 
-__all__ = ["SGLDGibbs", "mean_loss_grad", "FlatParams", "MixturePrior", "LiFT", "Task", "TensorTask", "adapt", "Adapted",
-           "average_predictions"]
+__all__ = ["SGLDGibbs", "ShardedSGLDGibbs", "mean_loss_grad", "FlatParams", "MixturePrior", "LiFT",
+           "ShardedLiFT", "Task", "TensorTask", "adapt", "Adapted", "average_predictions"]

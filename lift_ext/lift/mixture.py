@@ -30,30 +30,27 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from lift_ext import ops
+from lift_ext.kmeans import plus_plus_seeds, squared_distances
 from lift_ext.lift.prior import MixturePrior
 
 COMPONENT_STRIDE = 2**40
 MAX_COMPONENTS = 2**23
 
 
+def keyed_seed(*key: object) -> int:
+    """A 63-bit seed from a hash of `key` (distinct keys: unrelated seeds)."""
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def keyed_generator(*key: object) -> torch.Generator:
     """A CPU torch.Generator seeded by a hash of `key` (distinct keys: independent streams)."""
-    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
-
-
-def squared_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """||x_b - c_j||^2 [B, J] float64 by the fused E-step: with m2 = 0, counts = 1 and reg = 1
-    every variance is 1, so loglik = -log J - (||x_b - c_j||^2 + D log 2 pi) / 2."""
-    j, dim = centers.shape
-    ones = torch.ones(j, dtype=torch.float64, device=centers.device)
-    loglik, _ = ops.gmm_estep(x, centers.contiguous(), torch.zeros_like(centers), ones, reg=1.0)
-    return (-2.0 * (loglik + math.log(j)) - dim * math.log(2.0 * math.pi)).clamp_min(0.0)
+    return torch.Generator().manual_seed(keyed_seed(*key))
 
 
 def rows_identical(x: torch.Tensor) -> bool:
-    """True when every row of x [N, D] equals the first."""
-    return bool((x == x[0]).all())
+    """True when every row of x [N, D] equals the first (at once for one row broadcast as a view)."""
+    return x.shape[0] < 2 or x.stride(0) == 0 or bool((x == x[0]).all())
 
 
 def initial_assignments(thetas: torch.Tensor, k: int, generator: torch.Generator,
@@ -67,13 +64,7 @@ def initial_assignments(thetas: torch.Tensor, k: int, generator: torch.Generator
         labels = torch.empty(n, dtype=torch.int64)
         labels[perm] = torch.arange(n) % k
         return labels
-    chosen = [int(torch.randint(n, (1,), generator=generator))]
-    nearest = squared_distances(thetas, thetas[chosen]).squeeze(1).cpu()
-    for _ in range(1, k):
-        pick = int(torch.multinomial(nearest, 1, generator=generator)) if bool(nearest.sum() > 0) \
-            else int(torch.randint(n, (1,), generator=generator))
-        chosen.append(pick)
-        nearest = torch.minimum(nearest, squared_distances(thetas, thetas[pick:pick + 1]).squeeze(1).cpu())
+    chosen = plus_plus_seeds(thetas, k, generator)
     centers = thetas[chosen].clone()
     labels = squared_distances(thetas, centers).argmin(dim=1).cpu()
     for _ in range(lloyd_iterations):
@@ -162,18 +153,9 @@ class Components:
             return
         index = torch.tensor(list(tasks), dtype=torch.int64, device=thetas.device)
         rows = thetas.index_select(0, index)
-        if self._zero_m2 is None:
-            self._zero_m2 = torch.zeros_like(self.phis)
-        if temperature > 0.0:
-            counts = self.weights.to(self.phis.device)
-            loglik, _ = ops.gmm_estep(rows, self.phis, self._zero_m2, counts, reg=beta**2 * temperature)
-            uniform = torch.rand(loglik.shape, dtype=torch.float64, generator=generator)
-            scores = loglik.cpu() - torch.log(-torch.log(uniform.clamp_min(1e-300)))
-        else:
-            scores = -squared_distances(rows, self.phis).cpu()
-        if bool(scores.isnan().any()):
-            raise FloatingPointError("a stepped theta or a phi_k is not finite")
-        for row, (task, comp) in enumerate(zip(tasks, scores.argmax(dim=1).tolist())):
+        labels = self.choose(rows, beta=beta, temperature=temperature,
+                             uniform=self.gumbel_uniforms(len(tasks), temperature, generator))
+        for row, (task, comp) in enumerate(zip(tasks, labels)):
             old = int(self.assignments[task])
             if comp == old:
                 continue
@@ -185,6 +167,40 @@ class Components:
                 self.sums[old].zero_()  # the sum over no task, exactly (no rounding residue)
             else:
                 self.sums[old].sub_(rows[row])
+
+    def gumbel_uniforms(self, count: int, temperature: float, generator: torch.Generator
+                        ) -> Optional[torch.Tensor]:
+        """The uniforms [count, K] float64 (CPU) of `count` z draws, None at T = 0 (no draw)."""
+        if temperature == 0.0:
+            return None
+        return torch.rand((count, self.k), dtype=torch.float64, generator=generator)
+
+    def choose(self, rows: torch.Tensor, *, beta: float, temperature: float,
+               uniform: Optional[torch.Tensor]) -> List[int]:
+        """The component drawn for each row [B, D] from its conditional by Gumbel-max with
+        `uniform` [B, K] (from `gumbel_uniforms`; at T = 0 the nearest phi_k). Changes nothing;
+        FloatingPointError when a score is NaN (a row or phi_k not finite)."""
+        if self._zero_m2 is None:
+            self._zero_m2 = torch.zeros_like(self.phis)
+        if temperature > 0.0:
+            counts = self.weights.to(self.phis.device)
+            loglik, _ = ops.gmm_estep(rows, self.phis, self._zero_m2, counts, reg=beta**2 * temperature)
+            scores = loglik.cpu() - torch.log(-torch.log(uniform.clamp_min(1e-300)))
+        else:
+            scores = -squared_distances(rows, self.phis).cpu()
+        if bool(scores.isnan().any()):
+            raise FloatingPointError("a stepped theta or a phi_k is not finite")
+        return scores.argmax(dim=1).tolist()
+
+    def assign_(self, tasks: Sequence[int], labels: Sequence[int]) -> None:
+        """z_i = label for each (task, label), n recounted, and S_k = 0 exactly for every empty
+        component (S itself is the caller's to update for the moves)."""
+        for task, label in zip(tasks, labels):
+            self.assignments[task] = int(label)
+        self.counts = torch.bincount(self.assignments, minlength=self.k).tolist()
+        for comp, members in enumerate(self.counts):
+            if members == 0:
+                self.sums[comp].zero_()
 
     def draw_weights_(self, *, temperature: float, generator: torch.Generator) -> None:
         """pi ~ Dir(a0 + n) (its mean at T = 0; pi = 1 exactly for K = 1)."""

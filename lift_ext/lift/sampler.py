@@ -10,8 +10,8 @@ mean loss).
 
 One `step()` (t = step_count):
   1. tasks: the next B = `tasks_per_step` of a shuffled round-robin (lift_ext.lift.task_order);
-     grad_fn is called for each of them first, and the sampler changes nothing until all
-     have returned (an exception or KeyboardInterrupt in grad_fn leaves the state as it was);
+     grad_fn is called for each of them first (grad_fn.many once, if it has it), and nothing
+     changes until all have returned (an exception or KeyboardInterrupt leaves the state as it was);
   2. theta_i <- theta_i - lr (g_i + (theta_i - c_i)/beta^2) + sqrt(2 lr T) xi for the B tasks,
      c_i = phi (paper) or phi_{z_i} (mixture), and S_{z_i} += theta_i,new - theta_i,old, so the
      component sums S (S = sum_i theta_i for the paper prior) stay exact. B = 1: one
@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from lift_ext import ops, validate
 from lift_ext.gmm import OnlineGMM
 from lift_ext.lift import sampler_state
+from lift_ext.lift.batched_grad import gradients_of
 from lift_ext.lift.mixture import MAX_COMPONENTS, Components, initial_assignments, keyed_generator, rows_identical
 from lift_ext.lift.prior import MixturePrior
 from lift_ext.lift.task_order import TaskOrder
@@ -55,15 +56,6 @@ from lift_ext.types import DeviceLike, GradFn
 
 _PHI_UPDATES = ("langevin", "gibbs")
 _PRIORS = ("paper", "mixture")
-
-
-def mean_loss_grad(grad_of_mean_loss: GradFn, task_sizes) -> GradFn:
-    """Wrap a gradient of a task's MEAN loss into the summed units SGLDGibbs expects:
-    g_sum(i, theta) = n_i * g_mean(i, theta), n_i = task_sizes[i] examples."""
-    sizes = [int(n) for n in task_sizes]
-    if any(n < 1 for n in sizes):
-        raise ValueError("task_sizes must all be >= 1")
-    return lambda i, theta: grad_of_mean_loss(i, theta) * sizes[i]
 
 
 def _default_device(device: DeviceLike, prior_mean, theta_init) -> torch.device:
@@ -74,6 +66,15 @@ def _default_device(device: DeviceLike, prior_mean, theta_init) -> torch.device:
         if isinstance(value, torch.Tensor):
             return value.device
     return torch.device("cpu")
+
+
+def _start_rows(theta_init, mu0, num_tasks: int, dim: int, device: torch.device) -> torch.Tensor:
+    """The initial task vectors [N, D] float32: theta_init's rows, or one vector (theta_init
+    [D], else mu0, else 0) broadcast as a view (no N x D copy)."""
+    if theta_init is not None and theta_init.dim() == 2:
+        return theta_init.to(device, torch.float32).contiguous()
+    row = theta_init if theta_init is not None else mu0 if mu0 is not None else torch.zeros(dim)
+    return row.to(device, torch.float32).expand(num_tasks, dim)
 
 
 class SGLDGibbs:
@@ -132,21 +133,18 @@ class SGLDGibbs:
         self.tasks_per_step, self.warmup_steps = tasks_per_step, warmup_steps
         self.n_components, self.dirichlet_alpha = n_components, dirichlet_alpha
         self._prior_mean = mu0
-        self._thetas = torch.empty(num_tasks, dim, dtype=torch.float32, device=dev)
-        if theta_init is None:
-            self._thetas.copy_(mu0 if mu0 is not None else torch.zeros(dim))
-        else:
-            self._thetas.copy_(theta_init.to(dev, torch.float32).expand(num_tasks, dim))
+        start = _start_rows(theta_init, mu0, num_tasks, dim, dev)
         self._components = Components(n_components if mixture else 1, num_tasks, dim, dev, dirichlet_alpha)
         if mixture and warmup_steps == 0:
-            if n_components > 1 and rows_identical(self._thetas):
+            if n_components > 1 and rows_identical(start):
                 warnings.warn("prior='mixture' with warmup_steps=0 and identical initial thetas: z starts "
                               "from a random balanced assignment, from which components tend to merge "
                               "and stay empty; set warmup_steps (a few epochs, e.g. 5 N / tasks_per_step)",
                               RuntimeWarning, stacklevel=2)
-            self._assign_by_kmeans()
+            self._assign_by_kmeans(start)
         else:
-            self._components.rebuild_(self._thetas, torch.zeros(num_tasks, dtype=torch.int64), mu0)
+            self._components.rebuild_(start, torch.zeros(num_tasks, dtype=torch.int64), mu0)
+        self._thetas = self._held_rows(start)
         self.gmm = None if mixture else OnlineGMM(n_components, dim, device=dev)
         self._square_avg = torch.zeros(dim, dtype=torch.float32, device=dev) if preconditioned else None
         self.step_count = 0
@@ -254,22 +252,30 @@ class SGLDGibbs:
         return MixturePrior.from_gmm(self.gmm, self.beta)
 
     # ---- sampling -------------------------------------------------------------------------
-    def _task_grad(self, task: int) -> torch.Tensor:
-        theta = self._thetas[task]
-        grad = self.grad_fn(task, theta)
-        if not isinstance(grad, torch.Tensor) or grad.shape != (self.dim,):
-            raise ValueError(f"grad_fn({task}, theta) must return a Tensor of shape [{self.dim}], got "
-                             f"{getattr(grad, 'shape', type(grad).__name__)}")
-        if grad.device != theta.device:
-            raise ValueError(f"grad_fn({task}, theta) returned a tensor on {grad.device}, but the sampler's "
-                             f"state is on {theta.device} (pass device= or a prior_mean on the right device)")
-        return grad.detach()
+    _draws_bar = True  # run()'s progress bar is drawn by this process
+
+    def _held_rows(self, start: torch.Tensor) -> torch.Tensor:
+        """The task vectors this sampler holds, a new float32 buffer: all N rows of `start`."""
+        return torch.empty(start.shape, dtype=torch.float32, device=start.device).copy_(start)
+
+    def _task_grads(self, tasks: List[int], rows: List[torch.Tensor]) -> List[torch.Tensor]:
+        """grad_fn's gradients for `tasks` at `rows` (one batched call when grad_fn has `many`,
+        lift_ext.lift.batched_grad), each checked for shape and device."""
+        grads = gradients_of(self.grad_fn, tasks, rows)
+        for task, grad in zip(tasks, grads):
+            if not isinstance(grad, torch.Tensor) or grad.shape != (self.dim,):
+                raise ValueError(f"grad_fn({task}, theta) must return a Tensor of shape [{self.dim}], got "
+                                 f"{getattr(grad, 'shape', type(grad).__name__)}")
+            if grad.device != self.device:
+                raise ValueError(f"grad_fn({task}, theta) returned a tensor on {grad.device}, but the sampler's "
+                                 f"state is on {self.device} (pass device= or a prior_mean on the right device)")
+        return [grad.detach() for grad in grads]
 
     def step(self) -> List[int]:
         """One SGLD-Gibbs step; returns the tasks visited, in order (`tasks_per_step` of them,
         fewer when the next task of the round-robin is already among them)."""
         tasks, epoch, position = self._order.peek(self.tasks_per_step)
-        grads = [self._task_grad(task) for task in tasks]  # may raise: nothing has changed yet
+        grads = self._task_grads(tasks, [self._thetas[task] for task in tasks])  # may raise: nothing changed
         t, comps = self.step_count, self._components
         self._step_thetas(tasks, grads, offset=2 * t)
         mixing = self.prior == "mixture" and t >= self.warmup_steps
@@ -280,6 +286,12 @@ class SGLDGibbs:
                                         generator=generator)
             except FloatingPointError:
                 raise self._divergence("a theta or phi_k is not finite") from None
+        self._finish_step(t, mixing, generator, epoch, position)
+        return tasks
+
+    def _finish_step(self, t: int, mixing: bool, generator, epoch, position) -> None:
+        """Steps 4 and 5 of step t (after its thetas and z), then on to (epoch, position)."""
+        comps = self._components
         comps.draw_phis_(self._prior_mean, lr=self.lr_phi, temperature=self.temperature, sigma=self.sigma,
                          beta=self.beta, gibbs=self.phi_update == "gibbs", seed=self.seed, step=t)
         if mixing:
@@ -291,15 +303,13 @@ class SGLDGibbs:
         past_burn_in = self.step_count - self.burn_in
         if self.gmm is not None and past_burn_in > 0 and past_burn_in % self.thin == 0:
             self._feed_mixture()
-        return tasks
 
     def _step_thetas(self, tasks: Sequence[int], grads: Sequence[torch.Tensor], offset: int) -> None:
         """Step 2 of the module docstring for the rows of `tasks`."""
         comps = self._components
         rows = [self._thetas[task] for task in tasks]
         centers = [comps.phis[int(comps.assignments[task])] for task in tasks]
-        kwargs = dict(lr=self.lr, temperature=self.temperature, prior_precision=1.0 / self.beta**2,
-                      alpha=self.alpha, eps=self.damping, seed=self.seed, offset=offset)
+        kwargs = self._sgld_options(offset)
         if len(tasks) == 1:
             sums = comps.sums[int(comps.assignments[tasks[0]])]
             ops.sgld_step_(rows[0], grads[0], centers[0], sums, self._square_avg, **kwargs)
@@ -312,11 +322,17 @@ class SGLDGibbs:
             self._square_avg.copy_(averages.mean(dim=0))
         comps.add_deltas_(tasks, torch.stack(rows).sub_(old))
 
-    def _assign_by_kmeans(self) -> None:
-        """z from k-means++ over the current thetas (seeded by `seed`); S, n, phis and pi rebuilt."""
-        comps = self._components
-        labels = initial_assignments(self._thetas, comps.k, keyed_generator("SGLDGibbs.kmeans", self.seed))
-        comps.rebuild_(self._thetas, labels, self._prior_mean)
+    def _sgld_options(self, offset: int) -> Dict[str, object]:
+        """The scalar arguments of the theta step's op at Philox offset `offset`."""
+        return dict(lr=self.lr, temperature=self.temperature, prior_precision=1.0 / self.beta**2,
+                    alpha=self.alpha, eps=self.damping, seed=self.seed, offset=offset)
+
+    def _assign_by_kmeans(self, thetas: Optional[torch.Tensor] = None) -> None:
+        """z from k-means++ over all N `thetas` (default: the current ones, seeded by `seed`);
+        S, n, phis and pi rebuilt."""
+        comps, thetas = self._components, self._thetas if thetas is None else thetas
+        labels = initial_assignments(thetas, comps.k, keyed_generator("SGLDGibbs.kmeans", self.seed))
+        comps.rebuild_(thetas, labels, self._prior_mean)
 
     def _feed_mixture(self) -> None:
         """Give phi to the OnlineGMM. It refuses (unchanged) a sample that is not finite or so
@@ -348,15 +364,14 @@ class SGLDGibbs:
 
     def run(self, num_steps: int, progress: bool = True, report_every: Optional[int] = None) -> None:
         """`num_steps` steps with a tqdm bar showing `diagnostics()` every `report_every` steps
-        (default: 20 reports per run)."""
+        (default: 20 reports per run; the bar is drawn where `_draws_bar`)."""
         validate.integer("num_steps", num_steps)
         every = report_every or max(1, num_steps // 20)
-        with tqdm(total=num_steps, disable=not progress, desc="SGLD-Gibbs", unit="step") as bar:
+        with tqdm(total=num_steps, disable=not (progress and self._draws_bar), desc="SGLD-Gibbs", unit="step") as bar:
             for done in range(1, num_steps + 1):
                 self.step()
-                if done % every == 0 or done == num_steps:
-                    if progress:
-                        bar.set_postfix({k: f"{v:.4g}" for k, v in self.diagnostics().items()}, refresh=False)
+                if progress and (done % every == 0 or done == num_steps):
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in self.diagnostics().items()}, refresh=False)
                     bar.update(done - bar.n)
 
     # ---- checkpoints (lift_ext.lift.sampler_state) -----------------------------------------

@@ -39,38 +39,51 @@ def load(cls, path: str, grad_fn: GradFn, device: DeviceLike = None):
     or inconsistent file."""
     state = load_checked(path, fmt=FORMAT, version=VERSION, map_location="cpu",
                          required=_COMMON + ("components",))
+    n = state["hparams"].get("num_tasks")
+    check_tensor(path, "thetas", state["thetas"], (n, state["hparams"].get("dim")))
+    order = state["order"]
+    if not (isinstance(order, dict) and all(isinstance(order.get(k), int) for k in ("epoch", "position"))
+            and order["epoch"] >= 0 and 0 <= order["position"] <= n):
+        raise CheckpointError(f"checkpoint {path!r} is inconsistent: the order must be counts "
+                              f"(order position in [0, {n}])")
+    sampler = restore(cls, state, path, grad_fn=grad_fn, device=device)
+    sampler._thetas.copy_(state["thetas"])
+    sampler._order = TaskOrder(sampler.seed, sampler.num_tasks, order["epoch"], order["position"])
+    return sampler
+
+
+def check_tensor(path: str, key: str, value, shape) -> None:
+    """CheckpointError unless `value` (entry `key` of the file at `path`) is float32 of `shape`."""
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(shape) or value.dtype != torch.float32:
+        raise CheckpointError(f"checkpoint {path!r}: {key} must be a float32 tensor of shape {list(shape)}")
+
+
+def restore(cls, state: dict, path: str, **arguments):
+    """A `cls` built from the file's hparams and `arguments` (grad_fn, device, ...), with the
+    state shared by every task restored: components, OnlineGMM, square_avg and step (the
+    thetas and the order are the caller's). CheckpointError when they do not fit."""
     hp = dict(state["hparams"])
-    n, d = hp.get("num_tasks"), hp.get("dim")
-    expected = {"thetas": (n, d)}
+    d = hp.get("dim")
     if state["prior_mean"] is not None:
-        expected["prior_mean"] = (d,)
+        check_tensor(path, "prior_mean", state["prior_mean"], (d,))
     if hp.get("preconditioned"):
-        expected["square_avg"] = (d,)
         if state.get("square_avg") is None:
             raise CheckpointError(f"checkpoint {path!r} is incomplete: a preconditioned sampler "
                                   "needs its square_avg")
-    for key, shape in expected.items():
-        value = state[key]
-        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.dtype != torch.float32:
-            raise CheckpointError(f"checkpoint {path!r}: {key} must be a float32 tensor of shape "
-                                  f"{list(shape)}")
-    order, step = state["order"], state["step"]
-    if not (isinstance(order, dict) and all(isinstance(order.get(k), int) for k in ("epoch", "position"))
-            and isinstance(step, int) and step >= 0 and order["epoch"] >= 0 and 0 <= order["position"] <= n):
-        raise CheckpointError(f"checkpoint {path!r} is inconsistent: step and order must be counts "
-                              f"(order position in [0, {n}])")
+        check_tensor(path, "square_avg", state["square_avg"], (d,))
+    step = state["step"]
+    if not (isinstance(step, int) and step >= 0):
+        raise CheckpointError(f"checkpoint {path!r} is inconsistent: step must be a count, got {step!r}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            sampler = cls(grad_fn=grad_fn, prior_mean=state["prior_mean"], device=device, **hp)
+            sampler = cls(prior_mean=state["prior_mean"], **arguments, **hp)
         sampler._components.load_state_dict(state["components"])
         if sampler.gmm is not None:
             sampler.gmm.load_state_dict(state["gmm"])
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path!r} is inconsistent: {exc}") from exc
-    sampler._thetas.copy_(state["thetas"])
     if sampler._square_avg is not None:
         sampler._square_avg.copy_(state["square_avg"])
     sampler.step_count = step
-    sampler._order = TaskOrder(sampler.seed, sampler.num_tasks, order["epoch"], order["position"])
     return sampler

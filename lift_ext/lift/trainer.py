@@ -11,7 +11,10 @@ With ``preconditioned=True`` the theta steps are pSGLD (a shared RMSprop average
 `SGLDGibbs`) and ``lr`` is passed unchanged: the preconditioned step is scale-free, so lr is
 an RMSprop step size (about the change of each weight per step), as for the baselines.
 ``lr_phi`` (Langevin phi only) stays per example. Other `SGLDGibbs` options (e.g. its prior
-model, alpha, eps) pass through as keyword arguments.
+model, alpha, eps) pass through as keyword arguments. With tasks_per_step = B > 1 the B task
+gradients of a step can come from one vmapped forward/backward (`batched_grads`: True, False,
+or None = on for an adapter on a GPU, off on the CPU where it measured slower; see
+lift_ext.lift.batched_grad, which falls back to B passes where the model does not allow it).
 
 Defaults (documented choices the paper leaves open): theta_i start at the adapter's
 initialisation (the PEFT init: LoRA A random, B zero, never all-zero) or at given per-task
@@ -31,6 +34,7 @@ import torch
 
 from lift_ext.gmm import OnlineGMM
 from lift_ext.lift.adapt import Adapted, adapt
+from lift_ext.lift.batched_grad import TaskGradients
 from lift_ext.lift.flat import FlatParams, Selector
 from lift_ext.lift.prior import MixturePrior
 from lift_ext.lift.sampler import SGLDGibbs
@@ -55,9 +59,12 @@ def _task_sizes(tasks: Sequence[Task]) -> List[int]:
     return sizes
 
 
-def _check_sampler_options(options: dict) -> None:
-    """Refuse keyword arguments SGLDGibbs does not take, or that LiFT sets itself."""
-    accepted = set(inspect.signature(SGLDGibbs.__init__).parameters) - {"self"}
+def _check_sampler_options(options: dict, sampler_class: type) -> None:
+    """Refuse keyword arguments the sampler class (SGLDGibbs or a subclass) does not take, or
+    that LiFT sets itself."""
+    accepted = {name for cls in (SGLDGibbs, sampler_class)
+                for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.kind != p.VAR_KEYWORD} - {"self"}
     derived = sorted(set(options) & set(_DERIVED))
     if derived:
         raise TypeError(f"LiFT sets {derived} itself (from the model, tasks, prior_mean and task_adapters)")
@@ -79,15 +86,16 @@ class LiFT:
                  phi_update: str = "gibbs", burn_in: int = 0, thin: int = 1, n_components: int = 1,
                  seed: int = 0, preconditioned: bool = False, select: Selector = None,
                  task_adapters: Optional[torch.Tensor] = None,
-                 prior_mean: Union[str, torch.Tensor] = "init", **sampler_options):
-        _check_sampler_options(sampler_options)
+                 prior_mean: Union[str, torch.Tensor] = "init", batched_grads: Optional[bool] = None,
+                 **sampler_options):
+        _check_sampler_options(sampler_options, self._new_sampler)
         if isinstance(prior_mean, str) and prior_mean not in ("init", "zero"):
             raise ValueError(f"prior_mean must be 'init', 'zero' or a Tensor, got {prior_mean!r}")
-        self._bind(model, tasks, loss_fn, select, seed)
+        self._bind(model, tasks, loss_fn, select, seed, batched_grads)
         mu0 = prior_mean if not isinstance(prior_mean, str) else \
             (self.init_vector if prior_mean == "init" else None)
-        self.sampler = SGLDGibbs(
-            len(self.tasks), self.flat.dim, self._grad, sigma=sigma, beta=beta,
+        self.sampler = self._new_sampler(
+            self.num_tasks, self.flat.dim, self.grads, sigma=sigma, beta=beta,
             lr=lr if preconditioned else lr / self.reference_size,
             lr_phi=(lr if lr_phi is None else lr_phi) / self.reference_size,
             temperature=temperature, phi_update=phi_update, prior_mean=mu0,
@@ -95,24 +103,31 @@ class LiFT:
             burn_in=burn_in, thin=thin, n_components=n_components, seed=seed,
             preconditioned=preconditioned, device=self.flat.vector.device, **sampler_options)
 
+    _new_sampler = SGLDGibbs  # the chain's class (lift_ext.lift.sharded_trainer shards it)
+
     def _bind(self, model: torch.nn.Module, tasks: Sequence[Task], loss_fn: LossFn, select: Selector,
-              seed: int) -> None:
-        """Everything but the sampler: the model's adapter as a flat vector and the task sizes."""
+              seed: int, batched_grads: Optional[bool]) -> None:
+        """Everything but the sampler: the task sizes, the model's adapter as a flat vector and
+        the task gradients."""
         self._sizes = _task_sizes(tasks)
+        self.num_tasks, self.reference_size = len(self._sizes), sum(self._sizes) / len(self._sizes)
+        self._attach(model, list(tasks), loss_fn, select, seed, batched_grads)
+
+    def _attach(self, model: torch.nn.Module, tasks, loss_fn: LossFn, select: Selector, seed: int,
+                batched_grads: Optional[bool]) -> None:
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable as loss_fn(model_call, batch) -> mean loss")
-        self.model, self.tasks, self.loss_fn, self.seed = model, list(tasks), loss_fn, seed
+        self.model, self.tasks, self.loss_fn, self.seed = model, tasks, loss_fn, seed
         self.flat = FlatParams(model, select)
         self.init_vector = self.flat.vector.detach().clone()
-        self.reference_size = sum(self._sizes) / len(self._sizes)
+        # n_i * d(mean minibatch loss)/d theta, the B tasks of a step in one vmapped pass
+        self.grads = TaskGradients(self.flat, loss_fn, self._batch_of, self._sizes, batched=batched_grads)
 
-    def _grad(self, task: int, theta: torch.Tensor) -> torch.Tensor:
-        """n_i * d(mean minibatch loss)/d theta: the summed-units gradient of task `task`."""
-        step = self.sampler.step_count  # minibatches are a function of (seed, step)
+    def _batch_of(self, task: int):
+        """Task `task`'s minibatch of the current step: a function of (seed, step)."""
+        step = self.sampler.step_count
         gen = torch.Generator().manual_seed((self.seed * 7_919 + step) % (2**63 - 1))
-        batch = self.tasks[task].batch(gen)
-        _, grad = self.flat.loss_and_grad(theta, lambda call: self.loss_fn(call, batch))
-        return grad * self._sizes[task]
+        return self.tasks[task].batch(gen)
 
     def run(self, num_steps: int, progress: bool = True) -> "LiFT":
         """Run `num_steps` SGLD-Gibbs steps; minibatches depend only on (seed, step), so a run is
@@ -195,18 +210,26 @@ class LiFT:
 
     @classmethod
     def load(cls, path: str, model: torch.nn.Module, tasks: Sequence[Task], loss_fn: LossFn, *,
-             select: Selector = None) -> "LiFT":
+             select: Selector = None, batched_grads: Optional[bool] = None) -> "LiFT":
         """A LiFT continuing the chain saved by `save` at `path`, over `model`'s adapter (the
         same architecture and selection), the same `tasks` (in order) and loss function; its
         hyper-parameters come from the file. `init_vector` is `model`'s adapter as passed in.
         A foreign or damaged file raises lift_ext.checkpoint.CheckpointError; a mismatch with
         the model or tasks a ValueError."""
+        return cls._resume(path, model, tasks, loss_fn, select, batched_grads, {})
+
+    @classmethod
+    def _resume(cls, path: str, model: torch.nn.Module, tasks, loss_fn: LossFn, select: Selector,
+                batched_grads: Optional[bool], preset: dict, **load_options) -> "LiFT":
+        """`load` with `preset` attributes set before binding and `load_options` for the
+        sampler class's own load."""
         trainer = cls.__new__(cls)
-        trainer._bind(model, tasks, loss_fn, select, seed=0)
-        sampler = SGLDGibbs.load(path, trainer._grad, device=trainer.flat.vector.device)
-        if sampler.dim != trainer.flat.dim or sampler.num_tasks != len(trainer.tasks):
+        trainer.__dict__.update(preset)
+        trainer._bind(model, tasks, loss_fn, select, 0, batched_grads)
+        sampler = cls._new_sampler.load(path, trainer.grads, device=trainer.flat.vector.device, **load_options)
+        if sampler.dim != trainer.flat.dim or sampler.num_tasks != trainer.num_tasks:
             raise ValueError(f"checkpoint {path!r} holds {sampler.num_tasks} tasks of dim {sampler.dim}, "
-                             f"but {len(trainer.tasks)} tasks and an adapter of dim {trainer.flat.dim} "
+                             f"but {trainer.num_tasks} tasks and an adapter of dim {trainer.flat.dim} "
                              "were passed")
         trainer.sampler, trainer.seed = sampler, sampler.seed
         return trainer

@@ -91,6 +91,13 @@ void launch_sgld_cuda(const SgldSlot* slots, int64_t num_slots, GradDtype grad_d
                       const SgldScalars& scalars, void* stream,
                       const int64_t* rng_state = nullptr);
 
+// The same step over a table of `num_slots` slots held in device memory (a TensorTable's),
+// covering the flattened element range [begin, end): one launch whatever the length, the
+// launch parameters hold only the table's address.
+void launch_sgld_table_cuda(const SgldSlot* device_slots, int64_t num_slots, int64_t begin,
+                            int64_t end, GradDtype grad_dtype, const SgldScalars& scalars,
+                            void* stream, const int64_t* rng_state = nullptr);
+
 // rng_state[1] += 1 on the device (one thread), ordered after the step on `stream`.
 void launch_advance_offset_cuda(int64_t* rng_state, void* stream);
 

@@ -18,11 +18,24 @@ struct SgldCall {
   int64_t total_numel = 0;
 };
 
+// Checks the scalars of a call and converts them into kernel units (`preconditioned`: the
+// call has square averages, so alpha and eps are used and checked).
+SgldScalars prepare_sgld_scalars(double lr, double temperature, double prior_precision,
+                                 double alpha, double eps, int64_t seed, int64_t offset,
+                                 bool preconditioned);
+
+// Checks the tensors of a call (dtype, device, shape, layout, and no tensor the call writes
+// sharing memory with another: see overlap.h) and returns their slots; `scalars` is left
+// unset. The part of a call that a TensorTable checks once.
+SgldCall prepare_sgld_tensors(at::TensorList params, at::TensorList grads,
+                              at::TensorList prior_means, at::TensorList accums,
+                              at::TensorList square_avgs);
+
 // Checks rng_state of sgld_step_graphsafe_: int64, shape [2], contiguous, on `device`.
 void check_rng_state(const at::Tensor& rng_state, const at::Device& device);
 
-// Checks a list call (a flat call is a list of one) and returns its slots. Every check runs
-// before anything is written, so a refused call leaves all tensors untouched.
+// Checks a list call (a flat call is a list of one): the scalars, then the tensors. Every
+// check runs before anything is written, so a refused call leaves all tensors untouched.
 SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
                            at::TensorList accums, at::TensorList square_avgs, double lr,
                            double temperature, double prior_precision, double alpha, double eps,

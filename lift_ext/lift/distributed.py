@@ -1,0 +1,248 @@
+"""`ShardedSGLDGibbs`: the SGLD-Gibbs chain of `SGLDGibbs` with its N task vectors sharded
+over the ranks of a torch.distributed process group (docs/distributed.md).
+
+Layout and schedule (lift_ext.lift.shards): S = `num_shards` shards of contiguous tasks; a
+rank of a world of P holds S / P of them (P must divide S) and only their thetas, as `thetas`
+with global indices `task_ids`. The prior's state (phi or phi_k, S_k, z, n, pi, the OnlineGMM,
+the pSGLD average v) is replicated: every rank keeps the same bits. A step takes the next B =
+`tasks_per_step` visits of EVERY shard (S B tasks in all, in shard order):
+  1. each rank computes the gradients of its shards' tasks (one batched grad_fn.many call per
+     shard when grad_fn has it) and steps each shard's rows with one fused list launch, shard s
+     at Philox offset 2t + s 2^40 (even: never a phi_k offset 2t + 1 + k 2^40), row b at
+     element b D + j (shard 0 is exactly SGLDGibbs's theta step);
+  2. mixture, after warm-up: z of its rows from their conditionals (the Gumbel uniforms of all
+     S B rows are drawn on every rank from the step's keyed generator, each rank uses its rows');
+  3. ONE all-reduce (sum) of [dS (K x D float32) | the new z of the S B tasks (mixture) |
+     sum of the rows' pSGLD averages (D, preconditioned only) | one status slot per rank]:
+     dS_k = per shard, sum over its rows in order of theta_new - theta_old into S_{z_old}, and of
+     the z moves (-theta from the old component, +theta into the new), shards summed in shard
+     order; every rank then adds dS to S, applies the z, recounts n (S_k = 0 for empty k) and
+     sets v to the mean of the averages;
+  4. every rank draws phi / phi_k and pi itself (same inputs, same Philox offsets and keyed
+     generator: same bits, no broadcast), feeds the OnlineGMM, and k-means++ at the end of a
+     mixture warm-up runs on the gathered thetas (an all-gather of N x D floats, once a run).
+At step 0 with preconditioning the first gradient of shard 0 (v = g^2) is all-reduced first.
+
+Equivalence: the chain is a function of (seed, S, B) only, not of P: a P-rank run equals the
+one-process run (`process_group=None`, the same num_shards, tasks_per_step = B per shard,
+S B tasks per step) bitwise when P <= 2 (the all-reduce of two partials is a + b, the sum
+the one process forms), and within float32 rounding of dS (1e-6 relative) for P > 2, whose
+all-reduce adds the partials in another order. With S = 1 it is SGLDGibbs's own schedule and
+noise, bitwise equal to SGLDGibbs for B = 1 and equal up to the order in which the B deltas
+are added to S for B > 1 (SGLDGibbs adds them one by one into S).
+
+Faults (lift_ext.lift.collective): a grad_fn that raises, or a diverged z draw, still joins
+the step's all-reduce with its status; every rank then restores its rows (the step is undone
+everywhere) and raises: the failing rank its own error, the others RankFailure (or
+FloatingPointError for a divergence) naming it. A killed rank makes the collective fail on
+the others, which restore their rows and raise RankFailure naming it, within the process
+group's timeout. Checkpoints: a set of files, one per shard plus the shared state, made
+complete by a manifest written last (lift_ext.lift.shard_checkpoint).
+"""
+from typing import Dict, List, Optional
+
+import torch
+
+from lift_ext import ops, validate
+from lift_ext.lift import shard_checkpoint
+from lift_ext.lift.collective import DIVERGED, OK, RAISED, Collective
+from lift_ext.lift.mixture import COMPONENT_STRIDE, keyed_generator
+from lift_ext.lift.sampler import SGLDGibbs
+from lift_ext.lift.shards import ShardedOrder, held_shards, local_task_ids, shard_bounds
+from lift_ext.types import DeviceLike, GradFn
+
+
+class ShardedSGLDGibbs(SGLDGibbs):
+    """SGLDGibbs with its tasks sharded over `process_group` (module docstring). Takes every
+    SGLDGibbs argument (tasks_per_step = B per shard) and: process_group (None: one process
+    holding every shard), num_shards (default: the world size; a multiple of it to resume on
+    other world sizes later), fault_grace (seconds a survivor waits to find out which rank is
+    gone). A separate class rather than SGLDGibbs(process_group=...): its schedule (per shard)
+    and its sum of the deltas (per shard, then over shards) make it another chain for B > 1,
+    while SGLDGibbs's one-process chain stays exactly as it is."""
+
+    def __init__(self, num_tasks: int, dim: int, grad_fn: GradFn, *, process_group=None,
+                 num_shards: Optional[int] = None, fault_grace: float = 5.0, **options):
+        num_tasks = validate.integer("num_tasks", num_tasks, 1)
+        comm = Collective(process_group, fault_grace)
+        num_shards = comm.world_size if num_shards is None else \
+            validate.integer("num_shards", num_shards, 1, num_tasks)
+        shards = held_shards(num_shards, comm.world_size, comm.rank)
+        smallest = min(hi - lo for lo, hi in shard_bounds(num_tasks, num_shards))
+        validate.integer("tasks_per_step", options.get("tasks_per_step", 1), 1, smallest)
+        self.comm, self.num_shards, self._shards = comm, num_shards, shards
+        local = local_task_ids(num_tasks, num_shards, comm.world_size, comm.rank)
+        self._lo, self._hi = local.start, local.stop
+        super().__init__(num_tasks, dim, grad_fn, **options)
+        self._order = ShardedOrder(self.seed, num_tasks, num_shards)
+
+    # ---- what this rank holds --------------------------------------------------------------
+    @property
+    def task_ids(self) -> range:
+        """The global indices of the tasks this rank holds (rows of `thetas`, in order)."""
+        return range(self._lo, self._hi)
+
+    @property
+    def thetas(self) -> torch.Tensor:
+        """The vectors of this rank's tasks [len(task_ids), D] (the live buffer)."""
+        return self._thetas
+
+    @property
+    def _draws_bar(self) -> bool:
+        """run()'s bar is drawn on rank 0 only; the diagnostics it shows are a collective, so
+        every rank must pass run() the same `progress`."""
+        return self.comm.rank == 0
+
+    @property
+    def shards(self) -> range:
+        """The shards this rank holds."""
+        return self._shards
+
+    def _held_rows(self, start: torch.Tensor) -> torch.Tensor:
+        return super()._held_rows(start[self._lo:self._hi])
+
+    def _rows(self, tasks: List[int]) -> List[torch.Tensor]:
+        return [self._thetas[task - self._lo] for task in tasks]
+
+    def all_thetas(self) -> torch.Tensor:
+        """Every task's vector [N, D], gathered from all ranks (a collective: every rank must
+        call it; N x D floats on each)."""
+        world = self.comm.world_size
+        counts = [len(local_task_ids(self.num_tasks, self.num_shards, world, r)) for r in range(world)]
+        return self.comm.gather_rows(self._thetas, counts, "the gather of all thetas")
+
+    def _assign_by_kmeans(self, thetas: Optional[torch.Tensor] = None) -> None:
+        super()._assign_by_kmeans(self.all_thetas() if thetas is None else thetas)
+
+    # ---- sampling ---------------------------------------------------------------------------
+    def step(self) -> List[int]:
+        """One step of the sharded chain (module docstring); returns all S B tasks of the step
+        (on every rank), in shard order."""
+        plan, epochs, positions = self._order.peek(self.tasks_per_step)
+        t, comps = self.step_count, self._components
+        tasks = [task for shard_tasks in plan for task in shard_tasks]
+        starts = [sum(len(p) for p in plan[:s]) for s in range(self.num_shards)]
+        mixing = self.prior == "mixture" and t >= self.warmup_steps
+        labelled = mixing and comps.k > 1
+        sizes = (comps.k * self.dim, len(tasks) if labelled else 0,
+                 self.dim if self._square_avg is not None else 0)
+        try:
+            grads = {s: self._task_grads(plan[s], self._rows(plan[s])) for s in self._shards}
+        except BaseException:
+            self._join_failed(t, sizes)
+            raise
+        old = {s: torch.stack(self._rows(plan[s])) for s in self._shards}
+        generator = keyed_generator("SGLDGibbs.mixture", self.seed, t) if labelled else None
+        uniform = comps.gumbel_uniforms(len(tasks), self.temperature, generator) if labelled else None
+        buffer = self.comm.buffer(sum(sizes), torch.float32, self.device)
+        failure, numel = OK, sum(sizes)
+        try:
+            for i, s in enumerate(self._shards):  # per shard from zero, then summed in shard order
+                part = buffer[:numel] if i == 0 else torch.zeros(numel, device=self.device)
+                failure = self._step_shard(s, plan[s], grads[s], old[s], t, starts[s], sizes, part, uniform)
+                if i > 0:
+                    buffer[:numel] += part
+                if failure:
+                    break
+            codes = self.comm.sum_(buffer, f"step {t}", failure)
+        except BaseException:
+            self._undo(plan, old)
+            raise
+        if any(code != OK for code in codes):
+            self._undo(plan, old)
+            diverged = [r for r, code in enumerate(codes) if code == DIVERGED]
+            if diverged:
+                raise self._divergence(f"a theta or phi_k is not finite (rank {', '.join(map(str, diverged))})")
+            self.comm.raise_failures(codes, f"step {t}")
+        self._apply(buffer, tasks, sizes)
+        self._finish_step(t, mixing, generator, epochs, positions)
+        return tasks
+
+    def _step_shard(self, shard: int, tasks: List[int], grads: List[torch.Tensor], old: torch.Tensor,
+                    t: int, start: int, sizes, part: torch.Tensor, uniform: Optional[torch.Tensor]) -> int:
+        """Step 1 (and 2) for one shard's rows; its dS, z and pSGLD sum go into `part`
+        (laid out as the all-reduce buffer). Returns DIVERGED when a z score is NaN, else OK."""
+        comps, (kd, nz, _) = self._components, sizes
+        rows = self._rows(tasks)
+        centers = [comps.phis[int(comps.assignments[task])] for task in tasks]
+        averages = [] if self._square_avg is None else list(self._square_avg.expand(len(tasks), -1).clone().unbind(0))
+        ops.sgld_step_list_(rows, grads, centers, [], averages,
+                            **self._sgld_options(2 * t + shard * COMPONENT_STRIDE))
+        delta = part[:kd].view(comps.k, self.dim)
+        new = torch.stack(rows)
+        for task, row_delta in zip(tasks, new - old):
+            delta[int(comps.assignments[task])].add_(row_delta)
+        if averages:
+            total = part[kd + nz:]
+            for average in averages:
+                total.add_(average)
+        if not nz:
+            return OK
+        try:
+            labels = comps.choose(new, beta=self.beta, temperature=self.temperature,
+                                  uniform=None if uniform is None else uniform[start:start + len(tasks)])
+        except FloatingPointError:
+            return DIVERGED
+        for b, (task, label) in enumerate(zip(tasks, labels)):
+            previous = int(comps.assignments[task])
+            part[kd + start + b] = label
+            if label != previous:
+                delta[label].add_(new[b])
+                delta[previous].sub_(new[b])
+        return OK
+
+    def _join_failed(self, t: int, sizes) -> None:
+        """This rank's grad_fn raised: join the collective the others are in with RAISED
+        (errors of the collective itself are left to the others to report)."""
+        try:
+            self.comm.sum_(self.comm.buffer(sum(sizes), torch.float32, self.device),
+                           f"step {t}", RAISED)
+        except Exception:  # noqa: BLE001 - the original error is the one to raise
+            pass
+
+    def _undo(self, plan: List[List[int]], old: Dict[int, torch.Tensor]) -> None:
+        """Restore this rank's rows: the step never happened (v changes only in `_apply`)."""
+        for s, rows in old.items():
+            for task, row in zip(plan[s], rows):
+                self._thetas[task - self._lo].copy_(row)
+
+    def _apply(self, buffer: torch.Tensor, tasks: List[int], sizes) -> None:
+        """Step 3 on the reduced buffer: S += dS, z of the step's tasks, v = mean of averages."""
+        comps, (kd, nz, nv) = self._components, sizes
+        comps.sums.add_(buffer[:kd].view(comps.k, self.dim))
+        if nz:
+            comps.assign_(tasks, buffer[kd:kd + nz].round().long().tolist())
+        if nv:
+            self._square_avg.copy_(buffer[kd + nz:kd + nz + nv] / len(tasks))
+
+    # ---- reports and checkpoints --------------------------------------------------------------
+    def diagnostics(self) -> Dict[str, float]:
+        """As SGLDGibbs.diagnostics, over all ranks (one all-reduce: every rank must call it)."""
+        comps = self._components
+        centers = comps.phis.index_select(0, comps.assignments[self._lo:self._hi].to(self.device))
+        buffer = self.comm.buffer(1, torch.float64, self.device)
+        buffer[0] = (self._thetas - centers).double().pow(2).sum()
+        self.comm.raise_failures(self.comm.sum_(buffer, "diagnostics"), "diagnostics")
+        out = {"phi_rms": float(comps.phis.pow(2).mean().sqrt()),
+               "theta_spread": float((buffer[0] / (self.num_tasks * self.dim)).sqrt()),
+               "gmm_samples": float(self.num_gmm_samples)}
+        if self.prior == "mixture":
+            out["components_used"] = float(sum(n > 0 for n in comps.counts))
+        return out
+
+    def hparams(self) -> Dict[str, object]:
+        """SGLDGibbs's hyper-parameters plus num_shards (tasks_per_step is per shard)."""
+        return dict(super().hparams(), num_shards=self.num_shards)
+
+    def save(self, path: str) -> None:
+        """Write the chain to directory `path` as a checkpoint set (every rank must call it;
+        lift_ext.lift.shard_checkpoint)."""
+        shard_checkpoint.save(self, path)
+
+    @classmethod
+    def load(cls, path: str, grad_fn: GradFn, device: DeviceLike = None, *, process_group=None,
+             fault_grace: float = 5.0) -> "ShardedSGLDGibbs":
+        """The chain saved in directory `path`, on this world (any world size that divides its
+        num_shards: each rank reads its shards); it continues the exact chain."""
+        return shard_checkpoint.load(cls, path, grad_fn, device, process_group=process_group,
+                                     fault_grace=fault_grace)
