@@ -90,7 +90,7 @@ def add_commands(sub) -> None:
         return p
 
     demo = stage("demo", "run the Shakespeare benchmark end to end (meta-train, adapt, evaluate): "
-                         "about 14 minutes on a 2-core CPU, backbone pre-training included", False)
+                         "about 15 minutes of CPU time on a 2-core machine, backbone pre-training included", False)
     demo.add_argument("--quick", action="store_true",
                       help="a ~2-minute smoke run: tiny backbone, few roles, tiny budgets")
     demo.add_argument("--methods", default=None, metavar="A,B",
