@@ -143,18 +143,13 @@ def _run(args) -> int:
     setups: dict = {}  # the stages of one command share the loaded data and models
     common = dict(cache=args.cache, setups=setups)
     clock = runner.Clock()
-    if args.command in ("demo", "meta-train"):
-        path = runner.run_meta_train(cfg, output, progress=progress, **common)
-        clock.lap("meta_train")
-        if args.command == "meta-train":
-            print(f"wrote {path}")
-            return 0
-    if args.command in ("demo", "adapt"):
-        path = runner.run_adapt(cfg, output, progress=progress, **common)
-        clock.lap("adapt")
-        if args.command == "adapt":
-            print(f"wrote {path}")
-            return 0
+    for stage, run_stage in (("meta-train", runner.run_meta_train), ("adapt", runner.run_adapt)):
+        if args.command in ("demo", stage):
+            path = run_stage(cfg, output, progress=progress, **common)
+            clock.lap(stage.replace("-", "_"))
+            if args.command == stage:
+                print(f"wrote {path}")
+                return 0
     import platform
     results = runner.run_evaluate(cfg, output, extra={
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
