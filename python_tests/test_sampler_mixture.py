@@ -264,9 +264,10 @@ def test_mixture_chain_runs_on_the_gpu(clustered):
     assert sampler.meta_test_prior().means.is_cuda
 
 
-def test_divergence_is_reported_clearly(clustered):
+@pytest.mark.parametrize("k", [1, K])
+def test_divergence_is_reported_clearly(clustered, k):
     # lr * n_i / s^2 >= 2.5: every theta step overshoots its data term and blows up.
     with pytest.warns(RuntimeWarning, match="lr / beta"):
-        sampler = mixture(clustered, lr=0.25)
+        sampler = mixture(clustered, lr=0.25, n_components=k)
     with pytest.raises(FloatingPointError, match="diverged.*lower lr"):
         sampler.run(3000, progress=False)

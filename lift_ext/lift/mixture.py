@@ -148,11 +148,14 @@ class Components:
                           temperature: float, generator: torch.Generator) -> None:
         """z_i for each of `tasks` from its conditional; S and n follow the moves. A NaN score
         (a theta or phi that is not finite: the chain diverged) raises FloatingPointError with
-        nothing moved."""
-        if self.k == 1:
-            return
+        nothing moved. With K = 1 there is nothing to draw, but the same check runs (one
+        reduction over the stepped rows), so a diverging one-component chain is reported too."""
         index = torch.tensor(list(tasks), dtype=torch.int64, device=thetas.device)
         rows = thetas.index_select(0, index)
+        if self.k == 1:
+            if not bool(torch.isfinite(rows).all()):
+                raise FloatingPointError("a stepped theta is not finite")
+            return
         labels = self.choose(rows, beta=beta, temperature=temperature,
                              uniform=self.gumbel_uniforms(len(tasks), temperature, generator))
         for row, (task, comp) in enumerate(zip(tasks, labels)):
