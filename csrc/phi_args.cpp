@@ -32,7 +32,7 @@ PhiScalars prepare_phi_call(const at::Tensor& phi, const at::Tensor& sum,
               "temperature must be a finite number >= 0, got ", temperature);
   TORCH_CHECK(std::isfinite(sigma) && sigma > 0.0, "sigma must be a finite number > 0, got ", sigma);
   TORCH_CHECK(std::isfinite(beta) && beta > 0.0, "beta must be a finite number > 0, got ", beta);
-  TORCH_CHECK(num_tasks >= 1, "num_tasks must be >= 1, got ", num_tasks);
+  TORCH_CHECK(num_tasks >= 0, "num_tasks must be >= 0, got ", num_tasks);  // 0: a draw from the prior
   TORCH_CHECK(seed >= 0, "seed must be >= 0, got ", seed);
   TORCH_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
 

@@ -194,6 +194,7 @@ def phi_step_(phi: torch.Tensor, task_sum: torch.Tensor, prior_mean: Optional[to
 
     Langevin: phi <- phi - lr ((phi - mu0)/sigma^2 - (S - N phi)/beta^2) + sqrt(2 lr T) xi.
     Gibbs:    phi <- v (mu0/sigma^2 + S/beta^2) + sqrt(T v) xi,  v = 1/(1/sigma^2 + N/beta^2).
+    num_tasks N >= 0 (N = 0 with S = 0: a draw from the prior N(mu0, T sigma^2)).
     """
     torch.ops.lift_ext.phi_step_(phi, task_sum, prior_mean, lr, temperature, sigma, beta,
                                  num_tasks, gibbs, seed, offset)

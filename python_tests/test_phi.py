@@ -36,10 +36,11 @@ def test_temperature_zero_is_deterministic_drift():
     torch.testing.assert_close(phi.double(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_gibbs_draws_have_the_conditional_moments():
-    n, sigma, beta, tasks = 1 << 18, 0.3, 0.1, 5
+@pytest.mark.parametrize("tasks", [5, 0], ids=["five-tasks", "no-task-prior-draw"])
+def test_gibbs_draws_have_the_conditional_moments(tasks):
+    n, sigma, beta = 1 << 18, 0.3, 0.1
     phi = torch.zeros(n)
-    task_sum = torch.full((n,), 2.0)
+    task_sum = torch.full((n,), 2.0 if tasks else 0.0)
     ops.phi_step_(phi, task_sum, None, lr=0.0, temperature=1.0, sigma=sigma, beta=beta,
                   num_tasks=tasks, gibbs=True, seed=1, offset=0)
     v = 1 / (1 / sigma**2 + tasks / beta**2)
@@ -63,7 +64,7 @@ def test_opcheck(device):
     (dict(task_sum=torch.zeros(5, dtype=torch.float64)), "task_sum must be float32"),
     (dict(prior_mean=torch.zeros(6)), "prior_mean must have the shape of phi"),
     (dict(sigma=0.0), "sigma must be"), (dict(beta=-1.0), "beta must be"),
-    (dict(num_tasks=0), "num_tasks must be"), (dict(lr=-1.0), "lr must be"),
+    (dict(num_tasks=-1), "num_tasks must be"), (dict(lr=-1.0), "lr must be"),
 ])
 def test_bad_inputs(kwargs, message):
     phi = torch.randn(5)

@@ -16,8 +16,8 @@ Conditional draws, with the temperature T scaling every Gaussian variance:
          log pi_k - ||theta_i - phi_k||^2 / (2 beta^2 T) + a constant), drawn by Gumbel-max;
          at T = 0 the nearest phi_k. A move k -> k' takes theta_i out of S_k into S_k'.
   phi_k: N(m_k, T v_k I), v_k = 1 / (1/sigma^2 + n_k/beta^2), m_k = v_k (mu0/sigma^2 + S_k/beta^2),
-         by `ops.phi_step_` (gibbs=True, num_tasks = n_k); an empty component (n_k = 0, which
-         the op does not take) is drawn from its prior mu0 + sqrt(T) sigma xi with the same noise.
+         by `ops.phi_step_` (gibbs=True, num_tasks = n_k); an empty component (n_k = 0, S_k = 0)
+         is thereby drawn from its prior N(mu0, T sigma^2 I).
   pi:    Dir(a0 + n) (not tempered; at T = 0 its mean (a0 + n_k) / (K a0 + N)).
 Noise: phi_k of step t uses Philox offset 2t + 1 + k 2^40 (theta uses 2t), collision-free for
 t < 2^39 and K <= 2^23; z and pi use a CPU torch.Generator keyed by (seed, t). So a run is a
@@ -129,20 +129,9 @@ class Components:
         """Every phi_k from its conditional (exact with gibbs=True, else one Langevin step;
         Langevin is used only with K = 1, where n_0 = N)."""
         for comp, members in enumerate(self.counts):
-            offset = self.phi_offset(step, comp)
-            if members > 0:
-                ops.phi_step_(self.phis[comp], self.sums[comp], prior_mean, lr=lr,
-                              temperature=temperature, sigma=sigma, beta=beta, num_tasks=members,
-                              gibbs=gibbs, seed=seed, offset=offset)
-                continue
-            phi = self.phis[comp]
-            if temperature > 0.0:
-                ops.philox_normal_(phi, seed=seed, offset=offset)
-                phi.mul_(math.sqrt(temperature) * sigma)
-            else:
-                phi.zero_()
-            if prior_mean is not None:
-                phi.add_(prior_mean)
+            ops.phi_step_(self.phis[comp], self.sums[comp], prior_mean, lr=lr, temperature=temperature,
+                          sigma=sigma, beta=beta, num_tasks=members, gibbs=gibbs, seed=seed,
+                          offset=self.phi_offset(step, comp))
 
     def draw_assignments_(self, thetas: torch.Tensor, tasks: Sequence[int], *, beta: float,
                           temperature: float, generator: torch.Generator) -> None:
