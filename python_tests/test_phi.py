@@ -40,11 +40,12 @@ def test_temperature_zero_is_deterministic_drift():
 def test_gibbs_draws_have_the_conditional_moments(tasks):
     n, sigma, beta = 1 << 18, 0.3, 0.1
     phi = torch.zeros(n)
-    task_sum = torch.full((n,), 2.0 if tasks else 0.0)
+    total = 2.0 if tasks else 0.0
+    task_sum = torch.full((n,), total)
     ops.phi_step_(phi, task_sum, None, lr=0.0, temperature=1.0, sigma=sigma, beta=beta,
                   num_tasks=tasks, gibbs=True, seed=1, offset=0)
     v = 1 / (1 / sigma**2 + tasks / beta**2)
-    m = v * 2.0 / beta**2
+    m = v * total / beta**2
     assert abs(phi.mean().item() - m) < 5 * (v / n) ** 0.5
     assert abs(phi.var().item() / v - 1) < 0.02
 
