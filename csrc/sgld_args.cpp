@@ -1,3 +1,4 @@
+#include <algorithm>
 #include "lift_ext/sgld_args.h"
 
 #include <cmath>
@@ -93,11 +94,15 @@ SgldScalars prepare_sgld_scalars(double lr, double temperature, double prior_pre
     TORCH_CHECK(std::isfinite(eps) && eps > 0.0, "eps must be a finite number > 0, got ", eps);
   }
   const double noise_scale = std::sqrt(2.0 * lr * temperature);
+  // pSGLD damping eps' = max(eps, lr * prior_precision) (docs/design.md section 2): keeps the
+  // prior pull lr G lam <= 1 and the noise variance 2 lr T G <= 2 T / lam where G = 1/eps'
+  // (a weight whose gradient is still 0).
+  const double damping = std::max(eps, lr * prior_precision);
   return SgldScalars{static_cast<float>(lr),
                      static_cast<float>(prior_precision),
                      static_cast<float>(noise_scale),
                      static_cast<float>(alpha),
-                     static_cast<float>(eps),
+                     static_cast<float>(damping),
                      static_cast<uint64_t>(seed),
                      static_cast<uint64_t>(offset)};
 }

@@ -32,7 +32,8 @@ class SGLD(torch.optim.Optimizer):
     on every parameter); `preconditioned=True` keeps an RMSprop average of grad^2 per
     parameter (pSGLD), started at 0, which the step reads as "no gradient yet": each element
     starts at its first nonzero gradient's square (see `lift_ext.sgld_step`), so no first step
-    is 10x. lr is half the paper's eta; LR schedulers change it as usual.
+    is 10x, and the damping eps' = max(eps, lr * prior_precision) bounds a weight whose gradient
+    is still 0 (LoRA A while B = 0) by the prior's scale. lr is half the paper's eta; LR schedulers change it as usual.
 
     Noise: each group-step uses (seed, offset) and then offset += 1. `seed=None` draws the
     seed from torch's default generator at construction. `state_dict()` carries the seed and

@@ -73,8 +73,8 @@ def sgld_step(param: torch.Tensor, grad: torch.Tensor, noise: Optional[torch.Ten
               ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """One SGLD step in float64, out of place; returns (param, accum, square_avg) after it.
 
-        v <- g^2 if v == 0 else alpha v + (1 - alpha) g^2,  G = 1 / (sqrt(v) + eps)
-                                                                (only with square_avg)
+        v <- g^2 if v == 0 else alpha v + (1 - alpha) g^2,  G = 1 / (sqrt(v) + eps'),
+        eps' = max(eps, lr * prior_precision)                   (only with square_avg)
         theta <- theta - lr G (g + lam (theta - c)) + sqrt(2 lr T G) xi
 
     lr is half the paper's eta; lam = prior_precision; c = prior_mean (0 when None); xi = noise.
@@ -91,7 +91,7 @@ def sgld_step(param: torch.Tensor, grad: torch.Tensor, noise: Optional[torch.Ten
     if square_avg is not None:
         v = square_avg.double()
         new_square_avg = torch.where(v == 0, g * g, alpha * v + (1.0 - alpha) * g * g)
-        precond = 1.0 / (torch.sqrt(new_square_avg) + eps)
+        precond = 1.0 / (torch.sqrt(new_square_avg) + max(eps, lr * prior_precision))
     new_theta = theta - lr * precond * drift
     if temperature != 0.0:
         new_theta = new_theta + math.sqrt(2.0 * lr * temperature) * torch.sqrt(precond) * noise.double()

@@ -60,16 +60,10 @@ def resolve_seed_offset(seed: Optional[int], offset: Optional[int],
     return validate.integer("seed", seed, 0, _MAX_SEED), validate.integer("offset", offset, 0, _MAX_SEED)
 
 
-def _warn_if_unstable(lr: float, prior_precision: float, eps: float, preconditioned: bool) -> None:
+def _warn_if_unstable(lr: float, prior_precision: float, preconditioned: bool) -> None:
     if not preconditioned and lr * prior_precision >= 1.0:
         warnings.warn(f"lr * prior_precision = {lr * prior_precision:g} >= 1: the prior pull "
                       "overshoots and the chain is unstable; lower lr", RuntimeWarning, stacklevel=3)
-    elif preconditioned and prior_precision > 0.0 and lr * prior_precision / eps > 1.0 + 1e-9:
-        warnings.warn(f"lr * prior_precision / eps = {lr * prior_precision / eps:g} > 1: with "
-                      "preconditioning the prior pull is lr * G * prior_precision with G up to 1/eps, "
-                      "so weights whose gradients vanish overshoot it and the chain is unstable; "
-                      "raise eps to at least lr * prior_precision or lower lr",
-                      RuntimeWarning, stacklevel=3)
 
 
 def sgld_step(params: Union[TensorOrList, TensorTable], grads: Optional[TensorOrList] = None, *,
@@ -93,14 +87,18 @@ def sgld_step(params: Union[TensorOrList, TensorTable], grads: Optional[TensorOr
 
         v <- g^2                             if v == 0   (no nonzero gradient seen yet)
         v <- alpha v + (1 - alpha) g^2       otherwise
-        G  = 1 / (sqrt(v) + eps)             (v in units of g^2, eps in units of g)
+        G  = 1 / (sqrt(v) + eps')            (v in units of g^2, eps in units of g)
+        eps' = max(eps, lr * prior_precision)  (the damping)
 
     so a fresh average (zeros) needs no special first step. Why: from v = 0 the plain rule
     gives v = (1 - alpha) g^2, G = 1 / (sqrt(1 - alpha) |g|) and a step lr |g| G = lr /
     sqrt(1 - alpha) (10 lr at alpha = 0.99) whatever the gradient's scale, decaying only over
     ~1 / (1 - alpha) steps; starting at g^2 makes the first step lr |g| / (|g| + eps) ~ lr.
     The test is per element, so a weight whose first gradients are exactly 0 (LoRA A while
-    B = 0) starts when its first nonzero gradient arrives; until then v stays 0, G = 1/eps.
+    B = 0) starts when its first nonzero gradient arrives; until then v stays 0 and G = 1/eps'.
+    The damping eps' keeps such a weight stable and its noise bounded: the prior pull
+    lr G lam <= 1 and the noise variance 2 lr T G <= 2 T / lam (T times twice the prior's
+    variance), as in SGLDGibbs; without a prior (lam = 0) eps' = eps.
     Noise: Philox4x32-10 keyed by `seed` at counter (element index // 4, `offset`), element
     indices running over the concatenated list, so a list and the equal flat buffer get the
     same noise. Without seed, (seed, offset) is drawn from `generator` (default: torch's CPU
@@ -142,7 +140,7 @@ def sgld_step(params: Union[TensorOrList, TensorTable], grads: Optional[TensorOr
         lr, temperature, prior_precision, alpha, eps)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    _warn_if_unstable(lr, prior_precision, eps, preconditioned)
+    _warn_if_unstable(lr, prior_precision, preconditioned)
     hyper = dict(lr=lr, temperature=temperature, prior_precision=prior_precision, alpha=alpha, eps=eps)
     # Elements of a list call are checked by the op; check_elements names a non-Tensor one.
     named = None if table is not None or single else zip(

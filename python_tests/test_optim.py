@@ -295,3 +295,27 @@ def test_copies_continue_the_noise_stream():
     opt.step()
     twin.step()
     assert all(a is not b and torch.equal(a, b) for a, b in zip(mine, theirs))
+
+
+def test_preconditioned_first_step_keeps_a_lora_model_at_the_prior_scale():
+    """LoRA A's gradient is 0 while B = 0, so its RMSprop average stays 0 and G = 1/eps': the
+    damping eps' = max(eps, lr * prior_precision) bounds that noise by the prior's scale
+    (without it: std sqrt(2 lr T / eps) = 141 at lr 1e-4)."""
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=32, n_positions=16,
+                                     bos_token_id=None, eos_token_id=None)
+    model = peft.get_peft_model(transformers.GPT2LMHeadModel(config),
+                                peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    lora_a = [p for n, p in model.named_parameters() if "lora_A" in n]
+    before = max(float(p.abs().max()) for p in lora_a)
+    prior_precision = 1e2  # prior std 0.1
+    opt = lift_ext.optim.SGLD([p for p in model.parameters() if p.requires_grad], lr=1e-4, temperature=1.0,
+                              prior_precision=prior_precision, preconditioned=True, seed=0)
+    ids = torch.randint(32, (4, 9))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert all(float(p.grad.abs().max()) == 0.0 for p in lora_a)
+    opt.step()
+    after = max(float(p.abs().max()) for p in lora_a)
+    assert after < before + 6 * (2.0 / prior_precision) ** 0.5  # |xi| <= 5.89

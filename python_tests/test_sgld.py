@@ -310,14 +310,28 @@ def test_unstable_step_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lift_ext.sgld_step(p, torch.randn(4), lr=0.1, prior_precision=3.0, seed=0)
-    # Preconditioned: the bound is lr * prior_precision / eps (G can reach 1/eps).
-    with pytest.warns(RuntimeWarning, match="raise eps"):
-        lift_ext.sgld_step(p, torch.zeros(4), lr=0.1, prior_precision=3.0, square_avg=torch.zeros(4),
-                           eps=1e-8, seed=0)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # preconditioned: the damping eps' = max(eps, lr lam) makes it stable
         warnings.simplefilter("error")
         lift_ext.sgld_step(p, torch.zeros(4), lr=0.1, prior_precision=3.0, square_avg=torch.zeros(4),
-                           eps=0.3, seed=0)  # lr * prior_precision / eps = 1: snaps to the mean, stable
+                           eps=1e-8, seed=0)
+
+
+def test_damping_bounds_weights_whose_gradient_is_still_zero():
+    # v = 0 and g = 0 (LoRA A while B = 0): G = 1/eps' with eps' = max(eps, lr lam), so the pull
+    # lands at most on the prior mean and the noise variance is at most 2 T / lam.
+    n, lr, lam, temperature = 1 << 16, 1e-4, 4.0, 1.0
+    theta = torch.full((n,), 0.5)
+    lift_ext.sgld_step(theta, torch.zeros(n), lr=lr, temperature=0.0, prior_precision=lam,
+                       square_avg=torch.zeros(n), seed=0)
+    torch.testing.assert_close(theta, torch.zeros(n))  # lr G lam = 1: exactly onto the mean 0
+    theta = torch.zeros(n)
+    lift_ext.sgld_step(theta, torch.zeros(n), lr=lr, temperature=temperature, prior_precision=lam,
+                       square_avg=torch.zeros(n), seed=0)
+    assert abs(theta.var().item() / (2 * temperature / lam) - 1) < 0.03  # not 2 lr T / 1e-8
+    noise = reference.philox_normal(n, seed=0, offset=0)
+    expected, _, _ = reference.sgld_step(torch.zeros(n), torch.zeros(n), noise, lr=lr, temperature=temperature,
+                                         prior_precision=lam, square_avg=torch.zeros(n))
+    torch.testing.assert_close(theta.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
