@@ -230,3 +230,9 @@ def test_bench_distributed_runs_on_one_rank(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "[1] batched task gradients, B = 2, D = 18432" in out and "batched used: True" in out
     assert "task-steps/s" in out
+
+
+@pytest.mark.parametrize("extra", [dict(shift_lr=1e-3), dict(z_update="likelihood")])
+def test_the_non_centred_moves_are_refused_by_name(problem, extra):
+    with pytest.raises(ValueError, match="non-centred moves"):
+        ShardedSGLDGibbs(N, D, problem["grad_fn"], **options(problem, "mixture-B2", **extra))

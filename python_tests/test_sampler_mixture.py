@@ -12,7 +12,7 @@ import torch
 
 from lift_ext import reference
 from lift_ext.lift import MixturePrior, SGLDGibbs
-from lift_ext.lift.mixture import COMPONENT_STRIDE, Components
+from lift_ext.lift.mixture import COMPONENT_STRIDE, Components, initial_assignments
 
 from conftest import requires_cuda
 
@@ -111,6 +111,22 @@ def test_warmup_then_kmeans_finds_the_clusters_from_a_common_start(clustered):
         sampler.meta_test_prior()
     sampler.run(301, progress=False)
     matching(sampler.assignments, clustered["z_true"])
+
+
+def test_initial_assignments_cluster_directions_not_lengths():
+    """Three groups of task vectors leave a common start at 120 degrees to each other, each task
+    by a length from 0.3 to 30 (tasks with more data travel farther; every group holds the same
+    lengths). k-means over the directions (with restarts) finds the groups."""
+    gen = torch.Generator().manual_seed(3)
+    plane = torch.linalg.qr(torch.randn(40, 2, generator=gen))[0].T  # two orthonormal rows
+    angles = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3])
+    axes = torch.cos(angles)[:, None] * plane[0] + torch.sin(angles)[:, None] * plane[1]
+    truth = torch.arange(60) % 3
+    lengths = torch.logspace(math.log10(0.3), math.log10(30), 20).repeat_interleave(3)
+    thetas = 5.0 + lengths[:, None] * (axes[truth] + 0.1 * torch.randn(60, 40, generator=gen))
+    z = initial_assignments(thetas, 3, torch.Generator().manual_seed(0))
+    assert all(len(set(z[truth == g].tolist())) == 1 for g in range(3)), z.tolist()
+    assert len(set(z.tolist())) == 3
 
 
 def test_a_common_start_without_warmup_warns(clustered):

@@ -77,6 +77,13 @@ class TaskGradients:
         """g_task at theta [D]."""
         return self._one(task, theta, self.batch_of(task))
 
+    def losses(self, task: int, candidates: torch.Tensor) -> torch.Tensor:
+        """n_task times the mean loss of the task's minibatch of the step at each row of
+        candidates [M, D]: an estimate of -log p(D_task | candidate) [M] (no gradients)."""
+        batch = self.batch_of(task)
+        with torch.no_grad():
+            return torch.stack([self._loss(theta, batch) for theta in candidates]) * self.scales[task]
+
     def _sequential(self, tasks: Sequence[int], thetas: torch.Tensor, batches: Sequence[Any]) -> torch.Tensor:
         return torch.stack([self._one(task, theta, batch) for task, theta, batch in zip(tasks, thetas, batches)])
 

@@ -64,6 +64,9 @@ class ShardedSGLDGibbs(SGLDGibbs):
     def __init__(self, num_tasks: int, dim: int, grad_fn: GradFn, *, process_group=None,
                  num_shards: Optional[int] = None, fault_grace: float = 5.0, **options):
         num_tasks = validate.integer("num_tasks", num_tasks, 1)
+        if options.get("shift_lr") or options.get("z_update", "distance") != "distance":
+            raise ValueError("ShardedSGLDGibbs does not make the non-centred moves (shift_lr > 0, "
+                             "z_update='likelihood'); run them with SGLDGibbs in one process")
         comm = Collective(process_group, fault_grace)
         num_shards = comm.world_size if num_shards is None else \
             validate.integer("num_shards", num_shards, 1, num_tasks)

@@ -53,28 +53,43 @@ def rows_identical(x: torch.Tensor) -> bool:
     return x.shape[0] < 2 or x.stride(0) == 0 or bool((x == x[0]).all())
 
 
-def initial_assignments(thetas: torch.Tensor, k: int, generator: torch.Generator,
+def _lloyd(x: torch.Tensor, k: int, generator: torch.Generator, iterations: int):
+    """(labels [N] int64 CPU, within-cluster sum of squares) of k-means over the rows of x:
+    k-means++ seeding with `generator`, each row to its nearest centre, Lloyd iterations until
+    the labels settle (at most `iterations`)."""
+    centers = x[plus_plus_seeds(x, k, generator)].clone()
+    labels = squared_distances(x, centers).argmin(dim=1).cpu()
+    for _ in range(iterations):
+        for j in labels.unique().tolist():
+            centers[j] = x[(labels == j).nonzero().squeeze(1).to(x.device)].mean(0)
+        fresh = squared_distances(x, centers).argmin(dim=1).cpu()
+        if torch.equal(fresh, labels):
+            break
+        labels = fresh
+    inertia = sum(float((x[labels.to(x.device) == j] - centers[j]).pow(2).sum()) for j in labels.unique().tolist())
+    return labels, inertia
+
+
+def initial_assignments(thetas: torch.Tensor, k: int, generator: torch.Generator, restarts: int = 10,
                         lloyd_iterations: int = 20) -> torch.Tensor:
-    """z [N] int64 (CPU) for the start of the chain. Rows that differ: k-means++ seeding (with
-    `generator`), each row to its nearest centre, then Lloyd iterations until the labels settle.
-    Identical rows (nothing to cluster): a balanced assignment, task perm[j] to component j mod K."""
+    """z [N] int64 (CPU) for the start of the chain, from the DIRECTIONS in which the task
+    vectors left their mean: u_i = (theta_i - mean) / ||theta_i - mean|| (0 for a row at the
+    mean). k-means over the u_i (`_lloyd`), `restarts` times with seeds from `generator`, the
+    labels with the lowest within-cluster sum of squares kept. Directions, not the vectors: how
+    far a task's vector has moved mostly reflects how much data it has and how often it was
+    visited, and with raw vectors a few far-travelled tasks take components of their own
+    (docs/design.md section 10). Identical rows (nothing to cluster): a balanced assignment,
+    task perm[j] to component j mod K."""
     n = thetas.shape[0]
     if rows_identical(thetas):
         perm = torch.randperm(n, generator=generator)
         labels = torch.empty(n, dtype=torch.int64)
         labels[perm] = torch.arange(n) % k
         return labels
-    chosen = plus_plus_seeds(thetas, k, generator)
-    centers = thetas[chosen].clone()
-    labels = squared_distances(thetas, centers).argmin(dim=1).cpu()
-    for _ in range(lloyd_iterations):
-        for j in labels.unique().tolist():
-            centers[j] = thetas[(labels == j).nonzero().squeeze(1).to(thetas.device)].mean(0)
-        fresh = squared_distances(thetas, centers).argmin(dim=1).cpu()
-        if torch.equal(fresh, labels):
-            break
-        labels = fresh
-    return labels
+    deviations = thetas - thetas.mean(0)
+    directions = deviations / deviations.norm(dim=1, keepdim=True).clamp_min(torch.finfo(thetas.dtype).tiny)
+    runs = [_lloyd(directions, k, generator, lloyd_iterations) for _ in range(restarts)]
+    return min(runs, key=lambda run: run[1])[0]
 
 
 class Components:

@@ -13,31 +13,25 @@ One `step()` (t = step_count):
      grad_fn is called for each of them first (grad_fn.many once, if it has it), and nothing
      changes until all have returned (an exception or KeyboardInterrupt leaves the state as it was);
   2. theta_i <- theta_i - lr (g_i + (theta_i - c_i)/beta^2) + sqrt(2 lr T) xi for the B tasks,
-     c_i = phi (paper) or phi_{z_i} (mixture), and S_{z_i} += theta_i,new - theta_i,old, so the
-     component sums S (S = sum_i theta_i for the paper prior) stay exact. B = 1: one
-     `ops.sgld_step_` that also accumulates into S. B > 1: one `ops.sgld_step_list_` over the B
-     rows (all against the same phis), then S_{z_i} += new - old row by row in task order (the
-     op's accums would alias one S row B times). Noise: Philox (seed, offset 2t), element
-     b D + j for row b, so B = 1 is the single-tensor step.
-     ``preconditioned=True`` makes it pSGLD (Li et al. 2016, without the Gamma term): one
-     RMSprop average v of squared task gradients shared by all tasks, G = 1/(sqrt(v) + eps'),
-     drift scaled by G and noise variance by G; eps' = max(eps, lr/beta^2) keeps lr G/beta^2
-     <= 1 (the prior pull stays stable, the noise std at most beta sqrt(2T)). With B > 1 row b
-     is preconditioned by alpha v + (1 - alpha) g_b^2 (its own gradient, as a single step would),
-     and v then becomes the mean over b of those, alpha v + (1 - alpha) mean_b g_b^2;
-  3. mixture only: each stepped task's z_i from its conditional;
+     c_i = phi (paper) or phi_{z_i} (mixture), and S_{z_i} += theta_i,new - theta_i,old (S stays
+     the exact component sums). B = 1: one `ops.sgld_step_` that also accumulates into S; B > 1:
+     one `ops.sgld_step_list_` over the B rows, then S_{z_i} += new - old row by row in task order.
+     Noise: Philox (seed, offset 2t), element b D + j for row b. ``preconditioned=True``: pSGLD
+     (Li et al. 2016, without the Gamma term) with one RMSprop average v shared by all tasks and
+     the damping eps' = max(eps, lr/beta^2) (docs/design.md section 3); with B > 1 row b uses
+     alpha v + (1 - alpha) g_b^2 and v becomes alpha v + (1 - alpha) mean_b g_b^2;
+  3. mixture only: each stepped task's z_i from its conditional given theta_i (by distance);
+     z_update="likelihood" then again given eta_i (by likelihood, lift_ext.lift.noncentred);
   4. phi (paper): Langevin (eq. 9) phi <- phi - lr_phi ((phi - mu0)/sigma^2 - (S - N phi)/beta^2)
      + sqrt(2 lr_phi T) xi, or "gibbs": an exact draw N(m, T v I), v = 1/(1/sigma^2 + N/beta^2),
      m = v (mu0/sigma^2 + S/beta^2); noise at offset 2t + 1. Mixture: every phi_k by the same
      exact draw from its n_k members, then pi ~ Dir(a0 + n);
   5. paper only: after `burn_in` steps every `thin`-th phi is a sample for the OnlineGMM.
 lr is half the paper's eta (see lift_ext.sgld). A run is a pure function of its seed.
-Mixture start: with warmup_steps = 0, z comes from k-means++ over the initial thetas (a
-balanced seeded assignment when they are all equal); with warmup_steps = W > 0 the first W
-steps are the one-phi exact-Gibbs chain (z = 0) and k-means++ over the thetas then sets z.
-Memory: thetas [N, D] once, plus the K x D phis and S, mu0 (and the OnlineGMM's K x D arrays
-for the paper prior), all on `device` (default: the device of prior_mean, else of theta_init,
-else the CPU); grad_fn must return gradients on that device.
+Mixture start: z from k-means++ over the initial thetas (balanced and seeded when they are all
+equal), or, with warmup_steps = W > 0, over the thetas after W one-phi steps (z = 0 until then).
+Memory: thetas [N, D] once plus K x D arrays, all on `device` (default: the device of
+prior_mean, else of theta_init, else the CPU); grad_fn must return gradients on that device.
 """
 import warnings
 from typing import Dict, List, Optional, Sequence
@@ -51,11 +45,17 @@ from lift_ext.lift import sampler_state
 from lift_ext.lift.batched_grad import gradients_of
 from lift_ext.lift.mixture import MAX_COMPONENTS, Components, initial_assignments, keyed_generator, rows_identical
 from lift_ext.lift.prior import MixturePrior
+from lift_ext.lift.noncentred import draw_assignments_by_likelihood_, shift_components_
 from lift_ext.lift.task_order import TaskOrder
 from lift_ext.types import DeviceLike, GradFn
 
 _PHI_UPDATES = ("langevin", "gibbs")
 _PRIORS = ("paper", "mixture")
+_Z_UPDATES = ("distance", "likelihood")
+# The constructor's arguments that fix a chain (all but grad_fn, the tensors and the device).
+HPARAMS = ("num_tasks", "dim", "sigma", "beta", "lr", "lr_phi", "temperature", "phi_update", "burn_in", "thin",
+           "n_components", "seed", "preconditioned", "alpha", "eps", "tasks_per_step", "prior",
+           "dirichlet_alpha", "warmup_steps", "shift_lr", "z_update")
 
 
 def _default_device(device: DeviceLike, prior_mean, theta_init) -> torch.device:
@@ -92,7 +92,7 @@ class SGLDGibbs:
                  n_components: int = 1, seed: int = 0, preconditioned: bool = False,
                  alpha: float = 0.99, eps: float = 1e-8, tasks_per_step: int = 1,
                  prior: str = "paper", dirichlet_alpha: float = 1.0, warmup_steps: int = 0,
-                 device: DeviceLike = None):
+                 shift_lr: float = 0.0, z_update: str = "distance", device: DeviceLike = None):
         num_tasks, dim = validate.integer("num_tasks", num_tasks, 1), validate.integer("dim", dim, 1)
         burn_in, thin = validate.integer("burn_in", burn_in), validate.integer("thin", thin, 1)
         seed = validate.integer("seed", seed)
@@ -105,6 +105,11 @@ class SGLDGibbs:
         if warmup_steps and not mixture:
             raise ValueError(f"warmup_steps applies to prior='mixture' only, got {warmup_steps} with prior='paper'")
         dirichlet_alpha = validate.number("dirichlet_alpha", dirichlet_alpha)
+        shift_lr = validate.number("shift_lr", shift_lr, inclusive=True)
+        z_update = validate.one_of("z_update", z_update, _Z_UPDATES)
+        if z_update == "likelihood" and not (mixture and callable(getattr(grad_fn, "losses", None))):
+            raise TypeError("z_update='likelihood' needs prior='mixture' and a grad_fn with a method "
+                            "losses(task, candidates [K, D]) -> [K] (lift_ext.lift.TaskGradients has it)")
         sigma, beta, lr = (validate.number(n, v) for n, v in (("sigma", sigma), ("beta", beta), ("lr", lr)))
         lr_phi = validate.number("lr_phi", lr if lr_phi is None else lr_phi)
         temperature = validate.number("temperature", temperature, inclusive=True)
@@ -125,22 +130,18 @@ class SGLDGibbs:
             if not torch.isfinite(theta_init).all():
                 raise ValueError("theta_init must be finite")
 
-        self.num_tasks, self.dim, self.grad_fn = num_tasks, dim, grad_fn
-        self.sigma, self.beta, self.lr, self.lr_phi = sigma, beta, lr, lr_phi
-        self.temperature, self.phi_update, self.prior = temperature, phi_update, prior
-        self.burn_in, self.thin, self.seed = burn_in, thin, seed
-        self.preconditioned, self.alpha, self.eps = preconditioned, alpha, eps
-        self.tasks_per_step, self.warmup_steps = tasks_per_step, warmup_steps
-        self.n_components, self.dirichlet_alpha = n_components, dirichlet_alpha
+        checked = locals()
+        for name in HPARAMS:
+            setattr(self, name, checked[name])
+        self.grad_fn = grad_fn
         self._prior_mean = mu0
         start = _start_rows(theta_init, mu0, num_tasks, dim, dev)
         self._components = Components(n_components if mixture else 1, num_tasks, dim, dev, dirichlet_alpha)
         if mixture and warmup_steps == 0:
             if n_components > 1 and rows_identical(start):
-                warnings.warn("prior='mixture' with warmup_steps=0 and identical initial thetas: z starts "
-                              "from a random balanced assignment, from which components tend to merge "
-                              "and stay empty; set warmup_steps (a few epochs, e.g. 5 N / tasks_per_step)",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn("prior='mixture' with warmup_steps=0 and identical initial thetas: z starts from a "
+                              "random balanced assignment, from which components tend to merge and stay empty; "
+                              "set warmup_steps (a few epochs: 5 N / tasks_per_step)", RuntimeWarning, stacklevel=2)
             self._assign_by_kmeans(start)
         else:
             self._components.rebuild_(start, torch.zeros(num_tasks, dtype=torch.int64), mu0)
@@ -284,16 +285,24 @@ class SGLDGibbs:
             try:
                 comps.draw_assignments_(self._thetas, tasks, beta=self.beta, temperature=self.temperature,
                                         generator=generator)
+                if self.z_update == "likelihood" and comps.k > 1:
+                    draw_assignments_by_likelihood_(self._thetas, comps, tasks, self.grad_fn.losses,
+                                                    temperature=self.temperature, generator=generator)
             except FloatingPointError:
                 raise self._divergence("a theta or phi_k is not finite") from None
-        self._finish_step(t, mixing, generator, epoch, position)
+        self._finish_step(t, mixing, generator, epoch, position, tasks, grads)
         return tasks
 
-    def _finish_step(self, t: int, mixing: bool, generator, epoch, position) -> None:
-        """Steps 4 and 5 of step t (after its thetas and z), then on to (epoch, position)."""
+    def _finish_step(self, t: int, mixing: bool, generator, epoch, position, tasks=(), grads=()) -> None:
+        """Steps 4 and 5 of step t (after its thetas and z; the shift moves with the `grads`
+        of the stepped `tasks`), then on to (epoch, position)."""
         comps = self._components
         comps.draw_phis_(self._prior_mean, lr=self.lr_phi, temperature=self.temperature, sigma=self.sigma,
                          beta=self.beta, gibbs=self.phi_update == "gibbs", seed=self.seed, step=t)
+        if self.shift_lr > 0.0 and tasks:
+            shift_components_(self._thetas, comps, tasks, grads, self._square_avg, self._prior_mean,
+                              lr=self.shift_lr, temperature=self.temperature, sigma=self.sigma,
+                              alpha=self.alpha, eps=self.eps, seed=self.seed, step=t)
         if mixing:
             comps.draw_weights_(temperature=self.temperature, generator=generator)
         self._order.advance(epoch, position)
@@ -377,13 +386,7 @@ class SGLDGibbs:
     # ---- checkpoints (lift_ext.lift.sampler_state) -----------------------------------------
     def hparams(self) -> Dict[str, object]:
         """The constructor's arguments that fix the chain (all but grad_fn, the tensors and device)."""
-        return dict(num_tasks=self.num_tasks, dim=self.dim, sigma=self.sigma, beta=self.beta,
-                    lr=self.lr, lr_phi=self.lr_phi, temperature=self.temperature,
-                    phi_update=self.phi_update, burn_in=self.burn_in, thin=self.thin,
-                    n_components=self.n_components, seed=self.seed,
-                    preconditioned=self.preconditioned, alpha=self.alpha, eps=self.eps,
-                    tasks_per_step=self.tasks_per_step, prior=self.prior,
-                    dirichlet_alpha=self.dirichlet_alpha, warmup_steps=self.warmup_steps)
+        return {name: getattr(self, name) for name in HPARAMS}
 
     def save(self, path: str) -> None:
         """Write the whole sampler state to one file, atomically (temp file + rename)."""

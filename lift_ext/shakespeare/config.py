@@ -109,6 +109,8 @@ class BenchConfig:
     n_components: int = 4
     tasks_per_step: int = 8
     lift_warmup: float = 0.5
+    lift_shift_lr: float = 0.0
+    lift_z_update: str = "distance"
     burn_in: float = 0.5
     thin: int = 5
     # baselines
@@ -127,6 +129,7 @@ class BenchConfig:
         _check(validate.one_of, "suite", self.suite, SUITES)
         _check(validate.one_of, "eval_split", self.eval_split, EVAL_SPLITS)
         _check(validate.one_of, "lift_prior", self.lift_prior, LIFT_PRIORS)
+        _check(validate.one_of, "lift_z_update", self.lift_z_update, ("distance", "likelihood"))
         if not isinstance(self.methods, list) or not self.methods:
             raise ConfigError(f"methods must be a non-empty list of method names, got {self.methods!r}")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -152,6 +155,7 @@ class BenchConfig:
         _check(validate.number, "burn_in", self.burn_in, inclusive=True, high=1.0)
         _check(validate.number, "lift_warmup", self.lift_warmup, inclusive=True, high=1.0)
         _check(validate.number, "adapt_tol", self.adapt_tol, inclusive=True)
+        _check(validate.number, "lift_shift_lr", self.lift_shift_lr, inclusive=True)
         if not isinstance(self.adapt_lrs, list) or not self.adapt_lrs:
             raise ConfigError(f"adapt_lrs must be a non-empty list of numbers > 0, got {self.adapt_lrs!r}")
         for lr in self.adapt_lrs:

@@ -1,13 +1,14 @@
 """The LiFT variants' meta-training: SGLD-Gibbs chains over the meta-train roles and the
-meta-test prior each variant adapts under (docs/design.md sections 3, 4 and 10).
+meta-test prior each variant adapts under (docs/design.md sections 3, 4, 10 and 12).
 
     lift        the chain of ``cfg.lift_prior``: "mixture" (K = n_components shared adapters
-                phi_k in the hierarchy, its conditional phi_k, z, pi read as the prior) or
-                "paper" (one phi, an online-EM mixture of K components over its samples)
-    lift_k1     one component: a single Gaussian over the paper chain's phi samples (with one
-                component the mixture hierarchy is the paper's exact-Gibbs chain, so both
-                ablations share that chain)
-    lift_paper  the paper's chain with K components, whatever ``cfg.lift_prior`` is
+                phi_k in the hierarchy, with the non-centred moves of ``lift_shift_lr`` and
+                ``lift_z_update``; its conditional phi_k, z, pi read as the prior) or "paper"
+                (one phi, an online-EM mixture of K components over its samples)
+    lift_k1     the same chain with one component (mixture prior: K = 1 with the same moves;
+                paper prior: a single Gaussian over its phi samples), the ablation of K
+    lift_paper  the paper's chain (no non-centred moves) with its K-component mixture over
+                phi samples, whatever ``cfg.lift_prior`` is
     lift_sgld   lift's prior, adapted by SGLD sampling with prediction averaging (not MAP)
 
 Budget: a chain takes ``meta_steps`` steps of ``tasks_per_step`` = B tasks, each task's
@@ -38,7 +39,8 @@ def lift_batch(cfg) -> int:
 def _chain(model, tasks, cfg, *, prior: str, n_components: int, seed: int) -> LiFT:
     options = dict(prior=prior, tasks_per_step=cfg.tasks_per_step)
     if prior == "mixture":
-        options.update(dirichlet_alpha=1.0, warmup_steps=int(cfg.lift_warmup * cfg.meta_steps))
+        options.update(dirichlet_alpha=1.0, warmup_steps=int(cfg.lift_warmup * cfg.meta_steps),
+                       shift_lr=cfg.lift_shift_lr, z_update=cfg.lift_z_update)
     else:
         options.update(burn_in=int(cfg.burn_in * cfg.meta_steps), thin=cfg.thin)
     return LiFT(model, tasks, window_loss, sigma=cfg.sigma, beta=cfg.beta, lr=cfg.lift_lr,
@@ -63,13 +65,13 @@ def _needs(method: str, cfg) -> Tuple[str, int]:
     if method == "lift_paper":
         return "paper", cfg.n_components
     if method == "lift_k1":
-        return "paper", 1
+        return cfg.lift_prior, 1
     return cfg.lift_prior, cfg.n_components  # lift, lift_sgld
 
 
 def _chain_of(prior: str, components: int, cfg) -> Tuple[str, int]:
     """The chain that yields a (prior, components) meta-test prior: the paper chain serves
-    both K and 1 components (mixtures over the same phi samples)."""
+    both K and 1 components (mixtures over the same phi samples); a mixture chain has its K."""
     return (prior, cfg.n_components) if prior == "paper" else (prior, components)
 
 

@@ -1,0 +1,123 @@
+"""The non-centred moves of `SGLDGibbs` (docs/design.md section 12).
+
+Write the hierarchy in its non-centred coordinates, theta_i = phi_{z_i} + beta eta_i with
+eta_i ~ N(0, I). Two moves hold every eta fixed:
+
+**Shift** (``shift_lr`` > 0). Moving phi_k moves phi_k and all n_k of its members' theta_i by
+the same vector delta. The move is one (p)SGLD step on phi_k in these coordinates, whose
+potential (units of the summed task losses) is
+
+    U_k(phi_k) = sum_{i: z_i = k} -log p(D_i | phi_k + beta eta_i) + ||phi_k - mu0||^2 / (2 sigma^2),
+
+with gradient sum_{i: z_i = k} g_i(theta_i) + (phi_k - mu0) / sigma^2. The sum over the
+members is estimated by n_k times the mean gbar_k of the gradients of the members stepped in
+this step (the evaluations of the theta step, taken at the thetas before it). The step size is
+lr_shift / n_k on U_k, i.e. lr_shift on the members' mean loss U_k / n_k:
+
+    delta = -lr_shift G (gbar_k + (phi_k - mu0) / (n_k sigma^2)) + sqrt(2 lr_shift T G / n_k) xi,
+
+G = 1 / (sqrt(v') + eps') with v' = alpha v + (1 - alpha) gbar_k^2 from a copy of the sampler's
+square average v (pSGLD, the sampler's own v is not changed), or G = 1 without preconditioning.
+It is one `ops.sgld_step_` on phi_k at temperature T / n_k with prior precision 1 / (n_k
+sigma^2), so the damping eps' follows the kernel's rule.
+
+Why: in the centred chain phi_k follows the mean of its members, and a member moves only when
+it is visited (once every N / B steps), so phi_k learns at the pace of one task's visits. The
+shift moves phi_k with the gradient of every visit of any member, as a multitask step on the
+component's tasks would. Alternating the centred moves (theta steps, exact phi_k draws) with
+this non-centred one is the interweaving strategy for hierarchical models (Yu and Meng, 2011).
+
+Noise: Philox with the seed keyed from (seed, "shift") at offset 2t + 1 + k 2^40 (the phi_k
+offsets, under another key: independent of every other draw of the chain).
+
+**Assignment by likelihood** (``z_update="likelihood"``). Changing z_i from k0 to k with eta_i
+fixed carries theta_i to c_ik = theta_i + phi_k - phi_k0. The prior terms do not depend on z_i
+in these coordinates, so its conditional is
+
+    P(z_i = k) ∝ pi_k p(D_i | c_ik)^(1/T),   log p(D_i | c) estimated by -nll_i(c),
+
+nll_i(c) = n_i times the mean loss of task i's minibatch of the step (the grad_fn's
+``losses(i, candidates)``, K forward passes). Drawn by Gumbel-max with the step's uniforms; at
+T = 0 the component of the lowest nll. Unlike the distance draw (lift_ext.lift.mixture), it
+compares how well each component's adapter FITS the task's data, so a task whose vector sits
+near the wrong phi_k (its eta_i small, as the shift keeps it) still moves to the component that
+fits it. The two draws complement each other: given theta_i (the distance draw, which the
+sampler always makes first) a task far from its phi_k moves, given eta_i a task near the wrong
+one does; alternating them leaves the posterior unchanged.
+"""
+import math
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from lift_ext import ops
+from lift_ext.lift.mixture import Components, keyed_seed
+
+
+def shift_seed(seed: int) -> int:
+    """The Philox seed of the shift moves of a chain with seed `seed`."""
+    return keyed_seed("SGLDGibbs.shift", seed)
+
+
+def shift_components_(thetas: torch.Tensor, comps: Components, tasks: Sequence[int],
+                      grads: Sequence[torch.Tensor], square_avg: Optional[torch.Tensor],
+                      prior_mean: Optional[torch.Tensor], *, lr: float, temperature: float,
+                      sigma: float, alpha: float, eps: float, seed: int, step: int) -> None:
+    """The shift move (module docstring) of every component with a member among `tasks`
+    (after their z draws), with `grads` [their gradients, in the order of `tasks`]: phi_k,
+    its members' rows of `thetas` [N, D] and S_k (recomputed from those rows) change."""
+    members: Dict[int, List[int]] = {}
+    for row, task in enumerate(tasks):
+        members.setdefault(int(comps.assignments[task]), []).append(row)
+    for comp in sorted(members):
+        rows = members[comp]
+        n_k = comps.counts[comp]
+        mean_grad = torch.stack([grads[r] for r in rows]).mean(dim=0)
+        phi = comps.phis[comp]
+        old = phi.clone()
+        average = None if square_avg is None else square_avg.clone()
+        ops.sgld_step_(phi, mean_grad, prior_mean, None, average, lr=lr, temperature=temperature / n_k,
+                       prior_precision=1.0 / (n_k * sigma**2), alpha=alpha, eps=eps, seed=shift_seed(seed),
+                       offset=Components.phi_offset(step, comp))
+        index = (comps.assignments == comp).nonzero().squeeze(1).to(thetas.device)
+        thetas.index_add_(0, index, (phi - old).expand(len(index), -1))
+        comps.sums[comp].copy_(thetas.index_select(0, index).sum(dim=0))
+
+
+def draw_assignments_by_likelihood_(thetas: torch.Tensor, comps: Components, tasks: Sequence[int],
+                                    nll: Callable[[int, torch.Tensor], torch.Tensor], *,
+                                    temperature: float, generator: torch.Generator) -> None:
+    """z_i of each of `tasks` from its non-centred conditional (module docstring), with `nll(i,
+    candidates [K, D]) -> [K]`; a moved task's row of `thetas` becomes its candidate and S, n
+    follow. FloatingPointError with nothing moved when a score is NaN (the chain diverged)."""
+    uniforms = comps.gumbel_uniforms(len(tasks), temperature, generator)
+    log_weights = comps.weights.clamp_min(1e-300).log()
+    moves = []
+    for row, task in enumerate(tasks):
+        old = int(comps.assignments[task])
+        candidates = thetas[task][None, :] + comps.phis - comps.phis[old][None, :]
+        losses = nll(task, candidates).detach().to("cpu", torch.float64)
+        if losses.shape != (comps.k,):
+            raise ValueError(f"grad_fn.losses({task}, candidates) must return a Tensor [{comps.k}], got "
+                             f"{tuple(losses.shape)}")
+        if temperature > 0.0:
+            scores = log_weights - losses / temperature - torch.log(-torch.log(uniforms[row].clamp_min(1e-300)))
+        else:
+            scores = -losses
+        if bool(scores.isnan().any()) or not math.isfinite(float(scores.max())):
+            raise FloatingPointError("a stepped theta or a phi_k is not finite")
+        moves.append((task, old, int(scores.argmax()), candidates))
+    for task, old, comp, candidates in moves:
+        if comp == old:
+            continue
+        comps.sums[old].sub_(thetas[task])
+        thetas[task].copy_(candidates[comp])
+        comps.sums[comp].add_(thetas[task])
+        comps.assignments[task] = comp
+        comps.counts[old] -= 1
+        comps.counts[comp] += 1
+        if comps.counts[old] == 0:
+            comps.sums[old].zero_()
+
+
+__all__ = ["shift_components_", "shift_seed", "draw_assignments_by_likelihood_"]

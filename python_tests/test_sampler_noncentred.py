@@ -1,0 +1,189 @@
+"""The non-centred moves of SGLDGibbs (lift_ext.lift.noncentred): the shift of a component with
+all its members, and the assignment draw by likelihood. Checked against the float64 reference
+step, against their conditionals, and on the clustered conjugate model of
+test_sampler_mixture.py (whose exact phi_k posteriors the chain must keep)."""
+import math
+
+import pytest
+import torch
+
+from lift_ext import reference
+from lift_ext.lift import SGLDGibbs
+from lift_ext.lift.mixture import Components
+from lift_ext.lift.noncentred import draw_assignments_by_likelihood_, shift_components_, shift_seed
+
+from test_sampler_mixture import BETA, D, K, N, S2, SIGMA, clustered, matching, mixture  # noqa: F401
+
+
+def _state(k=3, n=7, d=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    thetas = torch.randn(n, d, generator=gen)
+    comps = Components(k, n, d, torch.device("cpu"))
+    comps.rebuild_(thetas, torch.arange(n) % k, None)
+    return thetas, comps, gen
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_shift_is_one_sgld_step_of_phi_carrying_its_members(preconditioned):
+    """Components 0 and 2 have stepped members (tasks 0, 3 and 2); component 1 has none and
+    does not move. A moved phi_k is the reference step (mean gradient, prior precision
+    1/(n_k sigma^2), temperature T / n_k, the shift's Philox stream); every member moves by
+    the same delta, S_k is the sum of the members' rows."""
+    thetas, comps, gen = _state()
+    mu0 = torch.randn(5, generator=gen)
+    grads = [torch.randn(5, generator=gen) for _ in range(3)]
+    square_avg = torch.rand(5, generator=gen) + 0.1 if preconditioned else None
+    before_avg = None if square_avg is None else square_avg.clone()
+    tasks, (lr, temperature, sigma, seed, step) = [0, 3, 2], (0.01, 0.5, 2.0, 11, 4)
+    old_thetas, old_phis = thetas.clone(), comps.phis.clone()
+    shift_components_(thetas, comps, tasks, grads, square_avg, mu0, lr=lr, temperature=temperature,
+                      sigma=sigma, alpha=0.9, eps=1e-8, seed=seed, step=step)
+    if square_avg is not None:
+        assert torch.equal(square_avg, before_avg)  # the sampler's own average is not changed
+    for comp, rows in ((0, [0, 1]), (2, [2])):
+        n_k = comps.counts[comp]
+        noise = reference.philox_normal(5, seed=shift_seed(seed), offset=Components.phi_offset(step, comp))
+        want, _, _ = reference.sgld_step(old_phis[comp], torch.stack([grads[r] for r in rows]).mean(0), noise,
+                                         lr=lr, temperature=temperature / n_k, prior_mean=mu0,
+                                         prior_precision=1.0 / (n_k * sigma**2), square_avg=before_avg,
+                                         alpha=0.9, eps=1e-8)
+        torch.testing.assert_close(comps.phis[comp].double(), want, rtol=1e-5, atol=1e-6)
+        members = comps.assignments == comp
+        delta = comps.phis[comp] - old_phis[comp]
+        torch.testing.assert_close(thetas[members], old_thetas[members] + delta)
+        torch.testing.assert_close(comps.sums[comp], thetas[members].sum(0))
+    assert torch.equal(comps.phis[1], old_phis[1])
+    assert torch.equal(thetas[comps.assignments == 1], old_thetas[comps.assignments == 1])
+
+
+def test_shift_keeps_the_exact_phi_posteriors(clustered):
+    """The shift is a Langevin move of the same posterior: with it the chain still finds the
+    partition and samples each phi_k's exact posterior (tolerances of test_sampler_mixture:
+    mean error < 0.2 posterior sd, variance within 15 %). A shift noise without the 1 / n_k
+    (n_k times too much variance) or a drift on the sum instead of the mean fails them."""
+    sampler = mixture(clustered, shift_lr=5e-3)
+    sampler.run(1000, progress=False)
+    total = torch.zeros(K, D, dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    steps = 5000
+    for _ in range(steps):
+        sampler.step()
+        total += sampler.phis.double()
+        total_sq += sampler.phis.double() ** 2
+    label_of = matching(sampler.assignments, clustered["z_true"])
+    mean = (total / steps)[label_of]
+    var = (total_sq / steps)[label_of] - mean**2
+    sd = clustered["post_var"].sqrt()[:, None]
+    ratio = var.mean(1) / clustered["post_var"]
+    assert float(((mean - clustered["post_mean"]).abs() / sd).mean()) < 0.2
+    assert bool(((ratio - 1).abs() < 0.15).all()), ratio
+
+
+def test_likelihood_draw_follows_its_conditional_and_carries_theta():
+    """P(z = k) ∝ pi_k exp(-nll(theta + phi_k - phi_z) / T) at T = 2 from 4000 draws; a move
+    carries theta to its candidate and S with it."""
+    temperature = 2.0
+    thetas, comps, _ = _state(k=3, n=1, d=4)
+    comps.phis.copy_(torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.5, 1.5]]))
+    comps.weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    target = torch.tensor([0.5, 0.2, 0.0, 1.0])
+
+    def nll(task, candidates):
+        return (candidates - target).pow(2).sum(1)
+
+    start = thetas[0].clone()
+    candidates = start[None] + comps.phis - comps.phis[0]
+    want = torch.softmax(comps.weights.log() - nll(0, candidates).double() / temperature, 0)
+    seen = torch.zeros(3)
+    for i in range(4000):
+        rows, state = thetas.clone(), Components(3, 1, 4, torch.device("cpu"))
+        state.rebuild_(rows, torch.zeros(1, dtype=torch.int64), None)
+        state.phis.copy_(comps.phis)
+        state.weights = comps.weights
+        draw_assignments_by_likelihood_(rows, state, [0], nll, temperature=temperature,
+                                        generator=torch.Generator().manual_seed(i))
+        k = int(state.assignments[0])
+        seen[k] += 1
+        torch.testing.assert_close(rows[0], candidates[k])
+        assert torch.equal(state.sums[k], rows[0]) and state.counts[k] == 1
+    freq = seen.double() / 4000
+    assert bool(((freq - want).abs() < 4 * (want * (1 - want) / 4000).sqrt()).all()), (freq, want)
+
+
+class _ExactGradients:
+    """grad_fn of the clustered model with `losses`: nll_i(c) = n_i ||c - ybar_i||^2 / (2 s^2)."""
+
+    def __init__(self, clustered):
+        self.grad_fn, self.ybar = clustered["grad_fn"], clustered["ybar"]
+        self.sizes = [float(clustered["grad_fn"](i, self.ybar[i] + 1)[0] * S2) for i in range(N)]
+
+    def __call__(self, task, theta):
+        return self.grad_fn(task, theta)
+
+    def losses(self, task, candidates):
+        return self.sizes[task] * (candidates - self.ybar[task]).pow(2).sum(1) / (2 * S2)
+
+
+def _carried_into_the_wrong_component(clustered, z_update):
+    """A chain at the true partition with every theta_i at its phi_k plus a little noise, except
+    that tasks 0, 3 and 6 (cluster 0) sit at phi_1 and are assigned to component 1 (as after a
+    shift with the wrong component)."""
+    sampler = SGLDGibbs(N, D, _ExactGradients(clustered), sigma=SIGMA, beta=BETA, lr=5e-3, prior="mixture",
+                        n_components=K, phi_update="gibbs", prior_mean=clustered["mu0"],
+                        theta_init=clustered["ybar"], tasks_per_step=N, z_update=z_update, temperature=0.1)
+    z = clustered["z_true"].clone()
+    z[[0, 3, 6]] = 1
+    centres = clustered["post_mean"].float()
+    sampler.thetas.copy_(centres[z] + 0.01 * torch.randn(N, D, generator=torch.Generator().manual_seed(0)))
+    sampler._components.rebuild_(sampler.thetas, z, clustered["mu0"])
+    return sampler
+
+
+def test_likelihood_assignments_move_a_task_near_the_wrong_component(clustered):
+    """Tasks whose vectors sit at the wrong phi_k: the likelihood draw moves them to the
+    component that fits their data within one step and carries their vectors there; the
+    distance draw alone keeps them where they are."""
+    sampler = _carried_into_the_wrong_component(clustered, "likelihood")
+    sampler.step()
+    matching(sampler.assignments, clustered["z_true"])
+    home, away = sampler.phis[int(sampler.assignments[0])], sampler.phis[int(sampler.assignments[1])]
+    assert float((sampler.thetas[0] - home).norm()) < 0.1 * float((home - away).norm())
+    for k in range(K):
+        members = sampler.thetas[sampler.assignments == k].double().sum(0)
+        torch.testing.assert_close(sampler.task_sums[k].double(), members, rtol=0, atol=1e-4)
+    stuck = _carried_into_the_wrong_component(clustered, "distance")
+    stuck.run(5, progress=False)
+    assert stuck.assignments[[0, 3, 6]].tolist() == [int(stuck.assignments[1])] * 3
+
+
+def test_defaults_change_nothing(clustered):
+    """shift_lr = 0 and z_update = "distance" are the mixture chain as before, bitwise."""
+    a, b = mixture(clustered), mixture(clustered, shift_lr=0.0, z_update="distance")
+    a.run(40, progress=False)
+    b.run(40, progress=False)
+    assert torch.equal(a.thetas, b.thetas) and torch.equal(a.phis, b.phis)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(shift_lr=-1e-3), ValueError, "shift_lr"),
+    (dict(z_update="nearest"), ValueError, "z_update"),
+    (dict(z_update="likelihood"), TypeError, "losses"),
+    (dict(z_update="likelihood", prior="paper", phi_update="gibbs", n_components=1), TypeError, "prior='mixture'"),
+])
+def test_bad_arguments_are_refused(clustered, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        mixture(clustered, **kwargs)
+
+
+def test_one_component_shift_moves_every_task(clustered):
+    """The paper prior (K = 1) takes the shift too: phi and all N thetas move together."""
+    sampler = SGLDGibbs(N, D, clustered["grad_fn"], sigma=SIGMA, beta=BETA, lr=1e-3, phi_update="gibbs",
+                        prior_mean=clustered["mu0"], theta_init=clustered["ybar"], tasks_per_step=3,
+                        shift_lr=1e-2, temperature=0.0)
+    before = sampler.thetas.clone()
+    stepped = sampler.step()
+    untouched = [i for i in range(N) if i not in stepped]
+    delta = sampler.thetas[untouched] - before[untouched]
+    assert float(delta.abs().max()) > 0
+    torch.testing.assert_close(delta, delta[:1].expand_as(delta))
+    assert math.isclose(float(sampler.task_sum.sum()), float(sampler.thetas.sum()), rel_tol=1e-5)
