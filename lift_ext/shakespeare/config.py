@@ -66,7 +66,10 @@ class BenchConfig:
     family adapters, of Reptile's and FO-MAML's inner loops and of FO-MAML's outer step),
     ``inner_steps``, ``outer_lr`` (Reptile's interpolation factor), ``mbc_clusters``.
     LiFT's chains take ``tasks_per_step`` tasks per step (each on batch_size // tasks_per_step
-    windows); the mixture prior's first ``lift_warmup`` fraction of steps is one-phi warm-up.
+    windows); the mixture prior's first ``lift_warmup`` fraction of steps is one-phi warm-up;
+    its non-centred moves (docs/design.md section 12): ``lift_shift_lr`` (step of the shift of
+    each component with its members, 0 = off) and ``lift_z_update`` ("likelihood": z also
+    redrawn by how well each component fits the task's minibatch; "distance": by distance only).
     Adaptation: at most ``adapt_steps`` RMSprop-preconditioned steps with the learning rate
     picked per method from ``adapt_lrs`` on the meta-val roles, stopped when the support
     objective, checked every ``adapt_eval_every`` steps (0: at the end only), has improved by
@@ -108,8 +111,8 @@ class BenchConfig:
     lift_preconditioned: bool = True
     n_components: int = 4
     tasks_per_step: int = 8
-    lift_warmup: float = 0.5
-    lift_shift_lr: float = 0.0
+    lift_warmup: float = 0.25
+    lift_shift_lr: float = 3e-3
     lift_z_update: str = "distance"
     burn_in: float = 0.5
     thin: int = 5
