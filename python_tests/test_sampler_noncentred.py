@@ -187,3 +187,20 @@ def test_one_component_shift_moves_every_task(clustered):
     assert float(delta.abs().max()) > 0
     torch.testing.assert_close(delta, delta[:1].expand_as(delta))
     assert math.isclose(float(sampler.task_sum.sum()), float(sampler.thetas.sum()), rel_tol=1e-5)
+
+
+def test_lift_passes_shift_lr_in_the_units_of_lr():
+    """LiFT: shift_lr is an RMSprop step with preconditioning and per example without it
+    (divided by the mean task size, like lr)."""
+    from lift_ext.lift import LiFT, TensorTask
+    model = torch.nn.Linear(3, 1)
+    gen = torch.Generator().manual_seed(0)
+    tasks = [TensorTask(torch.randn(n, 3, generator=gen), torch.randn(n, 1, generator=gen), batch_size=2)
+             for n in (4, 8)]
+
+    def loss(call, batch):
+        return (call(batch[0]) - batch[1]).pow(2).mean()
+
+    common = dict(sigma=1.0, beta=0.5, lr=1e-3, prior="mixture", n_components=1, shift_lr=2e-3)
+    assert LiFT(model, tasks, loss, preconditioned=True, **common).sampler.shift_lr == 2e-3
+    assert LiFT(model, tasks, loss, **common).sampler.shift_lr == pytest.approx(2e-3 / 6)

@@ -10,8 +10,10 @@ lr / n_ref, n_ref = the mean task size, which makes its steps match a mean-loss 
 With ``preconditioned=True`` the theta steps are pSGLD (a shared RMSprop average, see
 `SGLDGibbs`) and ``lr`` is passed unchanged: the preconditioned step is scale-free, so lr is
 an RMSprop step size (about the change of each weight per step), as for the baselines.
-``lr_phi`` (Langevin phi only) stays per example. Other `SGLDGibbs` options (e.g. its prior
-model, alpha, eps) pass through as keyword arguments. With tasks_per_step = B > 1 the B task
+``lr_phi`` (Langevin phi only) stays per example. ``shift_lr`` (the non-centred shift,
+docs/design.md section 12) is treated like lr: divided by n_ref without preconditioning, an
+RMSprop step size with it. Other `SGLDGibbs` options (e.g. its prior model, alpha, eps,
+z_update) pass through as keyword arguments. With tasks_per_step = B > 1 the B task
 gradients of a step can come from one vmapped forward/backward (`batched_grads`: True, False,
 or None = on for an adapter on a GPU, off on the CPU where it measured slower; see
 lift_ext.lift.batched_grad, which falls back to B passes where the model does not allow it).
@@ -92,6 +94,8 @@ class LiFT:
         if isinstance(prior_mean, str) and prior_mean not in ("init", "zero"):
             raise ValueError(f"prior_mean must be 'init', 'zero' or a Tensor, got {prior_mean!r}")
         self._bind(model, tasks, loss_fn, select, seed, batched_grads)
+        if not preconditioned and isinstance(sampler_options.get("shift_lr"), (int, float)):
+            sampler_options["shift_lr"] = sampler_options["shift_lr"] / self.reference_size
         mu0 = prior_mean if not isinstance(prior_mean, str) else \
             (self.init_vector if prior_mean == "init" else None)
         self.sampler = self._new_sampler(
