@@ -74,9 +74,7 @@ void TensorTable::step(const SgldScalars& scalars) const {
 void TensorTable::step_graphsafe(const at::Tensor& rng_state, SgldScalars scalars) const {
   check_rng_state(rng_state, device_);
   if (device_.is_cpu()) {
-    int64_t* state = rng_state.data_ptr<int64_t>();
-    TORCH_CHECK(state[0] >= 0, "seed must be >= 0, got ", state[0]);
-    TORCH_CHECK(state[1] >= 0, "offset must be >= 0, got ", state[1]);
+    int64_t* state = checked_cpu_rng_state(rng_state);
     scalars.seed = static_cast<uint64_t>(state[0]);
     scalars.offset = static_cast<uint64_t>(state[1]);
     step(scalars);

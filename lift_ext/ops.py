@@ -63,7 +63,10 @@ def sgld_step_list_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
     Eager calls on plain tensors / Parameters take `_C.sgld_step_list_eager`, the same op
     through the dispatcher's typed entry, which skips torch.ops' per-tensor conversion of the
     lists (about a third of the host time of a call with hundreds of tensors); traced calls
-    and anything else (subclasses, __torch_function__ modes) go through torch.ops."""
+    and anything else (subclasses, __torch_function__ modes) go through torch.ops. An empty
+    params is refused (ValueError): the op dispatches on its tensors and there are none."""
+    if len(params) == 0:
+        raise ValueError("params must hold at least one tensor (an empty list: nothing to step)")
     if not torch.compiler.is_compiling() and not torch._C._is_torch_function_mode_enabled():
         done = _loader._C.sgld_step_list_eager(params, grads, prior_means, accums, square_avgs,
                                                 lr, temperature, prior_precision, alpha, eps,

@@ -287,8 +287,12 @@ def test_refused_call_advances_no_generator(use_default):
     (dict(seed=3.0), ValueError, "seed must be an int"), (dict(seed=1, offset=2.0), ValueError, "offset must be an int"),
     (dict(seed=True), ValueError, "seed must be an int"), (dict(generator=5), TypeError, "generator must be a torch.Generator"),
     (dict(lr=3e38 * 10), ValueError, "lr must be a finite number in"), (dict(eps=0.0), ValueError, "eps must be"),
+    (dict(eps=1e-50, square_avg=torch.zeros(5)), ValueError, "eps must be within float32's range"),
+    (dict(prior_precision=1e300), ValueError, "prior_precision must be a finite number in"),
+    (dict(lr="0.1"), ValueError, "lr must be a finite number"),
 ])
 def test_scalar_arguments_are_refused_by_name(kwargs, error, message):
+    kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     p = torch.randn(5)
     snapshot = p.clone()
     with pytest.raises(error, match=message):
@@ -410,3 +414,16 @@ def test_cpu_and_cuda_agree_on_lists_longer_than_one_launch():
     for key in ("param", "accum", "square"):
         for a, b in zip(cpu[key], gpu[key]):
             assert torch.equal(a, b.cpu()), key
+
+
+def test_empty_list_is_refused_by_name():
+    """No tensors: a ValueError naming params (the dispatcher's 'no tensor arguments' before);
+    the generator it would draw from is left alone."""
+    gen = torch.Generator().manual_seed(1)
+    before = gen.get_state()
+    with pytest.raises(ValueError, match="params must hold at least one tensor"):
+        lift_ext.sgld_step([], [], lr=1e-3, generator=gen)
+    assert torch.equal(gen.get_state(), before)
+    with pytest.raises(ValueError, match="params must hold at least one tensor"):
+        lift_ext.ops.sgld_step_list_([], [], [], [], [], lr=1e-3, temperature=1.0, prior_precision=0.0,
+                                     alpha=0.99, eps=1e-8, seed=0, offset=0)
