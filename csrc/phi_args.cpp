@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include "lift_ext/float32_range.h"
+#include "lift_ext/overlap.h"
 
 namespace lift_ext {
 
@@ -29,6 +30,10 @@ PhiScalars prepare_phi_call(const at::Tensor& phi, const at::Tensor& sum,
     TORCH_CHECK(m.device() == phi.device(), "prior_mean must be on the device of phi (",
                 phi.device(), "), got ", m.device());
   }
+  const at::Tensor no_tensor;
+  check_tensors_disjoint({{"phi", &phi, true},
+                          {"task_sum", &sum, false},
+                          {"prior_mean", prior_mean ? &*prior_mean : &no_tensor, false}});
   TORCH_CHECK(std::isfinite(lr) && lr >= 0.0, "lr must be a finite number >= 0, got ", lr);
   TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0,
               "temperature must be a finite number >= 0, got ", temperature);
@@ -38,6 +43,7 @@ PhiScalars prepare_phi_call(const at::Tensor& phi, const at::Tensor& sum,
   TORCH_CHECK(seed >= 0, "seed must be >= 0, got ", seed);
   TORCH_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
 
+  float32_scalar("temperature", temperature);
   float32_scalar("sigma", sigma);
   float32_scalar("beta", beta);
   const double inv_sigma2 = 1.0 / (sigma * sigma);

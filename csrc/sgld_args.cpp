@@ -88,6 +88,7 @@ SgldScalars prepare_sgld_scalars(double lr, double temperature, double prior_pre
   TORCH_CHECK(std::isfinite(lr) && lr >= 0.0, "lr must be a finite number >= 0, got ", lr);
   TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0,
               "temperature must be a finite number >= 0, got ", temperature);
+  float32_scalar("temperature", temperature);
   TORCH_CHECK(std::isfinite(prior_precision) && prior_precision >= 0.0,
               "prior_precision must be a finite number >= 0, got ", prior_precision);
   TORCH_CHECK(seed >= 0, "seed must be >= 0, got ", seed);

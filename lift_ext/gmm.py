@@ -225,7 +225,7 @@ class OnlineGMM:
         (var_k + beta^2) to grad [D] float32 in place, so a following `lift_ext.sgld_step`
         on theta uses it; returns the responsibilities r [K] float64."""
         self._require_initialized()
-        reg = self.reg_covar + float(beta) ** 2
+        reg = self.reg_covar + validate.number("beta", beta, inclusive=True) ** 2
         _, resp = ops.gmm_estep(theta.reshape(1, -1), self._means, self._m2, self._counts, reg=reg)
         ops.gmm_prior_grad_(grad, theta, self._means, self._m2, self._counts, resp[0], reg=reg,
                             scale=float(scale))
