@@ -129,8 +129,8 @@ def sgld_step_table_(table: torch.ScriptObject, *, lr: float, temperature: float
                      prior_precision: float, alpha: float, eps: float, seed: int,
                      offset: int) -> None:
     """sgld_step_list_ over the tensors of `table` (a torch.classes.lift_ext.TensorTable, the
-    handle of `lift_ext.TensorTable`), bitwise, with O(1) host work: its tensors were checked
-    when it was built. Eager calls take `_C.sgld_step_table_eager` (the typed dispatcher entry,
+    handle of `lift_ext.TensorTable`), bitwise, with O(1) host work besides the version bump of
+    each tensor it writes: its tensors were checked when it was built. Eager calls take `_C.sgld_step_table_eager` (the typed dispatcher entry,
     without the GIL), __torch_function__ modes torch.ops. Not for tracing: the tensors it
     writes are inside the table, where the schema cannot mark them; traced code calls
     sgld_step_list_ on the table's lists."""

@@ -257,7 +257,8 @@ def test_is_current_notices_replacements(change):
     with torch.no_grad():
         params[0].add_(1.0)  # in place: still current
         params[1].grad.mul_(2.0)
-    lift_ext.sgld_step(table, seed=0, offset=0, **HP)
+    with torch.no_grad():  # Parameters: leaves that require grad
+        lift_ext.sgld_step(table, seed=0, offset=0, **HP)
     assert table.is_current() and table.is_current(params)
     with pytest.raises(RuntimeError, match="use_count"):  # torch refuses to swap a held tensor
         torch.utils.swap_tensors(params[0], torch.nn.Parameter(torch.randn(6)))
