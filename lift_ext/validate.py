@@ -42,6 +42,16 @@ def number(name: str, value: Any, *, low: float = 0.0, inclusive: bool = False,
     return float(value)
 
 
+def scale(name: str, value: Any) -> float:
+    """`value` as a positive float32 standard deviation whose precision 1 / value^2 (which the
+    kernels compute in float32) is also within float32's range: value >= ~5.4e-20."""
+    value = number(name, value)
+    if 1.0 / (value * value) > FLOAT32_MAX:
+        raise ValueError(f"{name} must be >= {FLOAT32_MAX ** -0.5:g} (1 / {name}^2 must be within "
+                         f"float32's range), got {value!r}")
+    return value
+
+
 def one_of(name: str, value: Any, choices: Iterable[Any]) -> Any:
     """`value` if it is one of `choices`."""
     choices = tuple(choices)

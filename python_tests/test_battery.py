@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import lift_ext
-from lift_ext import ops
+from lift_ext import ops, validate
 from lift_ext.gmm import OnlineGMM
-from lift_ext.lift import (FlatParams, MixturePrior, SGLDGibbs, ShardedSGLDGibbs, TensorTask, adapt,
-                           mean_loss_grad)
+from lift_ext.lift import (LiFT, FlatParams, MixturePrior, SGLDGibbs, ShardedLiFT, ShardedSGLDGibbs, TensorTask,
+                           adapt, mean_loss_grad)
 from lift_ext.optim import SGLD
 
 CLEAR = (ValueError, TypeError, RuntimeError)
@@ -644,6 +644,28 @@ def _add_adapt_cases():
             return (model, flat, task, args), lambda: adapt(flat, task, loss_fn, **args)
 
 
+def _add_trainer_cases():
+    def loss_fn(call, batch):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(call(x), y)
+
+    bad = {"sigma 0": dict(sigma=0.0), "beta nan": dict(beta=float("nan")), "lr string": dict(lr="0.1"),
+           "lr huge": dict(lr=1e300), "prior_mean string": dict(prior_mean="nope"), "no tasks": "no tasks",
+           "task_adapters nan": "nan", "unknown option": dict(nope=1), "n_components 0": dict(n_components=0)}
+    for kind, kwargs in bad.items():
+        for cls in (LiFT, ShardedLiFT):
+            @case(f"{cls.__name__}({kind})")
+            def make(kwargs=kwargs, cls=cls):
+                model = _tiny_model()
+                tasks = [TensorTask(_randn(8, 3, seed=i), torch.zeros(8, dtype=torch.int64), batch_size=4)
+                         for i in range(3)]
+                if kwargs == "no tasks":
+                    tasks, kwargs = [], {}
+                elif kwargs == "nan":
+                    kwargs = dict(task_adapters=torch.full((3, 26), float("nan")))
+                return (model, tasks, kwargs), lambda: cls(model, tasks, loss_fn, **kwargs)
+
+
 def _add_task_cases():
     for kind, (tensors, kwargs) in {"none": ((), {}), "rows differ": ((torch.zeros(3, 2), torch.zeros(4)), {}),
                                     "batch_size 0": ((torch.zeros(3, 2),), dict(batch_size=0)),
@@ -660,7 +682,7 @@ def _add_task_cases():
 
 for _add in (_add_sgld_tensor_cases, _add_sgld_scalar_cases, _add_rng_state_cases, _add_optimizer_cases,
              _add_noise_cases, _add_phi_cases, _add_mixture_op_cases, _add_online_gmm_cases, _add_sampler_cases,
-             _add_flat_and_prior_cases, _add_adapt_cases, _add_task_cases):
+             _add_flat_and_prior_cases, _add_adapt_cases, _add_trainer_cases, _add_task_cases):
     _add()
 
 
@@ -671,7 +693,8 @@ def test_battery_covers_every_public_entry_point():
     public += [f"OnlineGMM.{m}" for m in ("update", "log_prob", "responsibilities", "predict", "sample",
                                           "add_prior_grad_", "load_state_dict")] + ["OnlineGMM("]
     public += ["SGLDGibbs(", "ShardedSGLDGibbs(", "SGLDGibbs.step", "FlatParams(", "FlatParams.load_",
-               "MixturePrior(", "MixturePrior.add_prior_grad_", "adapt(", "TensorTask(", "mean_loss_grad("]
+               "MixturePrior(", "MixturePrior.add_prior_grad_", "adapt(", "TensorTask(", "mean_loss_grad(",
+               "LiFT(", "ShardedLiFT("]
     missing = [p for p in public if p not in names and p not in ("ops.sgld_step_", "ops.sgld_step_table_",
                                                                  "ops.sgld_step_table_graphsafe_")]
     assert not missing, missing
@@ -686,3 +709,11 @@ def test_bad_input_raises_and_leaves_everything_untouched(name, make):
     with pytest.raises(CLEAR):
         call()
     assert_same(before, snapshot(state), name)
+
+
+@pytest.mark.parametrize("value", [1e-20, 0.0, float("nan"), 1e39])
+def test_validate_scale_refuses_a_precision_beyond_float32(value):
+    """validate.scale: a standard deviation whose 1 / value^2 overflows float32 is refused."""
+    with pytest.raises(ValueError, match="sigma must be"):
+        validate.scale("sigma", value)
+    assert validate.scale("sigma", 1e-19) == 1e-19
