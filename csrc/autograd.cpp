@@ -9,6 +9,8 @@
 // The kernels then run the op below autograd (AutoDispatchBelowADInplaceOrView). Without
 // them, the dispatcher's boxed autograd fallback ran instead: these unboxed kernels cost less.
 // Inside torch.inference_mode() the autograd keys are skipped, as for torch's ops.
+#include <utility>
+
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -38,12 +40,18 @@ c10::TypedOperatorHandle<Fn> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
 }
 
-void check_list(at::TensorList list, const char* name) {
-  for (const at::Tensor& t : list) check_writable(t, name);
+// The lists an SGLD step writes: params, accums, square_avgs.
+void check_sgld_written(at::TensorList params, at::TensorList accums, at::TensorList square_avgs) {
+  for (const auto& [list, name] : {std::pair{params, "params"}, std::pair{accums, "accum"},
+                                   std::pair{square_avgs, "square_avg"}}) {
+    for (const at::Tensor& t : list) check_writable(t, name);
+  }
 }
 
-void bump_list(at::TensorList list) {
-  for (const at::Tensor& t : list) bump_version(t);
+void bump_sgld_written(at::TensorList params, at::TensorList accums, at::TensorList square_avgs) {
+  for (const at::TensorList list : {params, accums, square_avgs}) {
+    for (const at::Tensor& t : list) bump_version(t);
+  }
 }
 
 void sgld_step_list_autograd(at::TensorList params, at::TensorList grads,
@@ -51,18 +59,14 @@ void sgld_step_list_autograd(at::TensorList params, at::TensorList grads,
                              at::TensorList square_avgs, double lr, double temperature,
                              double prior_precision, double alpha, double eps, int64_t seed,
                              int64_t offset) {
-  check_list(params, "params");
-  check_list(accums, "accum");
-  check_list(square_avgs, "square_avg");
+  check_sgld_written(params, accums, square_avgs);
   static const auto op = find_op<SgldListFn>("lift_ext::sgld_step_list_");
   {
     const at::AutoDispatchBelowADInplaceOrView below;
     op.call(params, grads, prior_means, accums, square_avgs, lr, temperature, prior_precision,
             alpha, eps, seed, offset);
   }
-  bump_list(params);
-  bump_list(accums);
-  bump_list(square_avgs);
+  bump_sgld_written(params, accums, square_avgs);
 }
 
 void sgld_step_graphsafe_autograd(at::TensorList params, at::TensorList grads,
@@ -70,9 +74,7 @@ void sgld_step_graphsafe_autograd(at::TensorList params, at::TensorList grads,
                                   at::TensorList square_avgs, const at::Tensor& rng_state,
                                   double lr, double temperature, double prior_precision,
                                   double alpha, double eps) {
-  check_list(params, "params");
-  check_list(accums, "accum");
-  check_list(square_avgs, "square_avg");
+  check_sgld_written(params, accums, square_avgs);
   check_writable(rng_state, "rng_state");
   static const auto op = find_op<SgldGraphsafeFn>("lift_ext::sgld_step_graphsafe_");
   {
@@ -80,9 +82,7 @@ void sgld_step_graphsafe_autograd(at::TensorList params, at::TensorList grads,
     op.call(params, grads, prior_means, accums, square_avgs, rng_state, lr, temperature,
             prior_precision, alpha, eps);
   }
-  bump_list(params);
-  bump_list(accums);
-  bump_list(square_avgs);
+  bump_sgld_written(params, accums, square_avgs);
   bump_version(rng_state);
 }
 

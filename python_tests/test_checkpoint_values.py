@@ -76,3 +76,22 @@ def test_spoiled_value_is_refused(saved, tmp_path, key, value, message):
 
 def test_unspoiled_file_loads(saved):
     assert SGLDGibbs.load(saved, _grad_fn).step_count == 7
+
+
+@pytest.mark.parametrize("spoil,message", [
+    (lambda s: s.update(thetas=torch.full_like(s["thetas"], float("nan"))), "finite"),
+    (lambda s: s.update(thetas=torch.zeros(1, D)), "thetas of shard"),
+    (lambda s: s.update(shard=1), "holds shard"),
+])
+def test_spoiled_shard_file_is_refused(tmp_path, spoil, message):
+    from lift_ext.lift import ShardedSGLDGibbs
+    sampler = ShardedSGLDGibbs(N, D, _grad_fn, num_shards=2, sigma=2.0, beta=0.5, lr=1e-3, seed=3)
+    sampler.run(3, progress=False)
+    path = str(tmp_path / "set")
+    sampler.save(path)
+    shard0 = os.path.join(path, next(f for f in sorted(os.listdir(path)) if f.startswith("shard-0-")))
+    state = load_checked(shard0, fmt="lift_ext.ShardedSGLDGibbs.shard", version=1, required=())
+    spoil(state)
+    save_atomic(state, shard0)
+    with pytest.raises(CheckpointError, match=message):
+        ShardedSGLDGibbs.load(path, _grad_fn)
