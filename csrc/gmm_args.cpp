@@ -5,6 +5,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "lift_ext/overlap.h"
+
 namespace lift_ext {
 namespace {
 
@@ -67,6 +69,11 @@ GmmSizes check_gmm_mstep_args(const at::Tensor& means, const at::Tensor& m2,
   check_samples(x, means, sizes);
   check_tensor(resp, "resp", at::kDouble, means, "means");
   check_shape(resp, "resp", {sizes.batch, sizes.components}, "([B, K])");
+  check_tensors_disjoint({{"means", &means, true},
+                          {"m2", &m2, true},
+                          {"counts", &counts, true},
+                          {"x", &x, false},
+                          {"resp", &resp, false}});
   return sizes;
 }
 
@@ -83,6 +90,12 @@ GmmSizes check_gmm_prior_grad_args(const at::Tensor& grad, const at::Tensor& the
   check_shape(resp, "resp", {sizes.components}, "([K])");
   check_reg(reg);
   TORCH_CHECK(std::isfinite(scale), "scale must be finite, got ", scale);
+  check_tensors_disjoint({{"grad", &grad, true},
+                          {"theta", &theta, false},
+                          {"means", &means, false},
+                          {"m2", &m2, false},
+                          {"counts", &counts, false},
+                          {"resp", &resp, false}});
   sizes.batch = 1;
   return sizes;
 }

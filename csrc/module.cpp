@@ -150,6 +150,10 @@ PyObject* sgld_step_table_graphsafe_eager(PyObject* /*self*/, PyObject* args) {
   }
   const TablePtr table = unwrap_table(handle);
   const at::Tensor rng_state = THPVariable_Unpack(state);
+  // The op dispatches on rng_state alone: one on another device (meta) would reach that
+  // device's kernel and skip the step.
+  TORCH_CHECK(rng_state.device() == table->device(), "rng_state must be on the device of the "
+              "table (", table->device(), "), got ", rng_state.device());
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("lift_ext::sgld_step_table_graphsafe_", "")
                              .typed<SgldTableGraphsafeFn>();

@@ -147,4 +147,20 @@ void check_disjoint(const std::vector<MemoryRange>& ranges, c10::ArrayRef<Memory
   }
 }
 
+void check_tensors_disjoint(std::initializer_list<NamedTensor> tensors) {
+  std::vector<MemoryRange> ranges;
+  std::vector<MemoryRole> roles;
+  ranges.reserve(tensors.size());
+  roles.reserve(tensors.size());
+  for (const NamedTensor& t : tensors) {
+    const bool has_bytes = t.tensor->defined() && t.tensor->numel() > 0;
+    roles.push_back(MemoryRole{t.name, t.written, has_bytes ? size_t{1} : size_t{0}});
+    if (has_bytes) {
+      const auto begin = reinterpret_cast<uintptr_t>(t.tensor->data_ptr());
+      ranges.push_back(MemoryRange{begin, begin + static_cast<uintptr_t>(t.tensor->nbytes())});
+    }
+  }
+  check_disjoint(ranges, roles, {}, false);
+}
+
 }  // namespace lift_ext

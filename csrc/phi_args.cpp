@@ -4,6 +4,9 @@
 
 #include <c10/util/Exception.h>
 
+#include "lift_ext/float32_range.h"
+#include "lift_ext/overlap.h"
+
 namespace lift_ext {
 
 PhiScalars prepare_phi_call(const at::Tensor& phi, const at::Tensor& sum,
@@ -27,6 +30,10 @@ PhiScalars prepare_phi_call(const at::Tensor& phi, const at::Tensor& sum,
     TORCH_CHECK(m.device() == phi.device(), "prior_mean must be on the device of phi (",
                 phi.device(), "), got ", m.device());
   }
+  const at::Tensor no_tensor;
+  check_tensors_disjoint({{"phi", &phi, true},
+                          {"task_sum", &sum, false},
+                          {"prior_mean", prior_mean ? &*prior_mean : &no_tensor, false}});
   TORCH_CHECK(std::isfinite(lr) && lr >= 0.0, "lr must be a finite number >= 0, got ", lr);
   TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0,
               "temperature must be a finite number >= 0, got ", temperature);
@@ -36,17 +43,20 @@ PhiScalars prepare_phi_call(const at::Tensor& phi, const at::Tensor& sum,
   TORCH_CHECK(seed >= 0, "seed must be >= 0, got ", seed);
   TORCH_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
 
+  float32_scalar("temperature", temperature);
+  float32_scalar("sigma", sigma);
+  float32_scalar("beta", beta);
   const double inv_sigma2 = 1.0 / (sigma * sigma);
   const double inv_beta2 = 1.0 / (beta * beta);
   const double variance = 1.0 / (inv_sigma2 + static_cast<double>(num_tasks) * inv_beta2);
   const double noise_scale =
       gibbs ? std::sqrt(temperature * variance) : std::sqrt(2.0 * lr * temperature);
-  return PhiScalars{static_cast<float>(lr),
-                    static_cast<float>(inv_sigma2),
-                    static_cast<float>(inv_beta2),
+  return PhiScalars{float32_scalar("lr", lr),
+                    float32_scalar("sigma", inv_sigma2, " (as 1 / sigma^2)"),
+                    float32_scalar("beta", inv_beta2, " (as 1 / beta^2)"),
                     static_cast<float>(num_tasks),
-                    static_cast<float>(noise_scale),
-                    static_cast<float>(variance),
+                    float32_scalar("temperature", noise_scale, " (as the noise scale)"),
+                    float32_scalar("sigma", variance, " (as the conditional variance)"),
                     gibbs ? 1 : 0,
                     static_cast<uint64_t>(seed),
                     static_cast<uint64_t>(offset)};

@@ -2,7 +2,7 @@
 // register their kernels with TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/ (the TensorTable
 // ops, which take no tensor to dispatch on but rng_state, once in csrc/table.cpp); fake (meta)
 // kernels live in lift_ext/ops.py. In-place ops end in `_` and take the tensors they write
-// first.
+// first; their autograd kernels (csrc/autograd.cpp) bump the written tensors' versions.
 #include <torch/library.h>
 
 #include "lift_ext/table.h"
@@ -32,7 +32,8 @@ TORCH_LIBRARY(lift_ext, m) {
       "Tensor(b!)[] accums, Tensor(c!)[] square_avgs, Tensor(d!) rng_state, float lr, "
       "float temperature, float prior_precision, float alpha, float eps) -> ()");
   // The list step over the tensors of a TensorTable: bitwise the same as sgld_step_list_ on its
-  // lists, with O(1) host work (the checks ran when the table was built). The tensors it
+  // lists, with O(1) host work besides the version bumps of the tensors it writes (the checks
+  // ran when the table was built). The tensors it
   // writes are inside the table, so the schema cannot mark them (a class argument takes no
   // alias annotation): torch.compile and functionalization must use sgld_step_list_.
   m.def(

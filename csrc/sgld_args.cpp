@@ -1,13 +1,16 @@
-#include <algorithm>
 #include "lift_ext/sgld_args.h"
 
+#include <algorithm>
+#include <cfloat>
 #include <cmath>
+#include <limits>
 #include <ostream>
 #include <string>
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include "lift_ext/float32_range.h"
 #include "lift_ext/overlap.h"
 
 namespace lift_ext {
@@ -85,24 +88,28 @@ SgldScalars prepare_sgld_scalars(double lr, double temperature, double prior_pre
   TORCH_CHECK(std::isfinite(lr) && lr >= 0.0, "lr must be a finite number >= 0, got ", lr);
   TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0,
               "temperature must be a finite number >= 0, got ", temperature);
+  float32_scalar("temperature", temperature);
   TORCH_CHECK(std::isfinite(prior_precision) && prior_precision >= 0.0,
               "prior_precision must be a finite number >= 0, got ", prior_precision);
   TORCH_CHECK(seed >= 0, "seed must be >= 0, got ", seed);
   TORCH_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
   if (preconditioned) {
     TORCH_CHECK(alpha >= 0.0 && alpha < 1.0, "alpha must be in [0, 1), got ", alpha);
-    TORCH_CHECK(std::isfinite(eps) && eps > 0.0, "eps must be a finite number > 0, got ", eps);
+    // eps below float32's smallest normal would round to 0 and G = 1 / (sqrt(v) + 0) = inf.
+    TORCH_CHECK(std::isfinite(eps) && eps >= FLT_MIN, "eps must be a finite number >= ", FLT_MIN,
+                " (float32's smallest normal), got ", eps);
   }
   const double noise_scale = std::sqrt(2.0 * lr * temperature);
   // pSGLD damping eps' = max(eps, lr * prior_precision) (docs/design.md section 2): keeps the
   // prior pull lr G lam <= 1 and the noise variance 2 lr T G <= 2 T / lam where G = 1/eps'
   // (a weight whose gradient is still 0).
-  const double damping = std::max(eps, lr * prior_precision);
-  return SgldScalars{static_cast<float>(lr),
-                     static_cast<float>(prior_precision),
-                     static_cast<float>(noise_scale),
+  const double damping = preconditioned ? std::max(eps, lr * prior_precision) : eps;
+  return SgldScalars{float32_scalar("lr", lr),
+                     float32_scalar("prior_precision", prior_precision),
+                     float32_scalar("temperature", noise_scale, " (as sqrt(2 lr temperature))"),
                      static_cast<float>(alpha),
-                     static_cast<float>(damping),
+                     preconditioned ? float32_scalar("eps", damping, " (as max(eps, lr prior_precision))")
+                                    : static_cast<float>(damping),
                      static_cast<uint64_t>(seed),
                      static_cast<uint64_t>(offset)};
 }
@@ -198,6 +205,14 @@ void check_rng_state(const at::Tensor& rng_state, const at::Device& device) {
   TORCH_CHECK(rng_state.is_contiguous(), "rng_state must be contiguous");
   TORCH_CHECK(rng_state.device() == device, "rng_state must be on the device of params (", device,
               "), got ", rng_state.device());
+}
+
+int64_t* checked_cpu_rng_state(const at::Tensor& rng_state) {
+  int64_t* state = rng_state.data_ptr<int64_t>();
+  TORCH_CHECK(state[0] >= 0, "rng_state seed must be >= 0, got ", state[0]);
+  TORCH_CHECK(state[1] >= 0 && state[1] < std::numeric_limits<int64_t>::max(),
+              "rng_state offset must be in [0, 2^63 - 2] (the step adds 1 to it), got ", state[1]);
+  return state;
 }
 
 void check_philox_normal_args(const at::Tensor& out, int64_t seed, int64_t offset) {

@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "lift_ext/autograd_rules.h"
 #include "lift_ext/sgld_run.h"
 
 namespace lift_ext {
@@ -45,6 +46,12 @@ TensorTable::TensorTable(std::vector<at::Tensor> params, std::vector<at::Tensor>
                                     impl->dtype()});
     }
   }
+  for (const Role role : {kParams, kAccums, kSquareAvgs}) {
+    for (const at::Tensor& t : tensors_[role]) {
+      written_.push_back(t.unsafeGetTensorImpl());
+      check_written_ = check_written_ || t.requires_grad() || t.is_inference();
+    }
+  }
   const auto& ps = tensors_[kParams];
   const auto& gs = tensors_[kGrads];
   grad_is_param_grad_.resize(ps.size());
@@ -59,33 +66,53 @@ TensorTable::TensorTable(std::vector<at::Tensor> params, std::vector<at::Tensor>
 #endif
 }
 
-void TensorTable::step(const SgldScalars& scalars) const {
-  if (call_.slots.empty()) return;
-  if (device_.is_cpu()) {
-    run_sgld_cpu(call_.slots.data(), static_cast<int64_t>(call_.slots.size()), call_.grad_dtype,
-                 scalars);
-    return;
+void TensorTable::check_writable_tensors() const {
+  if (!check_written_) return;
+  static const char* const names[] = {"params", "accum", "square_avg"};
+  size_t k = 0;
+  for (const Role role : {kParams, kAccums, kSquareAvgs}) {
+    for (const at::Tensor& t : tensors_[role]) check_writable(t, names[k]);
+    ++k;
   }
+}
+
+void TensorTable::bump_versions() const {
+  for (c10::TensorImpl* t : written_) t->bump_version();
+}
+
+void TensorTable::step(const SgldScalars& scalars) const {
+  check_writable_tensors();
+  if (device_.is_cpu()) {
+    if (!call_.slots.empty()) {
+      run_sgld_cpu(call_.slots.data(), static_cast<int64_t>(call_.slots.size()),
+                   call_.grad_dtype, scalars);
+    }
+  } else {
 #if defined(LIFT_EXT_WITH_CUDA)
-  run_sgld_table_cuda(device_slots_, call_.grad_dtype, scalars, nullptr);
+    if (!call_.slots.empty()) run_sgld_table_cuda(device_slots_, call_.grad_dtype, scalars, nullptr);
 #endif
+  }
+  bump_versions();
 }
 
 void TensorTable::step_graphsafe(const at::Tensor& rng_state, SgldScalars scalars) const {
   check_rng_state(rng_state, device_);
+  check_writable(rng_state, "rng_state");
   if (device_.is_cpu()) {
-    int64_t* state = rng_state.data_ptr<int64_t>();
-    TORCH_CHECK(state[0] >= 0, "seed must be >= 0, got ", state[0]);
-    TORCH_CHECK(state[1] >= 0, "offset must be >= 0, got ", state[1]);
+    int64_t* state = checked_cpu_rng_state(rng_state);
     scalars.seed = static_cast<uint64_t>(state[0]);
     scalars.offset = static_cast<uint64_t>(state[1]);
     step(scalars);
     state[1] += 1;
+    bump_version(rng_state);
     return;
   }
 #if defined(LIFT_EXT_WITH_CUDA)
+  check_writable_tensors();
   // Also without slots (a table of empty tensors): the offset still advances.
   run_sgld_table_cuda(device_slots_, call_.grad_dtype, scalars, rng_state.data_ptr<int64_t>());
+  bump_versions();
+  bump_version(rng_state);
 #endif
 }
 

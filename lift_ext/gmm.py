@@ -19,12 +19,11 @@ picks K of them as centres; every buffered sample goes to its nearest centre; ea
 starts with the count and mean of its samples and the pooled within-cluster variance of the
 buffer (a cluster of one sample has no variance of its own). Later samples are EM updates.
 """
-import math
 from typing import Dict, Optional, Union
 
 import torch
 
-from lift_ext import ops
+from lift_ext import ops, validate
 from lift_ext.kmeans import plus_plus_seeds, squared_distances
 
 DeviceLike = Union[str, torch.device, None]
@@ -41,8 +40,7 @@ class OnlineGMM:
         for name, value in (("n_components", n_components), ("dim", dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not (isinstance(reg_covar, (int, float)) and math.isfinite(reg_covar) and reg_covar > 0):
-            raise ValueError(f"reg_covar must be a finite number > 0, got {reg_covar!r}")
+        reg_covar = validate.number("reg_covar", reg_covar)
         warmup = 4 * n_components if warmup is None else warmup
         if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < n_components:
             raise ValueError(f"warmup must be an int >= n_components ({n_components}), got {warmup!r}")
@@ -227,7 +225,7 @@ class OnlineGMM:
         (var_k + beta^2) to grad [D] float32 in place, so a following `lift_ext.sgld_step`
         on theta uses it; returns the responsibilities r [K] float64."""
         self._require_initialized()
-        reg = self.reg_covar + float(beta) ** 2
+        reg = self.reg_covar + validate.number("beta", beta, inclusive=True) ** 2
         _, resp = ops.gmm_estep(theta.reshape(1, -1), self._means, self._m2, self._counts, reg=reg)
         ops.gmm_prior_grad_(grad, theta, self._means, self._m2, self._counts, resp[0], reg=reg,
                             scale=float(scale))
@@ -269,8 +267,7 @@ class OnlineGMM:
                              f"({warmup}), got {list(buf.shape)}")
         if warmup < k:
             raise ValueError(f"state['warmup'] must be >= n_components ({k}), got {warmup}")
-        if not (math.isfinite(reg) and reg > 0):
-            raise ValueError(f"state['reg_covar'] must be a finite number > 0, got {reg}")
+        validate.number("state['reg_covar']", reg)
         for key in ("means", "m2", "counts", "warmup_buffer"):
             if not bool(torch.isfinite(state[key]).all()):
                 raise ValueError(f"state[{key!r}] contains NaN or Inf")

@@ -63,16 +63,31 @@ def sgld_step_list_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
     Eager calls on plain tensors / Parameters take `_C.sgld_step_list_eager`, the same op
     through the dispatcher's typed entry, which skips torch.ops' per-tensor conversion of the
     lists (about a third of the host time of a call with hundreds of tensors); traced calls
-    and anything else (subclasses, __torch_function__ modes) go through torch.ops."""
-    if not torch.compiler.is_compiling() and not torch._C._is_torch_function_mode_enabled():
-        done = _loader._C.sgld_step_list_eager(params, grads, prior_means, accums, square_avgs,
-                                                lr, temperature, prior_precision, alpha, eps,
-                                                seed, offset)
-        if done is not NotImplemented:
-            return
-    torch.ops.lift_ext.sgld_step_list_(list(params), list(grads), list(prior_means),
-                                       list(accums), list(square_avgs), lr, temperature,
-                                       prior_precision, alpha, eps, seed, offset)
+    and anything else (subclasses, __torch_function__ modes) go through torch.ops. An empty
+    params is refused (ValueError): the op dispatches on its tensors and there are none."""
+    _require_params(params)
+    try:
+        if not torch.compiler.is_compiling() and not torch._C._is_torch_function_mode_enabled():
+            done = _loader._C.sgld_step_list_eager(params, grads, prior_means, accums, square_avgs,
+                                                    lr, temperature, prior_precision, alpha, eps,
+                                                    seed, offset)
+            if done is not NotImplemented:
+                return
+        torch.ops.lift_ext.sgld_step_list_(list(params), list(grads), list(prior_means),
+                                           list(accums), list(square_avgs), lr, temperature,
+                                           prior_precision, alpha, eps, seed, offset)
+    except OverflowError:
+        raise _seed_offset_error(seed, offset) from None
+
+
+def _require_params(params) -> None:
+    if len(params) == 0:
+        raise ValueError("params must hold at least one tensor (an empty list: nothing to step)")
+
+
+def _seed_offset_error(seed, offset) -> ValueError:
+    """The error for an int the op cannot take (Python raises a nameless OverflowError)."""
+    return ValueError(f"seed and offset must be ints in [0, 2^63 - 1], got seed={seed!r}, offset={offset!r}")
 
 
 @torch.library.register_fake("lift_ext::sgld_step_list_")
@@ -87,7 +102,9 @@ def sgld_step_graphsafe_(params: Sequence[torch.Tensor], grads: Sequence[torch.T
                          lr: float, temperature: float, prior_precision: float, alpha: float,
                          eps: float) -> None:
     """The list step with (seed, offset) read from int64 rng_state [2] on the params' device,
-    which is then advanced in place (offset += 1, on the device): CUDA-graph safe."""
+    which is then advanced in place (offset += 1, on the device): CUDA-graph safe. An empty
+    params is refused as in sgld_step_list_."""
+    _require_params(params)
     torch.ops.lift_ext.sgld_step_graphsafe_(list(params), list(grads), list(prior_means),
                                             list(accums), list(square_avgs), rng_state, lr,
                                             temperature, prior_precision, alpha, eps)
@@ -112,17 +129,20 @@ def sgld_step_table_(table: torch.ScriptObject, *, lr: float, temperature: float
                      prior_precision: float, alpha: float, eps: float, seed: int,
                      offset: int) -> None:
     """sgld_step_list_ over the tensors of `table` (a torch.classes.lift_ext.TensorTable, the
-    handle of `lift_ext.TensorTable`), bitwise, with O(1) host work: its tensors were checked
-    when it was built. Eager calls take `_C.sgld_step_table_eager` (the typed dispatcher entry,
+    handle of `lift_ext.TensorTable`), bitwise, with O(1) host work besides the version bump of
+    each tensor it writes: its tensors were checked when it was built. Eager calls take `_C.sgld_step_table_eager` (the typed dispatcher entry,
     without the GIL), __torch_function__ modes torch.ops. Not for tracing: the tensors it
     writes are inside the table, where the schema cannot mark them; traced code calls
     sgld_step_list_ on the table's lists."""
-    if not torch._C._is_torch_function_mode_enabled():
-        _loader._C.sgld_step_table_eager(table, lr, temperature, prior_precision, alpha, eps, seed,
-                                         offset)
-        return
-    torch.ops.lift_ext.sgld_step_table_(table, lr, temperature, prior_precision, alpha, eps, seed,
-                                        offset)
+    try:
+        if not torch._C._is_torch_function_mode_enabled():
+            _loader._C.sgld_step_table_eager(table, lr, temperature, prior_precision, alpha, eps,
+                                             seed, offset)
+            return
+        torch.ops.lift_ext.sgld_step_table_(table, lr, temperature, prior_precision, alpha, eps,
+                                            seed, offset)
+    except OverflowError:
+        raise _seed_offset_error(seed, offset) from None
 
 
 @torch.library.register_fake("lift_ext::sgld_step_table_")
@@ -203,9 +223,10 @@ def phi_step_(phi: torch.Tensor, task_sum: torch.Tensor, prior_mean: Optional[to
 @torch.library.register_fake("lift_ext::phi_step_")
 def _phi_step_fake(phi, task_sum, prior_mean, lr, temperature, sigma, beta, num_tasks, gibbs, seed, offset):
     torch._check(phi.dtype == torch.float32, lambda: f"phi must be float32, got {phi.dtype}")
-    torch._check(task_sum.shape == phi.shape, lambda: "task_sum must have the shape of phi")
-    if prior_mean is not None:
-        torch._check(prior_mean.shape == phi.shape, lambda: "prior_mean must have the shape of phi")
+    for name, t in (("task_sum", task_sum), ("prior_mean", prior_mean)):
+        if t is not None:
+            torch._check(t.shape == phi.shape, lambda: f"{name} must have the shape of phi")
+            torch._check(t.device == phi.device, lambda: f"{name} must be on the device of phi")
 
 
 # ---- mixture ------------------------------------------------------------------------------

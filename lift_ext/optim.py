@@ -4,7 +4,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 
 from lift_ext import ops, validate
-from lift_ext.sgld import check_hyper_parameters, draw_seed_offset, resolve_seed_offset
+from lift_ext.sgld import MAX_SEED, check_hyper_parameters, draw_seed_offset, resolve_seed_offset
 from lift_ext.table import TensorTable
 
 # (params with a grad, their grads, their square averages) of one group: the lists of a step.
@@ -108,6 +108,9 @@ class SGLD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.offset + len(self.param_groups) - 1 > MAX_SEED:
+            raise ValueError(f"the noise offset {self.offset} cannot advance further (offsets end at "
+                             f"2^63 - 1): set a new seed")
         traced = torch.compiler.is_compiling()
         plans = [(i, group, self._plan(i, group, traced)) for i, group in enumerate(self.param_groups)]
         for index, group, plan in plans:

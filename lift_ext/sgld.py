@@ -20,14 +20,14 @@ from lift_ext import ops, validate
 from lift_ext.table import TensorTable, as_tensor_list, check_elements
 from lift_ext.types import DeviceLike, TensorOrList
 
-_MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1  # the largest seed and offset (int64)
 
 
 def draw_seed_offset(generator: Optional[torch.Generator]) -> Tuple[int, int]:
     """Draw a fresh (seed, offset) pair from `generator` (the default CPU generator if None),
     advancing it; two draws give independent noise streams."""
     gen = generator if generator is not None else torch.default_generator
-    pair = torch.randint(0, _MAX_SEED, (2,), generator=gen, device=gen.device, dtype=torch.int64)
+    pair = torch.randint(0, MAX_SEED, (2,), generator=gen, device=gen.device, dtype=torch.int64)
     seed, offset = pair.tolist()
     return int(seed), int(offset)
 
@@ -57,7 +57,7 @@ def resolve_seed_offset(seed: Optional[int], offset: Optional[int],
     if generator is not None:
         raise ValueError("pass either seed/offset or generator, not both")
     offset = 0 if offset is None else offset
-    return validate.integer("seed", seed, 0, _MAX_SEED), validate.integer("offset", offset, 0, _MAX_SEED)
+    return validate.integer("seed", seed, 0, MAX_SEED), validate.integer("offset", offset, 0, MAX_SEED)
 
 
 def _warn_if_unstable(lr: float, prior_precision: float, preconditioned: bool) -> None:

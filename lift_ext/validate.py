@@ -9,6 +9,8 @@ import torch
 
 # float32's largest finite value: a hyper-parameter beyond it overflows inside the kernels.
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+# float32's smallest normal value: a nonzero hyper-parameter below it rounds to 0 or a subnormal.
+FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
 
 
 def integer(name: str, value: Any, low: int = 0, high: Optional[int] = None) -> int:
@@ -22,7 +24,9 @@ def integer(name: str, value: Any, low: int = 0, high: Optional[int] = None) -> 
 def number(name: str, value: Any, *, low: float = 0.0, inclusive: bool = False,
            high: Optional[float] = None, high_inclusive: bool = False) -> float:
     """`value` as a finite float > low (>= low with inclusive=True), optionally < high
-    (<= high with high_inclusive=True)."""
+    (<= high with high_inclusive=True), and representable in float32 (the kernels compute in
+    float32): |value| <= FLOAT32_MAX, and 0 or |value| >= FLOAT32_TINY (a smaller one rounds
+    to 0 or loses its precision)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value >= low if inclusive else value > low)
     if ok and high is not None:
@@ -32,7 +36,20 @@ def number(name: str, value: Any, *, low: float = 0.0, inclusive: bool = False,
         if high is not None:
             bound = f"in {'[' if inclusive else '('}{low:g}, {high:g}{']' if high_inclusive else ')'}"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    if abs(value) > FLOAT32_MAX or 0 < abs(value) < FLOAT32_TINY:
+        raise ValueError(f"{name} must be within float32's range (0 or {FLOAT32_TINY:g} <= |value| <= "
+                         f"{FLOAT32_MAX:g}), got {value!r}")
     return float(value)
+
+
+def scale(name: str, value: Any) -> float:
+    """`value` as a positive float32 standard deviation whose precision 1 / value^2 (which the
+    kernels compute in float32) is also within float32's range: value >= ~5.4e-20."""
+    value = number(name, value)
+    if 1.0 / (value * value) > FLOAT32_MAX:
+        raise ValueError(f"{name} must be >= {FLOAT32_MAX ** -0.5:g} (1 / {name}^2 must be within "
+                         f"float32's range), got {value!r}")
+    return value
 
 
 def one_of(name: str, value: Any, choices: Iterable[Any]) -> Any:

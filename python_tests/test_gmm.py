@@ -177,6 +177,9 @@ def test_constructor_checks():
                    dict(n_components=2, dim=3, reg_covar=0.0), dict(n_components=2, dim=3, warmup=1)):
         with pytest.raises(ValueError):
             OnlineGMM(**kwargs)
+    for reg in (1e-50, 1e39):  # finite, but 0 or inf as the kernels' float32
+        with pytest.raises(ValueError, match="reg_covar must be within float32's range"):
+            OnlineGMM(2, 3, reg_covar=reg)
 
 
 def test_sample_is_reproducible_with_a_generator():

@@ -158,3 +158,20 @@ def test_adapt_modes_and_inits(meta_setup):
         adapt(trainer.flat, support, mse, prior=prior, mode="vi")
     with pytest.raises(ValueError, match="init_vector"):
         adapt(trainer.flat, support, mse, prior=None)
+
+
+def test_flat_params_views_only_for_float32_as_documented():
+    """float32 parameters are views of the vector; a bfloat16 / float16 one is a copy that a
+    write to the vector leaves alone until load_ casts theta into it (FlatParams' docstring)."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2).to(torch.bfloat16),
+                                torch.nn.Linear(2, 1).half())
+    flat = FlatParams(model)
+    assert model[0].weight.data_ptr() == flat.vector.data_ptr()
+    low = [model[1].weight, model[2].weight]
+    before = [p.detach().clone() for p in low]
+    flat.vector.add_(1.0)
+    assert all(torch.equal(p, b) for p, b in zip(low, before)), "not views: untouched by a write"
+    theta = flat.vector.clone()
+    flat.load_(theta)
+    for p, view in zip(low, (flat.views(theta)["1.weight"], flat.views(theta)["2.weight"])):
+        assert p.dtype == view.dtype and torch.equal(p, view)

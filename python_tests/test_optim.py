@@ -255,8 +255,9 @@ def test_steps_follow_replaced_tensors(preconditioned, event):
         opt.step()
         stepped = [(i, p) for i, p in enumerate(mirror.parameters()) if p.grad is not None]
         square = [avgs.setdefault(i, torch.zeros_like(p)) for i, p in stepped] if preconditioned else None
-        lift_ext.sgld_step([p for _, p in stepped], [p.grad for _, p in stepped], square_avg=square,
-                           seed=11, offset=step, **kw)
+        with torch.no_grad():  # leaves that require grad: stepped outside autograd, as opt.step does
+            lift_ext.sgld_step([p for _, p in stepped], [p.grad for _, p in stepped], square_avg=square,
+                               seed=11, offset=step, **kw)
         for a, b in zip(model.parameters(), mirror.parameters()):
             assert torch.equal(a, b), step
         if preconditioned:
@@ -319,3 +320,17 @@ def test_preconditioned_first_step_keeps_a_lora_model_at_the_prior_scale():
     opt.step()
     after = max(float(p.abs().max()) for p in lora_a)
     assert after < before + 6 * (2.0 / prior_precision) ** 0.5  # |xi| <= 5.89
+
+
+def test_an_exhausted_noise_offset_is_refused_before_any_group_steps():
+    """Group-steps use offsets offset, offset + 1, ...: past 2^63 - 1 they cannot be passed to the
+    op, so the step is refused with parameters and offset untouched."""
+    model, opt = _two_groups()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.offset = 2**63 - 1  # two groups need two offsets
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="noise offset .* cannot advance"):
+        opt.step()
+    assert opt.offset == 2**63 - 1
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))

@@ -87,3 +87,18 @@ def test_cpu_and_cuda_agree(gibbs):
     for phi, task_sum, mu0 in (cpu, gpu):
         ops.phi_step_(phi, task_sum, mu0, gibbs=gibbs, seed=4, offset=1, **KW)
     assert torch.equal(cpu[0], gpu[0].cpu())
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(sigma=1e-30), r"sigma must be within float32's range .*1 / sigma\^2"),
+    (dict(beta=1e-30), r"beta must be within float32's range"),
+    (dict(sigma=1e300, num_tasks=0), r"sigma must be within float32's range"),
+    (dict(lr=1e39), r"lr must be within float32's range"),
+])
+def test_scalars_beyond_float32_are_refused_by_name(kwargs, message):
+    """A finite double that overflows float32 (directly or as 1/sigma^2) would be inf in the kernel."""
+    phi, task_sum, _ = make(5, "cpu")
+    snapshot = phi.clone()
+    with pytest.raises(RuntimeError, match=message):
+        ops.phi_step_(phi, task_sum, None, **{**KW, "gibbs": True, "seed": 0, "offset": 0, **kwargs})
+    assert torch.equal(phi, snapshot)

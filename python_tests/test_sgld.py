@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import lift_ext
-from lift_ext import reference
+from lift_ext import ops, reference
 
 from conftest import DEVICES, requires_cuda
 
@@ -287,8 +287,12 @@ def test_refused_call_advances_no_generator(use_default):
     (dict(seed=3.0), ValueError, "seed must be an int"), (dict(seed=1, offset=2.0), ValueError, "offset must be an int"),
     (dict(seed=True), ValueError, "seed must be an int"), (dict(generator=5), TypeError, "generator must be a torch.Generator"),
     (dict(lr=3e38 * 10), ValueError, "lr must be a finite number in"), (dict(eps=0.0), ValueError, "eps must be"),
+    (dict(eps=1e-50, square_avg=torch.zeros(5)), ValueError, "eps must be within float32's range"),
+    (dict(prior_precision=1e300), ValueError, "prior_precision must be a finite number in"),
+    (dict(lr="0.1"), ValueError, "lr must be a finite number"),
 ])
 def test_scalar_arguments_are_refused_by_name(kwargs, error, message):
+    kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     p = torch.randn(5)
     snapshot = p.clone()
     with pytest.raises(error, match=message):
@@ -410,3 +414,85 @@ def test_cpu_and_cuda_agree_on_lists_longer_than_one_launch():
     for key in ("param", "accum", "square"):
         for a, b in zip(cpu[key], gpu[key]):
             assert torch.equal(a, b.cpu()), key
+
+
+def test_empty_list_is_refused_by_name():
+    """No tensors: a ValueError naming params (the dispatcher's 'no tensor arguments' before);
+    the generator it would draw from is left alone."""
+    gen = torch.Generator().manual_seed(1)
+    before = gen.get_state()
+    with pytest.raises(ValueError, match="params must hold at least one tensor"):
+        lift_ext.sgld_step([], [], lr=1e-3, generator=gen)
+    assert torch.equal(gen.get_state(), before)
+    with pytest.raises(ValueError, match="params must hold at least one tensor"):
+        lift_ext.ops.sgld_step_list_([], [], [], [], [], lr=1e-3, temperature=1.0, prior_precision=0.0,
+                                     alpha=0.99, eps=1e-8, seed=0, offset=0)
+
+
+# ---- autograd sees the in-place updates (csrc/autograd.cpp) --------------------------------
+
+def _autograd_calls():
+    """name -> (tensor the call writes, call(t)) for every in-place op and entry."""
+    g = torch.randn(6)
+    hp = dict(lr=1e-3, temperature=1.0, prior_precision=0.0, alpha=0.99, eps=1e-8, seed=0, offset=0)
+    means, m2 = torch.randn(2, 6), torch.rand(2, 6)
+    counts = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    return {
+        "sgld_step": lambda t: lift_ext.sgld_step(t, g, lr=1e-3, seed=0),
+        "sgld_step(table)": lambda t: lift_ext.sgld_step(lift_ext.TensorTable([t], [g]), lr=1e-3, seed=0),
+        "sgld_step(rng_state)": lambda t: lift_ext.sgld_step(t, g, lr=1e-3, rng_state=torch.tensor([0, 0])),
+        "sgld_step(table, rng_state)": lambda t: lift_ext.sgld_step(lift_ext.TensorTable([t], [g]), lr=1e-3,
+                                                                    rng_state=torch.tensor([0, 0])),
+        "ops.sgld_step_list_": lambda t: ops.sgld_step_list_([t], [g], [], [], [], **hp),
+        "ops.philox_normal_": lambda t: ops.philox_normal_(t, seed=0, offset=0),
+        "ops.phi_step_": lambda t: ops.phi_step_(t, torch.zeros(6), None, lr=1e-3, temperature=1.0, sigma=1.0,
+                                                 beta=1.0, num_tasks=1, gibbs=True, seed=0, offset=0),
+        "ops.gmm_prior_grad_": lambda t: ops.gmm_prior_grad_(t, torch.randn(6), means, m2, counts,
+                                                             torch.tensor([0.5, 0.5], dtype=torch.float64),
+                                                             reg=1e-3, scale=1.0),
+        "ops.gmm_mstep_": lambda t: ops.gmm_mstep_(t.view(1, 6), torch.zeros(1, 6), torch.ones(1, dtype=torch.float64),
+                                                   torch.randn(2, 6), torch.ones(2, 1, dtype=torch.float64)),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_autograd_calls()))
+def test_in_place_updates_bump_the_version_and_break_a_saved_backward(name):
+    """A tensor saved for backward and then stepped: backward raises torch's usual error
+    instead of silently using the new values."""
+    call = _autograd_calls()[name]
+    w = torch.randn(6, requires_grad=True)
+    t = torch.randn(6)
+    y = (w * t).sum()  # saves t for w's gradient
+    before = t._version
+    call(t)
+    assert t._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+@pytest.mark.parametrize("name", sorted(_autograd_calls()))
+def test_a_leaf_that_requires_grad_is_refused_under_grad_mode(name):
+    """torch's error for an in-place update of a leaf that requires grad (nothing written), and
+    the update runs under torch.no_grad() as an optimizer's does."""
+    call = _autograd_calls()[name]
+    leaf = torch.randn(6, requires_grad=True)
+    snapshot = leaf.detach().clone()
+    with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place"):
+        call(leaf)
+    assert torch.equal(leaf.detach(), snapshot) and leaf._version == 0
+    with pytest.raises(RuntimeError, match="a view of a leaf Variable"):
+        call(leaf[:])
+    with torch.no_grad():
+        call(leaf)
+    assert leaf._version == 1
+    nonleaf = leaf * 2.0
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        call(nonleaf)
+
+
+def test_in_place_updates_inside_inference_mode():
+    with torch.inference_mode():
+        t = torch.randn(6)
+        lift_ext.sgld_step(t, torch.randn(6), lr=1e-3, seed=0)
+    with pytest.raises(RuntimeError, match="inference tensor"):
+        lift_ext.sgld_step(t, torch.randn(6), lr=1e-3, seed=0)

@@ -31,7 +31,8 @@ def test_eager_entry_equals_torch_ops_bitwise(device):
 def test_parameters_take_the_eager_entry_and_subclasses_do_not():
     params = [torch.nn.Parameter(torch.randn(5)) for _ in range(2)]
     grads = [torch.randn(5) for _ in range(2)]
-    assert _loader._C.sgld_step_list_eager(params, grads, [], [], [], *(HP[k] for k in ORDER)) is None
+    with torch.no_grad():  # Parameters: leaves that require grad
+        assert _loader._C.sgld_step_list_eager(params, grads, [], [], [], *(HP[k] for k in ORDER)) is None
 
     class Tagged(torch.Tensor):
         pass

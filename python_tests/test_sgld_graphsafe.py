@@ -65,7 +65,7 @@ def test_bad_rng_state_is_refused_and_params_untouched():
     bad = [(torch.tensor([1, 2], dtype=torch.int32), "rng_state must be int64"),
            (torch.tensor([1, 2, 3]), r"rng_state must have shape \[2\]"),
            (torch.tensor([-1, 0]), "seed must be >= 0"),
-           (torch.tensor([1, -5]), "offset must be >= 0")]
+           (torch.tensor([1, -5]), "rng_state offset must be in")]
     for state, msg in bad:
         with pytest.raises(RuntimeError, match=msg):
             lift_ext.sgld_step(p, g, lr=1e-3, rng_state=state)
@@ -134,3 +134,19 @@ def test_cuda_graph_replays_draw_fresh_noise_and_match_eager_steps():
             assert not torch.equal(snapshot, previous)
         previous = snapshot
     assert state.tolist() == [seed, offset + k]
+
+
+def test_offset_that_would_wrap_is_refused_with_everything_untouched():
+    """offset 2^63 - 1 cannot be advanced in an int64: refused by name (list and table paths),
+    params and rng_state as they were."""
+    p, g = torch.randn(9), torch.randn(9)
+    table = lift_ext.TensorTable([p], [g])
+    for target in (dict(params=p, grads=g), dict(params=table)):
+        state = torch.tensor([3, 2**63 - 1])
+        snapshot = p.clone()
+        with pytest.raises(RuntimeError, match="rng_state offset must be in"):
+            lift_ext.sgld_step(**target, lr=1e-3, rng_state=state)
+        assert torch.equal(p, snapshot) and state.tolist() == [3, 2**63 - 1]
+    state = torch.tensor([3, 2**63 - 2])
+    lift_ext.sgld_step(p, g, lr=1e-3, rng_state=state)
+    assert state.tolist() == [3, 2**63 - 1], "the last offset that can still advance"

@@ -168,8 +168,7 @@ void sgld_step_graphsafe_cpu(at::TensorList params, at::TensorList grads,
                              double temperature, double prior_precision, double alpha,
                              double eps) {
   check_rng_state(rng_state, params.empty() ? rng_state.device() : params[0].device());
-  int64_t* state = rng_state.data_ptr<int64_t>();
-  // prepare_sgld_call refuses negative seed / offset before anything is written.
+  int64_t* state = checked_cpu_rng_state(rng_state);
   run_call_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr, temperature,
                                  prior_precision, alpha, eps, state[0], state[1]));
   state[1] += 1;

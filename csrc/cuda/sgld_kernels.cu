@@ -233,7 +233,12 @@ __global__ void philox_words_kernel(const int64_t* counters, const int64_t* keys
   for (int j = 0; j < 4; ++j) words[4 * i + j] = static_cast<int64_t>(r.v[j]);
 }
 
-__global__ void advance_offset_kernel(int64_t* rng_state) { rng_state[1] += 1; }
+// offset += 1 as an unsigned 64-bit word (the kernels read it unsigned): defined at 2^63 - 1,
+// where a signed add would overflow.
+__global__ void advance_offset_kernel(int64_t* rng_state) {
+  auto* offset = reinterpret_cast<unsigned long long*>(rng_state + 1);
+  *offset += 1ULL;
+}
 
 // One launch over the element range of `table`: one resident wave of blocks, each taking an
 // equal contiguous run of element groups.

@@ -3,7 +3,10 @@ float32 vector, so a task's whole adapter is one vector of length D and one kern
 updates it.
 
 The module's selected float32 parameters become views into `FlatParams.vector` (their `.data`
-is re-pointed; the Parameter objects stay). Evaluating the model at any other flat vector theta
+is re-pointed; the Parameter objects stay). Parameters of any other floating dtype (bfloat16,
+float16, float64) do NOT: a view cannot change dtype, so they keep their own storage, the vector
+holds a float32 copy of them, and writing the vector (a sampler step on `vector`) leaves them
+as they were until `load_(theta)` casts theta's slices into them. Evaluating the model at any other flat vector theta
 goes through `torch.func.functional_call` with views of theta: the frozen backbone is never
 copied, and the gradient comes back as one flat vector. Samplers and `adapt` work on such
 vectors and never touch the module; `load_(theta)` writes one into the module's own adapter
@@ -21,7 +24,9 @@ Selector = Union[None, Iterable[str], Callable[[str, torch.nn.Parameter], bool]]
 
 class FlatParams:
     """Packs `module`'s selected parameters (default: those with requires_grad, e.g. the LoRA
-    tensors of a peft model whose backbone is frozen) in named_parameters order."""
+    tensors of a peft model whose backbone is frozen) in named_parameters order. float32 ones
+    become views of `vector`; others (bfloat16, float16, float64) are copied into it and
+    updated only by `load_` (module docstring)."""
 
     def __init__(self, module: torch.nn.Module, select: Selector = None):
         named = list(module.named_parameters())
@@ -66,6 +71,8 @@ class FlatParams:
 
     def views(self, flat: torch.Tensor) -> Dict[str, torch.Tensor]:
         """{parameter name: view of `flat` in that parameter's shape and dtype}."""
+        if not isinstance(flat, torch.Tensor):
+            raise TypeError(f"flat vector must be a Tensor [{self.dim}], got {type(flat).__name__}")
         if flat.shape != (self.dim,):
             raise ValueError(f"flat vector must have shape [{self.dim}], got {tuple(flat.shape)}")
         return {name: part.view(shape).to(dtype) for name, part, shape, dtype in

@@ -106,6 +106,11 @@ def load(cls, path: str, grad_fn, device=None, *, process_group=None, fault_grac
     """A `cls` (ShardedSGLDGibbs) continuing the chain of the set in directory `path`, holding
     this rank's shards; CheckpointError for a missing, incomplete, mixed or damaged set."""
     manifest = read_manifest(path)
+    with sampler_state.refusing_inconsistency(path):
+        return _restore_set(cls, path, manifest, grad_fn, device, process_group, fault_grace)
+
+
+def _restore_set(cls, path: str, manifest: dict, grad_fn, device, process_group, fault_grace: float):
     tag, num_shards = manifest["tag"], manifest["num_shards"]
     shared = _read(path, manifest["shared"], FORMAT + ".shared", tag,
                    ("hparams", "components", "prior_mean", "gmm", "square_avg", "step", "order"))
@@ -114,6 +119,7 @@ def load(cls, path: str, grad_fn, device=None, *, process_group=None, fault_grac
             or not isinstance(manifest["shards"], list) or len(manifest["shards"]) != num_shards:
         raise CheckpointError(f"checkpoint set {path!r} is inconsistent: its manifest and shared state "
                               "disagree on num_shards or step")
+    sampler_state.check_sizes(path, dict(shared, hparams=hp))  # before anything is allocated
     order = shared["order"]
     try:
         sharded_order = ShardedOrder(hp.get("seed"), hp.get("num_tasks"), num_shards,

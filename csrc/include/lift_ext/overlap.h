@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
+#include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
 namespace lift_ext {
@@ -33,5 +35,17 @@ struct MemoryRole {
 // one after another) and the roles' address spans do not interleave.
 void check_disjoint(const std::vector<MemoryRange>& ranges, c10::ArrayRef<MemoryRole> roles,
                     c10::ArrayRef<uint32_t> list_index, bool indexed);
+
+// One tensor argument of a call of single tensors (the phi and mixture ops): its name, the
+// tensor (undefined or empty: no bytes), whether the call writes it.
+struct NamedTensor {
+  const char* name;
+  const at::Tensor* tensor;
+  bool written;
+};
+
+// check_disjoint over the bytes of `tensors`: a written tensor sharing memory with any other
+// argument of the call is refused, naming both.
+void check_tensors_disjoint(std::initializer_list<NamedTensor> tensors);
 
 }  // namespace lift_ext

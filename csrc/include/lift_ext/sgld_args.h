@@ -34,6 +34,10 @@ SgldCall prepare_sgld_tensors(at::TensorList params, at::TensorList grads,
 // Checks rng_state of sgld_step_graphsafe_: int64, shape [2], contiguous, on `device`.
 void check_rng_state(const at::Tensor& rng_state, const at::Device& device);
 
+// The values of a checked CPU rng_state: refused unless seed >= 0 and 0 <= offset < 2^63 - 1
+// (the step's offset += 1 must not wrap). Returns its data ([seed, offset]).
+int64_t* checked_cpu_rng_state(const at::Tensor& rng_state);
+
 // Checks a list call (a flat call is a list of one): the scalars, then the tensors. Every
 // check runs before anything is written, so a refused call leaves all tensors untouched.
 SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::TensorList prior_means,

@@ -46,7 +46,8 @@ class TensorTable : public torch::CustomClassHolder {
   const c10::Device& device() const { return device_; }
 
   // One step with the seed and offset in `scalars` (from prepare_sgld_scalars): O(1) host
-  // work, then the kernel (CPU) or one launch (CUDA).
+  // work besides one version bump per written tensor (autograd_rules.h), then the kernel
+  // (CPU) or one launch (CUDA).
   void step(const SgldScalars& scalars) const;
 
   // One step with (seed, offset) read from int64 rng_state [2] on the table's device, then
@@ -77,6 +78,15 @@ class TensorTable : public torch::CustomClassHolder {
   std::vector<c10::Storage> storages_;  // the storage of every held tensor at build
   std::vector<Snapshot> snapshots_;
   std::vector<uint8_t> grad_is_param_grad_;  // grads[i] was params[i].grad at build
+  // What autograd must see of a step (autograd_rules.h): the tensors it writes (params, accums,
+  // square_avgs), whose versions each step bumps, and whether one of them required grad or was
+  // an inference tensor at build (then each step checks them all first).
+  std::vector<c10::TensorImpl*> written_;
+  bool check_written_ = false;
+  // The checks of autograd_rules.h on the written tensors (when check_written_), before a step.
+  void check_writable_tensors() const;
+  // The version bumps of autograd_rules.h on the written tensors, after a step.
+  void bump_versions() const;
   SgldCall call_;                            // slots, grad dtype, element count (no scalars)
   c10::Device device_;
   DeviceSlots device_slots_;                 // CUDA: the slots in device memory
