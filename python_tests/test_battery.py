@@ -651,7 +651,10 @@ def _add_trainer_cases():
 
     bad = {"sigma 0": dict(sigma=0.0), "beta nan": dict(beta=float("nan")), "lr string": dict(lr="0.1"),
            "lr huge": dict(lr=1e300), "prior_mean string": dict(prior_mean="nope"), "no tasks": "no tasks",
-           "task_adapters nan": "nan", "unknown option": dict(nope=1), "n_components 0": dict(n_components=0)}
+           "task_adapters nan": "nan", "unknown option": dict(nope=1), "n_components 0": dict(n_components=0),
+           "lr 1e39": dict(lr=1e39), "lr_phi string": dict(lr_phi="0.1"), "sigma 1e-20": dict(sigma=1e-20),
+           "shift_lr -1": dict(prior="mixture", shift_lr=-1.0), "z_update nope": dict(prior="mixture", z_update="nope"),
+           "likelihood with paper": dict(z_update="likelihood")}
     for kind, kwargs in bad.items():
         for cls in (LiFT, ShardedLiFT):
             @case(f"{cls.__name__}({kind})")

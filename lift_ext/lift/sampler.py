@@ -110,7 +110,7 @@ class SGLDGibbs:
         if z_update == "likelihood" and not (mixture and callable(getattr(grad_fn, "losses", None))):
             raise TypeError("z_update='likelihood' needs prior='mixture' and a grad_fn with a method "
                             "losses(task, candidates [K, D]) -> [K] (lift_ext.lift.TaskGradients has it)")
-        sigma, beta, lr = (validate.number(n, v) for n, v in (("sigma", sigma), ("beta", beta), ("lr", lr)))
+        sigma, beta, lr = validate.scale("sigma", sigma), validate.scale("beta", beta), validate.number("lr", lr)
         lr_phi = validate.number("lr_phi", lr if lr_phi is None else lr_phi)
         temperature = validate.number("temperature", temperature, inclusive=True)
         phi_update = validate.one_of("phi_update", phi_update, _PHI_UPDATES)

@@ -34,6 +34,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
+from lift_ext import validate
 from lift_ext.gmm import OnlineGMM
 from lift_ext.lift.adapt import Adapted, adapt
 from lift_ext.lift.batched_grad import TaskGradients
@@ -91,6 +92,8 @@ class LiFT:
                  prior_mean: Union[str, torch.Tensor] = "init", batched_grads: Optional[bool] = None,
                  **sampler_options):
         _check_sampler_options(sampler_options, self._new_sampler)
+        lr = validate.number("lr", lr)
+        lr_phi = None if lr_phi is None else validate.number("lr_phi", lr_phi)
         if isinstance(prior_mean, str) and prior_mean not in ("init", "zero"):
             raise ValueError(f"prior_mean must be 'init', 'zero' or a Tensor, got {prior_mean!r}")
         self._bind(model, tasks, loss_fn, select, seed, batched_grads)
