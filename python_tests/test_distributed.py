@@ -35,6 +35,8 @@ CASES = {
     "paper-B2-precond": dict(tasks_per_step=2, preconditioned=True, burn_in=3, thin=2, n_components=2),
     "mixture-B2": dict(prior="mixture", n_components=3, phi_update="gibbs", tasks_per_step=2),
     "mixture-warmup": dict(prior="mixture", n_components=2, phi_update="gibbs", warmup_steps=6),
+    "mixture-shift": dict(prior="mixture", n_components=3, phi_update="gibbs", tasks_per_step=2, shift_lr=1e-2,
+                          preconditioned=True),
 }
 
 
@@ -70,7 +72,7 @@ def test_one_shard_is_the_task_order_and_more_shards_visit_each_of_theirs():
 
 
 def test_one_shard_one_task_per_step_is_sgldgibbs_bitwise(problem):
-    for case in ("paper-B2-precond", "mixture-B2"):
+    for case in ("paper-B2-precond", "mixture-B2", "mixture-shift"):
         kw = options(problem, case, tasks_per_step=1)
         plain, sharded = SGLDGibbs(N, D, problem["grad_fn"], **kw), ShardedSGLDGibbs(N, D, problem["grad_fn"], **kw)
         for _ in range(25):
@@ -232,7 +234,19 @@ def test_bench_distributed_runs_on_one_rank(monkeypatch, capsys):
     assert "task-steps/s" in out
 
 
-@pytest.mark.parametrize("extra", [dict(shift_lr=1e-3), dict(z_update="likelihood")])
-def test_the_non_centred_moves_are_refused_by_name(problem, extra):
-    with pytest.raises(ValueError, match="non-centred moves"):
-        ShardedSGLDGibbs(N, D, problem["grad_fn"], **options(problem, "mixture-B2", **extra))
+def test_the_assignment_draw_by_likelihood_is_refused_by_name(problem):
+    with pytest.raises(ValueError, match="z_update='likelihood'"):
+        ShardedSGLDGibbs(N, D, problem["grad_fn"], **options(problem, "mixture-B2", z_update="likelihood"))
+
+
+def test_two_shards_shift_every_member_on_both_halves(problem):
+    """With the shift, a step moves the rows of the tasks it did not visit exactly when their
+    component had a visited member (on both shards)."""
+    sampler = ShardedSGLDGibbs(N, D, problem["grad_fn"], num_shards=2, **options(problem, "mixture-shift"))
+    before = sampler.thetas.clone()
+    visited = sampler.step()
+    z = sampler.assignments
+    shifted = {int(z[i]) for i in visited}
+    moved = {i: not torch.equal(sampler.thetas[i], before[i]) for i in range(N) if i not in visited}
+    assert moved == {i: int(z[i]) in shifted for i in moved}
+    assert any(moved[i] for i in moved if i < 5) and any(moved[i] for i in moved if i >= 5)

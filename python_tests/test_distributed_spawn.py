@@ -21,7 +21,8 @@ from lift_ext.lift.distributed import ShardedSGLDGibbs
 N, D, STEPS, SPLIT = 10, 13, 16, 7
 CASES = {
     "paper": dict(tasks_per_step=2, preconditioned=True, burn_in=3, thin=2, n_components=2),
-    "mixture": dict(prior="mixture", n_components=3, phi_update="gibbs", tasks_per_step=2, warmup_steps=4),
+    "mixture": dict(prior="mixture", n_components=3, phi_update="gibbs", tasks_per_step=2, warmup_steps=4,
+                    shift_lr=1e-2),
 }
 WORLD_TIMEOUT = 30  # seconds: the gloo timeout of every collective (a bound on any hang)
 

@@ -10,7 +10,8 @@ import torch
 from lift_ext import reference
 from lift_ext.lift import SGLDGibbs
 from lift_ext.lift.mixture import Components
-from lift_ext.lift.noncentred import draw_assignments_by_likelihood_, shift_components_, shift_seed
+from lift_ext.lift.noncentred import (draw_assignments_by_likelihood_, member_mean_gradients, shift_components_,
+                                     shift_seed)
 
 from test_sampler_mixture import BETA, D, K, N, S2, SIGMA, clustered, matching, mixture  # noqa: F401
 
@@ -28,7 +29,7 @@ def test_shift_is_one_sgld_step_of_phi_carrying_its_members(preconditioned):
     """Components 0 and 2 have stepped members (tasks 0, 3 and 2); component 1 has none and
     does not move. A moved phi_k is the reference step (mean gradient, prior precision
     1/(n_k sigma^2), temperature T / n_k, the shift's Philox stream); every member moves by
-    the same delta, S_k is the sum of the members' rows."""
+    the same delta, S_k grows by n_k delta (and stays the sum of the members' rows)."""
     thetas, comps, gen = _state()
     mu0 = torch.randn(5, generator=gen)
     grads = [torch.randn(5, generator=gen) for _ in range(3)]
@@ -36,7 +37,10 @@ def test_shift_is_one_sgld_step_of_phi_carrying_its_members(preconditioned):
     before_avg = None if square_avg is None else square_avg.clone()
     tasks, (lr, temperature, sigma, seed, step) = [0, 3, 2], (0.01, 0.5, 2.0, 11, 4)
     old_thetas, old_phis = thetas.clone(), comps.phis.clone()
-    shift_components_(thetas, comps, tasks, grads, square_avg, mu0, lr=lr, temperature=temperature,
+    old_sums = comps.sums.clone()
+    mean_grads = member_mean_gradients(comps, tasks, grads)
+    assert sorted(mean_grads) == [0, 2]
+    shift_components_(thetas, comps, mean_grads, square_avg, mu0, lr=lr, temperature=temperature,
                       sigma=sigma, alpha=0.9, eps=1e-8, seed=seed, step=step)
     if square_avg is not None:
         assert torch.equal(square_avg, before_avg)  # the sampler's own average is not changed
@@ -51,6 +55,7 @@ def test_shift_is_one_sgld_step_of_phi_carrying_its_members(preconditioned):
         members = comps.assignments == comp
         delta = comps.phis[comp] - old_phis[comp]
         torch.testing.assert_close(thetas[members], old_thetas[members] + delta)
+        torch.testing.assert_close(comps.sums[comp], old_sums[comp] + n_k * delta)
         torch.testing.assert_close(comps.sums[comp], thetas[members].sum(0))
     assert torch.equal(comps.phis[1], old_phis[1])
     assert torch.equal(thetas[comps.assignments == 1], old_thetas[comps.assignments == 1])

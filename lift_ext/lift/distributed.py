@@ -13,14 +13,17 @@ the pSGLD average v) is replicated: every rank keeps the same bits. A step takes
   2. mixture, after warm-up: z of its rows from their conditionals (the Gumbel uniforms of all
      S B rows are drawn on every rank from the step's keyed generator, each rank uses its rows');
   3. ONE all-reduce (sum) of [dS (K x D float32) | the new z of the S B tasks (mixture) |
-     sum of the rows' pSGLD averages (D, preconditioned only) | one status slot per rank]:
+     sum of the rows' pSGLD averages (D, preconditioned only) | with shift_lr > 0, the sums
+     (K x D) and counts (K) of the step's gradients per new component | one status slot per rank]:
      dS_k = per shard, sum over its rows in order of theta_new - theta_old into S_{z_old}, and of
      the z moves (-theta from the old component, +theta into the new), shards summed in shard
      order; every rank then adds dS to S, applies the z, recounts n (S_k = 0 for empty k) and
      sets v to the mean of the averages;
   4. every rank draws phi / phi_k and pi itself (same inputs, same Philox offsets and keyed
-     generator: same bits, no broadcast), feeds the OnlineGMM, and k-means++ at the end of a
-     mixture warm-up runs on the gathered thetas (an all-gather of N x D floats, once a run).
+     generator: same bits, no broadcast), makes the shift moves (lift_ext.lift.noncentred, the
+     mean gradients from step 3; each rank shifts its own rows), feeds the OnlineGMM, and
+     k-means at the end of a mixture warm-up runs on the gathered thetas (an all-gather of
+     N x D floats, once a run).
 At step 0 with preconditioning the first gradient of shard 0 (v = g^2) is all-reduced first.
 
 Equivalence: the chain is a function of (seed, S, B) only, not of P: a P-rank run equals the
@@ -64,9 +67,9 @@ class ShardedSGLDGibbs(SGLDGibbs):
     def __init__(self, num_tasks: int, dim: int, grad_fn: GradFn, *, process_group=None,
                  num_shards: Optional[int] = None, fault_grace: float = 5.0, **options):
         num_tasks = validate.integer("num_tasks", num_tasks, 1)
-        if options.get("shift_lr") or options.get("z_update", "distance") != "distance":
-            raise ValueError("ShardedSGLDGibbs does not make the non-centred moves (shift_lr > 0, "
-                             "z_update='likelihood'); run them with SGLDGibbs in one process")
+        if options.get("z_update", "distance") != "distance":
+            raise ValueError("ShardedSGLDGibbs does not make the assignment draw by likelihood "
+                             "(z_update='likelihood'); run it with SGLDGibbs in one process")
         comm = Collective(process_group, fault_grace)
         num_shards = comm.world_size if num_shards is None else \
             validate.integer("num_shards", num_shards, 1, num_tasks)
@@ -76,6 +79,7 @@ class ShardedSGLDGibbs(SGLDGibbs):
         self.comm, self.num_shards, self._shards = comm, num_shards, shards
         local = local_task_ids(num_tasks, num_shards, comm.world_size, comm.rank)
         self._lo, self._hi = local.start, local.stop
+        self._first_task = self._lo
         super().__init__(num_tasks, dim, grad_fn, **options)
         self._order = ShardedOrder(self.seed, num_tasks, num_shards)
 
@@ -127,8 +131,9 @@ class ShardedSGLDGibbs(SGLDGibbs):
         starts = [sum(len(p) for p in plan[:s]) for s in range(self.num_shards)]
         mixing = self.prior == "mixture" and t >= self.warmup_steps
         labelled = mixing and comps.k > 1
-        sizes = (comps.k * self.dim, len(tasks) if labelled else 0,
-                 self.dim if self._square_avg is not None else 0)
+        shifting = self.shift_lr > 0.0
+        sizes = (comps.k * self.dim, len(tasks) if labelled else 0, self.dim if self._square_avg is not None else 0,
+                 comps.k * self.dim if shifting else 0, comps.k if shifting else 0)
         try:
             grads = {s: self._task_grads(plan[s], self._rows(plan[s])) for s in self._shards}
         except BaseException:
@@ -157,15 +162,15 @@ class ShardedSGLDGibbs(SGLDGibbs):
             if diverged:
                 raise self._divergence(f"a theta or phi_k is not finite (rank {', '.join(map(str, diverged))})")
             self.comm.raise_failures(codes, f"step {t}")
-        self._apply(buffer, tasks, sizes)
-        self._finish_step(t, mixing, generator, epochs, positions)
+        shift = self._apply(buffer, tasks, sizes)
+        self._finish_step(t, mixing, generator, epochs, positions, shift)
         return tasks
 
     def _step_shard(self, shard: int, tasks: List[int], grads: List[torch.Tensor], old: torch.Tensor,
                     t: int, start: int, sizes, part: torch.Tensor, uniform: Optional[torch.Tensor]) -> int:
         """Step 1 (and 2) for one shard's rows; its dS, z and pSGLD sum go into `part`
         (laid out as the all-reduce buffer). Returns DIVERGED when a z score is NaN, else OK."""
-        comps, (kd, nz, _) = self._components, sizes
+        comps, (kd, nz, nv, ng, nc) = self._components, sizes
         rows = self._rows(tasks)
         centers = [comps.phis[int(comps.assignments[task])] for task in tasks]
         averages = [] if self._square_avg is None else list(self._square_avg.expand(len(tasks), -1).clone().unbind(0))
@@ -176,22 +181,29 @@ class ShardedSGLDGibbs(SGLDGibbs):
         for task, row_delta in zip(tasks, new - old):
             delta[int(comps.assignments[task])].add_(row_delta)
         if averages:
-            total = part[kd + nz:]
+            total = part[kd + nz:kd + nz + nv]
             for average in averages:
                 total.add_(average)
-        if not nz:
-            return OK
-        try:
-            labels = comps.choose(new, beta=self.beta, temperature=self.temperature,
-                                  uniform=None if uniform is None else uniform[start:start + len(tasks)])
-        except FloatingPointError:
-            return DIVERGED
+        labels = [int(comps.assignments[task]) for task in tasks]
+        if nz:
+            try:
+                labels = comps.choose(new, beta=self.beta, temperature=self.temperature,
+                                      uniform=None if uniform is None else uniform[start:start + len(tasks)])
+            except FloatingPointError:
+                return DIVERGED
         for b, (task, label) in enumerate(zip(tasks, labels)):
             previous = int(comps.assignments[task])
-            part[kd + start + b] = label
+            if nz:
+                part[kd + start + b] = label
             if label != previous:
                 delta[label].add_(new[b])
                 delta[previous].sub_(new[b])
+        if ng:  # the shift's gradient sums and counts per (new) component
+            at = kd + nz + nv
+            sums, counts = part[at:at + ng].view(comps.k, self.dim), part[at + ng:at + ng + nc]
+            for grad, label in zip(grads, labels):
+                sums[label].add_(grad)
+                counts[label] += 1
         return OK
 
     def _join_failed(self, t: int, sizes) -> None:
@@ -209,14 +221,20 @@ class ShardedSGLDGibbs(SGLDGibbs):
             for task, row in zip(plan[s], rows):
                 self._thetas[task - self._lo].copy_(row)
 
-    def _apply(self, buffer: torch.Tensor, tasks: List[int], sizes) -> None:
-        """Step 3 on the reduced buffer: S += dS, z of the step's tasks, v = mean of averages."""
-        comps, (kd, nz, nv) = self._components, sizes
+    def _apply(self, buffer: torch.Tensor, tasks: List[int], sizes) -> Optional[Dict[int, torch.Tensor]]:
+        """Step 3 on the reduced buffer: S += dS, z of the step's tasks, v = mean of averages;
+        returns the shift's {k: gbar_k} (None without the shift)."""
+        comps, (kd, nz, nv, ng, nc) = self._components, sizes
         comps.sums.add_(buffer[:kd].view(comps.k, self.dim))
         if nz:
             comps.assign_(tasks, buffer[kd:kd + nz].round().long().tolist())
         if nv:
             self._square_avg.copy_(buffer[kd + nz:kd + nz + nv] / len(tasks))
+        if not ng:
+            return None
+        at = kd + nz + nv
+        sums, counts = buffer[at:at + ng].view(comps.k, self.dim), buffer[at + ng:at + ng + nc].tolist()
+        return {k: sums[k] / counts[k] for k in range(comps.k) if counts[k] > 0}
 
     # ---- reports and checkpoints --------------------------------------------------------------
     def diagnostics(self) -> Dict[str, float]:

@@ -18,6 +18,7 @@ lr_shift / n_k on U_k, i.e. lr_shift on the members' mean loss U_k / n_k:
 
 G = 1 / (sqrt(v') + eps') with v' = alpha v + (1 - alpha) gbar_k^2 from a copy of the sampler's
 square average v (pSGLD, the sampler's own v is not changed), or G = 1 without preconditioning.
+Then theta_i += delta for the n_k members and S_k += n_k delta.
 It is one `ops.sgld_step_` on phi_k at temperature T / n_k with prior precision 1 / (n_k
 sigma^2), so the damping eps' follows the kernel's rule.
 
@@ -59,29 +60,36 @@ def shift_seed(seed: int) -> int:
     return keyed_seed("SGLDGibbs.shift", seed)
 
 
-def shift_components_(thetas: torch.Tensor, comps: Components, tasks: Sequence[int],
-                      grads: Sequence[torch.Tensor], square_avg: Optional[torch.Tensor],
-                      prior_mean: Optional[torch.Tensor], *, lr: float, temperature: float,
-                      sigma: float, alpha: float, eps: float, seed: int, step: int) -> None:
-    """The shift move (module docstring) of every component with a member among `tasks`
-    (after their z draws), with `grads` [their gradients, in the order of `tasks`]: phi_k,
-    its members' rows of `thetas` [N, D] and S_k (recomputed from those rows) change."""
+def member_mean_gradients(comps: Components, tasks: Sequence[int],
+                          grads: Sequence[torch.Tensor]) -> Dict[int, torch.Tensor]:
+    """{k: gbar_k}: the mean of `grads` (in the order of `tasks`) over the tasks now in
+    component k, for every component with at least one of them (after the z draws)."""
     members: Dict[int, List[int]] = {}
     for row, task in enumerate(tasks):
         members.setdefault(int(comps.assignments[task]), []).append(row)
-    for comp in sorted(members):
-        rows = members[comp]
+    return {comp: torch.stack([grads[r] for r in rows]).mean(dim=0) for comp, rows in members.items()}
+
+
+def shift_components_(thetas: torch.Tensor, comps: Components, mean_grads: Dict[int, torch.Tensor],
+                      square_avg: Optional[torch.Tensor], prior_mean: Optional[torch.Tensor], *,
+                      lr: float, temperature: float, sigma: float, alpha: float, eps: float, seed: int,
+                      step: int, first_task: int = 0) -> None:
+    """The shift move (module docstring) of each component k in `mean_grads` ({k: gbar_k}, see
+    `member_mean_gradients`): phi_k moves by delta, so do the rows of `thetas` (the tasks
+    first_task, first_task + 1, ...: all N, or one rank's) of its members, and S_k += n_k delta."""
+    held = comps.assignments[first_task:first_task + thetas.shape[0]]
+    for comp in sorted(mean_grads):
         n_k = comps.counts[comp]
-        mean_grad = torch.stack([grads[r] for r in rows]).mean(dim=0)
         phi = comps.phis[comp]
         old = phi.clone()
         average = None if square_avg is None else square_avg.clone()
-        ops.sgld_step_(phi, mean_grad, prior_mean, None, average, lr=lr, temperature=temperature / n_k,
+        ops.sgld_step_(phi, mean_grads[comp], prior_mean, None, average, lr=lr, temperature=temperature / n_k,
                        prior_precision=1.0 / (n_k * sigma**2), alpha=alpha, eps=eps, seed=shift_seed(seed),
                        offset=Components.phi_offset(step, comp))
-        index = (comps.assignments == comp).nonzero().squeeze(1).to(thetas.device)
-        thetas.index_add_(0, index, (phi - old).expand(len(index), -1))
-        comps.sums[comp].copy_(thetas.index_select(0, index).sum(dim=0))
+        delta = phi - old
+        index = (held == comp).nonzero().squeeze(1).to(thetas.device)
+        thetas.index_add_(0, index, delta.expand(len(index), -1))
+        comps.sums[comp].add_(delta, alpha=float(n_k))
 
 
 def draw_assignments_by_likelihood_(thetas: torch.Tensor, comps: Components, tasks: Sequence[int],
@@ -120,4 +128,4 @@ def draw_assignments_by_likelihood_(thetas: torch.Tensor, comps: Components, tas
             comps.sums[old].zero_()
 
 
-__all__ = ["shift_components_", "shift_seed", "draw_assignments_by_likelihood_"]
+__all__ = ["shift_components_", "member_mean_gradients", "shift_seed", "draw_assignments_by_likelihood_"]

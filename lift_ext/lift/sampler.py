@@ -45,7 +45,7 @@ from lift_ext.lift import sampler_state
 from lift_ext.lift.batched_grad import gradients_of
 from lift_ext.lift.mixture import MAX_COMPONENTS, Components, initial_assignments, keyed_generator, rows_identical
 from lift_ext.lift.prior import MixturePrior
-from lift_ext.lift.noncentred import draw_assignments_by_likelihood_, shift_components_
+from lift_ext.lift.noncentred import draw_assignments_by_likelihood_, member_mean_gradients, shift_components_
 from lift_ext.lift.task_order import TaskOrder
 from lift_ext.types import DeviceLike, GradFn
 
@@ -155,8 +155,7 @@ class SGLDGibbs:
     # ---- state ----------------------------------------------------------------------------
     @property
     def phi(self) -> torch.Tensor:
-        """The shared prior mean phi [D] of prior="paper" (the live buffer: clone it to keep a
-        sample). prior="mixture" has K of them: read `phis` or `meta_test_prior()`."""
+        """The shared prior mean phi [D] of prior="paper" (the live buffer: clone it to keep a sample)."""
         if self.prior == "mixture":
             raise AttributeError("SGLDGibbs(prior='mixture') has no single phi: read phis [K, D] "
                                  "(with assignments and weights) or meta_test_prior()")
@@ -290,19 +289,21 @@ class SGLDGibbs:
                                                     temperature=self.temperature, generator=generator)
             except FloatingPointError:
                 raise self._divergence("a theta or phi_k is not finite") from None
-        self._finish_step(t, mixing, generator, epoch, position, tasks, grads)
+        shift = member_mean_gradients(comps, tasks, grads) if self.shift_lr > 0.0 else None
+        self._finish_step(t, mixing, generator, epoch, position, shift)
         return tasks
 
-    def _finish_step(self, t: int, mixing: bool, generator, epoch, position, tasks=(), grads=()) -> None:
-        """Steps 4 and 5 of step t (after its thetas and z; the shift moves with the `grads`
-        of the stepped `tasks`), then on to (epoch, position)."""
+    _first_task = 0  # the task of this process's first row of thetas (ShardedSGLDGibbs: of this rank)
+    def _finish_step(self, t: int, mixing: bool, generator, epoch, position, shift_grads=None) -> None:
+        """Steps 4 and 5 of step t (after its thetas and z; the shift moves of the components in
+        `shift_grads`, {k: gbar_k}), then on to (epoch, position)."""
         comps = self._components
         comps.draw_phis_(self._prior_mean, lr=self.lr_phi, temperature=self.temperature, sigma=self.sigma,
                          beta=self.beta, gibbs=self.phi_update == "gibbs", seed=self.seed, step=t)
-        if self.shift_lr > 0.0 and tasks:
-            shift_components_(self._thetas, comps, tasks, grads, self._square_avg, self._prior_mean,
-                              lr=self.shift_lr, temperature=self.temperature, sigma=self.sigma,
-                              alpha=self.alpha, eps=self.eps, seed=self.seed, step=t)
+        if shift_grads:
+            shift_components_(self._thetas, comps, shift_grads, self._square_avg, self._prior_mean,
+                              lr=self.shift_lr, temperature=self.temperature, sigma=self.sigma, alpha=self.alpha,
+                              eps=self.eps, seed=self.seed, step=t, first_task=self._first_task)
         if mixing:
             comps.draw_weights_(temperature=self.temperature, generator=generator)
         self._order.advance(epoch, position)
@@ -353,10 +354,9 @@ class SGLDGibbs:
             raise self._divergence("phi (not finite, or run away from the mixture)") from None
 
     def _divergence(self, what: str) -> FloatingPointError:
-        return FloatingPointError(
-            f"SGLDGibbs diverged: {what} at step {self.step_count} (lr={self.lr:g}, "
-            f"lr / beta^2 = {self.lr / self.beta ** 2:g}); the gradients are too large for this lr: "
-            "lower lr (or the temperature)")
+        return FloatingPointError(f"SGLDGibbs diverged: {what} at step {self.step_count} (lr={self.lr:g}, lr / "
+                                  f"beta^2 = {self.lr / self.beta ** 2:g}); the gradients are too large for this "
+                                  "lr: lower lr (or the temperature)")
 
     def diagnostics(self) -> Dict[str, float]:
         """Scalars to watch a run by: the RMS of the phis, the RMS spread of the thetas around
