@@ -145,3 +145,56 @@ def test_bad_config_values_name_the_key(key, value):
     from lift_ext.shakespeare.config import BenchConfig, ConfigError
     with pytest.raises(ConfigError, match=key):
         BenchConfig(**{key: value})
+
+
+def _strict(text: str) -> dict:
+    def refuse(constant):
+        raise ValueError(f"results.json holds {constant}: not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_results_are_strict_json_with_provenance(quick_run):
+    proc, out, _ = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = _strict((out / "results.json").read_text())
+    assert set(results["stages"]) == {"meta_train", "adapt", "evaluate"}
+    for record in results["stages"].values():
+        assert record["seconds"] > 0 and set(record["machine"]) >= {
+            "git_commit", "torch", "cpu", "torch_threads", "gpu", "lift_ext"}
+    assert results["seconds"] == pytest.approx(sum(r["seconds"] for r in results["stages"].values()), abs=0.1)
+    # one lr tried (--quick): the footer must not claim it was chosen on meta-val
+    footer = (out / "results.md").read_text()
+    assert "not tuned" in footer and "chosen" not in footer
+
+
+def test_demo_resumes_and_stages_default_to_the_built_in_config(quick_run):
+    proc, out, cache = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = _strict((out / "results.json").read_text())
+    res = _cli(["demo", "--quick", "--no-progress", "--output", str(out)], cache)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"reusing {out / 'meta_state.pt'}" in res.stdout and f"reusing {out / 'adapted.pt'}" in res.stdout
+    again = _strict((out / "results.json").read_text())
+    for stage in ("meta_train", "adapt"):
+        assert again["stages"][stage] == before["stages"][stage]
+    # a stage command without --config, with --quick, keeps the earlier stages' time
+    res = _cli(["evaluate", "--quick", "--no-progress", "--output", str(out)], cache)
+    assert res.returncode == 0, res.stderr[-3000:]
+    evaluated = _strict((out / "results.json").read_text())
+    assert evaluated["stages"]["meta_train"] == before["stages"]["meta_train"]
+    assert evaluated["seconds"] > before["stages"]["meta_train"]["seconds"] > 0
+
+
+def test_demo_fresh_recomputes_and_the_adapt_bar_counts_roles(quick_run, tmp_path):
+    proc, out, cache = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    copy = tmp_path / "demo"
+    copy.mkdir()
+    for name in ("meta_state.pt", "adapted.pt"):
+        (copy / name).write_bytes((out / name).read_bytes())
+    res = _cli(["demo", "--quick", "--fresh", "--output", str(copy)], cache)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "reusing" not in res.stdout
+    results = _strict((copy / "results.json").read_text())
+    n = len(results["roles"]) * len(results["methods"])  # one lr: no meta-val adaptations
+    assert f"adapting (seed 0): 100%" in res.stderr and f"{n}/{n}" in res.stderr and "role" in res.stderr

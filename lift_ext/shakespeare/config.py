@@ -140,6 +140,9 @@ class BenchConfig:
             raise ConfigError(f"seeds must be a non-empty list of ints >= 0, got {self.seeds!r}")
         for seed in self.seeds:
             _check(validate.integer, "seeds", seed)
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: duplicates in {self.seeds} (a repeated seed repeats the same run and "
+                              "would count its roles twice)")
         ints = {"families": 1, "family_seed": 0, "family_swaps": 1, "within_family": 0, "min_lines": 0,
                 "n_support": 1, "n_query": 1, "max_train": 0, "max_val": 0, "max_test": 0, "lora_r": 1,
                 "batch_size": 1, "meta_steps": 1, "n_components": 1, "tasks_per_step": 1, "thin": 1,
@@ -160,8 +163,12 @@ class BenchConfig:
             raise ConfigError(f"device must be a string such as 'cpu' or 'cuda', got {self.device!r}")
         for name in ("pretrain_train_roles", "lift_preconditioned"):
             _check(validate.boolean, name, getattr(self, name))
+        backbone_keys = [f.name for f in dataclasses.fields(BackboneConfig)]
         if not isinstance(self.backbone, dict):
-            raise ConfigError("backbone must be an object of BackboneConfig fields")
+            raise ConfigError(f"backbone must be a JSON object with keys among {', '.join(backbone_keys)}")
+        unknown = sorted(set(self.backbone) - set(backbone_keys))
+        if unknown:
+            raise ConfigError(f"backbone: unknown key(s) {unknown}; known: {', '.join(backbone_keys)}")
         try:
             BackboneConfig(**self.backbone)
         except (TypeError, ValueError) as exc:
@@ -203,6 +210,7 @@ class BenchConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; known: {', '.join(sorted(names))}")
+        _refuse_nulls(d)
         suite = _check(validate.one_of, "suite", d.get("suite", "families"), SUITES)
         base = dict(ROLES_DEFAULTS) if suite == "roles" else {}
         if quick:
@@ -213,6 +221,19 @@ class BenchConfig:
     def load(cls, path, quick: bool = False) -> "BenchConfig":
         """Read a JSON config file (any subset of the fields; the rest keep their defaults)."""
         return cls.from_dict(read_json(path), quick)
+
+
+def _refuse_nulls(d: dict) -> None:
+    """ConfigError naming the first key (``backbone.<field>`` for nested ones) whose value is
+    JSON null: leaving a key out keeps its default, null is no value."""
+    defaults = {**BenchConfig().to_dict(), **(ROLES_DEFAULTS if d.get("suite") == "roles" else {})}
+    nested = d.get("backbone") if isinstance(d.get("backbone"), dict) else {}
+    items = [(k, v, defaults.get(k)) for k, v in d.items()] + \
+        [(f"backbone.{k}", v, getattr(BackboneConfig(), k, None)) for k, v in nested.items()]
+    for key, value, default in items:
+        if value is None:
+            raise ConfigError(f"{key} is null: give a value, or leave the key out to keep the default "
+                              f"({json.dumps(default)})")
 
 
 def read_json(path) -> dict:
