@@ -118,3 +118,12 @@ def test_damaged_meta_state_is_one_line(tmp_path, capsys, env, no_backbone):
     out.mkdir()
     (out / stages.META_FILE).write_bytes(b"not a checkpoint")
     _fails(capsys, ["adapt", "--quick", "--output", str(out)], "meta_state.pt", "lift-ext meta-train")
+
+
+def test_adding_lora_raises_no_third_party_warning():
+    import warnings
+    tiny = backbone.BackboneConfig(n_layer=1, n_embd=8, n_head=2, n_positions=16, seq_len=8)
+    model = backbone.build_model(12, tiny)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backbone.add_lora(model, r=2)
