@@ -253,7 +253,7 @@ def read_json(path) -> dict:
 
 
 def quick_config(suite: str = "families") -> dict:
-    """Overrides for ``--quick`` (a smoke run well under 2 minutes on 2 CPU cores): a tiny
+    """Overrides for ``--quick`` (a smoke run of 15-30 s on 2 CPU cores): a tiny
     backbone, few roles, tiny budgets. LiFT's theta step is smaller than in the full runs: its
     phi averages the task vectors of only 16 roles here (128 in a full run), so the random walk
     each task vector takes at a large step survives the average and breaks the tiny model
