@@ -82,8 +82,10 @@ def setup(cfg: BenchConfig, seed: int, cache=None, progress: bool = True,
     empty = [split for split, roles in (("meta-train", data.pools), ("meta-val", data.val),
                                         ("meta-test", data.test)) if not roles]
     if empty:
-        raise StageError(f"the {' and '.join(empty)} split(s) come out empty with min_lines={cfg.min_lines}: "
-                         "lower min_lines in the config")
+        dropped = ", ".join(f"{k}={v}" for k, v in sorted(bench.dropped.items())) or "none"
+        raise StageError(f"the {', '.join(empty)} split(s) come out empty (roles dropped: {dropped}): "
+                         f"lower min_lines (now {cfg.min_lines}) or n_support + n_query (now {cfg.n_support} + "
+                         f"{cfg.n_query} windows a role must hold) in the config")
     ids = bench.vocab.encode(bench.pretrain_text(include_train_roles=cfg.pretrain_train_roles))
     model, info = load_or_pretrain(ids, len(bench.vocab), cfg.backbone_config(), cache=cache,
                                    device=device, progress=progress)
