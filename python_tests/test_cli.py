@@ -197,4 +197,4 @@ def test_demo_fresh_recomputes_and_the_adapt_bar_counts_roles(quick_run, tmp_pat
     assert "reusing" not in res.stdout
     results = _strict((copy / "results.json").read_text())
     n = len(results["roles"]) * len(results["methods"])  # one lr: no meta-val adaptations
-    assert f"adapting (seed 0): 100%" in res.stderr and f"{n}/{n}" in res.stderr and "role" in res.stderr
+    assert "adapting (seed 0): 100%" in res.stderr and f"{n}/{n}" in res.stderr and "role" in res.stderr
