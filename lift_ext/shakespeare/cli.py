@@ -149,7 +149,7 @@ def _stages(args, cfg, output: Path, common: dict) -> None:
                       f"in {rec.get('seconds', '?')} s (--fresh recomputes it)", flush=True)
                 continue
             if found["why"]:
-                print(f"not reusing {path} ({found['why'].split(': rerun')[0]}): running {command}", flush=True)
+                print(f"not reusing it: {found['why']}; running {command} now", flush=True)
         recompute = True  # every later stage depends on this one
         print(f"wrote {run_stage(cfg, output, **common)}", flush=True)
 
