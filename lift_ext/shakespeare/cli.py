@@ -161,6 +161,7 @@ def _run(args) -> int:
     from lift_ext.shakespeare.config import ConfigError
     from lift_ext.shakespeare.report import markdown_table, write_results
 
+    stages.source_commit()  # the code this process loaded, before the checkout can change
     cfg = _config(args)
     _check_device(cfg.device)
     if args.threads < 1:

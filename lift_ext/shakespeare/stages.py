@@ -9,6 +9,7 @@ in one line as well.
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -33,9 +34,11 @@ class StageError(RuntimeError):
     """A stage's input is missing, invalid or was made with another config (the message says which)."""
 
 
-def _git_commit() -> Optional[str]:
+@functools.lru_cache(maxsize=None)
+def source_commit() -> Optional[str]:
     """The commit of the checkout lift_ext runs from (with "+dirty" for local changes), None
-    for an installed package or without git."""
+    for an installed package or without git. Read once per process (the command line reads it
+    when it starts, so later commits to the checkout do not relabel a running process's code)."""
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return None
@@ -65,7 +68,7 @@ def machine(device: str) -> dict:
     from lift_ext import __version__
     dev = torch.device(device)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" and torch.cuda.is_available() else None
-    return {"lift_ext": __version__, "git_commit": _git_commit(), "torch": str(torch.__version__),
+    return {"lift_ext": __version__, "git_commit": source_commit(), "torch": str(torch.__version__),
             "torch_cuda": torch.version.cuda, "python": platform.python_version(), "cpu": _cpu_model(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device, "gpu": gpu}
 
