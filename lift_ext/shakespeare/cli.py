@@ -117,7 +117,7 @@ def _config(args):
         given["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.device:
         given["device"] = args.device
-    return BenchConfig.from_dict(given, quick=getattr(args, "quick", False))
+    return BenchConfig.from_dict(given, quick=args.quick)
 
 
 def _check_device(device: str) -> None:
