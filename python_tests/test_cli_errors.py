@@ -75,6 +75,17 @@ def test_empty_split_is_refused_before_the_backbone(tmp_path, capsys, env, no_ba
     assert not (tmp_path / "out").exists(), "the failed run left its output directory behind"
 
 
+@pytest.mark.parametrize("config,words", [
+    ({"max_train": 1, "methods": ["lift", "mbc"]}, ("tasks_per_step (8)", "meta-train roles (1)", "max_train")),
+    ({"tasks_per_step": 100, "methods": ["lift"]}, ("tasks_per_step (100)", "meta-train roles (16)")),
+    ({"n_components": 50, "methods": ["lift"]}, ("n_components (50)", "meta-train roles (16;")),
+])
+def test_chains_too_large_for_the_split_are_refused_before_the_backbone(config, words, tmp_path, capsys, env,
+                                                                          no_backbone):
+    _fails(capsys, _with_config(tmp_path, config), *words)
+    assert not (tmp_path / "out").exists()
+
+
 def test_cache_env_var_pointing_at_a_file(tmp_path, capsys, monkeypatch, no_backbone):
     blocker = tmp_path / "cache-file"
     blocker.write_text("")

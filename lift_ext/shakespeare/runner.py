@@ -28,7 +28,7 @@ from lift_ext.shakespeare import methods as M
 from lift_ext.shakespeare import stages
 from lift_ext.shakespeare.config import BenchConfig
 from lift_ext.shakespeare.episodes import pool_tasks, support_task
-from lift_ext.shakespeare.lift_methods import LIBRARY_METHODS, train_lift_variants
+from lift_ext.shakespeare.lift_methods import LIBRARY_METHODS, chains_needed, train_lift_variants
 from lift_ext.shakespeare.scoring import query_metrics
 from lift_ext.shakespeare.stages import StageError
 from lift_ext.shakespeare.suite import SuiteData, build_suite
@@ -86,6 +86,7 @@ def setup(cfg: BenchConfig, seed: int, cache=None, progress: bool = True,
         raise StageError(f"the {', '.join(empty)} split(s) come out empty (roles dropped: {dropped}): "
                          f"lower min_lines (now {cfg.min_lines}) or n_support + n_query (now {cfg.n_support} + "
                          f"{cfg.n_query} windows a role must hold) in the config")
+    check_chains(cfg, len(data.pools))
     ids = bench.vocab.encode(bench.pretrain_text(include_train_roles=cfg.pretrain_train_roles))
     model, info = load_or_pretrain(ids, len(bench.vocab), cfg.backbone_config(), cache=cache,
                                    device=device, progress=progress)
@@ -99,6 +100,22 @@ def setup(cfg: BenchConfig, seed: int, cache=None, progress: bool = True,
     if setups is not None:
         setups[seed] = su
     return su
+
+
+def check_chains(cfg: BenchConfig, n_train: int) -> None:
+    """StageError naming the config keys when the LiFT chains the methods need cannot run on
+    ``n_train`` meta-train roles: more tasks per step, or more mixture-prior components, than roles."""
+    chains = chains_needed(cfg, set(cfg.methods))
+    if not chains:
+        return
+    more = "or raise max_train (0 = all) or lower min_lines in the config"
+    if cfg.tasks_per_step > n_train:
+        raise StageError(f"tasks_per_step ({cfg.tasks_per_step}) exceeds the number of meta-train roles "
+                         f"({n_train}): lower tasks_per_step, {more}")
+    k = max((k for prior, k in chains if prior == "mixture"), default=0)
+    if k > n_train:
+        raise StageError(f"n_components ({k}) exceeds the number of meta-train roles ({n_train}; the mixture "
+                         f"prior needs a role per component): lower n_components, {more}")
 
 
 def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True) -> M.MetaState:
