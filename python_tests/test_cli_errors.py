@@ -64,6 +64,7 @@ def _with_config(tmp_path, config: dict, *extra):
     ({"temperature": None}, ("temperature is null", "leave the key out", "0.01")),
     ({"backbone": {"n_layer": None}}, ("backbone.n_layer is null",)),
     ({"backbone": {"n_layers": 2}}, ("n_layers", "n_layer, n_embd, n_head")),
+    ({"beta": 1e30}, ("beta", "[1e-06, 1e+06]")),
 ])
 def test_bad_config_is_one_line_before_any_work(config, words, tmp_path, capsys, env, no_backbone):
     _fails(capsys, _with_config(tmp_path, config), *words, absent=("None",) if None in config.values() else ())
@@ -79,8 +80,9 @@ def test_empty_split_is_refused_before_the_backbone(tmp_path, capsys, env, no_ba
     ({"max_train": 1, "methods": ["lift", "mbc"]}, ("tasks_per_step (8)", "meta-train roles (1)", "max_train")),
     ({"tasks_per_step": 100, "methods": ["lift"]}, ("tasks_per_step (100)", "meta-train roles (16)")),
     ({"n_components": 50, "methods": ["lift"]}, ("n_components (50)", "meta-train roles (16;")),
+    ({"families": 100}, ("families=100", "lower families, family_swaps or within_family")),
 ])
-def test_chains_too_large_for_the_split_are_refused_before_the_backbone(config, words, tmp_path, capsys, env,
+def test_settings_too_large_for_the_data_are_refused_before_the_backbone(config, words, tmp_path, capsys, env,
                                                                           no_backbone):
     _fails(capsys, _with_config(tmp_path, config), *words)
     assert not (tmp_path / "out").exists()

@@ -35,6 +35,11 @@ ROLES_DEFAULTS = dict(methods=list(ROLES_METHODS), seeds=[0], lift_prior="paper"
                       adapt_eval_every=0)
 
 
+# sigma and beta (adapter-weight units) outside this range overflow float32 in the chain's
+# precisions and variances (1 / scale^2, scale^2 times the task count).
+SCALE_RANGE = (1e-6, 1e6)
+
+
 class ConfigError(ValueError):
     """A configuration value or file is invalid (the message names it)."""
 
@@ -149,8 +154,11 @@ class BenchConfig:
                 "inner_steps": 1, "mbc_clusters": 1, "adapt_steps": 0, "adapt_patience": 1, "adapt_eval_every": 0}
         for name, low in ints.items():
             _check(validate.integer, name, getattr(self, name), low)
-        for name in ("lora_alpha", "sigma", "beta", "lift_lr", "meta_lr", "outer_lr"):
+        for name in ("lora_alpha", "lift_lr", "meta_lr", "outer_lr"):
             _check(validate.number, name, getattr(self, name))
+        for name in ("sigma", "beta"):  # the chain's float32 precisions 1 / scale^2 must stay finite
+            _check(validate.number, name, getattr(self, name), low=SCALE_RANGE[0], inclusive=True,
+                   high=SCALE_RANGE[1], high_inclusive=True)
         _check(validate.number, "temperature", self.temperature, inclusive=True)
         _check(validate.number, "burn_in", self.burn_in, inclusive=True, high=1.0)
         _check(validate.number, "lift_warmup", self.lift_warmup, inclusive=True, high=1.0)
