@@ -38,6 +38,7 @@ def main(out_path: str) -> int:
     lines = [
         'set(LIFT_TORCH_VERSION "{}")'.format(torch.__version__),
         'set(LIFT_TORCH_CUDA_VERSION "{}")'.format(torch.version.cuda or ""),
+        "set(LIFT_TORCH_CUDA_AVAILABLE {})".format(int(torch.cuda.is_available())),
         'set(LIFT_TORCH_INCLUDE_DIRS "{}")'.format(cmake_list(cpp_extension.include_paths())),
         'set(LIFT_TORCH_LIBRARY_DIRS "{}")'.format(cmake_list(cpp_extension.library_paths())),
         "set(LIFT_TORCH_CXX11_ABI {})".format(int(torch._C._GLIBCXX_USE_CXX11_ABI)),

@@ -145,3 +145,73 @@ def test_bad_config_values_name_the_key(key, value):
     from lift_ext.shakespeare.config import BenchConfig, ConfigError
     with pytest.raises(ConfigError, match=key):
         BenchConfig(**{key: value})
+
+
+def _strict(text: str) -> dict:
+    def refuse(constant):
+        raise ValueError(f"results.json holds {constant}: not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_results_are_strict_json_with_provenance(quick_run):
+    proc, out, _ = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = _strict((out / "results.json").read_text())
+    assert set(results["stages"]) == {"meta_train", "adapt", "evaluate"}
+    for record in results["stages"].values():
+        assert record["seconds"] > 0 and set(record["machine"]) >= {
+            "git_commit", "torch", "cpu", "torch_threads", "gpu", "lift_ext"}
+    assert results["seconds"] == pytest.approx(sum(r["seconds"] for r in results["stages"].values()), abs=0.1)
+    # one lr tried (--quick): the footer must not claim it was chosen on meta-val
+    footer = (out / "results.md").read_text()
+    assert "not tuned" in footer and "chosen" not in footer
+
+
+@pytest.fixture
+def in_process(quick_run, monkeypatch, capsys):
+    """main() of lift_ext.cli in this process (no interpreter start-up) on quick_run's cache;
+    returns (exit status, stdout, stderr) of a call. torch's thread count is restored after."""
+    import torch
+
+    from lift_ext.cli import main
+    monkeypatch.setenv("LIFT_EXT_CACHE", str(quick_run[2]))
+    threads = torch.get_num_threads()
+
+    def call(*args):
+        status = main(list(args))
+        out, err = capsys.readouterr()
+        return status, out, err
+    yield call
+    torch.set_num_threads(threads)
+
+
+def test_demo_resumes_and_stages_default_to_the_built_in_config(quick_run, in_process):
+    proc, out, _ = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = _strict((out / "results.json").read_text())
+    status, stdout, err = in_process("demo", "--quick", "--no-progress", "--output", str(out))
+    assert status == 0, err
+    assert f"reusing {out / 'meta_state.pt'}" in stdout and f"reusing {out / 'adapted.pt'}" in stdout
+    again = _strict((out / "results.json").read_text())
+    for stage in ("meta_train", "adapt"):
+        assert again["stages"][stage] == before["stages"][stage]
+    # a stage command without --config, with --quick, keeps the earlier stages' time
+    status, _, err = in_process("evaluate", "--quick", "--no-progress", "--output", str(out))
+    assert status == 0, err
+    evaluated = _strict((out / "results.json").read_text())
+    assert evaluated["stages"]["meta_train"] == before["stages"]["meta_train"]
+    assert evaluated["seconds"] > before["stages"]["meta_train"]["seconds"] > 0
+
+
+def test_demo_fresh_recomputes_and_the_adapt_bar_counts_roles(in_process, tmp_path):
+    args = ("demo", "--quick", "--methods", "backbone,independent", "--output", str(tmp_path / "demo"))
+    status, _, err = in_process(*args, "--no-progress")
+    assert status == 0, err
+    first = _strict((tmp_path / "demo" / "results.json").read_text())["stages"]["meta_train"]
+    status, stdout, err = in_process(*args, "--fresh")
+    assert status == 0, err
+    assert "reusing" not in stdout
+    results = _strict((tmp_path / "demo" / "results.json").read_text())
+    assert results["stages"]["meta_train"] != first
+    n = len(results["roles"]) * len(results["methods"])  # one lr: no meta-val adaptations
+    assert "adapting (seed 0): 100%" in err and f"{n}/{n}" in err and "role" in err

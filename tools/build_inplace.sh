@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Developer build: compiles lift_ext/_C*.so into the source tree (no pip install), so several
-# checkouts can share one Python environment: run tests with PYTHONPATH=<checkout>.
+# checkouts can share one Python environment: run tests with PYTHONPATH=<checkout>. It builds
+# the CPU kernels, and the CUDA ones where they can be used (LIFT_EXT_CUDA as in CMakeLists.txt:
+# by default only where torch sees a GPU or TORCH_CUDA_ARCH_LIST is set).
 # Usage: tools/build_inplace.sh [python]   (build files in build/inplace)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -282,4 +282,9 @@ def add_lora(model, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
         raise ValueError("target_modules mix Conv1D and Linear layers; wrap them separately")
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                      fan_in_fan_out=all(conv), bias="none")
-    return get_peft_model(model, cfg)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` property while wrapping;
+        # that FutureWarning concerns the two libraries, not this model (nothing here checkpoints).
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        return get_peft_model(model, cfg)

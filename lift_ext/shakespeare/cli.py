@@ -1,18 +1,21 @@
 """The benchmark's commands of the `lift-ext` command line (lift_ext.cli dispatches to them).
 
-    lift-ext demo [--quick] [--output DIR] [--device cuda] [--methods a,b] [--config cfg.json]
-    lift-ext meta-train --config cfg.json [--output DIR]
-    lift-ext adapt      --config cfg.json [--output DIR]
-    lift-ext evaluate   --config cfg.json [--output DIR]
+    lift-ext demo [--quick] [--fresh] [--output DIR] [--device cuda] [--methods a,b] [--config cfg.json]
+    lift-ext meta-train [--quick] [--config cfg.json] [--output DIR]
+    lift-ext adapt      [--quick] [--config cfg.json] [--output DIR]
+    lift-ext evaluate   [--quick] [--config cfg.json] [--output DIR]
 
-Errors a user can cause (bad config, unknown method, missing data package, unwritable output,
-stage files from another config) print one line `lift-ext: error: ...` and exit with 2.
+`demo` reuses a stage file in --output that is intact and made with the same config (and says
+so); --fresh recomputes every stage. Errors a user can cause (bad config, unknown method,
+missing data package, unwritable output or cache, stage files from another config or damaged,
+a diverging chain) print one line `lift-ext: error: ...` naming the config key, flag or
+environment variable to change, and exit with 2, before any heavy work where the check allows;
+a failed run leaves no empty output directory behind.
 """
 import argparse
 import importlib.util
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -69,11 +72,13 @@ EXTRA_MODULES = ("transformers", "peft", "matplotlib")
 
 def add_commands(sub) -> None:
     """Add the benchmark's subcommands to `sub` (an argparse subparsers object)."""
-    def stage(name: str, help_: str, config_required: bool) -> argparse.ArgumentParser:
+    def stage(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_, epilog=config_help(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", required=config_required, metavar="FILE",
-                       help="JSON config (see below)" + ("" if config_required else "; overrides the defaults"))
+        p.add_argument("--config", metavar="FILE",
+                       help="JSON config (see below); its keys override the defaults (default: the built-in config)")
+        p.add_argument("--quick", action="store_true",
+                       help="a smoke run: tiny backbone, few roles, tiny budgets (give it to every stage of a run)")
         p.add_argument("--output", default="results/demo", metavar="DIR",
                        help="directory for stage files and results (default: results/demo)")
         p.add_argument("--cache", default=None, metavar="DIR",
@@ -89,18 +94,18 @@ def add_commands(sub) -> None:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         return p
 
-    demo = stage("demo", "run the Shakespeare benchmark end to end (meta-train, adapt, evaluate): "
-                         "about 15 minutes of CPU time on a 2-core machine, backbone pre-training included", False)
-    demo.add_argument("--quick", action="store_true",
-                      help="a ~2-minute smoke run: tiny backbone, few roles, tiny budgets")
+    demo = stage("demo", "run the Shakespeare benchmark end to end (meta-train, adapt, evaluate), "
+                         "reusing the stage files of an earlier run of the same config in --output")
+    demo.add_argument("--fresh", action="store_true",
+                      help="recompute every stage even where --output holds a matching stage file")
     demo.add_argument("--methods", default=None, metavar="A,B",
                       help="comma-separated subset of methods (default: all)")
     stage("meta-train", "stage 1: pre-train/load the backbone and meta-train every method "
-                        "(writes meta_state.pt)", True)
-    stage("adapt", "stage 2: pick each method's adaptation lr on meta-val roles and adapt to "
-                   "every meta-test role (reads meta_state.pt, writes adapted.pt)", True)
+                        "(writes meta_state.pt)")
+    stage("adapt", "stage 2: pick each method's adaptation lr on meta-val roles (when adapt_lrs has "
+                   "several) and adapt to every meta-test role (reads meta_state.pt, writes adapted.pt)")
     stage("evaluate", "stage 3: query accuracy of the adapted vectors (reads adapted.pt, writes "
-                      "results.json, results.md, results.png)", True)
+                      "results.json, results.md, results.png)")
 
 
 def _config(args):
@@ -112,7 +117,7 @@ def _config(args):
         given["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.device:
         given["device"] = args.device
-    return BenchConfig.from_dict(given, quick=getattr(args, "quick", False))
+    return BenchConfig.from_dict(given, quick=args.quick)
 
 
 def _check_device(device: str) -> None:
@@ -126,39 +131,55 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
 
 
+def _stages(args, cfg, output: Path, common: dict) -> None:
+    """Run the meta-train and adapt stages the command asks for; `demo` reuses an intact stage
+    file of this config (unless --fresh) and recomputes every stage after one it recomputes."""
+    from lift_ext.shakespeare import runner, stages
+    recompute = getattr(args, "fresh", False)
+    for kind, run_stage in (("meta", runner.run_meta_train), ("adapt", runner.run_adapt)):
+        command = stages.PRODUCER[kind]
+        if args.command not in ("demo", command):
+            continue
+        path = output / stages.FILES[kind]
+        if args.command == "demo" and not recompute:
+            found = stages.reusable(kind, cfg, output)
+            if found["reuse"]:
+                rec = found["record"]
+                print(f"reusing {path}: {command} of this config, finished {rec.get('finished', '?')} "
+                      f"in {rec.get('seconds', '?')} s (--fresh recomputes it)", flush=True)
+                continue
+            if found["why"]:
+                print(f"not reusing it: {found['why']}; running {command} now", flush=True)
+        recompute = True  # every later stage depends on this one
+        print(f"wrote {run_stage(cfg, output, **common)}", flush=True)
+
+
 def _run(args) -> int:
-    from lift_ext.shakespeare import runner
+    import torch
+    from lift_ext.shakespeare import runner, stages
+    from lift_ext.shakespeare.cache import cache_dir
+    from lift_ext.shakespeare.config import ConfigError
     from lift_ext.shakespeare.report import markdown_table, write_results
 
-    import torch
-    from lift_ext.shakespeare.config import ConfigError
-
+    stages.source_commit()  # the code this process loaded, before the checkout can change
     cfg = _config(args)
     _check_device(cfg.device)
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
-    output = runner.check_output(Path(args.output))
-    progress = not args.no_progress
-    setups: dict = {}  # the stages of one command share the loaded data and models
-    common = dict(cache=args.cache, setups=setups)
-    clock = runner.Clock()
-    for stage, run_stage in (("meta-train", runner.run_meta_train), ("adapt", runner.run_adapt)):
-        if args.command in ("demo", stage):
-            path = run_stage(cfg, output, progress=progress, **common)
-            clock.lap(stage.replace("-", "_"))
-            if args.command == stage:
-                print(f"wrote {path}")
-                return 0
-    import platform
-    results = runner.run_evaluate(cfg, output, extra={
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "torch_threads": args.threads}}, **common)
-    clock.lap("evaluate")
-    results["seconds"] = round(clock.total()["wall"], 1)
-    results["timing"] = clock.laps
-    paths = write_results(results, output)
+    cache = cache_dir(args.cache, knob="--cache")
+    common = dict(cache=cache, setups={}, progress=not args.no_progress)  # stages share data and models
+    output = Path(args.output)
+    with runner.new_output(output):
+        torch.set_num_threads(args.threads)
+        _stages(args, cfg, output, common)
+        if args.command not in ("demo", "evaluate"):
+            return 0
+        clock = runner.Clock()
+        results = runner.run_evaluate(cfg, output, cache=cache, setups=common["setups"])
+        spent = clock.total()
+        results["stages"]["evaluate"] = stages.stage_record(spent["wall"], spent["cpu"], cfg.device)
+        results["seconds"] = round(sum(r["seconds"] for r in results["stages"].values()), 1)
+        paths = write_results(results, output)
     print(markdown_table(results))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -182,15 +203,16 @@ def missing_extra() -> Optional[str]:
 
 def run(args) -> int:
     """Run a parsed benchmark command; user errors print one line and return 2."""
+    from lift_ext.shakespeare.cache import CacheError
     from lift_ext.shakespeare.config import ConfigError
-    from lift_ext.shakespeare.runner import StageError
+    from lift_ext.shakespeare.stages import StageError
     message = missing_extra()
     if message:
         print(f"lift-ext: error: {message}", file=sys.stderr)
         return 2
     try:
         return _run(args)
-    except (ConfigError, StageError, ModuleNotFoundError, FileNotFoundError, PermissionError) as exc:
+    except (ConfigError, StageError, CacheError, ModuleNotFoundError, FileNotFoundError, PermissionError) as exc:
         print(f"lift-ext: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -37,6 +37,11 @@ ROLES_DEFAULTS = dict(methods=list(ROLES_METHODS), seeds=[0], lift_prior="paper"
                       adapt_eval_every=0)
 
 
+# sigma and beta (adapter-weight units) outside this range overflow float32 in the chain's
+# precisions and variances (1 / scale^2, scale^2 times the task count).
+SCALE_RANGE = (1e-6, 1e6)
+
+
 class ConfigError(ValueError):
     """A configuration value or file is invalid (the message names it)."""
 
@@ -148,14 +153,20 @@ class BenchConfig:
             raise ConfigError(f"seeds must be a non-empty list of ints >= 0, got {self.seeds!r}")
         for seed in self.seeds:
             _check(validate.integer, "seeds", seed)
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: duplicates in {self.seeds} (a repeated seed repeats the same run and "
+                              "would count its roles twice)")
         ints = {"families": 1, "family_seed": 0, "family_swaps": 1, "within_family": 0, "min_lines": 0,
                 "n_support": 1, "n_query": 1, "max_train": 0, "max_val": 0, "max_test": 0, "lora_r": 1,
                 "batch_size": 1, "meta_steps": 1, "n_components": 1, "tasks_per_step": 1, "thin": 1,
                 "inner_steps": 1, "mbc_clusters": 1, "adapt_steps": 0, "adapt_patience": 1, "adapt_eval_every": 0}
         for name, low in ints.items():
             _check(validate.integer, name, getattr(self, name), low)
-        for name in ("lora_alpha", "sigma", "beta", "lift_lr", "meta_lr", "outer_lr"):
+        for name in ("lora_alpha", "lift_lr", "meta_lr", "outer_lr"):
             _check(validate.number, name, getattr(self, name))
+        for name in ("sigma", "beta"):  # the chain's float32 precisions 1 / scale^2 must stay finite
+            _check(validate.number, name, getattr(self, name), low=SCALE_RANGE[0], inclusive=True,
+                   high=SCALE_RANGE[1], high_inclusive=True)
         _check(validate.number, "temperature", self.temperature, inclusive=True)
         _check(validate.number, "burn_in", self.burn_in, inclusive=True, high=1.0)
         _check(validate.number, "lift_warmup", self.lift_warmup, inclusive=True, high=1.0)
@@ -169,8 +180,12 @@ class BenchConfig:
             raise ConfigError(f"device must be a string such as 'cpu' or 'cuda', got {self.device!r}")
         for name in ("pretrain_train_roles", "lift_preconditioned"):
             _check(validate.boolean, name, getattr(self, name))
+        backbone_keys = [f.name for f in dataclasses.fields(BackboneConfig)]
         if not isinstance(self.backbone, dict):
-            raise ConfigError("backbone must be an object of BackboneConfig fields")
+            raise ConfigError(f"backbone must be a JSON object with keys among {', '.join(backbone_keys)}")
+        unknown = sorted(set(self.backbone) - set(backbone_keys))
+        if unknown:
+            raise ConfigError(f"backbone: unknown key(s) {unknown}; known: {', '.join(backbone_keys)}")
         try:
             BackboneConfig(**self.backbone)
         except (TypeError, ValueError) as exc:
@@ -212,6 +227,7 @@ class BenchConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; known: {', '.join(sorted(names))}")
+        _refuse_nulls(d)
         suite = _check(validate.one_of, "suite", d.get("suite", "families"), SUITES)
         base = dict(ROLES_DEFAULTS) if suite == "roles" else {}
         if quick:
@@ -222,6 +238,19 @@ class BenchConfig:
     def load(cls, path, quick: bool = False) -> "BenchConfig":
         """Read a JSON config file (any subset of the fields; the rest keep their defaults)."""
         return cls.from_dict(read_json(path), quick)
+
+
+def _refuse_nulls(d: dict) -> None:
+    """ConfigError naming the first key (``backbone.<field>`` for nested ones) whose value is
+    JSON null: leaving a key out keeps its default, null is no value."""
+    defaults = {**BenchConfig().to_dict(), **(ROLES_DEFAULTS if d.get("suite") == "roles" else {})}
+    nested = d.get("backbone") if isinstance(d.get("backbone"), dict) else {}
+    items = [(k, v, defaults.get(k)) for k, v in d.items()] + \
+        [(f"backbone.{k}", v, getattr(BackboneConfig(), k, None)) for k, v in nested.items()]
+    for key, value, default in items:
+        if value is None:
+            raise ConfigError(f"{key} is null: give a value, or leave the key out to keep the default "
+                              f"({json.dumps(default)})")
 
 
 def read_json(path) -> dict:
@@ -241,7 +270,7 @@ def read_json(path) -> dict:
 
 
 def quick_config(suite: str = "families") -> dict:
-    """Overrides for ``--quick`` (a smoke run well under 2 minutes on 2 CPU cores): a tiny
+    """Overrides for ``--quick`` (a smoke run of 15-30 s on 2 CPU cores): a tiny
     backbone, few roles, tiny budgets. LiFT's theta step is smaller than in the full runs: its
     phi averages the task vectors of only 16 roles here (128 in a full run), so the random walk
     each task vector takes at a large step survives the average and breaks the tiny model

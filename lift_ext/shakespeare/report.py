@@ -6,8 +6,10 @@ the identity family, have none) and the NLL in nats per character ("nll"). Each 
 score is the mean over (seed, role) with the standard error s / sqrt(n) (s the sample
 standard deviation). A paired difference is the mean over the same (seed, role) pairs of
 one method's score minus another's, with its standard error: role difficulty cancels, so it
-is the sharper test. The noise floor is the paired difference of one method with itself
-under two seeds. Files are written atomically.
+is the sharper test; the reference method of the paired differences is LiFT (``lift``) when
+it ran, else the first method of the config. The noise floor is the paired difference of one
+method with itself under two seeds. results.json is strict JSON (a missing or non-finite
+number is null); files are written atomically.
 """
 from __future__ import annotations
 
@@ -54,22 +56,39 @@ def _stats(values: List[Optional[float]]) -> dict:
     return {"mean": mean, "stderr": se, "per_task": values}
 
 
+def reference_method(methods: Sequence[str]) -> str:
+    """The method the paired differences are taken against: ``lift`` when present, else the first."""
+    return "lift" if "lift" in methods else methods[0]
+
+
+def strict_json(obj):
+    """``obj`` with every non-finite float (nan, inf) replaced by None, so that it is JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def summarize(cfg: BenchConfig, scores: Dict[str, List[dict]], detail: Dict[str, dict],
               roles: List[tuple], extra: dict) -> dict:
     """The results.json object: {"config", "roles" ([key, family] per evaluated role),
     "methods": {name: {"mean", "stderr", "per_task" (accuracy), "metrics": {metric: {"mean",
-    "stderr", "per_task"}}, "lr", ...}}, "paired" (LiFT minus each method, per metric),
-    "noise_floor" (each method, first seed minus second), ...extra}; per_task lists are
-    ordered seed-major, role-minor."""
-    out = {"config": cfg.to_dict(), "roles": [list(r) for r in roles], "methods": {}, "paired": {},
-           "noise_floor": {}}
+    "stderr", "per_task"}}, "lr", ...}}, "reference" (see `reference_method`), "paired" (the
+    reference minus each other method, per metric), "noise_floor" (each method, first seed
+    minus second), ...extra}; per_task lists are ordered seed-major, role-minor."""
+    reference = reference_method(list(scores))
+    out = {"config": cfg.to_dict(), "roles": [list(r) for r in roles], "methods": {}, "reference": reference,
+           "paired": {}, "noise_floor": {}}
     for m, rows in scores.items():
         metrics = {k: _stats([row[k] for row in rows]) for k in METRICS}
         out["methods"][m] = {"mean": metrics["acc"]["mean"], "stderr": metrics["acc"]["stderr"],
                              "per_task": metrics["acc"]["per_task"], "metrics": metrics, **detail.get(m, {})}
-    ref = out["methods"].get("lift")
+    ref = out["methods"][reference]
     for m, r in out["methods"].items():
-        if ref is not None and m != "lift":
+        if m != reference:
             out["paired"][m] = {k: paired(ref["metrics"][k]["per_task"], r["metrics"][k]["per_task"])
                                 for k in METRICS}
         if len(cfg.seeds) >= 2:
@@ -113,16 +132,33 @@ def _cell(stats: dict, metric: str) -> str:
     return f"{u * stats['mean']:.{digits}f} ± {u * stats['stderr']:.{digits}f}"
 
 
+def _short(name: str) -> str:
+    return LABELS.get(name, name).split(" (")[0]
+
+
+def adaptation_note(config: dict) -> str:
+    """What the adaptation did, as the run's config says: the lr chosen on meta-val, or the
+    single lr that was tried."""
+    lrs = config["adapt_lrs"]
+    steps = f"at most {config['adapt_steps']} RMSprop steps per role"
+    if len(lrs) == 1:
+        return f"adaptation: {steps} at lr {lrs[0]:g} (the only lr tried: not tuned)"
+    return (f"adaptation: {steps}, lr chosen per method and seed among {', '.join(f'{v:g}' for v in lrs)} "
+            f"by mean query accuracy on {config['max_val'] or 'all'} meta-val roles")
+
+
 def markdown_table(results: dict) -> str:
     """Methods sorted by mean accuracy: accuracy (all and remapped targets, %) and NLL (nats /
-    char), each mean ± s.e., and LiFT's paired lead over each method in accuracy (pp, and in
-    paired standard errors)."""
-    methods = results["methods"]
+    char), each mean ± s.e., and the reference method's paired lead over each method in
+    accuracy (pp, and in paired standard errors); a footer that says what the run did."""
+    methods, config = results["methods"], results["config"]
+    reference = results.get("reference", reference_method(list(methods)))
+    ref = _short(reference)
     remapped = any(r["metrics"]["acc_remapped"]["mean"] is not None for r in methods.values())
     head = ["method", "accuracy (%)"] + (["remapped targets (%)"] if remapped else []) + \
-        ["NLL (nats/char)", "LiFT lead, paired (pp)", "LiFT lead (paired s.e.)", "adapt lr"]
+        ["NLL (nats/char)", f"{ref} lead, paired (pp)", f"{ref} lead (paired s.e.)", "adapt lr"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    for name, r in sorted(methods.items(), key=lambda kv: -kv[1]["mean"]):
+    for name, r in sorted(methods.items(), key=lambda kv: -(kv[1]["mean"] or 0.0)):
         cells = [label(name, r), _cell(r["metrics"]["acc"], "acc")]
         if remapped:
             cells.append(_cell(r["metrics"]["acc_remapped"], "acc_remapped"))
@@ -132,25 +168,28 @@ def markdown_table(results: dict) -> str:
             cells += ["", ""]
         else:
             cells.append(f"{100 * lead['mean']:+.2f} ± {100 * lead['se']:.2f}")
-            cells.append(f"{lead['mean'] / lead['se']:+.1f}" if lead["se"] > 0 else "")
+            cells.append(f"{lead['mean'] / lead['se']:+.1f}" if lead["se"] else "")
         lrs = sorted({float(v) for v in r.get("lr", {}).values()}) if name != "backbone" else []
         cells.append(", ".join(f"{v:g}" for v in lrs))
         lines.append("| " + " | ".join(cells) + " |")
-    n_roles, n_seeds = len(results["roles"]), len(results["config"]["seeds"])
-    split = "meta-test" if results["config"].get("eval_split", "test") == "test" else "meta-val"
+    n_roles, n_seeds = len(results["roles"]), len(config["seeds"])
+    split = "meta-test" if config.get("eval_split", "test") == "test" else "meta-val"
     lines += ["", f"Query windows of {n_roles} {split} roles x {n_seeds} seed(s) (n = {n_roles * n_seeds}); "
-              "adaptation lr chosen on meta-val roles; paired: LiFT minus the method on the same (seed, role)."]
+              f"{config['meta_steps']} meta-training steps per method; {adaptation_note(config)}; "
+              f"paired: {ref} (`{reference}`) minus the method on the same (seed, role)."]
     pure = results.get("component_purity", {})
-    if pure and results["config"].get("suite") == "families":
+    if pure and config.get("suite") == "families":
         lines.append("Family purity of the prior component each LiFT variant starts from (fraction of roles whose "
                      "component mostly serves their own family): "
                      + ", ".join(f"`{m}` {100 * v:.0f} %" for m, v in pure.items()) + ".")
     floor = results.get("noise_floor", {})
     if floor:
         parts = [f"`{m}` {100 * v['mean']:+.2f} ± {100 * v['se']:.2f}" for m, v in floor.items()
-                 if m != "backbone"]
+                 if m != "backbone" and v["mean"] is not None]
         lines.append("Noise floor (accuracy, pp: the same method, first seed minus second, paired by role): "
                      + ", ".join(parts) + ".")
+    elif n_seeds == 1:
+        lines.append("One seed: no noise floor (the same method under two seeds) was measured.")
     return "\n".join(lines) + "\n"
 
 
@@ -160,31 +199,40 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def plot_png(results: dict) -> bytes:
-    """A bar plot (PNG bytes) of mean accuracy with +-1 standard error bars (references in blue)."""
+    """Two panels (PNG bytes): mean accuracy of every method with ±1 s.e. on the full 0-100 %
+    axis, and the reference method minus each other method, paired over (seed, role), in
+    percentage points with ±1 paired s.e. (the comparison role difficulty does not blur)."""
     import io
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    items = sorted(results["methods"].items(), key=lambda kv: -kv[1]["mean"])
+    items = sorted(results["methods"].items(), key=lambda kv: -(kv[1]["mean"] or 0.0))
     names = [k for k, _ in items]
-    means = [100 * v["mean"] for _, v in items]
-    errs = [100 * v["stderr"] for _, v in items]
-    fig, ax = plt.subplots(figsize=(9, 4))
     colors = ["tab:red" if n.startswith("lift") else "tab:blue" if n in ("oracle", "backbone") else "tab:gray"
               for n in names]
-    ax.bar(names, means, yerr=errs, capsize=4, color=colors)
-    low = min(m - e for m, e in zip(means, errs))
-    high = max(m + e for m, e in zip(means, errs))
-    pad = max(0.5, 0.15 * (high - low))
-    ax.set_ylim(low - pad, high + pad)
-    ax.set_ylabel("next-character accuracy (%)")
-    ax.set_title(f"Shakespeare {results['config'].get('suite', 'roles')} suite: mean ± s.e. over roles x seeds")
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig, (acc, diff) = plt.subplots(1, 2, figsize=(12, 4.5))
+    acc.bar(names, [100 * (v["mean"] or 0.0) for _, v in items], color=colors, capsize=3,
+            yerr=[100 * (v["stderr"] or 0.0) for _, v in items])
+    acc.set_ylim(0, 100)
+    acc.set_ylabel("next-character accuracy (%)")
+    acc.set_title("accuracy, mean ± s.e. over (seed, role)")
+    reference = results.get("reference", reference_method(names))
+    others = [n for n in names if results["paired"].get(n, {}).get("acc", {}).get("mean") is not None]
+    leads = [results["paired"][n]["acc"] for n in others]
+    diff.barh(others, [100 * p["mean"] for p in leads], xerr=[100 * (p["se"] or 0.0) for p in leads],
+              color=[colors[names.index(n)] for n in others], capsize=3)
+    diff.axvline(0.0, color="black", linewidth=0.8)
+    diff.invert_yaxis()
+    diff.set_xlabel(f"`{reference}` minus the method, paired (percentage points)")
+    diff.set_title(f"paired difference against `{reference}`, ± 1 paired s.e.")
+    plt.setp(acc.get_xticklabels(), rotation=30, ha="right")
+    fig.suptitle(f"Shakespeare {results['config'].get('suite', 'roles')} suite, "
+                 f"{len(results['roles'])} roles x {len(results['config']['seeds'])} seed(s)")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
 
@@ -192,7 +240,7 @@ def plot_png(results: dict) -> bytes:
 def write_results(results: dict, output: Path) -> Dict[str, Path]:
     """Write results.json, results.md and results.png into ``output`` (atomically)."""
     paths = {"json": output / "results.json", "md": output / "results.md", "png": output / "results.png"}
-    _write_bytes(paths["json"], json.dumps(results, indent=1).encode())
+    _write_bytes(paths["json"], json.dumps(strict_json(results), indent=1, allow_nan=False).encode())
     _write_bytes(paths["md"], markdown_table(results).encode())
     _write_bytes(paths["png"], plot_png(results))
     return paths

@@ -6,12 +6,13 @@
     evaluate    accuracy (all / remapped targets) and NLL on each evaluated role's query set
                                                                         -> results.json/.md/.png
 
-A stage file records the fingerprint of the config fields it depends on; a later stage run
-with a different config stops with a clear error instead of mixing runs. ``setups`` (a dict
-seed -> Setup) lets the stages of one process share the loaded data and model.
+Stage files (fingerprinted by config, with the provenance of every stage so far) are written
+and checked by :mod:`lift_ext.shakespeare.stages`. ``setups`` (a dict seed -> Setup) lets the
+stages of one process share the loaded data and model.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -22,18 +23,16 @@ from typing import Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from lift_ext.checkpoint import CheckpointError, load_checked, save_atomic
 from lift_ext.lift import FlatParams
 from lift_ext.shakespeare import methods as M
+from lift_ext.shakespeare import stages
 from lift_ext.shakespeare.config import BenchConfig
 from lift_ext.shakespeare.episodes import pool_tasks, support_task
-from lift_ext.shakespeare.lift_methods import LIBRARY_METHODS, train_lift_variants
+from lift_ext.shakespeare.lift_methods import LIBRARY_METHODS, chains_needed, train_lift_variants
 from lift_ext.shakespeare.scoring import query_metrics
+from lift_ext.shakespeare.stages import StageError
 from lift_ext.shakespeare.suite import SuiteData, build_suite
 
-META_FILE, ADAPT_FILE = "meta_state.pt", "adapted.pt"
-_FORMAT = {"meta": "lift_ext.shakespeare.meta_state", "adapt": "lift_ext.shakespeare.adapted"}
-_VERSION = 2
 
 
 class Clock:
@@ -53,10 +52,6 @@ class Clock:
 
     def total(self) -> dict:
         return {"wall": time.perf_counter() - self._start[0], "cpu": time.process_time() - self._start[1]}
-
-
-class StageError(RuntimeError):
-    """A stage's input is missing or was made with another config (the message says which)."""
 
 
 @dataclass
@@ -83,6 +78,15 @@ def setup(cfg: BenchConfig, seed: int, cache=None, progress: bool = True,
     device = torch.device(cfg.device)
     bench = load_benchmark(n_support=cfg.n_support, n_query=cfg.n_query, min_lines=cfg.min_lines,
                            cache=cache)
+    data = build_suite(bench, cfg, device)  # before the backbone: an empty split stops the run at once
+    empty = [split for split, roles in (("meta-train", data.pools), ("meta-val", data.val),
+                                        ("meta-test", data.test)) if not roles]
+    if empty:
+        dropped = ", ".join(f"{k}={v}" for k, v in sorted(bench.dropped.items())) or "none"
+        raise StageError(f"the {', '.join(empty)} split(s) come out empty (roles dropped: {dropped}): "
+                         f"lower min_lines (now {cfg.min_lines}) or n_support + n_query (now {cfg.n_support} + "
+                         f"{cfg.n_query} windows a role must hold) in the config")
+    check_chains(cfg, len(data.pools))
     ids = bench.vocab.encode(bench.pretrain_text(include_train_roles=cfg.pretrain_train_roles))
     model, info = load_or_pretrain(ids, len(bench.vocab), cfg.backbone_config(), cache=cache,
                                    device=device, progress=progress)
@@ -90,16 +94,28 @@ def setup(cfg: BenchConfig, seed: int, cache=None, progress: bool = True,
         p.requires_grad_(False)
     torch.manual_seed(seed)
     model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha).to(device).eval()
-    data = build_suite(bench, cfg, device)
-    for split, roles in (("meta-train", data.pools), ("meta-val", data.val), ("meta-test", data.test)):
-        if not roles:
-            raise StageError(f"the {split} split is empty: lower min_lines or raise max_* in the config")
     backbone = {k: info[k] for k in ("key", "path", "cached", "train_seconds", "final_loss") if k in info}
     su = Setup(bench, model, FlatParams(model), data, backbone,
                data.test if cfg.eval_split == "test" else data.val)
     if setups is not None:
         setups[seed] = su
     return su
+
+
+def check_chains(cfg: BenchConfig, n_train: int) -> None:
+    """StageError naming the config keys when the LiFT chains the methods need cannot run on
+    ``n_train`` meta-train roles: more tasks per step, or more mixture-prior components, than roles."""
+    chains = chains_needed(cfg, set(cfg.methods))
+    if not chains:
+        return
+    more = "or raise max_train (0 = all) or lower min_lines in the config"
+    if cfg.tasks_per_step > n_train:
+        raise StageError(f"tasks_per_step ({cfg.tasks_per_step}) exceeds the number of meta-train roles "
+                         f"({n_train}): lower tasks_per_step, {more}")
+    k = max((k for prior, k in chains if prior == "mixture"), default=0)
+    if k > n_train:
+        raise StageError(f"n_components ({k}) exceeds the number of meta-train roles ({n_train}; the mixture "
+                         f"prior needs a role per component): lower n_components, {more}")
 
 
 def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True) -> M.MetaState:
@@ -114,7 +130,8 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True) ->
 
     def timed(name, fn, *args, **kwargs):
         clock = Clock()
-        out = fn(*args, **kwargs)
+        with _diverging(name, "meta_lr", cfg.meta_lr, seed):
+            out = fn(*args, **kwargs)
         lap = clock.lap(name)
         state.info[name] = {"meta_seconds": lap["wall"], "meta_cpu_seconds": lap["cpu"]}
         return out
@@ -132,7 +149,8 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True) ->
     if "oracle" in wanted:
         state.family_adapters = timed("oracle", M.train_family_adapters, su.flat, tasks, su.data.pool_families,
                                       cfg.families, init, lr=cfg.meta_lr, **common)
-    priors, library, info = train_lift_variants(su.model, su.data.pools, stride, cfg, wanted, seed, progress)
+    with _diverging("LiFT's SGLD-Gibbs chain", "lift_lr", cfg.lift_lr, seed):
+        priors, library, info = train_lift_variants(su.model, su.data.pools, stride, cfg, wanted, seed, progress)
     state.priors, state.library = priors, library
     state.info.update(info)
     if wanted & set(LIBRARY_METHODS):
@@ -140,6 +158,17 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True) ->
     if not torch.equal(su.flat.vector, init):
         raise RuntimeError("meta-training changed the shared adapter buffer")
     return state
+
+
+@contextlib.contextmanager
+def _diverging(what: str, key: str, value: float, seed: int):
+    """A FloatingPointError (a diverged chain or optimiser) inside, as a StageError naming the
+    config key ``key`` that sets the step size of ``what``."""
+    try:
+        yield
+    except FloatingPointError:
+        raise StageError(f"meta-training of {what} diverged with seed {seed} (its parameters became "
+                         f"non-finite): lower {key} in the config (now {value:g})") from None
 
 
 def adapt_options(cfg: BenchConfig, lr: float, seed: int) -> dict:
@@ -152,10 +181,12 @@ def adapt_options(cfg: BenchConfig, lr: float, seed: int) -> dict:
 
 
 def _adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, roles: list, lr: float,
-                 seed: int, starts: Dict[str, object], components: Optional[list] = None) -> List[torch.Tensor]:
+                 seed: int, starts: Dict[str, object], components: Optional[list] = None,
+                 bar=None) -> List[torch.Tensor]:
     """Adapted vectors [S, D] of ``method`` for each of ``roles`` (the chosen prior component of
     each appended to ``components``); ``starts`` memoises each role's start vector (retrieval /
-    MBC score their library once per role, not once per lr)."""
+    MBC score their library once per role, not once per lr); ``bar`` (a tqdm bar) advances by
+    one per role."""
     out = []
     for r in roles:
         task = support_task(r.support, cfg.batch_size)
@@ -166,6 +197,8 @@ def _adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, r
         out.append(torch.stack(samples))
         if components is not None:
             components.append(component)
+        if bar is not None:
+            bar.update(1)
     return out
 
 
@@ -173,16 +206,28 @@ def _scores(su: Setup, thetas: List[torch.Tensor], roles: list) -> List[dict]:
     return [query_metrics(su.flat, list(th), r) for th, r in zip(thetas, roles)]
 
 
+def lr_is_chosen(cfg: BenchConfig, method: str) -> bool:
+    """Whether ``method``'s adaptation lr is chosen on meta-val (more than one lr to try)."""
+    return len(cfg.adapt_lrs) > 1 and method != "backbone"
+
+
+def adaptations(cfg: BenchConfig, su: Setup) -> int:
+    """Role adaptations of one seed's adapt stage (meta-val roles per lr tried, then the
+    evaluated roles), the unit its progress bar counts."""
+    per_lr = len(su.data.val) * len(cfg.adapt_lrs)
+    return sum(len(su.evaluated) + (per_lr if lr_is_chosen(cfg, m) else 0) for m in cfg.methods)
+
+
 def select_lr(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, seed: int,
-              starts: dict) -> Dict[float, float]:
+              starts: dict, bar=None) -> Dict[float, float]:
     """Mean meta-VAL query accuracy of ``method`` for every lr of ``cfg.adapt_lrs`` (nan when
     there is nothing to choose)."""
-    if len(cfg.adapt_lrs) == 1 or method == "backbone":
+    if not lr_is_chosen(cfg, method):
         return {cfg.adapt_lrs[0]: math.nan}
     scores = {}
     for lr in cfg.adapt_lrs:
         accs = [s["acc"] for s in _scores(su, _adapt_roles(cfg, su, state, method, su.data.val, lr, seed,
-                                                           starts), su.data.val)]
+                                                           starts, bar=bar), su.data.val)]
         scores[lr] = sum(accs) / len(accs)
     return scores
 
@@ -191,42 +236,25 @@ def adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, seed: int, prog
     """Per method: lr chosen on meta-val (highest mean query accuracy), then the adapted
     vectors of every evaluated role and the seconds taken."""
     out = {}
-    for method in tqdm(cfg.methods, desc=f"adapting (seed {seed})", disable=not progress):
+    bar = tqdm(total=adaptations(cfg, su), desc=f"adapting (seed {seed})", unit="role", disable=not progress,
+               mininterval=1.0)
+    for method in cfg.methods:
+        bar.set_postfix(method=method)
         clock = Clock()
         val_starts: dict = {}
-        scores = select_lr(cfg, su, state, method, seed, val_starts)
+        scores = select_lr(cfg, su, state, method, seed, val_starts, bar)
         lr = max(scores, key=lambda k: -math.inf if math.isnan(scores[k]) else scores[k])
         starts = val_starts if su.evaluated is su.data.val else {}
         components: list = []
-        thetas = _adapt_roles(cfg, su, state, method, su.evaluated, lr, seed, starts, components)
+        thetas = _adapt_roles(cfg, su, state, method, su.evaluated, lr, seed, starts, components, bar)
         out[method] = {"lr": lr, "val_scores": {str(k): None if math.isnan(v) else v for k, v in scores.items()},
                        "components": components,
                        "thetas": torch.stack(thetas).cpu(), **clock.lap("adapt")}
+    bar.close()
     return out
 
 
-# ---- stage files ------------------------------------------------------------------------
-
-def _save(kind: str, cfg: BenchConfig, stage: str, payload: dict, path: Path) -> None:
-    save_atomic({"format": _FORMAT[kind], "version": _VERSION, "fingerprint": cfg.fingerprint(stage),
-                 "config": cfg.to_dict(), **payload}, str(path))
-
-
-def _load(kind: str, cfg: BenchConfig, stage: str, path: Path, producer: str) -> dict:
-    try:
-        state = load_checked(str(path), fmt=_FORMAT[kind], version=_VERSION, required=("fingerprint", "seeds"),
-                             map_location="cpu")
-    except CheckpointError as exc:
-        if not path.exists():
-            raise StageError(f"{path} does not exist: run `lift-ext {producer}` with this config and "
-                             "--output first") from None
-        raise StageError(str(exc)) from None
-    if state["fingerprint"] != cfg.fingerprint(stage):
-        raise StageError(f"{path} was made with another config (fingerprint {state['fingerprint']}, "
-                         f"this config {cfg.fingerprint(stage)}): rerun `lift-ext {producer}` or use "
-                         "another --output directory")
-    return state
-
+# ---- the stages ------------------------------------------------------------------------
 
 def _to_cpu(obj):
     if isinstance(obj, torch.Tensor):
@@ -239,6 +267,7 @@ def _to_cpu(obj):
 def run_meta_train(cfg: BenchConfig, output: Path, cache=None, progress: bool = True,
                    setups: Optional[dict] = None) -> Path:
     """Stage 1 for every seed; writes ``output/meta_state.pt``."""
+    total = Clock()
     seeds = {}
     for seed in cfg.seeds:
         clock = Clock()
@@ -247,32 +276,47 @@ def run_meta_train(cfg: BenchConfig, output: Path, cache=None, progress: bool = 
         state = meta_train(cfg, su, seed, progress)
         clock.lap("meta_train")
         seeds[seed] = {"state": _to_cpu(state.to_state()), "backbone": su.backbone, "timing": clock.laps}
-    path = output / META_FILE
-    _save("meta", cfg, "meta-train", {"seeds": seeds}, path)
+    path = output / stages.META_FILE
+    spent = total.total()
+    record = {**stages.stage_record(spent["wall"], spent["cpu"], cfg.device),
+              "per_seed": {str(s): seeds[s]["timing"] for s in cfg.seeds}}
+    stages.save("meta", cfg, {"seeds": seeds, "stages": {"meta_train": record}}, path)
     return path
+
+
+def _meta_state(meta: dict, seed: int, device: str, path: Path) -> M.MetaState:
+    try:
+        return M.MetaState.from_state(meta["seeds"][seed]["state"], device)
+    except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as exc:
+        raise StageError(f"{path} is not a valid {stages.META_FILE} (seed {seed}'s state does not load: "
+                         f"{type(exc).__name__} {exc}): rerun `lift-ext meta-train`") from None
 
 
 def run_adapt(cfg: BenchConfig, output: Path, cache=None, progress: bool = True,
               setups: Optional[dict] = None) -> Path:
     """Stage 2; needs ``meta_state.pt`` of the same config, writes ``output/adapted.pt``."""
-    meta = _load("meta", cfg, "meta-train", output / META_FILE, "meta-train")
+    total = Clock()
+    meta = stages.load("meta", cfg, output)
+    states = {seed: _meta_state(meta, seed, cfg.device, output / stages.META_FILE) for seed in cfg.seeds}
     seeds = {}
     for seed in cfg.seeds:
         su = setup(cfg, seed, cache, progress=False, setups=setups)
-        state = M.MetaState.from_state(meta["seeds"][seed]["state"], cfg.device)
-        seeds[seed] = adapt_roles(cfg, su, state, seed, progress)
-    path = output / ADAPT_FILE
-    stages = {s: {k: meta["seeds"][s][k] for k in ("timing", "backbone")} for s in cfg.seeds}
+        seeds[seed] = adapt_roles(cfg, su, states[seed], seed, progress)
+    path = output / stages.ADAPT_FILE
+    backbones = {s: {k: meta["seeds"][s][k] for k in ("timing", "backbone")} for s in cfg.seeds}
     notes = {s: meta["seeds"][s]["state"]["info"] for s in cfg.seeds}
-    _save("adapt", cfg, "adapt", {"seeds": seeds, "meta": stages, "notes": notes}, path)
+    spent = total.total()
+    records = {**meta["stages"], "adapt": stages.stage_record(spent["wall"], spent["cpu"], cfg.device)}
+    stages.save("adapt", cfg, {"seeds": seeds, "meta": backbones, "notes": notes, "stages": records}, path)
     return path
 
 
 def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None = None,
                  setups: Optional[dict] = None) -> dict:
     """Stage 3; needs ``adapted.pt`` of the same config. Returns the results dict (see
-    ``lift_ext.shakespeare.report``) without writing it."""
-    adapted = _load("adapt", cfg, "adapt", output / ADAPT_FILE, "adapt")
+    ``lift_ext.shakespeare.report``) without writing it; its "stages" are the stage records
+    of the stage files (the caller adds evaluate's own)."""
+    adapted = stages.load("adapt", cfg, output)
     scores: Dict[str, list] = {m: [] for m in cfg.methods}
     detail: Dict[str, dict] = {m: {"lr": {}, "val_scores": {}, "adapt_seconds": 0.0, "adapt_cpu_seconds": 0.0,
                                    "meta_seconds": 0.0, "meta_cpu_seconds": 0.0} for m in cfg.methods}
@@ -292,17 +336,30 @@ def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None 
                 detail[method][f"{stage}_cpu_seconds"] += cpu
             detail[method]["notes"] = {k: v for k, v in note.items() if "seconds" not in k}
     from lift_ext.shakespeare.report import summarize
-    timing = {"meta": {str(s): adapted["meta"][s] for s in cfg.seeds}}
+    backbones = {str(s): adapted["meta"][s]["backbone"] for s in cfg.seeds}
     return summarize(cfg, scores, detail, [(r.key, r.family) for r in su.evaluated],
-                     extra={**(extra or {}), "stages": timing})
+                     extra={**(extra or {}), "backbone": backbones, "stages": dict(adapted["stages"])})
 
 
-def check_output(output: Path) -> Path:
-    """Create ``output`` if needed and make sure files can be written there."""
+@contextlib.contextmanager
+def new_output(output: Path):
+    """Create ``output`` (and missing parents) and check that files can be written there; when
+    the body fails, remove the directories this created if they are still empty, so a failed
+    run leaves nothing behind."""
+    created = [d for d in (output, *output.parents) if not d.exists()]
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StageError(f"output directory {str(output)!r} cannot be created: {exc.strerror or exc}") from None
+        raise StageError(f"output directory {str(output)!r} (--output) cannot be created: "
+                         f"{exc.strerror or exc}") from None
     if not os.access(output, os.W_OK | os.X_OK):
-        raise StageError(f"output directory {str(output)!r} is not writable")
-    return output
+        raise StageError(f"output directory {str(output)!r} (--output) is not writable")
+    try:
+        yield output
+    except BaseException:
+        for d in created:  # innermost first
+            try:
+                d.rmdir()
+            except OSError:  # not empty (or already gone): keep it
+                break
+        raise

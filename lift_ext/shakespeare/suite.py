@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from lift_ext.shakespeare.config import ConfigError
 from lift_ext.shakespeare.families import FamilySet, build_families, remap_targets
 
 SUITES = ("families", "roles")
@@ -62,9 +63,12 @@ def build_suite(bench, cfg, device) -> SuiteData:
     size = len(bench.vocab)
     family_set = None
     if cfg.suite == "families":
-        family_set = build_families(bench.vocab.chars, letter_counts(bench), families=cfg.families,
-                                    family_seed=cfg.family_seed, family_swaps=cfg.family_swaps,
-                                    within_family=cfg.within_family)
+        try:
+            family_set = build_families(bench.vocab.chars, letter_counts(bench), families=cfg.families,
+                                        family_seed=cfg.family_seed, family_swaps=cfg.family_swaps,
+                                        within_family=cfg.within_family)
+        except ValueError as exc:  # its message names the three config keys
+            raise ConfigError(f"{exc}: lower families, family_swaps or within_family in the config") from None
 
     def family(key: str) -> int:
         return 0 if family_set is None else family_set.family(key)

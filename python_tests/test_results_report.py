@@ -1,0 +1,62 @@
+"""results.json / results.md / results.png on synthetic scores: strict JSON, the reference of
+the paired differences, footers that say what the run did, and the two-panel plot."""
+import json
+import math
+import warnings
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from lift_ext.shakespeare import report  # noqa: E402
+from lift_ext.shakespeare.config import BenchConfig  # noqa: E402
+
+
+def _results(methods=("lift", "multitask"), adapt_lrs=(1e-3,), seeds=(0,)):
+    cfg = BenchConfig(methods=list(methods), adapt_lrs=list(adapt_lrs), seeds=list(seeds))
+    roles = [("a", 0), ("b", 1), ("c", 2)]
+    scores = {m: [{"acc": 0.2 + 0.01 * i + 0.02 * j, "acc_remapped": None, "nll": 2.0}
+                  for i in range(len(seeds)) for j in range(len(roles))] for m in methods}
+    detail = {m: {"lr": {str(s): adapt_lrs[0] for s in seeds}, "val_scores": {"0": {"0.001": math.nan}}}
+              for m in methods}
+    return report.summarize(cfg, scores, detail, roles, extra={"odd": [math.inf, -math.nan]})
+
+
+def _refuse(constant):
+    raise ValueError(f"not JSON: {constant}")
+
+
+def test_results_json_is_strict(tmp_path):
+    paths = report.write_results(_results(), tmp_path)
+    data = json.loads(paths["json"].read_text(), parse_constant=_refuse)
+    assert data["odd"] == [None, None] and data["methods"]["lift"]["val_scores"]["0"]["0.001"] is None
+
+
+def test_paired_reference_is_lift_else_the_first_method():
+    assert _results()["reference"] == "lift" and set(_results()["paired"]) == {"multitask"}
+    other = _results(methods=("multitask", "reptile"))
+    assert other["reference"] == "multitask" and set(other["paired"]) == {"reptile"}
+    table = report.markdown_table(other)
+    assert "multi-task + FT lead, paired (pp)" in table and "LiFT" not in table
+
+
+def test_footer_says_whether_the_lr_was_chosen():
+    single = report.markdown_table(_results(adapt_lrs=(1e-3,)))
+    assert "the only lr tried: not tuned" in single and "chosen" not in single
+    assert "no noise floor" in single
+    several = report.markdown_table(_results(adapt_lrs=(1e-3, 1e-4)))
+    assert "lr chosen per method and seed among 0.001, 0.0001" in several and "not tuned" not in several
+
+
+def test_plot_has_a_full_accuracy_axis_and_paired_differences(monkeypatch):
+    import matplotlib.figure
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, buf, **kw: saved.append(fig) or buf.write(b"\x89PNG"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report.plot_png(_results(methods=("lift", "multitask", "reptile"), seeds=(0, 1)))
+    acc, diff = saved[0].axes
+    assert acc.get_ylim() == (0.0, 100.0)
+    assert "paired" in diff.get_title() and "lift" in diff.get_xlabel()
+    assert [t.get_text() for t in diff.get_yticklabels()] == ["multitask", "reptile"]
