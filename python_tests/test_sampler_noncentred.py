@@ -195,3 +195,13 @@ def test_lift_passes_shift_lr_in_the_units_of_lr():
     common = dict(sigma=1.0, beta=0.5, lr=1e-3, prior="mixture", n_components=1, shift_lr=2e-3)
     assert LiFT(model, tasks, loss, preconditioned=True, **common).sampler.shift_lr == 2e-3
     assert LiFT(model, tasks, loss, **common).sampler.shift_lr == pytest.approx(2e-3 / 6)
+
+
+def test_a_warm_up_that_diverges_is_reported_as_divergence(clustered):
+    """Task vectors too far apart for k-means at the end of the warm-up: FloatingPointError."""
+    sampler = mixture(clustered, theta_init=None, warmup_steps=2)
+    sampler.step()
+    sampler.thetas[0].fill_(3e38)
+    sampler.thetas[1].fill_(-3e38)
+    with pytest.raises(FloatingPointError, match="too far apart"):
+        sampler.step()

@@ -226,9 +226,8 @@ class SGLDGibbs:
                           "its prior pull and diverges; lower lr", RuntimeWarning, stacklevel=3)
         phi_precision = 1.0 / self.sigma**2 + self.num_tasks / self.beta**2
         if self.phi_update == "langevin" and self.lr_phi * phi_precision >= 1.0:
-            warnings.warn(f"lr_phi * (1/sigma^2 + N/beta^2) = {self.lr_phi * phi_precision:g} >= 1: the "
-                          "Langevin phi step diverges; lower lr_phi or use phi_update='gibbs'",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(f"lr_phi * (1/sigma^2 + N/beta^2) = {self.lr_phi * phi_precision:g} >= 1: the Langevin "
+                          "phi step diverges; lower lr_phi or use phi_update='gibbs'", RuntimeWarning, stacklevel=3)
 
     def meta_test_prior(self) -> MixturePrior:
         """The meta-test prior for `lift_ext.lift.adapt`. prior="paper": the OnlineGMM fitted to
@@ -295,8 +294,7 @@ class SGLDGibbs:
 
     _first_task = 0  # the task of this process's first row of thetas (ShardedSGLDGibbs: of this rank)
     def _finish_step(self, t: int, mixing: bool, generator, epoch, position, shift_grads=None) -> None:
-        """Steps 4 and 5 of step t (after its thetas and z; the shift moves of the components in
-        `shift_grads`, {k: gbar_k}), then on to (epoch, position)."""
+        """Steps 4 and 5 of step t (shift_grads: {k: gbar_k} of the shift), then on to (epoch, position)."""
         comps = self._components
         comps.draw_phis_(self._prior_mean, lr=self.lr_phi, temperature=self.temperature, sigma=self.sigma,
                          beta=self.beta, gibbs=self.phi_update == "gibbs", seed=self.seed, step=t)
@@ -341,7 +339,10 @@ class SGLDGibbs:
         """z from k-means++ over all N `thetas` (default: the current ones, seeded by `seed`);
         S, n, phis and pi rebuilt."""
         comps, thetas = self._components, self._thetas if thetas is None else thetas
-        labels = initial_assignments(thetas, comps.k, keyed_generator("SGLDGibbs.kmeans", self.seed))
+        try:
+            labels = initial_assignments(thetas, comps.k, keyed_generator("SGLDGibbs.kmeans", self.seed))
+        except ValueError:  # their squared distances overflow: the warm-up diverged
+            raise self._divergence("the task vectors lie too far apart to cluster") from None
         comps.rebuild_(thetas, labels, self._prior_mean)
 
     def _feed_mixture(self) -> None:
@@ -359,9 +360,8 @@ class SGLDGibbs:
                                   "lr: lower lr (or the temperature)")
 
     def diagnostics(self) -> Dict[str, float]:
-        """Scalars to watch a run by: the RMS of the phis, the RMS spread of the thetas around
-        their phi_{z_i}, the number of OnlineGMM samples and (mixture) of occupied components.
-        Each call synchronises with the device."""
+        """Scalars to watch a run by (each call synchronises with the device): the RMS of the phis, the
+        RMS spread of the thetas around their phi_{z_i}, OnlineGMM samples, (mixture) occupied components."""
         comps = self._components
         centers = comps.phis.index_select(0, comps.assignments.to(self.device))
         out = {"phi_rms": float(comps.phis.pow(2).mean().sqrt()),

@@ -14,7 +14,8 @@ role's targets permuted by its task family). Needs the optional extra
     methods                 meta-training of each method and its adaptation to a test role
     lift_methods            the LiFT variants' chains and meta-test priors
     scoring                 query accuracy (all / remapped targets) and NLL
-    runner                  the meta-train / adapt / evaluate stages and their files
+    runner                  the meta-train / adapt / evaluate stages
+    stages                  the stage files (reuse, checks) and the run's provenance
     report                  results.json, results.md, results.png
     cli                     the `lift-ext demo | meta-train | adapt | evaluate` commands
 """

@@ -39,6 +39,7 @@ config file: a JSON object with any subset of these keys (others keep their suit
   sigma, beta, temperature           LiFT prior / task scales, chain temperature
   lift_lr, lift_preconditioned       LiFT theta step (pSGLD: RMSprop step size)
   n_components, tasks_per_step, lift_warmup   K; tasks per chain step; mixture warm-up fraction
+  lift_shift_lr, lift_z_update       mixture chain: shift step (0 = off); "distance" or "likelihood"
   burn_in, thin                      paper prior: burn-in fraction of steps; thinning
   meta_lr, inner_steps, outer_lr, mbc_clusters                             baselines
   adapt_steps, adapt_lrs             most adaptation steps; RMSprop lrs tried on meta-val
