@@ -132,9 +132,11 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
 
 
-def _stages(args, cfg, output: Path, common: dict) -> None:
+def _stages(args, cfg, output: Path, common: dict, gate) -> None:
     """Run the meta-train and adapt stages the command asks for; `demo` reuses an intact stage
-    file of this config (unless --fresh) and recomputes every stage after one it recomputes."""
+    file of this config (unless --fresh) and recomputes every stage after one it recomputes.
+    Under a launch this is rank 0: it opens `gate` (lift_ext.shakespeare.launch.Gate) for the
+    other ranks once it knows whether meta-train runs and has loaded the first seed's data."""
     from lift_ext.shakespeare import runner, stages
     recompute = getattr(args, "fresh", False)
     for kind, run_stage in (("meta", runner.run_meta_train), ("adapt", runner.run_adapt)):
@@ -148,35 +150,71 @@ def _stages(args, cfg, output: Path, common: dict) -> None:
                 rec = found["record"]
                 print(f"reusing {path}: {command} of this config, finished {rec.get('finished', '?')} "
                       f"in {rec.get('seconds', '?')} s (--fresh recomputes it)", flush=True)
+                gate.open(False)
                 continue
             if found["why"]:
                 print(f"not reusing it: {found['why']}; running {command} now", flush=True)
         recompute = True  # every later stage depends on this one
-        print(f"wrote {run_stage(cfg, output, **common)}", flush=True)
+        if kind == "meta" and not gate.done:
+            runner.setup(cfg, cfg.seeds[0], common["cache"], common["progress"], common["setups"])
+            gate.open(True)
+        launched = {"world": gate.world} if kind == "meta" else {}
+        print(f"wrote {run_stage(cfg, output, **common, **launched)}", flush=True)
+
+
+def _user_errors() -> tuple:
+    """The errors a user can cause: one line and exit code 2."""
+    from lift_ext.shakespeare.cache import CacheError
+    from lift_ext.shakespeare.config import ConfigError
+    from lift_ext.shakespeare.stages import StageError
+    return ConfigError, StageError, CacheError, ModuleNotFoundError, FileNotFoundError, PermissionError
 
 
 def _run(args) -> int:
     import torch
-    from lift_ext.shakespeare import runner, stages
+    from lift_ext.shakespeare import launch, runner, stages
     from lift_ext.shakespeare.cache import cache_dir
     from lift_ext.shakespeare.config import ConfigError
-    from lift_ext.shakespeare.report import markdown_table, write_results
 
     stages.source_commit()  # the code this process loaded, before the checkout can change
-    cfg = _config(args)
+    world = launch.from_environment()
+    cfg = launch.check(_config(args), world)  # on every rank, before any collective
     _check_device(cfg.device)
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     cache = cache_dir(args.cache, knob="--cache")
+    torch.set_num_threads(args.threads)
     common = dict(cache=cache, setups={}, progress=not args.no_progress)  # stages share data and models
-    output = Path(args.output)
+    if args.command not in ("demo", "meta-train"):  # adapt / evaluate: rank 0 alone
+        if not world.main:
+            return 0
+        world = launch.ONE
+    world = launch.join(cfg, world)
+    try:
+        gate = launch.Gate(world, torch.device(cfg.device))
+        if not world.main:  # the other ranks: the chains of meta-train, no files
+            if gate.wait():
+                runner.run_meta_train(cfg, Path(args.output), world=world, **common)
+            return 0
+        try:
+            return _lead(args, cfg, Path(args.output), common, gate)
+        except BaseException as exc:
+            gate.fail(exc, _user_errors())
+            raise
+    finally:
+        launch.leave(world)
+
+
+def _lead(args, cfg, output: Path, common: dict, gate) -> int:
+    """The stages of the command in this process (rank 0 under a launch)."""
+    from lift_ext.shakespeare import runner, stages
+    from lift_ext.shakespeare.report import markdown_table, write_results
     with runner.new_output(output):
-        torch.set_num_threads(args.threads)
-        _stages(args, cfg, output, common)
+        _stages(args, cfg, output, common, gate)
         if args.command not in ("demo", "evaluate"):
             return 0
         clock = runner.Clock()
-        results = runner.run_evaluate(cfg, output, cache=cache, setups=common["setups"])
+        results = runner.run_evaluate(cfg, output, cache=common["cache"], setups=common["setups"])
         spent = clock.total()
         results["stages"]["evaluate"] = stages.stage_record(spent["wall"], spent["cpu"], cfg.device)
         results["seconds"] = round(sum(r["seconds"] for r in results["stages"].values()), 1)
@@ -203,19 +241,25 @@ def missing_extra() -> Optional[str]:
 
 
 def run(args) -> int:
-    """Run a parsed benchmark command; user errors print one line and return 2."""
-    from lift_ext.shakespeare.cache import CacheError
-    from lift_ext.shakespeare.config import ConfigError
-    from lift_ext.shakespeare.stages import StageError
+    """Run a parsed benchmark command; user errors print one line and return 2 (under a launch
+    on every rank; a rank that stops because another one failed prints one line too)."""
+    from lift_ext.lift.collective import RankFailure
+    from lift_ext.shakespeare.launch import RankStopped
     message = missing_extra()
     if message:
         print(f"lift-ext: error: {message}", file=sys.stderr)
         return 2
     try:
         return _run(args)
-    except (ConfigError, StageError, CacheError, ModuleNotFoundError, FileNotFoundError, PermissionError) as exc:
+    except _user_errors() as exc:
         print(f"lift-ext: error: {exc}", file=sys.stderr)
         return 2
+    except RankStopped as exc:
+        print(f"lift-ext: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except RankFailure as exc:
+        print(f"lift-ext: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lift-ext: interrupted", file=sys.stderr)
         return 130
