@@ -113,12 +113,6 @@ def check_chains(cfg: BenchConfig, n_train: int) -> None:
     if cfg.tasks_per_step > n_train:
         raise StageError(f"tasks_per_step ({cfg.tasks_per_step}) exceeds the number of meta-train roles "
                          f"({n_train}): lower tasks_per_step, {more}")
-    shards = cfg.lift_shards
-    if shards and cfg.tasks_per_step // shards > n_train // shards:
-        raise StageError(f"the {shards} LiFT shards (lift_shards; under torchrun one per rank) of the {n_train} "
-                         f"meta-train roles hold {n_train // shards} roles or more each, fewer than the "
-                         f"{cfg.tasks_per_step // shards} tasks each shard steps (tasks_per_step / shards): lower "
-                         f"tasks_per_step or the shards, {more}")
     k = max((k for prior, k in chains if prior == "mixture"), default=0)
     if k > n_train:
         raise StageError(f"n_components ({k}) exceeds the number of meta-train roles ({n_train}; the mixture "
