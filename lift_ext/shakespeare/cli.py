@@ -5,6 +5,9 @@
     lift-ext adapt      [--quick] [--config cfg.json] [--output DIR]
     lift-ext evaluate   [--quick] [--config cfg.json] [--output DIR]
 
+Under torchrun (`torchrun --nproc-per-node P -m lift_ext.cli meta-train ...`, or `demo`) LiFT's
+chains run sharded over the P ranks (lift_ext.shakespeare.launch); rank 0 writes every file.
+
 `demo` reuses a stage file in --output that is intact and made with the same config (and says
 so); --fresh recomputes every stage. Errors a user can cause (bad config, unknown method,
 missing data package, unwritable output or cache, stage files from another config or damaged,
@@ -40,6 +43,8 @@ config file: a JSON object with any subset of these keys (others keep their suit
   lift_lr, lift_preconditioned       LiFT theta step (pSGLD: RMSprop step size)
   n_components, tasks_per_step, lift_warmup   K; tasks per chain step; mixture warm-up fraction
   lift_shift_lr, lift_z_update       mixture chain: shift step (0 = off); "distance" or "likelihood"
+  lift_shards   S > 0: LiFT's chains sharded in S shards (tasks_per_step / S tasks each per step);
+                0: one per rank under torchrun, the unsharded chain in one process
   burn_in, thin                      paper prior: burn-in fraction of steps; thinning
   meta_lr, inner_steps, outer_lr, mbc_clusters                             baselines
   adapt_steps, adapt_lrs             most adaptation steps; RMSprop lrs tried on meta-val
@@ -52,6 +57,8 @@ Stages write into --output: meta_state.pt, adapted.pt, results.json, results.md,
 Larger runs on a GPU, e.g.:  lift-ext demo --device cuda --config big.json  with
   {"max_val": 0, "meta_steps": 20000, "adapt_steps": 100,
    "backbone": {"n_layer": 6, "n_embd": 256, "n_head": 8, "steps": 10000}}
+Sharded over P processes (LiFT's chains; rank 0 writes the files):
+  torchrun --nproc-per-node P -m lift_ext.cli meta-train --config cfg.json   (gloo; NCCL with --device cuda)
 The backbone and parsed corpus are cached in $LIFT_EXT_CACHE (default ~/.cache/lift_ext).
 """
 CONFIG_HELP = CONFIG_KEYS + TRAILER
@@ -243,12 +250,12 @@ def missing_extra() -> Optional[str]:
 def run(args) -> int:
     """Run a parsed benchmark command; user errors print one line and return 2 (under a launch
     on every rank; a rank that stops because another one failed prints one line too)."""
-    from lift_ext.lift.collective import RankFailure
-    from lift_ext.shakespeare.launch import RankStopped
     message = missing_extra()
     if message:
         print(f"lift-ext: error: {message}", file=sys.stderr)
         return 2
+    from lift_ext.lift.collective import RankFailure
+    from lift_ext.shakespeare.launch import RankStopped
     try:
         return _run(args)
     except _user_errors() as exc:
