@@ -143,7 +143,8 @@ def _stages(args, cfg, output: Path, common: dict, gate) -> None:
     """Run the meta-train and adapt stages the command asks for; `demo` reuses an intact stage
     file of this config (unless --fresh) and recomputes every stage after one it recomputes.
     Under a launch this is rank 0: it opens `gate` (lift_ext.shakespeare.launch.Gate) for the
-    other ranks once it knows whether meta-train runs and has loaded the first seed's data."""
+    other ranks, at once when it reuses meta_state.pt, else once meta-train has loaded the first
+    seed's data and backbone."""
     from lift_ext.shakespeare import runner, stages
     recompute = getattr(args, "fresh", False)
     for kind, run_stage in (("meta", runner.run_meta_train), ("adapt", runner.run_adapt)):
@@ -162,10 +163,7 @@ def _stages(args, cfg, output: Path, common: dict, gate) -> None:
             if found["why"]:
                 print(f"not reusing it: {found['why']}; running {command} now", flush=True)
         recompute = True  # every later stage depends on this one
-        if kind == "meta" and not gate.done:
-            runner.setup(cfg, cfg.seeds[0], common["cache"], common["progress"], common["setups"])
-            gate.open(True)
-        launched = {"world": gate.world} if kind == "meta" else {}
+        launched = {"world": gate.world, "gate": gate} if kind == "meta" else {}
         print(f"wrote {run_stage(cfg, output, **common, **launched)}", flush=True)
 
 

@@ -115,14 +115,16 @@ def train_lift_variants(model, pools: Sequence[tuple], stride: int, cfg, wanted:
     """Run the chains the ``wanted`` methods need; return (meta-test prior per wanted LiFT
     variant, the task vectors [N, D] of the ``lift`` method's chain or None, notes per variant).
     Every rank of ``world`` calls it (the same chains, the same collectives); only rank 0 draws
-    bars. A variant's meta_cpu_seconds are summed over the ranks."""
+    bars. A variant's meta_seconds and meta_cpu_seconds count its chain from after its
+    construction (under a launch that is where every rank has arrived), the CPU seconds summed
+    over the ranks."""
     tasks = pool_tasks(pools, lift_batch(cfg), stride)
     results: Dict[Tuple[str, int], MixturePrior] = {}
     library = None
     seconds = {}
     for prior, k in sorted(chains_needed(cfg, wanted)):
-        wall, cpu = time.perf_counter(), time.process_time()
         lift = _chain(model, tasks, cfg, world, prior=prior, n_components=k, seed=seed)
+        wall, cpu = time.perf_counter(), time.process_time()  # after the construction's collectives
         if prior == "paper":
             single = _run_paper(lift, cfg.meta_steps, progress and world.main)
             results[prior, 1] = MixturePrior.from_gmm(single, cfg.beta)

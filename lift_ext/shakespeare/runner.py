@@ -272,14 +272,18 @@ def _to_cpu(obj):
 
 
 def run_meta_train(cfg: BenchConfig, output: Path, cache=None, progress: bool = True,
-                   setups: Optional[dict] = None, world: launch.World = launch.ONE) -> Optional[Path]:
+                   setups: Optional[dict] = None, world: launch.World = launch.ONE,
+                   gate: Optional[launch.Gate] = None) -> Optional[Path]:
     """Stage 1 for every seed; writes ``output/meta_state.pt``. Under a launch every rank calls
-    it; rank 0 writes the file (its record names the world) and the others return None."""
+    it; rank 0 writes the file (its record names the world) and the others return None. Rank 0
+    opens ``gate`` once the first seed's data and backbone are loaded (and cached)."""
     total = Clock()
     seeds = {}
     for seed in cfg.seeds:
         clock = Clock()
         su = setup(cfg, seed, cache, progress and world.main, setups)
+        if gate is not None:
+            gate.open(True)
         clock.lap("setup")
         state = meta_train(cfg, su, seed, progress, world)
         clock.lap("meta_train")
