@@ -185,3 +185,13 @@ def test_a_bad_launch_environment_is_named(monkeypatch, env, words):
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=words):
         launch.from_environment()
+
+
+def test_a_launch_environment_without_its_rendezvous_is_named(monkeypatch):
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = BenchConfig.from_dict(dict(TINY), quick=True)
+    with pytest.raises(ConfigError, match="MASTER_ADDR.*launch with torchrun, or unset WORLD_SIZE"):
+        launch.join(cfg, launch.World(rank=0, size=2))

@@ -131,7 +131,11 @@ def join(cfg: BenchConfig, world: World) -> World:
         return world
     import torch.distributed as dist
     backend = "nccl" if _device(cfg, world).type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=TIMEOUT)
+    try:
+        dist.init_process_group(backend, timeout=TIMEOUT)
+    except ValueError as exc:  # env:// without MASTER_ADDR / MASTER_PORT
+        raise ConfigError(f"torch.distributed cannot start ({exc}): launch with torchrun, or unset "
+                          "WORLD_SIZE to run in one process") from None
     return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=world.local_rank,
                  backend=backend, group=dist.group.WORLD)
 
