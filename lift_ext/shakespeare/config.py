@@ -75,10 +75,11 @@ class BenchConfig:
     LiFT's chains take ``tasks_per_step`` tasks per step (each on batch_size // tasks_per_step
     windows); ``lift_shards`` S > 0 makes them `ShardedLiFT` chains of S shards (tasks_per_step / S
     tasks per shard and step; under torchrun the shards are spread over the ranks, and 0 means one
-    per rank; in one process 0 is the unsharded `LiFT` chain); the mixture prior's first ``lift_warmup`` fraction of steps is one-phi warm-up;
-    its non-centred moves (docs/design.md section 12): ``lift_shift_lr`` (step of the shift of
-    each component with its members, 0 = off) and ``lift_z_update`` ("likelihood": z also
-    redrawn by how well each component fits the task's minibatch; "distance": by distance only).
+    per rank; in one process 0 is the unsharded `LiFT` chain); the mixture prior's first
+    ``lift_warmup`` fraction of steps is one-phi warm-up; its non-centred moves (docs/design.md
+    section 12): ``lift_shift_lr`` (step of the shift of each component with its members,
+    0 = off) and ``lift_z_update`` ("likelihood": z also redrawn by how well each component fits
+    the task's minibatch; "distance": by distance only).
     Adaptation: at most ``adapt_steps`` RMSprop-preconditioned steps with the learning rate
     picked per method from ``adapt_lrs`` on the meta-val roles, stopped when the support
     objective, checked every ``adapt_eval_every`` steps (0: at the end only), has improved by
@@ -162,7 +163,8 @@ class BenchConfig:
         ints = {"families": 1, "family_seed": 0, "family_swaps": 1, "within_family": 0, "min_lines": 0,
                 "n_support": 1, "n_query": 1, "max_train": 0, "max_val": 0, "max_test": 0, "lora_r": 1,
                 "batch_size": 1, "meta_steps": 1, "n_components": 1, "tasks_per_step": 1, "thin": 1,
-                "lift_shards": 0, "inner_steps": 1, "mbc_clusters": 1, "adapt_steps": 0, "adapt_patience": 1, "adapt_eval_every": 0}
+                "lift_shards": 0, "inner_steps": 1, "mbc_clusters": 1, "adapt_steps": 0, "adapt_patience": 1,
+                "adapt_eval_every": 0}
         for name, low in ints.items():
             _check(validate.integer, name, getattr(self, name), low)
         for name in ("lora_alpha", "lift_lr", "meta_lr", "outer_lr"):
