@@ -5,6 +5,9 @@
     lift-ext adapt      [--quick] [--config cfg.json] [--output DIR]
     lift-ext evaluate   [--quick] [--config cfg.json] [--output DIR]
 
+Under torchrun (`torchrun --nproc-per-node P -m lift_ext.cli meta-train ...`, or `demo`) LiFT's
+chains run sharded over the P ranks (lift_ext.shakespeare.launch); rank 0 writes every file.
+
 `demo` reuses a stage file in --output that is intact and made with the same config (and says
 so); --fresh recomputes every stage. Errors a user can cause (bad config, unknown method,
 missing data package, unwritable output or cache, stage files from another config or damaged,
@@ -40,6 +43,8 @@ config file: a JSON object with any subset of these keys (others keep their suit
   lift_lr, lift_preconditioned       LiFT theta step (pSGLD: RMSprop step size)
   n_components, tasks_per_step, lift_warmup   K; tasks per chain step; mixture warm-up fraction
   lift_shift_lr, lift_z_update       mixture chain: shift step (0 = off); "distance" or "likelihood"
+  lift_shards   S > 0: LiFT's chains sharded in S shards (tasks_per_step / S tasks each per step);
+                0: one per rank under torchrun, the unsharded chain in one process
   burn_in, thin                      paper prior: burn-in fraction of steps; thinning
   meta_lr, inner_steps, outer_lr, mbc_clusters                             baselines
   adapt_steps, adapt_lrs             most adaptation steps; RMSprop lrs tried on meta-val
@@ -52,6 +57,8 @@ Stages write into --output: meta_state.pt, adapted.pt, results.json, results.md,
 Larger runs on a GPU, e.g.:  lift-ext demo --device cuda --config big.json  with
   {"max_val": 0, "meta_steps": 20000, "adapt_steps": 100,
    "backbone": {"n_layer": 6, "n_embd": 256, "n_head": 8, "steps": 10000}}
+Sharded over P processes (LiFT's chains; rank 0 writes the files):
+  torchrun --nproc-per-node P -m lift_ext.cli meta-train --config cfg.json   (gloo; NCCL with --device cuda)
 The backbone and parsed corpus are cached in $LIFT_EXT_CACHE (default ~/.cache/lift_ext).
 """
 CONFIG_HELP = CONFIG_KEYS + TRAILER
@@ -132,9 +139,12 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
 
 
-def _stages(args, cfg, output: Path, common: dict) -> None:
+def _stages(args, cfg, output: Path, common: dict, gate) -> None:
     """Run the meta-train and adapt stages the command asks for; `demo` reuses an intact stage
-    file of this config (unless --fresh) and recomputes every stage after one it recomputes."""
+    file of this config (unless --fresh) and recomputes every stage after one it recomputes.
+    Under a launch this is rank 0: it opens `gate` (lift_ext.shakespeare.launch.Gate) for the
+    other ranks, at once when it reuses meta_state.pt, else once meta-train has loaded the first
+    seed's data and backbone."""
     from lift_ext.shakespeare import runner, stages
     recompute = getattr(args, "fresh", False)
     for kind, run_stage in (("meta", runner.run_meta_train), ("adapt", runner.run_adapt)):
@@ -148,35 +158,68 @@ def _stages(args, cfg, output: Path, common: dict) -> None:
                 rec = found["record"]
                 print(f"reusing {path}: {command} of this config, finished {rec.get('finished', '?')} "
                       f"in {rec.get('seconds', '?')} s (--fresh recomputes it)", flush=True)
+                gate.open(False)
                 continue
             if found["why"]:
                 print(f"not reusing it: {found['why']}; running {command} now", flush=True)
         recompute = True  # every later stage depends on this one
-        print(f"wrote {run_stage(cfg, output, **common)}", flush=True)
+        launched = {"world": gate.world, "gate": gate} if kind == "meta" else {}
+        print(f"wrote {run_stage(cfg, output, **common, **launched)}", flush=True)
+
+
+def _user_errors() -> tuple:
+    """The errors a user can cause: one line and exit code 2."""
+    from lift_ext.shakespeare.cache import CacheError
+    from lift_ext.shakespeare.config import ConfigError
+    from lift_ext.shakespeare.stages import StageError
+    return ConfigError, StageError, CacheError, ModuleNotFoundError, FileNotFoundError, PermissionError
 
 
 def _run(args) -> int:
     import torch
-    from lift_ext.shakespeare import runner, stages
+    from lift_ext.shakespeare import launch, runner, stages
     from lift_ext.shakespeare.cache import cache_dir
     from lift_ext.shakespeare.config import ConfigError
-    from lift_ext.shakespeare.report import markdown_table, write_results
 
     stages.source_commit()  # the code this process loaded, before the checkout can change
-    cfg = _config(args)
+    world = launch.from_environment()
+    cfg = launch.check(_config(args), world)  # on every rank, before any collective
     _check_device(cfg.device)
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     cache = cache_dir(args.cache, knob="--cache")
+    torch.set_num_threads(args.threads)
     common = dict(cache=cache, setups={}, progress=not args.no_progress)  # stages share data and models
-    output = Path(args.output)
+    if args.command not in ("demo", "meta-train"):  # adapt / evaluate: rank 0 alone
+        if not world.main:
+            return 0
+        world = launch.ONE
+    world = launch.join(cfg, world)
+    try:
+        gate = launch.Gate(world, torch.device(cfg.device))
+        if not world.main:  # the other ranks: the chains of meta-train, no files
+            if gate.wait():
+                runner.run_meta_train(cfg, Path(args.output), world=world, **common)
+            return 0
+        try:
+            return _lead(args, cfg, Path(args.output), common, gate)
+        except BaseException as exc:
+            gate.fail(exc, _user_errors())
+            raise
+    finally:
+        launch.leave(world)
+
+
+def _lead(args, cfg, output: Path, common: dict, gate) -> int:
+    """The stages of the command in this process (rank 0 under a launch)."""
+    from lift_ext.shakespeare import runner, stages
+    from lift_ext.shakespeare.report import markdown_table, write_results
     with runner.new_output(output):
-        torch.set_num_threads(args.threads)
-        _stages(args, cfg, output, common)
+        _stages(args, cfg, output, common, gate)
         if args.command not in ("demo", "evaluate"):
             return 0
         clock = runner.Clock()
-        results = runner.run_evaluate(cfg, output, cache=cache, setups=common["setups"])
+        results = runner.run_evaluate(cfg, output, cache=common["cache"], setups=common["setups"])
         spent = clock.total()
         results["stages"]["evaluate"] = stages.stage_record(spent["wall"], spent["cpu"], cfg.device)
         results["seconds"] = round(sum(r["seconds"] for r in results["stages"].values()), 1)
@@ -203,19 +246,25 @@ def missing_extra() -> Optional[str]:
 
 
 def run(args) -> int:
-    """Run a parsed benchmark command; user errors print one line and return 2."""
-    from lift_ext.shakespeare.cache import CacheError
-    from lift_ext.shakespeare.config import ConfigError
-    from lift_ext.shakespeare.stages import StageError
+    """Run a parsed benchmark command; user errors print one line and return 2 (under a launch
+    on every rank; a rank that stops because another one failed prints one line too)."""
     message = missing_extra()
     if message:
         print(f"lift-ext: error: {message}", file=sys.stderr)
         return 2
+    from lift_ext.lift.collective import RankFailure
+    from lift_ext.shakespeare.launch import RankStopped
     try:
         return _run(args)
-    except (ConfigError, StageError, CacheError, ModuleNotFoundError, FileNotFoundError, PermissionError) as exc:
+    except _user_errors() as exc:
         print(f"lift-ext: error: {exc}", file=sys.stderr)
         return 2
+    except RankStopped as exc:
+        print(f"lift-ext: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except RankFailure as exc:
+        print(f"lift-ext: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lift-ext: interrupted", file=sys.stderr)
         return 130

@@ -73,10 +73,13 @@ class BenchConfig:
     family adapters, of Reptile's and FO-MAML's inner loops and of FO-MAML's outer step),
     ``inner_steps``, ``outer_lr`` (Reptile's interpolation factor), ``mbc_clusters``.
     LiFT's chains take ``tasks_per_step`` tasks per step (each on batch_size // tasks_per_step
-    windows); the mixture prior's first ``lift_warmup`` fraction of steps is one-phi warm-up;
-    its non-centred moves (docs/design.md section 12): ``lift_shift_lr`` (step of the shift of
-    each component with its members, 0 = off) and ``lift_z_update`` ("likelihood": z also
-    redrawn by how well each component fits the task's minibatch; "distance": by distance only).
+    windows); ``lift_shards`` S > 0 makes them `ShardedLiFT` chains of S shards (tasks_per_step / S
+    tasks per shard and step; under torchrun the shards are spread over the ranks, and 0 means one
+    per rank; in one process 0 is the unsharded `LiFT` chain); the mixture prior's first
+    ``lift_warmup`` fraction of steps is one-phi warm-up; its non-centred moves (docs/design.md
+    section 12): ``lift_shift_lr`` (step of the shift of each component with its members,
+    0 = off) and ``lift_z_update`` ("likelihood": z also redrawn by how well each component fits
+    the task's minibatch; "distance": by distance only).
     Adaptation: at most ``adapt_steps`` RMSprop-preconditioned steps with the learning rate
     picked per method from ``adapt_lrs`` on the meta-val roles, stopped when the support
     objective, checked every ``adapt_eval_every`` steps (0: at the end only), has improved by
@@ -118,6 +121,7 @@ class BenchConfig:
     lift_preconditioned: bool = True
     n_components: int = 4
     tasks_per_step: int = 8
+    lift_shards: int = 0
     lift_warmup: float = 0.25
     lift_shift_lr: float = 3e-3
     lift_z_update: str = "distance"
@@ -159,7 +163,8 @@ class BenchConfig:
         ints = {"families": 1, "family_seed": 0, "family_swaps": 1, "within_family": 0, "min_lines": 0,
                 "n_support": 1, "n_query": 1, "max_train": 0, "max_val": 0, "max_test": 0, "lora_r": 1,
                 "batch_size": 1, "meta_steps": 1, "n_components": 1, "tasks_per_step": 1, "thin": 1,
-                "inner_steps": 1, "mbc_clusters": 1, "adapt_steps": 0, "adapt_patience": 1, "adapt_eval_every": 0}
+                "lift_shards": 0, "inner_steps": 1, "mbc_clusters": 1, "adapt_steps": 0, "adapt_patience": 1,
+                "adapt_eval_every": 0}
         for name, low in ints.items():
             _check(validate.integer, name, getattr(self, name), low)
         for name in ("lora_alpha", "lift_lr", "meta_lr", "outer_lr"):
@@ -190,6 +195,9 @@ class BenchConfig:
             BackboneConfig(**self.backbone)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"backbone: {exc}") from None
+        if self.lift_shards and self.tasks_per_step % self.lift_shards:
+            raise ConfigError(f"tasks_per_step ({self.tasks_per_step}) must be a multiple of lift_shards "
+                              f"({self.lift_shards}): each shard steps tasks_per_step / lift_shards tasks")
         paper_k = "lift_paper" in self.methods or (self.lift_prior == "paper" and "lift" in self.methods)
         if paper_k and self.n_components > 1 and self.lift_samples() < 4 * self.n_components:
             raise ConfigError(f"LiFT keeps {self.lift_samples()} phi samples ((1 - burn_in) * meta_steps / "
@@ -209,13 +217,19 @@ class BenchConfig:
     def fingerprint(self, stage: str) -> str:
         """SHA-256 (16 hex digits) of the fields that determine the output of ``stage``
         ("meta-train" or "adapt"): a saved stage is reused only with an equal fingerprint."""
+        return hashlib.sha256(json.dumps(self.fingerprinted(stage), sort_keys=True).encode()).hexdigest()[:16]
+
+    def fingerprinted(self, stage: str) -> dict:
+        """The fields (and values) that ``fingerprint(stage)`` hashes."""
         d = self.to_dict()
         d.pop("device")
+        if not d["lift_shards"]:  # 0, the unsharded chain: the fingerprint of a config without the key
+            d.pop("lift_shards")
         if stage == "meta-train":
             for k in ("adapt_steps", "adapt_lrs", "adapt_tol", "adapt_patience", "adapt_eval_every", "max_test",
                       "max_val", "eval_split"):
                 d.pop(k)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, quick: bool = False) -> "BenchConfig":

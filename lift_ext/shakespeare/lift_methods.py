@@ -11,6 +11,10 @@ meta-test prior each variant adapts under (docs/design.md sections 3, 4, 10 and 
                 phi samples, whatever ``cfg.lift_prior`` is
     lift_sgld   lift's prior, adapted by SGLD sampling with prediction averaging (not MAP)
 
+Sharded chains (``lift_shards`` S > 0, or under torchrun; lift_ext.shakespeare.launch): each
+chain is a `ShardedLiFT` of S shards over the launch's ranks, tasks_per_step / S tasks per shard
+and step, each rank binding only its roles; the library is gathered from every rank.
+
 Budget: a chain takes ``meta_steps`` steps of ``tasks_per_step`` = B tasks, each task's
 gradient on max(1, batch_size // B) windows of its pool, so a step sees about as many windows
 as one minibatch of the other methods, and each role is visited meta_steps * B / N times.
@@ -25,6 +29,8 @@ from tqdm.auto import tqdm
 
 from lift_ext.gmm import OnlineGMM
 from lift_ext.lift import LiFT, MixturePrior
+from lift_ext.lift.sharded_trainer import ShardedLiFT
+from lift_ext.shakespeare import launch
 from lift_ext.shakespeare.episodes import pool_tasks
 from lift_ext.shakespeare.methods import LIFT_METHODS, window_loss
 
@@ -36,20 +42,28 @@ def lift_batch(cfg) -> int:
     return max(1, cfg.batch_size // cfg.tasks_per_step)
 
 
-def _chain(model, tasks, cfg, *, prior: str, n_components: int, seed: int) -> LiFT:
-    options = dict(prior=prior, tasks_per_step=cfg.tasks_per_step)
+def _chain(model, tasks, cfg, world: launch.World, *, prior: str, n_components: int, seed: int) -> LiFT:
+    shards = launch.shards(cfg, world)
+    options = dict(prior=prior, tasks_per_step=cfg.tasks_per_step // max(1, shards))
     if prior == "mixture":
         options.update(dirichlet_alpha=1.0, warmup_steps=int(cfg.lift_warmup * cfg.meta_steps),
                        shift_lr=cfg.lift_shift_lr, z_update=cfg.lift_z_update)
     else:
         options.update(burn_in=int(cfg.burn_in * cfg.meta_steps), thin=cfg.thin)
-    return LiFT(model, tasks, window_loss, sigma=cfg.sigma, beta=cfg.beta, lr=cfg.lift_lr,
-                temperature=cfg.temperature, phi_update="gibbs", n_components=n_components, seed=seed,
-                preconditioned=cfg.lift_preconditioned, **options)
+    if shards:
+        mine = ShardedLiFT.local_task_ids(len(tasks), world.group, shards)
+        model_tasks, trainer = {i: tasks[i] for i in mine}, ShardedLiFT
+        options.update(num_tasks=len(tasks), process_group=world.group, num_shards=shards)
+    else:
+        model_tasks, trainer = tasks, LiFT
+    return trainer(model, model_tasks, window_loss, sigma=cfg.sigma, beta=cfg.beta, lr=cfg.lift_lr,
+                   temperature=cfg.temperature, phi_update="gibbs", n_components=n_components, seed=seed,
+                   preconditioned=cfg.lift_preconditioned, **options)
 
 
 def _run_paper(lift: LiFT, steps: int, progress: bool) -> OnlineGMM:
-    """Run the paper chain; its phi samples also feed a one-component mixture (returned)."""
+    """Run the paper chain; its phi samples also feed a one-component mixture (returned).
+    ``progress``: whether this process draws the bar."""
     sampler = lift.sampler
     single = OnlineGMM(1, lift.flat.dim, device=lift.flat.vector.device)
     for _ in tqdm(range(steps), desc="LiFT SGLD-Gibbs (paper prior)", disable=not progress, mininterval=1.0):
@@ -84,26 +98,42 @@ def chains_needed(cfg, wanted: Set[str]) -> Set[Tuple[str, int]]:
     return need
 
 
+def _cpu_seconds(lift: LiFT, seconds: float) -> float:
+    """This process's CPU seconds of a chain, summed over the ranks for a sharded one (a collective)."""
+    if not isinstance(lift, ShardedLiFT):
+        return seconds
+    comm = lift.sampler.comm
+    total = comm.buffer(1, torch.float64, lift.flat.vector.device)
+    total[0] = seconds
+    comm.raise_failures(comm.sum_(total, "the sum of the chain's CPU seconds"), "the end of the chain")
+    return float(total[0])
+
+
 def train_lift_variants(model, pools: Sequence[tuple], stride: int, cfg, wanted: Set[str], seed: int,
-                        progress: bool = True) -> Tuple[Dict[str, MixturePrior], torch.Tensor, dict]:
+                        progress: bool = True, world: launch.World = launch.ONE
+                        ) -> Tuple[Dict[str, MixturePrior], torch.Tensor, dict]:
     """Run the chains the ``wanted`` methods need; return (meta-test prior per wanted LiFT
-    variant, the task vectors [N, D] of the ``lift`` method's chain or None, notes per variant)."""
+    variant, the task vectors [N, D] of the ``lift`` method's chain or None, notes per variant).
+    Every rank of ``world`` calls it (the same chains, the same collectives); only rank 0 draws
+    bars. A variant's meta_seconds and meta_cpu_seconds count its chain from after its
+    construction (under a launch that is where every rank has arrived), the CPU seconds summed
+    over the ranks."""
     tasks = pool_tasks(pools, lift_batch(cfg), stride)
     results: Dict[Tuple[str, int], MixturePrior] = {}
     library = None
     seconds = {}
     for prior, k in sorted(chains_needed(cfg, wanted)):
-        wall, cpu = time.perf_counter(), time.process_time()
-        lift = _chain(model, tasks, cfg, prior=prior, n_components=k, seed=seed)
+        lift = _chain(model, tasks, cfg, world, prior=prior, n_components=k, seed=seed)
+        wall, cpu = time.perf_counter(), time.process_time()  # after the construction's collectives
         if prior == "paper":
-            single = _run_paper(lift, cfg.meta_steps, progress)
+            single = _run_paper(lift, cfg.meta_steps, progress and world.main)
             results[prior, 1] = MixturePrior.from_gmm(single, cfg.beta)
         else:
             lift.run(cfg.meta_steps, progress=progress)
         results[prior, k] = lift.meta_test_prior()
         if (prior, k) == _chain_of(*_needs("lift", cfg), cfg):
-            library = lift.thetas.clone()
-        seconds[prior, k] = (time.perf_counter() - wall, time.process_time() - cpu)
+            library = (lift.sampler.all_thetas() if isinstance(lift, ShardedLiFT) else lift.thetas).clone()
+        seconds[prior, k] = (time.perf_counter() - wall, _cpu_seconds(lift, time.process_time() - cpu))
     priors, info = {}, {}
     for method in LIFT_METHODS:
         if method in wanted:
@@ -112,7 +142,8 @@ def train_lift_variants(model, pools: Sequence[tuple], stride: int, cfg, wanted:
             chain = seconds[_chain_of(prior, k, cfg)]
             info[method] = {"prior": prior, "components": k, "windows_per_visit": lift_batch(cfg),
                             "visits_per_role": cfg.meta_steps * cfg.tasks_per_step / len(tasks),
-                            "meta_seconds": chain[0], "meta_cpu_seconds": chain[1]}
+                            "meta_seconds": chain[0], "meta_cpu_seconds": chain[1],
+                            "shards": launch.shards(cfg, world), "ranks": world.size}
     return priors, library, info
 
 

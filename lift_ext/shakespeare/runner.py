@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lift_ext.lift import FlatParams
+from lift_ext.shakespeare import launch
 from lift_ext.shakespeare import methods as M
 from lift_ext.shakespeare import stages
 from lift_ext.shakespeare.config import BenchConfig
@@ -118,14 +119,17 @@ def check_chains(cfg: BenchConfig, n_train: int) -> None:
                          f"prior needs a role per component): lower n_components, {more}")
 
 
-def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True) -> M.MetaState:
+def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True,
+               world: launch.World = launch.ONE) -> Optional[M.MetaState]:
     """Meta-train every configured method on the meta-train pools with ``cfg.meta_steps``
-    gradient evaluations (of ``cfg.batch_size`` windows) each; notes the seconds per method."""
+    gradient evaluations (of ``cfg.batch_size`` windows) each; notes the seconds per method.
+    Under a launch (``world``) every rank runs the LiFT chains and rank 0 alone the other
+    methods; the other ranks return None."""
     init = su.flat.vector.detach().clone()
     state = M.MetaState(init=init)
     stride = su.bench.config["pool_stride"]
     tasks = pool_tasks(su.data.pools, cfg.batch_size, stride)
-    wanted = set(cfg.methods)
+    wanted = set(cfg.methods) if world.main else set(cfg.methods) & set(M.LIFT_METHODS + LIBRARY_METHODS)
     common = dict(steps=cfg.meta_steps, seed=seed, progress=progress)
 
     def timed(name, fn, *args, **kwargs):
@@ -150,7 +154,10 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True) ->
         state.family_adapters = timed("oracle", M.train_family_adapters, su.flat, tasks, su.data.pool_families,
                                       cfg.families, init, lr=cfg.meta_lr, **common)
     with _diverging("LiFT's SGLD-Gibbs chain", "lift_lr", cfg.lift_lr, seed):
-        priors, library, info = train_lift_variants(su.model, su.data.pools, stride, cfg, wanted, seed, progress)
+        priors, library, info = train_lift_variants(su.model, su.data.pools, stride, cfg, wanted, seed, progress,
+                                                    world)
+    if not world.main:
+        return None
     state.priors, state.library = priors, library
     state.info.update(info)
     if wanted & set(LIBRARY_METHODS):
@@ -265,21 +272,29 @@ def _to_cpu(obj):
 
 
 def run_meta_train(cfg: BenchConfig, output: Path, cache=None, progress: bool = True,
-                   setups: Optional[dict] = None) -> Path:
-    """Stage 1 for every seed; writes ``output/meta_state.pt``."""
+                   setups: Optional[dict] = None, world: launch.World = launch.ONE,
+                   gate: Optional[launch.Gate] = None) -> Optional[Path]:
+    """Stage 1 for every seed; writes ``output/meta_state.pt``. Under a launch every rank calls
+    it; rank 0 writes the file (its record names the world) and the others return None. Rank 0
+    opens ``gate`` once the first seed's data and backbone are loaded (and cached)."""
     total = Clock()
     seeds = {}
     for seed in cfg.seeds:
         clock = Clock()
-        su = setup(cfg, seed, cache, progress, setups)
+        su = setup(cfg, seed, cache, progress and world.main, setups)
+        if gate is not None:
+            gate.open(True)
         clock.lap("setup")
-        state = meta_train(cfg, su, seed, progress)
+        state = meta_train(cfg, su, seed, progress, world)
         clock.lap("meta_train")
-        seeds[seed] = {"state": _to_cpu(state.to_state()), "backbone": su.backbone, "timing": clock.laps}
+        if world.main:
+            seeds[seed] = {"state": _to_cpu(state.to_state()), "backbone": su.backbone, "timing": clock.laps}
+    if not world.main:
+        return None
     path = output / stages.META_FILE
     spent = total.total()
     record = {**stages.stage_record(spent["wall"], spent["cpu"], cfg.device),
-              "per_seed": {str(s): seeds[s]["timing"] for s in cfg.seeds}}
+              "per_seed": {str(s): seeds[s]["timing"] for s in cfg.seeds}, "world": world.record()}
     stages.save("meta", cfg, {"seeds": seeds, "stages": {"meta_train": record}}, path)
     return path
 

@@ -10,6 +10,7 @@ in one line as well.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import platform
 import subprocess
@@ -127,13 +128,24 @@ def load(kind: str, cfg, output: Path) -> dict:
         raise StageError(f"{exc}: rerun `lift-ext {producer}`") from None
     if state["fingerprint"] != cfg.fingerprint(producer):
         raise StageError(f"{path} was made with another config (fingerprint {state['fingerprint']}, "
-                         f"this config {cfg.fingerprint(producer)}): rerun `lift-ext {producer}` or use "
-                         "another --output directory")
+                         f"this config {cfg.fingerprint(producer)}{_differences(state.get('config'), cfg, producer)}): "
+                         f"rerun `lift-ext {producer}` or use another --output directory")
     if not isinstance(state["stages"], dict):
         raise StageError(f"{path} is not a valid {FILES[kind]} (its stage records are not a mapping): "
                          f"rerun `lift-ext {producer}`")
     _check_layout(kind, state, cfg, path)
     return state
+
+
+def _differences(theirs, cfg, producer: str) -> str:
+    """", differing in key (file X, this config Y), ..." for the fingerprinted keys of ``cfg``
+    whose value in the file's config ``theirs`` differs (at most 4); "" when none can be told."""
+    if not isinstance(theirs, dict):
+        return ""
+    ours = cfg.fingerprinted(producer)
+    diff = [f"{k} (file {json.dumps(theirs[k], default=str)}, this config {json.dumps(ours.get(k, 0))})"
+            for k in sorted(set(ours) | {"lift_shards"}) if k in theirs and theirs[k] != ours.get(k, 0)]
+    return f"; it differs in {', '.join(diff[:4])}" if diff else ""
 
 
 def reusable(kind: str, cfg, output: Path) -> Dict[str, object]:
