@@ -16,6 +16,7 @@ role's targets permuted by its task family). Needs the optional extra
     scoring                 query accuracy (all / remapped targets) and NLL
     runner                  the meta-train / adapt / evaluate stages
     stages                  the stage files (reuse, checks) and the run's provenance
+    launch                  runs under torchrun: the world, its checks, the process group
     report                  results.json, results.md, results.png
     cli                     the `lift-ext demo | meta-train | adapt | evaluate` commands
 """
