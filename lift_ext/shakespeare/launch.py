@@ -3,7 +3,7 @@ runs LiFT's chains sharded over the P ranks (docs/distributed.md section 10).
 
 A process is launched when the environment says WORLD_SIZE > 1 (torchrun sets WORLD_SIZE,
 RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT). Every rank then reads the same config and
-checks it (`check`) BEFORE any collective, so a config error stops every rank with the same
+checks it (`lift_methods.check_launch`) BEFORE any collective, so a config error stops every rank with the same
 line. `joined` initialises the default process group (gloo for a CPU device, NCCL for CUDA,
 each rank on GPU LOCAL_RANK); every LiFT chain is then a `ShardedLiFT` over the world with
 `lift_shards` shards (config; 0: one per rank), each rank binding only its tasks.
@@ -17,7 +17,6 @@ backbone or meta-trains the baselines).
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import os
 from dataclasses import dataclass
@@ -92,28 +91,6 @@ def shards(cfg: BenchConfig, world: World) -> int:
     """The number of shards of the LiFT chains: ``lift_shards``, or one per rank when 0 (0 in
     one process: the unsharded `LiFT` chain)."""
     return cfg.lift_shards or (world.size if world.size > 1 else 0)
-
-
-def check(cfg: BenchConfig, world: World) -> BenchConfig:
-    """The config of this launch (under torchrun ``lift_shards`` 0 resolved to the world size,
-    so the stage files' fingerprint says how many shards the chains had), or ConfigError when
-    the chains cannot run sharded over ``world``. Runs on every rank before any collective."""
-    from lift_ext.shakespeare.lift_methods import chains_needed
-    chains = chains_needed(cfg, set(cfg.methods))
-    count = shards(cfg, world)
-    if not count or not chains:
-        return cfg
-    where = f"under torchrun with WORLD_SIZE={world.size}" if world.size > 1 else f"lift_shards={count}"
-    if cfg.lift_z_update == "likelihood" and any(prior == "mixture" for prior, _ in chains):
-        raise ConfigError(f"lift_z_update 'likelihood' does not run sharded ({where}): use 'distance', or run "
-                          "in one process without torchrun and with lift_shards 0")
-    if count % world.size:
-        raise ConfigError(f"lift_shards ({cfg.lift_shards}) must be a multiple of the number of ranks "
-                          f"({world.size}) under torchrun (0: one shard per rank)")
-    if cfg.tasks_per_step % count:
-        raise ConfigError(f"tasks_per_step ({cfg.tasks_per_step}) must be a multiple of the number of LiFT "
-                          f"shards ({count}, one per rank under torchrun unless lift_shards says otherwise)")
-    return dataclasses.replace(cfg, lift_shards=count)
 
 
 def _device(cfg: BenchConfig, world: World) -> torch.device:

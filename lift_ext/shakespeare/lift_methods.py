@@ -21,6 +21,7 @@ as one minibatch of the other methods, and each role is visited meta_steps * B /
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Dict, Sequence, Set, Tuple
 
@@ -31,6 +32,7 @@ from lift_ext.gmm import OnlineGMM
 from lift_ext.lift import LiFT, MixturePrior
 from lift_ext.lift.sharded_trainer import ShardedLiFT
 from lift_ext.shakespeare import launch
+from lift_ext.shakespeare.config import ConfigError
 from lift_ext.shakespeare.episodes import pool_tasks
 from lift_ext.shakespeare.methods import LIFT_METHODS, window_loss
 
@@ -109,6 +111,27 @@ def _cpu_seconds(lift: LiFT, seconds: float) -> float:
     return float(total[0])
 
 
+def check_launch(cfg, world: launch.World):
+    """The config of this launch (under torchrun ``lift_shards`` 0 resolved to the world size,
+    so the stage files' fingerprint says how many shards the chains had), or ConfigError when
+    the chains cannot run sharded over ``world``. Runs on every rank before any collective."""
+    chains = chains_needed(cfg, set(cfg.methods))
+    count = launch.shards(cfg, world)
+    if not count or not chains:
+        return cfg
+    where = f"under torchrun with WORLD_SIZE={world.size}" if world.size > 1 else f"lift_shards={count}"
+    if cfg.lift_z_update == "likelihood" and any(prior == "mixture" for prior, _ in chains):
+        raise ConfigError(f"lift_z_update 'likelihood' does not run sharded ({where}): use 'distance', or run "
+                          "in one process without torchrun and with lift_shards 0")
+    if count % world.size:
+        raise ConfigError(f"lift_shards ({cfg.lift_shards}) must be a multiple of the number of ranks "
+                          f"({world.size}) under torchrun (0: one shard per rank)")
+    if cfg.tasks_per_step % count:
+        raise ConfigError(f"tasks_per_step ({cfg.tasks_per_step}) must be a multiple of the number of LiFT "
+                          f"shards ({count}, one per rank under torchrun unless lift_shards says otherwise)")
+    return dataclasses.replace(cfg, lift_shards=count)
+
+
 def train_lift_variants(model, pools: Sequence[tuple], stride: int, cfg, wanted: Set[str], seed: int,
                         progress: bool = True, world: launch.World = launch.ONE
                         ) -> Tuple[Dict[str, MixturePrior], torch.Tensor, dict]:
@@ -147,4 +170,4 @@ def train_lift_variants(model, pools: Sequence[tuple], stride: int, cfg, wanted:
     return priors, library, info
 
 
-__all__ = ["train_lift_variants", "chains_needed", "lift_batch", "LIBRARY_METHODS"]
+__all__ = ["train_lift_variants", "chains_needed", "check_launch", "lift_batch", "LIBRARY_METHODS"]
