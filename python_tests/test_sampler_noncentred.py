@@ -205,3 +205,44 @@ def test_a_warm_up_that_diverges_is_reported_as_divergence(clustered):
     sampler.thetas[1].fill_(-3e38)
     with pytest.raises(FloatingPointError, match="too far apart"):
         sampler.step()
+
+
+class _InterruptedLosses(_ExactGradients):
+    """The exact gradients, but `losses` is interrupted (Ctrl-C) on its call number `at`."""
+
+    def __init__(self, clustered, at):
+        super().__init__(clustered)
+        self.calls, self.at = 0, at
+
+    def losses(self, task, candidates):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return super().losses(task, candidates)
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_an_interrupted_likelihood_draw_leaves_the_chain_as_it_was(clustered, preconditioned):
+    """grad_fn.losses runs after the theta step: a KeyboardInterrupt in it undoes the step (thetas,
+    phis, S, z, pi, v and the task order), and the resumed chain equals an uninterrupted one."""
+    from conftest import chain_state
+
+    def make(grad_fn):
+        return SGLDGibbs(N, D, grad_fn, sigma=SIGMA, beta=BETA, lr=5e-3, prior="mixture", n_components=K,
+                         phi_update="gibbs", prior_mean=clustered["mu0"], theta_init=clustered["ybar"],
+                         tasks_per_step=10, z_update="likelihood", shift_lr=5e-3, temperature=0.1,
+                         preconditioned=preconditioned)
+
+    plain, interrupted = make(_ExactGradients(clustered)), make(_InterruptedLosses(clustered, at=25))
+    for sampler in (plain, interrupted):
+        sampler.run(2, progress=False)
+    before = [t.clone() for t in chain_state(interrupted)]
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.step()  # the 5th call of the step's 10
+    assert interrupted.step_count == 2
+    for a, b in zip(before, chain_state(interrupted)):
+        assert torch.equal(a, b)
+    for sampler in (plain, interrupted):
+        sampler.run(3, progress=False)
+    for a, b in zip(chain_state(plain), chain_state(interrupted)):
+        assert torch.equal(a, b)

@@ -24,7 +24,6 @@ t < 2^39 and K <= 2^23; z and pi use a CPU torch.Generator keyed by (seed, t). S
 pure function of its seed, and K = 1 draws phi at offset 2t + 1 like the paper's chain.
 """
 import hashlib
-import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -163,17 +162,21 @@ class Components:
         labels = self.choose(rows, beta=beta, temperature=temperature,
                              uniform=self.gumbel_uniforms(len(tasks), temperature, generator))
         for row, (task, comp) in enumerate(zip(tasks, labels)):
-            old = int(self.assignments[task])
-            if comp == old:
-                continue
-            self.assignments[task] = comp
-            self.counts[old] -= 1
-            self.counts[comp] += 1
-            self.sums[comp].add_(rows[row])
-            if self.counts[old] == 0:
-                self.sums[old].zero_()  # the sum over no task, exactly (no rounding residue)
-            else:
-                self.sums[old].sub_(rows[row])
+            if comp != int(self.assignments[task]):
+                self.move_(task, comp, rows[row], rows[row])
+
+    def move_(self, task: int, comp: int, leaving: torch.Tensor, arriving: torch.Tensor) -> None:
+        """z_task = comp: `leaving` (its vector as it was) out of S of its old component, `arriving`
+        (its vector from now on) into S_comp, n updated; an emptied S is 0 exactly."""
+        old = int(self.assignments[task])
+        self.assignments[task] = comp
+        self.counts[old] -= 1
+        self.counts[comp] += 1
+        self.sums[comp].add_(arriving)
+        if self.counts[old] == 0:
+            self.sums[old].zero_()  # the sum over no task, exactly (no rounding residue)
+        else:
+            self.sums[old].sub_(leaving)
 
     def gumbel_uniforms(self, count: int, temperature: float, generator: torch.Generator
                         ) -> Optional[torch.Tensor]:

@@ -77,14 +77,14 @@ def shift_components_(thetas: torch.Tensor, comps: Components, mean_grads: Dict[
     """The shift move (module docstring) of each component k in `mean_grads` ({k: gbar_k}, see
     `member_mean_gradients`): phi_k moves by delta, so do the rows of `thetas` (the tasks
     first_task, first_task + 1, ...: all N, or one rank's) of its members, and S_k += n_k delta."""
-    held = comps.assignments[first_task:first_task + thetas.shape[0]]
+    held, noise_seed = comps.assignments[first_task:first_task + thetas.shape[0]], shift_seed(seed)
     for comp in sorted(mean_grads):
         n_k = comps.counts[comp]
         phi = comps.phis[comp]
         old = phi.clone()
         average = None if square_avg is None else square_avg.clone()
         ops.sgld_step_(phi, mean_grads[comp], prior_mean, None, average, lr=lr, temperature=temperature / n_k,
-                       prior_precision=1.0 / (n_k * sigma**2), alpha=alpha, eps=eps, seed=shift_seed(seed),
+                       prior_precision=1.0 / (n_k * sigma**2), alpha=alpha, eps=eps, seed=noise_seed,
                        offset=Components.phi_offset(step, comp))
         delta = phi - old
         index = (held == comp).nonzero().squeeze(1).to(thetas.device)
@@ -116,16 +116,26 @@ def draw_assignments_by_likelihood_(thetas: torch.Tensor, comps: Components, tas
             raise FloatingPointError("a stepped theta or a phi_k is not finite")
         moves.append((task, old, int(scores.argmax()), candidates))
     for task, old, comp, candidates in moves:
-        if comp == old:
-            continue
-        comps.sums[old].sub_(thetas[task])
-        thetas[task].copy_(candidates[comp])
-        comps.sums[comp].add_(thetas[task])
-        comps.assignments[task] = comp
-        comps.counts[old] -= 1
-        comps.counts[comp] += 1
-        if comps.counts[old] == 0:
-            comps.sums[old].zero_()
+        if comp != old:
+            comps.move_(task, comp, thetas[task], candidates[comp])
+            thetas[task].copy_(candidates[comp])
 
 
-__all__ = ["shift_components_", "member_mean_gradients", "shift_seed", "draw_assignments_by_likelihood_"]
+def restore_point(thetas: torch.Tensor, comps: Components, tasks: Sequence[int],
+                  square_avg: Optional[torch.Tensor]) -> Callable[[], None]:
+    """A function that puts the rows of `tasks`, the components and `square_avg` back as they are
+    now (the likelihood draw calls grad_fn.losses after the theta step has changed them)."""
+    index = torch.tensor(list(tasks), dtype=torch.int64, device=thetas.device)
+    rows, state = thetas.index_select(0, index), comps.state_dict()
+    average = None if square_avg is None else square_avg.clone()
+
+    def restore() -> None:
+        thetas.index_copy_(0, index, rows)
+        comps.load_state_dict(state)
+        if average is not None:
+            square_avg.copy_(average)
+    return restore
+
+
+__all__ = ["shift_components_", "member_mean_gradients", "shift_seed", "draw_assignments_by_likelihood_",
+           "restore_point"]

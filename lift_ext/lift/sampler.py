@@ -17,19 +17,16 @@ One `step()` (t = step_count):
      the exact component sums). B = 1: one `ops.sgld_step_` that also accumulates into S; B > 1:
      one `ops.sgld_step_list_` over the B rows, then S_{z_i} += new - old row by row in task order.
      Noise: Philox (seed, offset 2t), element b D + j for row b. ``preconditioned=True``: pSGLD
-     (Li et al. 2016, without the Gamma term) with one RMSprop average v shared by all tasks and
-     the damping eps' = max(eps, lr/beta^2) (docs/design.md section 3); with B > 1 row b uses
-     alpha v + (1 - alpha) g_b^2 and v becomes alpha v + (1 - alpha) mean_b g_b^2;
+     with one RMSprop average v shared by all tasks, damping eps' = max(eps, lr/beta^2) (docs/design.md section 3);
   3. mixture only: each stepped task's z_i from its conditional given theta_i (by distance);
-     z_update="likelihood" then again given eta_i (by likelihood, lift_ext.lift.noncentred);
-  4. phi (paper): Langevin (eq. 9) phi <- phi - lr_phi ((phi - mu0)/sigma^2 - (S - N phi)/beta^2)
-     + sqrt(2 lr_phi T) xi, or "gibbs": an exact draw N(m, T v I), v = 1/(1/sigma^2 + N/beta^2),
-     m = v (mu0/sigma^2 + S/beta^2); noise at offset 2t + 1. Mixture: every phi_k by the same
-     exact draw from its n_k members, then pi ~ Dir(a0 + n);
+     z_update="likelihood" then again given eta_i (lift_ext.lift.noncentred; its grad_fn.losses
+     runs after step 2, so if it raises, steps 2-3 are undone);
+  4. phi (paper): a Langevin step (eq. 9) or ("gibbs") an exact draw from its conditional given S,
+     noise at offset 2t + 1 (docs/design.md section 3); mixture: every phi_k exactly, then pi;
   5. paper only: after `burn_in` steps every `thin`-th phi is a sample for the OnlineGMM.
 lr is half the paper's eta (see lift_ext.sgld). A run is a pure function of its seed.
-Mixture start: z from k-means++ over the initial thetas (balanced and seeded when they are all
-equal), or, with warmup_steps = W > 0, over the thetas after W one-phi steps (z = 0 until then).
+Mixture start: z from k-means over the directions of the initial thetas (lift_ext.lift.mixture;
+balanced when all equal), or, with warmup_steps = W > 0, of the thetas after W one-phi steps.
 Memory: thetas [N, D] once plus K x D arrays, all on `device` (default: the device of
 prior_mean, else of theta_init, else the CPU); grad_fn must return gradients on that device.
 """
@@ -45,7 +42,8 @@ from lift_ext.lift import sampler_state
 from lift_ext.lift.batched_grad import gradients_of
 from lift_ext.lift.mixture import MAX_COMPONENTS, Components, initial_assignments, keyed_generator, rows_identical
 from lift_ext.lift.prior import MixturePrior
-from lift_ext.lift.noncentred import draw_assignments_by_likelihood_, member_mean_gradients, shift_components_
+from lift_ext.lift.noncentred import (draw_assignments_by_likelihood_, member_mean_gradients, restore_point,
+                                      shift_components_)
 from lift_ext.lift.task_order import TaskOrder
 from lift_ext.types import DeviceLike, GradFn
 
@@ -230,14 +228,12 @@ class SGLDGibbs:
                           "phi step diverges; lower lr_phi or use phi_update='gibbs'", RuntimeWarning, stacklevel=3)
 
     def meta_test_prior(self) -> MixturePrior:
-        """The meta-test prior for `lift_ext.lift.adapt`. prior="paper": the OnlineGMM fitted to
-        the phi samples, plus beta^2. prior="mixture": the current state's conditional phi_k
-        posteriors N(m_k, T v_k I) given z and S (Rao-Blackwellised), weights E[pi | z] =
-        (a0 + n_k) / (K a0 + N), plus beta^2."""
+        """The meta-test prior for `lift_ext.lift.adapt`, plus beta^2: prior="paper": the OnlineGMM of
+        the phi samples; "mixture": the state's phi_k posteriors given z and S (Components.meta_test_prior)."""
         if self.prior == "mixture":
             if self.step_count < self.warmup_steps:
                 raise RuntimeError(f"the mixture prior has no components yet: the first warmup_steps="
-                                   f"{self.warmup_steps} steps run before k-means++ assigns the tasks, "
+                                   f"{self.warmup_steps} steps run before k-means assigns the tasks, "
                                    f"and {self.step_count} have run")
             return self._components.meta_test_prior(self._prior_mean, sigma=self.sigma, beta=self.beta,
                                                     temperature=self.temperature)
@@ -252,6 +248,7 @@ class SGLDGibbs:
 
     # ---- sampling -------------------------------------------------------------------------
     _draws_bar = True  # run()'s progress bar is drawn by this process
+    _first_task = 0  # the task of this process's first row of thetas (ShardedSGLDGibbs: of this rank)
 
     def _held_rows(self, start: torch.Tensor) -> torch.Tensor:
         """The task vectors this sampler holds, a new float32 buffer: all N rows of `start`."""
@@ -276,23 +273,28 @@ class SGLDGibbs:
         tasks, epoch, position = self._order.peek(self.tasks_per_step)
         grads = self._task_grads(tasks, [self._thetas[task] for task in tasks])  # may raise: nothing changed
         t, comps = self.step_count, self._components
-        self._step_thetas(tasks, grads, offset=2 * t)
         mixing = self.prior == "mixture" and t >= self.warmup_steps
         generator = keyed_generator("SGLDGibbs.mixture", self.seed, t) if mixing and comps.k > 1 else None
-        if mixing:
-            try:
+        likelihood = mixing and comps.k > 1 and self.z_update == "likelihood"  # grad_fn.losses runs mid-step
+        restore = restore_point(self._thetas, comps, tasks, self._square_avg) if likelihood else None
+        try:
+            self._step_thetas(tasks, grads, offset=2 * t)
+            if mixing:
                 comps.draw_assignments_(self._thetas, tasks, beta=self.beta, temperature=self.temperature,
                                         generator=generator)
-                if self.z_update == "likelihood" and comps.k > 1:
-                    draw_assignments_by_likelihood_(self._thetas, comps, tasks, self.grad_fn.losses,
-                                                    temperature=self.temperature, generator=generator)
-            except FloatingPointError:
-                raise self._divergence("a theta or phi_k is not finite") from None
+            if likelihood:
+                draw_assignments_by_likelihood_(self._thetas, comps, tasks, self.grad_fn.losses,
+                                                temperature=self.temperature, generator=generator)
+        except FloatingPointError:
+            raise self._divergence("a theta or phi_k is not finite") from None
+        except BaseException:  # grad_fn.losses raised or was interrupted: the step never happened
+            if restore is not None:
+                restore()
+            raise
         shift = member_mean_gradients(comps, tasks, grads) if self.shift_lr > 0.0 else None
         self._finish_step(t, mixing, generator, epoch, position, shift)
         return tasks
 
-    _first_task = 0  # the task of this process's first row of thetas (ShardedSGLDGibbs: of this rank)
     def _finish_step(self, t: int, mixing: bool, generator, epoch, position, shift_grads=None) -> None:
         """Steps 4 and 5 of step t (shift_grads: {k: gbar_k} of the shift), then on to (epoch, position)."""
         comps = self._components
@@ -360,8 +362,7 @@ class SGLDGibbs:
                                   "lr: lower lr (or the temperature)")
 
     def diagnostics(self) -> Dict[str, float]:
-        """Scalars to watch a run by (each call synchronises with the device): the RMS of the phis, the
-        RMS spread of the thetas around their phi_{z_i}, OnlineGMM samples, (mixture) occupied components."""
+        """RMS of the phis, RMS spread of the thetas around their phi_{z_i}, OnlineGMM samples, components used."""
         comps = self._components
         centers = comps.phis.index_select(0, comps.assignments.to(self.device))
         out = {"phi_rms": float(comps.phis.pow(2).mean().sqrt()),
@@ -372,8 +373,7 @@ class SGLDGibbs:
         return out
 
     def run(self, num_steps: int, progress: bool = True, report_every: Optional[int] = None) -> None:
-        """`num_steps` steps with a tqdm bar showing `diagnostics()` every `report_every` steps
-        (default: 20 reports per run; the bar is drawn where `_draws_bar`)."""
+        """`num_steps` steps; a tqdm bar (where `_draws_bar`) shows `diagnostics()` every `report_every` (20 a run)."""
         validate.integer("num_steps", num_steps)
         every = report_every or max(1, num_steps // 20)
         with tqdm(total=num_steps, disable=not (progress and self._draws_bar), desc="SGLD-Gibbs", unit="step") as bar:
