@@ -30,6 +30,11 @@ std::ostream& operator<<(std::ostream& os, const ItemName& n) {
   return os;
 }
 
+// Why params must be float32 when they are not: the fix a mixed-precision user needs.
+constexpr const char* kMasterWeights =
+    " (the step keeps float32 master weights: keep the parameters float32, e.g. model.float(), and "
+    "run the forward in bfloat16 / float16 under torch.autocast; such gradients are accepted)";
+
 ItemName item_name(const char* name, size_t index, bool is_list) {
   return ItemName{name, index, is_list};
 }
@@ -139,7 +144,8 @@ SgldCall prepare_sgld_tensors(at::TensorList params, at::TensorList grads,
     const at::Tensor& p = params[i];
     const ItemName p_name = item_name("params", i, is_list);
     TORCH_CHECK(p.defined(), p_name, " is undefined");
-    TORCH_CHECK(p.scalar_type() == at::kFloat, p_name, " must be float32, got ", p.scalar_type());
+    TORCH_CHECK(p.scalar_type() == at::kFloat, p_name, " must be float32, got ", p.scalar_type(),
+                kMasterWeights);
     TORCH_CHECK(p.is_contiguous(), p_name, " must be contiguous");
     TORCH_CHECK(p.device() == params[0].device(), "all params must be on one device: ", p_name,
                 " is on ", p.device(), ", params[0] on ", params[0].device());

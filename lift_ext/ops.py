@@ -22,6 +22,9 @@ from lift_ext import _loader  # noqa: F401  - registers the ops
 # ---- SGLD ---------------------------------------------------------------------------------
 
 _GRAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Why params must be float32 (the C++ checks say the same): the fix a mixed-precision user needs.
+MASTER_WEIGHTS = (" (the step keeps float32 master weights: keep the parameters float32, e.g. model.float(), "
+                  "and run the forward in bfloat16 / float16 under torch.autocast; such gradients are accepted)")
 
 
 def _check_companion(t: torch.Tensor, param: torch.Tensor, name: str, low_precision: bool) -> None:
@@ -42,7 +45,7 @@ def check_sgld_lists(params, grads, prior_means, accums, square_avgs) -> None:
     for name, lst in (("prior_mean", prior_means), ("accum", accums), ("square_avg", square_avgs)):
         torch._check(len(lst) in (0, n), lambda: f"{name} must be empty or have one tensor per param ({n})")
     for i, p in enumerate(params):
-        torch._check(p.dtype == torch.float32, lambda: f"params[{i}] must be float32, got {p.dtype}")
+        torch._check(p.dtype == torch.float32, lambda: f"params[{i}] must be float32, got {p.dtype}{MASTER_WEIGHTS}")
         torch._check(p.is_contiguous(), lambda: f"params[{i}] must be contiguous")
         torch._check(p.device == params[0].device, lambda: "all params must be on one device")
         _check_companion(grads[i], p, f"grads[{i}]", True)

@@ -9,7 +9,10 @@ the temperature (1 samples the posterior; 0 turns the noise off and gives exactl
 weight decay lam toward c), G = 1 / (sqrt(v) + eps) with v the RMSprop average of g^2 when
 `square_avg` is given (pSGLD, Li et al. 2016, without the Gamma correction term; an average
 of exactly 0 starts at g^2, see `sgld_step`), else 1.
-If g is the gradient of a MEAN loss over n examples, the same dynamics need lam / n and T / n.
+g is the gradient of the negative log-likelihood SUMMED over the data. If it is the gradient of
+a MEAN loss over N examples, pass num_data=N: the step then runs with lam / N and T / N, which
+is the summed loss's dynamics at step size lr / N (lr keeps its torch.optim meaning: at T = 0
+without a prior the step is exactly SGD on the mean loss).
 """
 import warnings
 from typing import Optional, Tuple, Union
@@ -60,6 +63,28 @@ def resolve_seed_offset(seed: Optional[int], offset: Optional[int],
     return validate.integer("seed", seed, 0, MAX_SEED), validate.integer("offset", offset, 0, MAX_SEED)
 
 
+def per_example(prior_precision: float, temperature: float, num_data: int) -> Tuple[float, float]:
+    """(prior_precision / N, temperature / N): the hyper-parameters that give a step on the
+    gradient of a MEAN loss over N = num_data examples the dynamics of the summed loss
+    (module docstring). num_data must be an int >= 1; 1 leaves both as they are."""
+    num_data = validate.integer("num_data", num_data, low=1)
+    return prior_precision / num_data, temperature / num_data
+
+
+def leaf_error(written) -> Optional[RuntimeError]:
+    """The error to raise for an in-place step refused by autograd: a RuntimeError naming
+    torch.no_grad() when grad mode is on and a tensor the step writes is a leaf (or a view of
+    one) that requires grad, else None (then torch's own error stands)."""
+    def leaf_requiring_grad(t) -> bool:  # a leaf, or a view of one, that requires grad
+        return isinstance(t, torch.Tensor) and t.requires_grad and (t.is_leaf or t._base is not None and t._base.is_leaf)
+
+    if torch.is_grad_enabled() and any(leaf_requiring_grad(t) for t in written):
+        return RuntimeError("sgld_step updates params in place, and a tensor that requires grad (a "
+                            "Parameter) cannot be written while autograd records: call it inside "
+                            "`with torch.no_grad():` (lift_ext.optim.SGLD.step does this itself)")
+    return None
+
+
 def _warn_if_unstable(lr: float, prior_precision: float, preconditioned: bool) -> None:
     if not preconditioned and lr * prior_precision >= 1.0:
         warnings.warn(f"lr * prior_precision = {lr * prior_precision:g} >= 1: the prior pull "
@@ -72,7 +97,7 @@ def sgld_step(params: Union[TensorOrList, TensorTable], grads: Optional[TensorOr
               square_avg: Optional[TensorOrList] = None, alpha: float = 0.99, eps: float = 1e-8,
               seed: Optional[int] = None, offset: Optional[int] = None,
               generator: Optional[torch.Generator] = None,
-              rng_state: Optional[torch.Tensor] = None) -> None:
+              rng_state: Optional[torch.Tensor] = None, num_data: int = 1) -> None:
     """One fused SGLD step, in place on `params` (and `accum`, `square_avg`).
 
     params: float32 contiguous Tensor, or list of them (one pass over the whole list), or a
@@ -83,6 +108,10 @@ def sgld_step(params: Union[TensorOrList, TensorTable], grads: Optional[TensorOr
     No tensor the step writes (params, accum, square_avg) may share memory with another tensor
     of the call (the same tensor twice, views of one buffer): refused, naming both.
     lr >= 0 (half the paper's eta), temperature T >= 0, prior_precision lam >= 0.
+    num_data: N when grads are of a MEAN loss over N examples (the PyTorch habit): the step
+    then uses lam / N and T / N, the summed loss's dynamics at step size lr / N (module
+    docstring); 1 (default) when grads are of the summed negative log-likelihood.
+    Call it inside `torch.no_grad()` when params are Parameters (leaves that require grad).
     accum += theta_new - theta_old. square_avg switches on RMSprop preconditioning, per element:
 
         v <- g^2                             if v == 0   (no nonzero gradient seen yet)
@@ -138,6 +167,7 @@ def sgld_step(params: Union[TensorOrList, TensorTable], grads: Optional[TensorOr
         via_table = False
     lr, temperature, prior_precision, alpha, eps = check_hyper_parameters(
         lr, temperature, prior_precision, alpha, eps)
+    prior_precision, temperature = per_example(prior_precision, temperature, num_data)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     _warn_if_unstable(lr, prior_precision, preconditioned)
@@ -145,20 +175,13 @@ def sgld_step(params: Union[TensorOrList, TensorTable], grads: Optional[TensorOr
     # Elements of a list call are checked by the op; check_elements names a non-Tensor one.
     named = None if table is not None or single else zip(
         ("params", "grads", "prior_mean", "accum", "square_avg"), lists)
+    drawn_from = None
     if rng_state is not None:
         if seed is not None or offset is not None or generator is not None:
             raise ValueError("pass either rng_state or seed/offset/generator, not both")
         if not isinstance(rng_state, torch.Tensor):
             raise TypeError(f"rng_state must be an int64 Tensor [seed, offset], got {type(rng_state).__name__}")
-        if via_table:
-            ops.sgld_step_table_graphsafe_(table.handle, rng_state, **hyper)
-            return
-        if named is not None:
-            check_elements(named)
-        ops.sgld_step_graphsafe_(*lists, rng_state, **hyper)
-        return
-    drawn_from = None
-    if temperature == 0.0 and seed is None and offset is None:
+    elif temperature == 0.0 and seed is None and offset is None:
         seed_val, offset_val = 0, 0  # no noise is drawn: leave the generator alone
     else:
         if seed is None:  # a draw, undone below if the op refuses the call
@@ -166,7 +189,11 @@ def sgld_step(params: Union[TensorOrList, TensorTable], grads: Optional[TensorOr
             before = drawn_from.get_state()
         seed_val, offset_val = resolve_seed_offset(seed, offset, generator)
     try:
-        if via_table:
+        if rng_state is not None and via_table:
+            ops.sgld_step_table_graphsafe_(table.handle, rng_state, **hyper)
+        elif rng_state is not None:
+            ops.sgld_step_graphsafe_(*lists, rng_state, **hyper)
+        elif via_table:
             ops.sgld_step_table_(table.handle, seed=seed_val, offset=offset_val, **hyper)
         else:
             ops.sgld_step_list_(*lists, seed=seed_val, offset=offset_val, **hyper)
@@ -175,6 +202,9 @@ def sgld_step(params: Union[TensorOrList, TensorTable], grads: Optional[TensorOr
             drawn_from.set_state(before)
         if named is not None and isinstance(exc, (TypeError, RuntimeError)):
             check_elements(named)  # a non-Tensor element: raise naming it, else the op's error
+        refused_by_autograd = leaf_error(lists[0] + lists[3] + lists[4]) if isinstance(exc, RuntimeError) else None
+        if refused_by_autograd is not None:  # params, accum or square_avg require grad
+            raise refused_by_autograd from exc
         raise
 
 
