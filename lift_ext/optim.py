@@ -1,7 +1,4 @@
 """`lift_ext.optim.SGLD`: the fused SGLD step as a `torch.optim.Optimizer`."""
-import os
-import sys
-import warnings
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -11,6 +8,7 @@ from lift_ext.preconditioner import HISTORY, fill_unseen_
 from lift_ext.sgld import (MAX_SEED, check_hyper_parameters, draw_seed_offset, per_example,
                            resolve_seed_offset)
 from lift_ext.table import TensorTable
+from lift_ext.warn import warn_user
 
 # (params with a grad, their grads, their prior means, their square averages) of one group.
 _Lists = Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]
@@ -36,21 +34,10 @@ def _warn_if_unbounded(group: Dict[str, Any]) -> None:
     """Warn where preconditioned noise meets no prior: a weight whose gradient is 0 then has
     nothing pulling it back and random-walks at the preconditioned scale."""
     if group["preconditioned"] and group["prior_precision"] == 0 and group["temperature"] > 0:
-        warnings.warn("lift_ext.optim.SGLD(preconditioned=True) with temperature > 0 and no prior "
-                      "(prior_precision=0): a weight whose gradient is 0 (LoRA A while B = 0) has no restoring "
-                      "force and random-walks at the preconditioned noise scale; give a prior, e.g. "
-                      "prior_mean='init' and prior_precision=1 / (the initialisation's std)^2",
-                      RuntimeWarning, stacklevel=_user_stacklevel())
-
-
-def _user_stacklevel() -> int:
-    """The warnings.warn stacklevel of the first caller outside lift_ext and torch (the line
-    that built the optimizer or added the group), counted from the function calling this."""
-    inside = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(torch.__file__)))
-    frame, level = sys._getframe(2), 2
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
-        frame, level = frame.f_back, level + 1
-    return level
+        warn_user("lift_ext.optim.SGLD(preconditioned=True) with temperature > 0 and no prior "
+                  "(prior_precision=0): a weight whose gradient is 0 (LoRA A while B = 0) has no restoring "
+                  "force and random-walks at the preconditioned noise scale; give a prior, e.g. "
+                  "prior_mean='init' and prior_precision=1 / (the initialisation's std)^2")
 
 
 # The group settings that states saved before they existed lack: their defaults.

@@ -1,6 +1,8 @@
 """Using LiFT's result: the meta-test prior, writing an adapter into the model, exporting it as
 a standard peft adapter, symmetric save / load, sampler options, and errors that name the
 user's own knobs. A 1-layer GPT-2 built locally (no downloads) with peft LoRA."""
+import warnings
+
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -158,3 +160,24 @@ def test_sampler_options_pass_through_and_unknown_ones_are_refused():
         LiFT(model, tasks, next_token_loss, prior_mean="zeros", **KW)
     after = dict(model.named_parameters())
     assert all(torch.equal(after[n], v) for n, v in before.items())
+
+
+def test_a_model_without_peft_or_select_warns_that_everything_is_packed():
+    with pytest.warns(RuntimeWarning, match=r"packs every trainable parameter of the GPT2LMHeadModel") as record:
+        LiFT(base_model(), make_tasks(), next_token_loss, **KW)
+    packing = [w for w in record if "packs every" in str(w.message)]
+    assert packing[0].filename == __file__  # attributed to the caller's line
+    model = base_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        LiFT(lora_model(), make_tasks(), next_token_loss, **KW)
+        LiFT(model, make_tasks(), next_token_loss, select=["lm_head.weight"], **KW)
+
+
+def test_the_mixture_prior_before_any_step_is_refused():
+    lift = LiFT(lora_model(), make_tasks(), next_token_loss, sigma=0.1, beta=0.05, lr=1e-2, prior="mixture",
+                n_components=2, seed=5)
+    with pytest.raises(RuntimeError, match=r"no step has run yet: call run\(steps\) first"):
+        lift.meta_test_prior()
+    lift.run(1, progress=False)
+    assert lift.meta_test_prior().n_components == 2

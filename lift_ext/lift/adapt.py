@@ -5,11 +5,13 @@ Prior (optional): a `MixturePrior` p(theta) = sum_k w_k N(theta; m_k, diag(v_k) 
 or an `OnlineGMM` over phi samples with `beta` (converted by `MixturePrior.from_gmm`). The
 support objective, in units of the loss per example (nats per example for a log-loss):
 
-    J(theta) = mean support loss(theta) - (1/n) log p(theta),   n = task.num_examples,
+    J(theta) = mean support loss(theta) + (C - log p(theta)) / n,   n = task.num_examples,
 
-whose prior part has gradient (1/n) sum_k r_k(theta) (theta - m_k) / (v_k + beta^2), added by
-the fused `gmm_prior_grad_` op (r from the E-step kernel). Without a prior J is the mean
-support loss (plain fine-tuning, the no-meta-learning baseline).
+with C = `prior.log_peak()` leaving the normalising constants out (C - log p >= -log K is the
+prior's cost in nats; docs/design.md section 5). Its prior part has gradient
+(1/n) sum_k r_k(theta) (theta - m_k) / (v_k + beta^2), added by the fused `gmm_prior_grad_`
+op (r from the E-step kernel). Without a prior J is the mean support loss (plain fine-tuning,
+the no-meta-learning baseline).
 
 Start ("init"): "best_component" (default) starts at the mean of the component with the
 largest score_k = log w_k - n * mean support loss(m_k), i.e. log w_k + log p(support | m_k):
@@ -23,7 +25,9 @@ a prior.
 Steps use `lift_ext.sgld_step` on minibatches `task.batch(generator)`; with
 ``preconditioned=True`` (default) they are RMSprop-preconditioned, the average of g^2 starting
 at 0, which the step replaces by g^2 itself while it is 0 (so no weight takes an oversized
-first step, whatever its first gradient).
+first step, whatever its first gradient), and damped by the prior's largest curvature,
+eps' = max(eps, lr * prior.max_precision() / n), so a weight whose gradient the prior dominates
+settles on its MAP instead of jittering around it by lr (docs/design.md section 5).
 
 mode "map": temperature 0 (RMSprop / SGD on J), run to a stopping rule. J on the whole
 support set (`task.full()`) is evaluated at the start and after every `eval_every` steps (and
@@ -114,9 +118,9 @@ def _support_loss(flat: FlatParams, theta: torch.Tensor, task: Task, loss_fn: Lo
 
 def support_objective(flat: FlatParams, theta: torch.Tensor, task: Task, loss_fn: LossFn,
                       prior: Optional[MixturePrior]) -> float:
-    """J(theta) = mean loss over task.full() - (1/n) log p(theta) (module docstring)."""
+    """J(theta) = mean loss over task.full() + (C - log p(theta)) / n (module docstring)."""
     value = _support_loss(flat, theta, task, loss_fn)
-    return value if prior is None else value - prior.log_prob(theta) / task.num_examples
+    return value if prior is None else value + (prior.log_peak() - prior.log_prob(theta)) / task.num_examples
 
 
 def component_scores(flat: FlatParams, task: Task, loss_fn: LossFn, prior: MixturePrior) -> torch.Tensor:
@@ -202,6 +206,7 @@ def adapt(flat: FlatParams, task: Task, loss_fn: LossFn, *, prior: PriorLike = N
     theta = theta.to(device, torch.float32).contiguous()
     n = task.num_examples
     square_avg = torch.zeros_like(theta) if preconditioned else None
+    damping = 1e-8 if prior is None else max(1e-8, lr * prior.max_precision() / n)
     step_temperature = 0.0 if mode == "map" else temperature / n
     best = _BestIterate(theta, support_objective(flat, theta, task, loss_fn, prior), tol, patience) \
         if mode == "map" else None
@@ -214,7 +219,7 @@ def adapt(flat: FlatParams, task: Task, loss_fn: LossFn, *, prior: PriorLike = N
         loss, grad = flat.loss_and_grad(theta, lambda call: loss_fn(call, batch))
         if prior is not None:
             prior.add_prior_grad_(grad, theta, scale=1.0 / n)
-        sgld_step(theta, grad, lr=lr, temperature=step_temperature, square_avg=square_avg,
+        sgld_step(theta, grad, lr=lr, temperature=step_temperature, square_avg=square_avg, eps=damping,
                   seed=seed, offset=step)
         out.losses.append(float(loss))
         out.steps_run = done = step + 1

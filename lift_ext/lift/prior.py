@@ -79,6 +79,19 @@ class MixturePrior:
         loglik, _ = ops.gmm_estep(theta.reshape(1, -1).float(), means, m2, counts, reg=reg)
         return float(torch.logsumexp(loglik[0], dim=0))
 
+    def log_peak(self) -> float:
+        """C = max_k [log w_k - (1/2) sum_d log(2 pi (v_kd + beta^2))], the log density at the
+        centre of the highest component alone (nats): log p(theta) - C is log p without its
+        normalising constants (<= log K), the form `adapt` reports its objective in."""
+        variances = self.variances.double() + self.beta ** 2
+        heights = self.weights.to(variances.device).log() - 0.5 * torch.log(2 * torch.pi * variances).sum(1)
+        return float(heights.max())
+
+    def max_precision(self) -> float:
+        """The largest curvature of -log p along any coordinate, 1 / min_kd (v_kd + beta^2)
+        (per unit of theta^2): what bounds a stable step on the prior term."""
+        return 1.0 / (float(self.variances.min()) + self.beta ** 2)
+
     def responsibilities(self, theta: torch.Tensor) -> torch.Tensor:
         """r_k(theta) = p(component k | theta) [K] float64, from the fused E-step."""
         means, m2, counts, reg = self._op_args()

@@ -43,6 +43,7 @@ from lift_ext.lift.prior import MixturePrior
 from lift_ext.lift.sampler import SGLDGibbs
 from lift_ext.lift.tasks import Task
 from lift_ext.types import LossFn
+from lift_ext.warn import warn_user
 
 AdapterLike = Union[None, torch.Tensor, Adapted]
 
@@ -126,6 +127,11 @@ class LiFT:
             raise TypeError("loss_fn must be callable as loss_fn(model_call, batch) -> mean loss")
         self.model, self.tasks, self.loss_fn, self.seed = model, tasks, loss_fn, seed
         self.flat = FlatParams(model, select)
+        if select is None and not hasattr(model, "peft_config"):
+            warn_user(f"LiFT packs every trainable parameter of the {type(model).__name__} ({self.flat.dim:,} "
+                      f"weights in {len(self.flat.names)} tensors) as the adapter: it is not a peft model and "
+                      "select= was not given. Wrap the backbone with peft (get_peft_model), freeze what is not "
+                      "the adapter (requires_grad_(False)) or pass select= (names or a predicate)")
         self.init_vector = self.flat.vector.detach().clone()
         # n_i * d(mean minibatch loss)/d theta, the B tasks of a step in one vmapped pass
         self.grads = TaskGradients(self.flat, loss_fn, self._batch_of, self._sizes, batched=batched_grads)
