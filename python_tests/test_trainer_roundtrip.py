@@ -171,7 +171,7 @@ def test_a_model_without_peft_or_select_warns_that_everything_is_packed():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         LiFT(lora_model(), make_tasks(), next_token_loss, **KW)
-        LiFT(model, make_tasks(), next_token_loss, select=["lm_head.weight"], **KW)
+        LiFT(model, make_tasks(), next_token_loss, select=["transformer.ln_f.weight"], **KW)
 
 
 def test_the_mixture_prior_before_any_step_is_refused():
