@@ -330,7 +330,7 @@ def main(argv=None):
             rows.append(finish_row(gmm_row(k, d, b, device, compiled), bandwidth))
             print_progress(rows[-1])
     print(format_table(rows))
-    meta = {"device": label, "torch": torch.__version__, "commit": git_commit(),
+    meta = {"device": label, "cpu_isa": lift_ext.cpu_isa(), "torch": torch.__version__, "commit": git_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "threads": torch.get_num_threads(), "copy_GBps": bandwidth, "quick": args.quick}
     with open(json_path + ".tmp", "w") as fh:

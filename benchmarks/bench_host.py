@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lift_ext  # noqa: E402
 from lift_ext.optim import SGLD  # noqa: E402
-from timing import device_name, graph_replay_ms  # noqa: E402
+from timing import cpu_model, device_name, graph_replay_ms  # noqa: E402
 
 LR, LAM, TEMP = 1e-3, 1.0, 1.0
 KERNEL_RANGE = "lift_ext::sgld_cpu_kernel"
@@ -177,14 +177,6 @@ def format_table(rows, device):
     return "\n".join(lines)
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
-
-
 def commit():
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -207,7 +199,8 @@ def main(argv=None):
     info = {"device": device_name(device), "cpu": cpu_model(), "torch": torch.__version__, "commit": commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "threads": torch.get_num_threads()}
-    print(f"device: {info['device']} ({info['cpu']}); torch {info['torch']}; commit {info['commit']}; "
+    host = f" (host CPU {info['cpu']})" if device.type == "cuda" else ""
+    print(f"device: {info['device']}{host}; torch {info['torch']}; commit {info['commit']}; "
           f"{info['date']}")
     print(format_table(rows, device))
     path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

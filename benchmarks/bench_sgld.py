@@ -116,7 +116,8 @@ def main(argv=None):
     print(format_table(rows, bandwidth))
     if args.json:
         with open(args.json + ".tmp", "w") as fh:
-            json.dump({"device": device_name(device), "copy_GBps": bandwidth, "rows": rows}, fh, indent=1)
+            json.dump({"device": device_name(device), "cpu_isa": lift_ext.cpu_isa(), "copy_GBps": bandwidth,
+                       "rows": rows}, fh, indent=1)
         os.replace(args.json + ".tmp", args.json)
 
 

@@ -59,8 +59,22 @@ def copy_bandwidth_gbs(device: torch.device, numel: int = 1 << 26) -> float:
     return 2 * numel * 4 / (ms * 1e-3) / 1e9
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
+
+
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or for the CPU its model, architecture, the instruction-set path of the
+    CPU kernels' normals (lift_ext.cpu_isa()) and the thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+    import lift_ext
+    return (f"CPU {cpu_model()} ({platform.machine()}, normals path {lift_ext.cpu_isa()}), "
+            f"{torch.get_num_threads()} threads")

@@ -13,6 +13,11 @@
 //   sgld_step_table_eager            lift_ext::sgld_step_table_: O(1) host work
 //   sgld_step_table_graphsafe_eager  lift_ext::sgld_step_table_graphsafe_
 //   tensor_table_is_current          TensorTable::is_current
+// and the instruction-set paths of the CPU normals (lift_ext/cpu_normals.h):
+//   cpu_isa                          the path the CPU kernels take on this machine
+//   cpu_isas                         every path this machine can run
+//   fill_normals_on                  the normals of any element groups on a given path, so
+//                                    that tests compare the paths bitwise
 #include <Python.h>
 
 #include <string>
@@ -24,6 +29,7 @@
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include "lift_ext/cpu_normals.h"
 #include "lift_ext/table.h"
 
 namespace {
@@ -193,6 +199,77 @@ PyObject* tensor_table_is_current(PyObject* /*self*/, PyObject* args) {
   END_HANDLE_TH_ERRORS
 }
 
+// cpu_isa() -> str: "avx512", "avx2" or "generic", the path of the CPU normals.
+PyObject* cpu_isa(PyObject* /*self*/, PyObject* /*args*/) {
+  return PyUnicode_FromString(lift_ext::normals_isa_name(lift_ext::normals_isa()));
+}
+
+// cpu_isas() -> tuple of str: the paths this machine can run, slowest first.
+PyObject* cpu_isas(PyObject* /*self*/, PyObject* /*args*/) {
+  std::vector<const char*> names;
+  for (int i = 0; i < lift_ext::kNumNormalsIsas; ++i) {
+    const auto isa = static_cast<lift_ext::NormalsIsa>(i);
+    if (lift_ext::normals_isa_supported(isa)) names.push_back(lift_ext::normals_isa_name(isa));
+  }
+  PyObject* tuple = PyTuple_New(static_cast<Py_ssize_t>(names.size()));
+  if (tuple == nullptr) return nullptr;
+  for (size_t i = 0; i < names.size(); ++i) {
+    PyObject* name = PyUnicode_FromString(names[i]);
+    if (name == nullptr) {
+      Py_DECREF(tuple);
+      return nullptr;
+    }
+    PyTuple_SET_ITEM(tuple, static_cast<Py_ssize_t>(i), name);
+  }
+  return tuple;
+}
+
+// The value of a Python int in [0, 2^64) (TypeError / OverflowError otherwise; -1 and a set
+// error are returned together).
+unsigned long long uint64_arg(PyObject* value) {
+  if (!PyLong_Check(value)) {
+    PyErr_Format(PyExc_TypeError, "expected an int, got %s", Py_TYPE(value)->tp_name);
+    return static_cast<unsigned long long>(-1);
+  }
+  return PyLong_AsUnsignedLongLong(value);
+}
+
+// fill_normals_on(isa, out, seed, offset, first_group): out (float32, contiguous, CPU, numel
+// a multiple of 4) = the normals of element groups first_group .. first_group + numel / 4 - 1
+// for (seed, offset), drawn on path `isa` (one of cpu_isas()); seed, offset and first_group
+// are ints in [0, 2^64).
+PyObject* fill_normals_on(PyObject* /*self*/, PyObject* args) {
+  HANDLE_TH_ERRORS
+  const char* name;
+  PyObject* out_obj;
+  PyObject* words[3];
+  if (!PyArg_ParseTuple(args, "sOOOO", &name, &out_obj, &words[0], &words[1], &words[2])) {
+    return nullptr;
+  }
+  uint64_t values[3];
+  for (int k = 0; k < 3; ++k) {
+    values[k] = uint64_arg(words[k]);
+    if (PyErr_Occurred()) return nullptr;
+  }
+  int found = -1;
+  for (int i = 0; i < lift_ext::kNumNormalsIsas; ++i) {
+    if (std::string(name) == lift_ext::normals_isa_name(static_cast<lift_ext::NormalsIsa>(i))) found = i;
+  }
+  TORCH_CHECK_VALUE(found >= 0, "isa must be \"generic\", \"avx2\" or \"avx512\", got \"", name, "\"");
+  const auto isa = static_cast<lift_ext::NormalsIsa>(found);
+  TORCH_CHECK_VALUE(lift_ext::normals_isa_supported(isa), "this machine cannot run the ", name,
+                    " path (it runs: see cpu_isas())");
+  TORCH_CHECK_TYPE(THPVariable_Check(out_obj), "out must be a Tensor, got ", Py_TYPE(out_obj)->tp_name);
+  const at::Tensor out = THPVariable_Unpack(out_obj);
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == at::kFloat && out.is_contiguous() &&
+                  out.numel() % 4 == 0,
+              "out must be a contiguous float32 CPU tensor whose numel is a multiple of 4");
+  lift_ext::fill_normals_on(isa, values[0], values[1], values[2], out.numel() / 4,
+                            out.data_ptr<float>());
+  Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef methods[] = {
     {"sgld_step_list_eager", sgld_step_list_eager, METH_VARARGS,
      "lift_ext::sgld_step_list_ through the typed dispatcher entry, without the GIL (plain "
@@ -206,6 +283,14 @@ PyMethodDef methods[] = {
      "lift_ext::sgld_step_table_graphsafe_ through the typed dispatcher entry, without the GIL."},
     {"tensor_table_is_current", tensor_table_is_current, METH_VARARGS,
      "TensorTable::is_current(group)."},
+    {"cpu_isa", cpu_isa, METH_NOARGS,
+     "The instruction-set path of the CPU normals here: \"avx512\", \"avx2\" or \"generic\"."},
+    {"cpu_isas", cpu_isas, METH_NOARGS,
+     "Every instruction-set path of the CPU normals this machine can run, slowest first."},
+    {"fill_normals_on", fill_normals_on, METH_VARARGS,
+     "fill_normals_on(isa, out, seed, offset, first_group): the normals of element groups "
+     "first_group .. first_group + out.numel() / 4 - 1 into out, drawn on path isa "
+     "(verification: every path gives the same bits)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -47,3 +47,10 @@ PROBE_OP = "lift_ext::sgld_step_list_"
 def cuda_kernels_built() -> bool:
     """True when the extension was compiled with its CUDA kernels."""
     return torch._C._dispatch_has_kernel_for_dispatch_key(PROBE_OP, "CUDA")
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels draw their Philox normals with on this machine:
+    "avx512", "avx2" or "generic" (portable code), the fastest the CPU supports. Every path gives
+    the same bits (docs/design.md section 6)."""
+    return _C.cpu_isa()

@@ -1,11 +1,13 @@
 """The device-check scripts run on the CPU kernels too, so they cannot rot between GPU runs:
-benchmarks/sanitizer_driver.py (every kernel, odd sizes) and benchmarks/bench_sampler.py."""
+benchmarks/sanitizer_driver.py (every kernel, odd sizes) and benchmarks/bench_sampler.py; and
+the CPU noise benchmark benchmarks/bench_noise.py (small sizes)."""
 import os
 import runpy
 import sys
 
 import pytest
 
+import lift_ext
 from conftest import requires_cuda
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
@@ -27,3 +29,10 @@ def test_bench_sampler_reports_step_and_kernels(device, monkeypatch, capsys):
     _run_script("bench_sampler.py", ["--device", device, "--dim", "4099", "--tasks", "3"], monkeypatch)
     out = capsys.readouterr().out
     assert "SGLDGibbs.step()" in out and "overhead ratio" in out
+
+
+def test_bench_noise_reports_the_cpu_path_and_ratios(monkeypatch, capsys):
+    _run_script("bench_noise.py", ["--quick", "--repeats", "1"], monkeypatch)
+    out = capsys.readouterr().out
+    assert f"normals path {lift_ext.cpu_isa()}" in out
+    assert "normal_/philox" in out and "eager/T=1" in out and "T=1/T=0" in out

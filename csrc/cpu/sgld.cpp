@@ -178,14 +178,19 @@ void philox_normal_cpu(const at::Tensor& out, int64_t seed, int64_t offset) {
   check_philox_normal_args(out, seed, offset);
   const int64_t numel = out.numel();
   float* data = out.data_ptr<float>();
+  const int64_t full_groups = numel / 4;  // groups whose four elements all lie in `out`
   at::parallel_for(0, (numel + 3) / 4, kGrain / 4, [&](int64_t g0, int64_t g1) {
-    float buf[kBlock];
-    for (int64_t g = g0; g < g1; g += kBlock / 4) {
-      const int64_t groups = std::min<int64_t>(kBlock / 4, g1 - g);
+    // whole groups straight into `out`; a last, partial group through a buffer
+    const int64_t direct_end = std::min(g1, full_groups);
+    if (g0 < direct_end) {
       fill_normals(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
-                   static_cast<uint64_t>(g), groups, buf);
-      const int64_t count = std::min<int64_t>(4 * groups, numel - 4 * g);
-      std::copy(buf, buf + count, data + 4 * g);
+                   static_cast<uint64_t>(g0), direct_end - g0, data + 4 * g0);
+    }
+    if (g1 > full_groups) {
+      float last[4];
+      fill_normals(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                   static_cast<uint64_t>(full_groups), 1, last);
+      std::copy(last, last + (numel - 4 * full_groups), data + 4 * full_groups);
     }
   });
 }

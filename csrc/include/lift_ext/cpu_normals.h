@@ -1,5 +1,6 @@
-// The Philox normal stream on the CPU, vectorised (AVX-512 / AVX2 / baseline picked at load
-// time). Bitwise equal to philox_normal4 in philox.h, which the CUDA kernels use.
+// The Philox normal stream on the CPU, vectorised (AVX-512 / AVX2 / portable code picked once
+// per process from the CPU's features). Bitwise equal to philox_normal4 in philox.h, which
+// the CUDA kernels use, on every path.
 #pragma once
 
 #include <cstdint>
@@ -7,8 +8,27 @@
 namespace lift_ext {
 
 // out[4 * j + k] = normal k of element group first_group + j, for j < num_groups
-// (element group g holds elements 4g .. 4g+3 of the flattened vector).
+// (element group g holds elements 4g .. 4g+3 of the flattened vector). Writes exactly
+// 4 * num_groups floats.
 void fill_normals(uint64_t seed, uint64_t offset, uint64_t first_group, int64_t num_groups,
                   float* out);
+
+// The code paths of fill_normals, slowest first. kGeneric is portable C++ (compiled for the
+// baseline instruction set); kAvx2 and kAvx512 use AVX2 / AVX-512F intrinsics (x86-64 only).
+enum class NormalsIsa { kGeneric, kAvx2, kAvx512 };
+constexpr int kNumNormalsIsas = 3;
+
+// "generic", "avx2" or "avx512".
+const char* normals_isa_name(NormalsIsa isa);
+
+// Whether this build and this CPU can run `isa`.
+bool normals_isa_supported(NormalsIsa isa);
+
+// The path fill_normals takes: the fastest supported one, decided on the first call.
+NormalsIsa normals_isa();
+
+// fill_normals on a given supported path (verification: every path gives the same bits).
+void fill_normals_on(NormalsIsa isa, uint64_t seed, uint64_t offset, uint64_t first_group,
+                     int64_t num_groups, float* out);
 
 }  // namespace lift_ext

@@ -1,0 +1,112 @@
+"""The instruction-set paths of the CPU normals (csrc/cpu/normals.cpp: AVX-512, AVX2, portable).
+Each path the machine can run must give bitwise the normals of the portable one, on odd group
+counts (partial SIMD vectors), odd first groups, group counters whose low word wraps into the
+high word, and seeds and offsets with nonzero high words; the path the kernels take must be the
+fastest the CPU has. `_C.fill_normals_on` draws any element groups on a named path."""
+import math
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+
+import lift_ext
+from lift_ext import _C, ops
+
+PATHS = _C.cpu_isas()
+VECTOR_PATHS = [isa for isa in PATHS if isa != "generic"]
+
+SEEDS = [0, 2**64 - 1, 0x299F31D0A4093822, 2**40 + 3]
+OFFSETS = [0, 11, 0x03707344_13198A2E, 2**63 - 1]
+# group low word: from 0, odd, wrapping inside a vector, at 2^32 - 1, wrapping the high word too
+FIRST_GROUPS = [0, 1, 12345, 2**32 - 20, 2**32 - 1, 2**33 - 7, 2**64 - 9]
+GROUP_COUNTS = [1, 3, 7, 8, 9, 15, 16, 17, 33, 255, 1001]
+
+
+def normals(isa: str, seed: int, offset: int, first_group: int, groups: int) -> torch.Tensor:
+    out = torch.empty(4 * groups)
+    _C.fill_normals_on(isa, out, seed, offset, first_group)
+    return out
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int32)
+
+
+def cpu_flags() -> set:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    path = Path("/proc/cpuinfo")
+    if not path.exists():
+        return set()
+    for line in path.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not cpu_flags(),
+                    reason="needs an x86-64 Linux machine")
+def test_kernels_take_the_fastest_path_the_cpu_has():
+    flags = cpu_flags()
+    expected = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "generic"
+    assert lift_ext.cpu_isa() == expected
+    assert PATHS[-1] == expected and PATHS[0] == "generic"
+
+
+@pytest.mark.parametrize("isa", VECTOR_PATHS)
+def test_vector_path_is_bitwise_the_portable_one(isa):
+    for seed in SEEDS:
+        for offset in OFFSETS:
+            for first in FIRST_GROUPS:
+                for groups in GROUP_COUNTS:
+                    got = normals(isa, seed, offset, first, groups)
+                    want = normals("generic", seed, offset, first, groups)
+                    assert torch.equal(bits(got), bits(want)), (isa, seed, offset, first, groups)
+
+
+@pytest.mark.parametrize("isa", PATHS)
+@pytest.mark.parametrize("first", [2**32 - 5, 2**64 - 6])
+def test_group_counter_carries_into_the_high_word(isa, first):
+    """The normals of groups first .. first + 8 are the Box-Muller of the Philox words of
+    counters (group mod 2^32, group div 2^32 mod 2^32, offset words), across the wrap."""
+    seed, offset, groups = 0xA4093822_299F31D0, 2**40 + 5, 9
+    z = normals(isa, seed, offset, first, groups)
+    g = [(first + j) % 2**64 for j in range(groups)]
+    counters = torch.tensor([[x & 0xFFFFFFFF, x >> 32, offset & 0xFFFFFFFF, offset >> 32] for x in g])
+    keys = torch.tensor([[seed & 0xFFFFFFFF, seed >> 32]]).expand(groups, 2).contiguous()
+    w = ops.philox4x32_10(counters, keys).reshape(-1, 2)
+    u = (w[:, 0] >> 8).double() * 2.0**-24 + 2.0**-25
+    angle = ((w[:, 1] >> 30).double() + ((w[:, 1] >> 6) & 0xFFFFFF).double() * 2.0**-24) * (math.pi / 2)
+    r = torch.sqrt(-2.0 * torch.log(u))
+    expected = torch.stack([r * torch.cos(angle), r * torch.sin(angle)], -1).reshape(-1)
+    torch.testing.assert_close(z.double(), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("numel", [1, 3, 4097, 70001])
+def test_philox_normal_draws_the_chosen_path(numel):
+    seed, offset = 2**63 - 1, 2**33 + 1
+    groups = (numel + 3) // 4
+    z = lift_ext.philox_normal(numel, seed=seed, offset=offset)
+    for isa in PATHS:
+        assert torch.equal(bits(z), bits(normals(isa, seed, offset, 0, groups)[:numel])), isa
+
+
+def test_fill_normals_on_refuses_bad_arguments():
+    out = torch.empty(8)
+    with pytest.raises(ValueError, match="isa must be"):
+        _C.fill_normals_on("sse9", out, 0, 0, 0)
+    for isa in {"generic", "avx2", "avx512"} - set(PATHS):
+        with pytest.raises(ValueError, match="cannot run"):
+            _C.fill_normals_on(isa, out, 0, 0, 0)
+    with pytest.raises(RuntimeError, match="multiple of 4"):
+        _C.fill_normals_on("generic", torch.empty(6), 0, 0, 0)
+    with pytest.raises(RuntimeError, match="float32"):
+        _C.fill_normals_on("generic", torch.empty(8, dtype=torch.float64), 0, 0, 0)
+    with pytest.raises(TypeError, match="Tensor"):
+        _C.fill_normals_on("generic", [0.0] * 8, 0, 0, 0)
+    with pytest.raises(OverflowError):
+        _C.fill_normals_on("generic", out, -1, 0, 0)
+    with pytest.raises(OverflowError):
+        _C.fill_normals_on("generic", out, 0, 2**64, 0)
+    with pytest.raises(TypeError, match="int"):
+        _C.fill_normals_on("generic", out, 0, 0, 1.5)
