@@ -40,8 +40,8 @@ def _warn_if_unbounded(group: Dict[str, Any]) -> None:
                   "prior_mean='init' and prior_precision=1 / (the initialisation's std)^2")
 
 
-# The group settings that states saved before they existed lack: their defaults.
-_SETTINGS_BEFORE_0_2 = {"prior_mean": "zero", "num_data": 1}
+# Group settings that a state saved before they existed lacks, with the defaults it ran under.
+_LATER_SETTINGS = {"prior_mean": "zero", "num_data": 1}
 
 
 def _check_saved_tensor(entry: Dict[str, Any], name: str, key: Any, param: torch.Tensor, valid, what: str) -> None:
@@ -139,7 +139,12 @@ class SGLD(torch.optim.Optimizer):
                     avg = torch.zeros_like(p, memory_format=torch.contiguous_format)
                     fresh.append((p, avg))
                 square_avgs.append(avg)
-        means = [self.state[p]["prior_mean"] for p in params] if group["prior_mean"] == "init" else []
+        means = []
+        if group["prior_mean"] == "init":
+            means = [self.state.get(p, {}).get("prior_mean") for p in params]
+            if any(m is None for m in means):
+                raise ValueError("prior_mean='init' needs the parameters' values when the group was added: "
+                                 "set it in the constructor or in add_param_group, not on a group afterwards")
         return (params, [p.grad for p in params], means, square_avgs), fresh
 
     def _plan(self, index: int, group: Dict[str, Any], traced: bool):
@@ -248,7 +253,7 @@ class SGLD(torch.optim.Optimizer):
             raise ValueError("state_dict has no 'rng' entry with 'seed' and 'offset': it was not "
                              "saved by lift_ext.optim.SGLD")
         seed, offset = resolve_seed_offset(rng["seed"], rng["offset"], None)
-        state_dict["param_groups"] = [dict(_SETTINGS_BEFORE_0_2, **g) if isinstance(g, dict) else g
+        state_dict["param_groups"] = [dict(_LATER_SETTINGS, **g) if isinstance(g, dict) else g
                                       for g in state_dict.get("param_groups", [])]
         self._check_saved(state_dict)
         super().load_state_dict(state_dict)
