@@ -6,6 +6,7 @@ parameter-efficient meta fine-tuning), as PyTorch custom ops with CPU and CUDA k
                                                       lift_ext.sgld_step(table, lr=...)
     lift_ext.philox_normal(numel, seed=, offset=)     the exact noise sgld_step adds
     lift_ext.optim.SGLD                               the step as a torch.optim.Optimizer
+    lift_ext.optim.PosteriorSamples                   thinned samples of a run, averaged predictions
     lift_ext.gmm.OnlineGMM                            online-EM diagonal Gaussian mixture
     lift_ext.reference                                pure-PyTorch oracle of every kernel
     lift_ext.cpu_isa()                                "avx512" / "avx2" / "generic": the CPU

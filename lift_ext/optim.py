@@ -1,10 +1,12 @@
-"""`lift_ext.optim.SGLD`: the fused SGLD step as a `torch.optim.Optimizer`."""
+"""`lift_ext.optim.SGLD`: the fused SGLD step as a `torch.optim.Optimizer`; beside it
+`PosteriorSamples` (lift_ext.samples), which keeps the run's samples and averages over them."""
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from lift_ext import ops, validate
 from lift_ext.preconditioner import HISTORY, fill_unseen_
+from lift_ext.samples import PosteriorSamples
 from lift_ext.sgld import (MAX_SEED, check_hyper_parameters, draw_seed_offset, per_example,
                            resolve_seed_offset)
 from lift_ext.table import TensorTable
@@ -287,3 +289,6 @@ class SGLD(torch.optim.Optimizer):
                 if group["prior_mean"] == "init" and entry.get("prior_mean") is None:
                     raise ValueError(f"state_dict param_groups[{i}] has prior_mean='init' but state[{key!r}] "
                                      "holds no 'prior_mean'")
+
+
+__all__ = ["SGLD", "PosteriorSamples"]

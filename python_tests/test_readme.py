@@ -36,7 +36,7 @@ def _run(code, tmp_path, monkeypatch):
 def test_the_readme_has_the_snippets_these_tests_cover():
     titles = [title for title, _ in snippets()]
     assert titles.count("Using `sgld_step` in your own training loop") == 2  # the loop and the CUDA graph
-    assert titles.count("Using `lift_ext.optim.SGLD`") == 2
+    assert titles.count("Using `lift_ext.optim.SGLD`") == 3
     assert titles.count("LiFT on your own model") == 2  # GPT-2 and timm ViT
 
 
