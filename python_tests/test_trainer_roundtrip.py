@@ -177,7 +177,7 @@ def test_a_model_without_peft_or_select_warns_that_everything_is_packed():
 def test_the_mixture_prior_before_any_step_is_refused():
     lift = LiFT(lora_model(), make_tasks(), next_token_loss, sigma=0.1, beta=0.05, lr=1e-2, prior="mixture",
                 n_components=2, seed=5)
-    with pytest.raises(RuntimeError, match=r"no step has run yet: call run\(steps\) first"):
+    with pytest.raises(RuntimeError, match=r"needs run\(steps\) first: at least 1 steps"):
         lift.meta_test_prior()
     lift.run(1, progress=False)
     assert lift.meta_test_prior().n_components == 2

@@ -231,14 +231,10 @@ class SGLDGibbs:
         """The meta-test prior for `lift_ext.lift.adapt`, plus beta^2: prior="paper": the OnlineGMM of
         the phi samples; "mixture": the state's phi_k posteriors given z and S (Components.meta_test_prior)."""
         if self.prior == "mixture":
-            if self.step_count == 0:
-                raise RuntimeError("the mixture prior is learned by the chain and no step has run yet: call "
-                                   "run(steps) first (its starting components are k-means of the initial "
-                                   "task vectors, not a meta-learned prior)")
-            if self.step_count < self.warmup_steps:
-                raise RuntimeError(f"the mixture prior has no components yet: the first warmup_steps="
-                                   f"{self.warmup_steps} steps run before k-means assigns the tasks, "
-                                   f"and {self.step_count} have run")
+            if self.step_count == 0 or self.step_count < self.warmup_steps:
+                raise RuntimeError(f"the mixture prior is learned by the chain and needs run(steps) first: at "
+                                   f"least {max(1, self.warmup_steps)} steps (warmup_steps={self.warmup_steps} come "
+                                   f"before k-means assigns the tasks); {self.step_count} have run")
             return self._components.meta_test_prior(self._prior_mean, sigma=self.sigma, beta=self.beta,
                                                     temperature=self.temperature)
         if not self.gmm.initialized:
