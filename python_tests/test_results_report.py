@@ -60,3 +60,23 @@ def test_plot_has_a_full_accuracy_axis_and_paired_differences(monkeypatch):
     assert acc.get_ylim() == (0.0, 100.0)
     assert "paired" in diff.get_title() and "lift" in diff.get_xlabel()
     assert [t.get_text() for t in diff.get_yticklabels()] == ["multitask", "reptile"]
+
+
+def test_calibration_by_hand_and_on_a_calibrated_forecaster():
+    """ECE and Brier against a hand computation, and ECE ~ 0 for a forecaster whose confidence
+    is its accuracy (targets drawn from its own predictive distribution)."""
+    import torch
+
+    from lift_ext.shakespeare.scoring import calibration
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.55, 0.45]])
+    targets = torch.tensor([0, 1, 1, 0])
+    # confidences 0.9, 0.6, 0.7, 0.55 -> bins 14, 9, 10, 8 (of 15), each alone: |hit - conf|
+    ece = (0.1 + 0.6 + 0.3 + 0.45) / 4
+    brier = (2 * 0.1**2 + 2 * 0.6**2 + 2 * 0.3**2 + 2 * 0.45**2) / 4
+    got = calibration(probs, targets)
+    assert got["ece"] == pytest.approx(ece) and got["brier"] == pytest.approx(brier)
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(2 * torch.randn(200_000, 5, generator=g), -1)
+    drawn = torch.multinomial(probs, 1, generator=g).squeeze(-1)
+    assert calibration(probs, drawn)["ece"] < 0.01
+    assert calibration(probs, probs.argmin(-1))["ece"] > 0.3

@@ -2,7 +2,9 @@
 
 Scores per (seed, evaluated role): next-character accuracy on all query targets ("acc"), on
 the targets the role's family permutation changes ("acc_remapped"; roles without any, e.g.
-the identity family, have none) and the NLL in nats per character ("nll"). Each method's
+the identity family, have none), the NLL in nats per character ("nll"), and the calibration
+of the predictive distribution: ECE over 15 confidence bins ("ece") and the Brier score
+("brier"; lift_ext.shakespeare.scoring). Each method's
 score is the mean over (seed, role) with the standard error s / sqrt(n) (s the sample
 standard deviation). A paired difference is the mean over the same (seed, role) pairs of
 one method's score minus another's, with its standard error: role difficulty cancels, so it
@@ -27,7 +29,7 @@ LABELS = {"lift": "LiFT", "lift_k1": "LiFT K=1 (ablation)", "lift_paper": "LiFT,
           "independent": "independent LoRA", "multitask": "multi-task + FT", "reptile": "Reptile + FT",
           "fomaml": "FO-MAML + FT", "retrieval": "retrieval + FT", "mbc": "MBC (k-means) + FT",
           "oracle": "family oracle + FT (reference)", "backbone": "backbone, unadapted (reference)"}
-UNITS = {"acc": 100.0, "acc_remapped": 100.0, "nll": 1.0}
+UNITS = {"acc": 100.0, "acc_remapped": 100.0, "nll": 1.0, "ece": 100.0, "brier": 1.0}
 
 
 def mean_stderr(xs: Sequence[float]) -> tuple:
@@ -83,7 +85,7 @@ def summarize(cfg: BenchConfig, scores: Dict[str, List[dict]], detail: Dict[str,
     out = {"config": cfg.to_dict(), "roles": [list(r) for r in roles], "methods": {}, "reference": reference,
            "paired": {}, "noise_floor": {}}
     for m, rows in scores.items():
-        metrics = {k: _stats([row[k] for row in rows]) for k in METRICS}
+        metrics = {k: _stats([row.get(k) for row in rows]) for k in METRICS}  # older stage files: no ece
         out["methods"][m] = {"mean": metrics["acc"]["mean"], "stderr": metrics["acc"]["stderr"],
                              "per_task": metrics["acc"]["per_task"], "metrics": metrics, **detail.get(m, {})}
     ref = out["methods"][reference]
@@ -128,7 +130,7 @@ def _cell(stats: dict, metric: str) -> str:
     if stats["mean"] is None:
         return "n/a"
     u = UNITS[metric]
-    digits = 2 if metric != "nll" else 3
+    digits = 3 if metric in ("nll", "brier") else 2
     return f"{u * stats['mean']:.{digits}f} ± {u * stats['stderr']:.{digits}f}"
 
 
@@ -148,21 +150,21 @@ def adaptation_note(config: dict) -> str:
 
 
 def markdown_table(results: dict) -> str:
-    """Methods sorted by mean accuracy: accuracy (all and remapped targets, %) and NLL (nats /
-    char), each mean ± s.e., and the reference method's paired lead over each method in
+    """Methods sorted by mean accuracy: accuracy (all and remapped targets, %), NLL (nats /
+    char), ECE (%) and Brier, each mean ± s.e., and the reference method's paired lead over each method in
     accuracy (pp, and in paired standard errors); a footer that says what the run did."""
     methods, config = results["methods"], results["config"]
     reference = results.get("reference", reference_method(list(methods)))
     ref = _short(reference)
     remapped = any(r["metrics"]["acc_remapped"]["mean"] is not None for r in methods.values())
     head = ["method", "accuracy (%)"] + (["remapped targets (%)"] if remapped else []) + \
-        ["NLL (nats/char)", f"{ref} lead, paired (pp)", f"{ref} lead (paired s.e.)", "adapt lr"]
+        ["NLL (nats/char)", "ECE (%)", "Brier", f"{ref} lead, paired (pp)", f"{ref} lead (paired s.e.)", "adapt lr"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for name, r in sorted(methods.items(), key=lambda kv: -(kv[1]["mean"] or 0.0)):
         cells = [label(name, r), _cell(r["metrics"]["acc"], "acc")]
         if remapped:
             cells.append(_cell(r["metrics"]["acc_remapped"], "acc_remapped"))
-        cells.append(_cell(r["metrics"]["nll"], "nll"))
+        cells += [_cell(r["metrics"][k], k) for k in ("nll", "ece", "brier")]
         lead = results["paired"].get(name, {}).get("acc")
         if lead is None or lead["mean"] is None:
             cells += ["", ""]
