@@ -11,6 +11,8 @@ images), from the same pre-trained backbone:
 * `psgld_t0`, `psgld_t1`: `optim.SGLD(preconditioned=True, num_data=N)` with the prior the
   README recommends for LoRA (centred on the initialisation, precision 1 / std(A_init)^2), at
   temperature 0 and 1;
+* `psgld_t1_averaged`: the `psgld_t1` chain, its predictions averaged over the samples of its
+  second half, every 10th step (`lift_ext.optim.PosteriorSamples`): the Bayesian model average;
 * `kernel_rule_t1`: that temperature-1 chain through `lift_ext.sgld_step` with a square
   average of zeros kept by hand, i.e. the kernel's own rule for weights without a gradient
   (G = 1 / eps'), `optim.SGLD`'s behaviour before lift_ext.preconditioner;
@@ -21,7 +23,7 @@ images), from the same pre-trained backbone:
 
 Prints a table (test accuracy, mean and standard error over seeds, and each method minus
 `psgld_t0` paired by seed) and writes it with the raw numbers as JSON (--out).
-Usage: python benchmarks/lora_vit_sgld.py [--seeds 3] [--steps 300] [--quick] [--out FILE]
+Usage: python benchmarks/lora_vit_sgld.py [--seeds 5] [--steps 300] [--quick] [--out FILE]
 """
 import argparse
 import json
@@ -32,7 +34,7 @@ import time
 import torch
 
 import lift_ext
-from lift_ext.optim import SGLD
+from lift_ext.optim import SGLD, PosteriorSamples
 
 try:
     import timm
@@ -43,6 +45,7 @@ except ImportError as missing:  # pragma: no cover - the script's own dependency
 
 # method -> (temperature, guided prior?, num_data given?, the kernel's rule by hand?); adamw apart
 CHAINS = {"psgld_t0": (0.0, True, True, False), "psgld_t1": (1.0, True, True, False),
+          "psgld_t1_averaged": (1.0, True, True, False),
           "kernel_rule_t1": (1.0, True, True, True), "defaults_t1": (1.0, False, False, False),
           "kernel_rule_defaults_t1": (1.0, False, False, True)}
 METHODS = tuple(CHAINS) + ("adamw",)
@@ -80,12 +83,16 @@ def lora(backbone_state, seed: int):
     return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["qkv"], modules_to_save=["head"]))
 
 
-def accuracy(model, images, labels) -> float:
+def accuracy(model, images, labels, samples=None) -> float:
+    """Test accuracy (%) of the model, or of its predictions averaged over `samples`."""
     model.eval()
     with torch.no_grad():
-        correct = (model(images).argmax(1) == labels).float().mean()
+        if samples is None:
+            predicted = model(images).argmax(1)
+        else:
+            predicted = samples.average(lambda m: torch.softmax(m(images), -1)).argmax(1)
     model.train()
-    return 100.0 * float(correct)
+    return 100.0 * float((predicted == labels).float().mean())
 
 
 def guided_prior(params):
@@ -94,7 +101,8 @@ def guided_prior(params):
     return 1.0 / float(a_init.std()) ** 2
 
 
-def train(method: str, model, images, labels, steps: int, lr: float, seed: int) -> None:
+def train(method: str, model, images, labels, steps: int, lr: float, seed: int):
+    """Run `method` for `steps` steps; returns its PosteriorSamples (averaged methods) or None."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     n = len(images)
@@ -114,6 +122,7 @@ def train(method: str, model, images, labels, steps: int, lr: float, seed: int) 
         else:
             opt = SGLD(params, lr=lr, temperature=temperature, preconditioned=True, seed=seed,
                        prior_mean="init" if guided else "zero", **prior)
+    kept = PosteriorSamples(model, burn_in=steps // 2, thin=10) if method.endswith("_averaged") else None
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
         index = torch.randint(n, (64,), generator=gen)
@@ -124,6 +133,9 @@ def train(method: str, model, images, labels, steps: int, lr: float, seed: int) 
         else:
             with torch.no_grad():
                 step_by_hand(step)
+        if kept is not None:
+            kept.collect()
+    return kept
 
 
 def run(seeds: int, steps: int, pretrain_steps: int, lr: float):
@@ -142,8 +154,8 @@ def run(seeds: int, steps: int, pretrain_steps: int, lr: float):
         backbone_accuracy.append(accuracy(backbone, down_images[test_idx], down_labels[test_idx]))
         for method in METHODS:
             model = lora(state, seed)
-            train(method, model, down_images[train_idx], down_labels[train_idx], steps, lr, seed)
-            results[method].append(accuracy(model, down_images[test_idx], down_labels[test_idx]))
+            kept = train(method, model, down_images[train_idx], down_labels[train_idx], steps, lr, seed)
+            results[method].append(accuracy(model, down_images[test_idx], down_labels[test_idx], kept))
         print(f"seed {seed}: " + ", ".join(f"{m} {results[m][-1]:.1f}" for m in METHODS), flush=True)
     return results, backbone_accuracy, int(len(down_images) // 2)
 
@@ -169,7 +181,7 @@ def table(results, reference="psgld_t0") -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--pretrain-steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -1,6 +1,7 @@
 """The device-check scripts run on the CPU kernels too, so they cannot rot between GPU runs:
 benchmarks/sanitizer_driver.py (every kernel, odd sizes) and benchmarks/bench_sampler.py; and
-the CPU noise benchmark benchmarks/bench_noise.py (small sizes)."""
+the CPU noise benchmark benchmarks/bench_noise.py (small sizes); the LoRA ViT benchmark
+benchmarks/lora_vit_sgld.py (--quick)."""
 import os
 import runpy
 import sys
@@ -36,3 +37,14 @@ def test_bench_noise_reports_the_cpu_path_and_ratios(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"normals path {lift_ext.cpu_isa()}" in out
     assert "normal_/philox" in out and "eager/T=1" in out and "T=1/T=0" in out
+
+
+def test_lora_vit_benchmark_runs_every_method(monkeypatch, capsys, tmp_path):
+    pytest.importorskip("timm")
+    pytest.importorskip("peft")
+    pytest.importorskip("sklearn")
+    _run_script("lora_vit_sgld.py", ["--quick", "--out", str(tmp_path / "vit.json")], monkeypatch)
+    out = capsys.readouterr().out
+    for method in ("psgld_t0", "psgld_t1", "psgld_t1_averaged", "kernel_rule_t1", "defaults_t1", "adamw"):
+        assert f"`{method}`" in out
+    assert (tmp_path / "vit.json").exists()
