@@ -189,7 +189,8 @@ class Components:
                uniform: Optional[torch.Tensor]) -> List[int]:
         """The component drawn for each row [B, D] from its conditional by Gumbel-max with
         `uniform` [B, K] (from `gumbel_uniforms`; at T = 0 the nearest phi_k). Changes nothing;
-        FloatingPointError when a score is NaN (a row or phi_k not finite)."""
+        FloatingPointError when a row has no finite score (a row or phi_k not finite, or so far
+        apart that every float32 distance overflows)."""
         if self._zero_m2 is None:
             self._zero_m2 = torch.zeros_like(self.phis)
         if temperature > 0.0:
@@ -198,7 +199,7 @@ class Components:
             scores = loglik.cpu() - torch.log(-torch.log(uniform.clamp_min(1e-300)))
         else:
             scores = -squared_distances(rows, self.phis).cpu()
-        if bool(scores.isnan().any()):
+        if not bool(torch.isfinite(scores.max(dim=1).values).all()):  # NaN, or every distance overflowed
             raise FloatingPointError("a stepped theta or a phi_k is not finite")
         return scores.argmax(dim=1).tolist()
 
