@@ -111,11 +111,9 @@ class Components:
 
     def rebuild_(self, thetas: torch.Tensor, assignments: torch.Tensor,
                  prior_mean: Optional[torch.Tensor]) -> None:
-        """Set z, n and S from the thetas (float64 sums, row by row: O(K D) extra memory), each
-        phi_k to its members' mean (mu0, or 0, when it has none) and pi to E[pi | z]."""
-        total = torch.zeros(self.k, self.dim, dtype=torch.float64, device=thetas.device)
-        for row, comp in zip(thetas, assignments.tolist()):
-            total[comp] += row
+        """Set z, n and S from the thetas (`member_sums`), each phi_k to its members' mean (mu0,
+        or 0, when it has none) and pi to E[pi | z]."""
+        total = self.member_sums(thetas, assignments)
         self.assignments = assignments.to("cpu", torch.int64).clone()
         self.counts = torch.bincount(self.assignments, minlength=self.k).tolist()
         self.sums.copy_(total)
@@ -127,6 +125,19 @@ class Components:
             else:
                 self.phis[comp].zero_()
         self.weights = self.expected_weights()
+
+    def member_sums(self, thetas: torch.Tensor, assignments: torch.Tensor) -> torch.Tensor:
+        """sum of the rows of `thetas` [N, D] per component of `assignments` [N], float64 [K, D],
+        added row by row in task order (O(K D) extra memory)."""
+        total = torch.zeros(self.k, self.dim, dtype=torch.float64, device=thetas.device)
+        for row, comp in zip(thetas, assignments.tolist()):
+            total[comp] += row
+        return total
+
+    def resum_(self, thetas: torch.Tensor) -> None:
+        """S_k = the sum of its members' rows of `thetas` [N, D] (`member_sums`, rounded once),
+        for a state whose thetas changed outside the steps that keep S."""
+        self.sums.copy_(self.member_sums(thetas, self.assignments))
 
     def add_deltas_(self, tasks: Sequence[int], deltas: torch.Tensor) -> None:
         """S_{z_i} += deltas[b] for task i = tasks[b], in the order of `tasks` (deterministic)."""
