@@ -275,21 +275,22 @@ class SGLDGibbs:
         generator = keyed_generator("SGLDGibbs.mixture", self.seed, t) if mixing and comps.k > 1 else None
         likelihood = mixing and comps.k > 1 and self.z_update == "likelihood"  # grad_fn.losses runs mid-step
         restore = restore_point(self._thetas, comps, tasks, self._square_avg) if likelihood else None
+        moved: List[int] = []  # tasks the likelihood draw carried to another component
         try:
             self._step_thetas(tasks, grads, offset=2 * t)
             if mixing:
                 comps.draw_assignments_(self._thetas, tasks, beta=self.beta, temperature=self.temperature,
                                         generator=generator)
             if likelihood:
-                draw_assignments_by_likelihood_(self._thetas, comps, tasks, self.grad_fn.losses,
-                                                temperature=self.temperature, generator=generator)
+                moved = draw_assignments_by_likelihood_(self._thetas, comps, tasks, self.grad_fn.losses,
+                                                        temperature=self.temperature, generator=generator)
         except FloatingPointError:
             raise self._divergence("a theta or phi_k is not finite") from None
         except BaseException:  # grad_fn.losses raised or was interrupted: the step never happened
             if restore is not None:
                 restore()
             raise
-        shift = member_mean_gradients(comps, tasks, grads) if self.shift_lr > 0.0 else None
+        shift = member_mean_gradients(comps, tasks, grads, moved) if self.shift_lr > 0.0 else None
         self._finish_step(t, mixing, generator, epoch, position, shift)
         return tasks
 
