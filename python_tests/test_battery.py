@@ -1,8 +1,8 @@
 """A battery of bad inputs over every public entry point: `lift_ext.__all__` (sgld_step,
 TensorTable, philox_normal, the ops, optim.SGLD, gmm.OnlineGMM) and the public classes and
-functions of `lift_ext.lift`. Each case must raise a clear error (ValueError, TypeError, or the
-RuntimeError of a kernel's named check, FloatingPointError for a gradient that is not finite; never a ZeroDivisionError, KeyError, AttributeError,
-NotImplementedError, ...) AND leave every tensor it was given or holds bitwise as it was,
+functions of `lift_ext.lift`. Each case must raise a clear error (ValueError, TypeError, the
+RuntimeError of a kernel's named check, or FloatingPointError for a gradient that is not
+finite; never a ZeroDivisionError, KeyError, AttributeError, NotImplementedError, ...) AND leave every tensor it was given or holds bitwise as it was,
 version counters and torch's default generator included. Bad inputs: wrong dtype, layout
 (non-contiguous), shape, device (meta), aliasing (a written tensor shared with another
 argument, duplicates in a list), out-of-range and non-finite scalars, huge values (beyond
