@@ -159,6 +159,21 @@ def test_a_gradient_that_is_not_finite_is_refused_before_the_step(problem):
     assert sampler.step_count == 4
 
 
+def test_checked_gradients_tell_an_overflowing_sum_from_a_gradient_that_is_not_finite():
+    """The finiteness check sums each gradient first: finite entries whose sum overflows float32
+    pass; one NaN among them raises FloatingPointError naming the task."""
+    from lift_ext.lift.batched_grad import checked_gradients
+    thetas = torch.zeros(2, 4)
+    big = torch.full((4,), 3e38)
+    rows = list(thetas)
+    out = checked_gradients(lambda i, t: big, [0, 1], rows, thetas, step=0, on_edit=lambda: None)
+    assert all(torch.equal(g, big) for g in out)
+    bad = big.clone()
+    bad[2] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"grad_fn\(1, theta\) returned NaN or Inf at step 0"):
+        checked_gradients(lambda i, t: bad if i == 1 else big, [0, 1], rows, thetas, step=0, on_edit=lambda: None)
+
+
 def test_gmm_receives_thinned_samples_after_burn_in(problem):
     sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=2e-3, burn_in=30,
                         thin=4, theta_init=problem["ybar"], n_components=2, seed=1)
