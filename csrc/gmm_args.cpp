@@ -3,6 +3,7 @@
 #include <cfloat>
 #include <cmath>
 
+#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include "lift_ext/overlap.h"
@@ -52,6 +53,35 @@ void check_reg(double reg) {
               "reg must be a finite float32 >= ", FLT_MIN, " (the variance floor), got ", reg);
 }
 
+// The values of a float64 tensor, read on the host (on CUDA: one copy of its numel doubles,
+// which synchronises the stream; these tensors are [K] or [B, K]).
+at::Tensor host_values(const at::Tensor& t) { return t.is_cpu() ? t : t.to(at::kCPU); }
+
+// counts: finite, at least one n_k > 0 (with none, every loglik is -inf and no responsibility
+// is defined). n_k <= 0 marks an empty component.
+void check_counts_values(const at::Tensor& counts) {
+  const at::Tensor host = host_values(counts);
+  const double* n = host.data_ptr<double>();
+  bool fitted = false;
+  for (int64_t k = 0; k < host.numel(); ++k) {
+    TORCH_CHECK(std::isfinite(n[k]), "counts must be finite, got ", n[k], " at component ", k);
+    fitted = fitted || n[k] > 0.0;
+  }
+  TORCH_CHECK(fitted, "counts must have a positive entry: with every n_k <= 0 the mixture has no "
+              "component and no responsibility is defined");
+}
+
+// resp: probabilities, finite and >= 0 (an M-step or prior gradient weighted by NaN or a
+// negative weight would write NaN or move a component away from its samples).
+void check_resp_values(const at::Tensor& resp) {
+  const at::Tensor host = host_values(resp);
+  const double* q = host.data_ptr<double>();
+  for (int64_t i = 0; i < host.numel(); ++i) {
+    TORCH_CHECK(std::isfinite(q[i]) && q[i] >= 0.0,
+                "resp must be finite and >= 0 (responsibilities), got ", q[i], " at flat index ", i);
+  }
+}
+
 }  // namespace
 
 GmmSizes check_gmm_estep_args(const at::Tensor& x, const at::Tensor& means, const at::Tensor& m2,
@@ -59,6 +89,7 @@ GmmSizes check_gmm_estep_args(const at::Tensor& x, const at::Tensor& means, cons
   GmmSizes sizes = check_mixture(means, m2, counts);
   check_samples(x, means, sizes);
   check_reg(reg);
+  check_counts_values(counts);
   return sizes;
 }
 
@@ -74,6 +105,7 @@ GmmSizes check_gmm_mstep_args(const at::Tensor& means, const at::Tensor& m2,
                           {"counts", &counts, true},
                           {"x", &x, false},
                           {"resp", &resp, false}});
+  check_resp_values(resp);
   return sizes;
 }
 
@@ -96,6 +128,7 @@ GmmSizes check_gmm_prior_grad_args(const at::Tensor& grad, const at::Tensor& the
                           {"m2", &m2, false},
                           {"counts", &counts, false},
                           {"resp", &resp, false}});
+  check_resp_values(resp);
   sizes.batch = 1;
   return sizes;
 }

@@ -31,6 +31,35 @@ DeviceLike = Union[str, torch.device, None]
 _INIT_SEED = 0x5EED
 
 
+def _check_responsibilities(resp: torch.Tensor, name: str) -> None:
+    """ValueError naming `name` when a row of E-step responsibilities is not finite: its sample
+    lies so far from every component that (x - mu)^2 / var overflows float32 in all of them."""
+    if not bool(torch.isfinite(resp).all()):
+        raise ValueError(f"{name} lies so far from every component that its squared distance overflows "
+                         "float32 (its responsibilities are not defined); nothing was changed")
+
+
+def _fitted_arrays(means: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, reg: float):
+    """(means, m2 float32, counts float64) of a loaded state, as the kernels will read them,
+    checked to stay finite there: means and m2 within float32, sum_k n_k finite (alpha_k =
+    n_k / sum), and for every n_k > 0 the kernels' float32 1 / n_k and var = m2 / n_k + reg
+    finite (a count below ~2.9e-39, or an m2 / n_k beyond float32, would give an infinite
+    variance). ValueError naming the key otherwise."""
+    means, m2, counts = means.to(torch.float32), m2.to(torch.float32), counts.to(torch.float64)
+    for key, value in (("means", means), ("m2", m2)):
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"state[{key!r}] overflows float32 (the mixture's storage type)")
+    if not torch.isfinite(counts.sum()):
+        raise ValueError("state['counts'] must have a finite sum in float64 (alpha_k = n_k / sum_j n_j)")
+    inv_count = torch.where(counts > 0, 1.0 / counts, torch.zeros_like(counts)).to(torch.float32)
+    if not bool(torch.isfinite(inv_count).all()):
+        raise ValueError(f"state['counts'] entries must be 0 or >= {1.0 / validate.FLOAT32_MAX:.3g} "
+                         "(1 / n_k must be a finite float32)")
+    if not bool(torch.isfinite(m2 * inv_count[:, None] + reg).all()):
+        raise ValueError("state['m2'] / state['counts'] overflows float32 (the variances would be infinite)")
+    return means, m2, counts
+
+
 class OnlineGMM:
     """Online-EM diagonal Gaussian mixture with `n_components` components over vectors of
     length `dim`; `reg_covar` (> 0, units of x squared) is added to every variance."""
@@ -186,6 +215,7 @@ class OnlineGMM:
         self._require_initialized()
         batch = self._as_batch(x)
         loglik, resp = ops.gmm_estep(batch, self._means, self._m2, self._counts, reg=self.reg_covar)
+        _check_responsibilities(resp, "x")
         return loglik, resp, x.dim() == 1
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,7 +256,10 @@ class OnlineGMM:
         on theta uses it; returns the responsibilities r [K] float64."""
         self._require_initialized()
         reg = self.reg_covar + validate.number("beta", beta, inclusive=True) ** 2
+        if isinstance(theta, torch.Tensor) and not bool(torch.isfinite(theta).all()):
+            raise ValueError("theta contains NaN or Inf; grad is unchanged")
         _, resp = ops.gmm_estep(theta.reshape(1, -1), self._means, self._m2, self._counts, reg=reg)
+        _check_responsibilities(resp, "theta")
         ops.gmm_prior_grad_(grad, theta, self._means, self._m2, self._counts, resp[0], reg=reg,
                             scale=float(scale))
         return resp[0]
@@ -275,10 +308,13 @@ class OnlineGMM:
             raise ValueError("state['counts'] and state['m2'] must be >= 0")
         if buf.shape[0] > 0 and bool((state["counts"] > 0).any()):
             raise ValueError("state has both a warm-up buffer and fitted components")
+        means, m2, counts = _fitted_arrays(state["means"], state["m2"], state["counts"], reg)
+        if not bool(torch.isfinite(buf.to(torch.float32)).all()):
+            raise ValueError("state['warmup_buffer'] overflows float32")
         dev = self.device
-        self._means = state["means"].to(dev, torch.float32).contiguous().clone()
-        self._m2 = state["m2"].to(dev, torch.float32).contiguous().clone()
-        self._counts = state["counts"].to(dev, torch.float64).contiguous().clone()
+        self._means = means.to(dev).contiguous().clone()
+        self._m2 = m2.to(dev).contiguous().clone()
+        self._counts = counts.to(dev).contiguous().clone()
         self._buffer = buf.to(dev, torch.float32).contiguous().clone()
         self._warmup_storage = None
         self._fitted = buf.shape[0] == 0 and bool((self._counts > 0).any())

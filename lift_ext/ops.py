@@ -265,7 +265,9 @@ def gmm_estep(x: torch.Tensor, means: torch.Tensor, m2: torch.Tensor, counts: to
     loglik_bk = log alpha_k - 1/2 sum_d [(x_bd - mu_kd)^2 / var_kd + log var_kd + log 2 pi],
     var_kd = m2_kd / n_k + reg, alpha_k = n_k / sum n; resp = softmax_k(loglik). x [B, D],
     means, m2 [K, D] float32; counts n [K] float64; reg > 0 (units of x squared).
-    Sums over d are float64 in a fixed order (deterministic). n_k <= 0 gives loglik -inf.
+    Sums over d are float64 in a fixed order (deterministic). n_k <= 0 gives loglik -inf;
+    counts must be finite with at least one n_k > 0 (refused otherwise). A sample whose
+    float32 quadratic form overflows in every component gets NaN resp (callers check).
     """
     return torch.ops.lift_ext.gmm_estep(x, means, m2, counts, reg)
 
@@ -282,8 +284,8 @@ def gmm_mstep_(means: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, x: t
                resp: torch.Tensor) -> None:
     """Mini-batch online-EM M-step in place: merges the resp-weighted batch x [B, D] into
     (means, m2, counts) with Chan's formula (Welford's for B = 1); resp [B, K] float64 should
-    come from `gmm_estep` at the parameters of batch start. Components with sum_b resp = 0
-    are untouched."""
+    come from `gmm_estep` at the parameters of batch start (finite and >= 0, refused
+    otherwise). Components with sum_b resp = 0 are untouched."""
     torch.ops.lift_ext.gmm_mstep_(means, m2, counts, x, resp)
 
 

@@ -80,7 +80,8 @@ class SGLD(torch.optim.Optimizer):
     seed from torch's default generator at construction. `state_dict()` carries the seed and
     offset, so an optimizer restored with `load_state_dict` continues the same noise stream.
     Parameters must be float32 and contiguous (master weights); gradients may be float32,
-    bfloat16 or float16 (a forward under torch.autocast).
+    bfloat16 or float16 (a forward under torch.autocast). NaN / Inf gradients propagate as in
+    torch.optim; torch.amp.GradScaler skips such steps (docs/design.md section 2).
 
     Each group is stepped through a `lift_ext.TensorTable`, kept from step to step while
     `is_current(group["params"])` holds (a C++ pass of a few ns per tensor), rebuilt when it

@@ -133,7 +133,8 @@ def sgld_step(params: Union[TensorOrList, TensorTable], grads: Optional[TensorOr
     same noise. Without seed, (seed, offset) is drawn from `generator` (default: torch's CPU
     generator, so torch.manual_seed reproduces runs), advancing it. With temperature 0 no noise
     is drawn and the generator is not advanced. Bad input raises before anything is written,
-    the generator included: a refused call leaves it where it was.
+    the generator included: a refused call leaves it where it was. Gradient values are not
+    checked (as in torch.optim): NaN / Inf propagate, into square_avg for good (docs/design.md section 2).
 
     rng_state: instead of seed/offset/generator, an int64 tensor [seed, offset] on the params'
     device. The step reads (seed, offset) from it when it runs (on the GPU: in the kernel) and

@@ -68,10 +68,12 @@ def boolean(name: str, value: Any) -> bool:
 
 
 def vector(name: str, value: Any, dim: int, device: torch.device) -> torch.Tensor:
-    """A finite Tensor of shape [dim], returned as a new float32 contiguous copy on `device`."""
+    """A Tensor of shape [dim], returned as a new float32 contiguous copy on `device`, checked
+    finite after the conversion (a float64 1e300 becomes inf in float32)."""
     if not isinstance(value, torch.Tensor) or tuple(value.shape) != (dim,):
         raise ValueError(f"{name} must be a Tensor of shape [{dim}], got "
                          f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} must be finite")
-    return value.detach().to(device, torch.float32).clone().contiguous()
+    out = value.detach().to(device, torch.float32).clone().contiguous()
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{name} must be finite in float32 (its value overflows or is NaN / Inf)")
+    return out

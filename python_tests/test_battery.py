@@ -1,8 +1,8 @@
 """A battery of bad inputs over every public entry point: `lift_ext.__all__` (sgld_step,
 TensorTable, philox_normal, the ops, optim.SGLD, gmm.OnlineGMM) and the public classes and
-functions of `lift_ext.lift`. Each case must raise a clear error (ValueError, TypeError, or the
-RuntimeError of a kernel's named check; never a ZeroDivisionError, KeyError, AttributeError,
-NotImplementedError, ...) AND leave every tensor it was given or holds bitwise as it was,
+functions of `lift_ext.lift`. Each case must raise a clear error (ValueError, TypeError, the
+RuntimeError of a kernel's named check, or FloatingPointError for a gradient that is not
+finite; never a ZeroDivisionError, KeyError, AttributeError, NotImplementedError, ...) AND leave every tensor it was given or holds bitwise as it was,
 version counters and torch's default generator included. Bad inputs: wrong dtype, layout
 (non-contiguous), shape, device (meta), aliasing (a written tensor shared with another
 argument, duplicates in a list), out-of-range and non-finite scalars, huge values (beyond
@@ -20,7 +20,7 @@ from lift_ext.lift import (LiFT, FlatParams, MixturePrior, SGLDGibbs, ShardedLiF
                            adapt, mean_loss_grad)
 from lift_ext.optim import SGLD
 
-CLEAR = (ValueError, TypeError, RuntimeError)
+CLEAR = (ValueError, TypeError, RuntimeError, FloatingPointError)
 CASES: List[Tuple[str, Callable[[], Tuple[Any, Callable[[], Any]]]]] = []
 
 
@@ -441,6 +441,19 @@ def _add_mixture_op_cases():
         t = _mixture_tensors()
         return t, lambda: MIXTURE_OPS["ops.gmm_prior_grad_"][1](t, scale=float("nan"))
 
+    values = {"ops.gmm_estep counts all 0": ("counts", lambda c: c.zero_()),
+              "ops.gmm_estep counts nan": ("counts", lambda c: c.fill_(float("nan"))),
+              "ops.gmm_mstep_ resp nan": ("resp", lambda r: r[1, 0].fill_(float("nan"))),
+              "ops.gmm_mstep_ resp negative": ("resp", lambda r: r[2, 1].fill_(-0.5)),
+              "ops.gmm_prior_grad_ resp1 nan": ("resp1", lambda r: r[0].fill_(float("nan"))),
+              "ops.gmm_prior_grad_ resp1 negative": ("resp1", lambda r: r[1].fill_(-1.0))}
+    for name, (key, spoil) in values.items():
+        @case(name)
+        def make(entry=name.split()[0], key=key, spoil=spoil):
+            t = _mixture_tensors()
+            spoil(t[key])
+            return t, lambda: MIXTURE_OPS[entry][1](t)
+
 
 def _add_online_gmm_cases():
     def fitted():
@@ -457,11 +470,9 @@ def _add_online_gmm_cases():
     bad_x = {"nan": torch.tensor([[0.0, float("nan"), 1.0]]), "inf": torch.tensor([0.0, float("inf"), 1.0]),
              "huge float64": torch.tensor([[1e300, 0.0, 0.0]], dtype=torch.float64), "shape": torch.zeros(2, 4),
              "3-D": torch.zeros(1, 1, 3), "list": [0.0, 1.0, 2.0], "complex": torch.zeros(3, dtype=torch.complex64),
-             "meta": torch.empty(1, 3, device="meta")}
+             "meta": torch.empty(1, 3, device="meta"), "far": torch.tensor([[1e20, 0.0, 0.0]])}
     for method in ("update", "log_prob", "responsibilities", "predict"):
         for kind, x in bad_x.items():
-            if method != "update" and kind in ("nan", "inf", "huge float64"):
-                continue  # a query: its log-density is -inf / NaN, nothing is stored
 
             @case(f"OnlineGMM.{method}(x {kind})")
             def make(method=method, x=x):
@@ -490,6 +501,8 @@ def _add_online_gmm_cases():
             "grad float64": (torch.zeros(3, dtype=torch.float64), torch.zeros(3), 0.5),
             "theta shape": (torch.zeros(3), torch.zeros(4), 0.5), "beta -1": (torch.zeros(3), torch.zeros(3), -1.0),
             "beta nan": (torch.zeros(3), torch.zeros(3), float("nan")),
+            "theta nan": (torch.zeros(3), torch.tensor([0.0, float("nan"), 0.0]), 0.5),
+            "theta far": (torch.zeros(3), torch.tensor([1e20, 0.0, 0.0]), 0.5),
             "grad is theta": (None, None, 0.5)}.items():
         @case(f"OnlineGMM.add_prior_grad_ {kind}")
         def make(grad=grad, theta=theta, beta=beta):
@@ -501,7 +514,12 @@ def _add_online_gmm_cases():
     for kind, spoil in {"keys": lambda s: s.pop("m2"), "means nan": lambda s: s["means"].fill_(float("nan")),
                         "counts negative": lambda s: s["counts"].fill_(-1.0),
                         "reg tiny": lambda s: s.update(reg_covar=torch.tensor(1e-50, dtype=torch.float64)),
-                        "shape": lambda s: s.update(means=torch.zeros(3, 3)), "not a dict": None}.items():
+                        "shape": lambda s: s.update(means=torch.zeros(3, 3)), "not a dict": None,
+                        "means 1e300 float64": lambda s: s.update(means=torch.full((2, 3), 1e300, dtype=torch.float64)),
+                        "m2 1e300 float64": lambda s: s.update(m2=torch.full((2, 3), 1e300, dtype=torch.float64)),
+                        "counts 1e-320": lambda s: s["counts"][0].fill_(1e-320),
+                        "counts 1e-300": lambda s: s["counts"][0].fill_(1e-300),
+                        "counts two 1e308": lambda s: s["counts"].fill_(1e308)}.items():
         @case(f"OnlineGMM.load_state_dict {kind}")
         def make(spoil=spoil):
             gmm = fitted()
@@ -531,6 +549,9 @@ def _add_sampler_cases():
            "tasks_per_step": dict(tasks_per_step=5), "theta_init nan": dict(theta_init=torch.full((3,), float("nan"))),
            "theta_init shape": dict(theta_init=torch.zeros(4)), "prior_mean inf": dict(prior_mean=torch.full((3,), float("inf"))),
            "prior_mean list": dict(prior_mean=[0.0, 0.0, 0.0]), "phi_update": dict(phi_update="nope"),
+           "theta_init float64 1e300": dict(theta_init=torch.full((3,), 1e300, dtype=torch.float64)),
+           "theta_init rows float64 1e300": dict(theta_init=torch.full((4, 3), 1e300, dtype=torch.float64)),
+           "prior_mean float64 1e300": dict(prior_mean=torch.full((3,), 1e300, dtype=torch.float64)),
            "preconditioned int": dict(preconditioned=1), "device": dict(device="nope")}
     for kind, kwargs in bad.items():
         for cls in (SGLDGibbs, ShardedSGLDGibbs):
@@ -540,13 +561,16 @@ def _add_sampler_cases():
                 return kwargs, lambda: cls(4, 3, _grad_fn, **{**SAMPLER_KW, **kwargs})
     for kind, grad_fn in {"shape": lambda i, t: torch.zeros(4), "list": lambda i, t: [0.0] * 3,
                           "meta": lambda i, t: torch.empty(3, device="meta"),
-                          "raises": lambda i, t: (_ for _ in ()).throw(ValueError("grad_fn failed"))}.items():
-        @case(f"SGLDGibbs.step grad_fn {kind}")
-        def make(grad_fn=grad_fn):
-            sampler = SGLDGibbs(4, 3, _grad_fn, **SAMPLER_KW, preconditioned=True, burn_in=0)
-            sampler.run(3, progress=False)
-            sampler.grad_fn = grad_fn
-            return sampler, sampler.step
+                          "raises": lambda i, t: (_ for _ in ()).throw(ValueError("grad_fn failed")),
+                          "nan": lambda i, t: torch.full((3,), float("nan")),
+                          "inf": lambda i, t: torch.tensor([0.0, float("inf"), 0.0])}.items():
+        for burn_in in (0, 100):  # 100: no phi sample reaches the OnlineGMM
+            @case(f"SGLDGibbs.step grad_fn {kind} burn_in={burn_in}")
+            def make(grad_fn=grad_fn, burn_in=burn_in):
+                sampler = SGLDGibbs(4, 3, _grad_fn, **SAMPLER_KW, preconditioned=True, burn_in=burn_in)
+                sampler.run(3, progress=False)
+                sampler.grad_fn = grad_fn
+                return sampler, sampler.step
 
     for kind, value in {"negative": -1, "float": 1.0, "string": "3"}.items():
         @case(f"SGLDGibbs.run(num_steps {kind})")

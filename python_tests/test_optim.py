@@ -334,3 +334,39 @@ def test_an_exhausted_noise_offset_is_refused_before_any_group_steps():
         opt.step()
     assert opt.offset == 2**63 - 1
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_grad_scaler_skips_a_step_with_inf_gradients(preconditioned):
+    """torch.amp.GradScaler with optim.SGLD: a step whose (unscaled) gradients hold Inf is
+    skipped, leaving the parameters, the square averages and the noise offset as they were;
+    finite gradients step normally, unscaled (NaN / Inf propagate through a step taken without
+    the scaler, as in torch.optim: docs/design.md section 2)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = SGLD(model.parameters(), lr=1e-3, preconditioned=preconditioned, seed=5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x = torch.randn(8, 4)
+
+    def scaled_step(poison: bool):
+        opt.zero_grad()
+        scaler.scale(model(x).pow(2).mean()).backward()
+        if poison:
+            model.weight.grad[0, 1] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+
+    scaled_step(poison=False)
+    before = copy.deepcopy(opt.state_dict())
+    params = [p.detach().clone() for p in model.parameters()]
+    scaled_step(poison=True)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+    after = opt.state_dict()
+    assert after["rng"] == before["rng"]
+    for key, state in before["state"].items():
+        for name, value in state.items():
+            assert torch.equal(after["state"][key][name], value), name
+    assert scaler.get_scale() == 512.0  # the scaler backed off
+    scaled_step(poison=False)
+    assert after["rng"]["offset"] + 1 == opt.state_dict()["rng"]["offset"]
+    assert all(bool(torch.isfinite(p).all()) and not torch.equal(p, q) for p, q in zip(model.parameters(), params))

@@ -107,6 +107,73 @@ def test_running_sum_stays_equal_to_thetas_sum(problem):
     torch.testing.assert_close(sampler.task_sum, sampler.thetas.sum(0), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("options", [dict(), dict(tasks_per_step=2),
+                                     dict(prior="mixture", n_components=2, phi_update="gibbs", tasks_per_step=2)])
+def test_a_grad_fn_that_edits_theta_in_place_is_refused_with_the_sums_kept(problem, options):
+    """A grad_fn that writes into the theta row it is given (a view of the state) is caught by the
+    thetas' version counter: ValueError, no step, and S_k = the sum of its members' rows."""
+    def editing(i, theta):
+        theta.add_(1.0)  # the edit the sampler must notice
+        return problem["grad_fn"](i, theta)
+
+    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=2e-3,
+                        prior_mean=problem["mu0"], theta_init=problem["ybar"], seed=3, **options)
+    sampler.run(7, progress=False)
+    sampler.grad_fn = editing
+    with pytest.raises(ValueError, match="grad_fn edited theta in place"):
+        sampler.step()
+    assert sampler.step_count == 7
+    z = sampler.assignments
+    for k in range(sampler.phis.shape[0]):
+        members = sampler.thetas[z == k].double().sum(0)
+        torch.testing.assert_close(sampler.task_sums[k].double(), members, rtol=0, atol=1e-5)
+    sampler.grad_fn = problem["grad_fn"]
+    sampler.run(3, progress=False)  # the chain goes on from the edited thetas
+
+
+def test_a_sharded_grad_fn_that_edits_theta_in_place_leaves_the_state():
+    """ShardedSGLDGibbs keeps a copy of the step's rows: an edit is undone, the state is as before."""
+    from lift_ext.lift import ShardedSGLDGibbs
+    sampler = ShardedSGLDGibbs(6, 4, lambda i, t: t - float(i), num_shards=2, tasks_per_step=2, sigma=1.0,
+                               beta=0.5, lr=1e-2, seed=1)
+    sampler.run(3, progress=False)
+    thetas, sums = sampler.thetas.clone(), sampler.task_sums.clone()
+    sampler.grad_fn = lambda i, t: t.mul_(2.0) - float(i)
+    with pytest.raises(ValueError, match="grad_fn edited theta in place"):
+        sampler.step()
+    assert torch.equal(sampler.thetas, thetas) and torch.equal(sampler.task_sums, sums)
+    assert sampler.step_count == 3
+
+
+def test_a_gradient_that_is_not_finite_is_refused_before_the_step(problem):
+    """NaN from grad_fn during the burn-in (no phi sample reaches the OnlineGMM yet):
+    FloatingPointError naming grad_fn, and nothing changed."""
+    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=2e-3,
+                        prior_mean=problem["mu0"], theta_init=problem["ybar"], burn_in=1000)
+    sampler.run(4, progress=False)
+    before = (sampler.thetas.clone(), sampler.phi.clone(), sampler.task_sum.clone())
+    sampler.grad_fn = lambda i, theta: torch.full_like(theta, float("nan"))
+    with pytest.raises(FloatingPointError, match=r"grad_fn\(\d, theta\) returned NaN or Inf at step 4"):
+        sampler.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, (sampler.thetas, sampler.phi, sampler.task_sum)))
+    assert sampler.step_count == 4
+
+
+def test_checked_gradients_tell_an_overflowing_sum_from_a_gradient_that_is_not_finite():
+    """The finiteness check sums each gradient first: finite entries whose sum overflows float32
+    pass; one NaN among them raises FloatingPointError naming the task."""
+    from lift_ext.lift.batched_grad import checked_gradients
+    thetas = torch.zeros(2, 4)
+    big = torch.full((4,), 3e38)
+    rows = list(thetas)
+    out = checked_gradients(lambda i, t: big, [0, 1], rows, thetas, step=0, on_edit=lambda: None)
+    assert all(torch.equal(g, big) for g in out)
+    bad = big.clone()
+    bad[2] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"grad_fn\(1, theta\) returned NaN or Inf at step 0"):
+        checked_gradients(lambda i, t: bad if i == 1 else big, [0, 1], rows, thetas, step=0, on_edit=lambda: None)
+
+
 def test_gmm_receives_thinned_samples_after_burn_in(problem):
     sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=2e-3, burn_in=30,
                         thin=4, theta_init=problem["ybar"], n_components=2, seed=1)

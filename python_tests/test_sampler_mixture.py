@@ -174,7 +174,9 @@ def test_empty_component_is_drawn_from_its_prior_at_its_own_offset():
 
 
 def test_assignment_draws_follow_their_conditional():
-    """P(z = k) ∝ pi_k exp(-||theta - phi_k||^2 / (2 beta^2 T)) at T = 2, from 4000 draws."""
+    """P(z = k) ∝ pi_k exp(-||theta - phi_k||^2 / (2 beta^2 T)) at T = 2, from 4000 draws: the
+    Gaussian term tempered, pi not (docs/design.md section 10, the tempered target); the
+    untempered conditional (T = 1) is ruled out."""
     beta, temperature = 0.5, 2.0
     comps = Components(3, 1, 4, torch.device("cpu"))
     theta = torch.tensor([[0.3, -0.2, 0.1, 0.0]])
@@ -192,6 +194,19 @@ def test_assignment_draws_follow_their_conditional():
             assert torch.equal(comps.sums[k], theta[0] if k == int(comps.assignments[0]) else torch.zeros(4))
     freq = seen.double() / 4000
     assert bool(((freq - want).abs() < 4 * (want * (1 - want) / 4000).sqrt()).all()), (freq, want)
+    untempered = torch.softmax(comps.weights.log() - (theta - comps.phis).double().pow(2).sum(1) / (2 * beta**2), 0)
+    assert bool(((freq - untempered).abs() > 8 * (untempered * (1 - untempered) / 4000).sqrt()).any())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_a_row_whose_distances_all_overflow_is_a_divergence(temperature):
+    """A stepped theta 1e20 from every phi_k: every float32 distance overflows, so no component
+    has a finite score; that is a divergence (FloatingPointError), not a draw of component 0."""
+    comps = Components(2, 1, 3, torch.device("cpu"))
+    comps.phis.copy_(torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+    uniform = comps.gumbel_uniforms(1, temperature, torch.Generator().manual_seed(0))
+    with pytest.raises(FloatingPointError, match="not finite"):
+        comps.choose(torch.tensor([[1e20, 0.0, 0.0]]), beta=0.5, temperature=temperature, uniform=uniform)
 
 
 def test_weight_draws_are_dirichlet():

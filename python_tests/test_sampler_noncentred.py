@@ -203,6 +203,7 @@ def test_a_warm_up_that_diverges_is_reported_as_divergence(clustered):
     sampler.step()
     sampler.thetas[0].fill_(3e38)
     sampler.thetas[1].fill_(-3e38)
+    sampler.grad_fn = lambda task, theta: torch.zeros_like(theta)  # finite there: the k-means is what fails
     with pytest.raises(FloatingPointError, match="too far apart"):
         sampler.step()
 
@@ -246,3 +247,46 @@ def test_an_interrupted_likelihood_draw_leaves_the_chain_as_it_was(clustered, pr
         sampler.run(3, progress=False)
     for a, b in zip(chain_state(plain), chain_state(interrupted)):
         assert torch.equal(a, b)
+
+
+class _MoveEveryVisit:
+    """grad_fn with `losses` that sends the visited task to another component (loss 1e4 for
+    the one it is in, 0 elsewhere), or, with move=False, keeps it where it is."""
+
+    def __init__(self, move: bool):
+        self.move, self.sampler = move, None
+
+    def __call__(self, task, theta):
+        return theta - 5.0
+
+    def losses(self, task, candidates):
+        here = int(self.sampler.assignments[task])
+        inside = torch.zeros(candidates.shape[0])
+        inside[here] = 1.0
+        return 1e4 * (inside if self.move else 1.0 - inside)
+
+
+@pytest.mark.parametrize("move", [True, False])
+def test_a_task_moved_by_likelihood_gives_no_gradient_to_the_shift(move):
+    """The shift's gbar_k leaves out a task the likelihood draw carried into k in this step (its
+    gradient was taken at its old theta, docs/design.md section 12): with one task per step, a
+    moved task's step shifts no component, so every other row stays; without a move its
+    component is shifted and the other members move (the control)."""
+    grad_fn = _MoveEveryVisit(move)
+    rows = torch.tensor([[5.0, 5.0, 5.0], [5.2, 4.9, 5.1], [-5.0, -5.0, -5.0], [-4.8, -5.1, -5.0]])
+    sampler = SGLDGibbs(4, 3, grad_fn, sigma=10.0, beta=0.5, lr=1e-2, prior="mixture", n_components=2,
+                        phi_update="gibbs", theta_init=rows, z_update="likelihood", shift_lr=1e-2, seed=2)
+    grad_fn.sampler = sampler
+    for _ in range(4):
+        before, z = sampler.thetas.clone(), sampler.assignments
+        (task,) = sampler.step()
+        others = [j for j in range(4) if j != task]
+        assert (int(sampler.assignments[task]) != int(z[task])) == move
+        mates = [j for j in others if int(sampler.assignments[j]) == int(sampler.assignments[task])]
+        if move:
+            assert torch.equal(sampler.thetas[others], before[others])
+        else:
+            assert mates and not torch.equal(sampler.thetas[mates], before[mates])
+        for k in range(2):
+            members = sampler.thetas[sampler.assignments == k].double().sum(0)
+            torch.testing.assert_close(sampler.task_sums[k].double(), members, rtol=0, atol=1e-5)

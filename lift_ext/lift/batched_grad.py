@@ -14,7 +14,11 @@ first batched call is checked against B sequential calls on the same inputs (1e-
 largest gradient entry, relative): if vmap raises or disagrees, `many` warns once and uses
 B sequential calls from then on; minibatches that cannot be stacked take the sequential
 path for that call only. `batched` says which: None (not tried yet), True or False.
+
+`checked_gradients` is how SGLDGibbs calls any grad_fn: the results checked (shape, device,
+finite) and a grad_fn that writes into the theta rows it was given caught.
 """
+import math
 import warnings
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -133,7 +137,7 @@ def mean_loss_grad(grad_of_mean_loss: GradFn, task_sizes) -> GradFn:
 def gradients_of(grad_fn: Callable, tasks: List[int], rows: Sequence[torch.Tensor]) -> List[torch.Tensor]:
     """grad_fn at each (task, row): one `grad_fn.many(tasks, rows stacked)` call when grad_fn
     has that method and there is more than one task, else one grad_fn(task, row) per task.
-    The results are not checked here (SGLDGibbs checks them)."""
+    The results are not checked here (`checked_gradients` checks them)."""
     many = getattr(grad_fn, "many", None)
     if many is None or len(tasks) < 2:
         return [grad_fn(task, row) for task, row in zip(tasks, rows)]
@@ -142,3 +146,35 @@ def gradients_of(grad_fn: Callable, tasks: List[int], rows: Sequence[torch.Tenso
         raise ValueError(f"grad_fn.many(tasks, thetas) must return a Tensor [{len(tasks)}, D], got "
                          f"{getattr(out, 'shape', type(out).__name__)}")
     return list(out.unbind(0))
+
+
+def checked_gradients(grad_fn: Callable, tasks: List[int], rows: Sequence[torch.Tensor], thetas: torch.Tensor, *,
+                      step: int, on_edit: Callable[[], None]) -> List[torch.Tensor]:
+    """`gradients_of` for SGLDGibbs's step `step`, where `rows` are views of the state `thetas`
+    [n, D], each gradient checked: a Tensor [D] on thetas' device (ValueError), finite
+    (FloatingPointError). A grad_fn that writes into a row bumps thetas' version counter (one
+    integer comparison; a write through `.data` is not seen): `on_edit()` restores the
+    sampler's invariants, then ValueError. Every check runs before the caller changes anything."""
+    dim, device = thetas.shape[1], thetas.device
+    version = thetas._version
+    grads = gradients_of(grad_fn, tasks, rows)
+    if thetas._version != version:
+        on_edit()
+        raise ValueError(f"grad_fn edited theta in place at step {step} (theta is a view of the sampler's "
+                         "state: clone it before changing it); the step did not happen")
+    for task, grad in zip(tasks, grads):
+        if not isinstance(grad, torch.Tensor) or grad.shape != (dim,):
+            raise ValueError(f"grad_fn({task}, theta) must return a Tensor of shape [{dim}], got "
+                             f"{getattr(grad, 'shape', type(grad).__name__)}")
+        if grad.device != device:
+            raise ValueError(f"grad_fn({task}, theta) returned a tensor on {grad.device}, but the sampler's "
+                             f"state is on {device} (pass device= or a prior_mean on the right device)")
+    # A float32 sum is finite only if every entry is (one pass, a fifth of isfinite's time, and
+    # one host read); a sum that is not finite is confirmed entry by entry (finite entries can
+    # overflow a sum).
+    if not math.isfinite(float(torch.stack([grad.detach().sum(dtype=torch.float32) for grad in grads]).sum())):
+        for task, grad in zip(tasks, grads):
+            if not bool(torch.isfinite(grad).all()):
+                raise FloatingPointError(f"grad_fn({task}, theta) returned NaN or Inf at step {step}: a diverging "
+                                         "chain (lower lr) or a bad gradient; the step did not happen")
+    return [grad.detach() for grad in grads]

@@ -134,12 +134,13 @@ class ShardedSGLDGibbs(SGLDGibbs):
         shifting = self.shift_lr > 0.0
         sizes = (comps.k * self.dim, len(tasks) if labelled else 0, self.dim if self._square_avg is not None else 0,
                  comps.k * self.dim if shifting else 0, comps.k if shifting else 0)
+        old = {s: torch.stack(self._rows(plan[s])) for s in self._shards}
         try:
             grads = {s: self._task_grads(plan[s], self._rows(plan[s])) for s in self._shards}
         except BaseException:
+            self._undo(plan, old)  # a grad_fn that wrote into its rows: they are put back
             self._join_failed(t, sizes)
             raise
-        old = {s: torch.stack(self._rows(plan[s])) for s in self._shards}
         generator = keyed_generator("SGLDGibbs.mixture", self.seed, t) if labelled else None
         uniform = comps.gumbel_uniforms(len(tasks), self.temperature, generator) if labelled else None
         buffer = self.comm.buffer(sum(sizes), torch.float32, self.device)
@@ -205,6 +206,9 @@ class ShardedSGLDGibbs(SGLDGibbs):
                 sums[label].add_(grad)
                 counts[label] += 1
         return OK
+
+    def _rows_edited(self) -> None:
+        """A grad_fn wrote into its rows: nothing to do here, `step` puts them back from its copy."""
 
     def _join_failed(self, t: int, sizes) -> None:
         """This rank's grad_fn raised: join the collective the others are in with RAISED

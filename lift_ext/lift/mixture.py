@@ -111,11 +111,9 @@ class Components:
 
     def rebuild_(self, thetas: torch.Tensor, assignments: torch.Tensor,
                  prior_mean: Optional[torch.Tensor]) -> None:
-        """Set z, n and S from the thetas (float64 sums, row by row: O(K D) extra memory), each
-        phi_k to its members' mean (mu0, or 0, when it has none) and pi to E[pi | z]."""
-        total = torch.zeros(self.k, self.dim, dtype=torch.float64, device=thetas.device)
-        for row, comp in zip(thetas, assignments.tolist()):
-            total[comp] += row
+        """Set z, n and S from the thetas (`member_sums`), each phi_k to its members' mean (mu0,
+        or 0, when it has none) and pi to E[pi | z]."""
+        total = self.member_sums(thetas, assignments)
         self.assignments = assignments.to("cpu", torch.int64).clone()
         self.counts = torch.bincount(self.assignments, minlength=self.k).tolist()
         self.sums.copy_(total)
@@ -127,6 +125,19 @@ class Components:
             else:
                 self.phis[comp].zero_()
         self.weights = self.expected_weights()
+
+    def member_sums(self, thetas: torch.Tensor, assignments: torch.Tensor) -> torch.Tensor:
+        """sum of the rows of `thetas` [N, D] per component of `assignments` [N], float64 [K, D],
+        added row by row in task order (O(K D) extra memory)."""
+        total = torch.zeros(self.k, self.dim, dtype=torch.float64, device=thetas.device)
+        for row, comp in zip(thetas, assignments.tolist()):
+            total[comp] += row
+        return total
+
+    def resum_(self, thetas: torch.Tensor) -> None:
+        """S_k = the sum of its members' rows of `thetas` [N, D] (`member_sums`, rounded once),
+        for a state whose thetas changed outside the steps that keep S."""
+        self.sums.copy_(self.member_sums(thetas, self.assignments))
 
     def add_deltas_(self, tasks: Sequence[int], deltas: torch.Tensor) -> None:
         """S_{z_i} += deltas[b] for task i = tasks[b], in the order of `tasks` (deterministic)."""
@@ -189,7 +200,8 @@ class Components:
                uniform: Optional[torch.Tensor]) -> List[int]:
         """The component drawn for each row [B, D] from its conditional by Gumbel-max with
         `uniform` [B, K] (from `gumbel_uniforms`; at T = 0 the nearest phi_k). Changes nothing;
-        FloatingPointError when a score is NaN (a row or phi_k not finite)."""
+        FloatingPointError when a row has no finite score (a row or phi_k not finite, or so far
+        apart that every float32 distance overflows)."""
         if self._zero_m2 is None:
             self._zero_m2 = torch.zeros_like(self.phis)
         if temperature > 0.0:
@@ -198,7 +210,7 @@ class Components:
             scores = loglik.cpu() - torch.log(-torch.log(uniform.clamp_min(1e-300)))
         else:
             scores = -squared_distances(rows, self.phis).cpu()
-        if bool(scores.isnan().any()):
+        if not bool(torch.isfinite(scores.max(dim=1).values).all()):  # NaN, or every distance overflowed
             raise FloatingPointError("a stepped theta or a phi_k is not finite")
         return scores.argmax(dim=1).tolist()
 

@@ -11,7 +11,9 @@ potential (units of the summed task losses) is
 
 with gradient sum_{i: z_i = k} g_i(theta_i) + (phi_k - mu0) / sigma^2. The sum over the
 members is estimated by n_k times the mean gbar_k of the gradients of the members stepped in
-this step (the evaluations of the theta step, taken at the thetas before it). The step size is
+this step (the evaluations of the theta step, taken at the thetas before it), leaving out a
+task the likelihood draw moved in this step: its row was carried by phi_k - phi_k0, and its
+gradient, taken at the old row, is not a gradient of U_k. The step size is
 lr_shift / n_k on U_k, i.e. lr_shift on the members' mean loss U_k / n_k:
 
     delta = -lr_shift G (gbar_k + (phi_k - mu0) / (n_k sigma^2)) + sqrt(2 lr_shift T G / n_k) xi,
@@ -61,12 +63,15 @@ def shift_seed(seed: int) -> int:
 
 
 def member_mean_gradients(comps: Components, tasks: Sequence[int],
-                          grads: Sequence[torch.Tensor]) -> Dict[int, torch.Tensor]:
+                          grads: Sequence[torch.Tensor], moved: Sequence[int] = ()) -> Dict[int, torch.Tensor]:
     """{k: gbar_k}: the mean of `grads` (in the order of `tasks`) over the tasks now in
-    component k, for every component with at least one of them (after the z draws)."""
+    component k, for every component with at least one of them (after the z draws); the
+    tasks in `moved` (carried to another component by the likelihood draw, their gradients
+    taken elsewhere) are left out."""
     members: Dict[int, List[int]] = {}
     for row, task in enumerate(tasks):
-        members.setdefault(int(comps.assignments[task]), []).append(row)
+        if task not in moved:
+            members.setdefault(int(comps.assignments[task]), []).append(row)
     return {comp: torch.stack([grads[r] for r in rows]).mean(dim=0) for comp, rows in members.items()}
 
 
@@ -94,10 +99,11 @@ def shift_components_(thetas: torch.Tensor, comps: Components, mean_grads: Dict[
 
 def draw_assignments_by_likelihood_(thetas: torch.Tensor, comps: Components, tasks: Sequence[int],
                                     nll: Callable[[int, torch.Tensor], torch.Tensor], *,
-                                    temperature: float, generator: torch.Generator) -> None:
+                                    temperature: float, generator: torch.Generator) -> List[int]:
     """z_i of each of `tasks` from its non-centred conditional (module docstring), with `nll(i,
     candidates [K, D]) -> [K]`; a moved task's row of `thetas` becomes its candidate and S, n
-    follow. FloatingPointError with nothing moved when a score is NaN (the chain diverged)."""
+    follow. Returns the moved tasks (their rows moved). FloatingPointError with nothing moved
+    when a score is NaN (the chain diverged)."""
     uniforms = comps.gumbel_uniforms(len(tasks), temperature, generator)
     log_weights = comps.weights.clamp_min(1e-300).log()
     moves = []
@@ -115,10 +121,13 @@ def draw_assignments_by_likelihood_(thetas: torch.Tensor, comps: Components, tas
         if bool(scores.isnan().any()) or not math.isfinite(float(scores.max())):
             raise FloatingPointError("a stepped theta or a phi_k is not finite")
         moves.append((task, old, int(scores.argmax()), candidates))
+    moved = []
     for task, old, comp, candidates in moves:
         if comp != old:
             comps.move_(task, comp, thetas[task], candidates[comp])
             thetas[task].copy_(candidates[comp])
+            moved.append(task)
+    return moved
 
 
 def restore_point(thetas: torch.Tensor, comps: Components, tasks: Sequence[int],

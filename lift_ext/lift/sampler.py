@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from lift_ext import ops, validate
 from lift_ext.gmm import OnlineGMM
 from lift_ext.lift import sampler_state
-from lift_ext.lift.batched_grad import gradients_of
+from lift_ext.lift.batched_grad import checked_gradients
 from lift_ext.lift.mixture import MAX_COMPONENTS, Components, initial_assignments, keyed_generator, rows_identical
 from lift_ext.lift.prior import MixturePrior
 from lift_ext.lift.noncentred import (draw_assignments_by_likelihood_, member_mean_gradients, restore_point,
@@ -125,8 +125,8 @@ class SGLDGibbs:
         if theta_init is not None:
             if not isinstance(theta_init, torch.Tensor) or theta_init.shape not in ((dim,), (num_tasks, dim)):
                 raise ValueError(f"theta_init must be a Tensor of shape [{dim}] or [{num_tasks}, {dim}]")
-            if not torch.isfinite(theta_init).all():
-                raise ValueError("theta_init must be finite")
+            if not bool(torch.isfinite(theta_init.detach().to(torch.float32)).all()):
+                raise ValueError("theta_init must be finite in float32 (its value overflows or is NaN / Inf)")
 
         checked = locals()
         for name in HPARAMS:
@@ -255,17 +255,15 @@ class SGLDGibbs:
         return torch.empty(start.shape, dtype=torch.float32, device=start.device).copy_(start)
 
     def _task_grads(self, tasks: List[int], rows: List[torch.Tensor]) -> List[torch.Tensor]:
-        """grad_fn's gradients for `tasks` at `rows` (one batched call when grad_fn has `many`,
-        lift_ext.lift.batched_grad), each checked for shape and device."""
-        grads = gradients_of(self.grad_fn, tasks, rows)
-        for task, grad in zip(tasks, grads):
-            if not isinstance(grad, torch.Tensor) or grad.shape != (self.dim,):
-                raise ValueError(f"grad_fn({task}, theta) must return a Tensor of shape [{self.dim}], got "
-                                 f"{getattr(grad, 'shape', type(grad).__name__)}")
-            if grad.device != self.device:
-                raise ValueError(f"grad_fn({task}, theta) returned a tensor on {grad.device}, but the sampler's "
-                                 f"state is on {self.device} (pass device= or a prior_mean on the right device)")
-        return [grad.detach() for grad in grads]
+        """grad_fn's gradients for `tasks` at `rows` (views of the thetas), checked for shape,
+        device, finiteness and in-place edits of the thetas (lift_ext.lift.batched_grad)."""
+        return checked_gradients(self.grad_fn, tasks, rows, self._thetas, step=self.step_count,
+                                 on_edit=self._rows_edited)
+
+    def _rows_edited(self) -> None:
+        """grad_fn wrote into the thetas: S_k is recomputed from them (Components.resum_), so that
+        S_k = the sum of its members' rows again."""
+        self._components.resum_(self._thetas)
 
     def step(self) -> List[int]:
         """One SGLD-Gibbs step; returns the tasks visited, in order (`tasks_per_step` of them,
@@ -277,21 +275,22 @@ class SGLDGibbs:
         generator = keyed_generator("SGLDGibbs.mixture", self.seed, t) if mixing and comps.k > 1 else None
         likelihood = mixing and comps.k > 1 and self.z_update == "likelihood"  # grad_fn.losses runs mid-step
         restore = restore_point(self._thetas, comps, tasks, self._square_avg) if likelihood else None
+        moved: List[int] = []  # tasks the likelihood draw carried to another component
         try:
             self._step_thetas(tasks, grads, offset=2 * t)
             if mixing:
                 comps.draw_assignments_(self._thetas, tasks, beta=self.beta, temperature=self.temperature,
                                         generator=generator)
             if likelihood:
-                draw_assignments_by_likelihood_(self._thetas, comps, tasks, self.grad_fn.losses,
-                                                temperature=self.temperature, generator=generator)
+                moved = draw_assignments_by_likelihood_(self._thetas, comps, tasks, self.grad_fn.losses,
+                                                        temperature=self.temperature, generator=generator)
         except FloatingPointError:
             raise self._divergence("a theta or phi_k is not finite") from None
         except BaseException:  # grad_fn.losses raised or was interrupted: the step never happened
             if restore is not None:
                 restore()
             raise
-        shift = member_mean_gradients(comps, tasks, grads) if self.shift_lr > 0.0 else None
+        shift = member_mean_gradients(comps, tasks, grads, moved) if self.shift_lr > 0.0 else None
         self._finish_step(t, mixing, generator, epoch, position, shift)
         return tasks
 

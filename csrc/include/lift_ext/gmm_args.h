@@ -15,16 +15,19 @@ struct GmmSizes {
   int64_t dim;         // D
 };
 
-// x [B, D] float32; means, m2 [K, D] float32; counts [K] float64; reg a positive normal float.
+// x [B, D] float32; means, m2 [K, D] float32; counts [K] float64, finite, one of them > 0; reg a
+// positive normal float. The value checks (counts here, resp below) read the tensor: on CUDA a
+// copy to the host, which synchronises the stream.
 GmmSizes check_gmm_estep_args(const at::Tensor& x, const at::Tensor& means, const at::Tensor& m2,
                               const at::Tensor& counts, double reg);
 
-// As above, plus resp [B, K] float64.
+// As above (counts without the value check: the M-step fills empty components), plus resp
+// [B, K] float64, finite and >= 0.
 GmmSizes check_gmm_mstep_args(const at::Tensor& means, const at::Tensor& m2,
                               const at::Tensor& counts, const at::Tensor& x,
                               const at::Tensor& resp);
 
-// grad, theta [D] float32; resp [K] float64; scale finite.
+// grad, theta [D] float32; resp [K] float64, finite and >= 0; scale finite.
 GmmSizes check_gmm_prior_grad_args(const at::Tensor& grad, const at::Tensor& theta,
                                    const at::Tensor& means, const at::Tensor& m2,
                                    const at::Tensor& counts, const at::Tensor& resp, double reg,
