@@ -98,10 +98,14 @@ def shift_components_(thetas: torch.Tensor, comps: Components, mean_grads: Dict[
 
 def _add_to_members_(thetas: torch.Tensor, held: Sequence[int], deltas: Dict[int, torch.Tensor]) -> None:
     """theta_i += delta_{z_i} for every row i of `thetas` whose component (held[i]) has a delta:
-    one multi-tensor add over those rows, each row read and written once."""
-    members = [(row, deltas[comp]) for row, comp in zip(thetas.unbind(0), held) if comp in deltas]
-    if members:
-        torch._foreach_add_([row for row, _ in members], [delta for _, delta in members])
+    one multi-tensor add per component over its members' rows, each row read and written once."""
+    members: Dict[int, List[torch.Tensor]] = {comp: [] for comp in deltas}
+    for row, comp in zip(thetas.unbind(0), held):
+        if comp in members:
+            members[comp].append(row)
+    for comp, rows in members.items():
+        if rows:
+            torch._foreach_add_(rows, [deltas[comp]] * len(rows))
 
 
 def draw_assignments_by_likelihood_(thetas: torch.Tensor, comps: Components, tasks: Sequence[int],
