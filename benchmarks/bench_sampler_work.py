@@ -1,10 +1,11 @@
 """The sampler's own work per SGLDGibbs.step(): everything but the gradients.
 
-grad_fn returns a stored gradient per task and its `losses` a stored [K] (no model), so the
-time is the theta step, the z draws, the S_k updates, the phi_k draws, the pi draw and the
-shift (docs/design.md sections 3, 10 and 12). Rows: prior="paper", prior="mixture", the
-mixture with the shift move (shift_lr > 0), and that with z_update="likelihood", at N tasks,
-dimension D, K components, B tasks a step, the cases timed in turn. The floor to compare with:
+grad_fn returns a stored gradient per task and its `losses` a stored [K] (StoredGradients, no
+model), so the time is the theta step, the z draws, the S_k updates, the phi_k draws, the pi
+draw and the shift (docs/design.md sections 3, 10 and 12). Rows: prior="paper",
+prior="mixture", the mixture with the shift move (shift_lr > 0), and that with
+z_update="likelihood", at N tasks, dimension D, K components, B tasks a step, the cases timed
+in turn. The floor to compare with:
 reading and writing the B stepped rows and the K phi_k and S_k once, plus with the shift all
 N rows once (every member of a shifted component moves).
 
@@ -29,16 +30,21 @@ CASES = (("paper", dict(prior="paper")),
 
 
 class StoredGradients:
-    """grad_fn returning a stored gradient per task, and `losses` a stored [K] (no model)."""
+    """grad_fn returning a stored gradient per task, and `losses` a stored [K] per task (no
+    model): 0 for the component given by `prefer`, 10^3 for the others, so that the
+    likelihood draw keeps the tasks where they are, as a chain past its burn-in mostly does."""
 
     def __init__(self, grads: torch.Tensor, components: int):
-        self.grads, self.nll = grads, torch.zeros(components, device=grads.device)
+        self.grads, self.nll = grads, torch.zeros(grads.shape[0], components, device=grads.device)
+
+    def prefer(self, assignments: torch.Tensor) -> None:
+        self.nll.fill_(1e3).scatter_(1, assignments[:, None].to(self.nll.device), 0.0)
 
     def __call__(self, task: int, theta: torch.Tensor) -> torch.Tensor:
         return self.grads[task]
 
     def losses(self, task: int, candidates: torch.Tensor) -> torch.Tensor:
-        return self.nll
+        return self.nll[task]
 
 
 def sampler(case: dict, tasks: int, dim: int, components: int, per_step: int, device: torch.device) -> SGLDGibbs:
@@ -48,9 +54,12 @@ def sampler(case: dict, tasks: int, dim: int, components: int, per_step: int, de
     grads = (1e-3 * torch.randn(tasks, dim, generator=gen)).to(device)
     centres = torch.randn(components, dim, generator=gen)
     start = (centres[torch.arange(tasks) % components] * 0.1 + 0.01 * torch.randn(tasks, dim, generator=gen))
-    return SGLDGibbs(tasks, dim, StoredGradients(grads, components), sigma=1.0, beta=0.1, lr=1e-4, lr_phi=1e-5,
-                     prior_mean=torch.zeros(dim, device=device), theta_init=start.to(device),
-                     n_components=components, tasks_per_step=per_step, **case)
+    grad_fn = StoredGradients(grads, components)
+    chain = SGLDGibbs(tasks, dim, grad_fn, sigma=1.0, beta=0.1, lr=1e-4, lr_phi=1e-5,
+                      prior_mean=torch.zeros(dim, device=device), theta_init=start.to(device),
+                      n_components=components, tasks_per_step=per_step, **case)
+    grad_fn.prefer(chain.assignments)
+    return chain
 
 
 def main(argv=None):

@@ -117,10 +117,11 @@ def draw_assignments_by_likelihood_(thetas: torch.Tensor, comps: Components, tas
     when a score is NaN (the chain diverged)."""
     uniforms = comps.gumbel_uniforms(len(tasks), temperature, generator)
     log_weights = comps.weights.clamp_min(1e-300).log()
+    olds = comps.assignments[list(tasks)].tolist()
+    index = torch.tensor(list(tasks), dtype=torch.int64, device=thetas.device)
+    every = (thetas.index_select(0, index)[:, None, :] + comps.phis).sub_(comps.phis[olds][:, None, :])  # c_ik
     moves = []
-    for row, task in enumerate(tasks):
-        old = int(comps.assignments[task])
-        candidates = thetas[task][None, :] + comps.phis - comps.phis[old][None, :]
+    for row, (task, old, candidates) in enumerate(zip(tasks, olds, every)):
         losses = nll(task, candidates).detach().to("cpu", torch.float64)
         if losses.shape != (comps.k,):
             raise ValueError(f"grad_fn.losses({task}, candidates) must return a Tensor [{comps.k}], got "
