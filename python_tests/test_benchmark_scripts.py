@@ -1,5 +1,6 @@
 """The device-check scripts run on the CPU kernels too, so they cannot rot between GPU runs:
-benchmarks/sanitizer_driver.py (every kernel, odd sizes) and benchmarks/bench_sampler.py; and
+benchmarks/sanitizer_driver.py (every kernel, odd sizes), benchmarks/bench_sampler.py and
+benchmarks/bench_sampler_work.py (small sizes); and
 the CPU noise benchmark benchmarks/bench_noise.py (small sizes); the LoRA ViT benchmark
 benchmarks/lora_vit_sgld.py (--quick)."""
 import os
@@ -30,6 +31,14 @@ def test_bench_sampler_reports_step_and_kernels(device, monkeypatch, capsys):
     _run_script("bench_sampler.py", ["--device", device, "--dim", "4099", "--tasks", "3"], monkeypatch)
     out = capsys.readouterr().out
     assert "SGLDGibbs.step()" in out and "overhead ratio" in out
+
+
+def test_bench_sampler_work_reports_every_prior(monkeypatch, capsys):
+    _run_script("bench_sampler_work.py", ["--tasks", "12", "--dim", "257", "--components", "3",
+                                          "--tasks-per-step", "4", "--repeats", "1"], monkeypatch)
+    out = capsys.readouterr().out
+    assert f"normals path {lift_ext.cpu_isa()}" in out
+    assert all(f"{case} " in out for case in ("paper", "mixture", "mixture, shift_lr > 0", "mixture, shift, by lik."))
 
 
 def test_bench_noise_reports_the_cpu_path_and_ratios(monkeypatch, capsys):

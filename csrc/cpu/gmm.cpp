@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "lift_ext/gmm.h"
@@ -29,10 +30,31 @@ double sum_lanes(const double (&acc)[kLanes]) {
   return total;
 }
 
+// True when the n entries of m2 have one bit pattern (so one variance: m2 = 0 from SGLDGibbs's
+// z draws, docs/design.md section 10).
+bool uniform_chunk(const float* m2, int64_t n) {
+  return std::all_of(m2, m2 + n, [&](const float& m) { return std::memcmp(&m, m2, sizeof(float)) == 0; });
+}
+
+// chunk_inverse_variance of a uniform chunk: the one variance's log taken once and added into
+// the same lanes in the same order, so the sum is bit for bit that of the general loop.
+double uniform_inverse_variance(float m2, float inv_count, float reg, int64_t n, float* __restrict inv_var) {
+  const float v = gmm_variance(m2, inv_count, reg);
+  const float inv = 1.0f / v;
+  const double log_v = static_cast<double>(gmm_log(v));
+  double acc[kLanes] = {};
+  for (int64_t i = 0; i < n; ++i) {
+    inv_var[i] = inv;
+    acc[i % kLanes] += log_v;
+  }
+  return sum_lanes(acc);
+}
+
 // inv_var[i] = 1 / var_i for i < n; returns sum_i log var_i.
 __attribute__((target_clones("avx512f", "avx2", "default")))
 double chunk_inverse_variance(const float* __restrict m2, float inv_count, float reg, int64_t n,
                               float* __restrict inv_var) {
+  if (uniform_chunk(m2, n)) return uniform_inverse_variance(m2[0], inv_count, reg, n, inv_var);
   double acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {

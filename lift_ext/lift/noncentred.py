@@ -82,7 +82,7 @@ def shift_components_(thetas: torch.Tensor, comps: Components, mean_grads: Dict[
     """The shift move (module docstring) of each component k in `mean_grads` ({k: gbar_k}, see
     `member_mean_gradients`): phi_k moves by delta, so do the rows of `thetas` (the tasks
     first_task, first_task + 1, ...: all N, or one rank's) of its members, and S_k += n_k delta."""
-    held, noise_seed = comps.assignments[first_task:first_task + thetas.shape[0]], shift_seed(seed)
+    noise_seed, deltas = shift_seed(seed), {}
     for comp in sorted(mean_grads):
         n_k = comps.counts[comp]
         phi = comps.phis[comp]
@@ -91,10 +91,21 @@ def shift_components_(thetas: torch.Tensor, comps: Components, mean_grads: Dict[
         ops.sgld_step_(phi, mean_grads[comp], prior_mean, None, average, lr=lr, temperature=temperature / n_k,
                        prior_precision=1.0 / (n_k * sigma**2), alpha=alpha, eps=eps, seed=noise_seed,
                        offset=Components.phi_offset(step, comp))
-        delta = phi - old
-        index = (held == comp).nonzero().squeeze(1).to(thetas.device)
-        thetas.index_add_(0, index, delta.expand(len(index), -1))
-        comps.sums[comp].add_(delta, alpha=float(n_k))
+        deltas[comp] = phi - old
+        comps.sums[comp].add_(deltas[comp], alpha=float(n_k))
+    _add_to_members_(thetas, comps.assignments[first_task:first_task + thetas.shape[0]].tolist(), deltas)
+
+
+def _add_to_members_(thetas: torch.Tensor, held: Sequence[int], deltas: Dict[int, torch.Tensor]) -> None:
+    """theta_i += delta_{z_i} for every row i of `thetas` whose component (held[i]) has a delta:
+    one multi-tensor add per component over its members' rows, each row read and written once."""
+    members: Dict[int, List[torch.Tensor]] = {comp: [] for comp in deltas}
+    for row, comp in zip(thetas.unbind(0), held):
+        if comp in members:
+            members[comp].append(row)
+    for comp, rows in members.items():
+        if rows:
+            torch._foreach_add_(rows, [deltas[comp]] * len(rows))
 
 
 def draw_assignments_by_likelihood_(thetas: torch.Tensor, comps: Components, tasks: Sequence[int],
@@ -106,10 +117,11 @@ def draw_assignments_by_likelihood_(thetas: torch.Tensor, comps: Components, tas
     when a score is NaN (the chain diverged)."""
     uniforms = comps.gumbel_uniforms(len(tasks), temperature, generator)
     log_weights = comps.weights.clamp_min(1e-300).log()
+    olds = comps.assignments[list(tasks)].tolist()
+    index = torch.tensor(list(tasks), dtype=torch.int64, device=thetas.device)
+    every = (thetas.index_select(0, index)[:, None, :] + comps.phis).sub_(comps.phis[olds][:, None, :])  # c_ik
     moves = []
-    for row, task in enumerate(tasks):
-        old = int(comps.assignments[task])
-        candidates = thetas[task][None, :] + comps.phis - comps.phis[old][None, :]
+    for row, (task, old, candidates) in enumerate(zip(tasks, olds, every)):
         losses = nll(task, candidates).detach().to("cpu", torch.float64)
         if losses.shape != (comps.k,):
             raise ValueError(f"grad_fn.losses({task}, candidates) must return a Tensor [{comps.k}], got "
