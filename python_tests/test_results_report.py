@@ -80,3 +80,27 @@ def test_calibration_by_hand_and_on_a_calibrated_forecaster():
     drawn = torch.multinomial(probs, 1, generator=g).squeeze(-1)
     assert calibration(probs, drawn)["ece"] < 0.01
     assert calibration(probs, probs.argmin(-1))["ece"] > 0.3
+
+
+def test_reliability_is_pooled_over_roles_and_drawn_as_a_third_panel():
+    """Bins summed over (seed, role) rows: counts add, confidence and accuracy are pooled means;
+    the plot gains the reliability panel (wider figure) where the results hold it."""
+    import io
+
+    import matplotlib.image
+    import torch
+
+    from lift_ext.shakespeare.scoring import reliability_bins
+    probs = torch.tensor([[0.9, 0.1], [0.95, 0.05], [0.3, 0.7]])
+    rows = [reliability_bins(probs[:2], torch.tensor([0, 1])).tolist(),
+            reliability_bins(probs[2:], torch.tensor([1])).tolist()]
+    pooled = report.reliability(rows)
+    assert pooled["count"][13] == 1 and pooled["count"][14] == 1 and pooled["count"][10] == 1
+    assert pooled["accuracy"][14] == 0.0 and pooled["confidence"][14] == pytest.approx(0.95)
+    assert pooled["confidence"][0] is None and sum(pooled["count"]) == 3
+    results = _results()
+    plain = matplotlib.image.imread(io.BytesIO(report.plot_png(results)))
+    for record in results["methods"].values():
+        record["reliability"] = pooled
+    with_diagram = matplotlib.image.imread(io.BytesIO(report.plot_png(results)))
+    assert with_diagram.shape[1] > 1.4 * plain.shape[1]

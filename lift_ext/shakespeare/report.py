@@ -88,6 +88,8 @@ def summarize(cfg: BenchConfig, scores: Dict[str, List[dict]], detail: Dict[str,
         metrics = {k: _stats([row.get(k) for row in rows]) for k in METRICS}  # older stage files: no ece
         out["methods"][m] = {"mean": metrics["acc"]["mean"], "stderr": metrics["acc"]["stderr"],
                              "per_task": metrics["acc"]["per_task"], "metrics": metrics, **detail.get(m, {})}
+        if rows and all("reliability" in row for row in rows):
+            out["methods"][m]["reliability"] = reliability(row["reliability"] for row in rows)
     ref = out["methods"][reference]
     for m, r in out["methods"].items():
         if m != reference:
@@ -103,6 +105,15 @@ def summarize(cfg: BenchConfig, scores: Dict[str, List[dict]], detail: Dict[str,
             out["component_purity"] = {**out.get("component_purity", {}), m: purity(comps, roles)}
     out.update(extra)
     return out
+
+
+def reliability(per_role) -> dict:
+    """The reliability diagram's data pooled over (seed, role): per confidence bin the number
+    of query positions, their mean confidence and their accuracy (None for an empty bin)."""
+    total = [[sum(col) for col in zip(*rows)] for rows in zip(*per_role)]
+    return {"count": [int(n) for n, _, _ in total],
+            "confidence": [c / n if n else None for n, c, _ in total],
+            "accuracy": [h / n if n else None for n, _, h in total]}
 
 
 def purity(components: List[int], roles: List[tuple]) -> float:
@@ -203,7 +214,9 @@ def _write_bytes(path: Path, data: bytes) -> None:
 def plot_png(results: dict) -> bytes:
     """Two panels (PNG bytes): mean accuracy of every method with ±1 s.e. on the full 0-100 %
     axis, and the reference method minus each other method, paired over (seed, role), in
-    percentage points with ±1 paired s.e. (the comparison role difficulty does not blur)."""
+    percentage points with ±1 paired s.e. (the comparison role difficulty does not blur); and a
+    third, the reliability diagram (accuracy against confidence per bin, pooled over (seed,
+    role)), where the results hold its data."""
     import io
 
     import matplotlib
@@ -214,7 +227,9 @@ def plot_png(results: dict) -> bytes:
     names = [k for k, _ in items]
     colors = ["tab:red" if n.startswith("lift") else "tab:blue" if n in ("oracle", "backbone") else "tab:gray"
               for n in names]
-    fig, (acc, diff) = plt.subplots(1, 2, figsize=(12, 4.5))
+    diagrams = [(n, v["reliability"]) for n, v in items if v.get("reliability") and n != "backbone"]
+    fig, panels = plt.subplots(1, 3 if diagrams else 2, figsize=(18 if diagrams else 12, 4.5))
+    acc, diff = panels[0], panels[1]
     acc.bar(names, [100 * (v["mean"] or 0.0) for _, v in items], color=colors, capsize=3,
             yerr=[100 * (v["stderr"] or 0.0) for _, v in items])
     acc.set_ylim(0, 100)
@@ -230,6 +245,8 @@ def plot_png(results: dict) -> bytes:
     diff.set_xlabel(f"`{reference}` minus the method, paired (percentage points)")
     diff.set_title(f"paired difference against `{reference}`, ± 1 paired s.e.")
     plt.setp(acc.get_xticklabels(), rotation=30, ha="right")
+    if diagrams:
+        _reliability_panel(panels[2], diagrams)
     fig.suptitle(f"Shakespeare {results['config'].get('suite', 'roles')} suite, "
                  f"{len(results['roles'])} roles x {len(results['config']['seeds'])} seed(s)")
     fig.tight_layout()
@@ -237,6 +254,22 @@ def plot_png(results: dict) -> bytes:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _reliability_panel(ax, diagrams) -> None:
+    """Accuracy against mean confidence per bin, one line per method, and the diagonal of
+    perfect calibration; LiFT's variants drawn solid, the others dashed."""
+    for name, data in diagrams:
+        points = [(c, a) for c, a in zip(data["confidence"], data["accuracy"]) if c is not None]
+        ax.plot([100 * c for c, _ in points], [100 * a for _, a in points], marker="o", markersize=3,
+                linestyle="-" if name.startswith("lift") else "--", label=name)
+    ax.plot([0, 100], [0, 100], color="black", linewidth=0.8, linestyle=":")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("confidence, max_c p_c (%, 15 equal-width bins)")
+    ax.set_ylabel("accuracy in the bin (%)")
+    ax.set_title("reliability: accuracy against confidence")
+    ax.legend(fontsize=7, loc="upper left")
 
 
 def write_results(results: dict, output: Path) -> Dict[str, Path]:

@@ -23,23 +23,31 @@ METRICS = ("acc", "acc_remapped", "nll", "ece", "brier")
 ECE_BINS = 15
 
 
-def calibration(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> Dict[str, float]:
-    """{"ece", "brier"} of predictive distributions probs [..., C] for integer targets [...]
-    (module docstring); bins of confidence (0, 1/bins], ..., ((bins-1)/bins, 1]."""
+def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> torch.Tensor:
+    """[bins, 3] float64: per confidence bin (0, 1/bins], ..., ((bins-1)/bins, 1] the number of
+    positions, their summed confidence max_c p_c and their number of correct argmaxes, for
+    predictive distributions probs [..., C] and integer targets [...]. Sums over roles add up."""
     probs, targets = probs.reshape(-1, probs.shape[-1]).double(), targets.reshape(-1)
     confidence, pred = probs.max(-1)
-    hit = (pred == targets).double()
     which = (confidence * bins).ceil().clamp(1, bins).long() - 1
-    count = torch.zeros(bins, dtype=torch.float64).index_add_(0, which, torch.ones_like(hit))
-    gap = torch.zeros(bins, dtype=torch.float64).index_add_(0, which, hit - confidence)
-    onehot = torch.nn.functional.one_hot(targets, probs.shape[-1]).double()
-    return {"ece": float(gap.abs().sum() / count.sum()), "brier": float(((probs - onehot) ** 2).sum(-1).mean())}
+    columns = torch.stack([torch.ones_like(confidence), confidence, (pred == targets).double()], 1)
+    return torch.zeros(bins, 3, dtype=torch.float64).index_add_(0, which, columns)
+
+
+def calibration(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> Dict[str, float]:
+    """{"ece", "brier"} of predictive distributions probs [..., C] for integer targets [...]
+    (module docstring)."""
+    count, confidence, hits = reliability_bins(probs, targets, bins).unbind(1)
+    onehot = torch.nn.functional.one_hot(targets.reshape(-1), probs.shape[-1]).double()
+    brier = ((probs.reshape(-1, probs.shape[-1]).double() - onehot) ** 2).sum(-1).mean()
+    return {"ece": float((hits - confidence).abs().sum() / count.sum()), "brier": float(brier)}
 
 
 @torch.no_grad()
 def query_metrics(flat: FlatParams, thetas: Sequence[torch.Tensor], role) -> Dict[str, Optional[float]]:
     """METRICS of the predictive average over ``thetas`` on ``role``'s query pair (a
-    FewShotRole). acc_remapped is None when no query target is remapped."""
+    FewShotRole), and "reliability", its `reliability_bins` as lists. acc_remapped is None when
+    no query target is remapped."""
     inputs, targets = role.query
     thetas = list(thetas)
     if len(thetas) == 1:  # argmax of the logits themselves: no ties made by rounding softmax
@@ -55,7 +63,8 @@ def query_metrics(flat: FlatParams, thetas: Sequence[torch.Tensor], role) -> Dic
     n_remapped = int(role.remapped.sum())
     return {"acc": float(hit.float().mean()),
             "acc_remapped": float(hit[role.remapped].float().mean()) if n_remapped else None,
-            "nll": float(nll), **calibration(probs, targets)}
+            "nll": float(nll), **calibration(probs, targets),
+            "reliability": reliability_bins(probs, targets).tolist()}
 
 
 def mean_of(values: Sequence[Optional[float]]) -> float:
@@ -64,4 +73,4 @@ def mean_of(values: Sequence[Optional[float]]) -> float:
     return sum(kept) / len(kept) if kept else math.nan
 
 
-__all__ = ["METRICS", "ECE_BINS", "calibration", "query_metrics", "mean_of"]
+__all__ = ["METRICS", "ECE_BINS", "calibration", "reliability_bins", "query_metrics", "mean_of"]
