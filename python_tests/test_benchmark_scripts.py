@@ -2,7 +2,8 @@
 benchmarks/sanitizer_driver.py (every kernel, odd sizes), benchmarks/bench_sampler.py and
 benchmarks/bench_sampler_work.py (small sizes); and
 the CPU noise benchmark benchmarks/bench_noise.py (small sizes); the LoRA ViT benchmark
-benchmarks/lora_vit_sgld.py (--quick)."""
+benchmarks/lora_vit_sgld.py (--quick); the Shakespeare chain benchmark benchmarks/bench_chain.py
+(--quick, where the application's extra and texts are installed)."""
 import os
 import runpy
 import sys
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 import lift_ext
-from conftest import requires_cuda
+from conftest import requires_cuda, skip_module_without_the_application
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
@@ -57,3 +58,14 @@ def test_lora_vit_benchmark_runs_every_method(monkeypatch, capsys, tmp_path):
     for method in ("psgld_t0", "psgld_t1", "psgld_t1_averaged", "kernel_rule_t1", "defaults_t1", "adamw"):
         assert f"`{method}`" in out
     assert (tmp_path / "vit.json").exists()
+
+
+def test_bench_chain_reports_every_row_and_the_ratio(monkeypatch, capsys):
+    skip_module_without_the_application("transformers", "peft")
+    _run_script("bench_chain.py", ["--quick"], monkeypatch)
+    out = capsys.readouterr().out
+    assert f"normals path {lift_ext.cpu_isa()}" in out
+    for row in ("lift, grads one task at a time", "lift, grads vmapped", "multitask", "sampler only",
+                "B task grads, one at a time", "B task grads, vmapped", "one grad of B x batch windows"):
+        assert f"{row} " in out
+    assert "ratio lift / multitask: " in out
