@@ -72,9 +72,9 @@ class PosteriorSamples:
     def collect(self) -> bool:
         """Count one step; keep the parameters' current values if this step is a sample
         (steps past burn_in, every thin-th). Returns whether it kept one."""
-        self.steps += 1
-        since = self.steps - self.burn_in
+        since = self.steps + 1 - self.burn_in
         if since <= 0 or since % self.thin:
+            self.steps += 1
             return False
         values = {n: p.detach().to("cpu" if self.to_cpu or self.directory else p.device, copy=True)
                   for n, p in self.params.items()}
@@ -88,6 +88,7 @@ class PosteriorSamples:
             self._kept.append(path)
         if self.max_samples is not None and len(self._kept) > self.max_samples:
             self._halve()
+        self.steps += 1  # last: a collect() interrupted before here counts nothing
         return True
 
     def _halve(self) -> None:
