@@ -92,7 +92,7 @@ def test_a_zero_gradient_element_samples_its_prior():
     w, z = _two_weights()
     start = z.detach().clone()
     lam = 4.0
-    opt = SGLD([w, z], lr=0.05, temperature=1.0, prior_precision=lam, prior_mean="init",
+    opt = SGLD([w, z], lr=0.02, temperature=1.0, prior_precision=lam, prior_mean="init",
                preconditioned=True, seed=11)
     deviations = []
     for step in range(600):
