@@ -1,6 +1,6 @@
 """`lift_ext.optim.SGLD`: the fused SGLD step as a `torch.optim.Optimizer`; beside it
 `PosteriorSamples` (lift_ext.samples), which keeps the run's samples and averages over them."""
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -169,20 +169,32 @@ class SGLD(torch.optim.Optimizer):
             return None, (params, grads, means, square_avgs), fresh
         return TensorTable(params, grads, prior_means=means or None, square_avgs=square_avgs or None), None, fresh
 
-    def _precondition_unseen(self, index: int, group: Dict[str, Any], plan) -> None:
+    def _precondition_unseen(self, index: int, group: Dict[str, Any], plan) -> Optional[Callable[[], None]]:
         """lift_ext.preconditioner's rule for group `index`'s step while an element of it may
         have no gradient history (a fresh square average, or a parameter with a history mask);
-        per-tensor host work only then."""
+        per-tensor host work only then. Returns a function that undoes it (the square averages
+        and masks as they were), for a step that fails after it; None when nothing was done."""
         table, lists, fresh = plan
         if fresh:
             self._unseen.add(index)
         if index not in self._unseen:
-            return
+            return None
         params, square_avgs = (table.params, table.square_avgs) if table is not None else (lists[0], lists[3])
         states = [self.state[p] for p in params]
+        saved = [(v.clone(), state.get(HISTORY)) for v, state in zip(square_avgs, states)]
+
+        def undo() -> None:
+            for v, state, (old_v, old_mask) in zip(square_avgs, states, saved):
+                v.copy_(old_v)
+                state.pop(HISTORY, None)
+                if old_mask is not None:
+                    state[HISTORY] = old_mask
+            self._unseen.add(index)
+
         fill_unseen_(list(params), list(square_avgs), states, float(group["alpha"]))
         if not any(HISTORY in state for state in states):
             self._unseen.discard(index)
+        return undo
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -207,14 +219,19 @@ class SGLD(torch.optim.Optimizer):
             hyper = dict(lr=float(group["lr"]), temperature=temperature, prior_precision=prior_precision,
                          alpha=float(group["alpha"]), eps=float(group["eps"]), seed=self.seed,
                          offset=self.offset)
-            if group["preconditioned"]:
-                self._precondition_unseen(index, group, plan)
+            undo = self._precondition_unseen(index, group, plan) if group["preconditioned"] else None
+            try:
+                if table is not None:
+                    ops.sgld_step_table_(table.handle, **hyper)
+                else:
+                    params, grads, means, square_avgs = lists
+                    ops.sgld_step_list_(params, grads, means, [], square_avgs, **hyper)
+            except BaseException:  # KeyboardInterrupt included: the group is as it was
+                if undo is not None:
+                    undo()
+                raise
             if table is not None:
-                ops.sgld_step_table_(table.handle, **hyper)
                 self._tables[index] = table
-            else:
-                params, grads, means, square_avgs = lists
-                ops.sgld_step_list_(params, grads, means, [], square_avgs, **hyper)
             self.offset += 1
             for p, avg in fresh:
                 self.state[p]["square_avg"] = avg

@@ -248,3 +248,35 @@ def test_lora_without_a_prior_does_not_blow_up_a():
     train(model, x, y, opt, 1)
     after = float(torch.cat([a.detach().reshape(-1) for a in lora_tensors(model, "A")]).abs().mean())
     assert math.isfinite(after) and after < 2 * before
+
+
+def test_an_interrupted_step_leaves_everything_as_it_was_and_the_chain_continues_exactly(monkeypatch):
+    """A KeyboardInterrupt inside the kernel call of a step that applied the zero-gradient rule:
+    parameters, square averages, history masks and the noise offset are as before it, and
+    the interrupted chain then equals an uninterrupted one, bitwise."""
+    def run(steps, interrupt_at=None):
+        w, z = _two_weights(64)
+        opt = SGLD([w, z], lr=0.05, prior_precision=1.0, prior_mean="init", preconditioned=True, seed=3)
+        for step in range(steps):
+            opt.zero_grad(set_to_none=False)
+            _noisy_loss(w, z, step).backward()
+            if step == interrupt_at:
+                before = ([t.detach().clone() for t in (w, z)], opt.offset,
+                          {k: (v["square_avg"].clone(), v.get(HISTORY)) for k, v in
+                           ((id(p), opt.state[p]) for p in (w, z))})
+                with monkeypatch.context() as patch:
+                    def interrupted(*args, **kwargs):
+                        raise KeyboardInterrupt
+                    patch.setattr(lift_ext.ops, "sgld_step_table_", interrupted)
+                    with pytest.raises(KeyboardInterrupt):
+                        opt.step()
+                assert all(torch.equal(a, b) for a, b in zip((w, z), before[0])) and opt.offset == before[1]
+                for p in (w, z):
+                    avg, mask = before[2][id(p)]
+                    assert torch.equal(opt.state[p]["square_avg"], avg) and opt.state[p].get(HISTORY) is mask
+            opt.step()
+        return w, z
+
+    interrupted = run(4, interrupt_at=2)
+    straight = run(4)
+    assert all(torch.equal(a, b) for a, b in zip(interrupted, straight))

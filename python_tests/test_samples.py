@@ -121,3 +121,18 @@ def test_a_peft_model_keeps_only_its_adapter_on_the_devices_memory():
     assert not torch.equal(samples[0][next(iter(samples[0]))], samples[-1][next(iter(samples[0]))])
     probs = kept.average(lambda m: torch.softmax(m(x), -1))
     torch.testing.assert_close(probs.sum(-1), torch.ones(64, dtype=torch.float64))
+
+
+def test_an_interrupted_collect_keeps_nothing_and_counts_nothing(tmp_path, monkeypatch):
+    model = Copies(1, 2)
+    kept = PosteriorSamples(model, storage=tmp_path / "samples")
+    kept.collect()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        kept.collect()
+    assert len(kept) == 1 and kept.steps == 1
+    assert len([f for f in os.listdir(tmp_path / "samples")]) == 1  # no half-written file
