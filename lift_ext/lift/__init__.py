@@ -15,13 +15,16 @@ and 10).
 """
 from lift_ext.lift.adapt import Adapted, adapt, average_predictions
 from lift_ext.lift.batched_grad import mean_loss_grad
-from lift_ext.lift.distributed import ShardedSGLDGibbs
+from lift_ext.lift.config import (LangevinConfig, MapConfig, MixtureHierarchy, PaperHierarchy, SamplingConfig,
+                                  config_from_dict)
+from lift_ext.lift.distributed import ShardedSGLDGibbs, Sharding
 from lift_ext.lift.flat import FlatParams
 from lift_ext.lift.prior import MixturePrior
-from lift_ext.lift.sampler import SGLDGibbs
+from lift_ext.lift.sampler import ChainStart, SGLDGibbs
 from lift_ext.lift.sharded_trainer import ShardedLiFT
 from lift_ext.lift.tasks import Task, TensorTask
 from lift_ext.lift.trainer import LiFT
 
-__all__ = ["SGLDGibbs", "ShardedSGLDGibbs", "mean_loss_grad", "FlatParams", "MixturePrior", "LiFT",
+__all__ = ["LangevinConfig", "PaperHierarchy", "MixtureHierarchy", "MapConfig", "SamplingConfig", "config_from_dict",
+           "ChainStart", "Sharding", "SGLDGibbs", "ShardedSGLDGibbs", "mean_loss_grad", "FlatParams", "MixturePrior", "LiFT",
            "ShardedLiFT", "Task", "TensorTask", "adapt", "Adapted", "average_predictions"]

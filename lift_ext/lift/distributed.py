@@ -42,46 +42,81 @@ the others, which restore their rows and raise RankFailure naming it, within the
 group's timeout. Checkpoints: a set of files, one per shard plus the shared state, made
 complete by a manifest written last (lift_ext.lift.shard_checkpoint).
 """
+import dataclasses
 from typing import Dict, List, Optional
 
 import torch
+import torch.distributed as dist
 
 from lift_ext import ops, validate
-from lift_ext.lift import shard_checkpoint
-from lift_ext.lift.collective import DIVERGED, OK, RAISED, Collective
+from lift_ext.lift import sampler_state, shard_checkpoint
+from lift_ext.lift.collective import DIVERGED, OK, RAISED, Collective, group_rank_and_size
+from lift_ext.lift.config import LangevinConfig, MixtureHierarchy, PaperHierarchy, check_type
 from lift_ext.lift.mixture import COMPONENT_STRIDE, keyed_generator
-from lift_ext.lift.sampler import SGLDGibbs
+from lift_ext.lift.sampler import ChainStart, SGLDGibbs
 from lift_ext.lift.shards import ShardedOrder, held_shards, local_task_ids, shard_bounds
-from lift_ext.types import DeviceLike, GradFn
+from lift_ext.types import GradFn
+
+
+@dataclasses.dataclass(frozen=True)
+class Sharding:
+    """How a chain's tasks are spread over processes. process_group: the torch.distributed group
+    (None: one process holding every shard); num_shards S (None: the world size; a multiple of
+    it lets the chain resume on other world sizes later); fault_grace: the seconds a surviving
+    rank waits to find out which rank is gone."""
+
+    process_group: object = None
+    num_shards: Optional[int] = None
+    fault_grace: float = 5.0
+
+    def __post_init__(self):
+        if self.num_shards is not None:
+            validate.integer("num_shards", self.num_shards, 1)
+        validate.number("fault_grace", self.fault_grace)
+
+
+def _group_device(process_group) -> Optional[torch.device]:
+    """The current CUDA device for an NCCL group (whose collectives need GPU buffers), else None."""
+    if process_group is not None and dist.is_initialized() and dist.get_backend(process_group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return None
 
 
 class ShardedSGLDGibbs(SGLDGibbs):
-    """SGLDGibbs with its tasks sharded over `process_group` (module docstring). Takes every
-    SGLDGibbs argument (tasks_per_step = B per shard) and: process_group (None: one process
-    holding every shard), num_shards (default: the world size; a multiple of it to resume on
-    other world sizes later), fault_grace (seconds a survivor waits to find out which rank is
-    gone). A separate class rather than SGLDGibbs(process_group=...): its schedule (per shard)
-    and its sum of the deltas (per shard, then over shards) make it another chain for B > 1,
-    while SGLDGibbs's one-process chain stays exactly as it is."""
+    """SGLDGibbs with its tasks sharded as `sharding` says (module docstring): the same problem,
+    configs (langevin.tasks_per_step = B per shard), start and seed. The chain lives on the
+    device of start's tensors, else the current CUDA device for an NCCL group, else the CPU.
+    A separate class rather than an option of SGLDGibbs: its schedule (per shard) and its sum of
+    the deltas (per shard, then over shards) make it another chain for B > 1, while SGLDGibbs's
+    one-process chain stays exactly as it is."""
 
-    def __init__(self, num_tasks: int, dim: int, grad_fn: GradFn, *, process_group=None,
-                 num_shards: Optional[int] = None, fault_grace: float = 5.0, **options):
+    def __init__(self, num_tasks: int, dim: int, grad_fn: GradFn, *, langevin: LangevinConfig,
+                 hierarchy: "PaperHierarchy | MixtureHierarchy" = PaperHierarchy(),
+                 sharding: Optional[Sharding] = None, start: Optional[ChainStart] = None, seed: int = 0):
         num_tasks = validate.integer("num_tasks", num_tasks, 1)
-        if options.get("z_update", "distance") != "distance":
+        sharding = Sharding() if sharding is None else check_type("sharding", sharding, Sharding)
+        if isinstance(hierarchy, MixtureHierarchy) and hierarchy.z_update != "distance":
             raise ValueError("ShardedSGLDGibbs does not make the assignment draw by likelihood "
                              "(z_update='likelihood'); run it with SGLDGibbs in one process")
-        comm = Collective(process_group, fault_grace)
-        num_shards = comm.world_size if num_shards is None else \
-            validate.integer("num_shards", num_shards, 1, num_tasks)
-        shards = held_shards(num_shards, comm.world_size, comm.rank)
-        smallest = min(hi - lo for lo, hi in shard_bounds(num_tasks, num_shards))
-        validate.integer("tasks_per_step", options.get("tasks_per_step", 1), 1, smallest)
-        self.comm, self.num_shards, self._shards = comm, num_shards, shards
+        comm = Collective(sharding.process_group, sharding.fault_grace)
+        num_shards = comm.world_size if sharding.num_shards is None else \
+            validate.integer("num_shards", sharding.num_shards, 1, num_tasks)
+        self.comm, self.num_shards = comm, num_shards
+        self._shards = held_shards(num_shards, comm.world_size, comm.rank)
         local = local_task_ids(num_tasks, num_shards, comm.world_size, comm.rank)
         self._lo, self._hi = local.start, local.stop
         self._first_task = self._lo
-        super().__init__(num_tasks, dim, grad_fn, **options)
-        self._order = ShardedOrder(self.seed, num_tasks, num_shards)
+        has_tensors = start is not None and (start.thetas is not None or start.prior_mean is not None)
+        super().__init__(num_tasks, dim, grad_fn, langevin=langevin, hierarchy=hierarchy, start=start, seed=seed,
+                         device=None if has_tensors else _group_device(sharding.process_group))
+
+    def _tasks_per_step_limit(self, num_tasks: int) -> int:
+        return min(hi - lo for lo, hi in shard_bounds(num_tasks, self.num_shards))
+
+    def _new_order(self, state: Optional[dict] = None) -> ShardedOrder:
+        if state is None:
+            return ShardedOrder(self.seed, self.num_tasks, self.num_shards)
+        return ShardedOrder(self.seed, self.num_tasks, self.num_shards, state["epochs"], state["positions"])
 
     # ---- what this rank holds --------------------------------------------------------------
     @property
@@ -125,13 +160,13 @@ class ShardedSGLDGibbs(SGLDGibbs):
     def step(self) -> List[int]:
         """One step of the sharded chain (module docstring); returns all S B tasks of the step
         (on every rank), in shard order."""
-        plan, epochs, positions = self._order.peek(self.tasks_per_step)
+        plan, epochs, positions = self._order.peek(self.langevin.tasks_per_step)
         t, comps = self.step_count, self._components
         tasks = [task for shard_tasks in plan for task in shard_tasks]
         starts = [sum(len(p) for p in plan[:s]) for s in range(self.num_shards)]
-        mixing = self.prior == "mixture" and t >= self.warmup_steps
+        mixing = self._mixture and t >= self._warmup_steps
         labelled = mixing and comps.k > 1
-        shifting = self.shift_lr > 0.0
+        shifting = self._shift_lr > 0.0
         sizes = (comps.k * self.dim, len(tasks) if labelled else 0, self.dim if self._square_avg is not None else 0,
                  comps.k * self.dim if shifting else 0, comps.k if shifting else 0)
         old = {s: torch.stack(self._rows(plan[s])) for s in self._shards}
@@ -142,7 +177,7 @@ class ShardedSGLDGibbs(SGLDGibbs):
             self._join_failed(t, sizes)
             raise
         generator = keyed_generator("SGLDGibbs.mixture", self.seed, t) if labelled else None
-        uniform = comps.gumbel_uniforms(len(tasks), self.temperature, generator) if labelled else None
+        uniform = comps.gumbel_uniforms(len(tasks), self.langevin.temperature, generator) if labelled else None
         buffer = self.comm.buffer(sum(sizes), torch.float32, self.device)
         failure, numel = OK, sum(sizes)
         try:
@@ -188,7 +223,7 @@ class ShardedSGLDGibbs(SGLDGibbs):
         labels = [int(comps.assignments[task]) for task in tasks]
         if nz:
             try:
-                labels = comps.choose(new, beta=self.beta, temperature=self.temperature,
+                labels = comps.choose(new, beta=self.hierarchy.beta, temperature=self.langevin.temperature,
                                       uniform=None if uniform is None else uniform[start:start + len(tasks)])
             except FloatingPointError:
                 return DIVERGED
@@ -251,13 +286,20 @@ class ShardedSGLDGibbs(SGLDGibbs):
         out = {"phi_rms": float(comps.phis.pow(2).mean().sqrt()),
                "theta_spread": float((buffer[0] / (self.num_tasks * self.dim)).sqrt()),
                "gmm_samples": float(self.num_gmm_samples)}
-        if self.prior == "mixture":
+        if self._mixture:
             out["components_used"] = float(sum(n > 0 for n in comps.counts))
         return out
 
-    def hparams(self) -> Dict[str, object]:
-        """SGLDGibbs's hyper-parameters plus num_shards (tasks_per_step is per shard)."""
-        return dict(super().hparams(), num_shards=self.num_shards)
+    def config(self) -> Dict[str, object]:
+        """SGLDGibbs's config plus num_shards (tasks_per_step is per shard)."""
+        return dict(super().config(), num_shards=self.num_shards)
+
+    @classmethod
+    def from_config(cls, config: Dict[str, object], grad_fn: GradFn,
+                    sharding: Optional[Sharding] = None) -> "ShardedSGLDGibbs":
+        """A new chain with the settings of `config` on `sharding`'s group (its num_shards is the config's)."""
+        sharding = dataclasses.replace(sharding or Sharding(), num_shards=config["num_shards"])
+        return cls(config["num_tasks"], config["dim"], grad_fn, sharding=sharding, **cls.settings_of(config))
 
     def save(self, path: str) -> None:
         """Write the chain to directory `path` as a checkpoint set (every rank must call it;
@@ -265,9 +307,13 @@ class ShardedSGLDGibbs(SGLDGibbs):
         shard_checkpoint.save(self, path)
 
     @classmethod
-    def load(cls, path: str, grad_fn: GradFn, device: DeviceLike = None, *, process_group=None,
-             fault_grace: float = 5.0) -> "ShardedSGLDGibbs":
-        """The chain saved in directory `path`, on this world (any world size that divides its
-        num_shards: each rank reads its shards); it continues the exact chain."""
-        return shard_checkpoint.load(cls, path, grad_fn, device, process_group=process_group,
-                                     fault_grace=fault_grace)
+    def load(cls, path: str, grad_fn: GradFn, sharding: Optional[Sharding] = None) -> "ShardedSGLDGibbs":
+        """The chain saved in directory `path`, on `sharding`'s group (any world size that
+        divides its num_shards: each rank reads its shards); it continues the exact chain."""
+        sharding = Sharding() if sharding is None else check_type("sharding", sharding, Sharding)
+        rank, world_size = group_rank_and_size(sharding.process_group)
+        state = shard_checkpoint.read_state(path, rank, world_size)
+        with sampler_state.refusing_inconsistency(path):
+            sampler = sampler_state.quietly(cls.from_config, state["config"], grad_fn, sharding)
+            sampler.load_state_dict(state)
+        return sampler

@@ -30,8 +30,9 @@ balanced when all equal), or, with warmup_steps = W > 0, of the thetas after W o
 Memory: thetas [N, D] once plus K x D arrays, all on `device` (default: the device of
 prior_mean, else of theta_init, else the CPU); grad_fn must return gradients on that device.
 """
+import dataclasses
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -40,27 +41,32 @@ from lift_ext import ops, validate
 from lift_ext.gmm import OnlineGMM
 from lift_ext.lift import sampler_state
 from lift_ext.lift.batched_grad import checked_gradients
-from lift_ext.lift.mixture import MAX_COMPONENTS, Components, initial_assignments, keyed_generator, rows_identical
+from lift_ext.lift.config import LangevinConfig, MixtureHierarchy, PaperHierarchy, check_type, config_from_dict
+from lift_ext.lift.mixture import Components, initial_assignments, keyed_generator, rows_identical
 from lift_ext.lift.prior import MixturePrior
 from lift_ext.lift.noncentred import (draw_assignments_by_likelihood_, member_mean_gradients, restore_point,
                                       shift_components_)
 from lift_ext.lift.task_order import TaskOrder
 from lift_ext.types import DeviceLike, GradFn
 
-_PHI_UPDATES = ("langevin", "gibbs")
-_PRIORS = ("paper", "mixture")
-_Z_UPDATES = ("distance", "likelihood")
-# The constructor's arguments that fix a chain (all but grad_fn, the tensors and the device).
-HPARAMS = ("num_tasks", "dim", "sigma", "beta", "lr", "lr_phi", "temperature", "phi_update", "burn_in", "thin",
-           "n_components", "seed", "preconditioned", "alpha", "eps", "tasks_per_step", "prior",
-           "dirichlet_alpha", "warmup_steps", "shift_lr", "z_update")
+StepCallback = Callable[[int, List[int]], None]
 
 
-def _default_device(device: DeviceLike, prior_mean, theta_init) -> torch.device:
-    """`device` if given, else the device of prior_mean, else of theta_init, else the CPU."""
+@dataclasses.dataclass(frozen=True)
+class ChainStart:
+    """Where a chain starts. thetas: [D] (every task) or [N, D] (one row per task); default: the
+    prior mean. prior_mean: mu0 [D], the centre of the prior over phi (phi ~ N(mu0, sigma^2 I));
+    default: SGLDGibbs 0, LiFT the adapter's initialisation."""
+
+    thetas: Optional[torch.Tensor] = None
+    prior_mean: Optional[torch.Tensor] = None
+
+
+def _default_device(device: DeviceLike, start: ChainStart) -> torch.device:
+    """`device` if given, else the device of start.prior_mean, else of start.thetas, else the CPU."""
     if device is not None:
         return torch.device(device)
-    for value in (prior_mean, theta_init):
+    for value in (start.prior_mean, start.thetas):
         if isinstance(value, torch.Tensor):
             return value.device
     return torch.device("cpu")
@@ -75,98 +81,120 @@ def _start_rows(theta_init, mu0, num_tasks: int, dim: int, device: torch.device)
     return row.to(device, torch.float32).expand(num_tasks, dim)
 
 
+def _check_start(start: ChainStart, num_tasks: int, dim: int, device: torch.device):
+    """(mu0 [D] on `device` or None, theta_init as given or None), checked."""
+    mu0 = None if start.prior_mean is None else validate.vector("start.prior_mean", start.prior_mean, dim, device)
+    theta_init = start.thetas
+    if theta_init is not None:
+        if not isinstance(theta_init, torch.Tensor) or theta_init.shape not in ((dim,), (num_tasks, dim)):
+            raise ValueError(f"start.thetas must be a Tensor of shape [{dim}] or [{num_tasks}, {dim}]")
+        if not bool(torch.isfinite(theta_init.detach().to(torch.float32)).all()):
+            raise ValueError("start.thetas must be finite in float32 (its value overflows or is NaN / Inf)")
+    return mu0, theta_init
+
+
 class SGLDGibbs:
     """SGLD-Gibbs sampler of LiFT (see the module docstring for the math).
 
-    prior: "paper" (one phi; `n_components` is the OnlineGMM's K over phi samples) or
-    "mixture" (`n_components` = K <= num_tasks shared adapters phi_k, exact Gibbs for phi_k, z
-    and pi; Dirichlet concentration `dirichlet_alpha`; `warmup_steps` one-phi steps before
-    k-means++ sets z; burn_in and thin feed the OnlineGMM and so apply to "paper" only)."""
+    The problem: num_tasks N, dim D and grad_fn. The settings: `langevin` (the theta step,
+    lift_ext.lift.LangevinConfig) and `hierarchy` (PaperHierarchy: one phi and the online-EM
+    mixture over its samples; MixtureHierarchy: K shared adapters phi_k with exact Gibbs for
+    phi_k, z and pi). `start`: the initial thetas and mu0 (ChainStart). `seed` fixes the whole
+    chain; `device` defaults to that of start's tensors, else the CPU."""
 
-    def __init__(self, num_tasks: int, dim: int, grad_fn: GradFn, *, sigma: float, beta: float,
-                 lr: float, lr_phi: Optional[float] = None, temperature: float = 1.0,
-                 phi_update: str = "langevin", prior_mean: Optional[torch.Tensor] = None,
-                 theta_init: Optional[torch.Tensor] = None, burn_in: int = 0, thin: int = 1,
-                 n_components: int = 1, seed: int = 0, preconditioned: bool = False,
-                 alpha: float = 0.99, eps: float = 1e-8, tasks_per_step: int = 1,
-                 prior: str = "paper", dirichlet_alpha: float = 1.0, warmup_steps: int = 0,
-                 shift_lr: float = 0.0, z_update: str = "distance", device: DeviceLike = None):
+    def __init__(self, num_tasks: int, dim: int, grad_fn: GradFn, *, langevin: LangevinConfig,
+                 hierarchy: "PaperHierarchy | MixtureHierarchy" = PaperHierarchy(),
+                 start: Optional[ChainStart] = None, seed: int = 0, device: DeviceLike = None):
         num_tasks, dim = validate.integer("num_tasks", num_tasks, 1), validate.integer("dim", dim, 1)
-        burn_in, thin = validate.integer("burn_in", burn_in), validate.integer("thin", thin, 1)
         seed = validate.integer("seed", seed)
-        prior = validate.one_of("prior", prior, _PRIORS)
-        mixture = prior == "mixture"
-        n_components = validate.integer("n_components", n_components, 1,
-                                        min(num_tasks, MAX_COMPONENTS) if mixture else None)
-        tasks_per_step = validate.integer("tasks_per_step", tasks_per_step, 1, num_tasks)
-        warmup_steps = validate.integer("warmup_steps", warmup_steps)
-        if warmup_steps and not mixture:
-            raise ValueError(f"warmup_steps applies to prior='mixture' only, got {warmup_steps} with prior='paper'")
-        dirichlet_alpha = validate.number("dirichlet_alpha", dirichlet_alpha)
-        shift_lr = validate.number("shift_lr", shift_lr, inclusive=True)
-        z_update = validate.one_of("z_update", z_update, _Z_UPDATES)
-        if z_update == "likelihood" and not (mixture and callable(getattr(grad_fn, "losses", None))):
-            raise TypeError("z_update='likelihood' needs prior='mixture' and a grad_fn with a method "
-                            "losses(task, candidates [K, D]) -> [K] (lift_ext.lift.TaskGradients has it)")
-        sigma, beta, lr = validate.scale("sigma", sigma), validate.scale("beta", beta), validate.number("lr", lr)
-        lr_phi = validate.number("lr_phi", lr if lr_phi is None else lr_phi)
-        temperature = validate.number("temperature", temperature, inclusive=True)
-        phi_update = validate.one_of("phi_update", phi_update, _PHI_UPDATES)
-        if mixture and phi_update != "gibbs":
-            raise ValueError("phi_update must be 'gibbs' with prior='mixture' (each phi_k is drawn "
-                             f"exactly from its conditional), got {phi_update!r}")
-        validate.boolean("preconditioned", preconditioned)
-        alpha = validate.number("alpha", alpha, inclusive=True, high=1.0)
-        eps = validate.number("eps", eps)
+        check_type("langevin", langevin, LangevinConfig)
+        check_type("hierarchy", hierarchy, PaperHierarchy, MixtureHierarchy)
+        start = ChainStart() if start is None else check_type("start", start, ChainStart)
+        mixture = isinstance(hierarchy, MixtureHierarchy)
+        if mixture:
+            validate.integer("components", hierarchy.components, 1, num_tasks)
+            if hierarchy.z_update == "likelihood" and not callable(getattr(grad_fn, "losses", None)):
+                raise TypeError("z_update='likelihood' needs a grad_fn with a method losses(task, candidates "
+                                "[K, D]) -> [K] (lift_ext.lift.TaskGradients has it)")
+        validate.integer("tasks_per_step", langevin.tasks_per_step, 1, self._tasks_per_step_limit(num_tasks))
         if not callable(grad_fn):
             raise TypeError("grad_fn must be callable as grad_fn(task_index, theta) -> Tensor [dim]")
-        dev = _default_device(device, prior_mean, theta_init)
-        mu0 = None if prior_mean is None else validate.vector("prior_mean", prior_mean, dim, dev)
-        if theta_init is not None:
-            if not isinstance(theta_init, torch.Tensor) or theta_init.shape not in ((dim,), (num_tasks, dim)):
-                raise ValueError(f"theta_init must be a Tensor of shape [{dim}] or [{num_tasks}, {dim}]")
-            if not bool(torch.isfinite(theta_init.detach().to(torch.float32)).all()):
-                raise ValueError("theta_init must be finite in float32 (its value overflows or is NaN / Inf)")
+        dev = _default_device(device, start)
+        mu0, theta_init = _check_start(start, num_tasks, dim, dev)
 
-        checked = locals()
-        for name in HPARAMS:
-            setattr(self, name, checked[name])
+        self.num_tasks, self.dim, self.seed = num_tasks, dim, seed
+        self.langevin, self.hierarchy = langevin, hierarchy
         self.grad_fn = grad_fn
+        self._mixture = mixture
         self._prior_mean = mu0
-        start = _start_rows(theta_init, mu0, num_tasks, dim, dev)
-        self._components = Components(n_components if mixture else 1, num_tasks, dim, dev, dirichlet_alpha)
-        if mixture and warmup_steps == 0:
-            if n_components > 1 and rows_identical(start):
-                warnings.warn("prior='mixture' with warmup_steps=0 and identical initial thetas: z starts from a "
-                              "random balanced assignment, from which components tend to merge and stay empty; "
+        start_rows = _start_rows(theta_init, mu0, num_tasks, dim, dev)
+        k = hierarchy.components if mixture else 1
+        self._components = Components(k, num_tasks, dim, dev, hierarchy.dirichlet_alpha if mixture else 1.0)
+        if mixture and hierarchy.warmup_steps == 0:
+            if k > 1 and rows_identical(start_rows):
+                warnings.warn("MixtureHierarchy with warmup_steps=0 and identical initial thetas: z starts from "
+                              "a random balanced assignment, from which components tend to merge and stay empty; "
                               "set warmup_steps (a few epochs: 5 N / tasks_per_step)", RuntimeWarning, stacklevel=2)
-            self._assign_by_kmeans(start)
+            self._assign_by_kmeans(start_rows)
         else:
-            self._components.rebuild_(start, torch.zeros(num_tasks, dtype=torch.int64), mu0)
-        self._thetas = self._held_rows(start)
-        self.gmm = None if mixture else OnlineGMM(n_components, dim, device=dev)
-        self._square_avg = torch.zeros(dim, dtype=torch.float32, device=dev) if preconditioned else None
+            self._components.rebuild_(start_rows, torch.zeros(num_tasks, dtype=torch.int64), mu0)
+        self._thetas = self._held_rows(start_rows)
+        self.gmm = None if mixture else OnlineGMM(hierarchy.gmm_components, dim, device=dev)
+        self._square_avg = torch.zeros(dim, dtype=torch.float32, device=dev) if langevin.preconditioned else None
         self.step_count = 0
-        self._order = TaskOrder(seed, num_tasks)
+        self._order = self._new_order()
         self._warn_if_unstable()
+
+    def _tasks_per_step_limit(self, num_tasks: int) -> int:
+        """The most tasks one step may take (all N; ShardedSGLDGibbs: the smallest shard)."""
+        return num_tasks
+
+    def _new_order(self, state: Optional[dict] = None):
+        """The visiting order at its start, or at `state` (from its state_dict)."""
+        if state is None:
+            return TaskOrder(self.seed, self.num_tasks)
+        return TaskOrder(self.seed, self.num_tasks, state["epoch"], state["position"])
+
+    # ---- settings ---------------------------------------------------------------------------
+    @property
+    def _warmup_steps(self) -> int:
+        return self.hierarchy.warmup_steps if self._mixture else 0
+
+    @property
+    def _shift_lr(self) -> float:
+        return self.hierarchy.shift_lr if self._mixture else 0.0
+
+    @property
+    def _likelihood_z(self) -> bool:
+        return self._mixture and self.hierarchy.z_update == "likelihood"
+
+    @property
+    def _phi_lr(self) -> float:
+        """The Langevin phi step's size (paper hierarchy with phi_update 'langevin'); unused by the exact draws."""
+        lr_phi = None if self._mixture else self.hierarchy.lr_phi
+        return self.langevin.lr if lr_phi is None else lr_phi
+
+    @property
+    def _gibbs_phi(self) -> bool:
+        return self._mixture or self.hierarchy.phi_update == "gibbs"
 
     # ---- state ----------------------------------------------------------------------------
     @property
     def phi(self) -> torch.Tensor:
-        """The shared prior mean phi [D] of prior="paper" (the live buffer: clone it to keep a sample)."""
-        if self.prior == "mixture":
-            raise AttributeError("SGLDGibbs(prior='mixture') has no single phi: read phis [K, D] "
+        """The shared prior mean phi [D] of PaperHierarchy (the live buffer: clone it to keep a sample)."""
+        if self._mixture:
+            raise AttributeError("a MixtureHierarchy chain has no single phi: read phis [K, D] "
                                  "(with assignments and weights) or meta_test_prior()")
         return self._components.phis[0]
 
     @property
     def phis(self) -> torch.Tensor:
-        """The shared adapters phi_k [K, D] (the live buffer; [1, D] for prior="paper")."""
+        """The shared adapters phi_k [K, D] (the live buffer; [1, D] for PaperHierarchy)."""
         return self._components.phis
 
     @property
     def assignments(self) -> torch.Tensor:
-        """z [N] int64 on the CPU: the component of each task (all 0 for prior="paper")."""
+        """z [N] int64 on the CPU: the component of each task (all 0 for PaperHierarchy)."""
         return self._components.assignments.clone()
 
     @property
@@ -182,14 +210,14 @@ class SGLDGibbs:
     @property
     def task_sums(self) -> torch.Tensor:
         """S_k = sum of theta_i over the tasks of component k [K, D] (the live buffer; [1, D]
-        for prior="paper"), kept up to date by the theta step and the z draws."""
+        for PaperHierarchy), kept up to date by the theta step and the z draws."""
         return self._components.sums
 
     @property
     def task_sum(self) -> torch.Tensor:
-        """S = sum_i theta_i [D] of prior="paper" (the live buffer); see `task_sums`."""
-        if self.prior == "mixture":
-            raise AttributeError("SGLDGibbs(prior='mixture') keeps one sum per component: read task_sums [K, D]")
+        """S = sum_i theta_i [D] of PaperHierarchy (the live buffer); see `task_sums`."""
+        if self._mixture:
+            raise AttributeError("a MixtureHierarchy chain keeps one sum per component: read task_sums [K, D]")
         return self._components.sums[0]
 
     @property
@@ -204,8 +232,8 @@ class SGLDGibbs:
     @property
     def num_gmm_samples(self) -> int:
         """phi samples fed to the OnlineGMM so far: (steps - burn_in) // thin, 0 before burn-in
-        (always 0 for prior="mixture", which has no OnlineGMM)."""
-        return 0 if self.gmm is None else max(0, self.step_count - self.burn_in) // self.thin
+        (always 0 for MixtureHierarchy, which has no OnlineGMM)."""
+        return 0 if self.gmm is None else max(0, self.step_count - self.hierarchy.burn_in) // self.hierarchy.thin
 
     @property
     def square_avg(self) -> Optional[torch.Tensor]:
@@ -216,35 +244,39 @@ class SGLDGibbs:
     @property
     def damping(self) -> float:
         """eps' = max(eps, lr / beta^2), the preconditioner's damping (module docstring)."""
-        return max(self.eps, self.lr / self.beta**2)
+        return max(self.langevin.eps, self.langevin.lr / self.hierarchy.beta**2)
 
     def _warn_if_unstable(self) -> None:
-        if not self.preconditioned and self.lr / self.beta**2 >= 1.0:
-            warnings.warn(f"lr / beta^2 = {self.lr / self.beta ** 2:g} >= 1: the theta step overshoots "
+        lr, beta = self.langevin.lr, self.hierarchy.beta
+        if not self.langevin.preconditioned and lr / beta**2 >= 1.0:
+            warnings.warn(f"lr / beta^2 = {lr / beta ** 2:g} >= 1: the theta step overshoots "
                           "its prior pull and diverges; lower lr", RuntimeWarning, stacklevel=3)
-        phi_precision = 1.0 / self.sigma**2 + self.num_tasks / self.beta**2
-        if self.phi_update == "langevin" and self.lr_phi * phi_precision >= 1.0:
-            warnings.warn(f"lr_phi * (1/sigma^2 + N/beta^2) = {self.lr_phi * phi_precision:g} >= 1: the Langevin "
+        phi_precision = 1.0 / self.hierarchy.sigma**2 + self.num_tasks / beta**2
+        if not self._gibbs_phi and self._phi_lr * phi_precision >= 1.0:
+            warnings.warn(f"lr_phi * (1/sigma^2 + N/beta^2) = {self._phi_lr * phi_precision:g} >= 1: the Langevin "
                           "phi step diverges; lower lr_phi or use phi_update='gibbs'", RuntimeWarning, stacklevel=3)
 
     def meta_test_prior(self) -> MixturePrior:
-        """The meta-test prior for `lift_ext.lift.adapt`, plus beta^2: prior="paper": the OnlineGMM of
-        the phi samples; "mixture": the state's phi_k posteriors given z and S (Components.meta_test_prior)."""
-        if self.prior == "mixture":
-            if self.step_count == 0 or self.step_count < self.warmup_steps:
+        """The meta-test prior for `lift_ext.lift.adapt`, plus beta^2: PaperHierarchy: the OnlineGMM
+        of the phi samples; MixtureHierarchy: the state's phi_k posteriors given z and S
+        (Components.meta_test_prior)."""
+        hierarchy = self.hierarchy
+        if self._mixture:
+            if self.step_count == 0 or self.step_count < hierarchy.warmup_steps:
                 raise RuntimeError(f"the mixture prior is learned by the chain and needs run(steps) first: at "
-                                   f"least {max(1, self.warmup_steps)} steps (warmup_steps={self.warmup_steps} come "
-                                   f"before k-means assigns the tasks); {self.step_count} have run")
-            return self._components.meta_test_prior(self._prior_mean, sigma=self.sigma, beta=self.beta,
-                                                    temperature=self.temperature)
+                                   f"least {max(1, hierarchy.warmup_steps)} steps (warmup_steps="
+                                   f"{hierarchy.warmup_steps} come before k-means assigns the tasks); "
+                                   f"{self.step_count} have run")
+            return self._components.meta_test_prior(self._prior_mean, sigma=hierarchy.sigma, beta=hierarchy.beta,
+                                                    temperature=self.langevin.temperature)
         if not self.gmm.initialized:
-            need, total = self.gmm.warmup, self.burn_in + self.thin * self.gmm.warmup
+            need, total = self.gmm.warmup, hierarchy.burn_in + hierarchy.thin * self.gmm.warmup
             raise RuntimeError(
                 f"no meta-test prior yet: it is a mixture over phi samples and needs {need} of them; one "
-                f"is kept every thin={self.thin} steps after burn_in={self.burn_in}, so {self.step_count} "
-                f"steps have given {self.num_gmm_samples}: run at least {total - self.step_count} more "
-                "steps, or lower burn_in / thin")
-        return MixturePrior.from_gmm(self.gmm, self.beta)
+                f"is kept every thin={hierarchy.thin} steps after burn_in={hierarchy.burn_in}, so "
+                f"{self.step_count} steps have given {self.num_gmm_samples}: run at least "
+                f"{total - self.step_count} more steps, or lower burn_in / thin")
+        return MixturePrior.from_gmm(self.gmm, hierarchy.beta)
 
     # ---- sampling -------------------------------------------------------------------------
     _draws_bar = True  # run()'s progress bar is drawn by this process
@@ -268,49 +300,53 @@ class SGLDGibbs:
     def step(self) -> List[int]:
         """One SGLD-Gibbs step; returns the tasks visited, in order (`tasks_per_step` of them,
         fewer when the next task of the round-robin is already among them)."""
-        tasks, epoch, position = self._order.peek(self.tasks_per_step)
+        tasks, epoch, position = self._order.peek(self.langevin.tasks_per_step)
         grads = self._task_grads(tasks, [self._thetas[task] for task in tasks])  # may raise: nothing changed
         t, comps = self.step_count, self._components
-        mixing = self.prior == "mixture" and t >= self.warmup_steps
+        temperature, beta = self.langevin.temperature, self.hierarchy.beta
+        mixing = self._mixture and t >= self._warmup_steps
         generator = keyed_generator("SGLDGibbs.mixture", self.seed, t) if mixing and comps.k > 1 else None
-        likelihood = mixing and comps.k > 1 and self.z_update == "likelihood"  # grad_fn.losses runs mid-step
+        likelihood = mixing and comps.k > 1 and self._likelihood_z  # grad_fn.losses runs mid-step
         restore = restore_point(self._thetas, comps, tasks, self._square_avg) if likelihood else None
         moved: List[int] = []  # tasks the likelihood draw carried to another component
         try:
             self._step_thetas(tasks, grads, offset=2 * t)
             if mixing:
-                comps.draw_assignments_(self._thetas, tasks, beta=self.beta, temperature=self.temperature,
+                comps.draw_assignments_(self._thetas, tasks, beta=beta, temperature=temperature,
                                         generator=generator)
             if likelihood:
                 moved = draw_assignments_by_likelihood_(self._thetas, comps, tasks, self.grad_fn.losses,
-                                                        temperature=self.temperature, generator=generator)
+                                                        temperature=temperature, generator=generator)
         except FloatingPointError:
             raise self._divergence("a theta or phi_k is not finite") from None
         except BaseException:  # grad_fn.losses raised or was interrupted: the step never happened
             if restore is not None:
                 restore()
             raise
-        shift = member_mean_gradients(comps, tasks, grads, moved) if self.shift_lr > 0.0 else None
+        shift = member_mean_gradients(comps, tasks, grads, moved) if self._shift_lr > 0.0 else None
         self._finish_step(t, mixing, generator, epoch, position, shift)
         return tasks
 
     def _finish_step(self, t: int, mixing: bool, generator, epoch, position, shift_grads=None) -> None:
         """Steps 4 and 5 of step t (shift_grads: {k: gbar_k} of the shift), then on to (epoch, position)."""
-        comps = self._components
-        comps.draw_phis_(self._prior_mean, lr=self.lr_phi, temperature=self.temperature, sigma=self.sigma,
-                         beta=self.beta, gibbs=self.phi_update == "gibbs", seed=self.seed, step=t)
+        comps, langevin, hierarchy = self._components, self.langevin, self.hierarchy
+        comps.draw_phis_(self._prior_mean, lr=self._phi_lr, temperature=langevin.temperature, sigma=hierarchy.sigma,
+                         beta=hierarchy.beta, gibbs=self._gibbs_phi, seed=self.seed, step=t)
         if shift_grads:
             shift_components_(self._thetas, comps, shift_grads, self._square_avg, self._prior_mean,
-                              lr=self.shift_lr, temperature=self.temperature, sigma=self.sigma, alpha=self.alpha,
-                              eps=self.eps, seed=self.seed, step=t, first_task=self._first_task)
+                              lr=self._shift_lr, temperature=langevin.temperature, sigma=hierarchy.sigma,
+                              alpha=langevin.alpha, eps=langevin.eps, seed=self.seed, step=t,
+                              first_task=self._first_task)
         if mixing:
-            comps.draw_weights_(temperature=self.temperature, generator=generator)
+            comps.draw_weights_(temperature=langevin.temperature, generator=generator)
         self._order.advance(epoch, position)
         self.step_count += 1
-        if self.prior == "mixture" and self.step_count == self.warmup_steps:
+        if self._mixture and self.step_count == self._warmup_steps:
             self._assign_by_kmeans()
-        past_burn_in = self.step_count - self.burn_in
-        if self.gmm is not None and past_burn_in > 0 and past_burn_in % self.thin == 0:
+        if self.gmm is None:
+            return
+        past_burn_in = self.step_count - hierarchy.burn_in
+        if past_burn_in > 0 and past_burn_in % hierarchy.thin == 0:
             self._feed_mixture()
 
     def _step_thetas(self, tasks: Sequence[int], grads: Sequence[torch.Tensor], offset: int) -> None:
@@ -333,8 +369,9 @@ class SGLDGibbs:
 
     def _sgld_options(self, offset: int) -> Dict[str, object]:
         """The scalar arguments of the theta step's op at Philox offset `offset`."""
-        return dict(lr=self.lr, temperature=self.temperature, prior_precision=1.0 / self.beta**2,
-                    alpha=self.alpha, eps=self.damping, seed=self.seed, offset=offset)
+        langevin = self.langevin
+        return dict(lr=langevin.lr, temperature=langevin.temperature, prior_precision=1.0 / self.hierarchy.beta**2,
+                    alpha=langevin.alpha, eps=self.damping, seed=self.seed, offset=offset)
 
     def _assign_by_kmeans(self, thetas: Optional[torch.Tensor] = None) -> None:
         """z from k-means++ over all N `thetas` (default: the current ones, seeded by `seed`);
@@ -356,8 +393,9 @@ class SGLDGibbs:
             raise self._divergence("phi (not finite, or run away from the mixture)") from None
 
     def _divergence(self, what: str) -> FloatingPointError:
-        return FloatingPointError(f"SGLDGibbs diverged: {what} at step {self.step_count} (lr={self.lr:g}, lr / "
-                                  f"beta^2 = {self.lr / self.beta ** 2:g}); the gradients are too large for this "
+        lr, beta = self.langevin.lr, self.hierarchy.beta
+        return FloatingPointError(f"SGLDGibbs diverged: {what} at step {self.step_count} (lr={lr:g}, lr / "
+                                  f"beta^2 = {lr / beta ** 2:g}); the gradients are too large for this "
                                   "lr: lower lr (or the temperature)")
 
     def diagnostics(self) -> Dict[str, float]:
@@ -367,32 +405,101 @@ class SGLDGibbs:
         out = {"phi_rms": float(comps.phis.pow(2).mean().sqrt()),
                "theta_spread": float((self._thetas - centers).pow(2).mean().sqrt()),
                "gmm_samples": float(self.num_gmm_samples)}
-        if self.prior == "mixture":
+        if self._mixture:
             out["components_used"] = float(sum(n > 0 for n in comps.counts))
         return out
 
-    def run(self, num_steps: int, progress: bool = True, report_every: Optional[int] = None) -> None:
-        """`num_steps` steps; a tqdm bar (where `_draws_bar`) shows `diagnostics()` every `report_every` (20 a run)."""
+    def all_thetas(self) -> torch.Tensor:
+        """Every task's vector [N, D] (here the live buffer; ShardedSGLDGibbs gathers them)."""
+        return self._thetas
+
+    def run(self, num_steps: int, progress: bool = True, report_every: Optional[int] = None,
+            callback: Optional[StepCallback] = None) -> None:
+        """`num_steps` steps; a tqdm bar (where `_draws_bar`) shows `diagnostics()` every
+        `report_every` steps (20 a run). `callback(step_count, tasks)` runs after each step
+        (step_count: the steps done; tasks: those the step visited), e.g. to keep samples or
+        checkpoint; an exception in it stops the run after that step."""
         validate.integer("num_steps", num_steps)
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable as callback(step_count, tasks)")
         every = report_every or max(1, num_steps // 20)
         with tqdm(total=num_steps, disable=not (progress and self._draws_bar), desc="SGLD-Gibbs", unit="step") as bar:
             for done in range(1, num_steps + 1):
-                self.step()
+                tasks = self.step()
+                if callback is not None:
+                    callback(self.step_count, tasks)
                 if progress and (done % every == 0 or done == num_steps):
                     bar.set_postfix({k: f"{v:.4g}" for k, v in self.diagnostics().items()}, refresh=False)
                     bar.update(done - bar.n)
 
-    # ---- checkpoints (lift_ext.lift.sampler_state) -----------------------------------------
-    def hparams(self) -> Dict[str, object]:
-        """The constructor's arguments that fix the chain (all but grad_fn, the tensors and device)."""
-        return {name: getattr(self, name) for name in HPARAMS}
+    # ---- state (lift_ext.lift.sampler_state checks it) -------------------------------------------
+    def config(self) -> Dict[str, object]:
+        """The settings that fix the chain, JSON-ready: num_tasks, dim, seed and the configs' dicts."""
+        return {"num_tasks": self.num_tasks, "dim": self.dim, "seed": self.seed,
+                "langevin": self.langevin.to_dict(), "hierarchy": self.hierarchy.to_dict()}
+
+    @staticmethod
+    def settings_of(config: Dict[str, object]) -> Dict[str, object]:
+        """The constructor's keyword arguments (langevin, hierarchy, seed) of a `config()`."""
+        return {"langevin": config_from_dict(config["langevin"]), "hierarchy": config_from_dict(config["hierarchy"]),
+                "seed": config["seed"]}
+
+    def state_dict(self) -> Dict[str, object]:
+        """A snapshot of the whole chain (tensors are copies): config, thetas (the rows this
+        process holds), components (phis, sums, assignments, weights), prior_mean, gmm (the
+        OnlineGMM's state, None for MixtureHierarchy), square_avg, step, order."""
+        return {"config": self.config(), "thetas": self._thetas.detach().clone(),
+                "components": self._components.state_dict(),
+                "prior_mean": None if self._prior_mean is None else self._prior_mean.clone(),
+                "gmm": None if self.gmm is None else self.gmm.state_dict(),
+                "square_avg": None if self._square_avg is None else self._square_avg.clone(),
+                "step": self.step_count, "order": self._order.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Continue the chain of `state` (a `state_dict()` of a sampler with the same config):
+        the next step is the one that chain would have taken. Everything is checked first
+        (sampler_state.check_state); a ValueError naming what does not fit leaves this sampler
+        unchanged."""
+        sampler_state.check_state(state, self.config(), tuple(self._thetas.shape))
+        try:
+            order = self._new_order(state["order"])
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"order must be the state_dict() of the chain's visiting order ({exc!r})") from None
+        backup, backup_order = self.state_dict(), self._order
+        try:
+            self._apply_state(state, order)
+        except BaseException:
+            self._apply_state(backup, backup_order)
+            raise
+
+    def _apply_state(self, state: Dict[str, object], order) -> None:
+        self._components.load_state_dict(state["components"])
+        if self.gmm is not None:
+            self.gmm.load_state_dict(state["gmm"])
+        self._thetas.copy_(state["thetas"])
+        mu0 = state["prior_mean"]
+        self._prior_mean = None if mu0 is None else mu0.to(self.device, torch.float32).clone()
+        if self._square_avg is not None:
+            self._square_avg.copy_(state["square_avg"])
+        self.step_count = state["step"]
+        self._order = order
+
+    @classmethod
+    def from_config(cls, config: Dict[str, object], grad_fn: GradFn, device: DeviceLike = None) -> "SGLDGibbs":
+        """A new chain with the settings of `config` (from `config()`), at its start."""
+        return cls(config["num_tasks"], config["dim"], grad_fn, device=device, **cls.settings_of(config))
 
     def save(self, path: str) -> None:
-        """Write the whole sampler state to one file, atomically (temp file + rename)."""
-        sampler_state.save(self, path)
+        """Write `state_dict()` to one checksummed file, atomically (temp file + rename)."""
+        sampler_state.save(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: str, grad_fn: GradFn, device: DeviceLike = None) -> "SGLDGibbs":
-        """Rebuild a sampler saved by `save`; it continues the exact same chain. A truncated,
-        foreign or inconsistent file raises lift_ext.checkpoint.CheckpointError."""
-        return sampler_state.load(cls, path, grad_fn, device)
+        """A sampler continuing the exact chain saved by `save` (built by `from_config`, then
+        `load_state_dict`). A truncated, foreign or inconsistent file raises
+        lift_ext.checkpoint.CheckpointError."""
+        state = sampler_state.read(path)
+        with sampler_state.refusing_inconsistency(path):
+            sampler = sampler_state.quietly(cls.from_config, state["config"], grad_fn, device)
+            sampler.load_state_dict(state)
+        return sampler

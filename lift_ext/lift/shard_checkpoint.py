@@ -3,9 +3,9 @@ manifest, in one directory; every file is a lift_ext.checkpoint file (SHA-256 he
 atomic write).
 
     shard-<s>-<tag>.pt   written by the rank holding shard s: {shard, tag, thetas [n_s, D]}
-    shared-<tag>.pt      written by rank 0: the state every rank holds, as SGLDGibbs's own
-                         version-2 file without thetas (hparams with num_shards, components,
-                         prior_mean, gmm, square_avg, step) and order {epochs, positions}
+    shared-<tag>.pt      written by rank 0: the state every rank holds, its state_dict()
+                         without thetas (config with num_shards, components, prior_mean, gmm,
+                         square_avg, step, order {epochs, positions}; lift_ext.lift.sampler_state)
     MANIFEST             written by rank 0 LAST: {tag, step, num_shards, world_size, shared,
                          shards [file of shard s]}: the set it names is complete.
 
@@ -15,8 +15,9 @@ its files, an all-reduce in which a rank whose write failed reports it (then eve
 and no manifest names the new set), rank 0 writes MANIFEST, a last all-reduce (every rank
 returns only once the set is complete), then each rank removes its own files of older sets.
 A rank killed in the middle leaves the previous MANIFEST naming the previous complete set.
-Load: every rank reads MANIFEST, the shared file and the files of the shards it holds (any
-world size dividing num_shards): no collective. The directory must be readable by every rank.
+Load (`read_state`): every rank reads MANIFEST, the shared file and the files of the shards it
+holds (any world size dividing num_shards), and gets the state_dict of its part of the chain:
+no collective. The directory must be readable by every rank.
 """
 import os
 import random
@@ -26,10 +27,10 @@ import torch
 
 from lift_ext.checkpoint import CheckpointError, load_checked, save_atomic
 from lift_ext.lift import sampler_state
-from lift_ext.lift.shards import ShardedOrder, held_shards, shard_bounds
+from lift_ext.lift.shards import held_shards, shard_bounds
 
 FORMAT = "lift_ext.ShardedSGLDGibbs"
-VERSION = 1
+VERSION = 2
 MANIFEST = "MANIFEST"
 _FILE = re.compile(r"^(shard-(\d+)|shared)-(\d+-[0-9a-f]+)\.pt$")
 
@@ -46,13 +47,16 @@ def save(sampler, path: str) -> None:
     names = {"shared": f"shared-{tag}.pt", "shards": [f"shard-{s}-{tag}.pt" for s in range(sampler.num_shards)]}
     done = comm.buffer(0, torch.int64, sampler.device)
     try:
+        state = sampler.state_dict()
+        rows, first = state.pop("thetas"), sampler.task_ids.start
         os.makedirs(path, exist_ok=True)
         for s in sampler.shards:
-            rows = sampler.thetas[bounds[s][0] - sampler.task_ids.start:bounds[s][1] - sampler.task_ids.start]
             save_atomic({"format": FORMAT + ".shard", "version": VERSION, "shard": s, "tag": tag,
-                         "thetas": rows.detach().cpu().clone()}, os.path.join(path, names["shards"][s]))
+                         "thetas": rows[bounds[s][0] - first:bounds[s][1] - first].cpu()},
+                        os.path.join(path, names["shards"][s]))
         if comm.rank == 0:
-            save_atomic(_shared_state(sampler, tag), os.path.join(path, names["shared"]))
+            save_atomic({"format": FORMAT + ".shared", "version": VERSION, "tag": tag, **state},
+                        os.path.join(path, names["shared"]))
     except BaseException:
         comm.sum_(done, "the writing of a checkpoint set", 1)
         raise
@@ -63,15 +67,6 @@ def save(sampler, path: str) -> None:
                     os.path.join(path, MANIFEST))
     comm.raise_failures(comm.sum_(done, "the manifest of a checkpoint set"), "a checkpoint save")
     _remove_older(path, tag, sampler.shards, comm.rank == 0)
-
-
-def _shared_state(sampler, tag: str) -> dict:
-    order = sampler._order
-    return {"format": FORMAT + ".shared", "version": VERSION, "tag": tag, "hparams": sampler.hparams(),
-            "components": sampler._components.state_dict(), "prior_mean": sampler.prior_mean,
-            "gmm": None if sampler.gmm is None else sampler.gmm.state_dict(),
-            "square_avg": sampler.square_avg, "step": sampler.step_count,
-            "order": {"epochs": order.epochs, "positions": order.positions}}
 
 
 def _remove_older(path: str, tag: str, shards, shared: bool) -> None:
@@ -102,40 +97,31 @@ def read_manifest(path: str) -> dict:
                         required=("tag", "step", "num_shards", "shared", "shards"))
 
 
-def load(cls, path: str, grad_fn, device=None, *, process_group=None, fault_grace: float = 5.0):
-    """A `cls` (ShardedSGLDGibbs) continuing the chain of the set in directory `path`, holding
-    this rank's shards; CheckpointError for a missing, incomplete, mixed or damaged set."""
+def read_state(path: str, rank: int, world_size: int) -> dict:
+    """The state_dict of the part of the chain in directory `path` that rank `rank` of
+    `world_size` holds (thetas: the rows of its shards, in order); CheckpointError for a
+    missing, incomplete, mixed or damaged set."""
     manifest = read_manifest(path)
     with sampler_state.refusing_inconsistency(path):
-        return _restore_set(cls, path, manifest, grad_fn, device, process_group, fault_grace)
+        return _read_set(path, manifest, rank, world_size)
 
 
-def _restore_set(cls, path: str, manifest: dict, grad_fn, device, process_group, fault_grace: float):
+def _read_set(path: str, manifest: dict, rank: int, world_size: int) -> dict:
     tag, num_shards = manifest["tag"], manifest["num_shards"]
-    shared = _read(path, manifest["shared"], FORMAT + ".shared", tag,
-                   ("hparams", "components", "prior_mean", "gmm", "square_avg", "step", "order"))
-    hp = dict(shared["hparams"])
-    if hp.pop("num_shards", None) != num_shards or shared["step"] != manifest["step"] \
+    state = _read(path, manifest["shared"], FORMAT + ".shared", tag,
+                  tuple(key for key in sampler_state.KEYS if key != "thetas"))
+    config = state["config"]
+    if not isinstance(config, dict) or config.get("num_shards") != num_shards or state["step"] != manifest["step"] \
             or not isinstance(manifest["shards"], list) or len(manifest["shards"]) != num_shards:
         raise CheckpointError(f"checkpoint set {path!r} is inconsistent: its manifest and shared state "
                               "disagree on num_shards or step")
-    sampler_state.check_sizes(path, dict(shared, hparams=hp))  # before anything is allocated
-    order = shared["order"]
-    try:
-        sharded_order = ShardedOrder(hp.get("seed"), hp.get("num_tasks"), num_shards,
-                                     order["epochs"], order["positions"])
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint set {path!r} is inconsistent: its order: {exc}") from exc
-    sampler = sampler_state.restore(cls, dict(shared, hparams=hp), path, grad_fn=grad_fn, device=device,
-                                    process_group=process_group, num_shards=num_shards,
-                                    fault_grace=fault_grace)
-    bounds = shard_bounds(sampler.num_tasks, num_shards)
-    for s in held_shards(num_shards, sampler.comm.world_size, sampler.comm.rank):
-        state = _read(path, manifest["shards"][s], FORMAT + ".shard", tag, ("shard", "thetas"))
-        if state["shard"] != s:
-            raise CheckpointError(f"checkpoint set {path!r}: the file of shard {s} holds shard {state['shard']!r}")
-        (lo, hi), first = bounds[s], sampler.task_ids.start
-        sampler_state.check_tensor(path, f"the thetas of shard {s}", state["thetas"], (hi - lo, sampler.dim))
-        sampler.thetas[lo - first:hi - first].copy_(state["thetas"])
-    sampler._order = sharded_order
-    return sampler
+    n, d = sampler_state.check_sizes(state)  # before anything is allocated
+    bounds, rows = shard_bounds(n, num_shards), []
+    for s in held_shards(num_shards, world_size, rank):
+        shard = _read(path, manifest["shards"][s], FORMAT + ".shard", tag, ("shard", "thetas"))
+        if shard["shard"] != s:
+            raise CheckpointError(f"checkpoint set {path!r}: the file of shard {s} holds shard {shard['shard']!r}")
+        lo, hi = bounds[s]
+        sampler_state.check_tensor(f"the thetas of shard {s}", shard["thetas"], (hi - lo, d))
+        rows.append(shard["thetas"])
+    return dict(state, thetas=torch.cat(rows))

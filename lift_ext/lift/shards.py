@@ -11,7 +11,7 @@ lists in shard order. Shard 0's seed is `seed` itself, so with one shard the ord
 SGLDGibbs's. The order is a pure function of (seed, N, S, B) and of the step, whatever P is:
 that is what lets a chain resume on another world size.
 """
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from lift_ext import validate
 from lift_ext.lift.mixture import keyed_seed
@@ -69,6 +69,10 @@ class ShardedOrder:
     @property
     def positions(self) -> List[int]:
         return [order.position for order in self._orders]
+
+    def state_dict(self) -> Dict[str, List[int]]:
+        """The position of every shard: {epochs, positions} (ShardedOrder(seed, N, S, **state) resumes it)."""
+        return {"epochs": self.epochs, "positions": self.positions}
 
     def peek(self, count: int) -> Tuple[List[List[int]], List[int], List[int]]:
         """(tasks of each shard as global task ids, epochs, positions after them)."""

@@ -7,9 +7,11 @@ only across an epoch boundary): a step never holds one task twice, and the seque
 is exactly the round-robin whatever B is. The position (epoch, index in the epoch) is the
 whole state, so a run resumes exactly from it.
 """
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
+
+from lift_ext import validate
 
 
 def epoch_order(seed: int, epoch: int, num_tasks: int) -> List[int]:
@@ -26,7 +28,8 @@ class TaskOrder:
 
     def __init__(self, seed: int, num_tasks: int, epoch: int = 0, position: int = 0):
         self.seed, self.num_tasks = seed, num_tasks
-        self.epoch, self.position = epoch, position
+        self.epoch = validate.integer("epoch", epoch)
+        self.position = validate.integer("position", position, 0, num_tasks)
         self._order = epoch_order(seed, epoch, num_tasks)
 
     def peek(self, count: int) -> Tuple[List[int], int, int]:
@@ -49,3 +52,7 @@ class TaskOrder:
         if epoch != self.epoch:
             self._order = epoch_order(self.seed, epoch, self.num_tasks)
         self.epoch, self.position = epoch, position
+
+    def state_dict(self) -> Dict[str, int]:
+        """The position: {epoch, position} (TaskOrder(seed, num_tasks, **state) resumes it)."""
+        return {"epoch": self.epoch, "position": self.position}
