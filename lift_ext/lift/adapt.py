@@ -1,8 +1,8 @@
 """Meta-test: adapting an adapter to a new task from its support set (docs/design.md
 section 5).
 
-Prior (optional): a `MixturePrior` p(theta) = sum_k w_k N(theta; m_k, diag(v_k) + beta^2 I),
-or an `OnlineGMM` over phi samples with `beta` (converted by `MixturePrior.from_gmm`). The
+Prior (optional): a `MixturePrior` p(theta) = sum_k w_k N(theta; m_k, diag(v_k) + beta^2 I)
+(an `OnlineGMM` over phi samples converts to one: `MixturePrior.from_gmm(gmm, beta)`). The
 support objective, in units of the loss per example (nats per example for a log-loss):
 
     J(theta) = mean support loss(theta) + (C - log p(theta)) / n,   n = task.num_examples,
@@ -13,32 +13,32 @@ prior's cost in nats; docs/design.md section 5). Its prior part has gradient
 op (r from the E-step kernel). Without a prior J is the mean support loss (plain fine-tuning,
 the no-meta-learning baseline).
 
-Start ("init"): "best_component" (default) starts at the mean of the component with the
+Start (`start`): "best_component" (default) starts at the mean of the component with the
 largest score_k = log w_k - n * mean support loss(m_k), i.e. log w_k + log p(support | m_k):
 the log posterior p(z = k | support) up to a constant, with each component's evidence
 int p(support | theta) N(theta; m_k, .) dtheta replaced by its value at theta = m_k (exact as
 the component's spread shrinks to 0; the neglected Occam factor is the same for components
 of equal spread). It costs K forward passes over the support set. "mean" starts at
-sum_k w_k m_k; "init" at `init_vector` (e.g. the PEFT initialisation), as does a run without
-a prior.
+sum_k w_k m_k; a Tensor [D] at that adapter (e.g. the PEFT initialisation), which a run
+without a prior needs.
 
 Steps use `lift_ext.sgld_step` on minibatches `task.batch(generator)`; with
-``preconditioned=True`` (default) they are RMSprop-preconditioned, the average of g^2 starting
+``preconditioned=True`` (the configs' default) they are RMSprop-preconditioned, the average of g^2 starting
 at 0, which the step replaces by g^2 itself while it is 0 (so no weight takes an oversized
 first step, whatever its first gradient), and damped by the prior's largest curvature,
 eps' = max(eps, lr * prior.max_precision() / n), so a weight whose gradient the prior dominates
 settles on its MAP instead of jittering around it by lr (docs/design.md section 5).
 
-mode "map": temperature 0 (RMSprop / SGD on J), run to a stopping rule. J on the whole
+MapConfig: temperature 0 (RMSprop / SGD on J), run to a stopping rule. J on the whole
 support set (`task.full()`) is evaluated at the start and after every `eval_every` steps (and
 after the last); the run stops when the best J seen has improved by at most `tol` over the
 last `patience` evaluations ("no_improvement"), when J is not finite ("non_finite"), or after
 `steps` steps ("max_steps"). It returns the iterate with the best J seen, so the result is
 never worse on J than the start.
 
-mode "sgld": pSGLD at temperature T/n (samples of the tempered posterior), exactly `steps`
+SamplingConfig: pSGLD at temperature T/n (samples of the tempered posterior), exactly `steps`
 steps; after `burn_in` steps every `thin`-th theta is kept, and `average_predictions` averages
-predictions over them. tol / patience / eval_every do not apply.
+predictions over them.
 """
 import math
 from dataclasses import dataclass, field
@@ -47,17 +47,16 @@ from typing import Any, Callable, List, Optional, Tuple, Union
 import torch
 
 from lift_ext import validate
-from lift_ext.gmm import OnlineGMM
+from lift_ext.lift.config import AdaptConfig, MapConfig, SamplingConfig, check_type
 from lift_ext.lift.flat import FlatParams
 from lift_ext.lift.prior import MixturePrior
 from lift_ext.lift.tasks import Task
 from lift_ext.sgld import sgld_step
 from lift_ext.types import LossFn
 
-PriorLike = Union[MixturePrior, OnlineGMM, None]
+StartLike = Union[str, torch.Tensor]
 
-INITS = ("best_component", "mean", "init")
-MODES = ("map", "sgld")
+STARTS = ("best_component", "mean")
 STOP_REASONS = ("no_improvement", "non_finite", "max_steps")
 
 
@@ -88,24 +87,11 @@ class Adapted:
     stop_reason: str = "max_steps"
 
 
-def as_prior(prior: PriorLike, beta: Optional[float], dim: int, device: torch.device) -> Optional[MixturePrior]:
-    """`prior` as a MixturePrior on `device` (an OnlineGMM needs `beta`; a MixturePrior holds
-    its own, and a `beta` given with it must equal it), or None."""
+def checked_prior(prior: Optional[MixturePrior], dim: int, device: torch.device) -> Optional[MixturePrior]:
+    """`prior` (a MixturePrior over vectors of length `dim`, or None) on `device`."""
     if prior is None:
-        if beta is not None:
-            raise ValueError(f"beta={beta!r} was given without a prior: it is the prior's task spread")
         return None
-    if isinstance(prior, OnlineGMM):
-        if beta is None:
-            raise ValueError("beta (the task spread around phi, units of theta) is needed to use an "
-                             "OnlineGMM as the prior")
-        prior = MixturePrior.from_gmm(prior, validate.number("beta", beta))
-    elif isinstance(prior, MixturePrior):
-        if beta is not None and validate.number("beta", beta) != prior.beta:
-            raise ValueError(f"beta={beta!r} differs from the MixturePrior's own beta={prior.beta!r}; "
-                             "leave beta out (or build the prior with the beta wanted)")
-    else:
-        raise TypeError(f"prior must be a MixturePrior, an OnlineGMM or None, got {type(prior).__name__}")
+    check_type("prior", prior, MixturePrior)
     if prior.dim != dim:
         raise ValueError(f"prior is over vectors of length {prior.dim}, the adapter has {dim}")
     return prior if prior.device == device else prior.to(device)
@@ -130,12 +116,16 @@ def component_scores(flat: FlatParams, task: Task, loss_fn: LossFn, prior: Mixtu
     return prior.weights.cpu().log() - task.num_examples * losses
 
 
-def _start(flat: FlatParams, task: Task, loss_fn: LossFn, prior: Optional[MixturePrior], init: str,
-           init_vector: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[int], Optional[torch.Tensor]]:
-    """(starting theta, chosen component, component scores) for `init` (module docstring)."""
-    if prior is None or init == "init":
-        return init_vector, None, None
-    if init == "mean":
+def _start(flat: FlatParams, task: Task, loss_fn: LossFn, prior: Optional[MixturePrior], start: StartLike
+           ) -> Tuple[torch.Tensor, Optional[int], Optional[torch.Tensor]]:
+    """(starting theta, chosen component, component scores) for `start` (module docstring)."""
+    if isinstance(start, torch.Tensor):
+        return validate.vector("start", start, flat.dim, flat.vector.device), None, None
+    validate.one_of("start", start, STARTS)
+    if prior is None:
+        raise ValueError(f"start={start!r} chooses among a prior's components: without a prior, start must be "
+                         "the adapter to begin from (a Tensor [D], e.g. the PEFT initialisation)")
+    if start == "mean":
         return prior.weights.float() @ prior.means, None, None
     scores = component_scores(flat, task, loss_fn, prior)
     best = int(scores.argmax())
@@ -148,7 +138,7 @@ class _BestIterate:
     def __init__(self, theta: torch.Tensor, value: float, tol: float, patience: int):
         if not math.isfinite(value):
             raise ValueError(f"the support objective at the starting adapter is {value}: check the "
-                             "loss function, the data and the start (init / init_vector)")
+                             "loss function, the data and the start (start)")
         self.theta, self.value, self.step = theta.clone(), value, 0
         self.tol, self.patience = tol, patience
         self.record = [value]  # the best J after each evaluation
@@ -165,51 +155,30 @@ class _BestIterate:
         return None
 
 
-def adapt(flat: FlatParams, task: Task, loss_fn: LossFn, *, prior: PriorLike = None,
-          beta: Optional[float] = None, init: str = "best_component",
-          init_vector: Optional[torch.Tensor] = None, mode: str = "map", steps: int = 200,
-          lr: float = 1e-3, preconditioned: bool = True, tol: float = 1e-3, patience: int = 3,
-          eval_every: int = 10, temperature: float = 1.0, burn_in: Optional[int] = None,
-          thin: int = 1, seed: int = 0) -> Adapted:
+def adapt(flat: FlatParams, task: Task, loss_fn: LossFn, *, prior: Optional[MixturePrior] = None,
+          config: AdaptConfig = MapConfig(), start: StartLike = "best_component", seed: int = 0) -> Adapted:
     """Adapt to `task` (its `batch` gives support minibatches, `full()` the whole support set);
-    see the module docstring for the objective, the start, the modes and the stopping rule.
+    see the module docstring for the objective, the start, the two configs and the stopping rule.
 
-    prior: MixturePrior, OnlineGMM (with `beta`) or None. steps: the most steps (MAP) or the
-    exact number (SGLD). lr: per example (mean-loss units; with preconditioning an RMSprop step
-    size, about the change of each weight per step). tol: in J's units, i.e. the loss's per
-    example (the default 1e-3 suits log-losses in nats per example, e.g. next-token NLL; set it
-    on the loss's own scale otherwise); patience: evaluations; eval_every: steps. temperature: SGLD only; burn_in (default steps // 2) and
-    thin: which SGLD iterates are kept. seed: minibatch order and SGLD noise.
-    Neither `flat.vector` nor the module changes; bad arguments raise before any work.
+    prior: a MixturePrior or None. config: MapConfig (MAP to a stopping rule) or SamplingConfig
+    (pSGLD samples). start: "best_component", "mean" or an adapter Tensor [D]. seed: minibatch
+    order and SGLD noise. Neither `flat.vector` nor the module changes; bad arguments raise
+    before any work.
     """
-    validate.one_of("mode", mode, MODES)
-    validate.one_of("init", init, INITS)
-    steps = validate.integer("steps", steps)
-    lr = validate.number("lr", lr)
-    validate.boolean("preconditioned", preconditioned)
-    tol = validate.number("tol", tol, inclusive=True)
-    patience = validate.integer("patience", patience, low=1)
-    eval_every = validate.integer("eval_every", eval_every, low=1)
-    temperature = validate.number("temperature", temperature, inclusive=True)
-    burn_in = steps // 2 if burn_in is None else validate.integer("burn_in", burn_in)
-    thin = validate.integer("thin", thin, low=1)
+    check_type("config", config, MapConfig, SamplingConfig)
     seed = validate.integer("seed", seed)
     device = flat.vector.device
-    prior = as_prior(prior, beta, flat.dim, device)
-    if init_vector is not None:
-        init_vector = validate.vector("init_vector", init_vector, flat.dim, device)
-    elif prior is None or init == "init":
-        raise ValueError("init_vector (the adapter to start from, e.g. the PEFT initialisation) is "
-                         "needed without a prior or with init='init'")
-
-    theta, component, scores = _start(flat, task, loss_fn, prior, init, init_vector)
+    prior = checked_prior(prior, flat.dim, device)
+    mapping = isinstance(config, MapConfig)
+    steps, lr = config.steps, config.lr
+    theta, component, scores = _start(flat, task, loss_fn, prior, start)
     theta = theta.to(device, torch.float32).contiguous()
     n = task.num_examples
-    square_avg = torch.zeros_like(theta) if preconditioned else None
+    square_avg = torch.zeros_like(theta) if config.preconditioned else None
     damping = 1e-8 if prior is None else max(1e-8, lr * prior.max_precision() / n)
-    step_temperature = 0.0 if mode == "map" else temperature / n
-    best = _BestIterate(theta, support_objective(flat, theta, task, loss_fn, prior), tol, patience) \
-        if mode == "map" else None
+    step_temperature = 0.0 if mapping else config.temperature / n
+    best = _BestIterate(theta, support_objective(flat, theta, task, loss_fn, prior), config.tol, config.patience) \
+        if mapping else None
     out = Adapted(theta=theta, samples=[], component=component, scores=scores)
     if best is not None:
         out.objectives.append((0, best.value))
@@ -224,9 +193,9 @@ def adapt(flat: FlatParams, task: Task, loss_fn: LossFn, *, prior: PriorLike = N
         out.losses.append(float(loss))
         out.steps_run = done = step + 1
         if best is None:
-            if step >= burn_in and (step - burn_in) % thin == 0:
+            if step >= config.kept_after and (step - config.kept_after) % config.thin == 0:
                 out.samples.append(theta.clone())
-        elif done % eval_every == 0 or done == steps:
+        elif done % config.eval_every == 0 or done == steps:
             value = support_objective(flat, theta, task, loss_fn, prior)
             out.objectives.append((done, value))
             reason = best.update(done, theta, value)
@@ -254,5 +223,5 @@ def average_predictions(flat: FlatParams, thetas: List[torch.Tensor],
     return total / len(thetas)
 
 
-__all__ = ["Adapted", "adapt", "average_predictions", "as_prior", "support_objective", "component_scores",
-           "INITS", "MODES", "STOP_REASONS"]
+__all__ = ["Adapted", "adapt", "average_predictions", "checked_prior", "support_objective", "component_scores",
+           "STARTS", "STOP_REASONS"]

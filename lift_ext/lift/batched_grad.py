@@ -58,14 +58,19 @@ class TaskGradients:
 
     def __init__(self, flat: FlatParams, loss_fn: LossFn, batch_of: Callable[[int], Any],
                  scales: Sequence[float], batched: Optional[bool] = None):
-        if batched is not None and not isinstance(batched, bool):
-            raise ValueError(f"batched must be True, False or None (auto), got {batched!r}")
-        if batched is None:
-            batched = flat.vector.device.type == "cuda"
         self.flat, self.loss_fn, self.batch_of = flat, loss_fn, batch_of
         self.scales = scales
-        self.batched: Optional[bool] = None if batched else False
+        self.choose(batched)
         self._vmapped = vmap(grad(self._loss))
+
+    def choose(self, batched: Optional[bool]) -> None:
+        """Set the path: True (vmap, tried first), False (B passes), None (auto: vmap tried on a GPU only).
+        `batched` then reads None while vmap is tried, True once it worked, False for B passes."""
+        if batched is not None and not isinstance(batched, bool):
+            raise ValueError(f"batched_grads must be True, False or None (auto), got {batched!r}")
+        if batched is None:
+            batched = self.flat.vector.device.type == "cuda"
+        self.batched: Optional[bool] = None if batched else False
 
     def _loss(self, theta: torch.Tensor, batch: Any) -> torch.Tensor:
         loss = self.loss_fn(self.flat.call(theta), batch)

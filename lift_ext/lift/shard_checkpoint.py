@@ -3,8 +3,8 @@ manifest, in one directory; every file is a lift_ext.checkpoint file (SHA-256 he
 atomic write).
 
     shard-<s>-<tag>.pt   written by the rank holding shard s: {shard, tag, thetas [n_s, D]}
-    shared-<tag>.pt      written by rank 0: the state every rank holds, its state_dict()
-                         without thetas (config with num_shards, components, prior_mean, gmm,
+    shared-<tag>.pt      written by rank 0: the owner's settings (e.g. ShardedLiFT's config)
+                         and the state every rank holds, its state_dict() without thetas (config with num_shards, components, prior_mean, gmm,
                          square_avg, step, order {epochs, positions}; lift_ext.lift.sampler_state)
     MANIFEST             written by rank 0 LAST: {tag, step, num_shards, world_size, shared,
                          shards [file of shard s]}: the set it names is complete.
@@ -22,6 +22,7 @@ no collective. The directory must be readable by every rank.
 import os
 import random
 import re
+from typing import Optional
 
 import torch
 
@@ -35,8 +36,10 @@ MANIFEST = "MANIFEST"
 _FILE = re.compile(r"^(shard-(\d+)|shared)-(\d+-[0-9a-f]+)\.pt$")
 
 
-def save(sampler, path: str) -> None:
-    """Write `sampler`'s chain to directory `path` as a complete set (module docstring)."""
+def save(sampler, path: str, owner: Optional[dict] = None) -> None:
+    """Write `sampler`'s chain to directory `path` as a complete set (module docstring);
+    `owner`: the settings of what drives the chain (e.g. ShardedLiFT's config), kept in the
+    shared file and returned by `read_owner`."""
     comm = sampler.comm
     nonce = comm.buffer(1, torch.int64, sampler.device)
     if comm.rank == 0:
@@ -55,7 +58,7 @@ def save(sampler, path: str) -> None:
                          "thetas": rows[bounds[s][0] - first:bounds[s][1] - first].cpu()},
                         os.path.join(path, names["shards"][s]))
         if comm.rank == 0:
-            save_atomic({"format": FORMAT + ".shared", "version": VERSION, "tag": tag, **state},
+            save_atomic({"format": FORMAT + ".shared", "version": VERSION, "tag": tag, "owner": owner, **state},
                         os.path.join(path, names["shared"]))
     except BaseException:
         comm.sum_(done, "the writing of a checkpoint set", 1)
@@ -97,6 +100,12 @@ def read_manifest(path: str) -> dict:
                         required=("tag", "step", "num_shards", "shared", "shards"))
 
 
+def read_owner(path: str) -> Optional[dict]:
+    """The `owner` settings saved with the set in directory `path` (None if none were)."""
+    manifest = read_manifest(path)
+    return _read(path, manifest["shared"], FORMAT + ".shared", manifest["tag"], ("owner",))["owner"]
+
+
 def read_state(path: str, rank: int, world_size: int) -> dict:
     """The state_dict of the part of the chain in directory `path` that rank `rank` of
     `world_size` holds (thetas: the rows of its shards, in order); CheckpointError for a
@@ -124,4 +133,5 @@ def _read_set(path: str, manifest: dict, rank: int, world_size: int) -> dict:
         lo, hi = bounds[s]
         sampler_state.check_tensor(f"the thetas of shard {s}", shard["thetas"], (hi - lo, d))
         rows.append(shard["thetas"])
+    state.pop("owner", None)
     return dict(state, thetas=torch.cat(rows))

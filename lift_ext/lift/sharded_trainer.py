@@ -1,79 +1,91 @@
 """`ShardedLiFT`: the LiFT trainer with its tasks sharded over a torch.distributed process
 group (its chain is a `ShardedSGLDGibbs`, docs/distributed.md).
 
-Every rank runs the same program with the same model, hyper-parameters and seed. A rank needs
-the data of its own tasks only: `ShardedLiFT.local_task_ids(num_tasks, process_group,
-num_shards)` says which, and `tasks` may be a mapping {global task index: Task} holding just
-those (or a full sequence). The mean task size n_ref that sets the sampler's lr is summed over
-the ranks (one all-reduce at construction). tasks_per_step is per shard; everything else is
-as for `LiFT`, and `save(path)` / `ShardedLiFT.load(path, ...)` write and read a checkpoint
-set directory (every rank calls them).
+Every rank runs the same program with the same model, settings and seed. A rank needs the
+data of its own tasks only: `ShardedLiFT.local_task_ids(num_tasks, sharding)` says which, and
+`tasks` is a sequence of all N tasks in which the others' entries may be None. The mean task
+size n_ref that sets the sampler's lr is summed over the ranks (one all-reduce at
+construction). tasks_per_step is per shard; everything else is as for `LiFT`, and `save(path)`
+/ `ShardedLiFT.load(path, ...)` write and read a checkpoint set directory (every rank calls
+them).
 """
-from typing import Mapping, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 
 from lift_ext import validate
-from lift_ext.lift import shard_checkpoint
+from lift_ext.checkpoint import CheckpointError
+from lift_ext.lift import sampler_state, shard_checkpoint
 from lift_ext.lift.collective import Collective, group_rank_and_size
-from lift_ext.lift.distributed import ShardedSGLDGibbs
-from lift_ext.lift.flat import Selector
+from lift_ext.lift.config import Hierarchy, LangevinConfig, PaperHierarchy, check_type
+from lift_ext.lift.distributed import ShardedSGLDGibbs, Sharding
+from lift_ext.lift.sampler import ChainStart
 from lift_ext.lift.shards import local_task_ids
 from lift_ext.lift.tasks import Task
-from lift_ext.lift.trainer import LiFT, _task_sizes
+from lift_ext.lift.trainer import LiFT, ModelLike, check_fits, read_settings, task_sizes
 from lift_ext.types import LossFn
-
-Tasks = Union[Sequence[Task], Mapping[int, Task]]
 
 
 class ShardedLiFT(LiFT):
-    """LiFT over `num_tasks` tasks sharded over `process_group` (module docstring). Arguments
-    as LiFT's, plus num_tasks (N; default len(tasks) when tasks is a full sequence) and
-    ShardedSGLDGibbs's process_group, num_shards and fault_grace."""
+    """LiFT over the N = len(tasks) tasks sharded as `sharding` says (module docstring).
+    Arguments as LiFT's, plus `sharding` (lift_ext.lift.Sharding)."""
 
-    _new_sampler = ShardedSGLDGibbs
+    def __init__(self, model: ModelLike, tasks: Sequence[Optional[Task]], loss_fn: LossFn, *,
+                 langevin: LangevinConfig, hierarchy: Hierarchy = PaperHierarchy(),
+                 sharding: Optional[Sharding] = None, start: Optional[ChainStart] = None, seed: int = 0):
+        self.sharding = Sharding() if sharding is None else check_type("sharding", sharding, Sharding)
+        super().__init__(model, tasks, loss_fn, langevin=langevin, hierarchy=hierarchy, start=start, seed=seed)
 
-    def __init__(self, model: torch.nn.Module, tasks: Tasks, loss_fn: LossFn, *,
-                 num_tasks: Optional[int] = None, process_group=None, num_shards: Optional[int] = None,
-                 **options):
-        self._group, self._num_shards, self._declared_tasks = process_group, num_shards, num_tasks
-        super().__init__(model, tasks, loss_fn, process_group=process_group, num_shards=num_shards, **options)
+    def _new_sampler(self, langevin: LangevinConfig, hierarchy: Hierarchy, start: ChainStart) -> ShardedSGLDGibbs:
+        return ShardedSGLDGibbs(self.num_tasks, self.flat.dim, self.grads, langevin=langevin, hierarchy=hierarchy,
+                                sharding=self.sharding, start=start, seed=self.seed)
 
     @staticmethod
-    def local_task_ids(num_tasks: int, process_group=None, num_shards: Optional[int] = None) -> range:
+    def local_task_ids(num_tasks: int, sharding: Optional[Sharding] = None) -> range:
         """The global indices of the tasks this rank will hold: the ones whose data it needs."""
-        rank, world_size = group_rank_and_size(process_group)
-        shards = world_size if num_shards is None else validate.integer("num_shards", num_shards, 1)
+        sharding = Sharding() if sharding is None else check_type("sharding", sharding, Sharding)
+        rank, world_size = group_rank_and_size(sharding.process_group)
+        shards = world_size if sharding.num_shards is None else sharding.num_shards
         return local_task_ids(validate.integer("num_tasks", num_tasks, 1), shards, world_size, rank)
 
-    def _bind(self, model: torch.nn.Module, tasks: Tasks, loss_fn: LossFn, select: Selector, seed: int,
-              batched_grads: Optional[bool]) -> None:
+    def _bind(self, model: ModelLike, tasks: Sequence[Optional[Task]], loss_fn: LossFn) -> None:
         """As LiFT's, with this rank's tasks only and n_ref summed over the ranks."""
-        n = self._declared_tasks if self._declared_tasks is not None else \
-            (len(tasks) if not isinstance(tasks, Mapping) else None)
-        if n is None:
-            raise ValueError("num_tasks is needed when tasks is a mapping of this rank's tasks")
-        local = self.local_task_ids(n, self._group, self._num_shards)
-        missing = [i for i in local if i not in tasks] if isinstance(tasks, Mapping) else \
-            ([] if len(tasks) == n else list(local))
+        n = len(tasks)
+        local = self.local_task_ids(n, self.sharding)
+        missing = [i for i in local if tasks[i] is None]
         if missing:
-            raise ValueError(f"tasks must hold this rank's tasks {local.start}..{local.stop - 1} of "
-                             f"num_tasks={n}; missing {missing[:5]}")
-        self._sizes = dict(zip(local, _task_sizes([tasks[i] for i in local])))
-        comm = Collective(self._group)
-        total = comm.buffer(1, torch.float64, next(model.parameters()).device)  # NCCL needs a GPU buffer
+            raise ValueError(f"tasks must hold this rank's tasks {local.start}..{local.stop - 1} of the "
+                             f"{n}; missing {missing[:5]}")
+        self._sizes = dict(zip(local, task_sizes([tasks[i] for i in local])))
+        comm = Collective(self.sharding.process_group)
+        device = (model.vector if hasattr(model, "vector") else next(model.parameters())).device
+        total = comm.buffer(1, torch.float64, device)  # NCCL needs a GPU buffer
         total[0] = float(sum(self._sizes.values()))
         comm.raise_failures(comm.sum_(total, "the sum of the task sizes"), "construction")
         self.num_tasks, self.reference_size = n, float(total[0]) / n
-        self._attach(model, tasks, loss_fn, select, seed, batched_grads)
+        self._attach(model, list(tasks), loss_fn)
+
+    def save(self, path: str) -> None:
+        """Write the chain to directory `path` as a checkpoint set, with this trainer's config
+        (every rank must call it; lift_ext.lift.shard_checkpoint)."""
+        shard_checkpoint.save(self.sampler, path, owner=self.config())
 
     @classmethod
-    def load(cls, path: str, model: torch.nn.Module, tasks: Tasks, loss_fn: LossFn, *,
-             select: Selector = None, batched_grads: Optional[bool] = None, num_tasks: Optional[int] = None,
-             process_group=None, fault_grace: float = 5.0) -> "ShardedLiFT":
-        """The chain of the checkpoint set at `path` on this world (any world size dividing its
-        num_shards), over `model`'s adapter and this rank's `tasks` (as in the constructor)."""
-        preset = dict(_group=process_group, _num_shards=shard_checkpoint.read_manifest(path)["num_shards"],
-                      _declared_tasks=num_tasks)
-        return cls._resume(path, model, tasks, loss_fn, select, batched_grads, preset,
-                           process_group=process_group, fault_grace=fault_grace)
+    def load(cls, path: str, model: ModelLike, tasks: Sequence[Optional[Task]], loss_fn: LossFn,
+             sharding: Optional[Sharding] = None) -> "ShardedLiFT":
+        """The chain of the checkpoint set at `path` on `sharding`'s group (any world size dividing
+        its num_shards, which comes from the set), over `model`'s adapter and this rank's `tasks`
+        (as in the constructor)."""
+        sharding = Sharding() if sharding is None else check_type("sharding", sharding, Sharding)
+        owner = shard_checkpoint.read_owner(path)
+        if not isinstance(owner, dict):
+            raise CheckpointError(f"checkpoint set {path!r} was not written by a ShardedLiFT (it holds no LiFT config)")
+        rank, world_size = group_rank_and_size(sharding.process_group)
+        state = shard_checkpoint.read_state(path, rank, world_size)
+        settings = read_settings(path, {"config": owner})
+        sharding = Sharding(sharding.process_group, state["config"]["num_shards"], sharding.fault_grace)
+        trainer = sampler_state.quietly(cls, model, tasks, loss_fn, sharding=sharding, **settings)
+        check_fits(path, state["config"], trainer)
+        with sampler_state.refusing_inconsistency(path):
+            trainer.load_state_dict({"config": owner, "sampler": state})
+        return trainer

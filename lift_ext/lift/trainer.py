@@ -2,56 +2,63 @@
 way back from its result to a usable model.
 
 Takes a model whose trainable parameters are the adapter (e.g. peft LoRA over a frozen
-backbone), a list of tasks and a loss function, and runs `SGLDGibbs` on the flat adapter
-vectors (`FlatParams`). Units: `loss_fn(call, batch)` returns the MEAN loss of a minibatch,
-so the gradient of -log p(D_i | theta) (a sum over n_i examples) is n_i times its gradient;
-`lr` is given per example (mean-loss units, half the paper's eta) and the sampler runs with
-lr / n_ref, n_ref = the mean task size, which makes its steps match a mean-loss step of size lr.
-With ``preconditioned=True`` the theta steps are pSGLD (a shared RMSprop average, see
-`SGLDGibbs`) and ``lr`` is passed unchanged: the preconditioned step is scale-free, so lr is
-an RMSprop step size (about the change of each weight per step), as for the baselines.
-``lr_phi`` (Langevin phi only) stays per example. ``shift_lr`` (the non-centred shift,
-docs/design.md section 12) is treated like lr: divided by n_ref without preconditioning, an
-RMSprop step size with it. Other `SGLDGibbs` options (e.g. its prior model, alpha, eps,
-z_update) pass through as keyword arguments. With tasks_per_step = B > 1 the B task
-gradients of a step can come from one vmapped forward/backward (`batched_grads`: True, False,
-or None = on for an adapter on a GPU, off on the CPU where it measured slower; see
-lift_ext.lift.batched_grad, which falls back to B passes where the model does not allow it).
+backbone; or a `FlatParams` of the model for another selection), a list of tasks, a loss
+function and the chain's configs, and runs `SGLDGibbs` on the flat adapter vectors. Units:
+`loss_fn(call, batch)` returns the MEAN loss of a minibatch, so the gradient of
+-log p(D_i | theta) (a sum over n_i examples) is n_i times its gradient. `langevin.lr` is the
+step size of the mean loss (per example, half the paper's eta) in both modes: without
+preconditioning the sampler runs with lr / n_ref, n_ref = the mean task size, which makes its
+steps match a mean-loss step of size lr; with `preconditioned=True` (pSGLD, a shared RMSprop
+average, see `SGLDGibbs`) lr is passed unchanged, since the preconditioned step is the same for
+the summed and the mean loss (an RMSprop step size: about the change of each weight per step),
+as for the baselines. PaperHierarchy's `lr_phi` (Langevin phi only) is per example and
+MixtureHierarchy's `shift_lr` (the non-centred shift, docs/design.md section 12) is treated as
+lr. With tasks_per_step = B > 1 the B task gradients of a step can come from one vmapped
+forward/backward (`batched_grads`: True, False, or None = on for an adapter on a GPU, off on
+the CPU where it measured slower; see lift_ext.lift.batched_grad, which falls back to B passes
+where the model does not allow it).
 
 Defaults (documented choices the paper leaves open): theta_i start at the adapter's
-initialisation (the PEFT init: LoRA A random, B zero, never all-zero) or at given per-task
-adapters; phi starts at their mean; mu0 = the initialisation vector; phi is drawn exactly from
-its Gaussian conditional ("gibbs"), because at the paper's sigma = beta = 0.01 a Langevin phi
-step is only stable for tiny lr_phi.
+initialisation (the PEFT init: LoRA A random, B zero, never all-zero) or at start.thetas; mu0
+= the initialisation vector (or start.prior_mean); phi starts at the thetas' mean and is drawn
+exactly from its Gaussian conditional (PaperHierarchy's phi_update="gibbs"), because at the
+paper's sigma = beta = 0.01 a Langevin phi step is only stable for tiny lr_phi.
 
 Using the result: `meta_test_prior()` is the learned prior over a new task's adapter;
 `adapt(task)` adapts to a support set under it; `apply(theta)` writes an adapter into the
 model's own tensors; `export_peft(path, theta)` writes a standard peft adapter directory;
-`save(path)` / `LiFT.load(path, model, tasks, loss_fn)` checkpoint and resume the chain.
+`state_dict()` / `load_state_dict()` and `save(path)` / `LiFT.load(path, model, tasks,
+loss_fn)` checkpoint and resume the chain.
 """
-import inspect
-from typing import List, Optional, Sequence, Union
+import dataclasses
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
 from lift_ext import validate
+from lift_ext.checkpoint import load_checked, save_atomic
 from lift_ext.gmm import OnlineGMM
+from lift_ext.lift import sampler_state
 from lift_ext.lift.adapt import Adapted, adapt
 from lift_ext.lift.batched_grad import TaskGradients
-from lift_ext.lift.flat import FlatParams, Selector
+from lift_ext.lift.config import (AdaptConfig, Hierarchy, LangevinConfig, MapConfig, MixtureHierarchy,
+                                  PaperHierarchy, check_type, config_from_dict)
+from lift_ext.lift.flat import FlatParams
 from lift_ext.lift.prior import MixturePrior
-from lift_ext.lift.sampler import SGLDGibbs
+from lift_ext.lift.sampler import ChainStart, SGLDGibbs
 from lift_ext.lift.tasks import Task
 from lift_ext.types import LossFn
 from lift_ext.warn import warn_user
 
 AdapterLike = Union[None, torch.Tensor, Adapted]
+ModelLike = Union[torch.nn.Module, FlatParams]
 
-# SGLDGibbs arguments that LiFT derives itself (from the model, the tasks and its own options).
-_DERIVED = ("num_tasks", "dim", "grad_fn", "prior_mean", "theta_init", "device")
+FORMAT = "lift_ext.LiFT"
+VERSION = 1
 
 
-def _task_sizes(tasks: Sequence[Task]) -> List[int]:
+def task_sizes(tasks: Sequence[Task]) -> List[int]:
+    """n_i of each task, checked (each must have num_examples >= 1 and batch(generator))."""
     if len(tasks) < 1:
         raise ValueError("tasks must hold at least one task")
     sizes = []
@@ -63,78 +70,94 @@ def _task_sizes(tasks: Sequence[Task]) -> List[int]:
     return sizes
 
 
-def _check_sampler_options(options: dict, sampler_class: type) -> None:
-    """Refuse keyword arguments the sampler class (SGLDGibbs or a subclass) does not take, or
-    that LiFT sets itself."""
-    accepted = {name for cls in (SGLDGibbs, sampler_class)
-                for name, p in inspect.signature(cls.__init__).parameters.items()
-                if p.kind != p.VAR_KEYWORD} - {"self"}
-    derived = sorted(set(options) & set(_DERIVED))
-    if derived:
-        raise TypeError(f"LiFT sets {derived} itself (from the model, tasks, prior_mean and task_adapters)")
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise TypeError(f"unknown LiFT/SGLDGibbs option(s) {unknown}; SGLDGibbs takes "
-                        f"{sorted(accepted - set(_DERIVED))}")
+def flat_adapter(model: ModelLike) -> FlatParams:
+    """The adapter of `model` as one vector: a FlatParams as given, or every trainable parameter
+    of a module (with a warning when it is not a peft model, whose trainable parameters would
+    usually be the whole network)."""
+    if isinstance(model, FlatParams):
+        return model
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or a FlatParams, got {type(model).__name__}")
+    flat = FlatParams(model)
+    if not hasattr(model, "peft_config"):
+        warn_user(f"LiFT packs every trainable parameter of the {type(model).__name__} ({flat.dim:,} weights in "
+                  f"{len(flat.names)} tensors) as the adapter: it is not a peft model. Wrap the backbone with "
+                  "peft (get_peft_model), freeze what is not the adapter (requires_grad_(False)) or pass "
+                  "FlatParams(model, select=...) as the model")
+    return flat
+
+
+def sampler_configs(langevin: LangevinConfig, hierarchy: Hierarchy, reference_size: float):
+    """(langevin, hierarchy) in the sampler's units from LiFT's mean-loss units (module
+    docstring): lr, and PaperHierarchy's lr_phi or MixtureHierarchy's shift_lr, divided by the
+    mean task size unless the step is preconditioned (lr_phi always: the phi step is never
+    preconditioned)."""
+    scaled = langevin if langevin.preconditioned else \
+        dataclasses.replace(langevin, lr=langevin.lr / reference_size)
+    if isinstance(hierarchy, PaperHierarchy) and hierarchy.phi_update == "langevin":
+        lr_phi = langevin.lr if hierarchy.lr_phi is None else hierarchy.lr_phi
+        hierarchy = dataclasses.replace(hierarchy, lr_phi=lr_phi / reference_size)
+    elif isinstance(hierarchy, MixtureHierarchy) and not langevin.preconditioned:
+        hierarchy = dataclasses.replace(hierarchy, shift_lr=hierarchy.shift_lr / reference_size)
+    return scaled, hierarchy
 
 
 class LiFT:
     """LiFT meta-training over `tasks` for the adapter of `model` (see the module docstring).
 
+    model: a module whose trainable parameters are the adapter, or a FlatParams of it.
+    langevin, hierarchy: the chain's settings (LangevinConfig in mean-loss units, PaperHierarchy
+    or MixtureHierarchy). start: ChainStart (thetas: one adapter [D] or per-task adapters
+    [N, D]; prior_mean: mu0), each defaulting to the adapter's initialisation. seed: the chain
+    and the minibatch order.
+
     Attributes: model, tasks, loss_fn, flat (the adapter as a FlatParams), init_vector (the
-    adapter as it was when this LiFT was built, a copy), sampler (the SGLDGibbs chain)."""
+    adapter as it was when this LiFT was built, a copy), sampler (the SGLDGibbs chain),
+    batched_grads (settable)."""
 
-    def __init__(self, model: torch.nn.Module, tasks: Sequence[Task], loss_fn: LossFn, *,
-                 sigma: float = 0.01, beta: float = 0.01, lr: float = 1e-3,
-                 lr_phi: Optional[float] = None, temperature: float = 1.0,
-                 phi_update: str = "gibbs", burn_in: int = 0, thin: int = 1, n_components: int = 1,
-                 seed: int = 0, preconditioned: bool = False, select: Selector = None,
-                 task_adapters: Optional[torch.Tensor] = None,
-                 prior_mean: Union[str, torch.Tensor] = "init", batched_grads: Optional[bool] = None,
-                 **sampler_options):
-        _check_sampler_options(sampler_options, self._new_sampler)
-        lr = validate.number("lr", lr)
-        lr_phi = None if lr_phi is None else validate.number("lr_phi", lr_phi)
-        if isinstance(prior_mean, str) and prior_mean not in ("init", "zero"):
-            raise ValueError(f"prior_mean must be 'init', 'zero' or a Tensor, got {prior_mean!r}")
-        self._bind(model, tasks, loss_fn, select, seed, batched_grads)
-        if not preconditioned and isinstance(sampler_options.get("shift_lr"), (int, float)):
-            sampler_options["shift_lr"] = sampler_options["shift_lr"] / self.reference_size
-        mu0 = prior_mean if not isinstance(prior_mean, str) else \
-            (self.init_vector if prior_mean == "init" else None)
-        self.sampler = self._new_sampler(
-            self.num_tasks, self.flat.dim, self.grads, sigma=sigma, beta=beta,
-            lr=lr if preconditioned else lr / self.reference_size,
-            lr_phi=(lr if lr_phi is None else lr_phi) / self.reference_size,
-            temperature=temperature, phi_update=phi_update, prior_mean=mu0,
-            theta_init=self.init_vector if task_adapters is None else task_adapters,
-            burn_in=burn_in, thin=thin, n_components=n_components, seed=seed,
-            preconditioned=preconditioned, device=self.flat.vector.device, **sampler_options)
+    def __init__(self, model: ModelLike, tasks: Sequence[Task], loss_fn: LossFn, *,
+                 langevin: LangevinConfig, hierarchy: Hierarchy = PaperHierarchy(),
+                 start: Optional[ChainStart] = None, seed: int = 0):
+        self.langevin = check_type("langevin", langevin, LangevinConfig)
+        self.hierarchy = check_type("hierarchy", hierarchy, PaperHierarchy, MixtureHierarchy)
+        start = ChainStart() if start is None else check_type("start", start, ChainStart)
+        self.seed = validate.integer("seed", seed)
+        self._bind(model, tasks, loss_fn)
+        sampler_langevin, sampler_hierarchy = sampler_configs(langevin, hierarchy, self.reference_size)
+        full_start = ChainStart(thetas=self.init_vector if start.thetas is None else start.thetas,
+                                prior_mean=self.init_vector if start.prior_mean is None else start.prior_mean)
+        self.sampler = self._new_sampler(sampler_langevin, sampler_hierarchy, full_start)
 
-    _new_sampler = SGLDGibbs  # the chain's class (lift_ext.lift.sharded_trainer shards it)
+    def _new_sampler(self, langevin: LangevinConfig, hierarchy: Hierarchy, start: ChainStart) -> SGLDGibbs:
+        """The chain (ShardedLiFT shards it)."""
+        return SGLDGibbs(self.num_tasks, self.flat.dim, self.grads, langevin=langevin, hierarchy=hierarchy,
+                         start=start, seed=self.seed, device=self.flat.vector.device)
 
-    def _bind(self, model: torch.nn.Module, tasks: Sequence[Task], loss_fn: LossFn, select: Selector,
-              seed: int, batched_grads: Optional[bool]) -> None:
+    def _bind(self, model: ModelLike, tasks: Sequence[Task], loss_fn: LossFn) -> None:
         """Everything but the sampler: the task sizes, the model's adapter as a flat vector and
         the task gradients."""
-        self._sizes = _task_sizes(tasks)
+        self._sizes = task_sizes(tasks)
         self.num_tasks, self.reference_size = len(self._sizes), sum(self._sizes) / len(self._sizes)
-        self._attach(model, list(tasks), loss_fn, select, seed, batched_grads)
+        self._attach(model, list(tasks), loss_fn)
 
-    def _attach(self, model: torch.nn.Module, tasks, loss_fn: LossFn, select: Selector, seed: int,
-                batched_grads: Optional[bool]) -> None:
+    def _attach(self, model: ModelLike, tasks, loss_fn: LossFn) -> None:
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable as loss_fn(model_call, batch) -> mean loss")
-        self.model, self.tasks, self.loss_fn, self.seed = model, tasks, loss_fn, seed
-        self.flat = FlatParams(model, select)
-        if select is None and not hasattr(model, "peft_config"):
-            warn_user(f"LiFT packs every trainable parameter of the {type(model).__name__} ({self.flat.dim:,} "
-                      f"weights in {len(self.flat.names)} tensors) as the adapter: it is not a peft model and "
-                      "select= was not given. Wrap the backbone with peft (get_peft_model), freeze what is not "
-                      "the adapter (requires_grad_(False)) or pass select= (names or a predicate)")
+        self.flat = flat_adapter(model)
+        self.model, self.tasks, self.loss_fn = self.flat.module, tasks, loss_fn
         self.init_vector = self.flat.vector.detach().clone()
         # n_i * d(mean minibatch loss)/d theta, the B tasks of a step in one vmapped pass
-        self.grads = TaskGradients(self.flat, loss_fn, self._batch_of, self._sizes, batched=batched_grads)
+        self.grads = TaskGradients(self.flat, loss_fn, self._batch_of, self._sizes)
+
+    @property
+    def batched_grads(self) -> Optional[bool]:
+        """Whether a step's B task gradients come from one vmapped pass: True, False, or None
+        (tried, falling back to B passes where the model does not allow it); see the module docstring."""
+        return self.grads.batched
+
+    @batched_grads.setter
+    def batched_grads(self, value: Optional[bool]) -> None:
+        self.grads.choose(value)
 
     def _batch_of(self, task: int):
         """Task `task`'s minibatch of the current step: a function of (seed, step)."""
@@ -142,10 +165,10 @@ class LiFT:
         gen = torch.Generator().manual_seed((self.seed * 7_919 + step) % (2**63 - 1))
         return self.tasks[task].batch(gen)
 
-    def run(self, num_steps: int, progress: bool = True) -> "LiFT":
-        """Run `num_steps` SGLD-Gibbs steps; minibatches depend only on (seed, step), so a run is
-        reproducible and resumable."""
-        self.sampler.run(num_steps, progress=progress)
+    def run(self, num_steps: int, progress: bool = True, callback=None) -> "LiFT":
+        """Run `num_steps` SGLD-Gibbs steps (`SGLDGibbs.run`, with its `callback(step_count, tasks)`);
+        minibatches depend only on (seed, step), so a run is reproducible and resumable."""
+        self.sampler.run(num_steps, progress=progress, callback=callback)
         return self
 
     @property
@@ -168,14 +191,12 @@ class LiFT:
         produced one yet."""
         return self.sampler.meta_test_prior()
 
-    def adapt(self, task: Task, **options) -> Adapted:
-        """`lift_ext.lift.adapt(self.flat, task, self.loss_fn, **options)` with prior defaulting
-        to `meta_test_prior()` and init_vector to `init_vector`. The model is not changed:
-        `apply(result)` writes the adapted adapter into it."""
-        if "prior" not in options:
-            options["prior"] = self.meta_test_prior()
-        options.setdefault("init_vector", self.init_vector)
-        return adapt(self.flat, task, self.loss_fn, **options)
+    def adapt(self, task: Task, *, config: AdaptConfig = MapConfig(), start="best_component",
+              seed: int = 0) -> Adapted:
+        """`lift_ext.lift.adapt(self.flat, task, self.loss_fn, prior=self.meta_test_prior(), ...)`.
+        The model is not changed: `apply(result)` writes the adapted adapter into it."""
+        return adapt(self.flat, task, self.loss_fn, prior=self.meta_test_prior(), config=config, start=start,
+                     seed=seed)
 
     # ---- writing an adapter into the model ---------------------------------------------------
     def _adapter(self, theta: AdapterLike) -> torch.Tensor:
@@ -215,34 +236,59 @@ class LiFT:
         finally:
             self.flat.load_(previous)
 
-    # ---- checkpoints -------------------------------------------------------------------------
+    # ---- state ----------------------------------------------------------------------------
+    def config(self) -> Dict[str, object]:
+        """LiFT's own settings, JSON-ready: the configs as given (mean-loss units) and the seed."""
+        return {"langevin": self.langevin.to_dict(), "hierarchy": self.hierarchy.to_dict(), "seed": self.seed}
+
+    def state_dict(self) -> Dict[str, object]:
+        """{config: `config()`, sampler: the chain's `state_dict()`} (the model, tasks and loss
+        function are the caller's)."""
+        return {"config": self.config(), "sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Continue the chain of `state` (a `state_dict()` of a LiFT with the same settings over
+        the same tasks and adapter shape); ValueError, with nothing changed, when it does not fit."""
+        if not isinstance(state, dict) or set(state) != {"config", "sampler"}:
+            raise ValueError("the state must be a LiFT state_dict(): a dict with keys config and sampler")
+        if state["config"] != self.config():
+            raise ValueError("the state is of a LiFT with other settings: its config differs "
+                             f"({state['config']!r} against {self.config()!r})")
+        self.sampler.load_state_dict(state["sampler"])
+
     def save(self, path: str) -> None:
-        """Write the chain's state to one file, atomically (the sampler's checkpoint; the model,
-        tasks and loss function are the caller's to rebuild). Read it with `LiFT.load`."""
-        self.sampler.save(path)
+        """Write `state_dict()` to one checksummed file, atomically. Read it with `LiFT.load`."""
+        save_atomic({"format": FORMAT, "version": VERSION, **self.state_dict()}, path)
 
     @classmethod
-    def load(cls, path: str, model: torch.nn.Module, tasks: Sequence[Task], loss_fn: LossFn, *,
-             select: Selector = None, batched_grads: Optional[bool] = None) -> "LiFT":
+    def load(cls, path: str, model: ModelLike, tasks: Sequence[Task], loss_fn: LossFn) -> "LiFT":
         """A LiFT continuing the chain saved by `save` at `path`, over `model`'s adapter (the
         same architecture and selection), the same `tasks` (in order) and loss function; its
-        hyper-parameters come from the file. `init_vector` is `model`'s adapter as passed in.
-        A foreign or damaged file raises lift_ext.checkpoint.CheckpointError; a mismatch with
-        the model or tasks a ValueError."""
-        return cls._resume(path, model, tasks, loss_fn, select, batched_grads, {})
-
-    @classmethod
-    def _resume(cls, path: str, model: torch.nn.Module, tasks, loss_fn: LossFn, select: Selector,
-                batched_grads: Optional[bool], preset: dict, **load_options) -> "LiFT":
-        """`load` with `preset` attributes set before binding and `load_options` for the
-        sampler class's own load."""
-        trainer = cls.__new__(cls)
-        trainer.__dict__.update(preset)
-        trainer._bind(model, tasks, loss_fn, select, 0, batched_grads)
-        sampler = cls._new_sampler.load(path, trainer.grads, device=trainer.flat.vector.device, **load_options)
-        if sampler.dim != trainer.flat.dim or sampler.num_tasks != trainer.num_tasks:
-            raise ValueError(f"checkpoint {path!r} holds {sampler.num_tasks} tasks of dim {sampler.dim}, "
-                             f"but {trainer.num_tasks} tasks and an adapter of dim {trainer.flat.dim} "
-                             "were passed")
-        trainer.sampler, trainer.seed = sampler, sampler.seed
+        settings come from the file. `init_vector` is `model`'s adapter as passed in. A foreign
+        or damaged file raises lift_ext.checkpoint.CheckpointError; a mismatch with the model or
+        tasks a ValueError."""
+        state = load_checked(path, fmt=FORMAT, version=VERSION, map_location="cpu", required=("config", "sampler"))
+        settings = read_settings(path, state)
+        with sampler_state.refusing_inconsistency(path):
+            sampler_state.check_sizes(state["sampler"])
+        trainer = sampler_state.quietly(cls, model, tasks, loss_fn, **settings)
+        check_fits(path, state["sampler"]["config"], trainer)
+        with sampler_state.refusing_inconsistency(path):
+            trainer.load_state_dict(state)
         return trainer
+
+
+def read_settings(path: str, state: dict) -> Dict[str, object]:
+    """LiFT's keyword arguments (langevin, hierarchy, seed) from a saved state's config."""
+    with sampler_state.refusing_inconsistency(path):
+        config = state["config"]
+        return {"langevin": config_from_dict(config["langevin"]), "hierarchy": config_from_dict(config["hierarchy"]),
+                "seed": config["seed"]}
+
+
+def check_fits(path: str, sampler_config: dict, trainer: "LiFT") -> None:
+    """ValueError unless the saved chain has the trainer's number of tasks and adapter size."""
+    n, d = sampler_config.get("num_tasks"), sampler_config.get("dim")
+    if d != trainer.flat.dim or n != trainer.num_tasks:
+        raise ValueError(f"checkpoint {path!r} holds {n} tasks of dim {d}, but {trainer.num_tasks} tasks and an "
+                         f"adapter of dim {trainer.flat.dim} were passed")
