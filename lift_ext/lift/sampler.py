@@ -30,7 +30,6 @@ balanced when all equal), or, with warmup_steps = W > 0, of the thetas after W o
 Memory: thetas [N, D] once plus K x D arrays, all on `device` (default: the device of
 prior_mean, else of theta_init, else the CPU); grad_fn must return gradients on that device.
 """
-import dataclasses
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -41,59 +40,19 @@ from lift_ext import ops, validate
 from lift_ext.gmm import OnlineGMM
 from lift_ext.lift import sampler_state
 from lift_ext.lift.batched_grad import checked_gradients
-from lift_ext.lift.config import LangevinConfig, MixtureHierarchy, PaperHierarchy, check_type, config_from_dict
+from lift_ext.lift.config import LangevinConfig, MixtureHierarchy, PaperHierarchy, check_type
 from lift_ext.lift.mixture import Components, initial_assignments, keyed_generator, rows_identical
 from lift_ext.lift.prior import MixturePrior
 from lift_ext.lift.noncentred import (draw_assignments_by_likelihood_, member_mean_gradients, restore_point,
                                       shift_components_)
+from lift_ext.lift.start import ChainStart, check_start, default_device, initial_rows
 from lift_ext.lift.task_order import TaskOrder
 from lift_ext.types import DeviceLike, GradFn
 
 StepCallback = Callable[[int, List[int]], None]
 
 
-@dataclasses.dataclass(frozen=True)
-class ChainStart:
-    """Where a chain starts. thetas: [D] (every task) or [N, D] (one row per task); default: the
-    prior mean. prior_mean: mu0 [D], the centre of the prior over phi (phi ~ N(mu0, sigma^2 I));
-    default: SGLDGibbs 0, LiFT the adapter's initialisation."""
-
-    thetas: Optional[torch.Tensor] = None
-    prior_mean: Optional[torch.Tensor] = None
-
-
-def _default_device(device: DeviceLike, start: ChainStart) -> torch.device:
-    """`device` if given, else the device of start.prior_mean, else of start.thetas, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    for value in (start.prior_mean, start.thetas):
-        if isinstance(value, torch.Tensor):
-            return value.device
-    return torch.device("cpu")
-
-
-def _start_rows(theta_init, mu0, num_tasks: int, dim: int, device: torch.device) -> torch.Tensor:
-    """The initial task vectors [N, D] float32: theta_init's rows, or one vector (theta_init
-    [D], else mu0, else 0) broadcast as a view (no N x D copy)."""
-    if theta_init is not None and theta_init.dim() == 2:
-        return theta_init.to(device, torch.float32).contiguous()
-    row = theta_init if theta_init is not None else mu0 if mu0 is not None else torch.zeros(dim)
-    return row.to(device, torch.float32).expand(num_tasks, dim)
-
-
-def _check_start(start: ChainStart, num_tasks: int, dim: int, device: torch.device):
-    """(mu0 [D] on `device` or None, theta_init as given or None), checked."""
-    mu0 = None if start.prior_mean is None else validate.vector("start.prior_mean", start.prior_mean, dim, device)
-    theta_init = start.thetas
-    if theta_init is not None:
-        if not isinstance(theta_init, torch.Tensor) or theta_init.shape not in ((dim,), (num_tasks, dim)):
-            raise ValueError(f"start.thetas must be a Tensor of shape [{dim}] or [{num_tasks}, {dim}]")
-        if not bool(torch.isfinite(theta_init.detach().to(torch.float32)).all()):
-            raise ValueError("start.thetas must be finite in float32 (its value overflows or is NaN / Inf)")
-    return mu0, theta_init
-
-
-class SGLDGibbs:
+class SGLDGibbs(sampler_state.ChainState):
     """SGLD-Gibbs sampler of LiFT (see the module docstring for the math).
 
     The problem: num_tasks N, dim D and grad_fn. The settings: `langevin` (the theta step,
@@ -119,15 +78,15 @@ class SGLDGibbs:
         validate.integer("tasks_per_step", langevin.tasks_per_step, 1, self._tasks_per_step_limit(num_tasks))
         if not callable(grad_fn):
             raise TypeError("grad_fn must be callable as grad_fn(task_index, theta) -> Tensor [dim]")
-        dev = _default_device(device, start)
-        mu0, theta_init = _check_start(start, num_tasks, dim, dev)
+        dev = default_device(device, start)
+        mu0, theta_init = check_start(start, num_tasks, dim, dev)
 
         self.num_tasks, self.dim, self.seed = num_tasks, dim, seed
         self.langevin, self.hierarchy = langevin, hierarchy
         self.grad_fn = grad_fn
         self._mixture = mixture
         self._prior_mean = mu0
-        start_rows = _start_rows(theta_init, mu0, num_tasks, dim, dev)
+        start_rows = initial_rows(theta_init, mu0, num_tasks, dim, dev)
         k = hierarchy.components if mixture else 1
         self._components = Components(k, num_tasks, dim, dev, hierarchy.dirichlet_alpha if mixture else 1.0)
         if mixture and hierarchy.warmup_steps == 0:
@@ -431,75 +390,3 @@ class SGLDGibbs:
                 if progress and (done % every == 0 or done == num_steps):
                     bar.set_postfix({k: f"{v:.4g}" for k, v in self.diagnostics().items()}, refresh=False)
                     bar.update(done - bar.n)
-
-    # ---- state (lift_ext.lift.sampler_state checks it) -------------------------------------------
-    def config(self) -> Dict[str, object]:
-        """The settings that fix the chain, JSON-ready: num_tasks, dim, seed and the configs' dicts."""
-        return {"num_tasks": self.num_tasks, "dim": self.dim, "seed": self.seed,
-                "langevin": self.langevin.to_dict(), "hierarchy": self.hierarchy.to_dict()}
-
-    @staticmethod
-    def settings_of(config: Dict[str, object]) -> Dict[str, object]:
-        """The constructor's keyword arguments (langevin, hierarchy, seed) of a `config()`."""
-        return {"langevin": config_from_dict(config["langevin"]), "hierarchy": config_from_dict(config["hierarchy"]),
-                "seed": config["seed"]}
-
-    def state_dict(self) -> Dict[str, object]:
-        """A snapshot of the whole chain (tensors are copies): config, thetas (the rows this
-        process holds), components (phis, sums, assignments, weights), prior_mean, gmm (the
-        OnlineGMM's state, None for MixtureHierarchy), square_avg, step, order."""
-        return {"config": self.config(), "thetas": self._thetas.detach().clone(),
-                "components": self._components.state_dict(),
-                "prior_mean": None if self._prior_mean is None else self._prior_mean.clone(),
-                "gmm": None if self.gmm is None else self.gmm.state_dict(),
-                "square_avg": None if self._square_avg is None else self._square_avg.clone(),
-                "step": self.step_count, "order": self._order.state_dict()}
-
-    def load_state_dict(self, state: Dict[str, object]) -> None:
-        """Continue the chain of `state` (a `state_dict()` of a sampler with the same config):
-        the next step is the one that chain would have taken. Everything is checked first
-        (sampler_state.check_state); a ValueError naming what does not fit leaves this sampler
-        unchanged."""
-        sampler_state.check_state(state, self.config(), tuple(self._thetas.shape))
-        try:
-            order = self._new_order(state["order"])
-        except (TypeError, KeyError) as exc:
-            raise ValueError(f"order must be the state_dict() of the chain's visiting order ({exc!r})") from None
-        backup, backup_order = self.state_dict(), self._order
-        try:
-            self._apply_state(state, order)
-        except BaseException:
-            self._apply_state(backup, backup_order)
-            raise
-
-    def _apply_state(self, state: Dict[str, object], order) -> None:
-        self._components.load_state_dict(state["components"])
-        if self.gmm is not None:
-            self.gmm.load_state_dict(state["gmm"])
-        self._thetas.copy_(state["thetas"])
-        mu0 = state["prior_mean"]
-        self._prior_mean = None if mu0 is None else mu0.to(self.device, torch.float32).clone()
-        if self._square_avg is not None:
-            self._square_avg.copy_(state["square_avg"])
-        self.step_count = state["step"]
-        self._order = order
-
-    @classmethod
-    def from_config(cls, config: Dict[str, object], grad_fn: GradFn, device: DeviceLike = None) -> "SGLDGibbs":
-        """A new chain with the settings of `config` (from `config()`), at its start."""
-        return cls(config["num_tasks"], config["dim"], grad_fn, device=device, **cls.settings_of(config))
-
-    def save(self, path: str) -> None:
-        """Write `state_dict()` to one checksummed file, atomically (temp file + rename)."""
-        sampler_state.save(self.state_dict(), path)
-
-    @classmethod
-    def load(cls, path: str, grad_fn: GradFn, device: DeviceLike = None) -> "SGLDGibbs":
-        """A sampler continuing the exact chain saved by `save` (built by `from_config`, then
-        `load_state_dict`). A truncated, foreign or inconsistent file raises
-        lift_ext.checkpoint.CheckpointError."""
-        state = sampler_state.read(path)
-        with sampler_state.refusing_inconsistency(path):
-            sampler = sampler_state.quietly(cls.from_config, state["config"], grad_fn, device)
-            sampler.load_state_dict(state)
-        return sampler

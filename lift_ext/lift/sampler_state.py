@@ -13,15 +13,93 @@ like any foreign file.
 """
 import contextlib
 import warnings
-from typing import Callable, Iterator, Tuple
+from typing import Callable, Dict, Iterator, Tuple
 
 import torch
 
 from lift_ext.checkpoint import CheckpointError, load_checked, save_atomic
+from lift_ext.lift.config import config_from_dict
+from lift_ext.types import DeviceLike, GradFn
 
 FORMAT = "lift_ext.SGLDGibbs"
 VERSION = 3
 KEYS = ("config", "thetas", "components", "prior_mean", "gmm", "square_avg", "step", "order")
+
+
+class ChainState:
+    """The state methods of `SGLDGibbs` (and so of ShardedSGLDGibbs, which overrides config,
+    from_config, save and load): config, state_dict, load_state_dict, from_config, save, load."""
+
+    def config(self) -> Dict[str, object]:
+        """The settings that fix the chain, JSON-ready: num_tasks, dim, seed and the configs' dicts."""
+        return {"num_tasks": self.num_tasks, "dim": self.dim, "seed": self.seed,
+                "langevin": self.langevin.to_dict(), "hierarchy": self.hierarchy.to_dict()}
+
+    @staticmethod
+    def settings_of(config: Dict[str, object]) -> Dict[str, object]:
+        """The constructor's keyword arguments (langevin, hierarchy, seed) of a `config()`."""
+        return {"langevin": config_from_dict(config["langevin"]), "hierarchy": config_from_dict(config["hierarchy"]),
+                "seed": config["seed"]}
+
+    def state_dict(self) -> Dict[str, object]:
+        """A snapshot of the whole chain (tensors are copies): config, thetas (the rows this
+        process holds), components (phis, sums, assignments, weights), prior_mean, gmm (the
+        OnlineGMM's state, None for MixtureHierarchy), square_avg, step, order."""
+        return {"config": self.config(), "thetas": self._thetas.detach().clone(),
+                "components": self._components.state_dict(),
+                "prior_mean": None if self._prior_mean is None else self._prior_mean.clone(),
+                "gmm": None if self.gmm is None else self.gmm.state_dict(),
+                "square_avg": None if self._square_avg is None else self._square_avg.clone(),
+                "step": self.step_count, "order": self._order.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Continue the chain of `state` (a `state_dict()` of a sampler with the same config):
+        the next step is the one that chain would have taken. Everything is checked first
+        (check_state); a ValueError naming what does not fit leaves this sampler
+        unchanged."""
+        check_state(state, self.config(), tuple(self._thetas.shape))
+        try:
+            order = self._new_order(state["order"])
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"order must be the state_dict() of the chain's visiting order ({exc!r})") from None
+        backup, backup_order = self.state_dict(), self._order
+        try:
+            self._apply_state(state, order)
+        except BaseException:
+            self._apply_state(backup, backup_order)
+            raise
+
+    def _apply_state(self, state: Dict[str, object], order) -> None:
+        self._components.load_state_dict(state["components"])
+        if self.gmm is not None:
+            self.gmm.load_state_dict(state["gmm"])
+        self._thetas.copy_(state["thetas"])
+        mu0 = state["prior_mean"]
+        self._prior_mean = None if mu0 is None else mu0.to(self.device, torch.float32).clone()
+        if self._square_avg is not None:
+            self._square_avg.copy_(state["square_avg"])
+        self.step_count = state["step"]
+        self._order = order
+
+    @classmethod
+    def from_config(cls, config: Dict[str, object], grad_fn: GradFn, device: DeviceLike = None) -> "SGLDGibbs":
+        """A new chain with the settings of `config` (from `config()`), at its start."""
+        return cls(config["num_tasks"], config["dim"], grad_fn, device=device, **cls.settings_of(config))
+
+    def save(self, path: str) -> None:
+        """Write `state_dict()` to one checksummed file, atomically (temp file + rename)."""
+        save(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path: str, grad_fn: GradFn, device: DeviceLike = None) -> "SGLDGibbs":
+        """A sampler continuing the exact chain saved by `save` (built by `from_config`, then
+        `load_state_dict`). A truncated, foreign or inconsistent file raises
+        lift_ext.checkpoint.CheckpointError."""
+        state = read(path)
+        with refusing_inconsistency(path):
+            sampler = quietly(cls.from_config, state["config"], grad_fn, device)
+            sampler.load_state_dict(state)
+        return sampler
 
 
 def save(state: dict, path: str) -> None:
