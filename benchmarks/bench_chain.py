@@ -37,7 +37,8 @@ from lift_ext.shakespeare import launch  # noqa: E402
 from lift_ext.shakespeare import methods as M  # noqa: E402
 from lift_ext.shakespeare.config import BenchConfig  # noqa: E402
 from lift_ext.shakespeare.episodes import pool_tasks  # noqa: E402
-from lift_ext.shakespeare.lift_methods import _chain, lift_batch  # noqa: E402
+from lift_ext.lift import MixtureHierarchy  # noqa: E402
+from lift_ext.shakespeare.lift_methods import build_chain, lift_batch  # noqa: E402
 from lift_ext.shakespeare.runner import setup  # noqa: E402
 from timing import device_name  # noqa: E402
 
@@ -56,14 +57,16 @@ class StoredGradients:
 
 def lift_chain(su, cfg, tasks):
     """The ``lift`` method's chain of `lift_methods` over `tasks`."""
-    return _chain(su.model, tasks, cfg, launch.ONE, prior=cfg.lift_prior, n_components=cfg.n_components, seed=SEED)
+    return build_chain(su.model, tasks, cfg, launch.ONE, prior=cfg.lift_prior, n_components=cfg.n_components,
+                       seed=SEED)
 
 
 def past_warmup(chain, stored: StoredGradients) -> None:
     """Run `chain`'s warm-up steps with `stored` as its grad_fn, then give its own back."""
     own = chain.sampler.grad_fn
     chain.sampler.grad_fn = stored
-    chain.sampler.run(chain.sampler.warmup_steps, progress=False)
+    warmup = chain.hierarchy.warmup_steps if isinstance(chain.hierarchy, MixtureHierarchy) else 0
+    chain.sampler.run(warmup, progress=False)
     chain.sampler.grad_fn = own
 
 
@@ -83,7 +86,7 @@ def build(cfg):
     tasks = pool_tasks(su.data.pools, lift_batch(cfg), stride)
     window_tasks = pool_tasks(su.data.pools, cfg.batch_size, stride)
     sequential, vmapped, sampler_only = (lift_chain(su, cfg, tasks) for _ in range(3))
-    vmapped.grads.batched = None  # TaskGradients: try vmap (checked once against the sequential pass)
+    vmapped.batched_grads = True  # try vmap (checked once against the sequential pass)
     init = sequential.init_vector
     stored = StoredGradients(torch.stack([sequential.grads(i, init) for i in range(len(tasks))]))
     for chain in (sequential, vmapped, sampler_only):

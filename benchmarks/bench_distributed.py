@@ -87,7 +87,7 @@ def peak_rss_bytes() -> int:
 def rank_main(rank: int, world: int, store: str, args: argparse.Namespace, out: str) -> None:
     """Part 2 on one rank: build ShardedLiFT over this rank's tasks, time `steps` steps."""
     import torch.distributed as dist
-    from lift_ext.lift import TensorTask
+    from lift_ext.lift import LangevinConfig, MixtureHierarchy, PaperHierarchy, Sharding, TensorTask
     from lift_ext.lift.sharded_trainer import ShardedLiFT
     torch.set_num_threads(1)
     group = None
@@ -95,12 +95,15 @@ def rank_main(rank: int, world: int, store: str, args: argparse.Namespace, out: 
         dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=600))
         group = dist.group.WORLD
-    ids = ShardedLiFT.local_task_ids(args.tasks, group)
-    tasks = {i: TensorTask(task_windows(i), batch_size=WINDOWS, examples_per_row=WIDTH - 1) for i in ids}
-    prior = dict(prior="mixture", n_components=args.components) if args.components > 1 else {}
-    lift = ShardedLiFT(lora_backbone(), tasks, window_loss, num_tasks=args.tasks, process_group=group,
-                       tasks_per_step=args.batch, sigma=0.1, beta=0.05, lr=1e-3, seed=0,
-                       batched_grads={"auto": None, "on": True, "off": False}[args.batched_grads], **prior)
+    sharding = Sharding(process_group=group)
+    ids = set(ShardedLiFT.local_task_ids(args.tasks, sharding))
+    tasks = [TensorTask(task_windows(i), batch_size=WINDOWS, examples_per_row=WIDTH - 1) if i in ids else None
+             for i in range(args.tasks)]
+    hierarchy = MixtureHierarchy(components=args.components, sigma=0.1, beta=0.05) if args.components > 1 else \
+        PaperHierarchy(sigma=0.1, beta=0.05)
+    lift = ShardedLiFT(lora_backbone(), tasks, window_loss, langevin=LangevinConfig(lr=1e-3, tasks_per_step=args.batch),
+                       hierarchy=hierarchy, sharding=sharding, seed=0)
+    lift.batched_grads = {"auto": None, "on": True, "off": False}[args.batched_grads]
     sampler = lift.sampler
     for _ in range(2):  # warm-up (the first step also checks the batched gradients)
         sampler.step()

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lift_ext import ops  # noqa: E402
-from lift_ext.lift import SGLDGibbs  # noqa: E402
+from lift_ext.lift import ChainStart, LangevinConfig, PaperHierarchy, SGLDGibbs  # noqa: E402
 from timing import device_name, median_ms  # noqa: E402
 
 
@@ -38,9 +38,11 @@ def main(argv=None):
     dim, tasks = args.dim, args.tasks
     base_memory = peak_bytes(device)
     grad = torch.randn(dim, device=device) * 1e-3
-    sampler = SGLDGibbs(tasks, dim, lambda i, theta: grad, sigma=1.0, beta=0.1, lr=1e-4,
-                        prior_mean=torch.zeros(dim, device=device),
-                        theta_init=torch.randn(dim, device=device) * 0.01, n_components=args.components)
+    sampler = SGLDGibbs(tasks, dim, lambda i, theta: grad, langevin=LangevinConfig(lr=1e-4),
+                        hierarchy=PaperHierarchy(sigma=1.0, beta=0.1, phi_update="langevin",
+                                                 gmm_components=args.components),
+                        start=ChainStart(thetas=torch.randn(dim, device=device) * 0.01,
+                                         prior_mean=torch.zeros(dim, device=device)))
     for _ in range(4 * args.components + 2):  # past the mixture's warm-up buffer
         sampler.step()
     step_ms = median_ms(sampler.step, device)

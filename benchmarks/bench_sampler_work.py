@@ -19,14 +19,13 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lift_ext.lift import SGLDGibbs  # noqa: E402
+from lift_ext.lift import ChainStart, LangevinConfig, MixtureHierarchy, PaperHierarchy, SGLDGibbs  # noqa: E402
 from timing import device_name, median_ms  # noqa: E402
 
-CASES = (("paper", dict(prior="paper")),
-         ("mixture", dict(prior="mixture", phi_update="gibbs")),
-         ("mixture, shift_lr > 0", dict(prior="mixture", phi_update="gibbs", shift_lr=1e-4)),
-         ("mixture, shift, by lik.", dict(prior="mixture", phi_update="gibbs", shift_lr=1e-4,
-                                          z_update="likelihood")))
+CASES = (("paper", dict(hierarchy=PaperHierarchy, phi_update="langevin", lr_phi=1e-5)),
+         ("mixture", dict(hierarchy=MixtureHierarchy)),
+         ("mixture, shift_lr > 0", dict(hierarchy=MixtureHierarchy, shift_lr=1e-4)),
+         ("mixture, shift, by lik.", dict(hierarchy=MixtureHierarchy, shift_lr=1e-4, z_update="likelihood")))
 
 
 class StoredGradients:
@@ -55,9 +54,12 @@ def sampler(case: dict, tasks: int, dim: int, components: int, per_step: int, de
     centres = torch.randn(components, dim, generator=gen)
     start = (centres[torch.arange(tasks) % components] * 0.1 + 0.01 * torch.randn(tasks, dim, generator=gen))
     grad_fn = StoredGradients(grads, components)
-    chain = SGLDGibbs(tasks, dim, grad_fn, sigma=1.0, beta=0.1, lr=1e-4, lr_phi=1e-5,
-                      prior_mean=torch.zeros(dim, device=device), theta_init=start.to(device),
-                      n_components=components, tasks_per_step=per_step, **case)
+    settings = dict(case)
+    kind = settings.pop("hierarchy")
+    count = {"components": components} if kind is MixtureHierarchy else {"gmm_components": components}
+    chain = SGLDGibbs(tasks, dim, grad_fn, langevin=LangevinConfig(lr=1e-4, tasks_per_step=per_step),
+                      hierarchy=kind(sigma=1.0, beta=0.1, **count, **settings),
+                      start=ChainStart(thetas=start.to(device), prior_mean=torch.zeros(dim, device=device)))
     grad_fn.prefer(chain.assignments)
     return chain
 

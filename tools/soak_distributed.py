@@ -35,6 +35,7 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
+    from lift_ext.lift import LangevinConfig, MixtureHierarchy, PaperHierarchy, Sharding
     from lift_ext.lift.distributed import ShardedSGLDGibbs
 
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.gloo_timeout))
@@ -44,11 +45,13 @@ def worker(args) -> None:
     def grad_fn(task, theta):
         return 4.0 * (theta - targets[task]) + 0.1 * theta ** 3
 
-    prior = (dict(n_components=2, burn_in=100, thin=5) if args.repeat % 2 == 0 else
-             dict(prior="mixture", n_components=2, phi_update="gibbs", warmup_steps=20, shift_lr=1e-3))
-    sampler = ShardedSGLDGibbs(N_TASKS, DIM, grad_fn, process_group=dist.group.WORLD, num_shards=2,
-                               tasks_per_step=2, sigma=1.0, beta=0.3, lr=1e-3, preconditioned=True,
-                               seed=args.repeat, fault_grace=args.fault_grace, **prior)
+    hierarchy = (PaperHierarchy(sigma=1.0, beta=0.3, phi_update="langevin", gmm_components=2, burn_in=100, thin=5)
+                 if args.repeat % 2 == 0 else
+                 MixtureHierarchy(components=2, sigma=1.0, beta=0.3, warmup_steps=20, shift_lr=1e-3))
+    sampler = ShardedSGLDGibbs(N_TASKS, DIM, grad_fn,
+                               langevin=LangevinConfig(lr=1e-3, preconditioned=True, tasks_per_step=2),
+                               hierarchy=hierarchy, seed=args.repeat,
+                               sharding=Sharding(dist.group.WORLD, num_shards=2, fault_grace=args.fault_grace))
     start = time.monotonic()
     sampler.run(args.steps, progress=True)
     seconds = time.monotonic() - start

@@ -26,10 +26,10 @@ import time
 from typing import Dict, Sequence, Set, Tuple
 
 import torch
-from tqdm.auto import tqdm
 
 from lift_ext.gmm import OnlineGMM
-from lift_ext.lift import LiFT, MixturePrior
+from lift_ext.lift import LangevinConfig, LiFT, MixtureHierarchy, MixturePrior, PaperHierarchy, Sharding
+from lift_ext.lift.config import Hierarchy
 from lift_ext.lift.sharded_trainer import ShardedLiFT
 from lift_ext.shakespeare import launch
 from lift_ext.shakespeare.config import ConfigError
@@ -44,35 +44,46 @@ def lift_batch(cfg) -> int:
     return max(1, cfg.batch_size // cfg.tasks_per_step)
 
 
-def _chain(model, tasks, cfg, world: launch.World, *, prior: str, n_components: int, seed: int) -> LiFT:
-    shards = launch.shards(cfg, world)
-    options = dict(prior=prior, tasks_per_step=cfg.tasks_per_step // max(1, shards))
+def chain_configs(cfg, prior: str, n_components: int, shards: int) -> Tuple[LangevinConfig, Hierarchy]:
+    """The (langevin, hierarchy) configs of a chain of ``prior`` with ``n_components`` components,
+    tasks_per_step split over ``shards`` shards (0: one process)."""
+    langevin = LangevinConfig(lr=cfg.lift_lr, temperature=cfg.temperature, preconditioned=cfg.lift_preconditioned,
+                              tasks_per_step=cfg.tasks_per_step // max(1, shards))
     if prior == "mixture":
-        options.update(dirichlet_alpha=1.0, warmup_steps=int(cfg.lift_warmup * cfg.meta_steps),
-                       shift_lr=cfg.lift_shift_lr, z_update=cfg.lift_z_update)
-    else:
-        options.update(burn_in=int(cfg.burn_in * cfg.meta_steps), thin=cfg.thin)
-    if shards:
-        mine = ShardedLiFT.local_task_ids(len(tasks), world.group, shards)
-        model_tasks, trainer = {i: tasks[i] for i in mine}, ShardedLiFT
-        options.update(num_tasks=len(tasks), process_group=world.group, num_shards=shards)
-    else:
-        model_tasks, trainer = tasks, LiFT
-    return trainer(model, model_tasks, window_loss, sigma=cfg.sigma, beta=cfg.beta, lr=cfg.lift_lr,
-                   temperature=cfg.temperature, phi_update="gibbs", n_components=n_components, seed=seed,
-                   preconditioned=cfg.lift_preconditioned, **options)
+        return langevin, MixtureHierarchy(components=n_components, sigma=cfg.sigma, beta=cfg.beta,
+                                          dirichlet_alpha=1.0, warmup_steps=int(cfg.lift_warmup * cfg.meta_steps),
+                                          shift_lr=cfg.lift_shift_lr, z_update=cfg.lift_z_update)
+    return langevin, PaperHierarchy(sigma=cfg.sigma, beta=cfg.beta, phi_update="gibbs",
+                                    burn_in=int(cfg.burn_in * cfg.meta_steps), thin=cfg.thin,
+                                    gmm_components=n_components)
+
+
+def build_chain(model, tasks, cfg, world: launch.World, *, prior: str, n_components: int, seed: int) -> LiFT:
+    """The LiFT chain of ``prior`` with ``n_components`` components over ``tasks`` (a ShardedLiFT
+    holding this rank's tasks when the launch shards the chains)."""
+    shards = launch.shards(cfg, world)
+    langevin, hierarchy = chain_configs(cfg, prior, n_components, shards)
+    if not shards:
+        return LiFT(model, tasks, window_loss, langevin=langevin, hierarchy=hierarchy, seed=seed)
+    sharding = Sharding(process_group=world.group, num_shards=shards)
+    mine = set(ShardedLiFT.local_task_ids(len(tasks), sharding))
+    return ShardedLiFT(model, [task if i in mine else None for i, task in enumerate(tasks)], window_loss,
+                       langevin=langevin, hierarchy=hierarchy, sharding=sharding, seed=seed)
 
 
 def _run_paper(lift: LiFT, steps: int, progress: bool) -> OnlineGMM:
     """Run the paper chain; its phi samples also feed a one-component mixture (returned).
-    ``progress``: whether this process draws the bar."""
+    ``progress`` must be the same on every rank (the bar's diagnostics are a collective)."""
     sampler = lift.sampler
     single = OnlineGMM(1, lift.flat.dim, device=lift.flat.vector.device)
-    for _ in tqdm(range(steps), desc="LiFT SGLD-Gibbs (paper prior)", disable=not progress, mininterval=1.0):
-        before = sampler.num_gmm_samples
-        sampler.step()
-        if sampler.num_gmm_samples != before:
+    fed = [sampler.num_gmm_samples]
+
+    def feed_single(step: int, tasks) -> None:
+        if sampler.num_gmm_samples != fed[0]:
+            fed[0] = sampler.num_gmm_samples
             single.update(sampler.phi)
+
+    lift.run(steps, progress=progress, callback=feed_single)
     return single
 
 
@@ -146,16 +157,16 @@ def train_lift_variants(model, pools: Sequence[tuple], stride: int, cfg, wanted:
     library = None
     seconds = {}
     for prior, k in sorted(chains_needed(cfg, wanted)):
-        lift = _chain(model, tasks, cfg, world, prior=prior, n_components=k, seed=seed)
+        lift = build_chain(model, tasks, cfg, world, prior=prior, n_components=k, seed=seed)
         wall, cpu = time.perf_counter(), time.process_time()  # after the construction's collectives
         if prior == "paper":
-            single = _run_paper(lift, cfg.meta_steps, progress and world.main)
+            single = _run_paper(lift, cfg.meta_steps, progress)
             results[prior, 1] = MixturePrior.from_gmm(single, cfg.beta)
         else:
             lift.run(cfg.meta_steps, progress=progress)
         results[prior, k] = lift.meta_test_prior()
         if (prior, k) == _chain_of(*_needs("lift", cfg), cfg):
-            library = (lift.sampler.all_thetas() if isinstance(lift, ShardedLiFT) else lift.thetas).clone()
+            library = lift.sampler.all_thetas().clone()
         seconds[prior, k] = (time.perf_counter() - wall, _cpu_seconds(lift, time.process_time() - cpu))
     priors, info = {}, {}
     for method in LIFT_METHODS:
@@ -170,4 +181,5 @@ def train_lift_variants(model, pools: Sequence[tuple], stride: int, cfg, wanted:
     return priors, library, info
 
 
-__all__ = ["train_lift_variants", "chains_needed", "check_launch", "lift_batch", "LIBRARY_METHODS"]
+__all__ = ["train_lift_variants", "chains_needed", "check_launch", "lift_batch", "build_chain", "chain_configs",
+           "LIBRARY_METHODS"]

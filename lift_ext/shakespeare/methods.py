@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from lift_ext.lift import FlatParams, MixturePrior, TensorTask, adapt
+from lift_ext.lift import FlatParams, MapConfig, MixturePrior, SamplingConfig, TensorTask, adapt
 from lift_ext.shakespeare.backbone import target_loss
 from lift_ext.shakespeare.episodes import sample_episode, sample_role
 from lift_ext.sgld import sgld_step
@@ -206,20 +206,22 @@ def start_vector(method: str, state: MetaState, flat: FlatParams, task: TensorTa
 
 
 def adapt_role(method: str, state: MetaState, flat: FlatParams, task: TensorTask, *, start: Optional[torch.Tensor],
-               options: dict, temperature: float) -> Tuple[List[torch.Tensor], Optional[int]]:
+               config: MapConfig, seed: int, temperature: float) -> Tuple[List[torch.Tensor], Optional[int]]:
     """(adapted vectors, chosen prior component) of ``method`` on one role's support ``task``:
-    lift_ext.lift.adapt with ``options`` (steps, lr, stopping rule), under the method's prior
-    from its best component (LiFT variants: MAP, one vector; ``lift_sgld``: pSGLD at
-    ``temperature``, the samples kept after steps // 2, whose predictions are averaged), else
-    without a prior from ``start``. The reference "backbone" is not adapted."""
+    lift_ext.lift.adapt with ``config`` (steps, lr, stopping rule) and ``seed``, under the
+    method's prior from its best component (LiFT variants: MAP, one vector; ``lift_sgld``: pSGLD
+    with the same steps and lr at ``temperature``, the samples kept after steps // 2, whose
+    predictions are averaged), else without a prior from ``start``. The reference "backbone"
+    is not adapted."""
     if method == "backbone":
         return [state.init], None
     if method in LIFT_METHODS:
-        if method == "lift_sgld":
-            options = dict(options, mode="sgld", temperature=temperature)
-        out = adapt(flat, task, window_loss, prior=state.priors[method], init="best_component", **options)
+        how = SamplingConfig(steps=config.steps, lr=config.lr, preconditioned=config.preconditioned,
+                             temperature=temperature) if method == "lift_sgld" else config
+        out = adapt(flat, task, window_loss, prior=state.priors[method], config=how, start="best_component",
+                    seed=seed)
         return out.samples, out.component
-    return adapt(flat, task, window_loss, init="init", init_vector=start, **options).samples, None
+    return adapt(flat, task, window_loss, config=config, start=start, seed=seed).samples, None
 
 
 __all__ = ["MetaState", "window_loss", "train_multitask", "train_family_adapters", "train_reptile", "train_fomaml",

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from lift_ext.lift import FlatParams
+from lift_ext.lift import FlatParams, MapConfig
 from lift_ext.shakespeare import launch
 from lift_ext.shakespeare import methods as M
 from lift_ext.shakespeare import stages
@@ -178,13 +178,11 @@ def _diverging(what: str, key: str, value: float, seed: int):
                          f"non-finite): lower {key} in the config (now {value:g})") from None
 
 
-def adapt_options(cfg: BenchConfig, lr: float, seed: int) -> dict:
-    """lift_ext.lift.adapt's settings for one method: MAP with at most ``adapt_steps`` steps,
-    the stopping rule (``adapt_eval_every`` 0: the support objective is checked only at the
-    end), the minibatch order of ``seed``."""
+def adapt_config(cfg: BenchConfig, lr: float) -> MapConfig:
+    """lift_ext.lift.adapt's settings for one method: MAP with at most ``adapt_steps`` steps and
+    the stopping rule (``adapt_eval_every`` 0: the support objective is checked only at the end)."""
     every = cfg.adapt_eval_every or max(1, cfg.adapt_steps)
-    return dict(steps=cfg.adapt_steps, lr=lr, seed=seed, tol=cfg.adapt_tol, patience=cfg.adapt_patience,
-                eval_every=every)
+    return MapConfig(steps=cfg.adapt_steps, lr=lr, tol=cfg.adapt_tol, patience=cfg.adapt_patience, eval_every=every)
 
 
 def _adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, roles: list, lr: float,
@@ -200,7 +198,7 @@ def _adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, r
         if r.key not in starts:
             starts[r.key] = M.start_vector(method, state, su.flat, task, r.family)
         samples, component = M.adapt_role(method, state, su.flat, task, start=starts[r.key],
-                                          options=adapt_options(cfg, lr, seed), temperature=cfg.temperature)
+                                          config=adapt_config(cfg, lr), seed=seed, temperature=cfg.temperature)
         out.append(torch.stack(samples))
         if components is not None:
             components.append(component)
