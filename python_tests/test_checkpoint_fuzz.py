@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lift_ext.checkpoint import CheckpointError
-from lift_ext.lift import SGLDGibbs, ShardedSGLDGibbs
+from lift_ext.lift import (ChainStart, LangevinConfig, MixtureHierarchy, PaperHierarchy, SGLDGibbs, ShardedSGLDGibbs,
+                           Sharding)
 
 N, D = 6, 8
 
@@ -19,9 +20,14 @@ def _grad_fn(i, theta):
 
 
 KINDS = {
-    "paper": (SGLDGibbs, dict(preconditioned=True, n_components=2)),
-    "mixture": (SGLDGibbs, dict(prior="mixture", n_components=2, phi_update="gibbs")),
-    "sharded": (ShardedSGLDGibbs, dict(num_shards=2, n_components=2)),
+    "paper": (SGLDGibbs, dict(langevin=LangevinConfig(lr=1e-3, preconditioned=True),
+                              hierarchy=PaperHierarchy(sigma=1.0, beta=0.5, phi_update="langevin", gmm_components=2))),
+    "mixture": (SGLDGibbs, dict(langevin=LangevinConfig(lr=1e-3),
+                                hierarchy=MixtureHierarchy(components=2, sigma=1.0, beta=0.5))),
+    "sharded": (ShardedSGLDGibbs, dict(langevin=LangevinConfig(lr=1e-3),
+                                       hierarchy=PaperHierarchy(sigma=1.0, beta=0.5, phi_update="langevin",
+                                                                gmm_components=2),
+                                       sharding=Sharding(num_shards=2))),
 }
 
 
@@ -45,8 +51,8 @@ def _damaged(data: bytes, rng: random.Random) -> bytes:
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_damaged_checkpoints_are_all_refused(tmp_path, kind):
     cls, options = KINDS[kind]
-    sampler = cls(N, D, _grad_fn, sigma=1.0, beta=0.5, lr=1e-3, seed=2,
-                  theta_init=torch.randn(N, D, generator=torch.Generator().manual_seed(0)), **options)
+    sampler = cls(N, D, _grad_fn, seed=2,
+                  start=ChainStart(thetas=torch.randn(N, D, generator=torch.Generator().manual_seed(0))), **options)
     sampler.run(5, progress=False)
     path = os.path.join(tmp_path, "chain")
     sampler.save(path)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lift_ext.checkpoint import CheckpointError, load_checked, save_atomic
-from lift_ext.lift import SGLDGibbs
+from lift_ext.lift import ChainStart, LangevinConfig, PaperHierarchy, SGLDGibbs
 
 N, D = 6, 5
 
@@ -19,8 +19,10 @@ def _grad_fn(i, theta):
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ckpt") / "chain.pt")
-    sampler = SGLDGibbs(N, D, _grad_fn, sigma=2.0, beta=0.5, lr=1e-3, seed=3, preconditioned=True,
-                        theta_init=torch.randn(N, D, generator=torch.Generator().manual_seed(0)))
+    sampler = SGLDGibbs(N, D, _grad_fn, langevin=LangevinConfig(lr=1e-3, preconditioned=True),
+                        hierarchy=PaperHierarchy(sigma=2.0, beta=0.5, phi_update="langevin"),
+                        start=ChainStart(thetas=torch.randn(N, D, generator=torch.Generator().manual_seed(0))),
+                        seed=3)
     sampler.run(7, progress=False)
     sampler.save(path)
     return path
@@ -51,12 +53,12 @@ SPOILED = [
     ("square_avg", -torch.ones(D), "square_avg must be >= 0"),
     ("square_avg", torch.full((D,), float("inf")), "square_avg must be finite"),
     ("prior_mean", torch.zeros(D + 2), "prior_mean must be"),
-    ("hparams", 5, "hparams must be a dict"),
-    ("hparams.dim", 10**9, "components must hold"),  # would allocate N x 1e9 floats: refused first
-    ("hparams.num_tasks", 10**10, "components must hold"),
-    ("hparams.n_components", 10**9, "OnlineGMM state must hold"),
-    ("hparams.sigma", "2.0", "inconsistent"),
-    ("hparams.unknown", 1, "inconsistent"),
+    ("config", 5, "config must be a dict"),
+    ("config.dim", 10**9, "components must hold"),  # would allocate N x 1e9 floats: refused first
+    ("config.num_tasks", 10**10, "components must hold"),
+    ("config.hierarchy.gmm_components", 10**9, "OnlineGMM state must hold"),
+    ("config.hierarchy.sigma", "2.0", "inconsistent"),
+    ("config.unknown", 1, "inconsistent"),
     ("gmm", None, "OnlineGMM state must hold"),
     ("gmm.counts", torch.tensor([float("nan"), 0.0], dtype=torch.float64), "inconsistent"),
     ("components", {"phis": torch.zeros(1, D)}, "components must hold|inconsistent"),
@@ -65,7 +67,7 @@ SPOILED = [
 
 @pytest.mark.parametrize("key,value,message", SPOILED, ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(SPOILED)])
 def test_spoiled_value_is_refused(saved, tmp_path, key, value, message):
-    state = load_checked(saved, fmt="lift_ext.SGLDGibbs", version=2, required=())
+    state = load_checked(saved, fmt="lift_ext.SGLDGibbs", version=3, required=())
     _edit(state, key, value)
     broken = os.path.join(tmp_path, "broken.pt")
     save_atomic(state, broken)
@@ -84,13 +86,15 @@ def test_unspoiled_file_loads(saved):
     (lambda s: s.update(shard=1), "holds shard"),
 ])
 def test_spoiled_shard_file_is_refused(tmp_path, spoil, message):
-    from lift_ext.lift import ShardedSGLDGibbs
-    sampler = ShardedSGLDGibbs(N, D, _grad_fn, num_shards=2, sigma=2.0, beta=0.5, lr=1e-3, seed=3)
+    from lift_ext.lift import ShardedSGLDGibbs, Sharding
+    sampler = ShardedSGLDGibbs(N, D, _grad_fn, langevin=LangevinConfig(lr=1e-3),
+                               hierarchy=PaperHierarchy(sigma=2.0, beta=0.5, phi_update="langevin"),
+                               sharding=Sharding(num_shards=2), seed=3)
     sampler.run(3, progress=False)
     path = str(tmp_path / "set")
     sampler.save(path)
     shard0 = os.path.join(path, next(f for f in sorted(os.listdir(path)) if f.startswith("shard-0-")))
-    state = load_checked(shard0, fmt="lift_ext.ShardedSGLDGibbs.shard", version=1, required=())
+    state = load_checked(shard0, fmt="lift_ext.ShardedSGLDGibbs.shard", version=2, required=())
     spoil(state)
     save_atomic(state, shard0)
     with pytest.raises(CheckpointError, match=message):

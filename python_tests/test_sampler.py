@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lift_ext.checkpoint import CheckpointError, load_checked, save_atomic
-from lift_ext.lift import SGLDGibbs
+from lift_ext.lift import ChainStart, LangevinConfig, MixtureHierarchy, PaperHierarchy, SGLDGibbs
 
 from conftest import requires_cuda
 
@@ -43,10 +43,11 @@ def problem():
     return dict(mu0=mu0, grad_fn=grad_fn, post_mean=mean, post_var=float(var), ybar=ybar)
 
 
-def sample_phi(problem, phi_update, steps=12000, burn_in=2000, lr=2e-3, **kw):
-    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=lr,
-                        phi_update=phi_update, prior_mean=problem["mu0"], theta_init=problem["ybar"],
-                        burn_in=burn_in, seed=7, **kw)
+def sample_phi(problem, phi_update, steps=12000, burn_in=2000, lr=2e-3, preconditioned=False):
+    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"],
+                        langevin=LangevinConfig(lr=lr, preconditioned=preconditioned),
+                        hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update=phi_update, burn_in=burn_in),
+                        start=ChainStart(thetas=problem["ybar"], prior_mean=problem["mu0"]), seed=7)
     total = torch.zeros(DIM, dtype=torch.float64)
     total_sq = torch.zeros(DIM, dtype=torch.float64)
     sampler.run(burn_in, progress=False)
@@ -90,9 +91,10 @@ def test_preconditioned_damping_keeps_vanishing_gradients_stable():
     """Weights with zero data gradient: G = 1/damping, damping = lr/beta^2, so the prior
     pull lr G / beta^2 = 1 snaps theta to phi instead of overshooting, and thetas stay finite."""
     beta = 0.1
-    sampler = SGLDGibbs(3, 64, lambda i, t: torch.zeros(64), sigma=1.0, beta=beta, lr=1e-2,
-                        phi_update="gibbs", temperature=0.0, preconditioned=True,
-                        theta_init=torch.randn(3, 64, generator=torch.Generator().manual_seed(0)))
+    sampler = SGLDGibbs(3, 64, lambda i, t: torch.zeros(64),
+                        langevin=LangevinConfig(lr=1e-2, temperature=0.0, preconditioned=True),
+                        hierarchy=PaperHierarchy(sigma=1.0, beta=beta, phi_update="gibbs"),
+                        start=ChainStart(thetas=torch.randn(3, 64, generator=torch.Generator().manual_seed(0))))
     assert sampler.damping == pytest.approx(1e-2 / beta**2)
     start = sampler.thetas.abs().max().item()
     for _ in range(30):
@@ -107,8 +109,12 @@ def test_running_sum_stays_equal_to_thetas_sum(problem):
     torch.testing.assert_close(sampler.task_sum, sampler.thetas.sum(0), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(tasks_per_step=2),
-                                     dict(prior="mixture", n_components=2, phi_update="gibbs", tasks_per_step=2)])
+@pytest.mark.parametrize("options", [
+    dict(langevin=LangevinConfig(lr=2e-3), hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="langevin")),
+    dict(langevin=LangevinConfig(lr=2e-3, tasks_per_step=2),
+         hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="langevin")),
+    dict(langevin=LangevinConfig(lr=2e-3, tasks_per_step=2),
+         hierarchy=MixtureHierarchy(components=2, sigma=SIGMA, beta=BETA))])
 def test_a_grad_fn_that_edits_theta_in_place_is_refused_with_the_sums_kept(problem, options):
     """A grad_fn that writes into the theta row it is given (a view of the state) is caught by the
     thetas' version counter: ValueError, no step, and S_k = the sum of its members' rows."""
@@ -116,8 +122,8 @@ def test_a_grad_fn_that_edits_theta_in_place_is_refused_with_the_sums_kept(probl
         theta.add_(1.0)  # the edit the sampler must notice
         return problem["grad_fn"](i, theta)
 
-    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=2e-3,
-                        prior_mean=problem["mu0"], theta_init=problem["ybar"], seed=3, **options)
+    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"],
+                        start=ChainStart(thetas=problem["ybar"], prior_mean=problem["mu0"]), seed=3, **options)
     sampler.run(7, progress=False)
     sampler.grad_fn = editing
     with pytest.raises(ValueError, match="grad_fn edited theta in place"):
@@ -133,9 +139,11 @@ def test_a_grad_fn_that_edits_theta_in_place_is_refused_with_the_sums_kept(probl
 
 def test_a_sharded_grad_fn_that_edits_theta_in_place_leaves_the_state():
     """ShardedSGLDGibbs keeps a copy of the step's rows: an edit is undone, the state is as before."""
-    from lift_ext.lift import ShardedSGLDGibbs
-    sampler = ShardedSGLDGibbs(6, 4, lambda i, t: t - float(i), num_shards=2, tasks_per_step=2, sigma=1.0,
-                               beta=0.5, lr=1e-2, seed=1)
+    from lift_ext.lift import ShardedSGLDGibbs, Sharding
+    sampler = ShardedSGLDGibbs(6, 4, lambda i, t: t - float(i),
+                               langevin=LangevinConfig(lr=1e-2, tasks_per_step=2),
+                               hierarchy=PaperHierarchy(sigma=1.0, beta=0.5, phi_update="langevin"),
+                               sharding=Sharding(num_shards=2), seed=1)
     sampler.run(3, progress=False)
     thetas, sums = sampler.thetas.clone(), sampler.task_sums.clone()
     sampler.grad_fn = lambda i, t: t.mul_(2.0) - float(i)
@@ -148,8 +156,9 @@ def test_a_sharded_grad_fn_that_edits_theta_in_place_leaves_the_state():
 def test_a_gradient_that_is_not_finite_is_refused_before_the_step(problem):
     """NaN from grad_fn during the burn-in (no phi sample reaches the OnlineGMM yet):
     FloatingPointError naming grad_fn, and nothing changed."""
-    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=2e-3,
-                        prior_mean=problem["mu0"], theta_init=problem["ybar"], burn_in=1000)
+    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], langevin=LangevinConfig(lr=2e-3),
+                        hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="langevin", burn_in=1000),
+                        start=ChainStart(thetas=problem["ybar"], prior_mean=problem["mu0"]))
     sampler.run(4, progress=False)
     before = (sampler.thetas.clone(), sampler.phi.clone(), sampler.task_sum.clone())
     sampler.grad_fn = lambda i, theta: torch.full_like(theta, float("nan"))
@@ -175,15 +184,18 @@ def test_checked_gradients_tell_an_overflowing_sum_from_a_gradient_that_is_not_f
 
 
 def test_gmm_receives_thinned_samples_after_burn_in(problem):
-    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=2e-3, burn_in=30,
-                        thin=4, theta_init=problem["ybar"], n_components=2, seed=1)
+    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], langevin=LangevinConfig(lr=2e-3),
+                        hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="langevin", burn_in=30, thin=4,
+                                                 gmm_components=2),
+                        start=ChainStart(thetas=problem["ybar"]), seed=1)
     sampler.run(130, progress=False)
     assert sampler.num_gmm_samples == (130 - 30) // 4
     assert float(sampler.gmm.counts.sum()) == pytest.approx((130 - 30) // 4)
 
 
 def test_round_robin_visits_every_task_each_epoch(problem):
-    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=2e-3, seed=3)
+    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], langevin=LangevinConfig(lr=2e-3),
+                        hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="langevin"), seed=3)
     visits = [task for _ in range(4 * N_TASKS) for task in sampler.step()]
     for epoch in range(4):
         assert sorted(visits[epoch * N_TASKS:(epoch + 1) * N_TASKS]) == list(range(N_TASKS))
@@ -192,9 +204,10 @@ def test_round_robin_visits_every_task_each_epoch(problem):
 
 @pytest.mark.parametrize("phi_update,preconditioned", [("langevin", False), ("gibbs", False), ("gibbs", True)])
 def test_resume_is_bitwise_exact(problem, tmp_path, phi_update, preconditioned):
-    kw = dict(sigma=SIGMA, beta=BETA, lr=2e-3, phi_update=phi_update, prior_mean=problem["mu0"],
-              theta_init=problem["ybar"], burn_in=5, thin=2, n_components=2, seed=11,
-              preconditioned=preconditioned)
+    kw = dict(langevin=LangevinConfig(lr=2e-3, preconditioned=preconditioned),
+              hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update=phi_update, burn_in=5, thin=2,
+                                       gmm_components=2),
+              start=ChainStart(thetas=problem["ybar"], prior_mean=problem["mu0"]), seed=11)
     straight = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], **kw)
     straight.run(47, progress=False)
 
@@ -213,7 +226,8 @@ def test_resume_is_bitwise_exact(problem, tmp_path, phi_update, preconditioned):
 
 
 def test_corrupt_and_foreign_checkpoints_are_refused(problem, tmp_path):
-    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=2e-3, seed=0)
+    sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], langevin=LangevinConfig(lr=2e-3),
+                        hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="langevin"), seed=0)
     sampler.run(3, progress=False)
     good = os.path.join(tmp_path, "good.pt")
     sampler.save(good)
@@ -227,18 +241,18 @@ def test_corrupt_and_foreign_checkpoints_are_refused(problem, tmp_path):
     save_atomic({"format": "something else", "version": 1}, foreign)
     with pytest.raises(CheckpointError, match="not a lift_ext.SGLDGibbs checkpoint"):
         SGLDGibbs.load(foreign, problem["grad_fn"])
-    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=2, required=())
+    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=3, required=())
     del state["components"]
     incomplete = os.path.join(tmp_path, "incomplete.pt")
     save_atomic(state, incomplete)
     with pytest.raises(CheckpointError, match="missing components"):
         SGLDGibbs.load(incomplete, problem["grad_fn"])
-    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=2, required=())
+    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=3, required=())
     state["thetas"] = state["thetas"][:, :-1].contiguous()
     save_atomic(state, incomplete)
     with pytest.raises(CheckpointError, match="thetas must be a float32 tensor of shape"):
         SGLDGibbs.load(incomplete, problem["grad_fn"])
-    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=2, required=())
+    state = load_checked(good, fmt="lift_ext.SGLDGibbs", version=3, required=())
     state["version"] = 99
     save_atomic(state, incomplete)
     with pytest.raises(CheckpointError, match="version"):
@@ -248,25 +262,31 @@ def test_corrupt_and_foreign_checkpoints_are_refused(problem, tmp_path):
 
 def test_unstable_settings_warn(problem):
     with pytest.warns(RuntimeWarning, match="lr / beta"):
-        SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=0.01, lr=1e-3)
+        SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], langevin=LangevinConfig(lr=1e-3),
+                  hierarchy=PaperHierarchy(sigma=SIGMA, beta=0.01, phi_update="langevin"))
     with pytest.warns(RuntimeWarning, match="lr_phi"):
-        SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=1e-3, lr_phi=0.1)
+        SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], langevin=LangevinConfig(lr=1e-3),
+                  hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="langevin", lr_phi=0.1))
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(phi_update="metropolis"), "phi_update"), (dict(thin=0), "thin"), (dict(sigma=0.0), "sigma"),
-    (dict(theta_init=torch.zeros(3)), "theta_init"), (dict(prior_mean=torch.full((DIM,), float("nan"))), "prior_mean"),
-    (dict(lr=float("inf")), "lr"),
+@pytest.mark.parametrize("langevin,hierarchy,start,message", [
+    (dict(), dict(phi_update="metropolis"), dict(), "phi_update"), (dict(), dict(thin=0), dict(), "thin"),
+    (dict(), dict(sigma=0.0), dict(), "sigma"),
+    (dict(), dict(), dict(thetas=torch.zeros(3)), "start.thetas"),
+    (dict(), dict(), dict(prior_mean=torch.full((DIM,), float("nan"))), "prior_mean"),
+    (dict(lr=float("inf")), dict(), dict(), "lr"),
 ])
-def test_bad_arguments(problem, kwargs, message):
-    args = dict(sigma=SIGMA, beta=BETA, lr=2e-3)
-    args.update(kwargs)
+def test_bad_arguments(problem, langevin, hierarchy, start, message):
+    """Each bad setting is refused with a ValueError naming it, by its config or by the sampler."""
     with pytest.raises(ValueError, match=message):
-        SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], **args)
+        SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], langevin=LangevinConfig(**{"lr": 2e-3, **langevin}),
+                  hierarchy=PaperHierarchy(**{"sigma": SIGMA, "beta": BETA, "phi_update": "langevin", **hierarchy}),
+                  start=ChainStart(**start))
 
 
 def test_bad_gradient_shape_is_reported(problem):
-    sampler = SGLDGibbs(N_TASKS, DIM, lambda i, t: torch.zeros(DIM + 1), sigma=SIGMA, beta=BETA, lr=2e-3)
+    sampler = SGLDGibbs(N_TASKS, DIM, lambda i, t: torch.zeros(DIM + 1), langevin=LangevinConfig(lr=2e-3),
+                        hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="langevin"))
     with pytest.raises(ValueError, match="grad_fn"):
         sampler.step()
 
@@ -274,15 +294,17 @@ def test_bad_gradient_shape_is_reported(problem):
 def test_divergence_is_reported_clearly(problem):
     # lr * n_i / s^2 = 0.5 * 10 > 2: every theta step overshoots its data term and blows up.
     with pytest.warns(RuntimeWarning, match="lr / beta"):
-        sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], sigma=SIGMA, beta=BETA, lr=0.5,
-                            phi_update="gibbs", theta_init=problem["ybar"], seed=1)
+        sampler = SGLDGibbs(N_TASKS, DIM, problem["grad_fn"], langevin=LangevinConfig(lr=0.5),
+                            hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="gibbs"),
+                            start=ChainStart(thetas=problem["ybar"]), seed=1)
     with pytest.raises(FloatingPointError, match="diverged.*lower lr"):
         sampler.run(3000, progress=False)
 
 
 def test_gradient_on_another_device_is_reported():
-    sampler = SGLDGibbs(N_TASKS, DIM, lambda i, t: torch.zeros(DIM, device="meta"), sigma=SIGMA, beta=BETA,
-                        lr=2e-3)
+    sampler = SGLDGibbs(N_TASKS, DIM, lambda i, t: torch.zeros(DIM, device="meta"),
+                        langevin=LangevinConfig(lr=2e-3),
+                        hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="langevin"))
     with pytest.raises(ValueError, match="grad_fn.*meta.*cpu"):
         sampler.step()
 
@@ -290,8 +312,10 @@ def test_gradient_on_another_device_is_reported():
 @requires_cuda
 def test_state_follows_the_prior_mean_device(problem):
     mu0 = problem["mu0"].cuda()
-    sampler = SGLDGibbs(N_TASKS, DIM, lambda i, t: problem["grad_fn"](i, t.cpu()).cuda(), sigma=SIGMA,
-                        beta=BETA, lr=2e-3, prior_mean=mu0, n_components=2)
+    sampler = SGLDGibbs(N_TASKS, DIM, lambda i, t: problem["grad_fn"](i, t.cpu()).cuda(),
+                        langevin=LangevinConfig(lr=2e-3),
+                        hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="langevin", gmm_components=2),
+                        start=ChainStart(prior_mean=mu0))
     sampler.run(20, progress=False)
     assert sampler.device.type == "cuda" and sampler.thetas.is_cuda and sampler.gmm.means.is_cuda
     assert torch.isfinite(sampler.phi).all()

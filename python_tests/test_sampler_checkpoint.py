@@ -1,12 +1,12 @@
-"""SGLDGibbs checkpoints: a run saved and loaded continues the exact chain (both priors, B > 1,
-across the mixture's warm-up), and a version-1 file (one phi, task_sum) still loads."""
+"""SGLDGibbs checkpoints: a run saved and loaded continues the exact chain (both hierarchies,
+B > 1, across the mixture's warm-up), and an inconsistent mixture state is refused."""
 import os
 
 import pytest
 import torch
 
 from lift_ext.checkpoint import CheckpointError, load_checked, save_atomic
-from lift_ext.lift import SGLDGibbs
+from lift_ext.lift import ChainStart, LangevinConfig, MixtureHierarchy, PaperHierarchy, SGLDGibbs
 from conftest import chain_state
 
 N, D = 9, 24
@@ -20,9 +20,13 @@ def grad_fn():
 
 
 CASES = {
-    "paper-B3-precond": dict(tasks_per_step=3, preconditioned=True, burn_in=4, thin=2, n_components=2),
-    "mixture-B4": dict(prior="mixture", n_components=3, tasks_per_step=4, phi_update="gibbs", dirichlet_alpha=0.5),
-    "mixture-warmup": dict(prior="mixture", n_components=2, tasks_per_step=2, phi_update="gibbs", warmup_steps=20),
+    "paper-B3-precond": dict(langevin=LangevinConfig(lr=1e-3, tasks_per_step=3, preconditioned=True),
+                             hierarchy=PaperHierarchy(sigma=2.0, beta=0.5, phi_update="langevin", burn_in=4, thin=2,
+                                                      gmm_components=2)),
+    "mixture-B4": dict(langevin=LangevinConfig(lr=1e-3, tasks_per_step=4),
+                       hierarchy=MixtureHierarchy(components=3, sigma=2.0, beta=0.5, dirichlet_alpha=0.5)),
+    "mixture-warmup": dict(langevin=LangevinConfig(lr=1e-3, tasks_per_step=2),
+                           hierarchy=MixtureHierarchy(components=2, sigma=2.0, beta=0.5, warmup_steps=20)),
 }
 
 
@@ -30,7 +34,7 @@ CASES = {
 @pytest.mark.parametrize("split", [11, 23])  # before and after the warm-up's end at step 20
 def test_resume_continues_the_exact_chain(grad_fn, tmp_path, case, split):
     start = torch.randn(N, D, generator=torch.Generator().manual_seed(5))
-    kw = dict(sigma=2.0, beta=0.5, lr=1e-3, seed=3, theta_init=start, **CASES[case])
+    kw = dict(seed=3, start=ChainStart(thetas=start), **CASES[case])
     straight = SGLDGibbs(N, D, grad_fn, **kw)
     straight.run(40, progress=False)
     first = SGLDGibbs(N, D, grad_fn, **kw)
@@ -38,7 +42,7 @@ def test_resume_continues_the_exact_chain(grad_fn, tmp_path, case, split):
     path = os.path.join(tmp_path, "chain.pt")
     first.save(path)
     resumed = SGLDGibbs.load(path, grad_fn)
-    assert resumed.hparams() == first.hparams()
+    assert resumed.config() == first.config()
     resumed.run(40 - split, progress=False)
     assert resumed.step_count == 40
     for a, b in zip(chain_state(straight), chain_state(resumed)):
@@ -47,20 +51,19 @@ def test_resume_continues_the_exact_chain(grad_fn, tmp_path, case, split):
 
 
 def test_inconsistent_mixture_state_is_refused(grad_fn, tmp_path):
-    sampler = SGLDGibbs(N, D, grad_fn, sigma=2.0, beta=0.5, lr=1e-3, theta_init=torch.randn(N, D),
-                        **CASES["mixture-B4"])
+    sampler = SGLDGibbs(N, D, grad_fn, start=ChainStart(thetas=torch.randn(N, D)), **CASES["mixture-B4"])
     path = os.path.join(tmp_path, "mix.pt")
     sampler.save(path)
     for key, value, message in (("assignments", torch.full((N,), 3), "assignments"),
                                 ("weights", torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64), "weights"),
                                 ("phis", torch.zeros(2, D), "phis")):
-        bad = load_checked(path, fmt="lift_ext.SGLDGibbs", version=2, required=())
+        bad = load_checked(path, fmt="lift_ext.SGLDGibbs", version=3, required=())
         bad["components"][key] = value
         broken = os.path.join(tmp_path, f"bad-{key}.pt")
         save_atomic(bad, broken)
         with pytest.raises(CheckpointError, match=message):
             SGLDGibbs.load(broken, grad_fn)
-    bad = load_checked(path, fmt="lift_ext.SGLDGibbs", version=2, required=())
+    bad = load_checked(path, fmt="lift_ext.SGLDGibbs", version=3, required=())
     bad["order"]["position"] = N + 1
     save_atomic(bad, os.path.join(tmp_path, "bad-order.pt"))
     with pytest.raises(CheckpointError, match="order"):

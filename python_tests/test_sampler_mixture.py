@@ -1,4 +1,4 @@
-"""SGLDGibbs(prior="mixture") on a clustered conjugate hierarchical Gaussian model, where the
+"""SGLDGibbs(hierarchy=MixtureHierarchy(...)) on a clustered conjugate hierarchical Gaussian model, where the
 posterior of each phi_k given the assignments is exact (per dimension):
 
     y_ij ~ N(theta_i, s^2) (n_i of them),  theta_i | z_i = k ~ N(phi_k, beta^2),  phi_k ~ N(mu0, sigma^2)
@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from lift_ext import reference
-from lift_ext.lift import MixturePrior, SGLDGibbs
+from lift_ext.lift import ChainStart, LangevinConfig, MixtureHierarchy, MixturePrior, PaperHierarchy, SGLDGibbs
 from lift_ext.lift.mixture import COMPONENT_STRIDE, Components, initial_assignments
 
 from conftest import requires_cuda
 
 K, N, D, S2, BETA, SIGMA = 3, 30, 20, 1.0, 0.5, 3.0
+LANGEVIN = LangevinConfig(lr=5e-3, tasks_per_step=10)
+HIERARCHY = MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA)
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +46,12 @@ def clustered():
                 post_var=torch.tensor(variances, dtype=torch.float64))
 
 
-def mixture(clustered, **kw):
-    args = dict(sigma=SIGMA, beta=BETA, lr=5e-3, prior="mixture", n_components=K, phi_update="gibbs",
-                prior_mean=clustered["mu0"], theta_init=clustered["ybar"], tasks_per_step=10, seed=0)
-    args.update(kw)
-    return SGLDGibbs(N, D, clustered["grad_fn"], **args)
+def mixture(clustered, langevin=LANGEVIN, hierarchy=HIERARCHY, start=None, seed=0):
+    """The chain of the clustered problem with these configs; start None: from the task means
+    ybar_i, with mu0 as the prior mean."""
+    if start is None:
+        start = ChainStart(thetas=clustered["ybar"], prior_mean=clustered["mu0"])
+    return SGLDGibbs(N, D, clustered["grad_fn"], langevin=langevin, hierarchy=hierarchy, start=start, seed=seed)
 
 
 def matching(z, z_true):
@@ -110,7 +113,8 @@ def test_labels_differ_by_seed_but_the_partition_and_prior_do_not(clustered):
 
 def test_warmup_then_kmeans_finds_the_clusters_from_a_common_start(clustered):
     """All tasks start at mu0: W one-phi steps separate the thetas, then k-means++ sets z."""
-    sampler = mixture(clustered, theta_init=None, warmup_steps=300)
+    sampler = mixture(clustered, hierarchy=MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, warmup_steps=300),
+                      start=ChainStart(prior_mean=clustered["mu0"]))
     sampler.run(299, progress=False)
     assert bool((sampler.assignments == 0).all())
     with pytest.raises(RuntimeError, match="warmup_steps=300"):
@@ -137,12 +141,12 @@ def test_initial_assignments_cluster_directions_not_lengths():
 
 def test_a_common_start_without_warmup_warns(clustered):
     with pytest.warns(RuntimeWarning, match="warmup_steps"):
-        sampler = mixture(clustered, theta_init=None)
+        sampler = mixture(clustered, start=ChainStart(prior_mean=clustered["mu0"]))
     assert sorted(torch.bincount(sampler.assignments).tolist()) == [10, 10, 10]  # balanced
 
 
 def test_meta_test_prior_is_the_conditional_posterior_of_the_state(clustered):
-    sampler = mixture(clustered, temperature=0.7)
+    sampler = mixture(clustered, langevin=LangevinConfig(lr=5e-3, tasks_per_step=10, temperature=0.7))
     sampler.run(50, progress=False)
     prior = sampler.meta_test_prior()
     assert isinstance(prior, MixturePrior) and prior.beta == BETA
@@ -163,9 +167,10 @@ def test_empty_component_is_drawn_from_its_prior_at_its_own_offset():
     theta_init = torch.zeros(4, 8)
     theta_init[2:] = 5.0
     mu0 = torch.linspace(-1, 1, 8)
-    sampler = SGLDGibbs(4, 8, lambda i, t: torch.zeros(8), sigma=2.0, beta=0.1, lr=1e-3, prior="mixture",
-                        n_components=3, phi_update="gibbs", prior_mean=mu0, theta_init=theta_init,
-                        temperature=0.5, seed=3, tasks_per_step=2)
+    sampler = SGLDGibbs(4, 8, lambda i, t: torch.zeros(8),
+                        langevin=LangevinConfig(lr=1e-3, temperature=0.5, tasks_per_step=2),
+                        hierarchy=MixtureHierarchy(components=3, sigma=2.0, beta=0.1),
+                        start=ChainStart(thetas=theta_init, prior_mean=mu0), seed=3)
     empty = [k for k, n in enumerate(torch.bincount(sampler.assignments, minlength=3).tolist()) if n == 0]
     assert len(empty) == 1
     sampler.step()
@@ -226,7 +231,7 @@ def test_weight_draws_are_dirichlet():
 
 def test_zero_temperature_is_deterministic_and_exact(clustered):
     """T = 0: theta steps are SGD, z the nearest phi_k, phi_k = m_k exactly, pi its mean."""
-    sampler = mixture(clustered, temperature=0.0)
+    sampler = mixture(clustered, langevin=LangevinConfig(lr=5e-3, tasks_per_step=10, temperature=0.0))
     sampler.run(200, progress=False)
     prior = sampler.meta_test_prior()
     torch.testing.assert_close(sampler.phis, prior.means, rtol=1e-6, atol=1e-6)
@@ -237,10 +242,12 @@ def test_zero_temperature_is_deterministic_and_exact(clustered):
 
 def test_one_component_is_the_exact_gibbs_paper_chain_bitwise(clustered):
     for batch in (1, 4):
-        kw = dict(sigma=SIGMA, beta=BETA, lr=5e-3, phi_update="gibbs", prior_mean=clustered["mu0"],
-                  theta_init=clustered["ybar"], tasks_per_step=batch, seed=4)
-        paper = SGLDGibbs(N, D, clustered["grad_fn"], **kw)
-        single = SGLDGibbs(N, D, clustered["grad_fn"], prior="mixture", n_components=1, **kw)
+        kw = dict(langevin=LangevinConfig(lr=5e-3, tasks_per_step=batch),
+                  start=ChainStart(thetas=clustered["ybar"], prior_mean=clustered["mu0"]), seed=4)
+        paper = SGLDGibbs(N, D, clustered["grad_fn"], hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA,
+                                                                               phi_update="gibbs"), **kw)
+        single = SGLDGibbs(N, D, clustered["grad_fn"], hierarchy=MixtureHierarchy(components=1, sigma=SIGMA,
+                                                                                  beta=BETA), **kw)
         for _ in range(60):
             assert paper.step() == single.step()
         assert torch.equal(paper.thetas, single.thetas)
@@ -250,8 +257,10 @@ def test_one_component_is_the_exact_gibbs_paper_chain_bitwise(clustered):
 
 
 def test_paper_prior_names_its_knobs_before_the_mixture_exists(clustered):
-    sampler = SGLDGibbs(N, D, clustered["grad_fn"], sigma=SIGMA, beta=BETA, lr=5e-3, burn_in=10, thin=2,
-                        n_components=2, theta_init=clustered["ybar"])
+    sampler = SGLDGibbs(N, D, clustered["grad_fn"], langevin=LangevinConfig(lr=5e-3),
+                        hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="langevin", burn_in=10, thin=2,
+                                                 gmm_components=2),
+                        start=ChainStart(thetas=clustered["ybar"]))
     sampler.run(15, progress=False)
     with pytest.raises(RuntimeError, match=r"thin=2 steps after burn_in=10, so 15 steps have given 2: run at least 11 more") as info:
         sampler.meta_test_prior()
@@ -270,27 +279,37 @@ def test_mixture_has_no_single_phi(clustered):
     assert sampler.gmm is None and sampler.num_gmm_samples == 0
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(prior="hierarchical"), "prior"), (dict(n_components=0), "n_components"),
-    (dict(n_components=N + 1), "n_components"), (dict(tasks_per_step=N + 1), "tasks_per_step"),
-    (dict(dirichlet_alpha=0.0), "dirichlet_alpha"), (dict(dirichlet_alpha=-1.0), "dirichlet_alpha"),
-    (dict(phi_update="langevin"), "phi_update.*gibbs.*mixture"), (dict(warmup_steps=-1), "warmup_steps"),
-    (dict(prior="paper", warmup_steps=5), "warmup_steps"),
+@pytest.mark.parametrize("settings,error,message", [
+    (lambda: dict(hierarchy="hierarchical"), TypeError, "hierarchy"),
+    (lambda: dict(hierarchy=MixtureHierarchy(components=0, sigma=SIGMA, beta=BETA)), ValueError, "components"),
+    (lambda: dict(hierarchy=MixtureHierarchy(components=N + 1, sigma=SIGMA, beta=BETA)), ValueError, "components"),
+    (lambda: dict(langevin=LangevinConfig(lr=5e-3, tasks_per_step=N + 1)), ValueError, "tasks_per_step"),
+    (lambda: dict(hierarchy=MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, dirichlet_alpha=0.0)),
+     ValueError, "dirichlet_alpha"),
+    (lambda: dict(hierarchy=MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, dirichlet_alpha=-1.0)),
+     ValueError, "dirichlet_alpha"),
+    # an option of the other hierarchy is no field of this one's config
+    (lambda: dict(hierarchy=MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, phi_update="langevin")),
+     TypeError, "phi_update"),
+    (lambda: dict(hierarchy=MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, warmup_steps=-1)),
+     ValueError, "warmup_steps"),
+    (lambda: dict(hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, warmup_steps=5)), TypeError, "warmup_steps"),
 ])
-def test_bad_arguments_are_refused(clustered, kwargs, message):
+def test_bad_arguments_are_refused(clustered, settings, error, message):
+    """`settings` builds the bad configs inside the check: a config refuses its own bad field on
+    construction, the sampler what depends on the problem (N); grad_fn is never called."""
     calls = []
-    args = dict(sigma=SIGMA, beta=BETA, lr=5e-3, prior="mixture", n_components=K, phi_update="gibbs")
-    args.update(kwargs)
-    with pytest.raises(ValueError, match=message):
-        SGLDGibbs(N, D, lambda i, t: calls.append(i), **args)
+    with pytest.raises(error, match=message):
+        SGLDGibbs(N, D, lambda i, t: calls.append(i), **{"langevin": LangevinConfig(lr=5e-3),
+                                                          "hierarchy": HIERARCHY, **settings()})
     assert not calls
 
 
 @requires_cuda
 def test_mixture_chain_runs_on_the_gpu(clustered):
     """Every piece on the device of the state: E-step, phi_k draws, sums; z and pi on the host."""
-    sampler = mixture(clustered, prior_mean=clustered["mu0"].cuda(), theta_init=clustered["ybar"].cuda(),
-                      warmup_steps=50)
+    sampler = mixture(clustered, hierarchy=MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, warmup_steps=50),
+                      start=ChainStart(thetas=clustered["ybar"].cuda(), prior_mean=clustered["mu0"].cuda()))
     sampler.grad_fn = lambda i, theta: clustered["grad_fn"](i, theta.cpu()).cuda()
     sampler.run(400, progress=False)
     assert sampler.phis.is_cuda and sampler.task_sums.is_cuda and not sampler.assignments.is_cuda
@@ -305,6 +324,7 @@ def test_mixture_chain_runs_on_the_gpu(clustered):
 def test_divergence_is_reported_clearly(clustered, k):
     # lr * n_i / s^2 >= 2.5: every theta step overshoots its data term and blows up.
     with pytest.warns(RuntimeWarning, match="lr / beta"):
-        sampler = mixture(clustered, lr=0.25, n_components=k)
+        sampler = mixture(clustered, langevin=LangevinConfig(lr=0.25, tasks_per_step=10),
+                          hierarchy=MixtureHierarchy(components=k, sigma=SIGMA, beta=BETA))
     with pytest.raises(FloatingPointError, match="diverged.*lower lr"):
         sampler.run(3000, progress=False)

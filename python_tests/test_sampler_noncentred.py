@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lift_ext import reference
-from lift_ext.lift import SGLDGibbs
+from lift_ext.lift import ChainStart, LangevinConfig, MixtureHierarchy, PaperHierarchy, SGLDGibbs
 from lift_ext.lift.mixture import Components
 from lift_ext.lift.noncentred import (draw_assignments_by_likelihood_, member_mean_gradients, shift_components_,
                                      shift_seed)
@@ -67,7 +67,8 @@ def test_shift_keeps_the_exact_phi_posteriors(clustered):
     partition and samples each phi_k's exact posterior (test_sampler_mixture's tolerances, the
     variance within 15 %). A shift noise without the 1 / n_k (n_k times too much variance)
     fails them."""
-    assert_samples_exact_phi_posteriors(mixture(clustered, shift_lr=5e-3), clustered, variance_tolerance=0.15)
+    shifted = MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, shift_lr=5e-3)
+    assert_samples_exact_phi_posteriors(mixture(clustered, hierarchy=shifted), clustered, variance_tolerance=0.15)
 
 
 def test_likelihood_draw_follows_its_conditional_and_carries_theta():
@@ -119,9 +120,10 @@ def _carried_into_the_wrong_component(clustered, z_update):
     """A chain at the true partition with every theta_i at its phi_k plus a little noise, except
     that tasks 0, 3 and 6 (cluster 0) sit at phi_1 and are assigned to component 1 (as after a
     shift with the wrong component)."""
-    sampler = SGLDGibbs(N, D, _ExactGradients(clustered), sigma=SIGMA, beta=BETA, lr=5e-3, prior="mixture",
-                        n_components=K, phi_update="gibbs", prior_mean=clustered["mu0"],
-                        theta_init=clustered["ybar"], tasks_per_step=N, z_update=z_update, temperature=0.1)
+    sampler = SGLDGibbs(N, D, _ExactGradients(clustered),
+                        langevin=LangevinConfig(lr=5e-3, temperature=0.1, tasks_per_step=N),
+                        hierarchy=MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, z_update=z_update),
+                        start=ChainStart(thetas=clustered["ybar"], prior_mean=clustered["mu0"]))
     z = clustered["z_true"].clone()
     z[[0, 3, 6]] = 1
     centres = clustered["post_mean"].float()
@@ -149,35 +151,46 @@ def test_likelihood_assignments_move_a_task_near_the_wrong_component(clustered):
 
 def test_defaults_change_nothing(clustered):
     """shift_lr = 0 and z_update = "distance" are the mixture chain as before, bitwise."""
-    a, b = mixture(clustered), mixture(clustered, shift_lr=0.0, z_update="distance")
+    a = mixture(clustered)
+    b = mixture(clustered, hierarchy=MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, shift_lr=0.0,
+                                                      z_update="distance"))
     a.run(40, progress=False)
     b.run(40, progress=False)
     assert torch.equal(a.thetas, b.thetas) and torch.equal(a.phis, b.phis)
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(shift_lr=-1e-3), ValueError, "shift_lr"),
-    (dict(z_update="nearest"), ValueError, "z_update"),
-    (dict(z_update="likelihood"), TypeError, "losses"),
-    (dict(z_update="likelihood", prior="paper", phi_update="gibbs", n_components=1), TypeError, "prior='mixture'"),
+@pytest.mark.parametrize("hierarchy, error, message", [
+    (lambda: MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, shift_lr=-1e-3), ValueError, "shift_lr"),
+    (lambda: MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, z_update="nearest"), ValueError, "z_update"),
+    (lambda: MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, z_update="likelihood"), TypeError, "losses"),
+    # the paper's hierarchy has no assignments to draw: z_update is no field of its config
+    (lambda: PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="gibbs", z_update="likelihood"), TypeError,
+     "z_update"),
 ])
-def test_bad_arguments_are_refused(clustered, kwargs, error, message):
+def test_bad_arguments_are_refused(clustered, hierarchy, error, message):
+    """`hierarchy` builds the config inside the check: the config refuses its own bad field, the
+    sampler a grad_fn without the `losses` that z_update="likelihood" needs."""
     with pytest.raises(error, match=message):
-        mixture(clustered, **kwargs)
+        mixture(clustered, hierarchy=hierarchy())
 
 
 def test_one_component_shift_moves_every_task(clustered):
-    """The paper prior (K = 1) takes the shift too: phi and all N thetas move together."""
-    sampler = SGLDGibbs(N, D, clustered["grad_fn"], sigma=SIGMA, beta=BETA, lr=1e-3, phi_update="gibbs",
-                        prior_mean=clustered["mu0"], theta_init=clustered["ybar"], tasks_per_step=3,
-                        shift_lr=1e-2, temperature=0.0)
+    """One component (the paper's hierarchy with exact phi draws, bitwise: test_sampler_mixture)
+    takes the shift too: phi and all N thetas move together. The shift is a field of
+    MixtureHierarchy only."""
+    with pytest.raises(TypeError, match="shift_lr"):
+        PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="gibbs", shift_lr=1e-2)
+    sampler = SGLDGibbs(N, D, clustered["grad_fn"],
+                        langevin=LangevinConfig(lr=1e-3, temperature=0.0, tasks_per_step=3),
+                        hierarchy=MixtureHierarchy(components=1, sigma=SIGMA, beta=BETA, shift_lr=1e-2),
+                        start=ChainStart(thetas=clustered["ybar"], prior_mean=clustered["mu0"]))
     before = sampler.thetas.clone()
     stepped = sampler.step()
     untouched = [i for i in range(N) if i not in stepped]
     delta = sampler.thetas[untouched] - before[untouched]
     assert float(delta.abs().max()) > 0
     torch.testing.assert_close(delta, delta[:1].expand_as(delta))
-    assert math.isclose(float(sampler.task_sum.sum()), float(sampler.thetas.sum()), rel_tol=1e-5)
+    assert math.isclose(float(sampler.task_sums[0].sum()), float(sampler.thetas.sum()), rel_tol=1e-5)
 
 
 def test_lift_passes_shift_lr_in_the_units_of_lr():
@@ -192,14 +205,18 @@ def test_lift_passes_shift_lr_in_the_units_of_lr():
     def loss(call, batch):
         return (call(batch[0]) - batch[1]).pow(2).mean()
 
-    common = dict(sigma=1.0, beta=0.5, lr=1e-3, prior="mixture", n_components=1, shift_lr=2e-3)
-    assert LiFT(model, tasks, loss, preconditioned=True, **common).sampler.shift_lr == 2e-3
-    assert LiFT(model, tasks, loss, **common).sampler.shift_lr == pytest.approx(2e-3 / 6)
+    hierarchy = MixtureHierarchy(components=1, sigma=1.0, beta=0.5, shift_lr=2e-3)
+    preconditioned = LiFT(model, tasks, loss, langevin=LangevinConfig(lr=1e-3, preconditioned=True),
+                          hierarchy=hierarchy)
+    assert preconditioned.sampler.hierarchy.shift_lr == 2e-3
+    plain = LiFT(model, tasks, loss, langevin=LangevinConfig(lr=1e-3), hierarchy=hierarchy)
+    assert plain.sampler.hierarchy.shift_lr == pytest.approx(2e-3 / 6)
 
 
 def test_a_warm_up_that_diverges_is_reported_as_divergence(clustered):
     """Task vectors too far apart for k-means at the end of the warm-up: FloatingPointError."""
-    sampler = mixture(clustered, theta_init=None, warmup_steps=2)
+    sampler = mixture(clustered, hierarchy=MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, warmup_steps=2),
+                      start=ChainStart(prior_mean=clustered["mu0"]))
     sampler.step()
     sampler.thetas[0].fill_(3e38)
     sampler.thetas[1].fill_(-3e38)
@@ -229,10 +246,12 @@ def test_an_interrupted_likelihood_draw_leaves_the_chain_as_it_was(clustered, pr
     from conftest import chain_state
 
     def make(grad_fn):
-        return SGLDGibbs(N, D, grad_fn, sigma=SIGMA, beta=BETA, lr=5e-3, prior="mixture", n_components=K,
-                         phi_update="gibbs", prior_mean=clustered["mu0"], theta_init=clustered["ybar"],
-                         tasks_per_step=10, z_update="likelihood", shift_lr=5e-3, temperature=0.1,
-                         preconditioned=preconditioned)
+        return SGLDGibbs(N, D, grad_fn,
+                         langevin=LangevinConfig(lr=5e-3, temperature=0.1, preconditioned=preconditioned,
+                                                 tasks_per_step=10),
+                         hierarchy=MixtureHierarchy(components=K, sigma=SIGMA, beta=BETA, shift_lr=5e-3,
+                                                    z_update="likelihood"),
+                         start=ChainStart(thetas=clustered["ybar"], prior_mean=clustered["mu0"]))
 
     plain, interrupted = make(_ExactGradients(clustered)), make(_InterruptedLosses(clustered, at=25))
     for sampler in (plain, interrupted):
@@ -274,8 +293,10 @@ def test_a_task_moved_by_likelihood_gives_no_gradient_to_the_shift(move):
     component is shifted and the other members move (the control)."""
     grad_fn = _MoveEveryVisit(move)
     rows = torch.tensor([[5.0, 5.0, 5.0], [5.2, 4.9, 5.1], [-5.0, -5.0, -5.0], [-4.8, -5.1, -5.0]])
-    sampler = SGLDGibbs(4, 3, grad_fn, sigma=10.0, beta=0.5, lr=1e-2, prior="mixture", n_components=2,
-                        phi_update="gibbs", theta_init=rows, z_update="likelihood", shift_lr=1e-2, seed=2)
+    sampler = SGLDGibbs(4, 3, grad_fn, langevin=LangevinConfig(lr=1e-2),
+                        hierarchy=MixtureHierarchy(components=2, sigma=10.0, beta=0.5, shift_lr=1e-2,
+                                                   z_update="likelihood"),
+                        start=ChainStart(thetas=rows), seed=2)
     grad_fn.sampler = sampler
     for _ in range(4):
         before, z = sampler.thetas.clone(), sampler.assignments
