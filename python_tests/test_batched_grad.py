@@ -5,7 +5,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lift_ext.lift import LiFT, SGLDGibbs, TensorTask
+from lift_ext.lift import ChainStart, LangevinConfig, LiFT, PaperHierarchy, SGLDGibbs, TensorTask
 from lift_ext.lift.batched_grad import RTOL, TaskGradients, stack_batches
 from lift_ext.lift.flat import FlatParams
 
@@ -109,7 +109,9 @@ def test_sampler_calls_many_once_per_step_and_checks_its_result():
             calls.append(list(tasks))
             return thetas - torch.tensor(tasks, dtype=thetas.dtype)[:, None]
 
-    kw = dict(sigma=1.0, beta=0.5, lr=1e-2, tasks_per_step=3, seed=2, theta_init=torch.randn(6, 5))
+    kw = dict(langevin=LangevinConfig(lr=1e-2, tasks_per_step=3),
+              hierarchy=PaperHierarchy(sigma=1.0, beta=0.5, phi_update="langevin"), seed=2,
+              start=ChainStart(thetas=torch.randn(6, 5)))
     batched, plain = SGLDGibbs(6, 5, Grads(), **kw), SGLDGibbs(6, 5, lambda i, th: th - i, **kw)
     for _ in range(4):
         assert batched.step() == plain.step()
@@ -120,19 +122,24 @@ def test_sampler_calls_many_once_per_step_and_checks_its_result():
     sampler = SGLDGibbs(6, 5, bad, **kw)
     with pytest.raises(ValueError, match=r"grad_fn.many\(tasks, thetas\) must return a Tensor \[3, D\]"):
         sampler.step()
-    assert sampler.step_count == 0 and torch.equal(sampler.thetas, kw["theta_init"])
+    assert sampler.step_count == 0 and torch.equal(sampler.thetas, kw["start"].thetas)
 
 
 def test_lift_with_batched_gradients_follows_the_sequential_chain():
     gen = torch.Generator().manual_seed(3)
     tasks = [TensorTask(torch.randint(VOCAB, (5, SEQ + 1), generator=gen), batch_size=3, examples_per_row=SEQ)
              for _ in range(5)]
-    kw = dict(sigma=0.1, beta=0.05, lr=1e-2, seed=4, tasks_per_step=3)
-    runs = [LiFT(lora_model(), tasks, next_token_loss, batched_grads=flag, **kw).run(4, progress=False)
-            for flag in (True, False)]
-    assert runs[0].grads.batched is True and runs[1].grads.batched is False
+    kw = dict(langevin=LangevinConfig(lr=1e-2, tasks_per_step=3), hierarchy=PaperHierarchy(sigma=0.1, beta=0.05),
+              seed=4)
+    runs = []
+    for flag in (True, False):
+        lift = LiFT(lora_model(), tasks, next_token_loss, **kw)
+        lift.batched_grads = flag
+        runs.append(lift.run(4, progress=False))
+    assert runs[0].batched_grads is True and runs[1].batched_grads is False
     assert torch.allclose(runs[0].thetas, runs[1].thetas, rtol=0, atol=1e-6 * float(runs[1].thetas.abs().max()))
     assert torch.allclose(runs[0].phi, runs[1].phi, rtol=0, atol=1e-6 * float(runs[1].phi.abs().max()))
-    assert LiFT(lora_model(), tasks, next_token_loss).grads.batched is False  # auto: off on the CPU
-    with pytest.raises(ValueError, match="batched must be True, False or None"):
-        LiFT(lora_model(), tasks, next_token_loss, batched_grads=1)
+    lift = LiFT(lora_model(), tasks, next_token_loss, langevin=LangevinConfig(lr=1e-3))
+    assert lift.batched_grads is False  # auto: off on the CPU
+    with pytest.raises(ValueError, match="batched_grads must be True, False or None"):
+        lift.batched_grads = 1

@@ -16,7 +16,8 @@ import torch
 import lift_ext
 from lift_ext import ops, validate
 from lift_ext.gmm import OnlineGMM
-from lift_ext.lift import (LiFT, FlatParams, MixturePrior, SGLDGibbs, ShardedLiFT, ShardedSGLDGibbs, TensorTask,
+from lift_ext.lift import (ChainStart, LangevinConfig, LiFT, FlatParams, MapConfig, MixtureHierarchy, MixturePrior,
+                           PaperHierarchy, SamplingConfig, SGLDGibbs, ShardedLiFT, ShardedSGLDGibbs, TensorTask,
                            adapt, mean_loss_grad)
 from lift_ext.optim import SGLD
 
@@ -537,27 +538,54 @@ def _grad_fn(i, theta):
     return theta - float(i)
 
 
-SAMPLER_KW = dict(sigma=1.0, beta=0.5, lr=1e-3, seed=0)
+SAMPLER_KW = dict(langevin=LangevinConfig(lr=1e-3),
+                  hierarchy=PaperHierarchy(sigma=1.0, beta=0.5, phi_update="langevin"), seed=0)
 
 
 def _add_sampler_cases():
-    bad = {"sigma 0": dict(sigma=0.0), "sigma huge": dict(sigma=1e39), "sigma tiny": dict(sigma=1e-50),
-           "beta nan": dict(beta=float("nan")), "lr string": dict(lr="0.1"), "lr inf": dict(lr=float("inf")),
-           "temperature -1": dict(temperature=-1.0), "eps 0": dict(eps=0.0, preconditioned=True),
-           "alpha 1": dict(alpha=1.0), "thin 0": dict(thin=0), "burn_in -1": dict(burn_in=-1),
-           "seed float": dict(seed=1.5), "prior": dict(prior="nope"), "n_components 0": dict(n_components=0),
-           "tasks_per_step": dict(tasks_per_step=5), "theta_init nan": dict(theta_init=torch.full((3,), float("nan"))),
-           "theta_init shape": dict(theta_init=torch.zeros(4)), "prior_mean inf": dict(prior_mean=torch.full((3,), float("inf"))),
-           "prior_mean list": dict(prior_mean=[0.0, 0.0, 0.0]), "phi_update": dict(phi_update="nope"),
-           "theta_init float64 1e300": dict(theta_init=torch.full((3,), 1e300, dtype=torch.float64)),
-           "theta_init rows float64 1e300": dict(theta_init=torch.full((4, 3), 1e300, dtype=torch.float64)),
-           "prior_mean float64 1e300": dict(prior_mean=torch.full((3,), 1e300, dtype=torch.float64)),
-           "preconditioned int": dict(preconditioned=1), "device": dict(device="nope")}
-    for kind, kwargs in bad.items():
+    # a config refuses a bad field on construction: these are built inside the call
+    bad_configs = {
+        "sigma 0": lambda: dict(hierarchy=PaperHierarchy(sigma=0.0, beta=0.5, phi_update="langevin")),
+        "sigma huge": lambda: dict(hierarchy=PaperHierarchy(sigma=1e39, beta=0.5, phi_update="langevin")),
+        "sigma tiny": lambda: dict(hierarchy=PaperHierarchy(sigma=1e-50, beta=0.5, phi_update="langevin")),
+        "beta nan": lambda: dict(hierarchy=PaperHierarchy(sigma=1.0, beta=float("nan"), phi_update="langevin")),
+        "lr string": lambda: dict(langevin=LangevinConfig(lr="0.1")),
+        "lr inf": lambda: dict(langevin=LangevinConfig(lr=float("inf"))),
+        "temperature -1": lambda: dict(langevin=LangevinConfig(lr=1e-3, temperature=-1.0)),
+        "eps 0": lambda: dict(langevin=LangevinConfig(lr=1e-3, eps=0.0, preconditioned=True)),
+        "alpha 1": lambda: dict(langevin=LangevinConfig(lr=1e-3, alpha=1.0)),
+        "thin 0": lambda: dict(hierarchy=PaperHierarchy(sigma=1.0, beta=0.5, phi_update="langevin", thin=0)),
+        "burn_in -1": lambda: dict(hierarchy=PaperHierarchy(sigma=1.0, beta=0.5, phi_update="langevin", burn_in=-1)),
+        "gmm_components 0": lambda: dict(hierarchy=PaperHierarchy(sigma=1.0, beta=0.5, phi_update="langevin",
+                                                                  gmm_components=0)),
+        "tasks_per_step": lambda: dict(langevin=LangevinConfig(lr=1e-3, tasks_per_step=5)),
+        "phi_update": lambda: dict(hierarchy=PaperHierarchy(sigma=1.0, beta=0.5, phi_update="nope")),
+        "preconditioned int": lambda: dict(langevin=LangevinConfig(lr=1e-3, preconditioned=1))}
+    # the other arguments are built before the call, so that the snapshot covers their tensors
+    bad_arguments = {
+        "seed float": lambda: dict(seed=1.5), "hierarchy": lambda: dict(hierarchy="nope"),
+        "langevin dict": lambda: dict(langevin=dict(lr=1e-3)),
+        "start.thetas nan": lambda: dict(start=ChainStart(thetas=torch.full((3,), float("nan")))),
+        "start.thetas shape": lambda: dict(start=ChainStart(thetas=torch.zeros(4))),
+        "start.prior_mean inf": lambda: dict(start=ChainStart(prior_mean=torch.full((3,), float("inf")))),
+        "start.prior_mean list": lambda: dict(start=ChainStart(prior_mean=[0.0, 0.0, 0.0])),
+        "start.thetas float64 1e300": lambda: dict(start=ChainStart(thetas=torch.full((3,), 1e300,
+                                                                                       dtype=torch.float64))),
+        "start.thetas rows float64 1e300": lambda: dict(start=ChainStart(thetas=torch.full((4, 3), 1e300,
+                                                                                            dtype=torch.float64))),
+        "start.prior_mean float64 1e300": lambda: dict(start=ChainStart(prior_mean=torch.full((3,), 1e300,
+                                                                                               dtype=torch.float64))),
+        "device": lambda: dict(device="nope")}
+    for kind, config_kwargs in bad_configs.items():
         for cls in (SGLDGibbs, ShardedSGLDGibbs):
             @case(f"{cls.__name__}({kind})")
-            def make(kwargs=kwargs, cls=cls):
-                kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+            def make(config_kwargs=config_kwargs, cls=cls):
+                return None, lambda: cls(4, 3, _grad_fn, **{**SAMPLER_KW, **config_kwargs()})
+    for kind, arguments in bad_arguments.items():
+        for cls in (SGLDGibbs, ShardedSGLDGibbs):
+            @case(f"{cls.__name__}({kind})")
+            def make(arguments=arguments, cls=cls):
+                kwargs = arguments()
                 return kwargs, lambda: cls(4, 3, _grad_fn, **{**SAMPLER_KW, **kwargs})
     for kind, grad_fn in {"shape": lambda i, t: torch.zeros(4), "list": lambda i, t: [0.0] * 3,
                           "meta": lambda i, t: torch.empty(3, device="meta"),
@@ -567,7 +595,9 @@ def _add_sampler_cases():
         for burn_in in (0, 100):  # 100: no phi sample reaches the OnlineGMM
             @case(f"SGLDGibbs.step grad_fn {kind} burn_in={burn_in}")
             def make(grad_fn=grad_fn, burn_in=burn_in):
-                sampler = SGLDGibbs(4, 3, _grad_fn, **SAMPLER_KW, preconditioned=True, burn_in=burn_in)
+                sampler = SGLDGibbs(4, 3, _grad_fn, langevin=LangevinConfig(lr=1e-3, preconditioned=True),
+                                    hierarchy=PaperHierarchy(sigma=1.0, beta=0.5, phi_update="langevin",
+                                                             burn_in=burn_in), seed=0)
                 sampler.run(3, progress=False)
                 sampler.grad_fn = grad_fn
                 return sampler, sampler.step
@@ -649,22 +679,34 @@ def _add_adapt_cases():
         x, y = batch
         return torch.nn.functional.cross_entropy(call(x), y)
 
-    bad = {"mode": dict(mode="nope"), "init": dict(init="nope"), "steps -1": dict(steps=-1),
-           "lr string": dict(lr="0.1"), "lr huge": dict(lr=1e39), "thin 0": dict(mode="sgld", thin=0),
-           "patience 0": dict(patience=0), "eval_every 0": dict(eval_every=0), "tol nan": dict(tol=float("nan")),
-           "temperature -1": dict(temperature=-1.0), "seed float": dict(seed=1.5), "preconditioned int": dict(preconditioned=1),
-           "burn_in -1": dict(burn_in=-1), "init_vector nan": "nan", "init_vector shape": dict(init_vector=torch.zeros(2)),
-           "no init_vector": dict(init_vector=None), "prior type": dict(prior=5), "gmm without beta": "gmm"}
-    for kind, kwargs in bad.items():
+    # a config refuses a bad field on construction: these are built inside the call
+    bad_configs = {"steps -1": lambda: MapConfig(steps=-1), "lr string": lambda: MapConfig(steps=2, lr="0.1"),
+                   "lr huge": lambda: MapConfig(steps=2, lr=1e39), "thin 0": lambda: SamplingConfig(steps=2, thin=0),
+                   "patience 0": lambda: MapConfig(steps=2, patience=0),
+                   "eval_every 0": lambda: MapConfig(steps=2, eval_every=0),
+                   "tol nan": lambda: MapConfig(steps=2, tol=float("nan")),
+                   "temperature -1": lambda: SamplingConfig(steps=2, temperature=-1.0),
+                   "preconditioned int": lambda: MapConfig(steps=2, preconditioned=1),
+                   "burn_in -1": lambda: SamplingConfig(steps=2, burn_in=-1)}
+    for kind, config in bad_configs.items():
         @case(f"adapt({kind})")
-        def make(kwargs=kwargs):
+        def make(config=config):
             model, flat, task = setup()
-            base = dict(init_vector=flat.vector.clone(), steps=2)
-            if kwargs == "nan":
-                kwargs = dict(init_vector=torch.full((flat.dim,), float("nan")))
-            elif kwargs == "gmm":
-                kwargs = dict(prior=OnlineGMM(1, flat.dim))
-            args = {**base, **kwargs}
+            start = flat.vector.clone()
+            return (model, flat, task, start), lambda: adapt(flat, task, loss_fn, start=start, config=config())
+    # the other arguments are built before the call, so that the snapshot covers their tensors
+    bad_arguments = {"config": lambda flat: dict(config="nope"), "start": lambda flat: dict(start="nope"),
+                     "seed float": lambda flat: dict(seed=1.5),
+                     "start nan": lambda flat: dict(start=torch.full((flat.dim,), float("nan"))),
+                     "start shape": lambda flat: dict(start=torch.zeros(2)),
+                     "start best_component without a prior": lambda flat: dict(start="best_component"),
+                     "prior type": lambda flat: dict(prior=5),
+                     "prior OnlineGMM": lambda flat: dict(prior=OnlineGMM(1, flat.dim))}
+    for kind, arguments in bad_arguments.items():
+        @case(f"adapt({kind})")
+        def make(arguments=arguments):
+            model, flat, task = setup()
+            args = {"start": flat.vector.clone(), "config": MapConfig(steps=2), **arguments(flat)}
             return (model, flat, task, args), lambda: adapt(flat, task, loss_fn, **args)
 
 
@@ -673,23 +715,47 @@ def _add_trainer_cases():
         x, y = batch
         return torch.nn.functional.cross_entropy(call(x), y)
 
-    bad = {"sigma 0": dict(sigma=0.0), "beta nan": dict(beta=float("nan")), "lr string": dict(lr="0.1"),
-           "lr huge": dict(lr=1e300), "prior_mean string": dict(prior_mean="nope"), "no tasks": "no tasks",
-           "task_adapters nan": "nan", "unknown option": dict(nope=1), "n_components 0": dict(n_components=0),
-           "lr 1e39": dict(lr=1e39), "lr_phi string": dict(lr_phi="0.1"), "sigma 1e-20": dict(sigma=1e-20),
-           "shift_lr -1": dict(prior="mixture", shift_lr=-1.0), "z_update nope": dict(prior="mixture", z_update="nope"),
-           "likelihood with paper": dict(z_update="likelihood")}
-    for kind, kwargs in bad.items():
+    # a config refuses a bad field on construction: these are built inside the call
+    bad_configs = {
+        "sigma 0": lambda: dict(hierarchy=PaperHierarchy(sigma=0.0)),
+        "beta nan": lambda: dict(hierarchy=PaperHierarchy(beta=float("nan"))),
+        "lr string": lambda: dict(langevin=LangevinConfig(lr="0.1")),
+        "lr huge": lambda: dict(langevin=LangevinConfig(lr=1e300)),
+        "gmm_components 0": lambda: dict(hierarchy=PaperHierarchy(gmm_components=0)),
+        "lr 1e39": lambda: dict(langevin=LangevinConfig(lr=1e39)),
+        "lr_phi string": lambda: dict(hierarchy=PaperHierarchy(phi_update="langevin", lr_phi="0.1")),
+        "sigma 1e-20": lambda: dict(hierarchy=PaperHierarchy(sigma=1e-20)),
+        "shift_lr -1": lambda: dict(hierarchy=MixtureHierarchy(shift_lr=-1.0)),
+        "z_update nope": lambda: dict(hierarchy=MixtureHierarchy(z_update="nope")),
+        "likelihood with paper": lambda: dict(hierarchy=PaperHierarchy(z_update="likelihood"))}
+    # the other arguments are built before the call, so that the snapshot covers their tensors
+    bad_arguments = {
+        "start.prior_mean string": lambda: dict(start=ChainStart(prior_mean="nope")), "no tasks": "no tasks",
+        "start.thetas nan": lambda: dict(start=ChainStart(thetas=torch.full((3, 26), float("nan")))),
+        "unknown option": lambda: dict(nope=1), "langevin missing": lambda: dict(langevin=None),
+        "hierarchy string": lambda: dict(hierarchy="paper")}
+
+    def model_and_tasks():
+        model = _tiny_model()
+        tasks = [TensorTask(_randn(8, 3, seed=i), torch.zeros(8, dtype=torch.int64), batch_size=4) for i in range(3)]
+        return model, tasks
+
+    for kind, config_kwargs in bad_configs.items():
         for cls in (LiFT, ShardedLiFT):
             @case(f"{cls.__name__}({kind})")
-            def make(kwargs=kwargs, cls=cls):
-                model = _tiny_model()
-                tasks = [TensorTask(_randn(8, 3, seed=i), torch.zeros(8, dtype=torch.int64), batch_size=4)
-                         for i in range(3)]
-                if kwargs == "no tasks":
-                    tasks, kwargs = [], {}
-                elif kwargs == "nan":
-                    kwargs = dict(task_adapters=torch.full((3, 26), float("nan")))
+            def make(config_kwargs=config_kwargs, cls=cls):
+                model, tasks = model_and_tasks()
+                return (model, tasks), lambda: cls(model, tasks, loss_fn, **{"langevin": LangevinConfig(lr=1e-3),
+                                                                            **config_kwargs()})
+    for kind, arguments in bad_arguments.items():
+        for cls in (LiFT, ShardedLiFT):
+            @case(f"{cls.__name__}({kind})")
+            def make(arguments=arguments, cls=cls):
+                model, tasks = model_and_tasks()
+                if arguments == "no tasks":
+                    tasks, kwargs = [], dict(langevin=LangevinConfig(lr=1e-3))
+                else:
+                    kwargs = {"langevin": LangevinConfig(lr=1e-3), **arguments()}
                 return (model, tasks, kwargs), lambda: cls(model, tasks, loss_fn, **kwargs)
 
 

@@ -2,13 +2,14 @@
 SGLDGibbs, a step that grad_fn interrupts, and checkpoint sets (exact resume, damaged or mixed
 sets refused, a save killed half-way leaves the previous set loadable). The multi-process runs
 are in test_distributed_spawn.py."""
+import dataclasses
 import os
 
 import pytest
 import torch
 
 from lift_ext.checkpoint import CheckpointError
-from lift_ext.lift import SGLDGibbs
+from lift_ext.lift import ChainStart, LangevinConfig, MixtureHierarchy, PaperHierarchy, SGLDGibbs, Sharding
 from lift_ext.lift import shard_checkpoint
 from lift_ext.lift.distributed import ShardedSGLDGibbs
 from lift_ext.lift.shards import ShardedOrder, held_shards, local_task_ids, shard_bounds
@@ -32,18 +33,21 @@ def problem():
 
 
 CASES = {
-    "paper-B2-precond": dict(tasks_per_step=2, preconditioned=True, burn_in=3, thin=2, n_components=2),
-    "mixture-B2": dict(prior="mixture", n_components=3, phi_update="gibbs", tasks_per_step=2),
-    "mixture-warmup": dict(prior="mixture", n_components=2, phi_update="gibbs", warmup_steps=6),
-    "mixture-shift": dict(prior="mixture", n_components=3, phi_update="gibbs", tasks_per_step=2, shift_lr=1e-2,
-                          preconditioned=True),
+    "paper-B2-precond": dict(
+        langevin=LangevinConfig(lr=3e-3, tasks_per_step=2, preconditioned=True),
+        hierarchy=PaperHierarchy(sigma=1.3, beta=0.4, phi_update="langevin", burn_in=3, thin=2, gmm_components=2)),
+    "mixture-B2": dict(langevin=LangevinConfig(lr=3e-3, tasks_per_step=2),
+                       hierarchy=MixtureHierarchy(components=3, sigma=1.3, beta=0.4)),
+    "mixture-warmup": dict(langevin=LangevinConfig(lr=3e-3),
+                           hierarchy=MixtureHierarchy(components=2, sigma=1.3, beta=0.4, warmup_steps=6)),
+    "mixture-shift": dict(langevin=LangevinConfig(lr=3e-3, tasks_per_step=2, preconditioned=True),
+                          hierarchy=MixtureHierarchy(components=3, sigma=1.3, beta=0.4, shift_lr=1e-2)),
 }
 
 
-def options(problem, case, **extra):
-    kw = dict(sigma=1.3, beta=0.4, lr=3e-3, seed=5, prior_mean=problem["mu0"], theta_init=0.5 * problem["targets"])
-    kw.update(CASES[case], **extra)
-    return kw
+def options(problem, case):
+    """The case's configs, with the problem's start and the seed."""
+    return dict(CASES[case], seed=5, start=ChainStart(thetas=0.5 * problem["targets"], prior_mean=problem["mu0"]))
 
 
 def test_layout_is_contiguous_balanced_and_divided_among_ranks():
@@ -73,11 +77,12 @@ def test_one_shard_is_the_task_order_and_more_shards_visit_each_of_theirs():
 
 def test_one_shard_one_task_per_step_is_sgldgibbs_bitwise(problem):
     for case in ("paper-B2-precond", "mixture-B2", "mixture-shift"):
-        kw = options(problem, case, tasks_per_step=1)
+        kw = options(problem, case)
+        kw["langevin"] = dataclasses.replace(kw["langevin"], tasks_per_step=1)
         plain, sharded = SGLDGibbs(N, D, problem["grad_fn"], **kw), ShardedSGLDGibbs(N, D, problem["grad_fn"], **kw)
         for _ in range(25):
             assert plain.step() == sharded.step()
-        assert sharded.task_ids == range(N) and sharded.hparams()["num_shards"] == 1
+        assert sharded.task_ids == range(N) and sharded.config()["num_shards"] == 1
         if case.startswith("paper"):  # z moves are summed per step by the sharded chain
             for a, b in zip(chain_state(plain), chain_state(sharded)):
                 assert torch.equal(a, b)
@@ -95,13 +100,17 @@ def test_one_shard_follows_sgldgibbs_up_to_the_order_of_the_sums(problem, case):
 
 
 def test_shards_step_b_tasks_each_and_tasks_per_step_must_fit_a_shard(problem):
-    sampler = ShardedSGLDGibbs(N, D, problem["grad_fn"], num_shards=2, **options(problem, "mixture-B2"))
+    sampler = ShardedSGLDGibbs(N, D, problem["grad_fn"], sharding=Sharding(num_shards=2),
+                               **options(problem, "mixture-B2"))
     tasks = sampler.step()
     assert len(tasks) == 4 and all(t < 5 for t in tasks[:2]) and all(t >= 5 for t in tasks[2:])
+    hierarchy = PaperHierarchy(sigma=1.0, beta=1.0, phi_update="langevin")
     with pytest.raises(ValueError, match="tasks_per_step must be an int in .1, 3."):
-        ShardedSGLDGibbs(N, D, problem["grad_fn"], num_shards=3, sigma=1.0, beta=1.0, lr=1e-3, tasks_per_step=4)
+        ShardedSGLDGibbs(N, D, problem["grad_fn"], sharding=Sharding(num_shards=3),
+                         langevin=LangevinConfig(lr=1e-3, tasks_per_step=4), hierarchy=hierarchy)
     with pytest.raises(ValueError, match="num_shards"):
-        ShardedSGLDGibbs(N, D, problem["grad_fn"], num_shards=N + 1, sigma=1.0, beta=1.0, lr=1e-3)
+        ShardedSGLDGibbs(N, D, problem["grad_fn"], sharding=Sharding(num_shards=N + 1),
+                         langevin=LangevinConfig(lr=1e-3), hierarchy=hierarchy)
 
 
 def test_a_grad_fn_that_raises_leaves_the_chain_as_it_was(problem):
@@ -114,13 +123,13 @@ def test_a_grad_fn_that_raises_leaves_the_chain_as_it_was(problem):
         return problem["grad_fn"](i, theta)
 
     kw = options(problem, "mixture-B2")
-    sampler = ShardedSGLDGibbs(N, D, flaky, num_shards=2, **kw)
+    sampler = ShardedSGLDGibbs(N, D, flaky, sharding=Sharding(num_shards=2), **kw)
     sampler.step()
     before = [x.clone() for x in chain_state(sampler)]
     with pytest.raises(KeyboardInterrupt):
         sampler.step()
     assert sampler.step_count == 1 and all(torch.equal(a, b) for a, b in zip(before, chain_state(sampler)))
-    reference = ShardedSGLDGibbs(N, D, problem["grad_fn"], num_shards=2, **kw)
+    reference = ShardedSGLDGibbs(N, D, problem["grad_fn"], sharding=Sharding(num_shards=2), **kw)
     for _ in range(3):
         reference.step()
     sampler.step()
@@ -131,8 +140,8 @@ def test_a_grad_fn_that_raises_leaves_the_chain_as_it_was(problem):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_checkpoint_set_resumes_the_exact_chain(problem, tmp_path, case):
     kw = options(problem, case)
-    straight = ShardedSGLDGibbs(N, D, problem["grad_fn"], num_shards=2, **kw)
-    first = ShardedSGLDGibbs(N, D, problem["grad_fn"], num_shards=2, **kw)
+    straight = ShardedSGLDGibbs(N, D, problem["grad_fn"], sharding=Sharding(num_shards=2), **kw)
+    first = ShardedSGLDGibbs(N, D, problem["grad_fn"], sharding=Sharding(num_shards=2), **kw)
     for _ in range(9):
         straight.step()
         first.step()
@@ -142,7 +151,7 @@ def test_a_checkpoint_set_resumes_the_exact_chain(problem, tmp_path, case):
     first.save(str(tmp_path))
     assert len(os.listdir(tmp_path)) == 4  # MANIFEST, shared, 2 shards
     resumed = ShardedSGLDGibbs.load(str(tmp_path), problem["grad_fn"])
-    assert resumed.hparams() == first.hparams() and resumed.step_count == 11
+    assert resumed.config() == first.config() and resumed.step_count == 11
     for _ in range(11, 20):
         resumed.step()
     for _ in range(9, 20):
@@ -152,7 +161,8 @@ def test_a_checkpoint_set_resumes_the_exact_chain(problem, tmp_path, case):
 
 
 def test_damaged_or_mixed_sets_are_refused(problem, tmp_path):
-    sampler = ShardedSGLDGibbs(N, D, problem["grad_fn"], num_shards=2, **options(problem, "mixture-B2"))
+    sampler = ShardedSGLDGibbs(N, D, problem["grad_fn"], sharding=Sharding(num_shards=2),
+                               **options(problem, "mixture-B2"))
     older, newer = str(tmp_path / "older"), str(tmp_path / "newer")
     sampler.save(older)
     sampler.step()
@@ -173,7 +183,7 @@ def test_damaged_or_mixed_sets_are_refused(problem, tmp_path):
 
 def test_a_save_killed_half_way_leaves_the_previous_set(problem, tmp_path, monkeypatch):
     kw = options(problem, "paper-B2-precond")
-    sampler = ShardedSGLDGibbs(N, D, problem["grad_fn"], num_shards=2, **kw)
+    sampler = ShardedSGLDGibbs(N, D, problem["grad_fn"], sharding=Sharding(num_shards=2), **kw)
     for _ in range(4):
         sampler.step()
     sampler.save(str(tmp_path))
@@ -207,19 +217,19 @@ def test_sharded_lift_on_a_peft_model_resumes_and_matches_lift(tmp_path):
     gen = torch.Generator().manual_seed(3)
     tasks = [TensorTask(torch.randint(VOCAB, (5, SEQ + 1), generator=gen), batch_size=3, examples_per_row=SEQ)
              for _ in range(4)]
-    kw = dict(sigma=0.1, beta=0.05, lr=1e-2, seed=4, tasks_per_step=2)
+    kw = dict(langevin=LangevinConfig(lr=1e-2, tasks_per_step=2), hierarchy=PaperHierarchy(sigma=0.1, beta=0.05),
+              seed=4)
     plain = LiFT(lora_model(), tasks, next_token_loss, **kw).run(4, progress=False)
     sharded = ShardedLiFT(lora_model(), tasks, next_token_loss, **kw).run(2, progress=False)
     sharded.save(str(tmp_path))
-    resumed = ShardedLiFT.load(str(tmp_path), lora_model(), dict(enumerate(tasks)), next_token_loss,
-                               num_tasks=len(tasks)).run(2, progress=False)
+    resumed = ShardedLiFT.load(str(tmp_path), lora_model(), tasks, next_token_loss).run(2, progress=False)
     assert resumed.sampler.step_count == 4 and resumed.reference_size == plain.reference_size
     for a, b in ((plain.thetas, resumed.thetas), (plain.phi, resumed.phi)):
         assert torch.allclose(a, b, rtol=0, atol=1e-6 * float(a.abs().max()))
     with pytest.raises(ValueError, match="missing"):
-        ShardedLiFT(lora_model(), {0: tasks[0]}, next_token_loss, num_tasks=4, **kw)
-    with pytest.raises(ValueError, match="num_tasks is needed"):
-        ShardedLiFT(lora_model(), {0: tasks[0]}, next_token_loss, **kw)
+        ShardedLiFT(lora_model(), [tasks[0], None, None, None], next_token_loss, **kw)
+    with pytest.raises((TypeError, ValueError), match="tasks"):  # a mapping of this rank's tasks says nothing of N
+        ShardedLiFT(lora_model(), {0: tasks[0], 1: tasks[1]}, next_token_loss, **kw)
 
 
 def test_bench_distributed_runs_on_one_rank(monkeypatch, capsys):
@@ -236,13 +246,16 @@ def test_bench_distributed_runs_on_one_rank(monkeypatch, capsys):
 
 def test_the_assignment_draw_by_likelihood_is_refused_by_name(problem):
     with pytest.raises(ValueError, match="z_update='likelihood'"):
-        ShardedSGLDGibbs(N, D, problem["grad_fn"], **options(problem, "mixture-B2", z_update="likelihood"))
+        ShardedSGLDGibbs(N, D, problem["grad_fn"], **dict(
+            options(problem, "mixture-B2"),
+            hierarchy=MixtureHierarchy(components=3, sigma=1.3, beta=0.4, z_update="likelihood")))
 
 
 def test_two_shards_shift_every_member_on_both_halves(problem):
     """With the shift, a step moves the rows of the tasks it did not visit exactly when their
     component had a visited member (on both shards)."""
-    sampler = ShardedSGLDGibbs(N, D, problem["grad_fn"], num_shards=2, **options(problem, "mixture-shift"))
+    sampler = ShardedSGLDGibbs(N, D, problem["grad_fn"], sharding=Sharding(num_shards=2),
+                               **options(problem, "mixture-shift"))
     before = sampler.thetas.clone()
     visited = sampler.step()
     z = sampler.assignments

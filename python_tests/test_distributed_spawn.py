@@ -15,14 +15,17 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from lift_ext.lift import ChainStart, LangevinConfig, MixtureHierarchy, PaperHierarchy
 from lift_ext.lift.collective import RankFailure
-from lift_ext.lift.distributed import ShardedSGLDGibbs
+from lift_ext.lift.distributed import ShardedSGLDGibbs, Sharding
 
 N, D, STEPS, SPLIT = 10, 13, 16, 7
 CASES = {
-    "paper": dict(tasks_per_step=2, preconditioned=True, burn_in=3, thin=2, n_components=2),
-    "mixture": dict(prior="mixture", n_components=3, phi_update="gibbs", tasks_per_step=2, warmup_steps=4,
-                    shift_lr=1e-2),
+    "paper": dict(langevin=LangevinConfig(lr=3e-3, tasks_per_step=2, preconditioned=True),
+                  hierarchy=PaperHierarchy(sigma=1.3, beta=0.4, phi_update="langevin", burn_in=3, thin=2,
+                                           gmm_components=2)),
+    "mixture": dict(langevin=LangevinConfig(lr=3e-3, tasks_per_step=2),
+                    hierarchy=MixtureHierarchy(components=3, sigma=1.3, beta=0.4, warmup_steps=4, shift_lr=1e-2)),
 }
 WORLD_TIMEOUT = 30  # seconds: the gloo timeout of every collective (a bound on any hang)
 
@@ -53,9 +56,10 @@ def make_grad_fn(fail_at=None, rank=None, kill=False):
     return grad_fn
 
 
-def options(case, **extra):
+def options(case):
+    """The case's configs, with the problem's start and the seed."""
     targets, mu0 = problem()
-    return dict(sigma=1.3, beta=0.4, lr=3e-3, seed=5, prior_mean=mu0, theta_init=0.5 * targets, **CASES[case], **extra)
+    return dict(CASES[case], seed=5, start=ChainStart(thetas=0.5 * targets, prior_mean=mu0))
 
 
 def chain_state(sampler):
@@ -73,18 +77,18 @@ def job_chains(rank, out):
     process (1 -> 2); then a grad_fn that raises on rank 1."""
     result = {}
     for case in CASES:
-        sampler = ShardedSGLDGibbs(N, D, make_grad_fn(), process_group=dist.group.WORLD, **options(case))
+        sampler = ShardedSGLDGibbs(N, D, make_grad_fn(), sharding=Sharding(dist.group.WORLD), **options(case))
         for t in range(STEPS):
             if t == SPLIT:
                 sampler.save(os.path.join(out, f"{case}-two"))
             sampler.step()
         resumed = ShardedSGLDGibbs.load(os.path.join(out, f"{case}-one"), make_grad_fn(),
-                                        process_group=dist.group.WORLD)
+                                        sharding=Sharding(dist.group.WORLD))
         while resumed.step_count < STEPS:
             resumed.step()
         result[case] = dict(chain_state(sampler), thetas=sampler.thetas.clone(),
                             resumed_thetas=resumed.thetas.clone(), resumed=chain_state(resumed))
-    sampler = ShardedSGLDGibbs(N, D, make_grad_fn(fail_at=3, rank=1), process_group=dist.group.WORLD,
+    sampler = ShardedSGLDGibbs(N, D, make_grad_fn(fail_at=3, rank=1), sharding=Sharding(dist.group.WORLD),
                                **options("mixture"))
     for _ in range(3):
         sampler.step()
@@ -107,10 +111,13 @@ def run_lift(process_group):
     """ShardedLiFT over a low-rank adapter on a frozen layer, each rank given only its tasks."""
     from lift_ext.lift.sharded_trainer import ShardedLiFT
     tasks = lift_tasks()
-    mine = {i: tasks[i] for i in ShardedLiFT.local_task_ids(len(tasks), process_group, num_shards=2)}
-    lift = ShardedLiFT(LowRank(), mine, mse, num_tasks=len(tasks), process_group=process_group, num_shards=2,
-                       batched_grads=True, **LIFT_KW).run(4, progress=False)
-    return dict(thetas=lift.thetas.clone(), phi=lift.phi.clone(), ids=list(mine), batched=lift.grads.batched)
+    sharding = Sharding(process_group, num_shards=2)
+    mine = ShardedLiFT.local_task_ids(len(tasks), sharding)
+    lift = ShardedLiFT(LowRank(), [task if i in mine else None for i, task in enumerate(tasks)], mse,
+                       sharding=sharding, **LIFT_KW)
+    lift.batched_grads = True
+    lift.run(4, progress=False)
+    return dict(thetas=lift.thetas.clone(), phi=lift.phi.clone(), ids=list(mine), batched=lift.batched_grads)
 
 
 class LowRank(torch.nn.Module):
@@ -139,13 +146,14 @@ def lift_tasks():
             for k in range(6)]
 
 
-LIFT_KW = dict(sigma=0.5, beta=0.2, lr=1e-2, seed=4, tasks_per_step=2)
+LIFT_KW = dict(langevin=LangevinConfig(lr=1e-2, tasks_per_step=2), hierarchy=PaperHierarchy(sigma=0.5, beta=0.2),
+               seed=4)
 
 
 def job_killed(rank, out):
     """Rank 1 exits inside grad_fn at step 3, after a set was saved at step 2."""
-    sampler = ShardedSGLDGibbs(N, D, make_grad_fn(fail_at=3, rank=1, kill=True), process_group=dist.group.WORLD,
-                               fault_grace=1.0, **options("paper"))
+    sampler = ShardedSGLDGibbs(N, D, make_grad_fn(fail_at=3, rank=1, kill=True),
+                               sharding=Sharding(dist.group.WORLD, fault_grace=1.0), **options("paper"))
     for _ in range(2):
         sampler.step()
     sampler.save(os.path.join(out, "killed"))
@@ -192,7 +200,7 @@ def spawn(tmp_path, job, world=2, timeout=240):
 def test_two_ranks_equal_one_process_and_sets_move_between_world_sizes(tmp_path):
     one_process = {}
     for case in CASES:
-        sampler = ShardedSGLDGibbs(N, D, make_grad_fn(), num_shards=2, **options(case))
+        sampler = ShardedSGLDGibbs(N, D, make_grad_fn(), sharding=Sharding(num_shards=2), **options(case))
         for t in range(STEPS):
             if t == SPLIT:
                 sampler.save(str(tmp_path / f"{case}-one"))  # resumed on 2 ranks by the job
@@ -237,7 +245,7 @@ def test_a_killed_rank_stops_the_other_with_its_name_and_the_last_set_loads(tmp_
     assert "rank 1 stopped responding during step 3" in report["error"]
     assert report["seconds"] < WORLD_TIMEOUT / 2  # the closed connection is seen at once, plus fault_grace
     loaded = ShardedSGLDGibbs.load(str(tmp_path / "killed"), make_grad_fn())
-    reference = ShardedSGLDGibbs(N, D, make_grad_fn(), num_shards=2, **options("paper"))
+    reference = ShardedSGLDGibbs(N, D, make_grad_fn(), sharding=Sharding(num_shards=2), **options("paper"))
     for _ in range(2):
         reference.step()
     assert loaded.step_count == 2 and torch.equal(loaded.thetas, reference.thetas)
@@ -250,7 +258,9 @@ def test_a_killed_rank_stops_the_other_with_its_name_and_the_last_set_loads(tmp_
 def test_a_group_that_cannot_hold_the_shards_is_refused(bad):
     if bad == "no group":
         with pytest.raises(ValueError, match="init_process_group"):
-            ShardedSGLDGibbs(N, D, make_grad_fn(), process_group=object(), sigma=1.0, beta=1.0, lr=1e-3)
+            ShardedSGLDGibbs(N, D, make_grad_fn(), sharding=Sharding(process_group=object()),
+                             langevin=LangevinConfig(lr=1e-3),
+                             hierarchy=PaperHierarchy(sigma=1.0, beta=1.0, phi_update="langevin"))
     else:
         from lift_ext.lift.shards import held_shards
         with pytest.raises(ValueError, match="must divide"):
