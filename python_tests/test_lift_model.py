@@ -4,7 +4,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from lift_ext.lift import FlatParams, LiFT, TensorTask, adapt, average_predictions
+from lift_ext.lift import (FlatParams, LangevinConfig, LiFT, MapConfig, MixturePrior, PaperHierarchy, SamplingConfig,
+                           TensorTask, adapt, average_predictions)
 
 IN, HIDDEN = 4, 32
 
@@ -85,8 +86,9 @@ def meta_setup():
 
 def meta_train(model, train, n_components, steps=3000):
     tasks = [TensorTask(x, y, batch_size=16) for x, y in train]
-    trainer = LiFT(model, tasks, mse, sigma=1.0, beta=0.05, lr=5e-2, burn_in=steps // 2, thin=4,
-                   n_components=n_components, seed=0)
+    trainer = LiFT(model, tasks, mse, langevin=LangevinConfig(lr=5e-2),
+                   hierarchy=PaperHierarchy(sigma=1.0, beta=0.05, burn_in=steps // 2, thin=4,
+                                            gmm_components=n_components), seed=0)
     trainer.run(steps, progress=False)
     return trainer
 
@@ -102,8 +104,8 @@ def test_lift_prior_beats_adaptation_from_the_peft_init(meta_setup):
     for x, y in test:
         support = TensorTask(x[:5], y[:5], batch_size=5)
         query = (x[5:], y[5:])
-        lift = trainer.adapt(support, steps=50, lr=1e-2)
-        plain = adapt(flat, support, mse, prior=None, init_vector=trainer.init_vector, steps=50, lr=1e-2)
+        lift = trainer.adapt(support, config=MapConfig(steps=50, lr=1e-2))
+        plain = adapt(flat, support, mse, prior=None, start=trainer.init_vector, config=MapConfig(steps=50, lr=1e-2))
         with torch.no_grad():
             errors["lift"].append(float(mse(flat.call(lift.theta), query)))
             errors["peft_init"].append(float(mse(flat.call(plain.theta), query)))
@@ -116,7 +118,7 @@ def test_lift_trainer_state_and_units(meta_setup):
     model, init, _, train, _ = meta_setup
     trainer = meta_train(model, train, 1, steps=40)
     assert trainer.thetas.shape == (16, trainer.flat.dim)
-    assert trainer.sampler.lr == pytest.approx(5e-2 / 64), "per-example lr divided by the task size"
+    assert trainer.sampler.langevin.lr == pytest.approx(5e-2 / 64), "per-example lr divided by the task size"
     assert trainer.gmm.n_components == 1
     torch.testing.assert_close(trainer.sampler.prior_mean, init)
 
@@ -125,7 +127,8 @@ def test_lift_trainer_resume_is_exact(meta_setup, tmp_path):
     """save then LiFT.load (a fresh model, the same tasks) continues the chain bitwise."""
     model, _, _, train, _ = meta_setup
     tasks = [TensorTask(x, y, batch_size=16) for x, y in train]
-    kw = dict(sigma=1.0, beta=0.05, lr=5e-2, burn_in=5, n_components=1, seed=3)
+    kw = dict(langevin=LangevinConfig(lr=5e-2),
+              hierarchy=PaperHierarchy(sigma=1.0, beta=0.05, burn_in=5, gmm_components=1), seed=3)
     straight = LiFT(model, tasks, mse, **kw).run(30, progress=False)
     first = LiFT(model, tasks, mse, **kw).run(15, progress=False)
     first.save(str(tmp_path / "lift.pt"))
@@ -143,20 +146,22 @@ def test_adapt_modes_and_inits(meta_setup):
     x, y = test[0]
     support = TensorTask(x[:5], y[:5], batch_size=5)
     prior = trainer.meta_test_prior()
-    for init_name in ("best_component", "mean", "init"):
-        out = trainer.adapt(support, init=init_name, steps=5, lr=1e-2)
+    for start in ("best_component", "mean", trainer.init_vector):
+        out = trainer.adapt(support, start=start, config=MapConfig(steps=5, lr=1e-2))
         assert out.theta.shape == (trainer.flat.dim,) and len(out.losses) == out.steps_run <= 5
-        assert (out.component is not None) == (init_name == "best_component")
-        assert (out.scores is not None) == (init_name == "best_component")
-    same = adapt(trainer.flat, support, mse, prior=trainer.gmm, beta=0.05, steps=5, lr=1e-2)
-    assert prior.beta == 0.05 and torch.equal(same.theta, trainer.adapt(support, steps=5, lr=1e-2).theta)
-    sampled = trainer.adapt(support, mode="sgld", steps=20, lr=1e-3, burn_in=10, thin=2)
+        assert (out.component is not None) == (isinstance(start, str) and start == "best_component")
+        assert (out.scores is not None) == (isinstance(start, str) and start == "best_component")
+    same = adapt(trainer.flat, support, mse, prior=MixturePrior.from_gmm(trainer.gmm, 0.05),
+                 config=MapConfig(steps=5, lr=1e-2))
+    own = trainer.adapt(support, config=MapConfig(steps=5, lr=1e-2))
+    assert prior.beta == 0.05 and torch.equal(same.theta, own.theta)
+    sampled = trainer.adapt(support, config=SamplingConfig(steps=20, lr=1e-3, burn_in=10, thin=2))
     assert len(sampled.samples) == 5 and sampled.steps_run == 20
     mean_pred = average_predictions(trainer.flat, sampled.samples, lambda call: call(x[5:]))
     assert mean_pred.shape == (100, 1)
-    with pytest.raises(ValueError, match="mode"):
-        adapt(trainer.flat, support, mse, prior=prior, mode="vi")
-    with pytest.raises(ValueError, match="init_vector"):
+    with pytest.raises(TypeError, match="config"):
+        adapt(trainer.flat, support, mse, prior=prior, config="vi")
+    with pytest.raises(ValueError, match="start"):
         adapt(trainer.flat, support, mse, prior=None)
 
 

@@ -1,6 +1,6 @@
 """Using LiFT's result: the meta-test prior, writing an adapter into the model, exporting it as
-a standard peft adapter, symmetric save / load, sampler options, and errors that name the
-user's own knobs. A 1-layer GPT-2 built locally (no downloads) with peft LoRA."""
+a standard peft adapter, symmetric save / load, the configs reaching the sampler, and errors
+that name the user's own knobs. A 1-layer GPT-2 built locally (no downloads) with peft LoRA."""
 import warnings
 
 import pytest
@@ -8,7 +8,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lift_ext.lift import LiFT, MixturePrior, TensorTask
+from lift_ext.lift import (ChainStart, FlatParams, LangevinConfig, LiFT, MapConfig, MixtureHierarchy, MixturePrior,
+                           PaperHierarchy, TensorTask)
 
 VOCAB, SEQ = 32, 12
 
@@ -38,7 +39,8 @@ def make_tasks(num=4, rows=6, seed=2):
                        examples_per_row=SEQ) for _ in range(num)]
 
 
-KW = dict(sigma=0.1, beta=0.05, lr=1e-2, burn_in=3, thin=2, n_components=1, seed=5)
+HIERARCHY = PaperHierarchy(sigma=0.1, beta=0.05, burn_in=3, thin=2, gmm_components=1)
+KW = dict(langevin=LangevinConfig(lr=1e-2), hierarchy=HIERARCHY, seed=5)
 
 
 def logits_of(model_or_call, windows):
@@ -57,14 +59,14 @@ def test_apply_writes_the_adapter_into_the_model(trained):
     lift, tasks = trained
     windows = tasks[0].full()[0][:, :-1]
     prior = lift.meta_test_prior()
-    assert isinstance(prior, MixturePrior) and prior.beta == KW["beta"] and prior.n_components == 1
+    assert isinstance(prior, MixturePrior) and prior.beta == HIERARCHY.beta and prior.n_components == 1
     torch.testing.assert_close(prior.means[0], lift.gmm.means[0])
     assert lift.apply() is lift.model
     assert torch.equal(lift.flat.vector, prior.means[0])
     lora = [p for n, p in lift.model.named_parameters() if "lora_" in n]
     assert torch.equal(torch.cat([p.detach().reshape(-1) for p in lora]), prior.means[0])
     support = TensorTask(tasks[1].full()[0][:3], batch_size=3, examples_per_row=SEQ)
-    adapted = lift.adapt(support, steps=20, lr=1e-2)
+    adapted = lift.adapt(support, config=MapConfig(steps=20, lr=1e-2))
     assert not torch.equal(adapted.theta, prior.means[0])
     lift.apply(adapted)
     torch.testing.assert_close(logits_of(lift.model, windows), logits_of(lift.flat.call(adapted.theta), windows))
@@ -97,7 +99,8 @@ def test_export_peft_is_loadable_by_plain_peft(trained, tmp_path):
 def test_export_peft_needs_a_peft_model():
     model = torch.nn.Sequential(torch.nn.Linear(3, 1))
     task = TensorTask(torch.randn(5, 3), torch.randn(5))
-    lift = LiFT(model, [task], lambda call, b: ((call(b[0]).squeeze(-1) - b[1]) ** 2).mean(), beta=1.0)
+    lift = LiFT(model, [task], lambda call, b: ((call(b[0]).squeeze(-1) - b[1]) ** 2).mean(),
+                langevin=LangevinConfig(lr=1e-3), hierarchy=PaperHierarchy(beta=1.0))
     with pytest.raises(TypeError, match="peft model"):
         lift.export_peft("unused", torch.zeros(lift.flat.dim))
 
@@ -109,7 +112,8 @@ def test_save_and_load_are_symmetric(trained, tmp_path):
     first = LiFT(lora_model(), tasks, next_token_loss, **KW).run(5, progress=False)
     first.save(path)
     resumed = LiFT.load(path, lora_model(seed=9), tasks, next_token_loss)
-    assert resumed.sampler.burn_in == KW["burn_in"] and resumed.sampler.thin == KW["thin"]
+    hierarchy = resumed.sampler.hierarchy
+    assert hierarchy.burn_in == HIERARCHY.burn_in and hierarchy.thin == HIERARCHY.thin
     resumed.run(3, progress=False)
     assert torch.equal(resumed.phi, straight.phi) and torch.equal(resumed.thetas, straight.thetas)
     with pytest.raises(ValueError, match="adapter of dim"):
@@ -146,18 +150,29 @@ def test_meta_test_prior_comes_from_the_sampler_when_it_builds_one(trained):
         del lift.sampler.meta_test_prior
 
 
-def test_sampler_options_pass_through_and_unknown_ones_are_refused():
+def test_configs_reach_the_sampler_and_unknown_options_are_refused():
+    """The configs reach the chain in the sampler's units: a preconditioned LangevinConfig as
+    given, a plain one with lr / n_ref (n_ref the mean task size); the hierarchy as given.
+    A keyword LiFT does not have is a TypeError, a bad start a ValueError, neither touching the model."""
     tasks = make_tasks(num=2)
-    lift = LiFT(lora_model(), tasks, next_token_loss, preconditioned=True, alpha=0.9, eps=1e-6, **KW)
-    assert lift.sampler.alpha == 0.9 and lift.sampler.eps == 1e-6
+    preconditioned = LangevinConfig(lr=1e-2, preconditioned=True, alpha=0.9, eps=1e-6)
+    lift = LiFT(lora_model(), tasks, next_token_loss, **{**KW, "langevin": preconditioned})
+    assert lift.sampler.langevin == preconditioned and lift.sampler.hierarchy == HIERARCHY
+    assert lift.sampler.langevin.alpha == 0.9 and lift.sampler.langevin.eps == 1e-6
+    plain = LiFT(lora_model(), tasks, next_token_loss, **KW)
+    n_ref = tasks[0].num_examples
+    assert n_ref == 6 * SEQ and plain.sampler.langevin.lr == pytest.approx(1e-2 / n_ref)
+    assert plain.sampler.hierarchy == HIERARCHY and plain.langevin == KW["langevin"]
     model = lora_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with pytest.raises(TypeError, match="no_such_option"):
         LiFT(model, tasks, next_token_loss, no_such_option=1, **KW)
     with pytest.raises(TypeError, match="device"):
         LiFT(model, tasks, next_token_loss, device="cpu", **KW)
+    with pytest.raises(TypeError, match="alpha"):
+        LiFT(model, tasks, next_token_loss, alpha=0.9, **KW)  # a LangevinConfig field, not LiFT's
     with pytest.raises(ValueError, match="prior_mean"):
-        LiFT(model, tasks, next_token_loss, prior_mean="zeros", **KW)
+        LiFT(model, tasks, next_token_loss, start=ChainStart(prior_mean="zeros"), **KW)
     after = dict(model.named_parameters())
     assert all(torch.equal(after[n], v) for n, v in before.items())
 
@@ -171,12 +186,12 @@ def test_a_model_without_peft_or_select_warns_that_everything_is_packed():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         LiFT(lora_model(), make_tasks(), next_token_loss, **KW)
-        LiFT(model, make_tasks(), next_token_loss, select=["transformer.ln_f.weight"], **KW)
+        LiFT(FlatParams(model, select=["transformer.ln_f.weight"]), make_tasks(), next_token_loss, **KW)
 
 
 def test_the_mixture_prior_before_any_step_is_refused():
-    lift = LiFT(lora_model(), make_tasks(), next_token_loss, sigma=0.1, beta=0.05, lr=1e-2, prior="mixture",
-                n_components=2, seed=5)
+    lift = LiFT(lora_model(), make_tasks(), next_token_loss, langevin=LangevinConfig(lr=1e-2),
+                hierarchy=MixtureHierarchy(components=2, sigma=0.1, beta=0.05), seed=5)
     with pytest.raises(RuntimeError, match=r"needs run\(steps\) first: at least 1 steps"):
         lift.meta_test_prior()
     lift.run(1, progress=False)
