@@ -60,8 +60,8 @@ class ChainState:
         check_state(state, self.config(), tuple(self._thetas.shape))
         try:
             order = self._new_order(state["order"])
-        except (TypeError, KeyError) as exc:
-            raise ValueError(f"order must be the state_dict() of the chain's visiting order ({exc!r})") from None
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(f"order must be the state_dict() of the chain's visiting order ({exc})") from None
         backup, backup_order = self.state_dict(), self._order
         try:
             self._apply_state(state, order)

@@ -22,7 +22,7 @@ from lift_ext.lift.distributed import ShardedSGLDGibbs, Sharding
 from lift_ext.lift.sampler import ChainStart
 from lift_ext.lift.shards import local_task_ids
 from lift_ext.lift.tasks import Task
-from lift_ext.lift.trainer import LiFT, ModelLike, check_fits, read_settings, task_sizes
+from lift_ext.lift.trainer import LiFT, ModelLike, check_fits, check_task_sequence, read_settings, task_sizes
 from lift_ext.types import LossFn
 
 
@@ -50,6 +50,7 @@ class ShardedLiFT(LiFT):
 
     def _bind(self, model: ModelLike, tasks: Sequence[Optional[Task]], loss_fn: LossFn) -> None:
         """As LiFT's, with this rank's tasks only and n_ref summed over the ranks."""
+        check_task_sequence(tasks)
         n = len(tasks)
         local = self.local_task_ids(n, self.sharding)
         missing = [i for i in local if tasks[i] is None]

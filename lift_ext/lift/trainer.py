@@ -31,6 +31,7 @@ model's own tensors; `export_peft(path, theta)` writes a standard peft adapter d
 loss_fn)` checkpoint and resume the chain.
 """
 import dataclasses
+from collections.abc import Mapping
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -59,6 +60,7 @@ VERSION = 1
 
 def task_sizes(tasks: Sequence[Task]) -> List[int]:
     """n_i of each task, checked (each must have num_examples >= 1 and batch(generator))."""
+    check_task_sequence(tasks)
     if len(tasks) < 1:
         raise ValueError("tasks must hold at least one task")
     sizes = []
@@ -68,6 +70,12 @@ def task_sizes(tasks: Sequence[Task]) -> List[int]:
             raise TypeError(f"tasks[{i}] must have num_examples (int >= 1) and batch(generator)")
         sizes.append(n)
     return sizes
+
+
+def check_task_sequence(tasks) -> None:
+    """TypeError unless `tasks` is a sequence (a list or tuple of tasks, indexed by task)."""
+    if isinstance(tasks, Mapping) or not isinstance(tasks, Sequence):
+        raise TypeError(f"tasks must be a sequence of tasks (a list, indexed by task), got {type(tasks).__name__}")
 
 
 def flat_adapter(model: ModelLike) -> FlatParams:
@@ -274,7 +282,7 @@ class LiFT:
         trainer = sampler_state.quietly(cls, model, tasks, loss_fn, **settings)
         check_fits(path, state["sampler"]["config"], trainer)
         with sampler_state.refusing_inconsistency(path):
-            trainer.load_state_dict(state)
+            trainer.load_state_dict({"config": state["config"], "sampler": state["sampler"]})
         return trainer
 
 
