@@ -115,9 +115,10 @@ def test_running_sum_stays_equal_to_thetas_sum(problem):
          hierarchy=PaperHierarchy(sigma=SIGMA, beta=BETA, phi_update="langevin")),
     dict(langevin=LangevinConfig(lr=2e-3, tasks_per_step=2),
          hierarchy=MixtureHierarchy(components=2, sigma=SIGMA, beta=BETA))])
-def test_a_grad_fn_that_edits_theta_in_place_is_refused_with_the_sums_kept(problem, options):
+def test_a_grad_fn_that_edits_theta_in_place_is_refused_and_undone(problem, options):
     """A grad_fn that writes into the theta row it is given (a view of the state) is caught by the
-    thetas' version counter: ValueError, no step, and S_k = the sum of its members' rows."""
+    thetas' version counter: ValueError, no step, the edited rows put back (the whole state as
+    before), and S_k = the sum of its members' rows."""
     def editing(i, theta):
         theta.add_(1.0)  # the edit the sampler must notice
         return problem["grad_fn"](i, theta)
@@ -126,15 +127,18 @@ def test_a_grad_fn_that_edits_theta_in_place_is_refused_with_the_sums_kept(probl
                         start=ChainStart(thetas=problem["ybar"], prior_mean=problem["mu0"]), seed=3, **options)
     sampler.run(7, progress=False)
     sampler.grad_fn = editing
+    before = sampler.state_dict()
     with pytest.raises(ValueError, match="grad_fn edited theta in place"):
         sampler.step()
     assert sampler.step_count == 7
+    assert torch.equal(sampler.thetas, before["thetas"]) and torch.equal(sampler.task_sums,
+                                                                         before["components"]["sums"])
     z = sampler.assignments
     for k in range(sampler.phis.shape[0]):
         members = sampler.thetas[z == k].double().sum(0)
         torch.testing.assert_close(sampler.task_sums[k].double(), members, rtol=0, atol=1e-5)
     sampler.grad_fn = problem["grad_fn"]
-    sampler.run(3, progress=False)  # the chain goes on from the edited thetas
+    sampler.run(3, progress=False)  # the chain goes on
 
 
 def test_a_sharded_grad_fn_that_edits_theta_in_place_leaves_the_state():
@@ -175,12 +179,12 @@ def test_checked_gradients_tell_an_overflowing_sum_from_a_gradient_that_is_not_f
     thetas = torch.zeros(2, 4)
     big = torch.full((4,), 3e38)
     rows = list(thetas)
-    out = checked_gradients(lambda i, t: big, [0, 1], rows, thetas, step=0, on_edit=lambda: None)
+    out = checked_gradients(lambda i, t: big, [0, 1], rows, thetas, step=0)
     assert all(torch.equal(g, big) for g in out)
     bad = big.clone()
     bad[2] = float("nan")
     with pytest.raises(FloatingPointError, match=r"grad_fn\(1, theta\) returned NaN or Inf at step 0"):
-        checked_gradients(lambda i, t: bad if i == 1 else big, [0, 1], rows, thetas, step=0, on_edit=lambda: None)
+        checked_gradients(lambda i, t: bad if i == 1 else big, [0, 1], rows, thetas, step=0)
 
 
 def test_gmm_receives_thinned_samples_after_burn_in(problem):

@@ -192,8 +192,10 @@ def test_assignment_draws_follow_their_conditional():
     want = torch.softmax(logits, 0)
     seen = torch.zeros(3)
     for i in range(4000):
-        comps.draw_assignments_(theta, [0], beta=beta, temperature=temperature,
-                                generator=torch.Generator().manual_seed(i))
+        uniform = comps.gumbel_uniforms(1, temperature, torch.Generator().manual_seed(i))
+        (label,) = comps.choose(theta, beta=beta, temperature=temperature, uniform=uniform)
+        if label != int(comps.assignments[0]):  # the step's move (lift_ext.lift.reduction.LocalReduction.assign)
+            comps.move_(0, label, theta[0], theta[0])
         seen[int(comps.assignments[0])] += 1
         for k in range(3):  # the task's sum moves with it; an emptied component's sum is 0 exactly
             assert torch.equal(comps.sums[k], theta[0] if k == int(comps.assignments[0]) else torch.zeros(4))

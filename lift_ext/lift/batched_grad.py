@@ -154,17 +154,16 @@ def gradients_of(grad_fn: Callable, tasks: List[int], rows: Sequence[torch.Tenso
 
 
 def checked_gradients(grad_fn: Callable, tasks: List[int], rows: Sequence[torch.Tensor], thetas: torch.Tensor, *,
-                      step: int, on_edit: Callable[[], None]) -> List[torch.Tensor]:
+                      step: int) -> List[torch.Tensor]:
     """`gradients_of` for SGLDGibbs's step `step`, where `rows` are views of the state `thetas`
     [n, D], each gradient checked: a Tensor [D] on thetas' device (ValueError), finite
     (FloatingPointError). A grad_fn that writes into a row bumps thetas' version counter (one
-    integer comparison; a write through `.data` is not seen): `on_edit()` restores the
-    sampler's invariants, then ValueError. Every check runs before the caller changes anything."""
+    integer comparison; a write through `.data` is not seen): ValueError (the caller puts its
+    rows back). Every check runs before the caller changes anything."""
     dim, device = thetas.shape[1], thetas.device
     version = thetas._version
     grads = gradients_of(grad_fn, tasks, rows)
     if thetas._version != version:
-        on_edit()
         raise ValueError(f"grad_fn edited theta in place at step {step} (theta is a view of the sampler's "
                          "state: clone it before changing it); the step did not happen")
     for task, grad in zip(tasks, grads):

@@ -5,7 +5,8 @@ Layout and schedule (lift_ext.lift.shards): S = `num_shards` shards of contiguou
 rank of a world of P holds S / P of them (P must divide S) and only their thetas, as `thetas`
 with global indices `task_ids`. The prior's state (phi or phi_k, S_k, z, n, pi, the OnlineGMM,
 the pSGLD average v) is replicated: every rank keeps the same bits. A step takes the next B =
-`tasks_per_step` visits of EVERY shard (S B tasks in all, in shard order):
+`tasks_per_step` visits of EVERY shard (S B tasks in all, in shard order), by the step code of
+`SGLDGibbs.step` with this rank's shards and the `AllReduce` reduction (lift_ext.lift.reduction):
   1. each rank computes the gradients of its shards' tasks (one batched grad_fn.many call per
      shard when grad_fn has it) and steps each shard's rows with one fused list launch, shard s
      at Philox offset 2t + s 2^40 (even: never a phi_k offset 2t + 1 + k 2^40), row b at
@@ -24,17 +25,17 @@ the pSGLD average v) is replicated: every rank keeps the same bits. A step takes
      mean gradients from step 3; each rank shifts its own rows), feeds the OnlineGMM, and
      k-means at the end of a mixture warm-up runs on the gathered thetas (an all-gather of
      N x D floats, once a run).
-At step 0 with preconditioning the first gradient of shard 0 (v = g^2) is all-reduced first.
 
 Equivalence: the chain is a function of (seed, S, B) only, not of P: a P-rank run equals the
-one-process run (`process_group=None`, the same num_shards, tasks_per_step = B per shard,
+one-process run (`Sharding(process_group=None)`, the same num_shards, tasks_per_step = B per shard,
 S B tasks per step) bitwise when P <= 2 (the all-reduce of two partials is a + b, the sum
 the one process forms), and within float32 rounding of dS (1e-6 relative) for P > 2, whose
 all-reduce adds the partials in another order. With S = 1 it is SGLDGibbs's own schedule and
 noise, bitwise equal to SGLDGibbs for B = 1 and equal up to the order in which the B deltas
-are added to S for B > 1 (SGLDGibbs adds them one by one into S).
+are added to S for B > 1 (SGLDGibbs's LocalReduction adds them one by one into S).
 
-Faults (lift_ext.lift.collective): a grad_fn that raises, or a diverged z draw, still joins
+Faults (lift_ext.lift.collective): a grad_fn that raises, or a diverged z draw (or, with one
+component, a stepped row that is not finite), still joins
 the step's all-reduce with its status; every rank then restores its rows (the step is undone
 everywhere) and raises: the failing rank its own error, the others RankFailure (or
 FloatingPointError for a divergence) naming it. A killed rank makes the collective fail on
@@ -48,11 +49,11 @@ from typing import Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-from lift_ext import ops, validate
+from lift_ext import validate
 from lift_ext.lift import sampler_state, shard_checkpoint
-from lift_ext.lift.collective import DIVERGED, OK, RAISED, Collective, group_rank_and_size
+from lift_ext.lift.collective import Collective, group_rank_and_size
 from lift_ext.lift.config import LangevinConfig, MixtureHierarchy, PaperHierarchy, check_type
-from lift_ext.lift.mixture import COMPONENT_STRIDE, keyed_generator
+from lift_ext.lift.reduction import AllReduce
 from lift_ext.lift.sampler import ChainStart, SGLDGibbs
 from lift_ext.lift.shards import ShardedOrder, held_shards, local_task_ids, shard_bounds
 from lift_ext.types import GradFn
@@ -143,9 +144,6 @@ class ShardedSGLDGibbs(SGLDGibbs):
     def _held_rows(self, start: torch.Tensor) -> torch.Tensor:
         return super()._held_rows(start[self._lo:self._hi])
 
-    def _rows(self, tasks: List[int]) -> List[torch.Tensor]:
-        return [self._thetas[task - self._lo] for task in tasks]
-
     def all_thetas(self) -> torch.Tensor:
         """Every task's vector [N, D], gathered from all ranks (a collective: every rank must
         call it; N x D floats on each)."""
@@ -156,124 +154,21 @@ class ShardedSGLDGibbs(SGLDGibbs):
     def _assign_by_kmeans(self, thetas: Optional[torch.Tensor] = None) -> None:
         super()._assign_by_kmeans(self.all_thetas() if thetas is None else thetas)
 
-    # ---- sampling ---------------------------------------------------------------------------
-    def step(self) -> List[int]:
-        """One step of the sharded chain (module docstring); returns all S B tasks of the step
-        (on every rank), in shard order."""
-        plan, epochs, positions = self._order.peek(self.langevin.tasks_per_step)
-        t, comps = self.step_count, self._components
-        tasks = [task for shard_tasks in plan for task in shard_tasks]
-        starts = [sum(len(p) for p in plan[:s]) for s in range(self.num_shards)]
-        mixing = self._mixture and t >= self._warmup_steps
-        labelled = mixing and comps.k > 1
-        shifting = self._shift_lr > 0.0
-        sizes = (comps.k * self.dim, len(tasks) if labelled else 0, self.dim if self._square_avg is not None else 0,
-                 comps.k * self.dim if shifting else 0, comps.k if shifting else 0)
-        old = {s: torch.stack(self._rows(plan[s])) for s in self._shards}
-        try:
-            grads = {s: self._task_grads(plan[s], self._rows(plan[s])) for s in self._shards}
-        except BaseException:
-            self._undo(plan, old)  # a grad_fn that wrote into its rows: they are put back
-            self._join_failed(t, sizes)
-            raise
-        generator = keyed_generator("SGLDGibbs.mixture", self.seed, t) if labelled else None
-        uniform = comps.gumbel_uniforms(len(tasks), self.langevin.temperature, generator) if labelled else None
-        buffer = self.comm.buffer(sum(sizes), torch.float32, self.device)
-        failure, numel = OK, sum(sizes)
-        try:
-            for i, s in enumerate(self._shards):  # per shard from zero, then summed in shard order
-                part = buffer[:numel] if i == 0 else torch.zeros(numel, device=self.device)
-                failure = self._step_shard(s, plan[s], grads[s], old[s], t, starts[s], sizes, part, uniform)
-                if i > 0:
-                    buffer[:numel] += part
-                if failure:
-                    break
-            codes = self.comm.sum_(buffer, f"step {t}", failure)
-        except BaseException:
-            self._undo(plan, old)
-            raise
-        if any(code != OK for code in codes):
-            self._undo(plan, old)
-            diverged = [r for r, code in enumerate(codes) if code == DIVERGED]
-            if diverged:
-                raise self._divergence(f"a theta or phi_k is not finite (rank {', '.join(map(str, diverged))})")
-            self.comm.raise_failures(codes, f"step {t}")
-        shift = self._apply(buffer, tasks, sizes)
-        self._finish_step(t, mixing, generator, epochs, positions, shift)
-        return tasks
+    # ---- the step's layout and reduction (SGLDGibbs.step runs it) ------------------------------
+    _undoes_divergence = True
 
-    def _step_shard(self, shard: int, tasks: List[int], grads: List[torch.Tensor], old: torch.Tensor,
-                    t: int, start: int, sizes, part: torch.Tensor, uniform: Optional[torch.Tensor]) -> int:
-        """Step 1 (and 2) for one shard's rows; its dS, z and pSGLD sum go into `part`
-        (laid out as the all-reduce buffer). Returns DIVERGED when a z score is NaN, else OK."""
-        comps, (kd, nz, nv, ng, nc) = self._components, sizes
-        rows = self._rows(tasks)
-        centers = [comps.phis[int(comps.assignments[task])] for task in tasks]
-        averages = [] if self._square_avg is None else list(self._square_avg.expand(len(tasks), -1).clone().unbind(0))
-        ops.sgld_step_list_(rows, grads, centers, [], averages,
-                            **self._sgld_options(2 * t + shard * COMPONENT_STRIDE))
-        delta = part[:kd].view(comps.k, self.dim)
-        new = torch.stack(rows)
-        for task, row_delta in zip(tasks, new - old):
-            delta[int(comps.assignments[task])].add_(row_delta)
-        if averages:
-            total = part[kd + nz:kd + nz + nv]
-            for average in averages:
-                total.add_(average)
-        labels = [int(comps.assignments[task]) for task in tasks]
-        if nz:
-            try:
-                labels = comps.choose(new, beta=self.hierarchy.beta, temperature=self.langevin.temperature,
-                                      uniform=None if uniform is None else uniform[start:start + len(tasks)])
-            except FloatingPointError:
-                return DIVERGED
-        for b, (task, label) in enumerate(zip(tasks, labels)):
-            previous = int(comps.assignments[task])
-            if nz:
-                part[kd + start + b] = label
-            if label != previous:
-                delta[label].add_(new[b])
-                delta[previous].sub_(new[b])
-        if ng:  # the shift's gradient sums and counts per (new) component
-            at = kd + nz + nv
-            sums, counts = part[at:at + ng].view(comps.k, self.dim), part[at + ng:at + ng + nc]
-            for grad, label in zip(grads, labels):
-                sums[label].add_(grad)
-                counts[label] += 1
-        return OK
+    def _peek(self):
+        """(the next step's tasks of every shard, and the shards' positions after them)."""
+        return self._order.peek(self.langevin.tasks_per_step)
 
-    def _rows_edited(self) -> None:
-        """A grad_fn wrote into its rows: nothing to do here, `step` puts them back from its copy."""
+    def _held_shards(self) -> range:
+        return self._shards
 
-    def _join_failed(self, t: int, sizes) -> None:
-        """This rank's grad_fn raised: join the collective the others are in with RAISED
-        (errors of the collective itself are left to the others to report)."""
-        try:
-            self.comm.sum_(self.comm.buffer(sum(sizes), torch.float32, self.device),
-                           f"step {t}", RAISED)
-        except Exception:  # noqa: BLE001 - the original error is the one to raise
-            pass
-
-    def _undo(self, plan: List[List[int]], old: Dict[int, torch.Tensor]) -> None:
-        """Restore this rank's rows: the step never happened (v changes only in `_apply`)."""
-        for s, rows in old.items():
-            for task, row in zip(plan[s], rows):
-                self._thetas[task - self._lo].copy_(row)
-
-    def _apply(self, buffer: torch.Tensor, tasks: List[int], sizes) -> Optional[Dict[int, torch.Tensor]]:
-        """Step 3 on the reduced buffer: S += dS, z of the step's tasks, v = mean of averages;
-        returns the shift's {k: gbar_k} (None without the shift)."""
-        comps, (kd, nz, nv, ng, nc) = self._components, sizes
-        comps.sums.add_(buffer[:kd].view(comps.k, self.dim))
-        if nz:
-            comps.assign_(tasks, buffer[kd:kd + nz].round().long().tolist())
-        if nv:
-            self._square_avg.copy_(buffer[kd + nz:kd + nz + nv] / len(tasks))
-        if not ng:
-            return None
-        at = kd + nz + nv
-        sums, counts = buffer[at:at + ng].view(comps.k, self.dim), buffer[at + ng:at + ng + nc].tolist()
-        return {k: sums[k] / counts[k] for k in range(comps.k) if counts[k] > 0}
+    def _reduction(self, num_tasks: int, labelled: bool) -> AllReduce:
+        """The all-reduce of the step's shared updates over the ranks (lift_ext.lift.reduction)."""
+        return AllReduce(self.comm, self._components, self._square_avg, dim=self.dim, num_tasks=num_tasks,
+                         labelled=labelled, shifting=self._shift_lr > 0.0, device=self.device,
+                         what=f"step {self.step_count}")
 
     # ---- reports and checkpoints --------------------------------------------------------------
     def diagnostics(self) -> Dict[str, float]:

@@ -134,16 +134,6 @@ class Components:
             total[comp] += row
         return total
 
-    def resum_(self, thetas: torch.Tensor) -> None:
-        """S_k = the sum of its members' rows of `thetas` [N, D] (`member_sums`, rounded once),
-        for a state whose thetas changed outside the steps that keep S."""
-        self.sums.copy_(self.member_sums(thetas, self.assignments))
-
-    def add_deltas_(self, tasks: Sequence[int], deltas: torch.Tensor) -> None:
-        """S_{z_i} += deltas[b] for task i = tasks[b], in the order of `tasks` (deterministic)."""
-        for row, task in enumerate(tasks):
-            self.sums[int(self.assignments[task])].add_(deltas[row])
-
     @staticmethod
     def phi_offset(step: int, comp: int) -> int:
         """Philox offset of phi_k's draw at step t: 2t + 1 + k 2^40."""
@@ -157,24 +147,6 @@ class Components:
             ops.phi_step_(self.phis[comp], self.sums[comp], prior_mean, lr=lr, temperature=temperature,
                           sigma=sigma, beta=beta, num_tasks=members, gibbs=gibbs, seed=seed,
                           offset=self.phi_offset(step, comp))
-
-    def draw_assignments_(self, thetas: torch.Tensor, tasks: Sequence[int], *, beta: float,
-                          temperature: float, generator: torch.Generator) -> None:
-        """z_i for each of `tasks` from its conditional; S and n follow the moves. A NaN score
-        (a theta or phi that is not finite: the chain diverged) raises FloatingPointError with
-        nothing moved. With K = 1 there is nothing to draw, but the same check runs (one
-        reduction over the stepped rows), so a diverging one-component chain is reported too."""
-        index = torch.tensor(list(tasks), dtype=torch.int64, device=thetas.device)
-        rows = thetas.index_select(0, index)
-        if self.k == 1:
-            if not bool(torch.isfinite(rows).all()):
-                raise FloatingPointError("a stepped theta is not finite")
-            return
-        labels = self.choose(rows, beta=beta, temperature=temperature,
-                             uniform=self.gumbel_uniforms(len(tasks), temperature, generator))
-        for row, (task, comp) in enumerate(zip(tasks, labels)):
-            if comp != int(self.assignments[task]):
-                self.move_(task, comp, rows[row], rows[row])
 
     def move_(self, task: int, comp: int, leaving: torch.Tensor, arriving: torch.Tensor) -> None:
         """z_task = comp: `leaving` (its vector as it was) out of S of its old component, `arriving`

@@ -1,9 +1,9 @@
 """`SGLDGibbs`: LiFT's posterior sampler over shared prior adapters and N task vectors theta_i.
 
 Model (docs/design.md sections 3 and 10), vectors of length D in the units of theta:
-    prior="paper":   phi ~ N(mu0, sigma^2 I),  theta_i | phi ~ N(phi, beta^2 I);
-    prior="mixture": pi ~ Dir(a0 1_K), phi_k ~ N(mu0, sigma^2 I), z_i ~ Cat(pi),
-                     theta_i | z_i = k ~ N(phi_k, beta^2 I)   (see lift_ext.lift.mixture);
+    PaperHierarchy:   phi ~ N(mu0, sigma^2 I),  theta_i | phi ~ N(phi, beta^2 I);
+    MixtureHierarchy: pi ~ Dir(a0 1_K), phi_k ~ N(mu0, sigma^2 I), z_i ~ Cat(pi),
+                      theta_i | z_i = k ~ N(phi_k, beta^2 I)   (see lift_ext.lift.mixture);
 and p(D_i | theta_i) given by `grad_fn(i, theta_i)` = a stochastic estimate of
 -d/dtheta log p(D_i | theta_i), summed over task i's data (`mean_loss_grad` converts from a
 mean loss).
@@ -11,13 +11,15 @@ mean loss).
 One `step()` (t = step_count):
   1. tasks: the next B = `tasks_per_step` of a shuffled round-robin (lift_ext.lift.task_order);
      grad_fn is called for each of them first (grad_fn.many once, if it has it), and nothing
-     changes until all have returned (an exception or KeyboardInterrupt leaves the state as it was);
+     changes until all have returned (an exception or KeyboardInterrupt leaves the state as it
+     was; rows a grad_fn wrote into are put back);
   2. theta_i <- theta_i - lr (g_i + (theta_i - c_i)/beta^2) + sqrt(2 lr T) xi for the B tasks,
      c_i = phi (paper) or phi_{z_i} (mixture), and S_{z_i} += theta_i,new - theta_i,old (S stays
-     the exact component sums). B = 1: one `ops.sgld_step_` that also accumulates into S; B > 1:
-     one `ops.sgld_step_list_` over the B rows, then S_{z_i} += new - old row by row in task order.
+     the exact component sums): one `ops.sgld_step_list_` over the B rows, then
+     S_{z_i} += new - old row by row in task order (lift_ext.lift.reduction.LocalReduction).
      Noise: Philox (seed, offset 2t), element b D + j for row b. ``preconditioned=True``: pSGLD
-     with one RMSprop average v shared by all tasks, damping eps' = max(eps, lr/beta^2) (docs/design.md section 3);
+     with one RMSprop average v shared by all tasks (v = the mean of the rows' updated copies),
+     damping eps' = max(eps, lr/beta^2) (docs/design.md section 3);
   3. mixture only: each stepped task's z_i from its conditional given theta_i (by distance);
      z_update="likelihood" then again given eta_i (lift_ext.lift.noncentred; its grad_fn.losses
      runs after step 2, so if it raises, steps 2-3 are undone);
@@ -28,7 +30,8 @@ lr is half the paper's eta (see lift_ext.sgld). A run is a pure function of its 
 Mixture start: z from k-means over the directions of the initial thetas (lift_ext.lift.mixture;
 balanced when all equal), or, with warmup_steps = W > 0, of the thetas after W one-phi steps.
 Memory: thetas [N, D] once plus K x D arrays, all on `device` (default: the device of
-prior_mean, else of theta_init, else the CPU); grad_fn must return gradients on that device.
+start.prior_mean, else of start.thetas, else the CPU); grad_fn must return gradients on that device.
+ShardedSGLDGibbs runs this same `step` over its shards, with the all-reduce as its reduction.
 """
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence
@@ -41,10 +44,11 @@ from lift_ext.gmm import OnlineGMM
 from lift_ext.lift import sampler_state
 from lift_ext.lift.batched_grad import checked_gradients
 from lift_ext.lift.config import LangevinConfig, MixtureHierarchy, PaperHierarchy, check_type
-from lift_ext.lift.mixture import Components, initial_assignments, keyed_generator, rows_identical
+from lift_ext.lift.collective import DIVERGED, OK
+from lift_ext.lift.mixture import COMPONENT_STRIDE, Components, initial_assignments, keyed_generator, rows_identical
 from lift_ext.lift.prior import MixturePrior
-from lift_ext.lift.noncentred import (draw_assignments_by_likelihood_, member_mean_gradients, restore_point,
-                                      shift_components_)
+from lift_ext.lift.noncentred import draw_assignments_by_likelihood_, restore_point, shift_components_
+from lift_ext.lift.reduction import LocalReduction
 from lift_ext.lift.start import ChainStart, check_start, default_device, initial_rows
 from lift_ext.lift.task_order import TaskOrder
 from lift_ext.types import DeviceLike, GradFn
@@ -248,43 +252,110 @@ class SGLDGibbs(sampler_state.ChainState):
     def _task_grads(self, tasks: List[int], rows: List[torch.Tensor]) -> List[torch.Tensor]:
         """grad_fn's gradients for `tasks` at `rows` (views of the thetas), checked for shape,
         device, finiteness and in-place edits of the thetas (lift_ext.lift.batched_grad)."""
-        return checked_gradients(self.grad_fn, tasks, rows, self._thetas, step=self.step_count,
-                                 on_edit=self._rows_edited)
-
-    def _rows_edited(self) -> None:
-        """grad_fn wrote into the thetas: S_k is recomputed from them (Components.resum_), so that
-        S_k = the sum of its members' rows again."""
-        self._components.resum_(self._thetas)
+        return checked_gradients(self.grad_fn, tasks, rows, self._thetas, step=self.step_count)
 
     def step(self) -> List[int]:
         """One SGLD-Gibbs step; returns the tasks visited, in order (`tasks_per_step` of them,
-        fewer when the next task of the round-robin is already among them)."""
-        tasks, epoch, position = self._order.peek(self.langevin.tasks_per_step)
-        grads = self._task_grads(tasks, [self._thetas[task] for task in tasks])  # may raise: nothing changed
+        fewer when the next task of the round-robin is already among them; ShardedSGLDGibbs:
+        those of every shard, in shard order). The same code for one process and a sharded
+        chain: what differs is the plan (one shard, or every shard's) and the reduction that
+        brings the rows' updates into the shared state (lift_ext.lift.reduction)."""
+        plan, epoch, position = self._peek()
+        tasks = [task for shard_tasks in plan for task in shard_tasks]
         t, comps = self.step_count, self._components
-        temperature, beta = self.langevin.temperature, self.hierarchy.beta
         mixing = self._mixture and t >= self._warmup_steps
-        generator = keyed_generator("SGLDGibbs.mixture", self.seed, t) if mixing and comps.k > 1 else None
-        likelihood = mixing and comps.k > 1 and self._likelihood_z  # grad_fn.losses runs mid-step
+        labelled = mixing and comps.k > 1
+        reduction = self._reduction(len(tasks), labelled)
+        held = self._held_shards()
+        old = {s: torch.stack(self._rows(plan[s])) for s in held}
+        try:  # grad_fn may raise or edit its rows: they are put back, nothing else has changed
+            grads = {s: self._task_grads(plan[s], self._rows(plan[s])) for s in held}
+        except BaseException:
+            self._put_back(plan, old)
+            reduction.fail()
+            raise
+        generator = keyed_generator("SGLDGibbs.mixture", self.seed, t) if labelled else None
+        uniform = comps.gumbel_uniforms(len(tasks), self.langevin.temperature, generator) if labelled else None
+        likelihood = labelled and self._likelihood_z  # grad_fn.losses runs mid-step (one process only)
         restore = restore_point(self._thetas, comps, tasks, self._square_avg) if likelihood else None
         moved: List[int] = []  # tasks the likelihood draw carried to another component
         try:
-            self._step_thetas(tasks, grads, offset=2 * t)
-            if mixing:
-                comps.draw_assignments_(self._thetas, tasks, beta=beta, temperature=temperature,
-                                        generator=generator)
-            if likelihood:
+            status, start = OK, 0
+            for s in held:
+                start = sum(len(p) for p in plan[:s])
+                status = self._step_rows(s, plan[s], grads[s], old[s], t, start, reduction, uniform, mixing)
+                if status != OK:
+                    break
+            if likelihood and status == OK:
                 moved = draw_assignments_by_likelihood_(self._thetas, comps, tasks, self.grad_fn.losses,
-                                                        temperature=temperature, generator=generator)
-        except FloatingPointError:
-            raise self._divergence("a theta or phi_k is not finite") from None
-        except BaseException:  # grad_fn.losses raised or was interrupted: the step never happened
+                                                        temperature=self.langevin.temperature, generator=generator)
+            shift = reduction.finish(status, tasks, [g for s in held for g in grads[s]], moved)
+        except FloatingPointError as exc:
+            if self._undoes_divergence:
+                self._put_back(plan, old)
+            raise self._divergence(str(exc)) from None
+        except BaseException:  # grad_fn.losses raised, or a rank failed: the step never happened
             if restore is not None:
                 restore()
+            if self._undoes_divergence:
+                self._put_back(plan, old)
             raise
-        shift = member_mean_gradients(comps, tasks, grads, moved) if self._shift_lr > 0.0 else None
         self._finish_step(t, mixing, generator, epoch, position, shift)
         return tasks
+
+    def _step_rows(self, shard: int, tasks: List[int], grads: List[torch.Tensor], old: torch.Tensor, t: int,
+                   start: int, reduction, uniform: Optional[torch.Tensor], mixing: bool) -> int:
+        """Steps 2 and 3 for the rows of one shard's `tasks` (the step's tasks start.. of it):
+        one fused list launch at Philox offset 2t + shard 2^40 (element b D + j for row b), the
+        deltas and averages to the reduction, then (mixing) each row's z drawn by Gumbel-max with
+        `uniform`'s rows start.. (the nearest phi_k at T = 0). Returns DIVERGED when a stepped
+        row has no finite score (not finite, or every distance overflowed), else OK."""
+        comps = self._components
+        rows = self._rows(tasks)
+        labels = [int(comps.assignments[task]) for task in tasks]
+        centers = [comps.phis[label] for label in labels]
+        averages = [] if self._square_avg is None else \
+            list(self._square_avg.expand(len(tasks), -1).clone().unbind(0))
+        ops.sgld_step_list_(rows, grads, centers, [], averages, **self._sgld_options(2 * t + shard * COMPONENT_STRIDE))
+        new = torch.stack(rows)
+        reduction.add_rows(shard, labels, new - old, averages)
+        if mixing:
+            try:
+                if comps.k > 1:
+                    labels = comps.choose(new, beta=self.hierarchy.beta, temperature=self.langevin.temperature,
+                                          uniform=None if uniform is None else uniform[start:start + len(tasks)])
+                elif not bool(torch.isfinite(new).all()):
+                    return DIVERGED
+            except FloatingPointError:
+                return DIVERGED
+        reduction.assign(shard, start, tasks, labels, new, grads)
+        return OK
+
+    # ---- the layout (ShardedSGLDGibbs: its shards) ---------------------------------------------
+    _undoes_divergence = False  # one process: a diverged chain is left as it is; a sharded one undoes its rows
+
+    def _peek(self):
+        """(the next step's tasks per shard, and the order's position after them)."""
+        tasks, epoch, position = self._order.peek(self.langevin.tasks_per_step)
+        return [tasks], epoch, position
+
+    def _held_shards(self) -> range:
+        """The shards this process steps (one process: the one shard of all N tasks)."""
+        return range(1)
+
+    def _rows(self, tasks: Sequence[int]) -> List[torch.Tensor]:
+        """The rows of `tasks` in the held thetas (views)."""
+        return [self._thetas[task - self._first_task] for task in tasks]
+
+    def _put_back(self, plan: List[List[int]], old: Dict[int, torch.Tensor]) -> None:
+        """Restore the held rows of the step's tasks from their copies `old` (per shard)."""
+        for s, rows in old.items():
+            for task, row in zip(plan[s], rows):
+                self._thetas[task - self._first_task].copy_(row)
+
+    def _reduction(self, num_tasks: int, labelled: bool) -> LocalReduction:
+        """The identity reduction of one process (lift_ext.lift.reduction)."""
+        return LocalReduction(self._components, self._square_avg, shifting=self._shift_lr > 0.0)
 
     def _finish_step(self, t: int, mixing: bool, generator, epoch, position, shift_grads=None) -> None:
         """Steps 4 and 5 of step t (shift_grads: {k: gbar_k} of the shift), then on to (epoch, position)."""
@@ -307,24 +378,6 @@ class SGLDGibbs(sampler_state.ChainState):
         past_burn_in = self.step_count - hierarchy.burn_in
         if past_burn_in > 0 and past_burn_in % hierarchy.thin == 0:
             self._feed_mixture()
-
-    def _step_thetas(self, tasks: Sequence[int], grads: Sequence[torch.Tensor], offset: int) -> None:
-        """Step 2 of the module docstring for the rows of `tasks`."""
-        comps = self._components
-        rows = [self._thetas[task] for task in tasks]
-        centers = [comps.phis[int(comps.assignments[task])] for task in tasks]
-        kwargs = self._sgld_options(offset)
-        if len(tasks) == 1:
-            sums = comps.sums[int(comps.assignments[tasks[0]])]
-            ops.sgld_step_(rows[0], grads[0], centers[0], sums, self._square_avg, **kwargs)
-            return
-        old = torch.stack(rows)
-        averages = None if self._square_avg is None else self._square_avg.expand(len(tasks), -1).clone()
-        ops.sgld_step_list_(rows, grads, centers, [], [] if averages is None else list(averages.unbind(0)),
-                            **kwargs)
-        if averages is not None:
-            self._square_avg.copy_(averages.mean(dim=0))
-        comps.add_deltas_(tasks, torch.stack(rows).sub_(old))
 
     def _sgld_options(self, offset: int) -> Dict[str, object]:
         """The scalar arguments of the theta step's op at Philox offset `offset`."""
