@@ -44,7 +44,7 @@ group's timeout. Checkpoints: a set of files, one per shard plus the shared stat
 complete by a manifest written last (lift_ext.lift.shard_checkpoint).
 """
 import dataclasses
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist

@@ -82,16 +82,16 @@ class ChainState:
         self._order = order
 
     @classmethod
-    def from_config(cls, config: Dict[str, object], grad_fn: GradFn, device: DeviceLike = None) -> "SGLDGibbs":
+    def from_config(cls, config: Dict[str, object], grad_fn: GradFn, device: DeviceLike = None) -> "ChainState":
         """A new chain with the settings of `config` (from `config()`), at its start."""
         return cls(config["num_tasks"], config["dim"], grad_fn, device=device, **cls.settings_of(config))
 
     def save(self, path: str) -> None:
         """Write `state_dict()` to one checksummed file, atomically (temp file + rename)."""
-        save(self.state_dict(), path)
+        write(self.state_dict(), path)
 
     @classmethod
-    def load(cls, path: str, grad_fn: GradFn, device: DeviceLike = None) -> "SGLDGibbs":
+    def load(cls, path: str, grad_fn: GradFn, device: DeviceLike = None) -> "ChainState":
         """A sampler continuing the exact chain saved by `save` (built by `from_config`, then
         `load_state_dict`). A truncated, foreign or inconsistent file raises
         lift_ext.checkpoint.CheckpointError."""
@@ -102,7 +102,7 @@ class ChainState:
         return sampler
 
 
-def save(state: dict, path: str) -> None:
+def write(state: dict, path: str) -> None:
     """Write a sampler's `state` to `path` atomically (lift_ext.checkpoint.save_atomic)."""
     save_atomic({"format": FORMAT, "version": VERSION, **state}, path)
 
