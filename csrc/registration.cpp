@@ -3,6 +3,9 @@
 // ops, which take no tensor to dispatch on but rng_state, once in csrc/table.cpp); fake (meta)
 // kernels live in lift_ext/ops.py. In-place ops end in `_` and take the tensors they write
 // first; their autograd kernels (csrc/autograd.cpp) bump the written tensors' versions.
+#include <optional>
+#include <vector>
+
 #include <torch/library.h>
 
 #include "lift_ext/table.h"
@@ -14,7 +17,18 @@ TORCH_LIBRARY(lift_ext, m) {
   m.class_<lift_ext::TensorTable>("TensorTable")
       .def(torch::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
                        std::vector<at::Tensor>, std::vector<at::Tensor>>())
-      .def("__len__", &lift_ext::TensorTable::size);
+      .def("__len__", &lift_ext::TensorTable::size)
+      // is_current(group=None) -> bool: TensorTable::is_current; group, when given, is the
+      // list of tensors of a parameter group (lift_ext/table.py states the contract).
+      .def("is_current",
+           [](const c10::intrusive_ptr<lift_ext::TensorTable>& self,
+              const std::optional<std::vector<at::Tensor>>& group) {
+             if (!group.has_value()) return self->is_current(nullptr);
+             std::vector<const c10::TensorImpl*> impls;  // identities only
+             impls.reserve(group->size());
+             for (const at::Tensor& t : *group) impls.push_back(t.unsafeGetTensorImpl());
+             return self->is_current(&impls);
+           });
   // SGLD step on a list of tensors in one pass (docs/design.md sections 2 and 6); element
   // indices (and so the noise) run over the concatenation of the list, so one flat tensor is
   // a list of one. prior_means, accums and square_avgs are optional: an empty list means "absent";
