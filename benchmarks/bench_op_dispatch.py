@@ -1,7 +1,5 @@
-"""Do lift_ext's CPython eager entries (csrc/module.cpp: `_C.sgld_step_list_eager`,
-`_C.sgld_step_table_eager`, `_C.tensor_table_is_current`) save enough next to plain
-dispatch to justify building on torch's internal headers? One run, one CPU thread, the
-calls of a case interleaved in rounds; min and median per call.
+"""Host cost of lift_ext's SGLD entry points through plain dispatch: one run, one CPU thread,
+the calls of a case interleaved in rounds; min and median per call.
 
 Cases (every tensor float32, grads and prior means given, temperature 1, prior precision 1):
 
@@ -10,13 +8,13 @@ Cases (every tensor float32, grads and prior means given, temperature 1, prior p
   host only   448 tensors of 0 elements: the kernel has nothing to do, so the call is its host
               path alone (what an eager CUDA call costs the host before its launch)
 
-For each case:
-  list step     (a) _C.sgld_step_list_eager      (b) torch.ops.lift_ext.sgld_step_list_
-  table step    (a) _C.sgld_step_table_eager     (b) torch.ops.lift_ext.sgld_step_table_
-  is_current    (a) _C.tensor_table_is_current   (b) the TorchBind method TensorTable.is_current
-                (with the 448 params as the group: what optim.SGLD checks every step)
+Calls: torch.ops.lift_ext.sgld_step_list_, torch.ops.lift_ext.sgld_step_table_ and the
+TorchBind method TensorTable.is_current with the 448 params as the group (what optim.SGLD
+checks every step). Until commit 91ef024 the module also had CPython entries on torch's
+internal headers for the same three calls; that commit's version of this script
+(benchmarks/bench_eager_entry.py) timed both, benchmarks/RESULTS.md has the numbers.
 
-    python benchmarks/bench_eager_entry.py [--rounds 41]
+    python benchmarks/bench_op_dispatch.py [--rounds 41]
 """
 import argparse
 import os
@@ -29,7 +27,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lift_ext  # noqa: E402
-from lift_ext import _loader  # noqa: E402
 from timing import device_name  # noqa: E402
 
 HYPER = (1e-3, 1.0, 1.0, 0.99, 1e-8)  # lr, temperature, prior_precision, alpha, eps
@@ -55,20 +52,14 @@ def empty_lists(count):
 
 
 def calls(params, grads, means):
-    """name -> (a, b): the eager entry and plain dispatch of the same operation."""
-    C, ops = _loader._C, torch.ops.lift_ext
+    """name -> call, each through plain dispatch."""
+    ops = torch.ops.lift_ext
     handle = lift_ext.TensorTable(params, grads, prior_means=means).handle
     counter = iter(range(1 << 62))
     return {
-        "list step": (
-            lambda: C.sgld_step_list_eager(params, grads, means, [], [], *HYPER, 7, next(counter)),
-            lambda: ops.sgld_step_list_(params, grads, means, [], [], *HYPER, 7, next(counter))),
-        "table step": (
-            lambda: C.sgld_step_table_eager(handle, *HYPER, 7, next(counter)),
-            lambda: ops.sgld_step_table_(handle, *HYPER, 7, next(counter))),
-        "is_current(group)": (
-            lambda: C.tensor_table_is_current(handle, params),
-            lambda: handle.is_current(params)),
+        "list step": lambda: ops.sgld_step_list_(params, grads, means, [], [], *HYPER, 7, next(counter)),
+        "table step": lambda: ops.sgld_step_table_(handle, *HYPER, 7, next(counter)),
+        "is_current(group)": lambda: handle.is_current(params),
     }
 
 
@@ -79,15 +70,14 @@ def time_us(fn):
 
 
 def measure(fns, rounds):
-    """{name: {"a": [us...], "b": [us...]}}: every call timed alone, the calls of a case
-    interleaved in rounds (a, b of each name in turn) after three warm-up rounds."""
-    samples = {name: {"a": [], "b": []} for name in fns}
+    """{name: [us...]}: every call timed alone, the calls of a case interleaved in rounds
+    after three warm-up rounds."""
+    samples = {name: [] for name in fns}
     for round_ in range(rounds + 3):
-        for name, (a, b) in fns.items():
-            ta, tb = time_us(a), time_us(b)
+        for name, fn in fns.items():
+            t = time_us(fn)
             if round_ >= 3:
-                samples[name]["a"].append(ta)
-                samples[name]["b"].append(tb)
+                samples[name].append(t)
     return samples
 
 
@@ -111,14 +101,11 @@ def main():
         samples = {case: measure(fns, args.rounds) for case, fns in cases.items()}
     print(f"{device_name(torch.device('cpu'))}, torch {torch.__version__}, commit {commit()}, "
           f"{args.rounds} rounds")
-    print("| case | call | (a) eager entry min / median | (b) dispatch min / median | (b) - (a), medians |")
-    print("|---|---|---|---|---|")
+    print("| case | call | min / median |")
+    print("|---|---|---|")
     for case, by_name in samples.items():
         for name, s in by_name.items():
-            ma, mb = statistics.median(s["a"]), statistics.median(s["b"])
-            print(f"| {case} | {name} | {min(s['a']):.1f} / {ma:.1f} us | {min(s['b']):.1f} / {mb:.1f} us "
-                  f"| {mb - ma:+.1f} us ({(mb - ma) / mb:+.1%} of (b)) |")
-
+            print(f"| {case} | {name} | {min(s):.1f} / {statistics.median(s):.1f} us |")
 
 if __name__ == "__main__":
     main()
