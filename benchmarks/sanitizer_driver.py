@@ -43,13 +43,12 @@ def main(argv=None):
     # A list longer than one launch's tensor table (448): split into several launches.
     long_sizes = [(i * 37) % 11 for i in range(500)]
     lift_ext.sgld_step([rnd(k) for k in long_sizes], [rnd(k) for k in long_sizes], lr=1e-3, seed=2)
-    # Graph-safe variant: seed/offset read from a device tensor, offset advanced on device.
-    if hasattr(torch.ops.lift_ext, "sgld_step_graphsafe_"):
-        state = torch.tensor([7, 0], dtype=torch.int64, device=dev)
-        p, g = rnd(n), rnd(n)
-        lift_ext.sgld_step(p, g, lr=1e-3, rng_state=state)
-        lift_ext.sgld_step(list(rnd(2 * n + 1).split([n, n + 1])), [rnd(n), rnd(n + 1)], lr=1e-3,
-                           rng_state=state)
+    # Graph-safe form: seed/offset read from a device tensor, offset advanced on device.
+    state = torch.tensor([7, 0], dtype=torch.int64, device=dev)
+    p, g = rnd(n), rnd(n)
+    lift_ext.sgld_step(p, g, lr=1e-3, rng_state=state)
+    lift_ext.sgld_step(list(rnd(2 * n + 1).split([n, n + 1])), [rnd(n), rnd(n + 1)], lr=1e-3,
+                       rng_state=state)
     # TensorTable: the same odd list through a table (one launch reading its slots from device
     # memory), plain and graph-safe, on the build's stream and on another stream.
     table = lift_ext.TensorTable(ps, gs, prior_means=cs, accums=[torch.zeros(k, device=dev) for k in sizes],

@@ -1,8 +1,11 @@
 // Every op schema of lift_ext, and its TorchBind class TensorTable, declared once. Backends
 // register their kernels with TORCH_LIBRARY_IMPL in csrc/cpu/ and csrc/cuda/ (the TensorTable
-// ops, which take no tensor to dispatch on but rng_state, once in csrc/table.cpp); fake (meta)
+// op, which takes no tensor to dispatch on but rng_state, once in csrc/table.cpp); fake (meta)
 // kernels live in lift_ext/ops.py. In-place ops end in `_` and take the tensors they write
 // first; their autograd kernels (csrc/autograd.cpp) bump the written tensors' versions.
+#include <optional>
+#include <vector>
+
 #include <torch/library.h>
 
 #include "lift_ext/table.h"
@@ -14,40 +17,55 @@ TORCH_LIBRARY(lift_ext, m) {
   m.class_<lift_ext::TensorTable>("TensorTable")
       .def(torch::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
                        std::vector<at::Tensor>, std::vector<at::Tensor>>())
-      .def("__len__", &lift_ext::TensorTable::size);
+      .def("__len__", &lift_ext::TensorTable::size)
+      // is_current(group=None) -> bool: TensorTable::is_current; group, when given, is the
+      // list of tensors of a parameter group (lift_ext/table.py states the contract).
+      .def("is_current",
+           [](const c10::intrusive_ptr<lift_ext::TensorTable>& self,
+              const std::optional<std::vector<at::Tensor>>& group) {
+             if (!group.has_value()) return self->is_current(nullptr);
+             std::vector<const c10::TensorImpl*> impls;  // identities only
+             impls.reserve(group->size());
+             for (const at::Tensor& t : *group) impls.push_back(t.unsafeGetTensorImpl());
+             return self->is_current(&impls);
+           })
+      // device() -> str: the device of the table's tensors, as str(torch.device) spells it.
+      .def("device", [](const c10::intrusive_ptr<lift_ext::TensorTable>& self) {
+        return self->device().str();
+      });
   // SGLD step on a list of tensors in one pass (docs/design.md sections 2 and 6); element
   // indices (and so the noise) run over the concatenation of the list, so one flat tensor is
   // a list of one. prior_means, accums and square_avgs are optional: an empty list means "absent";
   // square_avgs present switches on RMSprop preconditioning.
+  // rng_state, when given: an int64 tensor [seed, offset] on the params' device from which the
+  // op reads seed and offset (then left at 0) and which it advances in place (offset += 1, on
+  // the device, also with temperature 0), so that a CUDA-graph capture of one call draws fresh
+  // noise on every replay; the noise is that of the call with that (seed, offset).
+  // The graph-safe form is an optional argument of the one op, not an overload: one kernel per
+  // backend, one autograd kernel and one fake serve both forms, and torch.library.opcheck and
+  // auto-functionalization handle a mutable optional tensor like any other written argument.
   m.def(
       "sgld_step_list_(Tensor(a!)[] params, Tensor[] grads, Tensor[] prior_means, "
       "Tensor(b!)[] accums, Tensor(c!)[] square_avgs, float lr, float temperature, "
-      "float prior_precision, float alpha, float eps, int seed, int offset) -> ()");
-  // The list step with seed and offset read from an int64 device tensor rng_state = [seed,
-  // offset] (on the params' device), which the op then advances in place (offset += 1, on
-  // the device, also with temperature 0): a CUDA-graph capture of one call draws fresh noise
-  // on every replay. Same noise as sgld_step_list_ with that (seed, offset).
-  m.def(
-      "sgld_step_graphsafe_(Tensor(a!)[] params, Tensor[] grads, Tensor[] prior_means, "
-      "Tensor(b!)[] accums, Tensor(c!)[] square_avgs, Tensor(d!) rng_state, float lr, "
-      "float temperature, float prior_precision, float alpha, float eps) -> ()");
+      "float prior_precision, float alpha, float eps, int seed=0, int offset=0, "
+      "Tensor(d!)? rng_state=None) -> ()");
   // The list step over the tensors of a TensorTable: bitwise the same as sgld_step_list_ on its
-  // lists, with O(1) host work besides the version bumps of the tensors it writes (the checks
-  // ran when the table was built). The tensors it
+  // lists (rng_state as there, on the table's device), with O(1) host work besides the version
+  // bumps of the tensors it writes (the checks ran when the table was built). The tensors it
   // writes are inside the table, so the schema cannot mark them (a class argument takes no
   // alias annotation): torch.compile and functionalization must use sgld_step_list_.
   m.def(
       "sgld_step_table_(__torch__.torch.classes.lift_ext.TensorTable table, float lr, "
-      "float temperature, float prior_precision, float alpha, float eps, int seed, "
-      "int offset) -> ()");
-  // The table step with seed and offset read from rng_state and advanced, as
-  // sgld_step_graphsafe_ does for lists (CUDA-graph safe).
-  m.def(
-      "sgld_step_table_graphsafe_(__torch__.torch.classes.lift_ext.TensorTable table, "
-      "Tensor(a!) rng_state, float lr, float temperature, float prior_precision, float alpha, "
-      "float eps) -> ()");
+      "float temperature, float prior_precision, float alpha, float eps, int seed=0, "
+      "int offset=0, Tensor(a!)? rng_state=None) -> ()");
   // Fills `out` (float32, contiguous) with the noise sgld_step_list_ adds to a flat vector.
   m.def("philox_normal_(Tensor(a!) out, int seed, int offset) -> ()");
+  // Fills `out` (float32, contiguous, CPU, numel a multiple of 4) with the normals of element
+  // groups first_group .. first_group + numel / 4 - 1 for (seed, offset), drawn on the CPU
+  // path `isa` ("generic", "avx2" or "avx512", one this machine runs); seed, offset and
+  // first_group are the bits of unsigned 64-bit words. Verification: every path gives the
+  // same bits (python_tests/test_cpu_normals.py).
+  m.def("fill_normals_on_(Tensor(a!) out, str isa, int seed, int offset, int first_group) -> ()");
   // SGLD-Gibbs update of the shared prior phi from the running task sum S (docs/design.md
   // section 3): a Langevin step (gibbs=False) or an exact conditional draw (gibbs=True).
   m.def(

@@ -203,7 +203,10 @@ SgldCall prepare_sgld_call(at::TensorList params, at::TensorList grads, at::Tens
   return call;
 }
 
-void check_rng_state(const at::Tensor& rng_state, const at::Device& device) {
+void check_rng_state(const at::Tensor& rng_state, const at::Device& device, int64_t seed,
+                     int64_t offset) {
+  TORCH_CHECK(seed == 0 && offset == 0, "seed and offset must be left at 0 when rng_state is "
+              "given (rng_state holds them), got seed=", seed, ", offset=", offset);
   TORCH_CHECK(rng_state.scalar_type() == at::kLong, "rng_state must be int64 [seed, offset], got ",
               rng_state.scalar_type());
   TORCH_CHECK(rng_state.dim() == 1 && rng_state.size(0) == 2,

@@ -1,9 +1,10 @@
-// TensorTable (lift_ext/table.h) and the two ops that step it, sgld_step_table_ and
-// sgld_step_table_graphsafe_ (schemas in registration.cpp). The ops take no tensor but the
-// table (the graph-safe one also rng_state), so they are registered once for every backend
-// (CompositeExplicitAutograd) and pick the kernel from the table's device.
+// TensorTable (lift_ext/table.h) and the op that steps it, sgld_step_table_ (schema in
+// registration.cpp). The op takes no tensor but the table (and, in its graph-safe form,
+// rng_state), so it is registered once for every backend (CompositeExplicitAutograd) and picks
+// the kernel from the table's device.
 #include "lift_ext/table.h"
 
+#include <optional>
 #include <utility>
 
 #include <c10/util/Exception.h>
@@ -96,7 +97,6 @@ void TensorTable::step(const SgldScalars& scalars) const {
 }
 
 void TensorTable::step_graphsafe(const at::Tensor& rng_state, SgldScalars scalars) const {
-  check_rng_state(rng_state, device_);
   check_writable(rng_state, "rng_state");
   if (device_.is_cpu()) {
     int64_t* state = checked_cpu_rng_state(rng_state);
@@ -152,25 +152,23 @@ namespace {
 
 void sgld_step_table(const c10::intrusive_ptr<TensorTable>& table, double lr, double temperature,
                      double prior_precision, double alpha, double eps, int64_t seed,
-                     int64_t offset) {
-  table->step(prepare_sgld_scalars(lr, temperature, prior_precision, alpha, eps, seed, offset,
-                                   table->preconditioned()));
-}
-
-void sgld_step_table_graphsafe(const c10::intrusive_ptr<TensorTable>& table,
-                               const at::Tensor& rng_state, double lr, double temperature,
-                               double prior_precision, double alpha, double eps) {
+                     int64_t offset, const std::optional<at::Tensor>& rng_state) {
+  if (!rng_state.has_value()) {
+    table->step(prepare_sgld_scalars(lr, temperature, prior_precision, alpha, eps, seed, offset,
+                                     table->preconditioned()));
+    return;
+  }
+  check_rng_state(*rng_state, table->device(), seed, offset);
   // seed / offset live in rng_state: step_graphsafe checks them (on the CPU) or the kernel
   // reads them (CUDA); the scalar checks see placeholders (0, 0).
-  table->step_graphsafe(rng_state, prepare_sgld_scalars(lr, temperature, prior_precision, alpha,
-                                                        eps, 0, 0, table->preconditioned()));
+  table->step_graphsafe(*rng_state, prepare_sgld_scalars(lr, temperature, prior_precision, alpha,
+                                                         eps, 0, 0, table->preconditioned()));
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lift_ext, CompositeExplicitAutograd, m) {
   m.impl("sgld_step_table_", &sgld_step_table);
-  m.impl("sgld_step_table_graphsafe_", &sgld_step_table_graphsafe);
 }
 
 }  // namespace lift_ext

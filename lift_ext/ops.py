@@ -3,9 +3,9 @@ schemas in csrc/registration.cpp), each followed by its fake kernel.
 
 Families, in the order below:
 
-    SGLD     sgld_step_list_, sgld_step_graphsafe_; sgld_step_ (the list step on one tensor);
-             sgld_step_table_, sgld_step_table_graphsafe_ (the list steps on a TensorTable)
-    noise    philox_normal_, philox4x32_10
+    SGLD     sgld_step_list_; sgld_step_ (the list step on one tensor); sgld_step_table_ (the
+             list step on a TensorTable); each takes seed and offset, or rng_state
+    noise    philox_normal_, fill_normals_on_, philox4x32_10
     phi      phi_step_
     mixture  gmm_estep, gmm_mstep_, gmm_prior_grad_
 
@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from lift_ext import _loader  # noqa: F401  - registers the ops
+from lift_ext import _loader, validate  # noqa: F401  - _loader registers the ops
 
 # ---- SGLD ---------------------------------------------------------------------------------
 
@@ -58,27 +58,19 @@ def check_sgld_lists(params, grads, prior_means, accums, square_avgs) -> None:
 def sgld_step_list_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                     prior_means: Sequence[torch.Tensor], accums: Sequence[torch.Tensor],
                     square_avgs: Sequence[torch.Tensor], *, lr: float, temperature: float,
-                    prior_precision: float, alpha: float, eps: float, seed: int,
-                    offset: int) -> None:
+                    prior_precision: float, alpha: float, eps: float, seed: int = 0,
+                    offset: int = 0, rng_state: Optional[torch.Tensor] = None) -> None:
     """In-place SGLD step on a list of float32 tensors in one pass; empty lists mean absent
-    (the update: `lift_ext.sgld_step`).
-
-    Eager calls on plain tensors / Parameters take `_C.sgld_step_list_eager`, the same op
-    through the dispatcher's typed entry, which skips torch.ops' per-tensor conversion of the
-    lists (about a third of the host time of a call with hundreds of tensors); traced calls
-    and anything else (subclasses, __torch_function__ modes) go through torch.ops. An empty
-    params is refused (ValueError): the op dispatches on its tensors and there are none."""
+    (the update: `lift_ext.sgld_step`). The noise is that of (seed, offset), or, with
+    `rng_state` (an int64 tensor [seed, offset] on the params' device; seed and offset then
+    stay 0), of the pair read from it when the step runs, after which its offset is advanced
+    in place (offset += 1, on the device): the CUDA-graph-safe form. An empty params is
+    refused (ValueError): the op dispatches on its tensors and there are none."""
     _require_params(params)
     try:
-        if not torch.compiler.is_compiling() and not torch._C._is_torch_function_mode_enabled():
-            done = _loader._C.sgld_step_list_eager(params, grads, prior_means, accums, square_avgs,
-                                                    lr, temperature, prior_precision, alpha, eps,
-                                                    seed, offset)
-            if done is not NotImplemented:
-                return
         torch.ops.lift_ext.sgld_step_list_(list(params), list(grads), list(prior_means),
                                            list(accums), list(square_avgs), lr, temperature,
-                                           prior_precision, alpha, eps, seed, offset)
+                                           prior_precision, alpha, eps, seed, offset, rng_state)
     except OverflowError:
         raise _seed_offset_error(seed, offset) from None
 
@@ -93,83 +85,51 @@ def _seed_offset_error(seed, offset) -> ValueError:
     return ValueError(f"seed and offset must be ints in [0, 2^63 - 1], got seed={seed!r}, offset={offset!r}")
 
 
-@torch.library.register_fake("lift_ext::sgld_step_list_")
-def _sgld_step_list_fake(params, grads, prior_means, accums, square_avgs, lr, temperature,
-                         prior_precision, alpha, eps, seed, offset):
-    check_sgld_lists(params, grads, prior_means, accums, square_avgs)
-
-
-def sgld_step_graphsafe_(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
-                         prior_means: Sequence[torch.Tensor], accums: Sequence[torch.Tensor],
-                         square_avgs: Sequence[torch.Tensor], rng_state: torch.Tensor, *,
-                         lr: float, temperature: float, prior_precision: float, alpha: float,
-                         eps: float) -> None:
-    """The list step with (seed, offset) read from int64 rng_state [2] on the params' device,
-    which is then advanced in place (offset += 1, on the device): CUDA-graph safe. An empty
-    params is refused as in sgld_step_list_."""
-    _require_params(params)
-    torch.ops.lift_ext.sgld_step_graphsafe_(list(params), list(grads), list(prior_means),
-                                            list(accums), list(square_avgs), rng_state, lr,
-                                            temperature, prior_precision, alpha, eps)
-
-
-def _check_rng_state(rng_state, params) -> None:
+def _check_rng_state(rng_state, device: Optional[torch.device], owner: str) -> None:
+    """rng_state's form, as the kernels check it; `device`: where `owner` (the params, the
+    table) lives, None when unknown."""
     torch._check(rng_state.dtype == torch.int64, lambda: f"rng_state must be int64 [seed, offset], got {rng_state.dtype}")
     torch._check(rng_state.dim() == 1 and rng_state.shape[0] == 2,
                  lambda: f"rng_state must have shape [2] ([seed, offset]), got {tuple(rng_state.shape)}")
-    if len(params) > 0:
-        torch._check(rng_state.device == params[0].device, lambda: "rng_state must be on the device of params")
+    if device is not None:
+        torch._check(rng_state.device == device, lambda: f"rng_state must be on the device of {owner} ({device}), "
+                                                         f"got {rng_state.device}")
 
 
-@torch.library.register_fake("lift_ext::sgld_step_graphsafe_")
-def _sgld_step_graphsafe_fake(params, grads, prior_means, accums, square_avgs, rng_state, lr,
-                              temperature, prior_precision, alpha, eps):
-    _check_rng_state(rng_state, params)
+@torch.library.register_fake("lift_ext::sgld_step_list_")
+def _sgld_step_list_fake(params, grads, prior_means, accums, square_avgs, lr, temperature,
+                         prior_precision, alpha, eps, seed=0, offset=0, rng_state=None):
+    if rng_state is not None:
+        _check_rng_state(rng_state, params[0].device if len(params) > 0 else None, "params")
     check_sgld_lists(params, grads, prior_means, accums, square_avgs)
 
 
 def sgld_step_table_(table: torch.ScriptObject, *, lr: float, temperature: float,
-                     prior_precision: float, alpha: float, eps: float, seed: int,
-                     offset: int) -> None:
+                     prior_precision: float, alpha: float, eps: float, seed: int = 0,
+                     offset: int = 0, rng_state: Optional[torch.Tensor] = None) -> None:
     """sgld_step_list_ over the tensors of `table` (a torch.classes.lift_ext.TensorTable, the
     handle of `lift_ext.TensorTable`), bitwise, with O(1) host work besides the version bump of
-    each tensor it writes: its tensors were checked when it was built. Eager calls take `_C.sgld_step_table_eager` (the typed dispatcher entry,
-    without the GIL), __torch_function__ modes torch.ops. Not for tracing: the tensors it
+    each tensor it writes: its tensors were checked when it was built. seed, offset and
+    rng_state (on the table's device) as in sgld_step_list_. Not for tracing: the tensors it
     writes are inside the table, where the schema cannot mark them; traced code calls
     sgld_step_list_ on the table's lists."""
+    if not isinstance(table, torch.ScriptObject):
+        raise TypeError("table must be a torch.classes.lift_ext.TensorTable (lift_ext.TensorTable.handle), "
+                        f"got {type(table).__name__}")
     try:
-        if not torch._C._is_torch_function_mode_enabled():
-            _loader._C.sgld_step_table_eager(table, lr, temperature, prior_precision, alpha, eps,
-                                             seed, offset)
-            return
         torch.ops.lift_ext.sgld_step_table_(table, lr, temperature, prior_precision, alpha, eps,
-                                            seed, offset)
+                                            seed, offset, rng_state)
     except OverflowError:
         raise _seed_offset_error(seed, offset) from None
 
 
 @torch.library.register_fake("lift_ext::sgld_step_table_")
-def _sgld_step_table_fake(table, lr, temperature, prior_precision, alpha, eps, seed, offset):
-    pass  # nothing to check from metadata: the table's tensors were checked at its build
-
-
-def sgld_step_table_graphsafe_(table: torch.ScriptObject, rng_state: torch.Tensor, *, lr: float,
-                               temperature: float, prior_precision: float, alpha: float,
-                               eps: float) -> None:
-    """sgld_step_graphsafe_ over the tensors of `table`: (seed, offset) read from rng_state on
-    the table's device, then offset += 1 (on the device for CUDA). Eager and traced use as
-    sgld_step_table_."""
-    if not torch._C._is_torch_function_mode_enabled():
-        _loader._C.sgld_step_table_graphsafe_eager(table, rng_state, lr, temperature,
-                                                   prior_precision, alpha, eps)
-        return
-    torch.ops.lift_ext.sgld_step_table_graphsafe_(table, rng_state, lr, temperature,
-                                                  prior_precision, alpha, eps)
-
-
-@torch.library.register_fake("lift_ext::sgld_step_table_graphsafe_")
-def _sgld_step_table_graphsafe_fake(table, rng_state, lr, temperature, prior_precision, alpha, eps):
-    _check_rng_state(rng_state, [])
+def _sgld_step_table_fake(table, lr, temperature, prior_precision, alpha, eps, seed=0, offset=0,
+                          rng_state=None):
+    # The table's tensors were checked at its build. A real rng_state on another device than
+    # the table (meta) reaches this kernel instead of the table's: refused here.
+    if rng_state is not None:
+        _check_rng_state(rng_state, torch.device(table.device()), "the table")
 
 
 def sgld_step_(param: torch.Tensor, grad: torch.Tensor, prior_mean: Optional[torch.Tensor],
@@ -194,6 +154,25 @@ def philox_normal_(out: torch.Tensor, *, seed: int, offset: int) -> None:
 @torch.library.register_fake("lift_ext::philox_normal_")
 def _philox_normal_fake(out, seed, offset):
     torch._check(out.dtype == torch.float32, lambda: f"out must be float32, got {out.dtype}")
+
+
+def fill_normals_on_(out: torch.Tensor, *, isa: str, seed: int, offset: int, first_group: int) -> None:
+    """Fill `out` (float32, contiguous, CPU, numel a multiple of 4) with the normals of element
+    groups first_group .. first_group + numel / 4 - 1 for (seed, offset), drawn on the CPU
+    path `isa` (one of `lift_ext._C.cpu_isas()`). seed, offset and first_group are ints in
+    [0, 2^64 - 1] (the kernels' 64-bit words; the op takes their bits as int64).
+    Verification: every path gives the same bits."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a Tensor, got {type(out).__name__}")
+    words = [validate.integer(name, value, 0, 2**64 - 1)
+             for name, value in (("seed", seed), ("offset", offset), ("first_group", first_group))]
+    torch.ops.lift_ext.fill_normals_on_(out, isa, *(w - 2**64 if w >= 2**63 else w for w in words))
+
+
+@torch.library.register_fake("lift_ext::fill_normals_on_")
+def _fill_normals_on_fake(out, isa, seed, offset, first_group):
+    torch._check(out.dtype == torch.float32, lambda: f"out must be float32, got {out.dtype}")
+    torch._check(out.numel() % 4 == 0, lambda: f"out's numel must be a multiple of 4, got {out.numel()}")
 
 
 def philox4x32_10(counters: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -316,6 +295,5 @@ def _gmm_prior_grad_fake(grad, theta, means, m2, counts, resp, reg, scale):
     _check_resp(resp, (means.shape[0],), means)
 
 
-__all__: List[str] = ["sgld_step_list_", "check_sgld_lists", "sgld_step_graphsafe_", "sgld_step_table_",
-                      "sgld_step_table_graphsafe_", "sgld_step_", "philox_normal_",
-                      "philox4x32_10", "phi_step_", "gmm_estep", "gmm_mstep_", "gmm_prior_grad_"]
+__all__: List[str] = ["sgld_step_list_", "check_sgld_lists", "sgld_step_table_", "sgld_step_",
+                      "philox_normal_", "fill_normals_on_", "philox4x32_10", "phi_step_", "gmm_estep", "gmm_mstep_", "gmm_prior_grad_"]

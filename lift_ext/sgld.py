@@ -189,15 +189,12 @@ def sgld_step(params: Union[TensorOrList, TensorTable], grads: Optional[TensorOr
             drawn_from = generator if generator is not None else torch.default_generator
             before = drawn_from.get_state()
         seed_val, offset_val = resolve_seed_offset(seed, offset, generator)
+    noise = dict(rng_state=rng_state) if rng_state is not None else dict(seed=seed_val, offset=offset_val)
     try:
-        if rng_state is not None and via_table:
-            ops.sgld_step_table_graphsafe_(table.handle, rng_state, **hyper)
-        elif rng_state is not None:
-            ops.sgld_step_graphsafe_(*lists, rng_state, **hyper)
-        elif via_table:
-            ops.sgld_step_table_(table.handle, seed=seed_val, offset=offset_val, **hyper)
+        if via_table:
+            ops.sgld_step_table_(table.handle, **noise, **hyper)
         else:
-            ops.sgld_step_list_(*lists, seed=seed_val, offset=offset_val, **hyper)
+            ops.sgld_step_list_(*lists, **noise, **hyper)
     except Exception as exc:
         if drawn_from is not None:
             drawn_from.set_state(before)

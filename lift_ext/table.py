@@ -42,7 +42,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from lift_ext import _loader
+from lift_ext import _loader  # noqa: F401  - registers torch.classes.lift_ext.TensorTable
 from lift_ext.types import TensorOrList
 
 
@@ -67,6 +67,9 @@ def check_elements(lists) -> None:
         for i, t in enumerate(value):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name}[{i}] must be a Tensor, got {type(t).__name__}")
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # what a table holds: no Tensor subclass
 
 
 class TensorTable:
@@ -95,8 +98,13 @@ class TensorTable:
         lists = [list(params)] + [as_tensor_list(value, name, len(params)) for name, value in
                                   (("grads", grads), ("prior_means", prior_means), ("accums", accums),
                                    ("square_avgs", square_avgs))]
-        check_elements(zip(("params", "grads", "prior_means", "accums", "square_avgs"), lists))
-        self.handle = _loader._C.tensor_table_new(*lists)
+        named = list(zip(("params", "grads", "prior_means", "accums", "square_avgs"), lists))
+        check_elements(named)
+        for name, value in named:
+            if any(type(t) not in _PLAIN for t in value):
+                raise TypeError(f"{name} must be a list of torch.Tensor or torch.nn.Parameter (a "
+                                "TensorTable holds plain tensors, no subclass)")
+        self.handle = torch.classes.lift_ext.TensorTable(*lists)
         self.params, self.grads, self.prior_means, self.accums, self.square_avgs = (tuple(x) for x in lists)
 
     def __len__(self) -> int:
@@ -136,7 +144,7 @@ class TensorTable:
         Cost: a few ns per tensor (C++), no allocation."""
         if group is not None and not isinstance(group, (list, tuple)):
             group = list(group)
-        return _loader._C.tensor_table_is_current(self.handle, group)
+        return self.handle.is_current(group)
 
 
 def _rebuild(params, grads, prior_means, accums, square_avgs) -> TensorTable:

@@ -154,8 +154,8 @@ def _sgld_entry_points():
             square_avgs=lists["square_avgs"]),
         "ops.sgld_step_list_": _op_list_call,
         "ops.check_sgld_lists": lambda lists, **kw: ops.check_sgld_lists(*(lists[n] for n in LIST_NAMES)),
-        "ops.sgld_step_graphsafe_": lambda lists, **kw: ops.sgld_step_graphsafe_(
-            *(lists[n] for n in LIST_NAMES), torch.tensor([1, 2]), **SGLD_HP),
+        "ops.sgld_step_list_(rng_state)": lambda lists, **kw: ops.sgld_step_list_(
+            *(lists[n] for n in LIST_NAMES), rng_state=torch.tensor([1, 2]), **SGLD_HP),
     }
 
 
@@ -213,7 +213,7 @@ def _add_sgld_tensor_cases():
 
 def _add_sgld_scalar_cases():
     scalar_entries = {k: v for k, v in _sgld_entry_points().items()
-                      if k not in ("TensorTable", "ops.check_sgld_lists", "ops.sgld_step_graphsafe_")}
+                      if k not in ("TensorTable", "ops.check_sgld_lists", "ops.sgld_step_list_(rng_state)")}
     table_call = lambda lists, **kw: lift_ext.sgld_step(  # noqa: E731
         lift_ext.TensorTable(lists["params"], lists["grads"], prior_means=lists["prior_means"],
                              accums=lists["accums"], square_avgs=lists["square_avgs"]),
@@ -341,6 +341,22 @@ def _add_noise_cases():
         def make(perturb=perturb):
             out = perturb(torch.zeros(3, 4))
             return out, lambda: ops.philox_normal_(out, seed=1, offset=0)
+    for kind, perturb in PERTURB.items():
+        if kind in ("shape", "meta"):  # any multiple of 4 is fine; a meta out is a meta call
+            continue
+
+        @case(f"ops.fill_normals_on_ out {kind}")
+        def make(perturb=perturb):
+            out = perturb(torch.zeros(3, 4))
+            return out, lambda: ops.fill_normals_on_(out, isa="generic", seed=1, offset=0, first_group=0)
+    for kind, kwargs in {"isa": dict(isa="sse9"), "seed -1": dict(seed=-1), "offset 2^64": dict(offset=2**64),
+                         "first_group float": dict(first_group=1.5), "numel 6": dict(out=torch.zeros(6))}.items():
+        @case(f"ops.fill_normals_on_ {kind}")
+        def make(kwargs=kwargs):
+            out = kwargs.get("out", torch.zeros(8))
+            words = {k: v for k, v in kwargs.items() if k != "out"}
+            return out, lambda: ops.fill_normals_on_(out, **{"isa": "generic", "seed": 1, "offset": 0,
+                                                             "first_group": 0, **words})
     for kind, (counters, keys) in {
             "int32": (torch.zeros(2, 4, dtype=torch.int32), torch.zeros(2, 2, dtype=torch.int64)),
             "shape": (torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 2, dtype=torch.int64)),
@@ -788,8 +804,7 @@ def test_battery_covers_every_public_entry_point():
     public += ["SGLDGibbs(", "ShardedSGLDGibbs(", "SGLDGibbs.step", "FlatParams(", "FlatParams.load_",
                "MixturePrior(", "MixturePrior.add_prior_grad_", "adapt(", "TensorTask(", "mean_loss_grad(",
                "LiFT(", "ShardedLiFT("]
-    missing = [p for p in public if p not in names and p not in ("ops.sgld_step_", "ops.sgld_step_table_",
-                                                                 "ops.sgld_step_table_graphsafe_")]
+    missing = [p for p in public if p not in names and p not in ("ops.sgld_step_", "ops.sgld_step_table_")]
     assert not missing, missing
     assert len(CASES) >= 500, len(CASES)
 

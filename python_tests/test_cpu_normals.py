@@ -2,7 +2,7 @@
 Each path the machine can run must give bitwise the normals of the portable one, on odd group
 counts (partial SIMD vectors), odd first groups, group counters whose low word wraps into the
 high word, and seeds and offsets with nonzero high words; the path the kernels take must be the
-fastest the CPU has. `_C.fill_normals_on` draws any element groups on a named path."""
+fastest the CPU has. The op `fill_normals_on_` draws any element groups on a named path."""
 import math
 import platform
 from pathlib import Path
@@ -25,7 +25,7 @@ GROUP_COUNTS = [1, 3, 7, 8, 9, 15, 16, 17, 33, 255, 1001]
 
 def normals(isa: str, seed: int, offset: int, first_group: int, groups: int) -> torch.Tensor:
     out = torch.empty(4 * groups)
-    _C.fill_normals_on(isa, out, seed, offset, first_group)
+    ops.fill_normals_on_(out, isa=isa, seed=seed, offset=offset, first_group=first_group)
     return out
 
 
@@ -93,20 +93,26 @@ def test_philox_normal_draws_the_chosen_path(numel):
 
 def test_fill_normals_on_refuses_bad_arguments():
     out = torch.empty(8)
+    call = lambda out=out, isa="generic", seed=0, offset=0, first_group=0: ops.fill_normals_on_(  # noqa: E731
+        out, isa=isa, seed=seed, offset=offset, first_group=first_group)
     with pytest.raises(ValueError, match="isa must be"):
-        _C.fill_normals_on("sse9", out, 0, 0, 0)
+        call(isa="sse9")
     for isa in {"generic", "avx2", "avx512"} - set(PATHS):
         with pytest.raises(ValueError, match="cannot run"):
-            _C.fill_normals_on(isa, out, 0, 0, 0)
+            call(isa=isa)
     with pytest.raises(RuntimeError, match="multiple of 4"):
-        _C.fill_normals_on("generic", torch.empty(6), 0, 0, 0)
+        call(torch.empty(6))
     with pytest.raises(RuntimeError, match="float32"):
-        _C.fill_normals_on("generic", torch.empty(8, dtype=torch.float64), 0, 0, 0)
-    with pytest.raises(TypeError, match="Tensor"):
-        _C.fill_normals_on("generic", [0.0] * 8, 0, 0, 0)
-    with pytest.raises(OverflowError):
-        _C.fill_normals_on("generic", out, -1, 0, 0)
-    with pytest.raises(OverflowError):
-        _C.fill_normals_on("generic", out, 0, 2**64, 0)
-    with pytest.raises(TypeError, match="int"):
-        _C.fill_normals_on("generic", out, 0, 0, 1.5)
+        call(torch.empty(8, dtype=torch.float64))
+    with pytest.raises(TypeError, match="out must be a Tensor"):
+        call([0.0] * 8)
+    with pytest.raises(ValueError, match="seed must be an int"):
+        call(seed=-1)
+    with pytest.raises(ValueError, match="offset must be an int"):
+        call(offset=2**64)
+    with pytest.raises(ValueError, match="first_group must be an int"):
+        call(first_group=1.5)
+
+
+def test_opcheck_fill_normals_on():
+    torch.library.opcheck(torch.ops.lift_ext.fill_normals_on_.default, (torch.empty(12), "generic", -1, 5, 2**63 - 9))

@@ -1,10 +1,10 @@
-"""sgld_step with rng_state (the CUDA-graph-safe op sgld_step_graphsafe_): seed and offset
-read from an int64 [seed, offset] tensor on the params' device, offset advanced in place."""
+"""sgld_step with rng_state (the CUDA-graph-safe form of the op sgld_step_list_): seed and
+offset read from an int64 [seed, offset] tensor on the params' device, offset advanced in place."""
 import pytest
 import torch
 
 import lift_ext
-from lift_ext import reference
+from lift_ext import ops, reference
 
 from conftest import DEVICES, requires_cuda
 
@@ -75,6 +75,12 @@ def test_bad_rng_state_is_refused_and_params_untouched():
         lift_ext.sgld_step(p, g, lr=1e-3, rng_state=[1, 2])
     with pytest.raises(RuntimeError, match="grads must have the shape"):
         lift_ext.sgld_step(p, torch.randn(9), lr=1e-3, rng_state=torch.tensor([1, 2]))
+    with pytest.raises(RuntimeError, match="seed and offset must be left at 0 when rng_state is given"):
+        ops.sgld_step_list_([p], [g], [], [], [], lr=1e-3, temperature=1.0, prior_precision=0.0, alpha=0.9,
+                            eps=1e-8, offset=3, rng_state=torch.tensor([1, 2]))
+    with pytest.raises(RuntimeError, match="rng_state must be on the device of params"):
+        ops.sgld_step_list_([p], [g], [], [], [], lr=1e-3, temperature=1.0, prior_precision=0.0, alpha=0.9,
+                            eps=1e-8, rng_state=torch.tensor([1, 2], device="meta"))
     assert torch.equal(p, before)
 
 
@@ -83,9 +89,11 @@ def test_opcheck(device):
     ps, gs, cs, vs = make_lists([5, 1, 7], device)
     acc = [torch.zeros_like(p) for p in ps]
     state = torch.tensor([3, 4], dtype=torch.int64, device=device)
-    op = torch.ops.lift_ext.sgld_step_graphsafe_.default
-    torch.library.opcheck(op, (ps, gs, cs, acc, vs, state, 1e-3, 1.0, 2.0, 0.99, 1e-8))
-    torch.library.opcheck(op, (ps, gs, [], [], [], state, 1e-3, 0.0, 0.0, 0.99, 1e-8))
+    op = torch.ops.lift_ext.sgld_step_list_.default
+    torch.library.opcheck(op, (ps, gs, cs, acc, vs, 1e-3, 1.0, 2.0, 0.99, 1e-8, 0, 0, state))
+    torch.library.opcheck(op, (ps, gs, [], [], [], 1e-3, 0.0, 0.0, 0.99, 1e-8), {"rng_state": state})
+    torch.library.opcheck(op, (ps, gs, cs, acc, vs, 1e-3, 1.0, 2.0, 0.99, 1e-8, 3, 4))
+    torch.library.opcheck(op, (ps, gs, [], [], [], 1e-3, 1.0, 0.0, 0.99, 1e-8))
 
 
 @requires_cuda

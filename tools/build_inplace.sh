@@ -9,4 +9,5 @@ cd "$(dirname "$0")/.."
 PY=${1:-python}
 cmake -S . -B build/inplace -G Ninja -DPython_EXECUTABLE="$(command -v "$PY")" >/dev/null
 cmake --build build/inplace -j"$(nproc)"
+rm -f lift_ext/_C*.so  # an older build's module would shadow this one (another file name)
 cp build/inplace/_C*.so lift_ext/

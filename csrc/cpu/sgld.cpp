@@ -1,5 +1,5 @@
-// CPU kernels of the SGLD op family: sgld_step_list_, sgld_step_graphsafe_, philox_normal_,
-// philox4x32_10, and run_sgld_cpu, which the TensorTable ops (csrc/table.cpp) also run.
+// CPU kernels of the SGLD op family: sgld_step_list_ (both forms), philox_normal_,
+// fill_normals_on_ (CPU only), philox4x32_10, and run_sgld_cpu, which the TensorTable op (csrc/table.cpp) also runs.
 //
 // Work is split over the flattened element range with at::parallel_for (OpenMP); each thread
 // walks its range in blocks of kBlock elements: normals for the block's element groups first
@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "lift_ext/cpu_normals.h"
 #include "lift_ext/sgld.h"
@@ -157,18 +158,16 @@ void run_call_cpu(const SgldCall& call) {
 void sgld_step_list_cpu(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
                         at::TensorList accums, at::TensorList square_avgs, double lr,
                         double temperature, double prior_precision, double alpha, double eps,
-                        int64_t seed, int64_t offset) {
-  run_call_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr, temperature,
-                                 prior_precision, alpha, eps, seed, offset));
-}
-
-void sgld_step_graphsafe_cpu(at::TensorList params, at::TensorList grads,
-                             at::TensorList prior_means, at::TensorList accums,
-                             at::TensorList square_avgs, const at::Tensor& rng_state, double lr,
-                             double temperature, double prior_precision, double alpha,
-                             double eps) {
-  check_rng_state(rng_state, params.empty() ? rng_state.device() : params[0].device());
-  int64_t* state = checked_cpu_rng_state(rng_state);
+                        int64_t seed, int64_t offset,
+                        const std::optional<at::Tensor>& rng_state) {
+  if (!rng_state.has_value()) {
+    run_call_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr,
+                                   temperature, prior_precision, alpha, eps, seed, offset));
+    return;
+  }
+  check_rng_state(*rng_state, params.empty() ? rng_state->device() : params[0].device(),
+                       seed, offset);
+  int64_t* state = checked_cpu_rng_state(*rng_state);
   run_call_cpu(prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr, temperature,
                                  prior_precision, alpha, eps, state[0], state[1]));
   state[1] += 1;
@@ -195,6 +194,24 @@ void philox_normal_cpu(const at::Tensor& out, int64_t seed, int64_t offset) {
   });
 }
 
+void fill_normals_on_cpu(const at::Tensor& out, c10::string_view isa, int64_t seed,
+                         int64_t offset, int64_t first_group) {
+  int found = -1;
+  for (int i = 0; i < kNumNormalsIsas; ++i) {
+    if (isa == normals_isa_name(static_cast<NormalsIsa>(i))) found = i;
+  }
+  TORCH_CHECK_VALUE(found >= 0, "isa must be \"generic\", \"avx2\" or \"avx512\", got \"", isa,
+                    "\"");
+  const auto path = static_cast<NormalsIsa>(found);
+  TORCH_CHECK_VALUE(normals_isa_supported(path), "this machine cannot run the ", isa,
+                    " path (it runs: see lift_ext._C.cpu_isas())");
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous() && out.numel() % 4 == 0,
+              "out must be a contiguous float32 CPU tensor whose numel is a multiple of 4, got ",
+              out.scalar_type(), " ", out.sizes());
+  fill_normals_on(path, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                  static_cast<uint64_t>(first_group), out.numel() / 4, out.data_ptr<float>());
+}
+
 at::Tensor philox_words_cpu(const at::Tensor& counters, const at::Tensor& keys) {
   at::Tensor words = check_philox_words_args(counters, keys);
   const int64_t* c = counters.data_ptr<int64_t>();
@@ -215,8 +232,8 @@ at::Tensor philox_words_cpu(const at::Tensor& counters, const at::Tensor& keys) 
 TORCH_LIBRARY_IMPL(lift_ext, CPU, m) {
   m.impl("philox4x32_10", &philox_words_cpu);
   m.impl("sgld_step_list_", &sgld_step_list_cpu);
-  m.impl("sgld_step_graphsafe_", &sgld_step_graphsafe_cpu);
   m.impl("philox_normal_", &philox_normal_cpu);
+  m.impl("fill_normals_on_", &fill_normals_on_cpu);
 }
 
 }  // namespace lift_ext

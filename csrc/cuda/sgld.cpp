@@ -1,5 +1,5 @@
 // CUDA glue of the SGLD op family: argument checks, device guard, current stream, launch
-// check (for the list ops here, for the TensorTable ops through run_sgld_table_cuda). The
+// check (for the list op here, for the TensorTable op through run_sgld_table_cuda). The
 // kernels are in sgld_kernels.cu.
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <ATen/ops/empty.h>
@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <optional>
 
 #include "lift_ext/sgld.h"
 #include "lift_ext/sgld_args.h"
@@ -31,26 +32,25 @@ void run_sgld_cuda(const SgldCall& call, const at::Tensor& first_param) {
 void sgld_step_list_cuda(at::TensorList params, at::TensorList grads, at::TensorList prior_means,
                          at::TensorList accums, at::TensorList square_avgs, double lr,
                          double temperature, double prior_precision, double alpha, double eps,
-                         int64_t seed, int64_t offset) {
-  const SgldCall call = prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr,
-                                          temperature, prior_precision, alpha, eps, seed, offset);
-  if (!params.empty()) run_sgld_cuda(call, params[0]);
-}
-
-void sgld_step_graphsafe_cuda(at::TensorList params, at::TensorList grads,
-                              at::TensorList prior_means, at::TensorList accums,
-                              at::TensorList square_avgs, const at::Tensor& rng_state, double lr,
-                              double temperature, double prior_precision, double alpha,
-                              double eps) {
-  TORCH_CHECK(rng_state.is_cuda(), "rng_state must be a CUDA tensor here, got ",
-              rng_state.device());
-  check_rng_state(rng_state, params.empty() ? rng_state.device() : params[0].device());
+                         int64_t seed, int64_t offset,
+                         const std::optional<at::Tensor>& rng_state) {
+  if (!rng_state.has_value()) {
+    const SgldCall call = prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr,
+                                            temperature, prior_precision, alpha, eps, seed,
+                                            offset);
+    if (!params.empty()) run_sgld_cuda(call, params[0]);
+    return;
+  }
+  TORCH_CHECK(rng_state->is_cuda(), "rng_state must be a CUDA tensor here, got ",
+              rng_state->device());
+  check_rng_state(*rng_state, params.empty() ? rng_state->device() : params[0].device(),
+                       seed, offset);
   // seed / offset live on the device: the host checks see placeholders (0, 0).
   const SgldCall call = prepare_sgld_call(params, grads, prior_means, accums, square_avgs, lr,
                                           temperature, prior_precision, alpha, eps, 0, 0);
-  const c10::cuda::CUDAGuard guard(rng_state.device());
+  const c10::cuda::CUDAGuard guard(rng_state->device());
   const auto stream = c10::cuda::getCurrentCUDAStream().stream();
-  int64_t* state = rng_state.data_ptr<int64_t>();
+  int64_t* state = rng_state->data_ptr<int64_t>();
   if (!call.slots.empty()) {
     launch_sgld_cuda(call.slots.data(), static_cast<int64_t>(call.slots.size()), call.grad_dtype,
                      call.scalars, stream, state);
@@ -135,7 +135,6 @@ at::Tensor philox_words_cuda(const at::Tensor& counters, const at::Tensor& keys)
 TORCH_LIBRARY_IMPL(lift_ext, CUDA, m) {
   m.impl("philox4x32_10", &philox_words_cuda);
   m.impl("sgld_step_list_", &sgld_step_list_cuda);
-  m.impl("sgld_step_graphsafe_", &sgld_step_graphsafe_cuda);
   m.impl("philox_normal_", &philox_normal_cuda);
 }
 

@@ -31,8 +31,10 @@ SgldCall prepare_sgld_tensors(at::TensorList params, at::TensorList grads,
                               at::TensorList prior_means, at::TensorList accums,
                               at::TensorList square_avgs);
 
-// Checks rng_state of sgld_step_graphsafe_: int64, shape [2], contiguous, on `device`.
-void check_rng_state(const at::Tensor& rng_state, const at::Device& device);
+// Checks the graph-safe form of an SGLD step: the scalar seed and offset left at 0 (rng_state
+// holds them), rng_state int64, shape [2], contiguous, on `device`.
+void check_rng_state(const at::Tensor& rng_state, const at::Device& device, int64_t seed,
+                     int64_t offset);
 
 // The values of a checked CPU rng_state: refused unless seed >= 0 and 0 <= offset < 2^63 - 1
 // (the step's offset += 1 must not wrap). Returns its data ([seed, offset]).

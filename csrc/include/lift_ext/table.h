@@ -1,8 +1,8 @@
 // TensorTable: the tensors of an SGLD step checked once and their kernel slots built once (on
 // the device for CUDA tensors), so that a step costs the same few microseconds of host time
 // for one tensor or ten thousand. Registered as the TorchBind class
-// torch.classes.lift_ext.TensorTable; the ops sgld_step_table_ and sgld_step_table_graphsafe_
-// step it (csrc/registration.cpp), and lift_ext.TensorTable (lift_ext/table.py) wraps it.
+// torch.classes.lift_ext.TensorTable; the op sgld_step_table_ steps it (csrc/registration.cpp),
+// and lift_ext.TensorTable (lift_ext/table.py) wraps it.
 //
 // Memory safety without per-call work: the table keeps a reference to every tensor and to the
 // storage each had at build, so replacing a tensor's data (`p.data = ...`, `.to()`, `set_`)
@@ -50,9 +50,9 @@ class TensorTable : public torch::CustomClassHolder {
   // (CPU) or one launch (CUDA).
   void step(const SgldScalars& scalars) const;
 
-  // One step with (seed, offset) read from int64 rng_state [2] on the table's device, then
-  // offset += 1 (on the device for CUDA: capturable in a CUDA graph). `scalars`' seed and
-  // offset are ignored.
+  // One step with (seed, offset) read from int64 rng_state [2] on the table's device (its form
+  // checked by check_rng_state), then offset += 1 (on the device for CUDA: capturable in a
+  // CUDA graph). `scalars`' seed and offset are ignored.
   void step_graphsafe(const at::Tensor& rng_state, SgldScalars scalars) const;
 
   // True when every tensor of the table is still on the memory, dtype, size and layout it had

@@ -1,9 +1,10 @@
-"""The eager entry of the list op (`_C.sgld_step_list_eager`, taken by ops.sgld_step_list_ for
-plain tensors outside tracing): the same results as torch.ops, and torch.ops for the rest."""
+"""The SGLD list op as Python reaches it (`ops.sgld_step_list_` -> torch.ops): the same results
+as a direct torch.ops call, Parameters and subclasses alike, the op's errors,
+__torch_function__ modes seeing it, and the GIL released while the kernel runs."""
 import pytest
 import torch
 
-from lift_ext import _loader, ops
+from lift_ext import ops
 
 from conftest import DEVICES
 
@@ -18,30 +19,29 @@ def lists(device, sizes=(3, 4097, 0, 64), seed=0):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_eager_entry_equals_torch_ops_bitwise(device):
+def test_wrapper_equals_torch_ops_bitwise(device):
     a, b = lists(device), lists(device)
-    result = _loader._C.sgld_step_list_eager(*a, *(HP[k] for k in ORDER))
-    assert result is None
+    ops.sgld_step_list_(*a, **HP)
     torch.ops.lift_ext.sgld_step_list_(*b, *(HP[k] for k in ORDER))
     for x, y in zip(a, b):
         for u, v in zip(x, y):
             assert torch.equal(u, v)
 
 
-def test_parameters_take_the_eager_entry_and_subclasses_do_not():
-    params = [torch.nn.Parameter(torch.randn(5)) for _ in range(2)]
-    grads = [torch.randn(5) for _ in range(2)]
-    with torch.no_grad():  # Parameters: leaves that require grad
-        assert _loader._C.sgld_step_list_eager(params, grads, [], [], [], *(HP[k] for k in ORDER)) is None
+def test_parameters_and_subclasses_step_alike():
+    plain = [torch.randn(5) for _ in range(2)]
+    params = [torch.nn.Parameter(p.clone()) for p in plain]
 
     class Tagged(torch.Tensor):
         pass
 
-    tagged = [torch.randn(5).as_subclass(Tagged)]
-    assert _loader._C.sgld_step_list_eager(tagged, [torch.randn(5)], [], [], [],
-                                           *(HP[k] for k in ORDER)) is NotImplemented
-    assert _loader._C.sgld_step_list_eager([torch.randn(5)], ["not a tensor"], [], [], [],
-                                           *(HP[k] for k in ORDER)) is NotImplemented
+    tagged = [p.clone().as_subclass(Tagged) for p in plain]
+    grads = [torch.randn(5) for _ in range(2)]
+    with torch.no_grad():  # Parameters: leaves that require grad
+        for ps in (plain, params, tagged):
+            ops.sgld_step_list_(ps, grads, [], [], [], **HP)
+    for p, q, t in zip(plain, params, tagged):
+        assert torch.equal(p, q) and torch.equal(p, t.as_subclass(torch.Tensor))
 
 
 def test_errors_are_the_ops_errors():
@@ -64,7 +64,6 @@ def test_torch_function_modes_see_the_op():
     with Record():
         ops.sgld_step_list_(p, g, [], [], [], **HP)
     assert any("sgld_step_list_" in str(f) for f in seen)
-
 
 
 def progress_during(make_call):
@@ -111,11 +110,11 @@ def progress_during(make_call):
     return any(start + margin < t < end - margin for t in stamps)
 
 
-def test_list_entry_releases_the_gil():
-    """Another Python thread makes progress while a long CPU step runs (it did not while the
-    entry held the GIL for the whole kernel)."""
+def test_list_step_releases_the_gil():
+    """Another Python thread makes progress while a long CPU step runs."""
     def make_call(n):
         p, g = [torch.zeros(n)], [torch.zeros(n)]
-        return lambda: _loader._C.sgld_step_list_eager(p, g, [], [], [], 1e-3, 1.0, 0.0, 0.99, 1e-8, 1, 1)
+        return lambda: ops.sgld_step_list_(p, g, [], [], [], lr=1e-3, temperature=1.0, prior_precision=0.0,
+                                           alpha=0.99, eps=1e-8, seed=1, offset=1)
 
     assert progress_during(make_call)
