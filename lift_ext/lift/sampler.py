@@ -178,10 +178,12 @@ class SGLDGibbs(ChainReadout, sampler_state.ChainState):
         reduction = self._reduction(len(tasks), labelled)
         held = self._held_shards()
         old = {s: torch.stack(self._rows(plan[s])) for s in held}
-        try:  # grad_fn may raise or edit its rows: they are put back, nothing else has changed
+        version = self._thetas._version
+        try:  # grad_fn may raise or edit its rows: edited rows are put back, nothing else has changed
             grads = {s: self._task_grads(plan[s], self._rows(plan[s])) for s in held}
         except BaseException:
-            self._put_back(plan, old)
+            if self._thetas._version != version:
+                self._put_back(plan, old)
             reduction.fail()
             raise
         generator = keyed_generator("SGLDGibbs.mixture", self.seed, t) if labelled else None
