@@ -195,3 +195,8 @@ def test_the_scan_finds_a_private_access(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("def f(sampler):\n    return sampler._thetas, self._order, torch._C\n", encoding="utf-8")
     assert list(_private_accesses(probe)) == [(2, "sampler._thetas")]
+
+
+def test_the_sharded_chain_runs_the_one_step_of_sgld_gibbs():
+    """ShardedSGLDGibbs supplies its layout and reduction, not a step of its own."""
+    assert "step" not in vars(ShardedSGLDGibbs) and ShardedSGLDGibbs.step is SGLDGibbs.step
