@@ -17,7 +17,8 @@ occurs in two classes of one task is left out of that task; texts are distinct w
 Split by PLAY: the plays of each genre are shuffled with the seed and dealt to meta-val
 (``VAL_PLAYS``), meta-test (``TEST_PLAYS``) and meta-train (the rest), and every task of a
 split is built from that split's plays only, so no sentence, play pair, speaker or play is
-shared by two splits. Per kind and split up to ``COUNTS`` tasks are drawn (fewer where the
+shared by two splits (a text that occurs in plays of two splits, e.g. "My lord", is left
+out everywhere). Per kind and split up to ``COUNTS`` tasks are drawn (fewer where the
 split's plays do not allow more; a kind with none in a split is an error).
 
 The task list is deterministic for (seed, corpus) and cached as JSON in the user cache
@@ -44,7 +45,7 @@ SUPPORT, QUERY = 32, 160
 COUNTS = {"train": 12, "val": 3, "test": 4}
 VAL_PLAYS = {"comedy": 2, "history": 2, "tragedy": 2}
 TEST_PLAYS = {"comedy": 4, "history": 3, "tragedy": 3}
-_FORMAT = "lift_ext.text_tasks v1"
+_FORMAT = "lift_ext.text_tasks v2"
 
 
 @dataclass(frozen=True)
@@ -141,8 +142,15 @@ def build_tasks(seed: int = 0, corpus=None) -> List[TextTask]:
     """Every task of the suite for ``seed`` (not cached; see load_tasks), in (split, kind) order."""
     corpus = load_corpus() if corpus is None else corpus
     sents = play_sentences(corpus)
+    splits = split_plays(seed)
+    where: Dict[str, set] = {}
+    for split, plays in splits.items():
+        for p in plays:
+            for s in sents[p]:
+                where.setdefault(s.text, set()).add(split)
+    sents = {p: [s for s in ss if len(where[s.text]) == 1] for p, ss in sents.items()}
     tasks = []
-    for split, plays in split_plays(seed).items():
+    for split, plays in splits.items():
         for kind in KINDS:
             rng = random.Random(f"{kind}/{split}/{seed}")
             made = 0

