@@ -25,8 +25,8 @@ from typing import Optional
 CONFIG_KEYS = """\
 config file: a JSON object with any subset of these keys (others keep their suite's defaults):
   suite         "families" (targets through each role's family permutation) or "roles" (plain)
-  methods       list of: lift, lift_k1, lift_paper, lift_sgld, independent, multitask, reptile,
-                fomaml, retrieval, mbc, oracle (families only), backbone
+  methods       list of: lift, lift_k1, lift_paper, lift_sgld, lift_ts, independent, multitask,
+                reptile, fomaml, retrieval, mbc, oracle (families only), backbone
   seeds         list of ints; each repeats meta-training and adaptation
   device        "cpu" or "cuda"
   families, family_seed, family_swaps, within_family   F families; their seed; letter pairs each

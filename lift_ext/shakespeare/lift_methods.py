@@ -10,6 +10,7 @@ meta-test prior each variant adapts under (docs/design.md sections 3, 4, 10 and 
     lift_paper  the paper's chain (no non-centred moves) with its K-component mixture over
                 phi samples, whatever ``cfg.lift_prior`` is
     lift_sgld   lift's prior, adapted by SGLD sampling with prediction averaging (not MAP)
+    lift_ts     lift's MAP adapters, scored with a temperature fitted on each support set
 
 Sharded chains (``lift_shards`` S > 0, or under torchrun; lift_ext.shakespeare.launch): each
 chain is a `ShardedLiFT` of S shards over the launch's ranks, tasks_per_step / S tasks per shard
@@ -93,7 +94,7 @@ def _needs(method: str, cfg) -> Tuple[str, int]:
         return "paper", cfg.n_components
     if method == "lift_k1":
         return cfg.lift_prior, 1
-    return cfg.lift_prior, cfg.n_components  # lift, lift_sgld
+    return cfg.lift_prior, cfg.n_components  # lift, lift_sgld, lift_ts
 
 
 def _chain_of(prior: str, components: int, cfg) -> Tuple[str, int]:

@@ -24,7 +24,9 @@ from lift_ext.shakespeare.backbone import target_loss
 from lift_ext.shakespeare.episodes import sample_episode, sample_role
 from lift_ext.sgld import sgld_step
 
-LIFT_METHODS = ("lift", "lift_k1", "lift_paper", "lift_sgld")
+LIFT_METHODS = ("lift", "lift_k1", "lift_paper", "lift_sgld", "lift_ts")
+# Scored with a temperature fitted on each support set (lift_ext.shakespeare.scoring.fit_temperature).
+TEMPERATURE_SCALED = ("lift_ts",)
 START_METHODS = ("multitask", "reptile", "fomaml")
 
 
@@ -224,5 +226,5 @@ def adapt_role(method: str, state: MetaState, flat: FlatParams, task: TensorTask
     return adapt(flat, task, window_loss, config=config, start=start, seed=seed).samples, None
 
 
-__all__ = ["MetaState", "window_loss", "train_multitask", "train_family_adapters", "train_reptile", "train_fomaml",
+__all__ = ["MetaState", "window_loss", "TEMPERATURE_SCALED", "train_multitask", "train_family_adapters", "train_reptile", "train_fomaml",
            "kmeans", "best_by_support_loss", "start_vector", "adapt_role", "LIFT_METHODS", "START_METHODS"]

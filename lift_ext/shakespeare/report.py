@@ -26,6 +26,7 @@ from lift_ext.shakespeare.scoring import METRICS
 
 LABELS = {"lift": "LiFT", "lift_k1": "LiFT K=1 (ablation)", "lift_paper": "LiFT, paper's prior (ablation)",
           "lift_sgld": "LiFT, SGLD adaptation (prediction averaging)",
+          "lift_ts": "LiFT + temperature scaling (calibration reference)",
           "independent": "independent LoRA", "multitask": "multi-task + FT", "reptile": "Reptile + FT",
           "fomaml": "FO-MAML + FT", "retrieval": "retrieval + FT", "mbc": "MBC (k-means) + FT",
           "oracle": "family oracle + FT (reference)", "backbone": "backbone, unadapted (reference)"}
@@ -190,6 +191,16 @@ def markdown_table(results: dict) -> str:
     lines += ["", f"Query windows of {n_roles} {split} roles x {n_seeds} seed(s) (n = {n_roles * n_seeds}); "
               f"{config['meta_steps']} meta-training steps per method; {adaptation_note(config)}; "
               f"paired: {ref} (`{reference}`) minus the method on the same (seed, role)."]
+    calibration = [f"`{m}` {100 * p['ece']['mean']:+.2f} ± {100 * p['ece']['se']:.2f}"
+                   for m, p in results["paired"].items() if m != "backbone" and p.get("ece", {}).get("mean") is not None]
+    if calibration:
+        lines.append(f"ECE, paired ({ref} minus the method on the same (seed, role), pp; negative: {ref} is "
+                     "better calibrated): " + ", ".join(calibration) + ".")
+    temperatures = [t for r in methods.values() for t in r.get("temperatures", [])]
+    if temperatures:
+        ordered = sorted(temperatures)
+        lines.append(f"Temperatures fitted on the support sets: median {ordered[len(ordered) // 2]:.2f} "
+                     f"(range {ordered[0]:.2f}-{ordered[-1]:.2f}).")
     pure = results.get("component_purity", {})
     if pure and config.get("suite") == "families":
         lines.append("Family purity of the prior component each LiFT variant starts from (fraction of roles whose "

@@ -30,7 +30,7 @@ from lift_ext.shakespeare import stages
 from lift_ext.shakespeare.config import BenchConfig
 from lift_ext.shakespeare.episodes import pool_tasks, support_task
 from lift_ext.shakespeare.lift_methods import LIBRARY_METHODS, chains_needed, train_lift_variants
-from lift_ext.shakespeare.scoring import query_metrics
+from lift_ext.shakespeare.scoring import fit_temperature, query_metrics
 from lift_ext.shakespeare.stages import StageError
 from lift_ext.shakespeare.suite import SuiteData, build_suite
 
@@ -207,8 +207,16 @@ def _adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, r
     return out
 
 
-def _scores(su: Setup, thetas: List[torch.Tensor], roles: list) -> List[dict]:
-    return [query_metrics(su.flat, list(th), r) for th, r in zip(thetas, roles)]
+def _scores(su: Setup, thetas: List[torch.Tensor], roles: list, scaled: bool = False) -> List[dict]:
+    """Query scores of each role's adapted vectors; ``scaled``: with the temperature fitted on the
+    role's support set to its first vector (temperature scaling), recorded as "temperature"."""
+    if not scaled:
+        return [query_metrics(su.flat, list(th), r) for th, r in zip(thetas, roles)]
+    out = []
+    for th, r in zip(thetas, roles):
+        temperature = fit_temperature(su.flat, th[0], r.support)
+        out.append(dict(query_metrics(su.flat, list(th), r, temperature), temperature=temperature))
+    return out
 
 
 def lr_is_chosen(cfg: BenchConfig, method: str) -> bool:
@@ -245,6 +253,11 @@ def adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, seed: int, prog
                mininterval=1.0)
     for method in cfg.methods:
         bar.set_postfix(method=method)
+        if method in M.TEMPERATURE_SCALED and "lift" in out:  # lift's own adapters, scaled at evaluation
+            out[method] = dict(out["lift"], wall=0.0, cpu=0.0)
+            bar.update(len(su.evaluated) + (len(su.data.val) * len(cfg.adapt_lrs) if lr_is_chosen(cfg, method)
+                                            else 0))
+            continue
         clock = Clock()
         val_starts: dict = {}
         scores = select_lr(cfg, su, state, method, seed, val_starts, bar)
@@ -338,7 +351,10 @@ def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None 
         su = setup(cfg, seed, cache, progress=False, setups=setups)
         for method in cfg.methods:
             rec = adapted["seeds"][seed][method]
-            scores[method] += _scores(su, list(rec["thetas"].to(cfg.device)), su.evaluated)
+            rows = _scores(su, list(rec["thetas"].to(cfg.device)), su.evaluated, scaled=method in M.TEMPERATURE_SCALED)
+            scores[method] += rows
+            if method in M.TEMPERATURE_SCALED:
+                detail[method].setdefault("temperatures", []).extend(row.pop("temperature") for row in rows)
             detail[method]["lr"][str(seed)] = rec["lr"]
             detail[method]["val_scores"][str(seed)] = rec["val_scores"]
             detail[method].setdefault("components", []).extend(rec["components"])

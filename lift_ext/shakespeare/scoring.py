@@ -9,6 +9,10 @@ the expected calibration error over 15 equal-width confidence bins,
     ECE = sum_b (n_b / N) |accuracy_b - mean confidence_b|,   confidence = max_c p_c,
 
 and the Brier score, the mean over positions of sum_c (p_c - [c = target])^2.
+
+Temperature scaling (the non-Bayesian reference for calibration): one point estimate's logits
+divided by T > 0 before the softmax, T the minimiser of the mean support NLL
+(`fit_temperature`); accuracy is unchanged, confidence is what moves.
 """
 from __future__ import annotations
 
@@ -43,20 +47,50 @@ def calibration(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS
     return {"ece": float((hits - confidence).abs().sum() / count.sum()), "brier": float(brier)}
 
 
+LOG_T_GRID = torch.linspace(math.log(0.05), math.log(20.0), 241, dtype=torch.float64)
+
+
 @torch.no_grad()
-def query_metrics(flat: FlatParams, thetas: Sequence[torch.Tensor], role) -> Dict[str, Optional[float]]:
+def fit_temperature(flat: FlatParams, theta: torch.Tensor, pair) -> float:
+    """T in [0.05, 20] minimising the mean NLL (nats per target) of softmax(logits / T) on the
+    (inputs, targets) ``pair`` at adapter ``theta``: the best of 241 log-spaced values, refined
+    by 40 golden-section steps between its neighbours (the NLL is convex in 1/T)."""
+    inputs, targets = pair
+    logits = flat.call(theta)(input_ids=inputs).logits.double()
+    logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+
+    def nll(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(logits / math.exp(log_t), targets))
+
+    values = [nll(float(v)) for v in LOG_T_GRID]
+    best = min(range(len(values)), key=values.__getitem__)
+    lo, hi = float(LOG_T_GRID[max(best - 1, 0)]), float(LOG_T_GRID[min(best + 1, len(values) - 1)])
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    for _ in range(40):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if nll(a) <= nll(b):
+            hi = b
+        else:
+            lo = a
+    return math.exp((lo + hi) / 2.0)
+
+
+@torch.no_grad()
+def query_metrics(flat: FlatParams, thetas: Sequence[torch.Tensor], role,
+                  temperature: float = 1.0) -> Dict[str, Optional[float]]:
     """METRICS of the predictive average over ``thetas`` on ``role``'s query pair (a
-    FewShotRole), and "reliability", its `reliability_bins` as lists. acc_remapped is None when
-    no query target is remapped."""
+    FewShotRole), each model's logits divided by ``temperature`` (temperature scaling), and
+    "reliability", its `reliability_bins` as lists. acc_remapped is None when no query target
+    is remapped."""
     inputs, targets = role.query
     thetas = list(thetas)
     if len(thetas) == 1:  # argmax of the logits themselves: no ties made by rounding softmax
-        logits = flat.call(thetas[0])(input_ids=inputs).logits.float()
+        logits = flat.call(thetas[0])(input_ids=inputs).logits.float() / temperature
         pred, logp = logits.argmax(-1), torch.log_softmax(logits, -1)
         probs = logp.exp()
     else:
         probs = average_predictions(flat, thetas,
-                                    lambda call: torch.softmax(call(input_ids=inputs).logits.float(), -1))
+                                    lambda call: torch.softmax(call(input_ids=inputs).logits.float() / temperature, -1))
         pred, logp = probs.argmax(-1), probs.clamp_min(1e-30).log()
     hit = pred == targets
     nll = -logp.gather(-1, targets[..., None]).mean()
@@ -73,4 +107,4 @@ def mean_of(values: Sequence[Optional[float]]) -> float:
     return sum(kept) / len(kept) if kept else math.nan
 
 
-__all__ = ["METRICS", "ECE_BINS", "calibration", "reliability_bins", "query_metrics", "mean_of"]
+__all__ = ["METRICS", "ECE_BINS", "calibration", "reliability_bins", "fit_temperature", "query_metrics", "mean_of"]
