@@ -20,7 +20,7 @@ Where no element of the group has history yet (every gradient 0 so far), there i
 kernel's own rule applies. With alpha = 0 there is no average to hold r in (v is g^2 every
 step), so the rule does not apply either.
 """
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 

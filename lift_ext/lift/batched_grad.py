@@ -166,19 +166,19 @@ def checked_gradients(grad_fn: Callable, tasks: List[int], rows: Sequence[torch.
     if thetas._version != version:
         raise ValueError(f"grad_fn edited theta in place at step {step} (theta is a view of the sampler's "
                          "state: clone it before changing it); the step did not happen")
-    for task, grad in zip(tasks, grads):
-        if not isinstance(grad, torch.Tensor) or grad.shape != (dim,):
+    for task, gradient in zip(tasks, grads):
+        if not isinstance(gradient, torch.Tensor) or gradient.shape != (dim,):
             raise ValueError(f"grad_fn({task}, theta) must return a Tensor of shape [{dim}], got "
-                             f"{getattr(grad, 'shape', type(grad).__name__)}")
-        if grad.device != device:
-            raise ValueError(f"grad_fn({task}, theta) returned a tensor on {grad.device}, but the sampler's "
-                             f"state is on {device} (pass device= or a prior_mean on the right device)")
+                             f"{getattr(gradient, 'shape', type(gradient).__name__)}")
+        if gradient.device != device:
+            raise ValueError(f"grad_fn({task}, theta) returned a tensor on {gradient.device}, but the sampler's "
+                             f"state is on {device} (pass device=, or ChainStart tensors on the right device)")
     # A float32 sum is finite only if every entry is (one pass, a fifth of isfinite's time, and
     # one host read); a sum that is not finite is confirmed entry by entry (finite entries can
     # overflow a sum).
-    if not math.isfinite(float(torch.stack([grad.detach().sum(dtype=torch.float32) for grad in grads]).sum())):
-        for task, grad in zip(tasks, grads):
-            if not bool(torch.isfinite(grad).all()):
+    if not math.isfinite(float(torch.stack([gradient.detach().sum(dtype=torch.float32) for gradient in grads]).sum())):
+        for task, gradient in zip(tasks, grads):
+            if not bool(torch.isfinite(gradient).all()):
                 raise FloatingPointError(f"grad_fn({task}, theta) returned NaN or Inf at step {step}: a diverging "
                                          "chain (lower lr) or a bad gradient; the step did not happen")
-    return [grad.detach() for grad in grads]
+    return [gradient.detach() for gradient in grads]

@@ -22,7 +22,7 @@ import inspect
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import timm
 import torch
