@@ -84,14 +84,14 @@ class SGLDGibbs(ChainReadout, sampler_state.ChainState):
         if not callable(grad_fn):
             raise TypeError("grad_fn must be callable as grad_fn(task_index, theta) -> Tensor [dim]")
         dev = default_device(device, start)
-        mu0, theta_init = check_start(start, num_tasks, dim, dev)
+        mu0, start_thetas = check_start(start, num_tasks, dim, dev)
 
         self.num_tasks, self.dim, self.seed = num_tasks, dim, seed
         self.langevin, self.hierarchy = langevin, hierarchy
         self.grad_fn = grad_fn
         self._mixture = mixture
         self._prior_mean = mu0
-        start_rows = initial_rows(theta_init, mu0, num_tasks, dim, dev)
+        start_rows = initial_rows(start_thetas, mu0, num_tasks, dim, dev)
         k = hierarchy.components if mixture else 1
         self._components = Components(k, num_tasks, dim, dev, hierarchy.dirichlet_alpha if mixture else 1.0)
         if mixture and hierarchy.warmup_steps == 0:

@@ -29,22 +29,22 @@ def default_device(device: DeviceLike, start: ChainStart) -> torch.device:
     return torch.device("cpu")
 
 
-def initial_rows(theta_init, mu0, num_tasks: int, dim: int, device: torch.device) -> torch.Tensor:
-    """The initial task vectors [N, D] float32: theta_init's rows, or one vector (theta_init
+def initial_rows(start_thetas, mu0, num_tasks: int, dim: int, device: torch.device) -> torch.Tensor:
+    """The initial task vectors [N, D] float32: start_thetas's rows, or one vector (start_thetas
     [D], else mu0, else 0) broadcast as a view (no N x D copy)."""
-    if theta_init is not None and theta_init.dim() == 2:
-        return theta_init.to(device, torch.float32).contiguous()
-    row = theta_init if theta_init is not None else mu0 if mu0 is not None else torch.zeros(dim)
+    if start_thetas is not None and start_thetas.dim() == 2:
+        return start_thetas.to(device, torch.float32).contiguous()
+    row = start_thetas if start_thetas is not None else mu0 if mu0 is not None else torch.zeros(dim)
     return row.to(device, torch.float32).expand(num_tasks, dim)
 
 
 def check_start(start: ChainStart, num_tasks: int, dim: int, device: torch.device):
-    """(mu0 [D] on `device` or None, theta_init as given or None), checked."""
+    """(mu0 [D] on `device` or None, start_thetas as given or None), checked."""
     mu0 = None if start.prior_mean is None else validate.vector("start.prior_mean", start.prior_mean, dim, device)
-    theta_init = start.thetas
-    if theta_init is not None:
-        if not isinstance(theta_init, torch.Tensor) or theta_init.shape not in ((dim,), (num_tasks, dim)):
+    start_thetas = start.thetas
+    if start_thetas is not None:
+        if not isinstance(start_thetas, torch.Tensor) or start_thetas.shape not in ((dim,), (num_tasks, dim)):
             raise ValueError(f"start.thetas must be a Tensor of shape [{dim}] or [{num_tasks}, {dim}]")
-        if not bool(torch.isfinite(theta_init.detach().to(torch.float32)).all()):
+        if not bool(torch.isfinite(start_thetas.detach().to(torch.float32)).all()):
             raise ValueError("start.thetas must be finite in float32 (its value overflows or is NaN / Inf)")
-    return mu0, theta_init
+    return mu0, start_thetas
