@@ -200,3 +200,29 @@ def test_the_scan_finds_a_private_access(tmp_path):
 def test_the_sharded_chain_runs_the_one_step_of_sgld_gibbs():
     """ShardedSGLDGibbs supplies its layout and reduction, not a step of its own."""
     assert "step" not in vars(ShardedSGLDGibbs) and ShardedSGLDGibbs.step is SGLDGibbs.step
+
+
+def test_an_interrupted_load_changes_nothing(targets, monkeypatch):
+    """A KeyboardInterrupt in the middle of load_state_dict (after the components are loaded)
+    puts every part of the state back."""
+    sampler = _build("one", "paper", targets)
+    sampler.run(3, progress=False)
+    before = sampler.state_dict()
+    other = _build("one", "paper", targets)
+    other.run(6, progress=False)
+
+    original, calls = sampler.gmm.load_state_dict, []
+
+    def interrupted_once(state):  # the load is interrupted; putting the old state back is not
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        original(state)
+
+    monkeypatch.setattr(sampler.gmm, "load_state_dict", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        sampler.load_state_dict(other.state_dict())
+    assert len(calls) == 2  # the undo ran
+    _same_state(sampler.state_dict(), before)
+    sampler.load_state_dict(other.state_dict())  # and a load that is not interrupted goes through
+    _same_state(sampler.state_dict(), other.state_dict())

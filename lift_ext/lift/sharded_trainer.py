@@ -15,14 +15,14 @@ import torch
 
 from lift_ext import validate
 from lift_ext.checkpoint import CheckpointError
-from lift_ext.lift import sampler_state, shard_checkpoint
+from lift_ext.lift import shard_checkpoint
 from lift_ext.lift.collective import Collective, group_rank_and_size
 from lift_ext.lift.config import Hierarchy, LangevinConfig, PaperHierarchy, check_type
 from lift_ext.lift.distributed import ShardedSGLDGibbs, Sharding
 from lift_ext.lift.sampler import ChainStart
 from lift_ext.lift.shards import local_task_ids
 from lift_ext.lift.tasks import Task
-from lift_ext.lift.trainer import LiFT, ModelLike, check_fits, check_task_sequence, read_settings, task_sizes
+from lift_ext.lift.trainer import LiFT, ModelLike, check_task_sequence, restore, task_sizes
 from lift_ext.types import LossFn
 
 
@@ -83,10 +83,5 @@ class ShardedLiFT(LiFT):
             raise CheckpointError(f"checkpoint set {path!r} was not written by a ShardedLiFT (it holds no LiFT config)")
         rank, world_size = group_rank_and_size(sharding.process_group)
         state = shard_checkpoint.read_state(path, rank, world_size)
-        settings = read_settings(path, {"config": owner})
         sharding = Sharding(sharding.process_group, state["config"]["num_shards"], sharding.fault_grace)
-        trainer = sampler_state.quietly(cls, model, tasks, loss_fn, sharding=sharding, **settings)
-        check_fits(path, state["config"], trainer)
-        with sampler_state.refusing_inconsistency(path):
-            trainer.load_state_dict({"config": owner, "sampler": state})
-        return trainer
+        return restore(cls, path, owner, state, model, tasks, loss_fn, sharding=sharding)

@@ -43,7 +43,7 @@ from lift_ext.lift import sampler_state
 from lift_ext.lift.adapt import Adapted, adapt
 from lift_ext.lift.batched_grad import TaskGradients
 from lift_ext.lift.config import (AdaptConfig, Hierarchy, LangevinConfig, MapConfig, MixtureHierarchy,
-                                  PaperHierarchy, check_type, config_from_dict)
+                                  PaperHierarchy, check_type)
 from lift_ext.lift.flat import FlatParams
 from lift_ext.lift.prior import MixturePrior
 from lift_ext.lift.sampler import ChainStart, SGLDGibbs
@@ -276,27 +276,22 @@ class LiFT:
         or damaged file raises lift_ext.checkpoint.CheckpointError; a mismatch with the model or
         tasks a ValueError."""
         state = load_checked(path, fmt=FORMAT, version=VERSION, map_location="cpu", required=("config", "sampler"))
-        settings = read_settings(path, state)
-        with sampler_state.refusing_inconsistency(path):
-            sampler_state.check_sizes(state["sampler"])
-        trainer = sampler_state.quietly(cls, model, tasks, loss_fn, **settings)
-        check_fits(path, state["sampler"]["config"], trainer)
-        with sampler_state.refusing_inconsistency(path):
-            trainer.load_state_dict({"config": state["config"], "sampler": state["sampler"]})
-        return trainer
+        return restore(cls, path, state["config"], state["sampler"], model, tasks, loss_fn)
 
 
-def read_settings(path: str, state: dict) -> Dict[str, object]:
-    """LiFT's keyword arguments (langevin, hierarchy, seed) from a saved state's config."""
+def restore(cls, path: str, config: dict, sampler: dict, model: ModelLike, tasks, loss_fn: LossFn, **arguments):
+    """A `cls` (LiFT or ShardedLiFT, with its own `arguments`) continuing the chain saved at
+    `path`: built from LiFT's saved `config`, checked against the saved `sampler` state's number
+    of tasks and adapter size (ValueError), then loaded. An inconsistent state is a
+    CheckpointError naming the file."""
     with sampler_state.refusing_inconsistency(path):
-        config = state["config"]
-        return {"langevin": config_from_dict(config["langevin"]), "hierarchy": config_from_dict(config["hierarchy"]),
-                "seed": config["seed"]}
-
-
-def check_fits(path: str, sampler_config: dict, trainer: "LiFT") -> None:
-    """ValueError unless the saved chain has the trainer's number of tasks and adapter size."""
-    n, d = sampler_config.get("num_tasks"), sampler_config.get("dim")
+        settings = SGLDGibbs.settings_of(config)
+        sampler_state.check_sizes(sampler)  # before the trainer allocates anything from it
+    trainer = sampler_state.quietly(cls, model, tasks, loss_fn, **arguments, **settings)
+    n, d = sampler["config"]["num_tasks"], sampler["config"]["dim"]
     if d != trainer.flat.dim or n != trainer.num_tasks:
         raise ValueError(f"checkpoint {path!r} holds {n} tasks of dim {d}, but {trainer.num_tasks} tasks and an "
                          f"adapter of dim {trainer.flat.dim} were passed")
+    with sampler_state.refusing_inconsistency(path):
+        trainer.load_state_dict({"config": config, "sampler": sampler})
+    return trainer

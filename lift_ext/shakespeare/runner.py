@@ -224,11 +224,11 @@ def lr_is_chosen(cfg: BenchConfig, method: str) -> bool:
     return len(cfg.adapt_lrs) > 1 and method != "backbone"
 
 
-def adaptations(cfg: BenchConfig, su: Setup) -> int:
-    """Role adaptations of one seed's adapt stage (meta-val roles per lr tried, then the
-    evaluated roles), the unit its progress bar counts."""
+def adaptations(cfg: BenchConfig, su: Setup, methods=None) -> int:
+    """Role adaptations of one seed's adapt stage for ``methods`` (default: all; meta-val roles
+    per lr tried, then the evaluated roles), the unit its progress bar counts."""
     per_lr = len(su.data.val) * len(cfg.adapt_lrs)
-    return sum(len(su.evaluated) + (per_lr if lr_is_chosen(cfg, m) else 0) for m in cfg.methods)
+    return sum(len(su.evaluated) + (per_lr if lr_is_chosen(cfg, m) else 0) for m in methods or cfg.methods)
 
 
 def select_lr(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, seed: int,
@@ -255,8 +255,7 @@ def adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, seed: int, prog
         bar.set_postfix(method=method)
         if method in M.TEMPERATURE_SCALED and "lift" in out:  # lift's own adapters, scaled at evaluation
             out[method] = dict(out["lift"], wall=0.0, cpu=0.0)
-            bar.update(len(su.evaluated) + (len(su.data.val) * len(cfg.adapt_lrs) if lr_is_chosen(cfg, method)
-                                            else 0))
+            bar.update(adaptations(cfg, su, [method]))
             continue
         clock = Clock()
         val_starts: dict = {}

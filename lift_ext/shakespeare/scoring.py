@@ -66,12 +66,17 @@ def fit_temperature(flat: FlatParams, theta: torch.Tensor, pair) -> float:
     best = min(range(len(values)), key=values.__getitem__)
     lo, hi = float(LOG_T_GRID[max(best - 1, 0)]), float(LOG_T_GRID[min(best + 1, len(values) - 1)])
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
-    for _ in range(40):
-        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        if nll(a) <= nll(b):
-            hi = b
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    at_a, at_b = nll(a), nll(b)
+    for _ in range(40):  # one new evaluation a step: the kept inner point is reused
+        if at_a <= at_b:
+            hi, b, at_b = b, a, at_a
+            a = hi - ratio * (hi - lo)
+            at_a = nll(a)
         else:
-            lo = a
+            lo, a, at_a = a, b, at_b
+            b = lo + ratio * (hi - lo)
+            at_b = nll(b)
     return math.exp((lo + hi) / 2.0)
 
 
