@@ -4,12 +4,14 @@
     lift-ext demo | meta-train | adapt | evaluate
                                               the Shakespeare benchmark (lift_ext.shakespeare,
                                               optional extra `shakespeare`)
+    lift-ext demo --suite vision | text       the vision and text suites (lift_ext.harness)
     lift-ext --version
 
 Errors a user can cause print one line `lift-ext: error: ...` and exit with 2.
 """
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from lift_ext import __version__
@@ -30,11 +32,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+HARNESS_SUITES = ("vision", "text")
+# demo options of the Shakespeare suites only, with their defaults
+SHAKESPEARE_ONLY = {"config": None, "device": None, "fresh": False, "methods": None}
+
+
+def run_harness_suite(args) -> int:
+    """``lift-ext demo --suite vision|text``: the suite's demo (lift_ext.vision.demo,
+    lift_ext.text.demo), its tables printed and written to OUTPUT/results.json."""
+    given = [f"--{k}" for k, default in SHAKESPEARE_ONLY.items() if getattr(args, k, default) != default]
+    if given:
+        print(f"lift-ext: error: {', '.join(given)} apply to the Shakespeare suites only, not to --suite "
+              f"{args.suite}", file=sys.stderr)
+        return 2
+    if args.threads < 1:
+        print(f"lift-ext: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    import torch
+    torch.set_num_threads(args.threads)
+    output = Path(args.output) / "results.json"
+    if args.suite == "vision":
+        from lift_ext.vision import bench, demo
+        demo.run(bench.QUICK if args.quick else bench.Settings(), output, cache=args.cache,
+                 progress=not args.no_progress)
+    else:
+        from lift_ext.text import demo
+        demo.run(demo.QUICK if args.quick else demo.Settings(), output, cache=args.cache)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "quickstart":
         from lift_ext import quickstart
         return quickstart.main()
+    if args.command == "demo" and args.suite in HARNESS_SUITES:
+        return run_harness_suite(args)
     return benchmark_cli.run(args)
 
 

@@ -13,7 +13,10 @@ from lift_ext.lift import MapConfig  # noqa: E402
 from lift_ext.text import tasks as T  # noqa: E402
 from lift_ext.text.backbone import (MAX_CLASSES, build_adapter, classification_loss, head_size,  # noqa: E402
                                     initial_vector, load_encoder, sentence_features, tensor_task)
-from lift_ext.text.methods import LiftSettings, SuiteTask, evaluate, meta_train  # noqa: E402
+from lift_ext.harness import BenchSuite, LiftSettings, MethodSettings  # noqa: E402
+from lift_ext.harness.suite import head_mask  # noqa: E402
+from lift_ext.harness import methods as hm  # noqa: E402
+from lift_ext.text.methods import SuiteTask, bench_task  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +99,18 @@ def test_head_gradient_reaches_the_vector(tiny):
 def test_a_tiny_lift_chain_and_adaptation_run(tiny):
     flat, suite = tiny
     train, test = [t for i, t in enumerate(suite) if i % 3], [t for i, t in enumerate(suite) if not i % 3]
-    init = initial_vector(flat, 0)
-    state = meta_train("lift", flat, train, init, kinds=2, meta_steps=4, meta_lr=1e-3,
-                       lift=LiftSettings(steps=4, tasks_per_step=2, warmup=0.5), seed=0)
-    assert state["prior"].means.shape == (2, flat.dim)
-    scores = evaluate(flat, state, test, MapConfig(steps=2, eval_every=1), seed=0)
-    assert len(scores) == len(test) and all(0.0 <= s <= 1.0 for s in scores)
+    bench = BenchSuite(name="tiny", flat=flat, initial=lambda seed: initial_vector(flat, seed),
+                       loss_fn=classification_loss, head=head_mask(flat), groups=T.KINDS,
+                       splits={"train": [bench_task(t, 8) for t in train], "val": [],
+                               "test": [bench_task(t, 8) for t in test]}, batched_grads=False)
+    settings = MethodSettings(lift=LiftSettings(steps=4, tasks_per_step=2, batch=8, lr=1e-3, temperature=0.01,
+                                                components=2, sigma=0.1, beta=0.05, warmup=0.5, shift_lr=1e-3),
+                              meta_lr=1e-3, inner_steps=1, outer_lr=0.5, reset_head=True,
+                              adapt=MapConfig(steps=2, eval_every=1), seeds=(0,))
+    prior = hm.meta_train("lift", bench, settings, seed=0)
+    assert prior.means.shape == (2, flat.dim)
+    scores = hm.ranking(bench, settings)
+    assert set(scores) == set(hm.METHODS)
+    assert all(0.0 <= v <= 100.0 for per_seed in scores.values() for v in per_seed[0].values())
+    start = hm.meta_train("multitask", bench, settings, seed=0)
+    assert float(start[head_mask(flat)].abs().sum()) == 0.0  # the learned head is reset

@@ -80,7 +80,7 @@ EXTRA_MODULES = ("transformers", "peft", "matplotlib")
 
 def add_commands(sub) -> None:
     """Add the benchmark's subcommands to `sub` (an argparse subparsers object)."""
-    def stage(name: str, help_: str) -> argparse.ArgumentParser:
+    def stage(name: str, help_: str, suites: tuple = ("families", "roles")) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_, epilog=config_help(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", metavar="FILE",
@@ -92,9 +92,11 @@ def add_commands(sub) -> None:
         p.add_argument("--cache", default=None, metavar="DIR",
                        help="cache for the parsed corpus and backbone (default: $LIFT_EXT_CACHE or "
                             "~/.cache/lift_ext)")
-        p.add_argument("--suite", default=None, choices=("families", "roles"),
+        p.add_argument("--suite", default=None, choices=suites,
                        help="families (default: each role's targets pass through its family's letter "
-                            "permutation) or roles (plain next-character prediction, the earlier benchmark)")
+                            "permutation) or roles (plain next-character prediction, the earlier benchmark)"
+                            + ("; vision or text: the suites of lift_ext.harness (only --quick, --output, "
+                               "--cache, --threads and --no-progress apply)" if "vision" in suites else ""))
         p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (overrides the config)")
         p.add_argument("--threads", type=int, default=1, metavar="N",
                        help="CPU threads for torch (default 1: the models are tiny, and on a busy "
@@ -102,8 +104,9 @@ def add_commands(sub) -> None:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         return p
 
-    demo = stage("demo", "run the Shakespeare benchmark end to end (meta-train, adapt, evaluate), "
-                         "reusing the stage files of an earlier run of the same config in --output")
+    demo = stage("demo", "run a benchmark suite end to end: the Shakespeare suites (meta-train, adapt, "
+                         "evaluate, reusing the stage files of an earlier run of the same config in --output) "
+                         "or the vision / text suite", suites=("families", "roles", "vision", "text"))
     demo.add_argument("--fresh", action="store_true",
                       help="recompute every stage even where --output holds a matching stage file")
     demo.add_argument("--methods", default=None, metavar="A,B",

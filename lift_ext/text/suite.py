@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+from lift_ext.harness import BenchSuite
+from lift_ext.harness.suite import head_mask
 from lift_ext.lift import FlatParams
-from lift_ext.text.backbone import build_adapter, load_encoder, sentence_features, tensor_task
-from lift_ext.text.methods import SuiteTask
+from lift_ext.text.backbone import build_adapter, classification_loss, initial_vector, load_encoder, sentence_features, tensor_task
+from lift_ext.text.methods import SuiteTask, bench_task
 from lift_ext.text.tasks import KINDS, SPLITS, SUPPORT, TextTask, load_tasks
 
 
@@ -20,6 +22,16 @@ class TextSuite:
     splits: Dict[str, List[SuiteTask]]
     texts: Dict[str, List[TextTask]]
     feature_cpu_seconds: float
+
+    def bench(self, episode_batch: int) -> BenchSuite:
+        """The harness's view: under seed s every method starts from ``initial_vector(flat, s)``
+        (the support sets are fixed, so the seed draws LoRA A); FO-MAML episodes of
+        ``episode_batch`` sentences. batched_grads is off: the loss trims each minibatch's
+        padding, so minibatch shapes differ between tasks."""
+        return BenchSuite(name="text", flat=self.flat, initial=lambda seed: initial_vector(self.flat, seed),
+                          loss_fn=classification_loss, head=head_mask(self.flat), groups=KINDS,
+                          splits={s: [bench_task(t, episode_batch) for t in ts] for s, ts in self.splits.items()},
+                          batched_grads=False)
 
 
 def load_suite(seed: int = 0, cache=None, batch_size: int = 16,

@@ -1,5 +1,5 @@
-"""Headroom and the first ranking of methods on the vision suite (run by
-benchmarks/vision_headroom.py).
+"""The vision suite's benchmark: headroom, then the harness's ranking (run by
+``lift-ext demo --suite vision`` and benchmarks/vision_headroom.py).
 
 Headroom, on the meta-val and meta-test tasks, before any method is compared:
     chance         1 / classes
@@ -10,26 +10,24 @@ Headroom, on the meta-val and meta-test tasks, before any method is compared:
     pool ceiling   the adapter fine-tuned on the task's whole support pool (800 images)
     noise floor    independent under seed 1 minus seed 0, paired over tasks (another draw of
                    the shots and of the minibatch order)
-Ranking on the ``eval_split`` tasks with every seed: independent, multitask (one adapter
-RMSprop-trained on all meta-train pools, then adapted) and LiFT (MixtureHierarchy with K = the
-number of groups, and K = 1, over the meta-train pools; adapted to the MAP under its prior).
-All adaptation is lift_ext.lift.adapt with the same MapConfig on ``shots`` images per class.
+Ranking: every method of lift_ext.harness on the ``eval_split`` tasks with every seed.
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import asdict, dataclass, replace
-from typing import Dict, List, Sequence
+from functools import partial
+from typing import Dict, List
 
 import torch
 
+from lift_ext import baselines
+from lift_ext.harness import BenchSuite, BenchTask, LiftSettings, MethodSettings
+from lift_ext.harness import methods as hm
+from lift_ext.harness.suite import head_mask
 from lift_ext.lift import MapConfig
 from lift_ext.vision import backbone as vb
 from lift_ext.vision import methods as vm
 from lift_ext.vision import tasks as vt
-
-METHODS = ("independent", "multitask", "lift", "lift_k1")
 
 
 @dataclass(frozen=True)
@@ -37,24 +35,25 @@ class Settings:
     """Every knob of a run. Adaptation: ``shots`` per class, at most ``adapt_steps`` full-batch
     RMSprop steps at ``adapt_lr`` (MapConfig, objective checked every 5 steps, patience 3).
     Ceiling: ``pool_steps`` RMSprop steps of ``pool_batch`` pool images at ``adapt_lr``.
-    Multitask: ``meta_steps`` RMSprop steps of ``tasks_per_step * lift.batch`` images at
-    ``meta_lr``. LiFT: ``lift`` (methods.LiftSettings). ``tasks_per_group`` > 0 keeps that
-    many tasks per group of each evaluated split (quick runs).
+    Meta-training: ``lift`` (the harness's LiftSettings: LiFT's chain and every method's
+    budget), ``meta_lr``, ``inner_steps``, ``outer_lr``, ``reset_head`` (lift_ext.harness.methods).
+    ``tasks_per_group`` > 0 keeps that many tasks per group of each evaluated split (quick runs).
 
-    Chosen on the meta-val tasks (seeds 0 and 1, benchmarks/vision_headroom.py --select):
-    adapt_lr 1e-3 of {3e-4, 1e-3, 3e-3, 1e-2} by independent fine-tuning (55.7, 58.7, 49.0,
-    20.0 %), then LiFT's beta 0.1 of {0.02, 0.05, 0.1} (29.1, 33.4, 50.3 %). Every other value
-    was set once, not searched."""
+    Chosen on the 6 meta-val tasks (seeds 0 and 1; benchmarks/vision_headroom.py --select,
+    docs/benchmark.md "Vision suite" lists every value tried): adapt_lr, reset_head, LiFT's
+    components, beta and steps. Every other value was set once, not searched."""
     seeds: tuple = (0, 1, 2)
     shots: int = 5
     adapt_steps: int = 25
     adapt_lr: float = 1e-3
     pool_steps: int = 40
     pool_batch: int = 64
-    meta_steps: int = 150
     meta_lr: float = 1e-3
-    lift: vm.LiftSettings = vm.LiftSettings(steps=150, tasks_per_step=4, batch=12, lr=1e-3, temperature=0.01,
-                                            sigma=0.1, beta=0.1, warmup=0.25, shift_lr=1e-3)
+    lift: LiftSettings = LiftSettings(steps=150, tasks_per_step=4, batch=12, lr=1e-3, temperature=0.01,
+                                      components=21, sigma=0.1, beta=0.3, warmup=0.25, shift_lr=1e-3)
+    inner_steps: int = 5
+    outer_lr: float = 0.5
+    reset_head: bool = True
     eval_split: str = "test"
     tasks_per_group: int = 0
     rank: int = 4
@@ -69,13 +68,28 @@ class Settings:
         return MapConfig(steps=self.adapt_steps, lr=self.adapt_lr, preconditioned=True, tol=1e-3, patience=3,
                          eval_every=5)
 
+    def methods(self, methods=hm.METHODS) -> MethodSettings:
+        return MethodSettings(lift=self.lift, meta_lr=self.meta_lr, inner_steps=self.inner_steps,
+                              outer_lr=self.outer_lr, reset_head=self.reset_head, adapt=self.map_config(),
+                              seeds=tuple(self.seeds), methods=tuple(methods))
 
-QUICK = Settings(seeds=(0, 1), adapt_steps=5, pool_steps=10, meta_steps=20, tasks_per_group=1,
+
+QUICK = Settings(seeds=(0, 1), adapt_steps=5, pool_steps=10, tasks_per_group=1,
                  lift=replace(Settings().lift, steps=20))
 
 
+def bench_task(task: vt.VisionTask, shots: int, episode_batch: int) -> BenchTask:
+    """``task`` as the harness sees it (support: ``shots`` images per class; FO-MAML episodes
+    of ``episode_batch`` support and as many query images)."""
+    return BenchTask(name=task.spec.name, group=task.spec.group,
+                     support=partial(vm.support_task, task, shots),
+                     pool=partial(vm.pool_task, task),
+                     episode=partial(vm.episode, task, episode_batch),
+                     accuracy=lambda flat, theta: vm.query_accuracy(flat, theta, task))
+
+
 class Suite:
-    """The loaded suite: tasks, split, backbone, adapter (flat) and the frozen features."""
+    """The loaded suite: tasks, split, backbone, adapter (flat) and the harness's BenchSuite."""
 
     def __init__(self, settings: Settings, cache=None, progress: bool = False):
         self.settings = settings
@@ -85,35 +99,34 @@ class Suite:
         self.model, self.flat = vb.adapter_model(self.state, rank=settings.rank)
         self.init = self.flat.vector.detach().clone()
         self.groups = [t.spec.group for t in self.tasks]
-        self.independent_scores: Dict[tuple, float] = {}  # shared by the headroom and the ranking
 
     def evaluated(self, split: str) -> List[int]:
-        """The task indices of ``split`` (the first tasks_per_group of each group when set)."""
-        keep = self.settings.tasks_per_group
+        """The task indices of ``split`` (the first tasks_per_group of each group when set;
+        every meta-train task)."""
+        keep = 0 if split == "train" else self.settings.tasks_per_group
         out = []
         for group in vt.GROUPS:
             members = [i for i in self.split[split] if self.groups[i] == group]
             out += members[:keep] if keep else members
         return out
 
+    def bench(self) -> BenchSuite:
+        """The harness's view of the suite under the current settings: every method starts
+        from the same initial adapter (the seed draws the support shots and the orders)."""
+        return BenchSuite(name="vision", flat=self.flat, initial=lambda seed: self.init, loss_fn=vb.loss_fn,
+                          head=head_mask(self.flat), groups=vt.GROUPS,
+                          splits={split: [self.bench_task(i) for i in self.evaluated(split)]
+                                  for split in ("train", "val", "test")})
 
-def _timed(record: Dict[str, dict], name: str, fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    record[name] = {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}
-    return out
+    def bench_task(self, index: int) -> BenchTask:
+        s = self.settings
+        return bench_task(self.tasks[index], s.shots, s.lift.batch * s.lift.tasks_per_step)
 
 
 def independent(suite: Suite, index: int, seed: int) -> float:
-    """Query accuracy (%) of the adapter fine-tuned from its init on the task's support shots
-    (computed once per task, seed and adaptation setting)."""
-    s, task = suite.settings, suite.tasks[index]
-    key = (index, seed, s.shots, s.map_config())
-    if key not in suite.independent_scores:
-        support = vm.support_task(task, s.shots, seed)
-        theta = vm.adapted(suite.flat, support, s.map_config(), seed, start=suite.init).theta
-        suite.independent_scores[key] = vm.query_accuracy(suite.flat, theta, task)
-    return suite.independent_scores[key]
+    """Query accuracy (%) of the adapter fine-tuned from its init on the task's support shots."""
+    s = suite.settings
+    return hm.adapted_accuracy(suite.bench(), suite.bench_task(index), suite.init, s.map_config(), seed)
 
 
 def headroom(suite: Suite, seeds=(0, 1)) -> Dict[str, dict]:
@@ -132,69 +145,16 @@ def headroom(suite: Suite, seeds=(0, 1)) -> Dict[str, dict]:
         out["prototypes"][name] = vm.prototype_accuracy(feats[:len(rows)], task.labels[rows], feats[len(rows):], query_y)
         for k in seeds:
             out[f"independent_seed{k}"][name] = independent(suite, index, k)
-        theta = vm.rmsprop(suite.flat, [vm.pool_task(task, s.pool_batch)], suite.init, steps=s.pool_steps,
-                           lr=s.adapt_lr, seed=seeds[0])
+        theta = baselines.train_multitask(suite.flat, [vm.pool_task(task, s.pool_batch)], vb.loss_fn, suite.init,
+                                          steps=s.pool_steps, lr=s.adapt_lr, seed=seeds[0])
         out["pool_ceiling"][name] = vm.query_accuracy(suite.flat, theta, task)
     return out
 
 
-def ranking(suite: Suite, methods: Sequence[str] = METHODS, stages=None) -> Dict[str, Dict[int, dict]]:
-    """{method: {seed: {task name: accuracy (%)}}} on the eval split (module docstring);
-    ``stages`` (a dict) receives the wall and CPU seconds of each seed's meta-training."""
+def ranking(suite: Suite, methods=hm.METHODS, cpu_seconds=None) -> Dict[str, Dict[int, dict]]:
+    """{method: {seed: {task name: accuracy (%)}}} on the eval split (lift_ext.harness.ranking)."""
     s = suite.settings
-    stages = {} if stages is None else stages
-    pools = [vm.pool_task(suite.tasks[i], s.lift.batch) for i in suite.split["train"]]
-    multitask_pools = [vm.pool_task(suite.tasks[i], s.lift.batch * s.lift.tasks_per_step) for i in suite.split["train"]]
-    out = {m: {} for m in methods}
-    for seed in s.seeds:
-        starts, priors = {"independent": suite.init}, {}
-        if "multitask" in methods:
-            starts["multitask"] = _timed(stages, f"multitask_seed{seed}", lambda: vm.rmsprop(
-                suite.flat, multitask_pools, suite.init, steps=s.meta_steps, lr=s.meta_lr, seed=seed))
-        for method, k in (("lift", len(vt.GROUPS)), ("lift_k1", 1)):
-            if method in methods:
-                priors[method] = _timed(stages, f"{method}_seed{seed}",
-                                        lambda: vm.lift_prior(suite.flat, pools, k, s.lift, seed))
-        for method in methods:
-            scores = out[method].setdefault(seed, {})
-            for index in suite.evaluated(s.eval_split):
-                task = suite.tasks[index]
-                if method == "independent":
-                    scores[task.spec.name] = independent(suite, index, seed)
-                    continue
-                support = vm.support_task(task, s.shots, seed)
-                result = vm.adapted(suite.flat, support, s.map_config(), seed, start=starts.get(method),
-                                    prior=priors.get(method))
-                scores[task.spec.name] = vm.query_accuracy(suite.flat, result.theta, task)
-    return out
-
-
-def mean_se(values: Sequence[float]):
-    """(mean, standard error of the mean); s.e. 0 for one value."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-
-
-def group_means(scores: Dict[str, float], groups: Dict[str, str]) -> Dict[str, float]:
-    """Mean accuracy per group of {task name: accuracy}, plus "overall" (mean over tasks)."""
-    out = {g: [v for n, v in scores.items() if groups[n] == g] for g in vt.GROUPS}
-    means = {g: sum(v) / len(v) for g, v in out.items() if v}
-    means["overall"] = sum(scores.values()) / len(scores)
-    return means
-
-
-def paired(a: Dict, b: Dict):
-    """Mean and s.e. of a - b over the keys both have (task names, or (seed, task) pairs)."""
-    keys = [k for k in a if k in b]
-    return mean_se([a[k] - b[k] for k in keys]) + (len(keys),)
-
-
-def flatten(per_seed: Dict[int, Dict[str, float]]) -> Dict[tuple, float]:
-    """{(seed, task): accuracy} of {seed: {task: accuracy}}."""
-    return {(seed, name): v for seed, scores in per_seed.items() for name, v in scores.items()}
+    return hm.ranking(suite.bench(), s.methods(methods), split=s.eval_split, cpu_seconds=cpu_seconds)
 
 
 def settings_dict(s: Settings) -> dict:

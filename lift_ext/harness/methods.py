@@ -1,0 +1,144 @@
+"""The methods every suite ranks, on its flat adapter vector, and the ranking loop.
+
+    independent   no meta-training: adapt from the suite's initial adapter
+    multitask     one adapter trained on all meta-train pools (lift_ext.baselines), then adapted
+    reptile       Reptile over the meta-train pools, then adapted
+    fomaml        first-order MAML over meta-train episodes, then adapted
+    lift          LiFT: MixtureHierarchy with ``components`` components over the meta-train
+                  pools; adaptation to the MAP under its meta-test prior from the best component
+    lift_k1       the same chain with K = 1
+
+Every meta-training method spends the same budget: ``lift.steps`` steps of ``tasks_per_step``
+minibatches of ``batch`` examples (LiFT: one of each of tasks_per_step tasks; multitask and
+Reptile: one minibatch of tasks_per_step * batch examples of one task per gradient; FO-MAML:
+the suite's episodes), counted in gradients as lift_ext.baselines does. The starts of multitask, Reptile and FO-MAML have their head reset to zero when
+``reset_head`` is set. All adaptation is lift_ext.lift.adapt with ``adapt`` (a MapConfig) on the
+task's support set under the same seed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Union
+
+import torch
+
+from lift_ext import baselines
+from lift_ext.harness.suite import BenchSuite, BenchTask
+from lift_ext.lift import ChainStart, LangevinConfig, LiFT, MapConfig, MixtureHierarchy, MixturePrior, adapt
+
+METHODS = ("independent", "multitask", "reptile", "fomaml", "lift", "lift_k1")
+START_METHODS = ("multitask", "reptile", "fomaml")
+
+
+@dataclass(frozen=True)
+class LiftSettings:
+    """A LiFT chain: ``steps`` steps of ``tasks_per_step`` meta-train tasks, one minibatch of
+    ``batch`` examples of each; pSGLD ``lr`` (the RMSprop step size, change of a weight per step) at ``temperature``;
+    MixtureHierarchy ``components`` K, ``sigma`` (spread of the component means around the
+    initial adapter) and ``beta`` (spread of a task's adapter around its component's mean),
+    both in adapter-weight units; the first ``warmup`` fraction of the steps with one
+    component; non-centred ``shift_lr``."""
+    steps: int
+    tasks_per_step: int
+    batch: int
+    lr: float
+    temperature: float
+    components: int
+    sigma: float
+    beta: float
+    warmup: float
+    shift_lr: float
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Everything the methods need: ``lift`` (LiftSettings, also the budget of the other
+    meta-training methods), ``meta_lr`` (their RMSprop step size), Reptile's and FO-MAML's
+    ``inner_steps``, Reptile's ``outer_lr``, ``reset_head`` (module docstring), ``adapt`` (the
+    MapConfig of every adaptation) and ``seeds``."""
+    lift: LiftSettings
+    meta_lr: float
+    inner_steps: int
+    outer_lr: float
+    reset_head: bool
+    adapt: MapConfig
+    seeds: tuple = (0, 1, 2)
+    methods: tuple = field(default=METHODS)
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown} (known: {', '.join(METHODS)})")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+
+
+Learned = Union[torch.Tensor, MixturePrior]
+
+
+def lift_prior(suite: BenchSuite, components: int, s: LiftSettings, seed: int) -> MixturePrior:
+    """The meta-test prior of a LiFT chain with ``components`` over the meta-train pools,
+    started at the suite's initial adapter of ``seed``."""
+    init = suite.initial(seed)
+    lift = LiFT(suite.flat, [t.pool(s.batch) for t in suite.splits["train"]], suite.loss_fn,
+                langevin=LangevinConfig(lr=s.lr, temperature=s.temperature, preconditioned=True,
+                                        tasks_per_step=s.tasks_per_step),
+                hierarchy=MixtureHierarchy(components=components, sigma=s.sigma, beta=s.beta,
+                                           warmup_steps=int(s.warmup * s.steps), shift_lr=s.shift_lr),
+                start=ChainStart(thetas=init, prior_mean=init), seed=seed)
+    lift.batched_grads = suite.batched_grads
+    return lift.run(s.steps, progress=False).meta_test_prior()
+
+
+def meta_train(method: str, suite: BenchSuite, s: MethodSettings, seed: int) -> Optional[Learned]:
+    """What ``method`` adapts from: a start [D] (independent: the suite's initial adapter; the start
+    methods: learned, head reset when s.reset_head) or a MixturePrior (the LiFT methods)."""
+    train, init = suite.splits["train"], suite.initial(seed)
+    if method == "independent":
+        return init
+    if method in ("lift", "lift_k1"):
+        return lift_prior(suite, s.lift.components if method == "lift" else 1, s.lift, seed)
+    budget = dict(steps=s.lift.steps, lr=s.meta_lr, seed=seed)
+    pools = [t.pool(s.lift.batch * s.lift.tasks_per_step) for t in train]
+    if method == "multitask":
+        theta = baselines.train_multitask(suite.flat, pools, suite.loss_fn, init, **budget)
+    elif method == "reptile":
+        theta = baselines.train_reptile(suite.flat, pools, suite.loss_fn, init, inner_steps=s.inner_steps,
+                                        outer_lr=s.outer_lr, **budget)
+    elif method == "fomaml":
+        def episode(gen):
+            return train[baselines.draw_index(len(train), gen)].episode(gen)
+        theta = baselines.train_fomaml(suite.flat, episode, suite.loss_fn, init, inner_steps=s.inner_steps,
+                                       **budget)
+    else:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return suite.without_head(theta) if s.reset_head else theta
+
+
+def adapted_accuracy(suite: BenchSuite, task: BenchTask, learned: Learned, config: MapConfig, seed: int) -> float:
+    """Query accuracy (%) of ``task`` after adapting to its support set under ``seed``: from
+    a start (no prior), or under a prior from its best component."""
+    support = task.support(seed)
+    if isinstance(learned, MixturePrior):
+        result = adapt(suite.flat, support, suite.loss_fn, prior=learned, config=config, start="best_component",
+                       seed=seed)
+    else:
+        result = adapt(suite.flat, support, suite.loss_fn, config=config, start=learned, seed=seed)
+    return task.accuracy(suite.flat, result.theta)
+
+
+def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_seconds: Optional[Dict] = None
+            ) -> Dict[str, Dict[int, Dict[str, float]]]:
+    """{method: {seed: {task name: accuracy (%)}}} over the tasks of ``split`` for every seed;
+    ``cpu_seconds`` (a dict) receives each method's CPU seconds of meta-training and adaptation."""
+    cpu_seconds = {} if cpu_seconds is None else cpu_seconds
+    out: Dict[str, Dict[int, Dict[str, float]]] = {m: {} for m in s.methods}
+    for seed in s.seeds:
+        for method in s.methods:
+            start = time.process_time()
+            learned = meta_train(method, suite, s, seed)
+            out[method][seed] = {t.name: adapted_accuracy(suite, t, learned, s.adapt, seed)
+                                 for t in suite.splits[split]}
+            cpu_seconds[method] = cpu_seconds.get(method, 0.0) + time.process_time() - start
+    return out

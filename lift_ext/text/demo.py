@@ -1,0 +1,124 @@
+"""The text suite end to end: headroom, then the harness's ranking, written as tables and JSON
+(``lift-ext demo --suite text``; benchmarks/text_headroom.py adds the meta-val sweep).
+
+1. Headroom on the meta-val and meta-test tasks: the head at its initialisation (uniform
+   probabilities: the share of the first class), the unadapted backbone (nearest class centroid
+   of its pooled states), independent fine-tuning on the 32 support sentences under seeds 0
+   and 1, the per-kind oracle (a ceiling that is told the kind), and the noise floor
+   (independent seed 1 - seed 0, paired by task).
+2. Ranking on ``split`` (meta-test) over the seeds: every method of lift_ext.harness.
+
+Accuracies are in %, differences in percentage points, times in CPU seconds of this process
+(time.process_time). The first run computes the cached lower-layer features (docs/text_suite.md).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Dict, Optional
+
+from lift_ext.files import atomic_open
+from lift_ext.harness import LiftSettings, MethodSettings, report, stats
+from lift_ext.harness import methods as hm
+from lift_ext.lift import MapConfig
+from lift_ext.text.backbone import accuracy
+from lift_ext.text.methods import oracle_starts, prototype_accuracy
+from lift_ext.text.suite import TextSuite, load_suite
+from lift_ext.text.tasks import KINDS
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A run: ``methods`` (the harness's MethodSettings: budgets, LiFT, adaptation, seeds),
+    ``limit`` ({split: tasks per kind}, None for all), ``split`` ranked."""
+    methods: MethodSettings = MethodSettings(
+        lift=LiftSettings(steps=300, tasks_per_step=4, batch=16, lr=3e-3, temperature=0.01, components=5,
+                          sigma=0.1, beta=0.05, warmup=0.25, shift_lr=3e-3),
+        meta_lr=1e-3, inner_steps=5, outer_lr=0.5, reset_head=True,
+        adapt=MapConfig(steps=20, lr=1e-3, eval_every=5, patience=2), seeds=(0, 1, 2))
+    limit: Optional[Dict[str, int]] = None
+    split: str = "test"
+
+
+QUICK = Settings(methods=replace(Settings().methods, seeds=(0, 1), lift=replace(Settings().methods.lift, steps=30),
+                                 adapt=MapConfig(steps=5, lr=1e-3, eval_every=5, patience=2)),
+                 limit={"train": 2, "val": 1, "test": 1})
+
+LABELS = {"independent": "independent", "multitask": "multitask + FT", "reptile": "Reptile + FT",
+          "fomaml": "FO-MAML + FT", "lift": "LiFT (K components)", "lift_k1": "LiFT K = 1"}
+
+
+def headroom(suite: TextSuite, settings: Settings) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """{split: {row: {task name: accuracy (%)}}} on meta-val and meta-test (module docstring)."""
+    s = settings.methods
+    bench = suite.bench(s.lift.batch * s.lift.tasks_per_step)
+    init0 = bench.initial(0)
+    oracle = oracle_starts(suite.flat, suite.splits["train"], init0, steps=s.lift.steps,
+                           batch=s.lift.batch * s.lift.tasks_per_step, lr=s.meta_lr, seed=0)
+    out = {}
+    for split in ("val", "test"):
+        tasks, bench_tasks = suite.splits[split], bench.splits[split]
+        rows = {"head at init": {t.name: 100 * accuracy(suite.flat, init0, t.query) for t in tasks},
+                "unadapted backbone (prototype)": {t.name: 100 * prototype_accuracy(suite.flat, t) for t in tasks}}
+        for seed in (0, 1):
+            rows[f"independent, seed {seed}"] = {
+                b.name: hm.adapted_accuracy(bench, b, bench.initial(seed), s.adapt, seed) for b in bench_tasks}
+        rows["oracle (per-kind multitask)"] = {
+            b.name: hm.adapted_accuracy(bench, b, oracle[t.kind], s.adapt, 0) for t, b in zip(tasks, bench_tasks)}
+        out[split] = rows
+    return out
+
+
+def headroom_table(scores: dict, group_of: Dict[str, str]) -> str:
+    lines = ["| model | split | " + " | ".join(KINDS) + " | overall |", "|---|---|" + "---:|" * (len(KINDS) + 1)]
+    for split, rows in scores.items():
+        for row, values in rows.items():
+            means = stats.group_means(values, group_of, KINDS)
+            lines.append(f"| {row} | {split} | " + " | ".join(f"{means[k]:.1f}" if k in means else "" for k in KINDS)
+                         + f" | {means['overall']:.2f} |")
+        d, se, n = stats.paired(rows["independent, seed 1"], rows["independent, seed 0"])
+        lines.append(f"| noise floor: independent seed 1 - seed 0, paired over {n} tasks | {split} |"
+                     + " |" * len(KINDS) + f" {d:+.2f} ± {se:.2f} pp |")
+        d, se, n = stats.paired(rows["oracle (per-kind multitask)"], rows["independent, seed 0"])
+        lines.append(f"| oracle - independent (seed 0), paired | {split} |" + " |" * len(KINDS)
+                     + f" {d:+.2f} ± {se:.2f} pp |")
+    return "\n".join(lines)
+
+
+def run(settings: Settings, output: Optional[Path], cache=None) -> dict:
+    """Headroom and ranking under ``settings``; prints the tables and, with ``output``, writes
+    them with every score as JSON. Returns the record."""
+    clock: Dict[str, float] = {}
+    start = time.process_time()
+    suite = load_suite(0, cache=cache, limit=settings.limit)
+    clock["features (computed this run)"] = suite.feature_cpu_seconds
+    clock["load"] = time.process_time() - start - suite.feature_cpu_seconds
+    group_of = {t.name: KINDS[t.kind] for ts in suite.splits.values() for t in ts}
+    mark = time.process_time()
+    head = headroom(suite, settings)
+    clock["headroom"] = time.process_time() - mark
+    text = (f"### Headroom (seed 0 unless said; {len(suite.splits['val'])} meta-val, {len(suite.splits['test'])} "
+            f"meta-test tasks; accuracy %)\n\n{headroom_table(head, group_of)}")
+    print(text + "\n", flush=True)
+    method_seconds: Dict[str, float] = {}
+    s = settings.methods
+    rank = hm.ranking(suite.bench(s.lift.batch * s.lift.tasks_per_step), s, split=settings.split,
+                      cpu_seconds=method_seconds)
+    clock.update({f"ranking {m}": v for m, v in method_seconds.items()})
+    clock["total excluding features"] = time.process_time() - start - suite.feature_cpu_seconds
+    machine = report.machine()
+    text += (f"\n\n### Ranking on meta-{settings.split} (seeds {list(s.seeds)}; accuracy %, mean ± s.e. over "
+             f"(task, seed))\n\n{report.ranking_table(rank, group_of, KINDS, LABELS, settings.split)}\n\n"
+             f"CPU seconds ({machine['cpu']}, {machine['torch_threads']} torch thread(s), commit {machine['commit']}): "
+             + ", ".join(f"{k} {v:.0f}" for k, v in clock.items()))
+    print(text)
+    result = {"settings": asdict(settings), "tasks": {sp: [t.name for t in ts] for sp, ts in suite.texts.items()},
+              "headroom": head, "ranking": {m: {str(sd): v for sd, v in d.items()} for m, d in rank.items()},
+              "cpu_seconds": clock, "machine": machine, "markdown": text}
+    if output is not None:
+        with atomic_open(Path(output)) as fh:
+            fh.write(json.dumps(result, indent=1, default=str))
+        print(f"wrote {output}")
+    return result

@@ -1,0 +1,83 @@
+"""The vision suite end to end: headroom, then the harness's ranking, written as tables and
+JSON (``lift-ext demo --suite vision``; benchmarks/vision_headroom.py adds the meta-val sweep).
+
+The first run renders the tasks and pre-trains the backbone (cached under $LIFT_EXT_CACHE,
+default ~/.cache/lift_ext/vision); its time is printed. Times are CPU seconds of this process
+(time.process_time) and wall seconds.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from lift_ext.files import atomic_open
+from lift_ext.harness import report, stats
+from lift_ext.vision import bench
+from lift_ext.vision import tasks as vt
+
+LABELS = {"chance": "chance (1 / classes)", "prototypes": "unadapted backbone, prototypes of the shots",
+          "independent_seed0": "independent fine-tuning (seed 0)", "independent_seed1": "independent fine-tuning (seed 1)",
+          "pool_ceiling": "ceiling: fine-tuned on the whole 800-image pool",
+          "independent": "independent", "multitask": "multitask + FT", "reptile": "Reptile + FT", "fomaml": "FO-MAML + FT",
+          "lift": "LiFT (K components)", "lift_k1": "LiFT K = 1"}
+
+
+def _cells(scores, groups):
+    means = stats.group_means(scores, groups, vt.GROUPS)
+    return " | ".join(f"{means[g]:.1f}" if g in means else "" for g in vt.GROUPS)
+
+
+def headroom_table(rec: dict, groups: dict) -> str:
+    lines = ["| model (meta-val + meta-test tasks, seed 0 unless said) | " + " | ".join(vt.GROUPS) +
+             " | overall (%) ± s.e. over tasks |", "|---|" + "---:|" * (len(vt.GROUPS) + 1)]
+    for name, scores in rec.items():
+        mean, se = stats.mean_se(list(scores.values()))
+        lines.append(f"| {LABELS.get(name, name)} | {_cells(scores, groups)} | {mean:.2f} ± {se:.2f} |")
+    floor = stats.paired(rec["independent_seed1"], rec["independent_seed0"])
+    gain = stats.paired(rec["pool_ceiling"], rec["independent_seed0"])
+    lines.append(f"| noise floor: independent seed 1 - seed 0, paired over {floor[2]} tasks | | | | "
+                 f"{floor[0]:+.2f} ± {floor[1]:.2f} pp |")
+    lines.append(f"| ceiling - independent (seed 0), paired | | | | {gain[0]:+.2f} ± {gain[1]:.2f} pp |")
+    return "\n".join(lines)
+
+
+def ranking_table(rank: dict, groups: dict, split: str) -> str:
+    return report.ranking_table(rank, groups, vt.GROUPS, LABELS, split)
+
+
+def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: bool = True) -> dict:
+    """Headroom and ranking under ``settings``; prints the tables and, with ``output``, writes
+    them with every score as JSON. Returns the record."""
+    stages = {}
+    suite = report.timed(stages, "load (tasks and backbone)", lambda: bench.Suite(settings, cache=cache,
+                                                                                  progress=progress))
+    pre = suite.pretraining
+    print(f"backbone: {'loaded from the cache' if pre['cached'] else 'pre-trained now'}; its pre-training took "
+          f"{pre['cpu_seconds']:.0f} CPU s ({pre['wall_seconds']:.0f} s wall, {pre['torch_threads']} thread(s)), "
+          f"held-out upstream accuracy {pre['upstream_heldout_accuracy']:.1f} % over {pre['upstream_classes']} classes")
+    groups = {t.spec.name: t.spec.group for t in suite.tasks}
+    result = {"settings": bench.settings_dict(settings), "pretraining": pre, "machine": report.machine(),
+              "stages": stages}
+    result["headroom"] = report.timed(stages, "headroom", lambda: bench.headroom(suite))
+    text = headroom_table(result["headroom"], groups)
+    print(text + "\n", flush=True)
+    method_seconds = {}
+    rank = report.timed(stages, "ranking", lambda: bench.ranking(suite, cpu_seconds=method_seconds))
+    text += "\n\n" + ranking_table(rank, groups, settings.eval_split)
+    result["ranking"] = {m: {str(s): v for s, v in per.items()} for m, per in rank.items()}
+    result["method_cpu_seconds"] = method_seconds
+    cpu = sum(v["cpu_seconds"] for v in stages.values())
+    wall = sum(v["wall_seconds"] for v in stages.values())
+    footer = ("\n\nCPU seconds per method (meta-training and adaptation, all seeds): "
+              + ", ".join(f"{m} {v:.0f}" for m, v in method_seconds.items())
+              + f"\n{result['machine']['cpu']}, {result['machine']['torch_threads']} torch thread(s), commit "
+              f"{result['machine']['commit']}: {cpu:.0f} CPU s ({wall:.0f} s wall) including loading"
+              + ("" if pre["cached"] else f" and the backbone's pre-training ({pre['cpu_seconds']:.0f} CPU s)"))
+    print(text + footer)
+    result["cpu_seconds"], result["wall_seconds"], result["table"] = cpu, wall, text + footer
+    if output is not None:
+        with atomic_open(Path(output)) as fh:
+            fh.write(json.dumps(result, indent=1, default=str))
+        print(f"wrote {output}")
+    return result

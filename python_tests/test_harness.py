@@ -1,0 +1,131 @@
+"""lift_ext.harness: the suite contract, the methods' ranking loop on a tiny synthetic suite,
+the paired statistics and the ranking table."""
+import math
+
+import pytest
+import torch
+
+from lift_ext.harness import BenchSuite, BenchTask, LiftSettings, MethodSettings
+from lift_ext.harness import methods as hm
+from lift_ext.harness import report, stats
+from lift_ext.harness.suite import head_mask
+from lift_ext.lift import FlatParams, MapConfig, TensorTask
+
+
+class Tiny(torch.nn.Module):
+    """A frozen feature map, a trainable "adapter" scale and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(4, 4)
+        self.body.requires_grad_(False)
+        self.adapter = torch.nn.Parameter(torch.zeros(4))
+        self.head = torch.nn.Linear(4, 3)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, x):
+        return self.head(self.body(x) * (1 + self.adapter))
+
+
+def loss_fn(call, batch):
+    x, y = batch
+    return torch.nn.functional.cross_entropy(call(x), y)
+
+
+def _task(name, group, seed):
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(3, 4, generator=gen) * 2
+    y = torch.arange(60) % 3
+    x = centres[y] + 0.5 * torch.randn(60, 4, generator=gen)
+
+    def support(s):
+        rows = torch.randperm(40, generator=torch.Generator().manual_seed(s))[:9]
+        return TensorTask(x[rows], y[rows], batch_size=9)
+
+    def accuracy(flat, theta):
+        with torch.no_grad():
+            return 100.0 * float((flat.call(theta)(x[40:]).argmax(-1) == y[40:]).float().mean())
+
+    def episode(gen):
+        rows = torch.randperm(40, generator=gen)
+        return (x[rows[:8]], y[rows[:8]]), (x[rows[8:16]], y[rows[8:16]])
+
+    return BenchTask(name, group, support, lambda b: TensorTask(x[:40], y[:40], batch_size=b), episode, accuracy)
+
+
+@pytest.fixture
+def suite():
+    torch.manual_seed(0)
+    flat = FlatParams(Tiny())
+    init = flat.vector.clone()
+    tasks = {"train": [_task(f"t{i}", "ab"[i % 2], i) for i in range(6)],
+             "val": [_task("v0", "a", 10)], "test": [_task("x0", "a", 20), _task("x1", "b", 21)]}
+    return BenchSuite("tiny", flat, lambda seed: init, loss_fn, head_mask(flat), ("a", "b"), tasks)
+
+
+SETTINGS = MethodSettings(lift=LiftSettings(steps=6, tasks_per_step=2, batch=4, lr=1e-2, temperature=0.01,
+                                            components=2, sigma=0.5, beta=0.5, warmup=0.5, shift_lr=1e-3),
+                          meta_lr=1e-2, inner_steps=2, outer_lr=0.5, reset_head=True,
+                          adapt=MapConfig(steps=5, lr=1e-2, eval_every=1, patience=2), seeds=(0, 1))
+
+
+def test_head_mask_marks_the_head_only(suite):
+    flat = suite.flat
+    assert int(suite.head.sum()) == 3 * 4 + 3
+    views = flat.views(suite.head.float())
+    assert float(views["adapter"].sum()) == 0 and float(views["head.weight"].min()) == 1
+    with pytest.raises(ValueError, match="no parameter"):
+        head_mask(flat, "classifier")
+
+
+def test_suite_contract_is_checked(suite):
+    with pytest.raises(ValueError, match="splits"):
+        BenchSuite("x", suite.flat, suite.initial, loss_fn, suite.head, ("a", "b"), {"train": []})
+    with pytest.raises(ValueError, match="head"):
+        BenchSuite("x", suite.flat, suite.initial, loss_fn, suite.head[:-1], ("a", "b"), suite.splits)
+    with pytest.raises(ValueError, match="groups"):
+        BenchSuite("x", suite.flat, suite.initial, loss_fn, suite.head, ("a",), suite.splits)
+    with pytest.raises(ValueError, match="unknown"):
+        MethodSettings(**{**SETTINGS.__dict__, "methods": ("lift", "maml")})
+
+
+def test_ranking_scores_every_method_seed_and_task(suite):
+    seconds = {}
+    rank = hm.ranking(suite, SETTINGS, cpu_seconds=seconds)
+    assert set(rank) == set(hm.METHODS) and set(seconds) == set(hm.METHODS)
+    for per_seed in rank.values():
+        assert set(per_seed) == {0, 1}
+        assert all(set(scores) == {"x0", "x1"} and all(0 <= v <= 100 for v in scores.values())
+                   for scores in per_seed.values())
+    independent = [v for scores in rank["independent"].values() for v in scores.values()]
+    assert sum(independent) / len(independent) > 50.0  # adaptation moved well off chance (33 %)
+
+
+def test_learned_starts_have_their_head_reset_only_when_asked(suite):
+    for method in hm.START_METHODS:
+        reset = hm.meta_train(method, suite, SETTINGS, seed=0)
+        kept = hm.meta_train(method, suite, MethodSettings(**{**SETTINGS.__dict__, "reset_head": False}), seed=0)
+        assert float(reset[suite.head].abs().sum()) == 0.0
+        assert float(kept[suite.head].abs().sum()) > 0.0
+        assert torch.equal(reset[~suite.head], kept[~suite.head])
+
+
+def test_paired_statistics():
+    assert stats.mean_se([1.0, 3.0]) == (2.0, 1.0)
+    d, se, n = stats.paired({"a": 3.0, "b": 5.0, "c": 1.0}, {"a": 1.0, "b": 2.0})
+    assert (d, n) == (2.5, 2) and math.isclose(se, 0.5)
+    with pytest.raises(ValueError):
+        stats.paired({"a": 1.0}, {"b": 1.0})
+    assert stats.group_means({"x": 10.0, "y": 20.0, "z": 60.0}, {"x": "a", "y": "a", "z": "b"}, ("a", "b", "c")) == \
+        {"a": 15.0, "b": 60.0, "overall": 30.0}
+
+
+def test_ranking_table_rows_and_paired_columns():
+    rank = {"independent": {0: {"x": 50.0, "y": 60.0}, 1: {"x": 52.0, "y": 58.0}},
+            "lift": {0: {"x": 55.0, "y": 64.0}, 1: {"x": 55.0, "y": 63.0}}}
+    table = report.ranking_table(rank, {"x": "a", "y": "b"}, ("a", "b"), {"lift": "LiFT"}, "test")
+    lines = table.splitlines()
+    assert lines[2].startswith("| independent | 51.0 | 59.0 | 55.00 ± ")
+    assert lines[3].startswith("| LiFT | 55.0 | 63.5 | 59.25 ± ") and "+4.25 ± " in lines[3]
+    assert "noise floor: independent seed 1 - seed 0, paired over 2 tasks" in lines[4]
