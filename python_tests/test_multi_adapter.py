@@ -7,7 +7,12 @@ from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lift_ext.lift import LangevinConfig, LiFT, PaperHierarchy, TensorTask
-from lift_ext.lift.batched_grad import MULTI_ADAPTER, RTOL, TaskGradients
+from lift_ext.lift.batched_grad import (
+    CPU_ROWS_PER_TASK,
+    MULTI_ADAPTER,
+    RTOL,
+    TaskGradients,
+)
 from lift_ext.lift.flat import FlatParams
 from lift_ext.lift.multi_adapter import MultiAdapterPass, NotBatchable
 from lift_ext.shakespeare.backbone import BackboneConfig, add_lora, build_model
@@ -58,6 +63,7 @@ def test_gradients_equal_separate_passes_on_a_peft_gpt2(tasks, rows, length):
     want = separate(flat, next_token_loss, batches, thetas)
     assert_close(out, want)
     assert all(float(row.abs().max()) > 0 for row in want)
+    assert multi.rows_per_task == rows * length  # every position of every window of a task
     assert all("forward" not in vars(module) for module in multi.layers)  # the layers are put back
 
 
@@ -116,6 +122,21 @@ def test_a_linear_adapter_with_or_without_its_bias(bias_trained):
     thetas = torch.randn(3, flat.dim, generator=gen)
     out = MultiAdapterPass(flat).gradients(regression_loss, batches, thetas)
     assert_close(out, separate(flat, regression_loss, batches, thetas))
+
+
+@pytest.mark.parametrize("rows,batched,kept", [(CPU_ROWS_PER_TASK, None, True), (CPU_ROWS_PER_TASK + 1, None, False),
+                                                (CPU_ROWS_PER_TASK + 1, True, True)])
+def test_auto_on_the_cpu_keeps_the_pass_for_small_tasks_only(rows, batched, kept, recwarn):
+    flat = FlatParams(Head(True))
+    gen = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(rows, 5, generator=gen), torch.randn(rows, 3, generator=gen)) for _ in range(2)]
+    thetas = torch.randn(2, flat.dim, generator=gen)
+    grads = TaskGradients(flat, regression_loss, lambda i: batches[i], [1.0, 1.0], batched=batched)
+    out = grads.many([0, 1], thetas)
+    assert grads.multi_adapter.rows_per_task == rows
+    assert (grads.passes[:1] == [MULTI_ADAPTER]) is kept and grads.batched is kept
+    assert_close(out, separate(flat, regression_loss, batches, thetas))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # a choice, not a failure
 
 
 @pytest.mark.parametrize("lora,why", [

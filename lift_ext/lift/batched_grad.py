@@ -20,7 +20,9 @@ the largest gradient entry, relative): a pass that raises or disagrees is droppe
 warning and the next one tried, then B sequential calls; minibatches that a pass cannot take
 go the sequential way for that call only. `batched` says where this stands: None (a pass not
 checked yet), True (a pass checked and in use) or False (B sequential calls); `passes` lists
-the passes still to try, the one in use first.
+the passes still to try, the one in use first. On a CPU, auto (batched=None) gives the
+multi-adapter pass up after its first call, without a warning, when a task sent more than
+CPU_ROWS_PER_TASK rows through an adapter layer: there B passes measured faster.
 
 `checked_gradients` is how SGLDGibbs calls any grad_fn: the results checked (shape, device,
 finite) and a grad_fn that writes into the theta rows it was given caught.
@@ -44,6 +46,14 @@ RTOL = 1e-6
 # The batched passes, in the order they are tried.
 MULTI_ADAPTER, VMAP = "multi-adapter", "vmap"
 
+# On a CPU, auto (batched=None) keeps the multi-adapter pass only while each task sends at most
+# this many rows through an adapter layer: one pass over B tasks saves B - 1 calls' fixed cost
+# but holds B tasks' activations at once, which costs more than it saves once one task's pass
+# keeps the core busy. Measured (CPU time, Shakespeare backbone, B = 8, one thread, Intel Xeon
+# AVX-512): B passes / one multi-adapter pass = 1.52x at 80 rows a task (1 window), 1.09x at
+# 160, 0.92x at 320, 0.87x at 640.
+CPU_ROWS_PER_TASK = 256
+
 
 def stack_batches(batches: Sequence[Any]) -> Optional[Any]:
     """The minibatches stacked leaf by leaf along a new leading dimension, or None when they
@@ -63,10 +73,11 @@ class TaskGradients:
 
     batch_of(i) returns task i's minibatch for the current step (it is called once per task
     and step, by any path); scales[i] = n_i. `batched`: True tries the multi-adapter pass, then
-    vmap; False never batches; None (auto) tries the multi-adapter pass on any device and vmap
-    on a GPU only: on a CPU core vmap measured slower than B passes at 8 windows a task
-    (0.62-0.74x, docs/distributed.md section 7), while the multi-adapter pass is a plain
-    forward over the B tasks' rows (benchmarks/RESULTS.md, bench_chain.py)."""
+    vmap; False never batches; None (auto) tries the multi-adapter pass on any device (on a CPU
+    for tasks of at most CPU_ROWS_PER_TASK rows) and vmap on a GPU only: on a CPU core vmap
+    measured slower than B passes at 8 windows a task (0.62-0.74x, docs/distributed.md section
+    7), while the multi-adapter pass, a plain forward over the B tasks' rows, is 1.5x faster at
+    1 window a task (benchmarks/RESULTS.md, bench_chain.py)."""
 
     def __init__(self, flat: FlatParams, loss_fn: LossFn, batch_of: Callable[[int], Any],
                  scales: Sequence[float], batched: Optional[bool] = None):
@@ -78,13 +89,16 @@ class TaskGradients:
 
     def choose(self, batched: Optional[bool]) -> None:
         """Set the paths: True (the multi-adapter pass, then vmap), False (B passes), None (auto:
-        the multi-adapter pass, and vmap on a GPU only); the multi-adapter pass only where
-        `multi_adapter.unsupported` is None (adapter tensors all in Linear layers). `passes` lists the batched passes still
+        the multi-adapter pass, and vmap on a GPU only; on a CPU the multi-adapter pass is given
+        up after its first call when a task sent more than CPU_ROWS_PER_TASK rows through an
+        adapter layer); the multi-adapter pass only where `multi_adapter.unsupported` is None
+        (adapter tensors all in Linear layers). `passes` lists the batched passes still
         to try, in order; `batched` reads None while one is tried, True once one was checked,
         False for B passes."""
         if batched is not None and not isinstance(batched, bool):
             raise ValueError(f"batched_grads must be True, False or None (auto), got {batched!r}")
         vmapped = batched or (batched is None and self.flat.vector.device.type == "cuda")
+        self._row_limit = CPU_ROWS_PER_TASK if batched is None and self.flat.vector.device.type == "cpu" else None
         multi = batched is not False and self.multi_adapter.unsupported is None
         self.passes: List[str] = ([MULTI_ADAPTER] if multi else []) + ([VMAP] if vmapped else [])
         self.batched: Optional[bool] = None if self.passes else False
@@ -142,6 +156,11 @@ class TaskGradients:
                 continue
             if out is None:
                 break
+            if path == MULTI_ADAPTER and self._row_limit is not None \
+                    and self.multi_adapter.rows_per_task > self._row_limit:
+                self.passes.pop(0)  # slower than B passes here (CPU_ROWS_PER_TASK): no warning
+                self.batched = None if self.passes else False
+                continue
             out = out * torch.tensor([float(self.scales[task]) for task in tasks], dtype=out.dtype,
                                      device=out.device)[:, None]
             if self.batched is None:

@@ -126,7 +126,9 @@ def _replay(output: Any) -> Callable[..., Any]:
 class MultiAdapterPass:
     """The multi-adapter forward/backward over `flat`'s module (module docstring).
 
-    `unsupported`: None when the model's adapter can be batched, else why not (a string)."""
+    `unsupported`: None when the model's adapter can be batched, else why not (a string).
+    `rows_per_task`: the most rows one task sent through an adapter layer in the last pass (b
+    times the positions of a sequence model; 0 before the first pass)."""
 
     def __init__(self, flat: FlatParams):
         self.flat = flat
@@ -136,6 +138,7 @@ class MultiAdapterPass:
         self.layers: dict[torch.nn.Module, dict[str, int]] = {}
         owners = {j: 0 for j in range(len(flat.names))}
         self.unsupported: str | None = None
+        self.rows_per_task = 0
         for name, module in flat.module.named_modules():
             for pname, p in module.named_parameters(recurse=False):
                 j = index.get(id(p))
@@ -176,8 +179,7 @@ class MultiAdapterPass:
                 else:
                     module.forward = forward
 
-    @staticmethod
-    def _linear(module: torch.nn.Linear, weight: torch.Tensor | None, bias: torch.Tensor | None,
+    def _linear(self, module: torch.nn.Linear, weight: torch.Tensor | None, bias: torch.Tensor | None,
                 tasks: int, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """x [tasks * rows, ..., in] -> [tasks * rows, ..., out], task i's rows through weight[i]
         and bias[i] (the module's own tensor where the adapter holds none)."""
@@ -186,6 +188,7 @@ class MultiAdapterPass:
                 raise NotBatchable(f"an adapter layer saw an input of shape {tuple(x.shape)}, whose first dimension "
                                    f"is not the {tasks} x {rows} rows of the call")
             x3 = x.reshape(tasks, -1, x.shape[-1])
+            self.rows_per_task = max(self.rows_per_task, x3.shape[1])
             y = torch.bmm(x3, weight.transpose(1, 2)) if weight is not None else x3 @ module.weight.t()
             if bias is not None:
                 y = y + bias[:, None, :]
@@ -205,7 +208,7 @@ class MultiAdapterPass:
         if joined is None:
             return None
         args, kwargs, rows = joined
-        tasks = thetas.shape[0]
+        tasks, self.rows_per_task = thetas.shape[0], 0
         leaves = [part.reshape(tasks, *shape).detach().requires_grad_(True) for part, shape in
                   zip(thetas.detach().split(self.flat.numels, dim=1), self.flat.shapes)]
         with self._per_task_layers(leaves, rows):
