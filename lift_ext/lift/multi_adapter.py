@@ -155,6 +155,8 @@ class MultiAdapterPass:
                            if isinstance(m, (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm))]
 
     def _check_rows_independent(self) -> None:
+        """NotBatchable when a dropout (p > 0) or batch norm module is in training mode: the
+        batched pass would draw other random numbers, or mix the B tasks' rows."""
         for m in self.row_mixers:
             if m.training and (isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or m.p > 0):
                 raise NotBatchable(f"the model has a {type(m).__name__} in training mode (random or mixing rows)")
