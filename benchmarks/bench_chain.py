@@ -8,12 +8,15 @@ and z moves as configured); a multitask step is one `train_multitask` step on ba
 windows, so both see the same windows per step. Rows, timed in turn within each repeat (CPU
 seconds of this process, one torch thread, median over repeats of the mean over --steps):
 
-    lift, grads one task at a time   the chain as meta-training runs it on a CPU
-    lift, grads vmapped              the same chain with `TaskGradients.many` batched (vmap)
+    lift, grads one task at a time   the chain with batched_grads=False (B passes a step)
+    lift, grads vmapped              the same chain with `TaskGradients.many` batched by vmap
+    lift, multi-adapter pass         the same chain as meta-training runs it (batched_grads
+                                     auto: the multi-adapter pass, lift_ext.lift.multi_adapter)
     multitask                        train_multitask's step
     sampler only                     the chain with a grad_fn returning stored gradients
     B task grads, one at a time      TaskGradients.many on B tasks of a step, sequential
     B task grads, vmapped            the same B gradients in one vmapped pass
+    B task grads, multi-adapter      the same B gradients in one multi-adapter pass
     one task's grad                  one task's gradient of a chain step (batch_size // B windows)
     one grad of B x batch windows    the gradient a multitask step takes (no optimiser)
 
@@ -38,6 +41,7 @@ from lift_ext.shakespeare import methods as M  # noqa: E402
 from lift_ext.shakespeare.config import BenchConfig  # noqa: E402
 from lift_ext.shakespeare.episodes import pool_tasks  # noqa: E402
 from lift_ext.lift import MixtureHierarchy  # noqa: E402
+from lift_ext.lift.batched_grad import VMAP  # noqa: E402
 from lift_ext.shakespeare.lift_methods import build_chain, lift_batch  # noqa: E402
 from lift_ext.shakespeare.runner import setup  # noqa: E402
 from timing import device_name  # noqa: E402
@@ -79,17 +83,19 @@ def cpu_ms_per_call(fn, calls: int) -> float:
 
 
 def build(cfg):
-    """({row name: fn}, the setup, the vmapped chain's TaskGradients): each fn one
+    """({row name: fn}, the setup, {batched row: its chain's TaskGradients}): each fn one
     meta-training step's worth of work."""
     su = setup(cfg, SEED, progress=False)
     stride = su.bench.config["pool_stride"]
     tasks = pool_tasks(su.data.pools, lift_batch(cfg), stride)
     window_tasks = pool_tasks(su.data.pools, cfg.batch_size, stride)
-    sequential, vmapped, sampler_only = (lift_chain(su, cfg, tasks) for _ in range(3))
-    vmapped.batched_grads = True  # try vmap (checked once against the sequential pass)
+    sequential, vmapped, multi, sampler_only = (lift_chain(su, cfg, tasks) for _ in range(4))
+    sequential.batched_grads = False
+    vmapped.batched_grads = True
+    vmapped.grads.passes = [VMAP]  # vmap alone (checked once against the sequential pass)
     init = sequential.init_vector
     stored = StoredGradients(torch.stack([sequential.grads(i, init) for i in range(len(tasks))]))
-    for chain in (sequential, vmapped, sampler_only):
+    for chain in (sequential, vmapped, multi, sampler_only):
         past_warmup(chain, stored)
     sampler_only.sampler.grad_fn = stored
     step_tasks = list(range(cfg.tasks_per_step))
@@ -104,13 +110,15 @@ def build(cfg):
 
     return {"lift, grads one task at a time": sequential.sampler.step,
             "lift, grads vmapped": vmapped.sampler.step,
+            "lift, multi-adapter pass": multi.sampler.step,
             "multitask": multitask,
             "sampler only": sampler_only.sampler.step,
             "B task grads, one at a time": grads_of(sequential),
             "B task grads, vmapped": grads_of(vmapped),
+            "B task grads, multi-adapter": grads_of(multi),
             "one task's grad": lambda: sequential.grads(0, init),
             "one grad of B x batch windows": lambda: su.flat.loss_and_grad(
-                init, lambda call: M.window_loss(call, batch))}, su, vmapped.grads
+                init, lambda call: M.window_loss(call, batch))}, su, {"vmapped": vmapped.grads, "multi-adapter": multi.grads}
 
 
 def measure(rows: dict, steps: int, repeats: int) -> dict:
@@ -145,8 +153,10 @@ def report(cfg, su, times: dict) -> None:
         print(f"{name:<32} {ms:9.2f} ({min(times[name]):.2f}-{max(times[name]):.2f})")
     lift, multitask = medians["lift, grads one task at a time"], medians["multitask"]
     print(f"ratio lift / multitask: {lift / multitask:.2f} (vmapped grads: "
-          f"{medians['lift, grads vmapped'] / multitask:.2f}); within each round: "
-          f"{round_ratios(times, 'lift, grads one task at a time')}, vmapped {round_ratios(times, 'lift, grads vmapped')}")
+          f"{medians['lift, grads vmapped'] / multitask:.2f}, multi-adapter pass: "
+          f"{medians['lift, multi-adapter pass'] / multitask:.2f}); within each round: "
+          f"{round_ratios(times, 'lift, grads one task at a time')}, vmapped {round_ratios(times, 'lift, grads vmapped')}"
+          f", multi-adapter {round_ratios(times, 'lift, multi-adapter pass')}")
     rest = lift - medians["B task grads, one at a time"] - medians["sampler only"]
     predicted = medians["one grad of B x batch windows"] + medians["sampler only"] + rest
     print(f"lift step = B task grads {medians['B task grads, one at a time']:.2f} + sampler {medians['sampler only']:.2f}"
@@ -169,7 +179,9 @@ def main(argv=None):
         rows, su, grads = build(cfg)
         times = measure(rows, steps, repeats)
     report(cfg, su, times)
-    print(f"vmapped rows: TaskGradients.batched = {grads.batched} (False: vmap fell back to one task at a time)")
+    for name, task_grads in grads.items():
+        print(f"{name} rows: TaskGradients.batched = {task_grads.batched}, passes {task_grads.passes} "
+              "(False, []: fell back to one task at a time)")
 
 
 if __name__ == "__main__":

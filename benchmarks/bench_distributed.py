@@ -6,10 +6,11 @@ weights) wrapped by `add_lora` with its defaults (r = 8 on attn.c_attn and attn.
 18,432 adapter weights); a task's minibatch is 8 windows of 81 characters (vocabulary 65).
 Every process runs with one thread.
 
-1. batched: B tasks' gradients by TaskGradients.many (one vmapped forward/backward) against
-   B sequential forward/backward passes (median of --repeats), and their largest difference.
+1. batched: B tasks' gradients by TaskGradients.many in one batched forward/backward, the
+   multi-adapter pass and vmap in turn, against B sequential forward/backward passes (median of
+   --repeats), and their largest difference.
 2. sharded: ShardedLiFT (paper prior; mixture with --components K > 1; batched gradients as
-   --batched-grads says, default auto = off on the CPU) over --tasks N tasks,
+   --batched-grads says, default auto = the multi-adapter pass, no vmap on the CPU) over --tasks N tasks,
    --batch B tasks per rank and step, on P = --ranks spawned gloo ranks (FileStore): task-steps
    per second (P B per step), each rank's CPU time over wall time while stepping (below 1:
    the rank waited for a core or for the others), bytes each rank passes to all-reduces per
@@ -49,14 +50,16 @@ def window_loss(call, batch):
     return lm_loss(call, batch[0])
 
 
-def bench_batched(batch: int, repeats: int) -> dict:
-    """Part 1: one vmapped pass over `batch` tasks against `batch` sequential passes."""
+def bench_batched(batch: int, repeats: int, path: str) -> dict:
+    """Part 1: one batched pass by `path` ("multi-adapter" or "vmap") over `batch` tasks against
+    `batch` sequential passes."""
     from lift_ext.lift.batched_grad import TaskGradients
     from lift_ext.lift.flat import FlatParams
     flat = FlatParams(lora_backbone())
     batches = [(task_windows(i),) for i in range(batch)]
     thetas = flat.vector + 0.01 * torch.randn(batch, flat.dim, generator=torch.Generator().manual_seed(0))
     grads = TaskGradients(flat, window_loss, lambda i: batches[i], [1.0] * batch, batched=True)
+    grads.passes = [path]
     tasks = list(range(batch))
     times = {"batched": [], "sequential": []}
     out = grads.many(tasks, thetas)  # the first call checks itself against the sequential path
@@ -150,11 +153,12 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, CPU, one thread per process; a shared machine: numbers are noisy")
     if not args.skip_batched:
-        r = bench_batched(args.batch, args.repeats)
-        print(f"\n[1] batched task gradients, B = {args.batch}, D = {r['dim']} (median of {args.repeats})")
-        print(f"    sequential {r['sequential'] * 1e3:8.1f} ms   batched {r['batched'] * 1e3:8.1f} ms   "
-              f"speedup {r['sequential'] / r['batched']:.2f}x   batched used: {r['batched_on']}   "
-              f"max |diff| / max |g| = {r['worst_rel']:.1e}")
+        print(f"\n[1] batched task gradients, B = {args.batch} (median of {args.repeats})")
+        for path in ("multi-adapter", "vmap"):
+            r = bench_batched(args.batch, args.repeats, path)
+            print(f"    {path:<13} D = {r['dim']}: sequential {r['sequential'] * 1e3:8.1f} ms   batched "
+                  f"{r['batched'] * 1e3:8.1f} ms   speedup {r['sequential'] / r['batched']:.2f}x   batched used: "
+                  f"{r['batched_on']}   max |diff| / max |g| = {r['worst_rel']:.1e}")
     print(f"\n[2] sharded chain: N = {args.tasks} tasks, B = {args.batch} per rank, {args.steps} timed steps, "
           f"batched gradients {args.batched_grads}")
     print("    P  task-steps/s  speedup  CPU/wall per rank  bytes all-reduced/step/rank  (K x D x 4)"

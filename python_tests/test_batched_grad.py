@@ -1,12 +1,14 @@
-"""Batched task gradients: one vmapped forward/backward for the B tasks of a step equals B
-sequential ones, the fallback to sequential calls, and SGLDGibbs / LiFT using them."""
+"""Batched task gradients: one batched forward/backward (the multi-adapter pass or vmap) for the
+B tasks of a step equals B sequential ones, the fallbacks from one pass to the next and to
+sequential calls, and SGLDGibbs / LiFT using them (the multi-adapter pass itself:
+test_multi_adapter.py)."""
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lift_ext.lift import ChainStart, LangevinConfig, LiFT, PaperHierarchy, SGLDGibbs, TensorTask
-from lift_ext.lift.batched_grad import RTOL, TaskGradients, stack_batches
+from lift_ext.lift.batched_grad import MULTI_ADAPTER, RTOL, VMAP, TaskGradients, stack_batches
 from lift_ext.lift.flat import FlatParams
 
 VOCAB, SEQ, B = 24, 10, 4
@@ -41,12 +43,14 @@ def sequential(flat, loss_fn, batches, thetas, scales):
                         for theta, batch, scale in zip(thetas, batches, scales)])
 
 
-def test_batched_gradients_equal_the_sequential_ones(setup):
+@pytest.mark.parametrize("path", [MULTI_ADAPTER, VMAP])
+def test_batched_gradients_equal_the_sequential_ones(setup, path):
     flat, batches, thetas = setup
     scales = [3.0, 1.0, 7.0, 2.0]
     grads = TaskGradients(flat, next_token_loss, lambda i: batches[i], scales, batched=True)
+    grads.passes = [path]
     out = grads.many(list(range(B)), thetas)
-    assert grads.batched is True
+    assert grads.batched is True and grads.passes == [path]
     want = sequential(flat, next_token_loss, batches, thetas, scales)
     assert float((out - want).abs().max()) <= RTOL * float(want.abs().max())
     assert torch.equal(grads(2, thetas[2]), want[2])
@@ -61,7 +65,8 @@ def test_a_model_vmap_cannot_run_falls_back_with_one_warning(setup):
         return loss * (1.0 if loss.item() > 0 else 2.0)
 
     grads = TaskGradients(flat, loss_with_item, lambda i: batches[i], [1.0] * B, batched=True)
-    with pytest.warns(RuntimeWarning, match="batched task gradients are off"):
+    grads.passes = [VMAP]  # the multi-adapter pass runs this loss
+    with pytest.warns(RuntimeWarning, match=r"batched task gradients \(vmap\) are off"):
         out = grads.many(list(range(B)), thetas)
     assert grads.batched is False
     assert torch.equal(out, sequential(flat, loss_with_item, batches, thetas, [1.0] * B))
@@ -72,9 +77,24 @@ def test_batched_results_that_disagree_are_not_used(setup, monkeypatch):
     flat, batches, thetas = setup
     grads = TaskGradients(flat, next_token_loss, lambda i: batches[i], [1.0] * B, batched=True)
     monkeypatch.setattr(grads, "_vmapped", lambda th, b: torch.ones_like(th))
-    with pytest.warns(RuntimeWarning, match="differ from the sequential"):
+    monkeypatch.setattr(grads.multi_adapter, "gradients", lambda loss_fn, b, th: torch.ones_like(th))
+    with pytest.warns(RuntimeWarning, match="differ from the sequential") as record:
         out = grads.many(list(range(B)), thetas)
-    assert grads.batched is False and not torch.equal(out, torch.ones_like(out))
+    assert [str(w.message).split(")")[0] for w in record] == ["batched task gradients (multi-adapter",
+                                                              "batched task gradients (vmap"]
+    assert grads.batched is False and grads.passes == []
+    assert torch.equal(out, sequential(flat, next_token_loss, batches, thetas, [1.0] * B))
+
+
+def test_a_multi_adapter_pass_that_disagrees_hands_over_to_vmap(setup, monkeypatch):
+    flat, batches, thetas = setup
+    grads = TaskGradients(flat, next_token_loss, lambda i: batches[i], [1.0] * B, batched=True)
+    monkeypatch.setattr(grads.multi_adapter, "gradients", lambda loss_fn, b, th: 2 * th)
+    with pytest.warns(RuntimeWarning, match=r"\(multi-adapter\) are off .*; using vmap"):
+        out = grads.many(list(range(B)), thetas)
+    assert grads.batched is True and grads.passes == [VMAP]
+    want = sequential(flat, next_token_loss, batches, thetas, [1.0] * B)
+    assert float((out - want).abs().max()) <= RTOL * float(want.abs().max())
 
 
 def test_minibatches_that_cannot_be_stacked_take_the_sequential_path(setup):
@@ -140,6 +160,8 @@ def test_lift_with_batched_gradients_follows_the_sequential_chain():
     assert torch.allclose(runs[0].thetas, runs[1].thetas, rtol=0, atol=1e-6 * float(runs[1].thetas.abs().max()))
     assert torch.allclose(runs[0].phi, runs[1].phi, rtol=0, atol=1e-6 * float(runs[1].phi.abs().max()))
     lift = LiFT(lora_model(), tasks, next_token_loss, langevin=LangevinConfig(lr=1e-3))
-    assert lift.batched_grads is False  # auto: off on the CPU
+    assert lift.batched_grads is None and lift.grads.passes == [MULTI_ADAPTER]  # auto: no vmap on the CPU
+    lift.batched_grads = False
+    assert lift.batched_grads is False and lift.grads.passes == []
     with pytest.raises(ValueError, match="batched_grads must be True, False or None"):
         lift.batched_grads = 1

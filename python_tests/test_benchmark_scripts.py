@@ -65,7 +65,9 @@ def test_bench_chain_reports_every_row_and_the_ratio(monkeypatch, capsys):
     _run_script("bench_chain.py", ["--quick"], monkeypatch)
     out = capsys.readouterr().out
     assert f"normals path {lift_ext.cpu_isa()}" in out
-    for row in ("lift, grads one task at a time", "lift, grads vmapped", "multitask", "sampler only",
-                "B task grads, one at a time", "B task grads, vmapped", "one grad of B x batch windows"):
+    for row in ("lift, grads one task at a time", "lift, grads vmapped", "lift, multi-adapter pass", "multitask",
+                "sampler only", "B task grads, one at a time", "B task grads, vmapped", "B task grads, multi-adapter",
+                "one grad of B x batch windows"):
         assert f"{row} " in out
     assert "ratio lift / multitask: " in out
+    assert "multi-adapter rows: TaskGradients.batched = True, passes ['multi-adapter']" in out

@@ -240,7 +240,8 @@ def test_bench_distributed_runs_on_one_rank(monkeypatch, capsys):
                                       "--steps", "1", "--repeats", "1"])
     runpy.run_path(os.path.join(benchmarks, "bench_distributed.py"), run_name="__main__")
     out = capsys.readouterr().out
-    assert "[1] batched task gradients, B = 2, D = 18432" in out and "batched used: True" in out
+    assert "[1] batched task gradients, B = 2 " in out and out.count("batched used: True") == 2
+    assert "multi-adapter D = 18432: " in out and "vmap          D = 18432: " in out
     assert "task-steps/s" in out
 
 

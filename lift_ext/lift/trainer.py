@@ -13,10 +13,11 @@ average, see `SGLDGibbs`) lr is passed unchanged, since the preconditioned step 
 the summed and the mean loss (an RMSprop step size: about the change of each weight per step),
 as for the baselines. PaperHierarchy's `lr_phi` (Langevin phi only) is per example and
 MixtureHierarchy's `shift_lr` (the non-centred shift, docs/design.md section 12) is treated as
-lr. With tasks_per_step = B > 1 the B task gradients of a step can come from one vmapped
-forward/backward (`batched_grads`: True, False, or None = on for an adapter on a GPU, off on
-the CPU where it measured slower; see lift_ext.lift.batched_grad, which falls back to B passes
-where the model does not allow it).
+lr. With tasks_per_step = B > 1 the B task gradients of a step can come from one batched
+forward/backward (`batched_grads`: True = the multi-adapter pass, then vmap; False = B passes;
+None = auto, the multi-adapter pass on any device and vmap on a GPU only, where vmap measured
+slower on the CPU; see lift_ext.lift.batched_grad, which falls back to B passes where the model
+does not allow it).
 
 Defaults (documented choices the paper leaves open): theta_i start at the adapter's
 initialisation (the PEFT init: LoRA A random, B zero, never all-zero) or at start.thetas; mu0
@@ -154,13 +155,15 @@ class LiFT:
         self.flat = flat_adapter(model)
         self.model, self.tasks, self.loss_fn = self.flat.module, tasks, loss_fn
         self.init_vector = self.flat.vector.detach().clone()
-        # n_i * d(mean minibatch loss)/d theta, the B tasks of a step in one vmapped pass
+        # n_i * d(mean minibatch loss)/d theta, the B tasks of a step in one batched pass
         self.grads = TaskGradients(self.flat, loss_fn, self._batch_of, self._sizes)
 
     @property
     def batched_grads(self) -> Optional[bool]:
-        """Whether a step's B task gradients come from one vmapped pass: True, False, or None
-        (tried, falling back to B passes where the model does not allow it); see the module docstring."""
+        """Whether a step's B task gradients come from one batched pass: True (a pass checked and
+        in use: `grads.passes[0]`), False (B passes), or None (a pass still to be checked, falling
+        back to B passes where the model does not allow it). Set True, False or None (auto): see
+        the module docstring."""
         return self.grads.batched
 
     @batched_grads.setter
