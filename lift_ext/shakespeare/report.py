@@ -161,6 +161,15 @@ def adaptation_note(config: dict) -> str:
             f"by mean query accuracy on {config['max_val'] or 'all'} meta-val roles")
 
 
+def option_note(config: dict, methods) -> str:
+    """"; with it, C of MBC among ... and k of retrieval among ... picked per seed by mean query
+    accuracy on the meta-val roles" for the peers that ran ("" when none did)."""
+    parts = [f"{symbol} of `{name}` among {', '.join(map(str, config[key]))}"
+             for name, (symbol, key) in PEER_OPTIONS.items() if name in methods]
+    return f"; with it, {' and '.join(parts)} picked per seed by mean query accuracy on the meta-val roles" \
+        if parts else ""
+
+
 def markdown_table(results: dict) -> str:
     """Methods sorted by mean accuracy: accuracy (all and remapped targets, %), NLL (nats /
     char), ECE (%) and Brier, each mean ± s.e., and the reference method's paired lead over each method in
@@ -193,8 +202,8 @@ def markdown_table(results: dict) -> str:
     n_roles, n_seeds = len(results["roles"]), len(config["seeds"])
     split = "meta-test" if config.get("eval_split", "test") == "test" else "meta-val"
     lines += ["", f"Query windows of {n_roles} {split} roles x {n_seeds} seed(s) (n = {n_roles * n_seeds}); "
-              f"{config['meta_steps']} meta-training steps per method; {adaptation_note(config)}; "
-              f"paired: {ref} (`{reference}`) minus the method on the same (seed, role)."]
+              f"{config['meta_steps']} meta-training steps per method; {adaptation_note(config)}"
+              f"{option_note(config, methods)}; paired: {ref} (`{reference}`) minus the method on the same (seed, role)."]
     calibration = [f"`{m}` {100 * p['ece']['mean']:+.2f} ± {100 * p['ece']['se']:.2f}"
                    for m, p in results["paired"].items() if m != "backbone" and p.get("ece", {}).get("mean") is not None]
     if calibration:
