@@ -1,4 +1,4 @@
-"""The library-based peers (lift_ext.shakespeare.peers and their loops in methods): the
+"""The library-based peers (lift_ext.shakespeare.peers, their training in .library): the
 library's budget and independence, MBC's clustering of directions and its routing by support
 loss, LoRA-Retriever's top-k and weights, on a bigram model small enough to train in a test."""
 from types import SimpleNamespace
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from lift_ext.lift import FlatParams, TensorTask
+from lift_ext.shakespeare import library as L
 from lift_ext.shakespeare import methods as M
 from lift_ext.shakespeare import peers
-from lift_ext.shakespeare.config import BenchConfig, ConfigError
-from lift_ext.shakespeare.runner import candidate_name, candidates
+from lift_ext.shakespeare.config import BenchConfig, ConfigError, candidate_name, candidates
 
 V = 6  # vocabulary
 
@@ -60,7 +60,7 @@ def test_library_trains_each_role_alone_with_its_budget(monkeypatch):
         return real(theta, loss_fn)
     monkeypatch.setattr(flat, "loss_and_grad", counting)
     init = flat.vector.detach().clone()
-    library = M.train_library(flat, tasks, init, steps=7, lr=0.05, seed=0, progress=False)
+    library = L.train_library(flat, tasks, init, steps=7, lr=0.05, seed=0, progress=False)
     assert library.shape == (3, V * V) and len(calls) == 3 * 7
     # each row learned only its own role's target: every input now predicts that token
     for row, target in zip(library, (1, 3, 5)):
@@ -87,13 +87,13 @@ def test_cluster_adapters_union_budget_and_routing_by_support_loss(monkeypatch):
     labels = torch.tensor([0, 0, 0, 1])
     init = flat.vector.detach().clone()
     steps = []
-    real = M.train_multitask
+    real = L.train_multitask
 
     def spy(flat_, members, init_, **kw):
         steps.append((len(members), kw["steps"]))
         return real(flat_, members, init_, **kw)
-    monkeypatch.setattr(M, "train_multitask", spy)
-    adapters = M.train_cluster_adapters(flat, tasks, labels, init, meta_steps=40, lr=0.05, seed=0, progress=False)
+    monkeypatch.setattr(L, "train_multitask", spy)
+    adapters = L.train_cluster_adapters(flat, tasks, labels, init, meta_steps=40, lr=0.05, seed=0, progress=False)
     assert steps == [(3, 30), (1, 10)]  # each cluster's share of the 40-step budget
     assert (adapters[0].view(V, V).argmax(1) == 1).all() and (adapters[1].view(V, V).argmax(1) == 4).all()
     state = M.MetaState(init=init, clusters={2: adapters})

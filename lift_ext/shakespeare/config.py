@@ -270,6 +270,21 @@ class BenchConfig:
         return cls.from_dict(read_json(path), quick)
 
 
+def candidates(cfg: BenchConfig, method: str) -> list:
+    """The (option, lr) pairs ``method`` chooses from on meta-val: MBC's numbers of clusters
+    (``mbc_clusters``) or retrieval's numbers of adapters (``retrieval_k``) with every lr of
+    ``adapt_lrs``, other methods' lrs with option None ("backbone": none to choose)."""
+    if method == "backbone":
+        return [(None, cfg.adapt_lrs[0])]
+    options = getattr(cfg, PEER_OPTIONS[method][1]) if method in PEER_OPTIONS else [None]
+    return [(option, lr) for option in options for lr in cfg.adapt_lrs]
+
+
+def candidate_name(method: str, option, lr: float) -> str:
+    """The key of an (option, lr) pair in val_scores: "0.001", or "C=4, lr=0.001" for MBC."""
+    return str(lr) if option is None else f"{PEER_OPTIONS[method][0]}={option}, lr={lr}"
+
+
 def _refuse_nulls(d: dict) -> None:
     """ConfigError naming the first key (``backbone.<field>`` for nested ones) whose value is
     JSON null: leaving a key out keeps its default, null is no value."""

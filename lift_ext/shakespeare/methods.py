@@ -5,7 +5,7 @@ backbone. A meta-training method turns the meta-train role pools into either a s
 vector (multitask, Reptile, FO-MAML), one adapter per family (the oracle), a mixture prior
 (the LiFT variants, lift_ext.shakespeare.lift_methods) or a library of per-role adapters,
 each trained independently, with MBC's cluster adapters and retrieval's keys
-(lift_ext.shakespeare.peers); ``adapt_role`` then adapts each to a test role's support
+(lift_ext.shakespeare.peers, trained by lift_ext.shakespeare.library); ``adapt_role`` then adapts each to a test role's support
 windows with the same ``lift_ext.lift.adapt`` settings ("backbone", the reference, is not
 adapted).
 
@@ -25,7 +25,7 @@ from lift_ext.lift import FlatParams, MapConfig, MixturePrior, SamplingConfig, T
 from lift_ext.shakespeare.backbone import target_loss
 from lift_ext.shakespeare.config import PEER_OPTIONS
 from lift_ext.shakespeare.episodes import sample_episode, sample_role
-from lift_ext.shakespeare.peers import cluster_steps, merge, pooled_features, retrieve
+from lift_ext.shakespeare.peers import merge, pooled_features, retrieve
 from lift_ext.sgld import sgld_step
 
 LIFT_METHODS = ("lift", "lift_k1", "lift_paper", "lift_sgld", "lift_ts")
@@ -168,30 +168,6 @@ def train_fomaml(flat: FlatParams, pools: Sequence[tuple], init: torch.Tensor, *
     return phi
 
 
-def train_library(flat: FlatParams, tasks: Sequence[TensorTask], init: torch.Tensor, *, steps: int, lr: float,
-                  seed: int, progress: bool = True) -> torch.Tensor:
-    """The library [N, D]: row i is ``steps`` RMSprop steps (lr ``lr``) on minibatches of role i's
-    pool ``tasks[i]`` alone, from ``init``, with a generator seeded by (seed, i)."""
-    rows = [train_multitask(flat, [task], init, steps=steps, lr=lr, seed=seed * 100_003 + i, progress=False)
-            for i, task in enumerate(tqdm(tasks, desc="library", disable=not progress, mininterval=1.0))]
-    return torch.stack(rows)
-
-
-def train_cluster_adapters(flat: FlatParams, tasks: Sequence[TensorTask], labels: torch.Tensor, init: torch.Tensor,
-                           *, meta_steps: int, lr: float, seed: int, progress: bool = True) -> torch.Tensor:
-    """MBC's adapters [C, D]: for cluster c (labels 0..C-1 over the roles of ``tasks``), multitask
-    RMSprop from ``init`` on minibatches of the union of its roles' pools, ``cluster_steps`` steps."""
-    n = len(tasks)
-    if labels.shape != (n,):
-        raise ValueError(f"labels must hold one cluster per role ({n}), got shape {tuple(labels.shape)}")
-    out = []
-    for c in range(int(labels.max()) + 1):
-        members = [t for t, label in zip(tasks, labels.tolist()) if label == c]
-        out.append(train_multitask(flat, members, init, steps=cluster_steps(meta_steps, len(members), n), lr=lr,
-                                   seed=seed * 1_009 + c, progress=progress, desc=f"mbc cluster {c}"))
-    return torch.stack(out)
-
-
 def best_by_support_loss(flat: FlatParams, candidates: torch.Tensor, task: TensorTask) -> int:
     """Index of the row of candidates [M, D] with the lowest mean loss on the support set."""
     with torch.no_grad():
@@ -246,4 +222,4 @@ def adapt_role(method: str, state: MetaState, flat: FlatParams, task: TensorTask
 
 
 __all__ = ["MetaState", "window_loss", "TEMPERATURE_SCALED", "train_multitask", "train_family_adapters", "train_reptile", "train_fomaml",
-           "train_library", "train_cluster_adapters", "best_by_support_loss", "PEER_METHODS", "start_vector", "adapt_role", "LIFT_METHODS", "START_METHODS"]
+           "best_by_support_loss", "PEER_METHODS", "start_vector", "adapt_role", "LIFT_METHODS", "START_METHODS"]

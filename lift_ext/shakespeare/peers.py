@@ -1,12 +1,12 @@
 """The library-based peers as published, on the benchmark's flat LoRA vectors (float32 [D]).
 
 Both start from the same per-task LIBRARY: one adapter per meta-train role, each trained
-independently of the others from the PEFT init (lift_ext.shakespeare.methods.train_library;
-the training loops live there with every other method's, the math of the peers here).
+independently of the others from the PEFT init (lift_ext.shakespeare.library trains it and
+the cluster adapters; the math of the peers is here).
 
     mbc        Model-Based Clustering (Ostapenko et al. 2024): the library's vectors,
                L2-normalised, clustered by k-means into C clusters; one adapter per cluster
-               trained on the union of its roles' pools (methods.train_cluster_adapters). At
+               trained on the union of its roles' pools (library.train_cluster_adapters). At
                meta-test the cluster adapter with the lowest support loss is the start.
     retrieval  LoRA-Retriever (Zhao et al. 2024): a role is keyed by the backbone's pooled
                features of its inputs (``pooled_features``); a new role's support inputs are

@@ -25,35 +25,16 @@ import torch
 from tqdm.auto import tqdm
 
 from lift_ext.lift import FlatParams, MapConfig
-from lift_ext.shakespeare import launch
+from lift_ext.shakespeare import launch, stages
 from lift_ext.shakespeare import methods as M
-from lift_ext.shakespeare import peers, stages
-from lift_ext.shakespeare.config import PEER_OPTIONS, BenchConfig
+from lift_ext.shakespeare.clock import Clock
+from lift_ext.shakespeare.config import BenchConfig, candidate_name, candidates
 from lift_ext.shakespeare.episodes import pool_tasks, support_task
-from lift_ext.shakespeare.lift_methods import chains_needed, lift_batch, train_lift_variants
+from lift_ext.shakespeare.library import train_peers
+from lift_ext.shakespeare.lift_methods import chains_needed, train_lift_variants
 from lift_ext.shakespeare.scoring import fit_temperature, query_metrics
 from lift_ext.shakespeare.stages import StageError
 from lift_ext.shakespeare.suite import SuiteData, build_suite
-
-
-
-class Clock:
-    """Wall and process CPU seconds per named lap. With one torch thread the CPU seconds are
-    about what the wall time would be on an idle machine, so a run on a shared machine can
-    still be compared with the time budget."""
-
-    def __init__(self):
-        self.laps: Dict[str, dict] = {}
-        self._start = self._mark = (time.perf_counter(), time.process_time())
-
-    def lap(self, name: str) -> dict:
-        now = (time.perf_counter(), time.process_time())
-        self.laps[name] = {"wall": now[0] - self._mark[0], "cpu": now[1] - self._mark[1]}
-        self._mark = now
-        return self.laps[name]
-
-    def total(self) -> dict:
-        return {"wall": time.perf_counter() - self._start[0], "cpu": time.process_time() - self._start[1]}
 
 
 @dataclass
@@ -124,7 +105,7 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True,
                world: launch.World = launch.ONE) -> Optional[M.MetaState]:
     """Meta-train every configured method on the meta-train pools with ``cfg.meta_steps``
     gradient evaluations (of ``cfg.batch_size`` windows) each; notes the seconds per method.
-    The library-based peers share one library (``train_peers``). Under a launch (``world``)
+    The library-based peers share one library (lift_ext.shakespeare.library). Under a launch (``world``)
     every rank runs the LiFT chains and rank 0 alone the other methods; the other ranks
     return None."""
     init = su.flat.vector.detach().clone()
@@ -157,7 +138,7 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True,
                                       cfg.families, init, lr=cfg.meta_lr, **common)
     if wanted & set(M.PEER_METHODS):
         with _diverging("the peers' library", "meta_lr", cfg.meta_lr, seed):
-            train_peers(cfg, su, state, wanted, seed, progress)
+            train_peers(cfg, su.flat, su.data, su.bench.config["pool_stride"], state, wanted, seed, progress)
     with _diverging("LiFT's SGLD-Gibbs chain", "lift_lr", cfg.lift_lr, seed):
         priors, info = train_lift_variants(su.model, su.data.pools, stride, cfg, wanted, seed, progress, world)
     if not world.main:
@@ -167,45 +148,6 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True,
     if not torch.equal(su.flat.vector, init):
         raise RuntimeError("meta-training changed the shared adapter buffer")
     return state
-
-
-def train_peers(cfg: BenchConfig, su: Setup, state: M.MetaState, wanted: set, seed: int,
-                progress: bool = True) -> None:
-    """Fill ``state`` for the wanted library-based peers (lift_ext.shakespeare.peers): the
-    library (one adapter per meta-train role, ``peers.library_steps`` RMSprop steps of
-    ``lift_batch(cfg)`` windows each, lr ``meta_lr``), retrieval's keys, and MBC's clustering
-    and cluster adapters for every C of ``mbc_clusters``. Notes per method: meta_seconds /
-    meta_cpu_seconds (the library counted in each, as each needs it) and "costs", the CPU
-    seconds of each part; MBC's notes add the cluster sizes and, with families, the fraction
-    of roles whose cluster's most common family is their own."""
-    stride, n = su.bench.config["pool_stride"], len(su.data.pools)
-    steps = peers.library_steps(cfg.meta_steps, cfg.batch_size, lift_batch(cfg), n)
-    clock = Clock()
-    state.library = M.train_library(su.flat, pool_tasks(su.data.pools, lift_batch(cfg), stride), state.init,
-                                    steps=steps, lr=cfg.meta_lr, seed=seed, progress=progress)
-    library = clock.lap("library")
-    budget = {"library_steps": steps, "library_windows_per_step": lift_batch(cfg), "library_roles": n}
-    if "retrieval" in wanted:
-        state.keys = peers.role_keys(su.flat, state.init, su.data.pools)
-        keys = clock.lap("keys")
-        state.info["retrieval"] = {**budget, "meta_seconds": library["wall"] + keys["wall"],
-                                   "meta_cpu_seconds": library["cpu"] + keys["cpu"],
-                                   "costs": {"library": library["cpu"], "keys": keys["cpu"]}}
-    if "mbc" in wanted:
-        tasks = pool_tasks(su.data.pools, cfg.batch_size, stride)
-        costs, sizes, purity = {"library": library["cpu"]}, {}, {}
-        for c in cfg.mbc_clusters:
-            labels = peers.cluster_library(state.library, c, seed)
-            state.clusters[c] = M.train_cluster_adapters(su.flat, tasks, labels, state.init, meta_steps=cfg.meta_steps,
-                                                         lr=cfg.meta_lr, seed=seed, progress=progress)
-            costs[f"clusters C={c}"] = clock.lap(f"clusters {c}")["cpu"]
-            sizes[str(c)] = torch.bincount(labels).tolist()
-            if cfg.suite == "families":
-                purity[str(c)] = peers.cluster_purity(labels, su.data.pool_families)
-        laps = [lap for name, lap in clock.laps.items() if name.startswith("clusters")]
-        state.info["mbc"] = {**budget, "cluster_sizes": sizes, "family_purity": purity, "costs": costs,
-                             "meta_seconds": library["wall"] + sum(lap["wall"] for lap in laps),
-                             "meta_cpu_seconds": library["cpu"] + sum(lap["cpu"] for lap in laps)}
 
 
 @contextlib.contextmanager
@@ -261,21 +203,6 @@ def _scores(su: Setup, thetas: List[torch.Tensor], roles: list, scaled: bool = F
         temperature = fit_temperature(su.flat, th[0], r.support)
         out.append(dict(query_metrics(su.flat, list(th), r, temperature), temperature=temperature))
     return out
-
-
-def candidates(cfg: BenchConfig, method: str) -> List[tuple]:
-    """The (option, lr) pairs ``method`` chooses from on meta-val: MBC's numbers of clusters
-    (``mbc_clusters``) or retrieval's numbers of adapters (``retrieval_k``) with every lr of
-    ``adapt_lrs``, other methods' lrs with option None ("backbone": none to choose)."""
-    if method == "backbone":
-        return [(None, cfg.adapt_lrs[0])]
-    options = getattr(cfg, PEER_OPTIONS[method][1]) if method in PEER_OPTIONS else [None]
-    return [(option, lr) for option in options for lr in cfg.adapt_lrs]
-
-
-def candidate_name(method: str, option: Optional[int], lr: float) -> str:
-    """The key of an (option, lr) pair in val_scores: "0.001", or "C=4, lr=0.001" for MBC."""
-    return str(lr) if option is None else f"{PEER_OPTIONS[method][0]}={option}, lr={lr}"
 
 
 def is_chosen(cfg: BenchConfig, method: str) -> bool:
