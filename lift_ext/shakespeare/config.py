@@ -321,7 +321,8 @@ def quick_config(suite: str = "families") -> dict:
     each task vector takes at a large step survives the average and breaks the tiny model
     (lift_lr 3e-2: LiFT at 8 % against 29 % for the other methods)."""
     quick = dict(max_train=16, max_val=3, max_test=6, seeds=[0], meta_steps=120, n_components=2, burn_in=0.5,
-                 thin=3, mbc_clusters=[2, 4], retrieval_k=[1, 4], adapt_steps=5, adapt_lrs=[1e-4], inner_steps=3, lift_lr=3e-3,
+                 thin=3, mbc_clusters=[2, 4], retrieval_k=[1, 4], adapt_steps=5, adapt_lrs=[1e-4], inner_steps=3,
+                 lift_lr=3e-3,
                  backbone=dict(n_layer=1, n_embd=64, n_head=2, steps=150, batch_size=16))
     if suite == "families":
         quick.update(n_components=4)

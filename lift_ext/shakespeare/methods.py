@@ -5,9 +5,9 @@ backbone. A meta-training method turns the meta-train role pools into either a s
 vector (multitask, Reptile, FO-MAML), one adapter per family (the oracle), a mixture prior
 (the LiFT variants, lift_ext.shakespeare.lift_methods) or a library of per-role adapters,
 each trained independently, with MBC's cluster adapters and retrieval's keys
-(lift_ext.shakespeare.peers, trained by lift_ext.shakespeare.library); ``adapt_role`` then adapts each to a test role's support
-windows with the same ``lift_ext.lift.adapt`` settings ("backbone", the reference, is not
-adapted).
+(lift_ext.shakespeare.peers; trained by lift_ext.shakespeare.library); ``adapt_role`` then
+adapts each to a test role's support windows with the same ``lift_ext.lift.adapt`` settings
+("backbone", the reference, is not adapted).
 
 Steps below are ``lift_ext.sgld_step`` at temperature 0 with a running square average, i.e.
 RMSprop (alpha = 0.99): theta <- theta - lr * g / (sqrt(v) + eps), g the gradient of the mean
@@ -67,7 +67,7 @@ class MetaState:
     adapter per meta-train role, each trained alone; ``keys`` [N, H]: retrieval's key of each
     role (the backbone's pooled features of its pool); ``clusters``: MBC's cluster adapters
     [C', D] for each number of clusters C tried (C' = min(C, N)); ``info``: JSON-able notes
-    per method (e.g. the chain's task visits, the library's budget, the cluster labels)."""
+    per method (e.g. the chain's task visits, the library's budget, the cluster sizes)."""
     init: torch.Tensor
     starts: Dict[str, torch.Tensor] = field(default_factory=dict)
     family_adapters: Optional[torch.Tensor] = None

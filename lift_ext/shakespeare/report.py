@@ -203,7 +203,8 @@ def markdown_table(results: dict) -> str:
     split = "meta-test" if config.get("eval_split", "test") == "test" else "meta-val"
     lines += ["", f"Query windows of {n_roles} {split} roles x {n_seeds} seed(s) (n = {n_roles * n_seeds}); "
               f"{config['meta_steps']} meta-training steps per method; {adaptation_note(config)}"
-              f"{option_note(config, methods)}; paired: {ref} (`{reference}`) minus the method on the same (seed, role)."]
+              f"{option_note(config, methods)}; paired: {ref} (`{reference}`) minus the method on the same "
+              "(seed, role)."]
     calibration = [f"`{m}` {100 * p['ece']['mean']:+.2f} ± {100 * p['ece']['se']:.2f}"
                    for m, p in results["paired"].items() if m != "backbone" and p.get("ece", {}).get("mean") is not None]
     if calibration:

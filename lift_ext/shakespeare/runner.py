@@ -105,9 +105,9 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True,
                world: launch.World = launch.ONE) -> Optional[M.MetaState]:
     """Meta-train every configured method on the meta-train pools with ``cfg.meta_steps``
     gradient evaluations (of ``cfg.batch_size`` windows) each; notes the seconds per method.
-    The library-based peers share one library (lift_ext.shakespeare.library). Under a launch (``world``)
-    every rank runs the LiFT chains and rank 0 alone the other methods; the other ranks
-    return None."""
+    The library-based peers share one library (lift_ext.shakespeare.library). Under a
+    launch (``world``) every rank runs the LiFT chains and rank 0 alone the other methods;
+    the other ranks return None."""
     init = su.flat.vector.detach().clone()
     state = M.MetaState(init=init)
     stride = su.bench.config["pool_stride"]
@@ -138,7 +138,7 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True,
                                       cfg.families, init, lr=cfg.meta_lr, **common)
     if wanted & set(M.PEER_METHODS):
         with _diverging("the peers' library", "meta_lr", cfg.meta_lr, seed):
-            train_peers(cfg, su.flat, su.data, su.bench.config["pool_stride"], state, wanted, seed, progress)
+            train_peers(cfg, su.flat, su.data, stride, state, wanted, seed, progress)
     with _diverging("LiFT's SGLD-Gibbs chain", "lift_lr", cfg.lift_lr, seed):
         priors, info = train_lift_variants(su.model, su.data.pools, stride, cfg, wanted, seed, progress, world)
     if not world.main:
