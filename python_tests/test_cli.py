@@ -164,6 +164,30 @@ def test_results_are_strict_json_with_provenance(quick_run):
     assert "not tuned" in footer and "chosen" not in footer
 
 
+def test_the_peers_library_clusters_and_choices(quick_run):
+    """--quick's mbc and retrieval: the library holds one adapter per meta-train role trained
+    with LiFT's per-role budget (120 steps x 8 tasks / 16 roles = 60 one-window steps), MBC an
+    adapter set per C tried, retrieval a key per role; C and k come from the configured lists
+    and the report states their costs."""
+    from lift_ext.shakespeare import stages
+    from lift_ext.shakespeare.config import BenchConfig, quick_config
+    proc, out, _ = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    quick = quick_config()
+    state = stages.load("meta", BenchConfig.from_dict({}, quick=True), out)["seeds"][0]["state"]
+    n, dim = state["library"].shape
+    assert n == quick["max_train"] and dim == state["init"].numel()
+    assert {c: v.shape for c, v in state["clusters"].items()} == {c: (c, dim) for c in quick["mbc_clusters"]}
+    assert state["keys"].shape[0] == n
+    assert state["info"]["mbc"]["library_steps"] == quick["meta_steps"] * 8 // n == 60
+    results = _strict((out / "results.json").read_text())
+    for name, key in (("mbc", "mbc_clusters"), ("retrieval", "retrieval_k")):
+        r = results["methods"][name]
+        assert r["option"]["0"] in quick[key] and len(r["val_scores"]["0"]) == len(quick[key])
+        assert r["costs"]["library"] > 0 and r["meta_cpu_seconds"] >= r["costs"]["library"]
+    assert "Costs of the library-based peers" in (out / "results.md").read_text()
+
+
 @pytest.fixture
 def in_process(quick_run, monkeypatch, capsys):
     """main() of lift_ext.cli in this process (no interpreter start-up) on quick_run's cache;

@@ -28,7 +28,7 @@ from lift_ext.shakespeare.stages import StageError  # noqa: E402
 
 # --quick shrunk further: 8 meta-train roles, a 1-layer 32-wide backbone, 12 chain steps of 4
 # tasks (2 per shard), the mixture prior with its shift and a k-means warm-up (the gathered
-# thetas), retrieval (the library gathered from both ranks) and one baseline (rank 0 only).
+# thetas), and two methods of rank 0 alone: a baseline and retrieval (its per-role library).
 TINY = {"methods": ["lift", "multitask", "retrieval"], "max_train": 8, "max_val": 2, "max_test": 2,
         "meta_steps": 12, "tasks_per_step": 4, "n_components": 2, "adapt_steps": 2,
         "backbone": {"n_layer": 1, "n_embd": 32, "n_head": 2, "steps": 20, "batch_size": 8}}
@@ -114,7 +114,7 @@ def test_two_ranks_equal_one_process_with_two_shards_and_only_rank0_writes(tmp_p
     a, b = two["seeds"][0]["state"], one["seeds"][0]["state"]
     for key in ("means", "variances", "weights"):  # bitwise: two partials sum as in one process
         assert torch.equal(a["priors"]["lift"][key], b["priors"]["lift"][key]), key
-    assert torch.equal(a["library"], b["library"]) and torch.equal(a["centres"], b["centres"])
+    assert torch.equal(a["library"], b["library"]) and torch.equal(a["keys"], b["keys"])
     assert torch.equal(a["starts"]["multitask"], b["starts"]["multitask"])
     assert a["info"]["lift"]["shards"] == 2 and a["info"]["lift"]["ranks"] == 2
     assert b["info"]["lift"]["ranks"] == 1

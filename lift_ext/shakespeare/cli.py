@@ -46,7 +46,8 @@ config file: a JSON object with any subset of these keys (others keep their suit
   lift_shards   S > 0: LiFT's chains sharded in S shards (tasks_per_step / S tasks each per step);
                 0: one per rank under torchrun, the unsharded chain in one process
   burn_in, thin                      paper prior: burn-in fraction of steps; thinning
-  meta_lr, inner_steps, outer_lr, mbc_clusters                             baselines
+  meta_lr, inner_steps, outer_lr                                           baselines
+  mbc_clusters, retrieval_k          lists of MBC's C and retrieval's k, chosen on meta-val
   adapt_steps, adapt_lrs             most adaptation steps; RMSprop lrs tried on meta-val
   adapt_tol, adapt_patience, adapt_eval_every   stopping rule on the support objective
 """

@@ -20,16 +20,18 @@ from lift_ext.shakespeare.backbone import BackboneConfig
 
 METHODS = ("lift", "lift_k1", "lift_paper", "lift_sgld", "lift_ts", "independent", "multitask", "reptile",
            "fomaml", "retrieval", "mbc", "oracle", "backbone")
+# The library-based peers (lift_ext.shakespeare.peers): the option each chooses on meta-val,
+# as (its symbol, the config key listing the values tried).
+PEER_OPTIONS = {"mbc": ("C", "mbc_clusters"), "retrieval": ("k", "retrieval_k")}
 SUITES = ("families", "roles")
 EVAL_SPLITS = ("test", "val")
 LIFT_PRIORS = ("mixture", "paper")
 # The calibration pair is in the defaults: lift_sgld (SGLD adaptation, predictions averaged) and
 # lift_ts (lift's MAP adapters with a temperature fitted on each support set, the non-Bayesian
-# reference; it costs no adaptation of its own). Left out (--methods adds them): mbc, which
-# clusters lift's own task vectors (so it measures lift's chain, not an alternative to it) and
-# tied lift in the documented run.
+# reference; it costs no adaptation of its own); so are the published library-based peers mbc
+# and retrieval (lift_ext.shakespeare.peers).
 FAMILY_METHODS = ("lift", "lift_k1", "lift_paper", "lift_sgld", "lift_ts", "independent", "multitask", "reptile",
-                  "fomaml", "oracle", "backbone")
+                  "fomaml", "retrieval", "mbc", "oracle", "backbone")
 ROLES_METHODS = ("lift", "lift_k1", "lift_sgld", "lift_ts", "independent", "multitask", "reptile", "fomaml",
                  "retrieval", "mbc")
 # The roles suite is the benchmark of docs/benchmark.md's roles section, unchanged: these
@@ -73,7 +75,10 @@ class BenchConfig:
     else per example in mean-loss units), ``n_components`` (K), ``burn_in`` as a fraction of
     ``meta_steps``, ``thin``. Baselines: ``meta_lr`` (RMSprop step of multitask, of the oracle's
     family adapters, of Reptile's and FO-MAML's inner loops and of FO-MAML's outer step),
-    ``inner_steps``, ``outer_lr`` (Reptile's interpolation factor), ``mbc_clusters``.
+    ``inner_steps``, ``outer_lr`` (Reptile's interpolation factor); the library-based peers
+    (lift_ext.shakespeare.peers): ``mbc_clusters``, the numbers of clusters C MBC trains
+    adapters for, and ``retrieval_k``, the numbers k of library adapters retrieval merges; each
+    method's C or k is chosen per seed on the meta-val roles together with its adaptation lr.
     LiFT's chains take ``tasks_per_step`` tasks per step (each on batch_size // tasks_per_step
     windows); ``lift_shards`` S > 0 makes them `ShardedLiFT` chains of S shards (tasks_per_step / S
     tasks per shard and step; under torchrun the shards are spread over the ranks, and 0 means one
@@ -133,7 +138,8 @@ class BenchConfig:
     meta_lr: float = 1e-3
     inner_steps: int = 5
     outer_lr: float = 0.5
-    mbc_clusters: int = 4
+    mbc_clusters: list = field(default_factory=lambda: [2, 4, 8])
+    retrieval_k: list = field(default_factory=lambda: [1, 4, 16])
     # adaptation
     adapt_steps: int = 5
     adapt_lrs: list = field(default_factory=lambda: [1e-3])
@@ -165,10 +171,18 @@ class BenchConfig:
         ints = {"families": 1, "family_seed": 0, "family_swaps": 1, "within_family": 0, "min_lines": 0,
                 "n_support": 1, "n_query": 1, "max_train": 0, "max_val": 0, "max_test": 0, "lora_r": 1,
                 "batch_size": 1, "meta_steps": 1, "n_components": 1, "tasks_per_step": 1, "thin": 1,
-                "lift_shards": 0, "inner_steps": 1, "mbc_clusters": 1, "adapt_steps": 0, "adapt_patience": 1,
+                "lift_shards": 0, "inner_steps": 1, "adapt_steps": 0, "adapt_patience": 1,
                 "adapt_eval_every": 0}
         for name, low in ints.items():
             _check(validate.integer, name, getattr(self, name), low)
+        for _, name in PEER_OPTIONS.values():
+            values = getattr(self, name)
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{name} must be a non-empty list of ints >= 1, got {values!r}")
+            for value in values:
+                _check(validate.integer, name, value, 1)
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{name}: duplicates in {values}")
         for name in ("lora_alpha", "lift_lr", "meta_lr", "outer_lr"):
             _check(validate.number, name, getattr(self, name))
         for name in ("sigma", "beta"):  # the chain's float32 precisions 1 / scale^2 must stay finite
@@ -229,7 +243,7 @@ class BenchConfig:
             d.pop("lift_shards")
         if stage == "meta-train":
             for k in ("adapt_steps", "adapt_lrs", "adapt_tol", "adapt_patience", "adapt_eval_every", "max_test",
-                      "max_val", "eval_split"):
+                      "max_val", "eval_split", "retrieval_k"):
                 d.pop(k)
         return d
 
@@ -254,6 +268,21 @@ class BenchConfig:
     def load(cls, path, quick: bool = False) -> "BenchConfig":
         """Read a JSON config file (any subset of the fields; the rest keep their defaults)."""
         return cls.from_dict(read_json(path), quick)
+
+
+def candidates(cfg: BenchConfig, method: str) -> list:
+    """The (option, lr) pairs ``method`` chooses from on meta-val: MBC's numbers of clusters
+    (``mbc_clusters``) or retrieval's numbers of adapters (``retrieval_k``) with every lr of
+    ``adapt_lrs``, other methods' lrs with option None ("backbone": none to choose)."""
+    if method == "backbone":
+        return [(None, cfg.adapt_lrs[0])]
+    options = getattr(cfg, PEER_OPTIONS[method][1]) if method in PEER_OPTIONS else [None]
+    return [(option, lr) for option in options for lr in cfg.adapt_lrs]
+
+
+def candidate_name(method: str, option, lr: float) -> str:
+    """The key of an (option, lr) pair in val_scores: "0.001", or "C=4, lr=0.001" for MBC."""
+    return str(lr) if option is None else f"{PEER_OPTIONS[method][0]}={option}, lr={lr}"
 
 
 def _refuse_nulls(d: dict) -> None:
@@ -292,7 +321,8 @@ def quick_config(suite: str = "families") -> dict:
     each task vector takes at a large step survives the average and breaks the tiny model
     (lift_lr 3e-2: LiFT at 8 % against 29 % for the other methods)."""
     quick = dict(max_train=16, max_val=3, max_test=6, seeds=[0], meta_steps=120, n_components=2, burn_in=0.5,
-                 thin=3, mbc_clusters=2, adapt_steps=5, adapt_lrs=[1e-4], inner_steps=3, lift_lr=3e-3,
+                 thin=3, mbc_clusters=[2, 4], retrieval_k=[1, 4], adapt_steps=5, adapt_lrs=[1e-4], inner_steps=3,
+                 lift_lr=3e-3,
                  backbone=dict(n_layer=1, n_embd=64, n_head=2, steps=150, batch_size=16))
     if suite == "families":
         quick.update(n_components=4)

@@ -14,7 +14,7 @@ meta-test prior each variant adapts under (docs/design.md sections 3, 4, 10 and 
 
 Sharded chains (``lift_shards`` S > 0, or under torchrun; lift_ext.shakespeare.launch): each
 chain is a `ShardedLiFT` of S shards over the launch's ranks, tasks_per_step / S tasks per shard
-and step, each rank binding only its roles; the library is gathered from every rank.
+and step, each rank binding only its roles.
 
 Budget: a chain takes ``meta_steps`` steps of ``tasks_per_step`` = B tasks, each task's
 gradient on max(1, batch_size // B) windows of its pool, so a step sees about as many windows
@@ -36,9 +36,6 @@ from lift_ext.shakespeare import launch
 from lift_ext.shakespeare.config import ConfigError
 from lift_ext.shakespeare.episodes import pool_tasks
 from lift_ext.shakespeare.methods import LIFT_METHODS, window_loss
-
-LIBRARY_METHODS = ("retrieval", "mbc")
-
 
 def lift_batch(cfg) -> int:
     """Windows per task visit of a LiFT chain."""
@@ -104,12 +101,8 @@ def _chain_of(prior: str, components: int, cfg) -> Tuple[str, int]:
 
 
 def chains_needed(cfg, wanted: Set[str]) -> Set[Tuple[str, int]]:
-    """The (prior, K) chains the wanted methods need (the library of retrieval / MBC is the
-    task vectors of the ``lift`` method's chain)."""
-    need = {_chain_of(*_needs(m, cfg), cfg) for m in LIFT_METHODS if m in wanted}
-    if wanted & set(LIBRARY_METHODS):
-        need.add(_chain_of(*_needs("lift", cfg), cfg))
-    return need
+    """The (prior, K) chains the wanted methods need."""
+    return {_chain_of(*_needs(m, cfg), cfg) for m in LIFT_METHODS if m in wanted}
 
 
 def _cpu_seconds(lift: LiFT, seconds: float) -> float:
@@ -146,16 +139,15 @@ def check_launch(cfg, world: launch.World):
 
 def train_lift_variants(model, pools: Sequence[tuple], stride: int, cfg, wanted: Set[str], seed: int,
                         progress: bool = True, world: launch.World = launch.ONE
-                        ) -> Tuple[Dict[str, MixturePrior], torch.Tensor, dict]:
+                        ) -> Tuple[Dict[str, MixturePrior], dict]:
     """Run the chains the ``wanted`` methods need; return (meta-test prior per wanted LiFT
-    variant, the task vectors [N, D] of the ``lift`` method's chain or None, notes per variant).
+    variant, notes per variant).
     Every rank of ``world`` calls it (the same chains, the same collectives); only rank 0 draws
     bars. A variant's meta_seconds and meta_cpu_seconds count its chain from after its
     construction (under a launch that is where every rank has arrived), the CPU seconds summed
     over the ranks."""
     tasks = pool_tasks(pools, lift_batch(cfg), stride)
     results: Dict[Tuple[str, int], MixturePrior] = {}
-    library = None
     seconds = {}
     for prior, k in sorted(chains_needed(cfg, wanted)):
         lift = build_chain(model, tasks, cfg, world, prior=prior, n_components=k, seed=seed)
@@ -166,8 +158,6 @@ def train_lift_variants(model, pools: Sequence[tuple], stride: int, cfg, wanted:
         else:
             lift.run(cfg.meta_steps, progress=progress)
         results[prior, k] = lift.meta_test_prior()
-        if (prior, k) == _chain_of(*_needs("lift", cfg), cfg):
-            library = lift.sampler.all_thetas().clone()
         seconds[prior, k] = (time.perf_counter() - wall, _cpu_seconds(lift, time.process_time() - cpu))
     priors, info = {}, {}
     for method in LIFT_METHODS:
@@ -179,8 +169,7 @@ def train_lift_variants(model, pools: Sequence[tuple], stride: int, cfg, wanted:
                             "visits_per_role": cfg.meta_steps * cfg.tasks_per_step / len(tasks),
                             "meta_seconds": chain[0], "meta_cpu_seconds": chain[1],
                             "shards": launch.shards(cfg, world), "ranks": world.size}
-    return priors, library, info
+    return priors, info
 
 
-__all__ = ["train_lift_variants", "chains_needed", "check_launch", "lift_batch", "build_chain", "chain_configs",
-           "LIBRARY_METHODS"]
+__all__ = ["train_lift_variants", "chains_needed", "check_launch", "lift_batch", "build_chain", "chain_configs"]

@@ -3,9 +3,11 @@
 All methods work on the same flat LoRA vector (``FlatParams``, D floats) of the same
 backbone. A meta-training method turns the meta-train role pools into either a starting
 vector (multitask, Reptile, FO-MAML), one adapter per family (the oracle), a mixture prior
-(the LiFT variants, lift_ext.shakespeare.lift_methods) or a library of per-role adapters
-(retrieval, MBC); ``adapt_role`` then adapts each to a test role's support windows with the
-same ``lift_ext.lift.adapt`` settings ("backbone", the reference, is not adapted).
+(the LiFT variants, lift_ext.shakespeare.lift_methods) or a library of per-role adapters,
+each trained independently, with MBC's cluster adapters and retrieval's keys
+(lift_ext.shakespeare.peers; trained by lift_ext.shakespeare.library); ``adapt_role`` then
+adapts each to a test role's support windows with the same ``lift_ext.lift.adapt`` settings
+("backbone", the reference, is not adapted).
 
 Steps below are ``lift_ext.sgld_step`` at temperature 0 with a running square average, i.e.
 RMSprop (alpha = 0.99): theta <- theta - lr * g / (sqrt(v) + eps), g the gradient of the mean
@@ -21,13 +23,18 @@ from tqdm.auto import tqdm
 
 from lift_ext.lift import FlatParams, MapConfig, MixturePrior, SamplingConfig, TensorTask, adapt
 from lift_ext.shakespeare.backbone import target_loss
+from lift_ext.shakespeare.config import PEER_OPTIONS
 from lift_ext.shakespeare.episodes import sample_episode, sample_role
+from lift_ext.shakespeare.peers import merge, pooled_features, retrieve
 from lift_ext.sgld import sgld_step
 
 LIFT_METHODS = ("lift", "lift_k1", "lift_paper", "lift_sgld", "lift_ts")
 # Scored with a temperature fitted on each support set (lift_ext.shakespeare.scoring.fit_temperature).
 TEMPERATURE_SCALED = ("lift_ts",)
 START_METHODS = ("multitask", "reptile", "fomaml")
+# The library-based peers (lift_ext.shakespeare.peers); each has one option chosen on meta-val
+# (MBC: the number of clusters C; retrieval: the number k of adapters retrieved).
+PEER_METHODS = tuple(PEER_OPTIONS)
 
 
 def window_loss(call, batch) -> torch.Tensor:
@@ -56,20 +63,23 @@ class MetaState:
 
     ``init``: the PEFT initialisation (LoRA A random, B = 0); ``starts``: learned starting
     vectors (multitask, reptile, fomaml); ``family_adapters`` [F, D]: the oracle's adapter of
-    each family; ``priors``: the LiFT variants' meta-test priors; ``library``: LiFT's per-role
-    task vectors theta_i [N, D]; ``centres``: k-means centres of the library [C, D];
-    ``info``: JSON-able notes per method (e.g. the chain's task visits)."""
+    each family; ``priors``: the LiFT variants' meta-test priors; ``library`` [N, D]: one
+    adapter per meta-train role, each trained alone; ``keys`` [N, H]: retrieval's key of each
+    role (the backbone's pooled features of its pool); ``clusters``: MBC's cluster adapters
+    [C', D] for each number of clusters C tried (C' = min(C, N)); ``info``: JSON-able notes
+    per method (e.g. the chain's task visits, the library's budget, the cluster sizes)."""
     init: torch.Tensor
     starts: Dict[str, torch.Tensor] = field(default_factory=dict)
     family_adapters: Optional[torch.Tensor] = None
     priors: Dict[str, MixturePrior] = field(default_factory=dict)
     library: Optional[torch.Tensor] = None
-    centres: Optional[torch.Tensor] = None
+    keys: Optional[torch.Tensor] = None
+    clusters: Dict[int, torch.Tensor] = field(default_factory=dict)
     info: Dict[str, dict] = field(default_factory=dict)
 
     def to_state(self) -> dict:
         return {"init": self.init, "starts": dict(self.starts), "family_adapters": self.family_adapters,
-                "library": self.library, "centres": self.centres, "info": dict(self.info),
+                "library": self.library, "keys": self.keys, "clusters": dict(self.clusters), "info": dict(self.info),
                 "priors": {k: _prior_state(p) for k, p in self.priors.items()}}
 
     @classmethod
@@ -80,7 +90,8 @@ class MetaState:
                   for k, p in state["priors"].items()}
         return cls(init=dev(state["init"]), starts={k: dev(v) for k, v in state["starts"].items()},
                    family_adapters=dev(state["family_adapters"]), priors=priors,
-                   library=dev(state["library"]), centres=dev(state["centres"]), info=dict(state["info"]))
+                   library=dev(state["library"]), keys=dev(state["keys"]),
+                   clusters={int(c): dev(v) for c, v in state["clusters"].items()}, info=dict(state["info"]))
 
 
 def train_multitask(flat: FlatParams, tasks: Sequence[TensorTask], init: torch.Tensor, *, steps: int,
@@ -157,27 +168,6 @@ def train_fomaml(flat: FlatParams, pools: Sequence[tuple], init: torch.Tensor, *
     return phi
 
 
-def kmeans(x: torch.Tensor, k: int, seed: int, iters: int = 25) -> torch.Tensor:
-    """Lloyd's k-means of the rows of x [N, D] with k-means++ seeding (private generator):
-    centres [min(k, N), D] minimising the summed squared Euclidean distance."""
-    gen = torch.Generator().manual_seed(seed)
-    k = min(k, x.shape[0])
-    centres = x[int(torch.randint(x.shape[0], (1,), generator=gen))][None].clone()
-    while centres.shape[0] < k:
-        d2 = torch.cdist(x, centres).pow(2).min(1).values
-        pick = int(torch.multinomial(d2 / d2.sum(), 1, generator=gen)) if float(d2.sum()) > 0 \
-            else int(torch.randint(x.shape[0], (1,), generator=gen))
-        centres = torch.cat([centres, x[pick][None]])
-    for _ in range(iters):
-        assign = torch.cdist(x, centres).argmin(1)
-        new = torch.stack([x[assign == j].mean(0) if bool((assign == j).any()) else centres[j]
-                           for j in range(k)])
-        if torch.equal(new, centres):
-            break
-        centres = new
-    return centres
-
-
 def best_by_support_loss(flat: FlatParams, candidates: torch.Tensor, task: TensorTask) -> int:
     """Index of the row of candidates [M, D] with the lowest mean loss on the support set."""
     with torch.no_grad():
@@ -185,13 +175,14 @@ def best_by_support_loss(flat: FlatParams, candidates: torch.Tensor, task: Tenso
     return min(range(len(losses)), key=losses.__getitem__)
 
 
-def start_vector(method: str, state: MetaState, flat: FlatParams, task: TensorTask,
-                 family: int) -> Optional[torch.Tensor]:
+def start_vector(method: str, state: MetaState, flat: FlatParams, task: TensorTask, family: int,
+                 option: Optional[int] = None) -> Optional[torch.Tensor]:
     """Where a method starts adapting on ``task`` (a role of ``family``): None for the LiFT
     variants (their start, the best prior component, is chosen inside lift_ext.lift.adapt); the
     PEFT init (independent, backbone); the learned start (multitask, reptile, fomaml); the true
-    family's adapter (oracle); the library vector / k-means centre with the lowest support
-    loss (retrieval / mbc)."""
+    family's adapter (oracle); of the ``option`` = C cluster adapters the one with the lowest
+    support loss (mbc); the similarity-weighted average of the ``option`` = k library adapters
+    whose keys are closest to the support inputs' pooled features at the PEFT init (retrieval)."""
     if method in LIFT_METHODS:
         return None
     if method in ("independent", "backbone"):
@@ -200,10 +191,14 @@ def start_vector(method: str, state: MetaState, flat: FlatParams, task: TensorTa
         return state.starts[method]
     if method == "oracle":
         return state.family_adapters[family]
-    if method == "retrieval":
-        return state.library[best_by_support_loss(flat, state.library, task)]
+    if method in PEER_METHODS and option is None:
+        raise ValueError(f"method {method!r} needs its option (C or k), got None")
     if method == "mbc":
-        return state.centres[best_by_support_loss(flat, state.centres, task)]
+        adapters = state.clusters[option]
+        return adapters[best_by_support_loss(flat, adapters, task)]
+    if method == "retrieval":
+        query = pooled_features(flat, state.init, task.full()[0])
+        return merge(state.library, *retrieve(query, state.keys, option))
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -227,4 +222,4 @@ def adapt_role(method: str, state: MetaState, flat: FlatParams, task: TensorTask
 
 
 __all__ = ["MetaState", "window_loss", "TEMPERATURE_SCALED", "train_multitask", "train_family_adapters", "train_reptile", "train_fomaml",
-           "kmeans", "best_by_support_loss", "start_vector", "adapt_role", "LIFT_METHODS", "START_METHODS"]
+           "best_by_support_loss", "PEER_METHODS", "start_vector", "adapt_role", "LIFT_METHODS", "START_METHODS"]

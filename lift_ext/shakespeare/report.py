@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from lift_ext.files import atomic_open
-from lift_ext.shakespeare.config import BenchConfig
+from lift_ext.shakespeare.config import PEER_OPTIONS, BenchConfig
 from lift_ext.shakespeare.scoring import METRICS
 
 LABELS = {"lift": "LiFT", "lift_k1": "LiFT K=1 (ablation)", "lift_paper": "LiFT, paper's prior (ablation)",
           "lift_sgld": "LiFT, SGLD adaptation (prediction averaging)",
           "lift_ts": "LiFT + temperature scaling (calibration reference)",
           "independent": "independent LoRA", "multitask": "multi-task + FT", "reptile": "Reptile + FT",
-          "fomaml": "FO-MAML + FT", "retrieval": "retrieval + FT", "mbc": "MBC (k-means) + FT",
+          "fomaml": "FO-MAML + FT", "retrieval": "LoRA-Retriever + FT", "mbc": "MBC + FT",
           "oracle": "family oracle + FT (reference)", "backbone": "backbone, unadapted (reference)"}
 UNITS = {"acc": 100.0, "acc_remapped": 100.0, "nll": 1.0, "ece": 100.0, "brier": 1.0}
 
@@ -161,6 +161,15 @@ def adaptation_note(config: dict) -> str:
             f"by mean query accuracy on {config['max_val'] or 'all'} meta-val roles")
 
 
+def option_note(config: dict, methods) -> str:
+    """"; with it, C of MBC among ... and k of retrieval among ... picked per seed by mean query
+    accuracy on the meta-val roles" for the peers that ran ("" when none did)."""
+    parts = [f"{symbol} of `{name}` among {', '.join(map(str, config[key]))}"
+             for name, (symbol, key) in PEER_OPTIONS.items() if name in methods]
+    return f"; with it, {' and '.join(parts)} picked per seed by mean query accuracy on the meta-val roles" \
+        if parts else ""
+
+
 def markdown_table(results: dict) -> str:
     """Methods sorted by mean accuracy: accuracy (all and remapped targets, %), NLL (nats /
     char), ECE (%) and Brier, each mean ± s.e., and the reference method's paired lead over each method in
@@ -170,7 +179,8 @@ def markdown_table(results: dict) -> str:
     ref = _short(reference)
     remapped = any(r["metrics"]["acc_remapped"]["mean"] is not None for r in methods.values())
     head = ["method", "accuracy (%)"] + (["remapped targets (%)"] if remapped else []) + \
-        ["NLL (nats/char)", "ECE (%)", "Brier", f"{ref} lead, paired (pp)", f"{ref} lead (paired s.e.)", "adapt lr"]
+        ["NLL (nats/char)", "ECE (%)", "Brier", f"{ref} lead, paired (pp)", f"{ref} lead (paired s.e.)", "adapt lr",
+         "CPU s, meta-train / adapt"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for name, r in sorted(methods.items(), key=lambda kv: -(kv[1]["mean"] or 0.0)):
         cells = [label(name, r), _cell(r["metrics"]["acc"], "acc")]
@@ -184,18 +194,25 @@ def markdown_table(results: dict) -> str:
             cells.append(f"{100 * lead['mean']:+.2f} ± {100 * lead['se']:.2f}")
             cells.append(f"{lead['mean'] / lead['se']:+.1f}" if lead["se"] else "")
         lrs = sorted({float(v) for v in r.get("lr", {}).values()}) if name != "backbone" else []
-        cells.append(", ".join(f"{v:g}" for v in lrs))
+        options = sorted({v for v in (r.get("option") or {}).values() if v is not None})
+        chosen = f"{PEER_OPTIONS[name][0]} = {', '.join(map(str, options))}; " if options else ""
+        cells.append(chosen + ", ".join(f"{v:g}" for v in lrs))
+        cells.append(f"{r.get('meta_cpu_seconds', 0.0):.1f} / {r.get('adapt_cpu_seconds', 0.0):.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     n_roles, n_seeds = len(results["roles"]), len(config["seeds"])
     split = "meta-test" if config.get("eval_split", "test") == "test" else "meta-val"
     lines += ["", f"Query windows of {n_roles} {split} roles x {n_seeds} seed(s) (n = {n_roles * n_seeds}); "
-              f"{config['meta_steps']} meta-training steps per method; {adaptation_note(config)}; "
-              f"paired: {ref} (`{reference}`) minus the method on the same (seed, role)."]
+              f"{config['meta_steps']} meta-training steps per method; {adaptation_note(config)}"
+              f"{option_note(config, methods)}; paired: {ref} (`{reference}`) minus the method on the same "
+              "(seed, role)."]
     calibration = [f"`{m}` {100 * p['ece']['mean']:+.2f} ± {100 * p['ece']['se']:.2f}"
                    for m, p in results["paired"].items() if m != "backbone" and p.get("ece", {}).get("mean") is not None]
     if calibration:
         lines.append(f"ECE, paired ({ref} minus the method on the same (seed, role), pp; negative: {ref} is "
                      "better calibrated): " + ", ".join(calibration) + ".")
+    peers = peer_costs(methods)
+    if peers:
+        lines.append(peers)
     temperatures = [t for r in methods.values() for t in r.get("temperatures", [])]
     if temperatures:
         ordered = sorted(temperatures)
@@ -215,6 +232,27 @@ def markdown_table(results: dict) -> str:
     elif n_seeds == 1:
         lines.append("One seed: no noise floor (the same method under two seeds) was measured.")
     return "\n".join(lines) + "\n"
+
+
+def peer_costs(methods: dict) -> str:
+    """The footer line of the library-based peers' costs (CPU seconds summed over seeds): the
+    parts of their meta-training (the library is shared: each counts it in its own total), the
+    CPU seconds spent choosing their starts at adaptation (retrieval: embedding the support
+    inputs and merging; MBC: routing by support loss), and LiFT's chain for comparison; "" when
+    neither peer ran."""
+    parts = []
+    for name in ("mbc", "retrieval"):
+        r = methods.get(name)
+        if r is None:
+            continue
+        costs = ", ".join(f"{part} {cpu:.1f}" for part, cpu in (r.get("costs") or {}).items())
+        parts.append(f"`{name}` meta-training {r.get('meta_cpu_seconds', 0.0):.1f} ({costs}), choosing the starts "
+                     f"at adaptation {r.get('start_cpu_seconds', 0.0):.1f}")
+    if not parts:
+        return ""
+    lift = methods.get("lift")
+    versus = f"; `lift`'s chain {lift.get('meta_cpu_seconds', 0.0):.1f}" if lift else ""
+    return "Costs of the library-based peers (CPU s, summed over seeds): " + "; ".join(parts) + versus + "."
 
 
 def _write_bytes(path: Path, data: bytes) -> None:

@@ -1,8 +1,9 @@
 """The benchmark pipeline in three resumable stages, each saved in the output directory.
 
     meta_train  data + cached backbone + every method's meta-training   -> meta_state.pt
-    adapt       per method, the adaptation lr picked on meta-val roles,
-                then every evaluated role adapted from its support set  -> adapted.pt
+    adapt       per method, the adaptation lr (and MBC's C, retrieval's k)
+                picked on meta-val roles, then every evaluated role
+                adapted from its support set                            -> adapted.pt
     evaluate    accuracy (all / remapped targets) and NLL on each evaluated role's query set
                                                                         -> results.json/.md/.png
 
@@ -24,35 +25,16 @@ import torch
 from tqdm.auto import tqdm
 
 from lift_ext.lift import FlatParams, MapConfig
-from lift_ext.shakespeare import launch
+from lift_ext.shakespeare import launch, stages
 from lift_ext.shakespeare import methods as M
-from lift_ext.shakespeare import stages
-from lift_ext.shakespeare.config import BenchConfig
+from lift_ext.shakespeare.clock import Clock
+from lift_ext.shakespeare.config import BenchConfig, candidate_name, candidates
 from lift_ext.shakespeare.episodes import pool_tasks, support_task
-from lift_ext.shakespeare.lift_methods import LIBRARY_METHODS, chains_needed, train_lift_variants
+from lift_ext.shakespeare.library import train_peers
+from lift_ext.shakespeare.lift_methods import chains_needed, train_lift_variants
 from lift_ext.shakespeare.scoring import fit_temperature, query_metrics
 from lift_ext.shakespeare.stages import StageError
 from lift_ext.shakespeare.suite import SuiteData, build_suite
-
-
-
-class Clock:
-    """Wall and process CPU seconds per named lap. With one torch thread the CPU seconds are
-    about what the wall time would be on an idle machine, so a run on a shared machine can
-    still be compared with the time budget."""
-
-    def __init__(self):
-        self.laps: Dict[str, dict] = {}
-        self._start = self._mark = (time.perf_counter(), time.process_time())
-
-    def lap(self, name: str) -> dict:
-        now = (time.perf_counter(), time.process_time())
-        self.laps[name] = {"wall": now[0] - self._mark[0], "cpu": now[1] - self._mark[1]}
-        self._mark = now
-        return self.laps[name]
-
-    def total(self) -> dict:
-        return {"wall": time.perf_counter() - self._start[0], "cpu": time.process_time() - self._start[1]}
 
 
 @dataclass
@@ -123,13 +105,14 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True,
                world: launch.World = launch.ONE) -> Optional[M.MetaState]:
     """Meta-train every configured method on the meta-train pools with ``cfg.meta_steps``
     gradient evaluations (of ``cfg.batch_size`` windows) each; notes the seconds per method.
-    Under a launch (``world``) every rank runs the LiFT chains and rank 0 alone the other
-    methods; the other ranks return None."""
+    The library-based peers share one library (lift_ext.shakespeare.library). Under a
+    launch (``world``) every rank runs the LiFT chains and rank 0 alone the other methods;
+    the other ranks return None."""
     init = su.flat.vector.detach().clone()
     state = M.MetaState(init=init)
     stride = su.bench.config["pool_stride"]
     tasks = pool_tasks(su.data.pools, cfg.batch_size, stride)
-    wanted = set(cfg.methods) if world.main else set(cfg.methods) & set(M.LIFT_METHODS + LIBRARY_METHODS)
+    wanted = set(cfg.methods) if world.main else set(cfg.methods) & set(M.LIFT_METHODS)
     common = dict(steps=cfg.meta_steps, seed=seed, progress=progress)
 
     def timed(name, fn, *args, **kwargs):
@@ -153,15 +136,15 @@ def meta_train(cfg: BenchConfig, su: Setup, seed: int, progress: bool = True,
     if "oracle" in wanted:
         state.family_adapters = timed("oracle", M.train_family_adapters, su.flat, tasks, su.data.pool_families,
                                       cfg.families, init, lr=cfg.meta_lr, **common)
+    if wanted & set(M.PEER_METHODS):
+        with _diverging("the peers' library", "meta_lr", cfg.meta_lr, seed):
+            train_peers(cfg, su.flat, su.data, stride, state, wanted, seed, progress)
     with _diverging("LiFT's SGLD-Gibbs chain", "lift_lr", cfg.lift_lr, seed):
-        priors, library, info = train_lift_variants(su.model, su.data.pools, stride, cfg, wanted, seed, progress,
-                                                    world)
+        priors, info = train_lift_variants(su.model, su.data.pools, stride, cfg, wanted, seed, progress, world)
     if not world.main:
         return None
-    state.priors, state.library = priors, library
+    state.priors = priors
     state.info.update(info)
-    if wanted & set(LIBRARY_METHODS):
-        state.centres = M.kmeans(library, cfg.mbc_clusters, seed)
     if not torch.equal(su.flat.vector, init):
         raise RuntimeError("meta-training changed the shared adapter buffer")
     return state
@@ -186,18 +169,21 @@ def adapt_config(cfg: BenchConfig, lr: float) -> MapConfig:
 
 
 def _adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, roles: list, lr: float,
-                 seed: int, starts: Dict[str, object], components: Optional[list] = None,
-                 bar=None) -> List[torch.Tensor]:
-    """Adapted vectors [S, D] of ``method`` for each of ``roles`` (the chosen prior component of
-    each appended to ``components``); ``starts`` memoises each role's start vector (retrieval /
-    MBC score their library once per role, not once per lr); ``bar`` (a tqdm bar) advances by
-    one per role."""
+                 seed: int, starts: dict, components: Optional[list] = None, bar=None,
+                 option: Optional[int] = None) -> List[torch.Tensor]:
+    """Adapted vectors [S, D] of ``method`` (with its ``option``, MBC's C or retrieval's k) for
+    each of ``roles`` (the chosen prior component of each appended to ``components``);
+    ``starts`` memoises each (role, option)'s start vector (retrieval / MBC route once per
+    role, not once per lr) and sums the CPU seconds spent choosing them under "cpu"; ``bar``
+    (a tqdm bar) advances by one per role."""
     out = []
     for r in roles:
         task = support_task(r.support, cfg.batch_size)
-        if r.key not in starts:
-            starts[r.key] = M.start_vector(method, state, su.flat, task, r.family)
-        samples, component = M.adapt_role(method, state, su.flat, task, start=starts[r.key],
+        if (r.key, option) not in starts:
+            cpu = time.process_time()
+            starts[r.key, option] = M.start_vector(method, state, su.flat, task, r.family, option)
+            starts["cpu"] = starts.get("cpu", 0.0) + time.process_time() - cpu
+        samples, component = M.adapt_role(method, state, su.flat, task, start=starts[r.key, option],
                                           config=adapt_config(cfg, lr), seed=seed, temperature=cfg.temperature)
         out.append(torch.stack(samples))
         if components is not None:
@@ -219,54 +205,58 @@ def _scores(su: Setup, thetas: List[torch.Tensor], roles: list, scaled: bool = F
     return out
 
 
-def lr_is_chosen(cfg: BenchConfig, method: str) -> bool:
-    """Whether ``method``'s adaptation lr is chosen on meta-val (more than one lr to try)."""
-    return len(cfg.adapt_lrs) > 1 and method != "backbone"
+def is_chosen(cfg: BenchConfig, method: str) -> bool:
+    """Whether ``method``'s adaptation is chosen on meta-val (more than one candidate)."""
+    return len(candidates(cfg, method)) > 1
 
 
 def adaptations(cfg: BenchConfig, su: Setup, methods=None) -> int:
     """Role adaptations of one seed's adapt stage for ``methods`` (default: all; meta-val roles
-    per lr tried, then the evaluated roles), the unit its progress bar counts."""
-    per_lr = len(su.data.val) * len(cfg.adapt_lrs)
-    return sum(len(su.evaluated) + (per_lr if lr_is_chosen(cfg, m) else 0) for m in methods or cfg.methods)
+    per candidate tried, then the evaluated roles), the unit its progress bar counts."""
+    return sum(len(su.evaluated) + (len(su.data.val) * len(candidates(cfg, m)) if is_chosen(cfg, m) else 0)
+               for m in methods or cfg.methods)
 
 
-def select_lr(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, seed: int,
-              starts: dict, bar=None) -> Dict[float, float]:
-    """Mean meta-VAL query accuracy of ``method`` for every lr of ``cfg.adapt_lrs`` (nan when
-    there is nothing to choose)."""
-    if not lr_is_chosen(cfg, method):
-        return {cfg.adapt_lrs[0]: math.nan}
+def select(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, seed: int,
+           starts: dict, bar=None) -> Dict[tuple, float]:
+    """Mean meta-VAL query accuracy of ``method`` for every (option, lr) of ``candidates``
+    (nan when there is nothing to choose)."""
+    pairs = candidates(cfg, method)
+    if not is_chosen(cfg, method):
+        return {pairs[0]: math.nan}
     scores = {}
-    for lr in cfg.adapt_lrs:
+    for option, lr in pairs:
         accs = [s["acc"] for s in _scores(su, _adapt_roles(cfg, su, state, method, su.data.val, lr, seed,
-                                                           starts, bar=bar), su.data.val)]
-        scores[lr] = sum(accs) / len(accs)
+                                                           starts, bar=bar, option=option), su.data.val)]
+        scores[option, lr] = sum(accs) / len(accs)
     return scores
 
 
 def adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, seed: int, progress: bool = True) -> dict:
-    """Per method: lr chosen on meta-val (highest mean query accuracy), then the adapted
-    vectors of every evaluated role and the seconds taken."""
+    """Per method: (option, lr) chosen on meta-val (highest mean query accuracy; the first
+    candidate on a tie), then the adapted vectors of every evaluated role, the seconds taken
+    and the CPU seconds of choosing the starts (``start_cpu``: retrieval's embedding and
+    merging, MBC's routing by support loss, over meta-val and evaluated roles)."""
     out = {}
     bar = tqdm(total=adaptations(cfg, su), desc=f"adapting (seed {seed})", unit="role", disable=not progress,
                mininterval=1.0)
     for method in cfg.methods:
         bar.set_postfix(method=method)
         if method in M.TEMPERATURE_SCALED and "lift" in out:  # lift's own adapters, scaled at evaluation
-            out[method] = dict(out["lift"], wall=0.0, cpu=0.0)
+            out[method] = dict(out["lift"], wall=0.0, cpu=0.0, start_cpu=0.0)
             bar.update(adaptations(cfg, su, [method]))
             continue
         clock = Clock()
         val_starts: dict = {}
-        scores = select_lr(cfg, su, state, method, seed, val_starts, bar)
-        lr = max(scores, key=lambda k: -math.inf if math.isnan(scores[k]) else scores[k])
-        starts = val_starts if su.evaluated is su.data.val else {}
+        scores = select(cfg, su, state, method, seed, val_starts, bar)
+        option, lr = max(scores, key=lambda k: -math.inf if math.isnan(scores[k]) else scores[k])
+        starts = val_starts if su.evaluated is su.data.val else {"cpu": val_starts.get("cpu", 0.0)}
         components: list = []
-        thetas = _adapt_roles(cfg, su, state, method, su.evaluated, lr, seed, starts, components, bar)
-        out[method] = {"lr": lr, "val_scores": {str(k): None if math.isnan(v) else v for k, v in scores.items()},
-                       "components": components,
-                       "thetas": torch.stack(thetas).cpu(), **clock.lap("adapt")}
+        thetas = _adapt_roles(cfg, su, state, method, su.evaluated, lr, seed, starts, components, bar, option)
+        out[method] = {"lr": lr, "option": option, "start_cpu": starts.get("cpu", 0.0),
+                       "val_scores": {candidate_name(method, *k): None if math.isnan(v) else v
+                                      for k, v in scores.items()},
+                       "components": components, "thetas": torch.stack(thetas).cpu(), **clock.lap("adapt")}
     bar.close()
     return out
 
@@ -343,8 +333,9 @@ def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None 
     of the stage files (the caller adds evaluate's own)."""
     adapted = stages.load("adapt", cfg, output)
     scores: Dict[str, list] = {m: [] for m in cfg.methods}
-    detail: Dict[str, dict] = {m: {"lr": {}, "val_scores": {}, "adapt_seconds": 0.0, "adapt_cpu_seconds": 0.0,
-                                   "meta_seconds": 0.0, "meta_cpu_seconds": 0.0} for m in cfg.methods}
+    detail: Dict[str, dict] = {m: {"lr": {}, "option": {}, "val_scores": {}, "adapt_seconds": 0.0,
+                                   "adapt_cpu_seconds": 0.0, "start_cpu_seconds": 0.0, "meta_seconds": 0.0,
+                                   "meta_cpu_seconds": 0.0, "costs": {}} for m in cfg.methods}
     su = None
     for seed in cfg.seeds:
         su = setup(cfg, seed, cache, progress=False, setups=setups)
@@ -355,6 +346,8 @@ def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None 
             if method in M.TEMPERATURE_SCALED:
                 detail[method].setdefault("temperatures", []).extend(row.pop("temperature") for row in rows)
             detail[method]["lr"][str(seed)] = rec["lr"]
+            detail[method]["option"][str(seed)] = rec["option"]
+            detail[method]["start_cpu_seconds"] += rec["start_cpu"]
             detail[method]["val_scores"][str(seed)] = rec["val_scores"]
             detail[method].setdefault("components", []).extend(rec["components"])
             note = adapted["notes"][seed].get(method, {})
@@ -362,7 +355,9 @@ def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None 
                                      ("meta", note.get("meta_seconds", 0.0), note.get("meta_cpu_seconds", 0.0))):
                 detail[method][f"{stage}_seconds"] += wall
                 detail[method][f"{stage}_cpu_seconds"] += cpu
-            detail[method]["notes"] = {k: v for k, v in note.items() if "seconds" not in k}
+            for part, cpu in note.get("costs", {}).items():  # summed over seeds, like the seconds
+                detail[method]["costs"][part] = detail[method]["costs"].get(part, 0.0) + cpu
+            detail[method]["notes"] = {k: v for k, v in note.items() if "seconds" not in k and k != "costs"}
     from lift_ext.shakespeare.report import summarize
     backbones = {str(s): adapted["meta"][s]["backbone"] for s in cfg.seeds}
     return summarize(cfg, scores, detail, [(r.key, r.family) for r in su.evaluated],

@@ -26,9 +26,9 @@ META_FILE, ADAPT_FILE = "meta_state.pt", "adapted.pt"
 FILES = {"meta": META_FILE, "adapt": ADAPT_FILE}
 PRODUCER = {"meta": "meta-train", "adapt": "adapt"}  # the command (and fingerprint stage) of each file
 _FORMAT = {"meta": "lift_ext.shakespeare.meta_state", "adapt": "lift_ext.shakespeare.adapted"}
-_VERSION = 3
-META_STATE_KEYS = ("init", "starts", "family_adapters", "priors", "library", "centres", "info")
-ADAPTED_KEYS = ("lr", "val_scores", "components", "thetas", "wall", "cpu")
+_VERSION = 4
+META_STATE_KEYS = ("init", "starts", "family_adapters", "priors", "library", "keys", "clusters", "info")
+ADAPTED_KEYS = ("lr", "option", "val_scores", "components", "thetas", "wall", "cpu", "start_cpu")
 
 
 class StageError(RuntimeError):
