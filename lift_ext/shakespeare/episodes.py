@@ -39,11 +39,6 @@ def support_task(support: Windows, batch_size: int) -> TensorTask:
     return TensorTask(inputs, targets, batch_size=batch_size, examples_per_row=targets.shape[1])
 
 
-def sample_role(num_roles: int, generator: torch.Generator) -> int:
-    """A uniformly random role index."""
-    return int(torch.randint(num_roles, (1,), generator=generator))
-
-
 def sample_episode(pool: Pair, n_support: int, n_query: int,
                    generator: torch.Generator) -> Tuple[Pair, Pair]:
     """(support, query): (inputs, targets) pairs of n_support and n_query distinct windows of

@@ -9,9 +9,9 @@ each trained independently, with MBC's cluster adapters and retrieval's keys
 adapts each to a test role's support windows with the same ``lift_ext.lift.adapt`` settings
 ("backbone", the reference, is not adapted).
 
-Steps below are ``lift_ext.sgld_step`` at temperature 0 with a running square average, i.e.
-RMSprop (alpha = 0.99): theta <- theta - lr * g / (sqrt(v) + eps), g the gradient of the mean
-next-character cross-entropy (nats) of one minibatch.
+Multitask, Reptile and FO-MAML are the loops of lift_ext.baselines (RMSprop steps through
+``lift_ext.sgld_step`` at temperature 0) on the mean next-character cross-entropy (nats) of
+one minibatch.
 """
 from __future__ import annotations
 
@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from tqdm.auto import tqdm
 
+from lift_ext import baselines
 from lift_ext.lift import FlatParams, MapConfig, MixturePrior, SamplingConfig, TensorTask, adapt
 from lift_ext.shakespeare.backbone import target_loss
 from lift_ext.shakespeare.config import PEER_OPTIONS
-from lift_ext.shakespeare.episodes import sample_episode, sample_role
+from lift_ext.shakespeare.episodes import sample_episode
 from lift_ext.shakespeare.peers import merge, pooled_features, retrieve
-from lift_ext.sgld import sgld_step
 
 LIFT_METHODS = ("lift", "lift_k1", "lift_paper", "lift_sgld", "lift_ts")
 # Scored with a temperature fitted on each support set (lift_ext.shakespeare.scoring.fit_temperature).
@@ -40,17 +39,6 @@ PEER_METHODS = tuple(PEER_OPTIONS)
 def window_loss(call, batch) -> torch.Tensor:
     """Mean cross-entropy (nats per predicted character) of a batch (inputs, targets)."""
     return target_loss(call, batch[0], batch[1])
-
-
-class _RMSprop:
-    """RMSprop on one flat vector through the fused kernel (temperature 0: no noise)."""
-
-    def __init__(self, theta: torch.Tensor, lr: float):
-        self.theta, self.lr = theta, lr
-        self.square_avg = torch.zeros_like(theta)
-
-    def step(self, grad: torch.Tensor) -> None:
-        sgld_step(self.theta, grad, lr=self.lr, temperature=0.0, square_avg=self.square_avg)
 
 
 def _prior_state(prior: MixturePrior) -> dict:
@@ -96,16 +84,10 @@ class MetaState:
 
 def train_multitask(flat: FlatParams, tasks: Sequence[TensorTask], init: torch.Tensor, *, steps: int,
                     lr: float, seed: int, progress: bool = True, desc: str = "multitask") -> torch.Tensor:
-    """One adapter for all ``tasks``: ``steps`` RMSprop steps, each on a minibatch of a
-    uniformly drawn task's pool."""
-    gen = torch.Generator().manual_seed(seed)
-    theta = init.clone()
-    opt = _RMSprop(theta, lr)
-    for _ in tqdm(range(steps), desc=desc, disable=not progress, mininterval=1.0):
-        batch = tasks[sample_role(len(tasks), gen)].batch(gen)
-        _, grad = flat.loss_and_grad(theta, lambda call: window_loss(call, batch))
-        opt.step(grad)
-    return theta
+    """lift_ext.baselines.train_multitask on the next-character loss: one adapter for all
+    ``tasks``, ``steps`` RMSprop steps, each on a minibatch of a uniformly drawn task's pool."""
+    return baselines.train_multitask(flat, tasks, window_loss, init, steps=steps, lr=lr, seed=seed, progress=progress,
+                                     desc=desc)
 
 
 def train_family_adapters(flat: FlatParams, tasks: Sequence[TensorTask], families: Sequence[int],
@@ -126,46 +108,20 @@ def train_family_adapters(flat: FlatParams, tasks: Sequence[TensorTask], familie
 def train_reptile(flat: FlatParams, tasks: Sequence[TensorTask], init: torch.Tensor, *, steps: int,
                   inner_steps: int, lr: float, outer_lr: float, seed: int,
                   progress: bool = True) -> torch.Tensor:
-    """Reptile: per outer iteration, ``inner_steps`` RMSprop steps on one role's pool from
-    phi, then phi <- phi + outer_lr * (theta - phi). steps // inner_steps outer iterations,
-    so it uses the same number of gradients as the other methods. The inner loops share one
-    running square average (a fresh one makes RMSprop's first steps ~10x too large)."""
-    gen = torch.Generator().manual_seed(seed)
-    phi = init.clone()
-    square_avg = torch.zeros_like(phi)
-    for _ in tqdm(range(max(1, steps // inner_steps)), desc="reptile", disable=not progress, mininterval=1.0):
-        task = tasks[sample_role(len(tasks), gen)]
-        theta = phi.clone()
-        for _ in range(inner_steps):
-            batch = task.batch(gen)
-            _, grad = flat.loss_and_grad(theta, lambda call: window_loss(call, batch))
-            sgld_step(theta, grad, lr=lr, temperature=0.0, square_avg=square_avg)
-        phi.add_(theta - phi, alpha=outer_lr)
-    return phi
+    """lift_ext.baselines.train_reptile on the next-character loss over the role pools."""
+    return baselines.train_reptile(flat, tasks, window_loss, init, steps=steps, inner_steps=inner_steps, lr=lr,
+                                   outer_lr=outer_lr, seed=seed, progress=progress)
 
 
 def train_fomaml(flat: FlatParams, pools: Sequence[tuple], init: torch.Tensor, *, steps: int,
                  inner_steps: int, lr: float, n_support: int, n_query: int, seed: int,
                  progress: bool = True) -> torch.Tensor:
-    """First-order MAML: per episode (support / query minibatches of one role's pool),
-    ``inner_steps`` RMSprop steps on the support windows from phi, then one outer RMSprop
-    step on phi with the query-loss gradient at the adapted vector (the first-order
-    approximation drops the Jacobian of the inner loop). steps // (inner_steps + 1)
-    episodes: the same number of gradients as the other methods."""
-    gen = torch.Generator().manual_seed(seed)
-    phi = init.clone()
-    outer = _RMSprop(phi, lr)
-    inner_avg = torch.zeros_like(phi)
-    for _ in tqdm(range(max(1, steps // (inner_steps + 1))), desc="fomaml", disable=not progress,
-                  mininterval=1.0):
-        support, query = sample_episode(pools[sample_role(len(pools), gen)], n_support, n_query, gen)
-        theta = phi.clone()
-        for _ in range(inner_steps):
-            _, grad = flat.loss_and_grad(theta, lambda call: window_loss(call, support))
-            sgld_step(theta, grad, lr=lr, temperature=0.0, square_avg=inner_avg)
-        _, grad = flat.loss_and_grad(theta, lambda call: window_loss(call, query))
-        outer.step(grad)
-    return phi
+    """lift_ext.baselines.train_fomaml on the next-character loss; an episode is
+    ``sample_episode`` (n_support / n_query windows) of a uniformly drawn role's pool."""
+    def episode(gen: torch.Generator):
+        return sample_episode(pools[baselines.draw_index(len(pools), gen)], n_support, n_query, gen)
+    return baselines.train_fomaml(flat, episode, window_loss, init, steps=steps, inner_steps=inner_steps, lr=lr,
+                                  seed=seed, progress=progress)
 
 
 def best_by_support_loss(flat: FlatParams, candidates: torch.Tensor, task: TensorTask) -> int:
