@@ -95,6 +95,7 @@ def run(settings: Settings, output: Optional[Path], cache=None) -> dict:
     """Headroom and ranking under ``settings``; prints the tables and, with ``output``, writes
     them with every score as JSON. Returns the record."""
     clock: Dict[str, float] = {}
+    machine = report.machine()  # the commit of the code this run loaded
     start = time.process_time()
     suite = load_suite(0, cache=cache, limit=settings.limit)
     clock["features (computed this run)"] = suite.feature_cpu_seconds
@@ -112,7 +113,6 @@ def run(settings: Settings, output: Optional[Path], cache=None) -> dict:
                       cpu_seconds=method_seconds)
     clock.update({f"ranking {m}": v for m, v in method_seconds.items()})
     clock["total excluding features"] = time.process_time() - start - suite.feature_cpu_seconds
-    machine = report.machine()
     text += (f"\n\n### Ranking on meta-{settings.split} (seeds {list(s.seeds)}; accuracy %, mean ± s.e. over "
              f"(task, seed))\n\n{report.ranking_table(rank, group_of, KINDS, LABELS, settings.split)}\n\n"
              f"CPU seconds ({machine['cpu']}, {machine['torch_threads']} torch thread(s), commit {machine['commit']}): "
