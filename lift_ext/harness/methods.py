@@ -12,11 +12,13 @@
     lift_ts       lift's MAP adapter, its logits divided by one temperature fitted on the
                   task's support set (the non-Bayesian reference for calibration)
 
-lift, lift_sgld and lift_ts share one chain per seed (``ranking`` trains it once). Every meta-training method spends the same budget: ``lift.steps`` steps of ``tasks_per_step``
+lift, lift_sgld and lift_ts share one chain per seed (``ranking`` trains it once). Every
+meta-training method spends the same budget: ``lift.steps`` steps of ``tasks_per_step``
 minibatches of ``batch`` examples (LiFT: one of each of tasks_per_step tasks; multitask and
 Reptile: one minibatch of tasks_per_step * batch examples of one task per gradient; FO-MAML:
-the suite's episodes), counted in gradients as lift_ext.baselines does. The starts of multitask, Reptile and FO-MAML have their head reset to zero when
-``reset_head`` is set. All adaptation is lift_ext.lift.adapt on the task's support set under the same seed, with
+the suite's episodes), counted in gradients as lift_ext.baselines does. The starts of
+multitask, Reptile and FO-MAML have their head reset to zero when ``reset_head`` is set. All
+adaptation is lift_ext.lift.adapt on the task's support set under the same seed, with
 ``adapt`` (a MapConfig) except lift_sgld's. Every method is scored on the query rows by
 lift_ext.harness.scoring: accuracy (%), NLL (nats per example), Brier score and ECE (%).
 """
@@ -32,7 +34,8 @@ from lift_ext import baselines
 from lift_ext.calibration import METRICS
 from lift_ext.harness.scoring import query_scores, support_temperature
 from lift_ext.harness.suite import BenchSuite, BenchTask
-from lift_ext.lift import ChainStart, LangevinConfig, LiFT, MapConfig, MixtureHierarchy, MixturePrior, SamplingConfig, adapt
+from lift_ext.lift import (ChainStart, LangevinConfig, LiFT, MapConfig, MixtureHierarchy, MixturePrior, SamplingConfig,
+                           adapt)
 from lift_ext.lift.config import AdaptConfig
 
 METHODS = ("independent", "multitask", "reptile", "fomaml", "lift", "lift_k1", "lift_sgld", "lift_ts")
@@ -136,8 +139,9 @@ def meta_train(method: str, suite: BenchSuite, s: MethodSettings, seed: int,
 def sampling_config(s: MethodSettings) -> SamplingConfig:
     """lift_sgld's adaptation: pSGLD at the chain's temperature with the MAP adaptation's lr and
     preconditioning, 2 * adapt.steps steps, the first adapt.steps a burn-in (the MAP
-    adaptation's whole budget), then SGLD_SAMPLES samples evenly thinned over the rest: about
-    twice the MAP adaptation's gradient steps (more where the MAP stops early)."""
+    adaptation's whole budget), then every max(1, adapt.steps // SGLD_SAMPLES)-th iterate kept
+    (SGLD_SAMPLES samples when adapt.steps is a multiple of SGLD_SAMPLES): twice the MAP
+    adaptation's step limit."""
     steps = s.adapt.steps
     return SamplingConfig(steps=2 * steps, lr=s.adapt.lr, preconditioned=s.adapt.preconditioned,
                           temperature=s.lift.temperature, burn_in=steps, thin=max(1, steps // SGLD_SAMPLES))
