@@ -25,7 +25,7 @@ STEPS_GRID = (150, 600)
 def _val_mean(suite: bench.Suite, settings: bench.Settings, method: str) -> float:
     suite.settings = settings
     rank = bench.ranking(suite, (method,))
-    value = stats.mean_se(list(stats.flatten(rank[method]).values()))[0]
+    value = stats.mean_se(list(stats.flatten(rank["acc"][method]).values()))[0]
     print(f"meta-val {method}: {value:.2f} at {_changed(settings)}", flush=True)
     return value
 

@@ -1,15 +1,17 @@
-"""lift_ext.harness: the suite contract, the methods' ranking loop on a tiny synthetic suite,
-the paired statistics and the ranking table."""
+"""lift_ext.harness: the suite contract, the methods' ranking loop on a tiny synthetic suite
+(the LiFT methods' shared chain, lift_sgld's averaged samples, lift_ts's temperature), the
+paired statistics, the ranking and calibration tables and the reliability diagram."""
 import math
 
 import pytest
 import torch
 
+from lift_ext import calibration
 from lift_ext.harness import BenchSuite, BenchTask, LiftSettings, MethodSettings
 from lift_ext.harness import methods as hm
-from lift_ext.harness import report, stats
+from lift_ext.harness import plot, report, scoring, stats
 from lift_ext.harness.suite import head_mask
-from lift_ext.lift import FlatParams, MapConfig, TensorTask
+from lift_ext.lift import FlatParams, MapConfig, TensorTask, adapt
 
 
 class Tiny(torch.nn.Module):
@@ -43,15 +45,17 @@ def _task(name, group, seed):
         rows = torch.randperm(40, generator=torch.Generator().manual_seed(s))[:9]
         return TensorTask(x[rows], y[rows], batch_size=9)
 
-    def accuracy(flat, theta):
-        with torch.no_grad():
-            return 100.0 * float((flat.call(theta)(x[40:]).argmax(-1) == y[40:]).float().mean())
-
     def episode(gen):
         rows = torch.randperm(40, generator=gen)
         return (x[rows[:8]], y[rows[:8]]), (x[rows[8:16]], y[rows[8:16]])
 
-    return BenchTask(name, group, support, lambda b: TensorTask(x[:40], y[:40], batch_size=b), episode, accuracy)
+    return BenchTask(name, group, support, lambda b: TensorTask(x[:40], y[:40], batch_size=b), episode,
+                     TensorTask(x[40:], y[40:], batch_size=20))
+
+
+def logits_fn(call, batch):
+    x, y = batch
+    return call(x), y
 
 
 @pytest.fixture
@@ -61,7 +65,7 @@ def suite():
     init = flat.vector.clone()
     tasks = {"train": [_task(f"t{i}", "ab"[i % 2], i) for i in range(6)],
              "val": [_task("v0", "a", 10)], "test": [_task("x0", "a", 20), _task("x1", "b", 21)]}
-    return BenchSuite("tiny", flat, lambda seed: init, loss_fn, head_mask(flat), ("a", "b"), tasks)
+    return BenchSuite("tiny", flat, lambda seed: init, loss_fn, logits_fn, head_mask(flat), ("a", "b"), tasks)
 
 
 SETTINGS = MethodSettings(lift=LiftSettings(steps=6, tasks_per_step=2, batch=4, lr=1e-2, temperature=0.01,
@@ -81,18 +85,20 @@ def test_head_mask_marks_the_head_only(suite):
 
 def test_suite_contract_is_checked(suite):
     with pytest.raises(ValueError, match="splits"):
-        BenchSuite("x", suite.flat, suite.initial, loss_fn, suite.head, ("a", "b"), {"train": []})
+        BenchSuite("x", suite.flat, suite.initial, loss_fn, logits_fn, suite.head, ("a", "b"), {"train": []})
     with pytest.raises(ValueError, match="head"):
-        BenchSuite("x", suite.flat, suite.initial, loss_fn, suite.head[:-1], ("a", "b"), suite.splits)
+        BenchSuite("x", suite.flat, suite.initial, loss_fn, logits_fn, suite.head[:-1], ("a", "b"), suite.splits)
     with pytest.raises(ValueError, match="groups"):
-        BenchSuite("x", suite.flat, suite.initial, loss_fn, suite.head, ("a",), suite.splits)
+        BenchSuite("x", suite.flat, suite.initial, loss_fn, logits_fn, suite.head, ("a",), suite.splits)
     with pytest.raises(ValueError, match="unknown"):
         MethodSettings(**{**SETTINGS.__dict__, "methods": ("lift", "maml")})
 
 
 def test_ranking_scores_every_method_seed_and_task(suite):
     seconds = {}
-    rank = hm.ranking(suite, SETTINGS, cpu_seconds=seconds)
+    scores = hm.ranking(suite, SETTINGS, cpu_seconds=seconds)
+    assert set(scores) == {"acc", "nll", "brier", "ece", "bins"}
+    rank = scores["acc"]
     assert set(rank) == set(hm.METHODS) and set(seconds) == set(hm.METHODS)
     for per_seed in rank.values():
         assert set(per_seed) == {0, 1}
@@ -129,3 +135,73 @@ def test_ranking_table_rows_and_paired_columns():
     assert lines[2].startswith("| independent | 51.0 | 59.0 | 55.00 ± ")
     assert lines[3].startswith("| LiFT | 55.0 | 63.5 | 59.25 ± ") and "+4.25 ± " in lines[3]
     assert "noise floor: independent seed 1 - seed 0, paired over 2 tasks" in lines[4]
+
+
+def test_the_lift_methods_share_one_chain_per_seed(suite, monkeypatch):
+    calls = []
+    real = hm.lift_prior
+
+    def counted(suite_, components, settings, seed):
+        calls.append((components, seed))
+        return real(suite_, components, settings, seed)
+
+    monkeypatch.setattr(hm, "lift_prior", counted)
+    settings = MethodSettings(**{**SETTINGS.__dict__, "methods": ("lift", "lift_k1", "lift_sgld", "lift_ts")})
+    scores = hm.ranking(suite, settings)
+    assert calls == [(2, 0), (1, 0), (2, 1), (1, 1)]
+    # temperature scaling moves confidence, never the predicted class
+    assert scores["acc"]["lift_ts"] == scores["acc"]["lift"]
+    assert scores["nll"]["lift_ts"] != scores["nll"]["lift"]
+
+
+def test_lift_sgld_averages_the_predictions_of_its_samples(suite):
+    prior = hm.meta_train("lift", suite, SETTINGS, seed=0)
+    task = suite.splits["test"][0]
+    config = hm.sampling_config(SETTINGS)
+    assert (config.steps, config.kept_after, config.thin) == (10, 5, 1)
+    samples = adapt(suite.flat, task.support(0), loss_fn, prior=prior, config=config, seed=0).samples
+    assert len(samples) == hm.SGLD_SAMPLES
+    x, y = task.query.full()
+    with torch.no_grad():
+        probs = torch.stack([torch.softmax(suite.flat.call(t)(x).double(), -1) for t in samples]).mean(0)
+    expected = calibration.scores(probs, y)
+    got = hm.method_scores("lift_sgld", suite, task, prior, SETTINGS, seed=0)
+    assert all(math.isclose(got[k], expected[k], rel_tol=1e-9) for k in calibration.METRICS)
+    last = scoring.query_scores(suite, samples[-1:], task.query)
+    assert not math.isclose(got["nll"], last["nll"], rel_tol=1e-6)  # not one sample's predictions
+    assert torch.allclose(torch.tensor(got["bins"], dtype=torch.float64), calibration.reliability_bins(probs, y))
+
+
+def test_temperature_scaling_scores_the_map_adapter_at_the_support_temperature(suite):
+    prior = hm.meta_train("lift", suite, SETTINGS, seed=0)
+    task = suite.splits["test"][1]
+    theta = adapt(suite.flat, task.support(0), loss_fn, prior=prior, config=SETTINGS.adapt, seed=0).theta
+    x, y = task.support(0).full()
+    with torch.no_grad():
+        temperature = calibration.fit_temperature(suite.flat.call(theta)(x), y)
+        qx, qy = task.query.full()
+        probs = torch.softmax(suite.flat.call(theta)(qx).double() / temperature, -1)
+    got = hm.method_scores("lift_ts", suite, task, prior, SETTINGS, seed=0)
+    assert math.isclose(got["nll"], calibration.scores(probs, qy)["nll"], rel_tol=1e-9)
+    with pytest.raises(ValueError, match="temperature"):
+        scoring.query_scores(suite, [theta], task.query, temperature=0.0)
+
+
+def test_calibration_table_pairs_against_the_reference_and_the_plot_is_written(tmp_path):
+    def per(a, b):
+        return {0: {"x": a, "y": b}}
+
+    bins = calibration.reliability_bins(torch.tensor([[0.9, 0.1], [0.4, 0.6]]), torch.tensor([0, 0])).tolist()
+    scores = {"acc": {"lift": per(50.0, 60.0), "lift_sgld": per(50.0, 62.0)},
+              "ece": {"lift": per(20.0, 10.0), "lift_sgld": per(15.0, 9.0)},
+              "nll": {"lift": per(1.0, 1.0), "lift_sgld": per(0.9, 0.8)},
+              "brier": {"lift": per(0.5, 0.5), "lift_sgld": per(0.5, 0.4)},
+              "bins": {"lift": per(bins, bins), "lift_sgld": per(bins, bins)}}
+    lines = report.calibration_table(scores, {"lift_sgld": "SGLD"}, "test").splitlines()
+    assert lines[2].startswith("| lift | 55.00 ± 5.00 | 15.00 ± 5.00 |  | 1.000 ± 0.000 |  |")
+    assert lines[3].startswith("| SGLD | 56.00 ± 6.00 | 12.00 ± 3.00 | -3.00 ± 2.00 | 0.850 ± 0.050 | -0.150 ± 0.050 |")
+    assert lines[3].endswith(f"| {calibration.ece_of_bins(torch.tensor(bins)):.2f} |")
+    with pytest.raises(ValueError, match="reference"):
+        report.calibration_table(scores, {}, "test", reference="independent")
+    png = plot.reliability_png(scores["bins"], {}, tmp_path / "r.png", "tiny")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

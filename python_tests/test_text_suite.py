@@ -11,8 +11,9 @@ pytest.importorskip("peft")
 
 from lift_ext.lift import MapConfig  # noqa: E402
 from lift_ext.text import tasks as T  # noqa: E402
-from lift_ext.text.backbone import (MAX_CLASSES, build_adapter, classification_loss, head_size,  # noqa: E402
-                                    initial_vector, load_encoder, sentence_features, tensor_task)
+from lift_ext.text.backbone import (MAX_CLASSES, accuracy, build_adapter, class_logits,  # noqa: E402
+                                    classification_loss, head_size, initial_vector, load_encoder,
+                                    sentence_features, tensor_task)
 from lift_ext.harness import BenchSuite, LiftSettings, MethodSettings  # noqa: E402
 from lift_ext.harness.suite import head_mask  # noqa: E402
 from lift_ext.harness import methods as hm  # noqa: E402
@@ -100,7 +101,7 @@ def test_a_tiny_lift_chain_and_adaptation_run(tiny):
     flat, suite = tiny
     train, test = [t for i, t in enumerate(suite) if i % 3], [t for i, t in enumerate(suite) if not i % 3]
     bench = BenchSuite(name="tiny", flat=flat, initial=lambda seed: initial_vector(flat, seed),
-                       loss_fn=classification_loss, head=head_mask(flat), groups=T.KINDS,
+                       loss_fn=classification_loss, logits_fn=class_logits, head=head_mask(flat), groups=T.KINDS,
                        splits={"train": [bench_task(t, 8) for t in train], "val": [],
                                "test": [bench_task(t, 8) for t in test]}, batched_grads=False)
     settings = MethodSettings(lift=LiftSettings(steps=4, tasks_per_step=2, batch=8, lr=1e-3, temperature=0.01,
@@ -110,7 +111,12 @@ def test_a_tiny_lift_chain_and_adaptation_run(tiny):
     prior = hm.meta_train("lift", bench, settings, seed=0)
     assert prior.means.shape == (2, flat.dim)
     scores = hm.ranking(bench, settings)
-    assert set(scores) == set(hm.METHODS)
-    assert all(0.0 <= v <= 100.0 for per_seed in scores.values() for v in per_seed[0].values())
+    assert set(scores["acc"]) == set(hm.METHODS) and set(scores["ece"]) == set(hm.METHODS)
+    assert all(0.0 <= v <= 100.0 for per_seed in scores["acc"].values() for v in per_seed[0].values())
+    assert all(v > 0.0 for per_seed in scores["nll"].values() for v in per_seed[0].values())
+    task = test[0]
+    logits, labels = class_logits(flat.call(prior.means[0]), task.query.full())
+    assert logits.shape == (8, int((task.query.full()[3][0] == 0).sum()))
+    assert int((logits.argmax(1) == labels).sum()) / 8 == accuracy(flat, prior.means[0], task.query)
     start = hm.meta_train("multitask", bench, settings, seed=0)
     assert float(start[head_mask(flat)].abs().sum()) == 0.0  # the learned head is reset

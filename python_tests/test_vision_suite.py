@@ -122,4 +122,8 @@ def test_tiny_lift_step_and_adapt_on_the_vit_adapter():
     assert torch.isfinite(result.theta).all() and result.component in (0, 1)
     query = vt.VisionTask(specs[0], data[0].images.repeat(35, 1, 1)[:vt.SUPPORT_POOL + 40],
                           data[0].labels.repeat(35)[:vt.SUPPORT_POOL + 40])
-    assert 0.0 <= vm.query_accuracy(flat, result.theta, query) <= 100.0
+    accuracy = vm.query_accuracy(flat, result.theta, query)
+    assert 0.0 <= accuracy <= 100.0
+    logits, labels = vm.logits_fn(flat.call(result.theta), vm.query_task(query).full())
+    assert logits.shape == (40, specs[0].num_classes) and torch.equal(labels, query.query[1])
+    assert 100.0 * float((logits.argmax(-1) == labels).float().mean()) == accuracy

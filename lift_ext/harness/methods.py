@@ -7,13 +7,20 @@
     lift          LiFT: MixtureHierarchy with ``components`` components over the meta-train
                   pools; adaptation to the MAP under its meta-test prior from the best component
     lift_k1       the same chain with K = 1
+    lift_sgld     lift's prior; adaptation by pSGLD sampling of the support posterior from the
+                  best component (``sampling_config``), predictions averaged over the samples
+    lift_ts       lift's MAP adapter, its logits divided by one temperature fitted on the
+                  task's support set (the non-Bayesian reference for calibration)
 
-Every meta-training method spends the same budget: ``lift.steps`` steps of ``tasks_per_step``
+lift, lift_sgld and lift_ts share one chain per seed (``ranking`` trains it once). Every
+meta-training method spends the same budget: ``lift.steps`` steps of ``tasks_per_step``
 minibatches of ``batch`` examples (LiFT: one of each of tasks_per_step tasks; multitask and
 Reptile: one minibatch of tasks_per_step * batch examples of one task per gradient; FO-MAML:
-the suite's episodes), counted in gradients as lift_ext.baselines does. The starts of multitask, Reptile and FO-MAML have their head reset to zero when
-``reset_head`` is set. All adaptation is lift_ext.lift.adapt with ``adapt`` (a MapConfig) on the
-task's support set under the same seed.
+the suite's episodes), counted in gradients as lift_ext.baselines does. The starts of
+multitask, Reptile and FO-MAML have their head reset to zero when ``reset_head`` is set. All
+adaptation is lift_ext.lift.adapt on the task's support set under the same seed, with
+``adapt`` (a MapConfig) except lift_sgld's. Every method is scored on the query rows by
+lift_ext.harness.scoring: accuracy (%), NLL (nats per example), Brier score and ECE (%).
 """
 from __future__ import annotations
 
@@ -24,11 +31,17 @@ from typing import Dict, Optional, Union
 import torch
 
 from lift_ext import baselines
+from lift_ext.calibration import METRICS
+from lift_ext.harness.scoring import query_scores, support_temperature
 from lift_ext.harness.suite import BenchSuite, BenchTask
-from lift_ext.lift import ChainStart, LangevinConfig, LiFT, MapConfig, MixtureHierarchy, MixturePrior, adapt
+from lift_ext.lift import (ChainStart, LangevinConfig, LiFT, MapConfig, MixtureHierarchy, MixturePrior, SamplingConfig,
+                           adapt)
+from lift_ext.lift.config import AdaptConfig
 
-METHODS = ("independent", "multitask", "reptile", "fomaml", "lift", "lift_k1")
+METHODS = ("independent", "multitask", "reptile", "fomaml", "lift", "lift_k1", "lift_sgld", "lift_ts")
 START_METHODS = ("multitask", "reptile", "fomaml")
+LIFT_METHODS = ("lift", "lift_k1", "lift_sgld", "lift_ts")
+SGLD_SAMPLES = 5
 
 
 @dataclass(frozen=True)
@@ -91,14 +104,21 @@ def lift_prior(suite: BenchSuite, components: int, s: LiftSettings, seed: int) -
     return lift.run(s.steps, progress=False).meta_test_prior()
 
 
-def meta_train(method: str, suite: BenchSuite, s: MethodSettings, seed: int) -> Optional[Learned]:
+def meta_train(method: str, suite: BenchSuite, s: MethodSettings, seed: int,
+               chains: Optional[Dict[int, MixturePrior]] = None) -> Optional[Learned]:
     """What ``method`` adapts from: a start [D] (independent: the suite's initial adapter; the start
-    methods: learned, head reset when s.reset_head) or a MixturePrior (the LiFT methods)."""
+    methods: learned, head reset when s.reset_head) or a MixturePrior (the LiFT methods: K = 1
+    for lift_k1, s.lift.components for the others). ``chains`` ({components: prior} of this
+    seed) keeps each chain's prior, so a chain another method already ran is not run again."""
     train, init = suite.splits["train"], suite.initial(seed)
     if method == "independent":
         return init
-    if method in ("lift", "lift_k1"):
-        return lift_prior(suite, s.lift.components if method == "lift" else 1, s.lift, seed)
+    if method in LIFT_METHODS:
+        chains = {} if chains is None else chains
+        components = 1 if method == "lift_k1" else s.lift.components
+        if components not in chains:
+            chains[components] = lift_prior(suite, components, s.lift, seed)
+        return chains[components]
     budget = dict(steps=s.lift.steps, lr=s.meta_lr, seed=seed)
     pools = [t.pool(s.lift.batch * s.lift.tasks_per_step) for t in train]
     if method == "multitask":
@@ -116,29 +136,63 @@ def meta_train(method: str, suite: BenchSuite, s: MethodSettings, seed: int) -> 
     return suite.without_head(theta) if s.reset_head else theta
 
 
-def adapted_accuracy(suite: BenchSuite, task: BenchTask, learned: Learned, config: MapConfig, seed: int) -> float:
-    """Query accuracy (%) of ``task`` after adapting to its support set under ``seed``: from
-    a start (no prior), or under a prior from its best component."""
+def sampling_config(s: MethodSettings) -> SamplingConfig:
+    """lift_sgld's adaptation: pSGLD at the chain's temperature with the MAP adaptation's lr and
+    preconditioning, 2 * adapt.steps steps, the first adapt.steps a burn-in (the MAP
+    adaptation's whole budget), then every max(1, adapt.steps // SGLD_SAMPLES)-th iterate kept
+    (SGLD_SAMPLES samples when adapt.steps is a multiple of SGLD_SAMPLES): twice the MAP
+    adaptation's step limit."""
+    steps = s.adapt.steps
+    return SamplingConfig(steps=2 * steps, lr=s.adapt.lr, preconditioned=s.adapt.preconditioned,
+                          temperature=s.lift.temperature, burn_in=steps, thin=max(1, steps // SGLD_SAMPLES))
+
+
+def adapted_scores(suite: BenchSuite, task: BenchTask, learned: Learned, config: AdaptConfig, seed: int,
+                   temperature_scaled: bool = False) -> Dict[str, object]:
+    """Query scores (lift_ext.harness.scoring.query_scores) of ``task`` after adapting to its
+    support set under ``seed`` with ``config``: from a start (no prior), or under a prior from
+    its best component. A MapConfig scores the MAP adapter, a SamplingConfig the average over
+    the kept samples; ``temperature_scaled`` divides the MAP adapter's logits by the temperature
+    fitted on the support set."""
     support = task.support(seed)
     if isinstance(learned, MixturePrior):
         result = adapt(suite.flat, support, suite.loss_fn, prior=learned, config=config, start="best_component",
                        seed=seed)
     else:
         result = adapt(suite.flat, support, suite.loss_fn, config=config, start=learned, seed=seed)
-    return task.accuracy(suite.flat, result.theta)
+    if not temperature_scaled:
+        return query_scores(suite, result.samples, task.query)
+    if not isinstance(config, MapConfig):
+        raise ValueError("temperature_scaled needs a MapConfig (one adapter to scale)")
+    return query_scores(suite, [result.theta], task.query, support_temperature(suite, result.theta, support))
 
 
-def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_seconds: Optional[Dict] = None
-            ) -> Dict[str, Dict[int, Dict[str, float]]]:
-    """{method: {seed: {task name: accuracy (%)}}} over the tasks of ``split`` for every seed;
-    ``cpu_seconds`` (a dict) receives each method's CPU seconds of meta-training and adaptation."""
+def method_scores(method: str, suite: BenchSuite, task: BenchTask, learned: Learned, s: MethodSettings,
+                  seed: int) -> Dict[str, object]:
+    """adapted_scores as ``method`` adapts: lift_sgld by sampling_config, lift_ts temperature
+    scaled, every other method to the MAP under s.adapt."""
+    config = sampling_config(s) if method == "lift_sgld" else s.adapt
+    return adapted_scores(suite, task, learned, config, seed, temperature_scaled=method == "lift_ts")
+
+
+Scores = Dict[str, Dict[str, Dict[int, Dict[str, object]]]]
+
+
+def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_seconds: Optional[Dict] = None) -> Scores:
+    """{metric: {method: {seed: {task name: value}}}} over the tasks of ``split`` for every seed,
+    the metrics lift_ext.calibration.METRICS (acc in %, nll in nats per example, brier, ece in
+    %) and "bins" (each task's reliability bins, a list [15][3]). ``cpu_seconds`` (a dict)
+    receives each method's CPU seconds of meta-training and adaptation; a LiFT chain shared by
+    several methods counts under the first of them in s.methods."""
     cpu_seconds = {} if cpu_seconds is None else cpu_seconds
-    out: Dict[str, Dict[int, Dict[str, float]]] = {m: {} for m in s.methods}
+    out: Scores = {key: {m: {} for m in s.methods} for key in METRICS + ("bins",)}
     for seed in s.seeds:
+        chains: Dict[int, MixturePrior] = {}
         for method in s.methods:
             start = time.process_time()
-            learned = meta_train(method, suite, s, seed)
-            out[method][seed] = {t.name: adapted_accuracy(suite, t, learned, s.adapt, seed)
-                                 for t in suite.splits[split]}
+            learned = meta_train(method, suite, s, seed, chains)
+            per_task = {t.name: method_scores(method, suite, t, learned, s, seed) for t in suite.splits[split]}
+            for key in out:
+                out[key][method][seed] = {name: scores[key] for name, scores in per_task.items()}
             cpu_seconds[method] = cpu_seconds.get(method, 0.0) + time.process_time() - start
     return out

@@ -1,4 +1,4 @@
-"""The harness's tables (markdown) and the record of where a run happened."""
+"""The harness's tables (markdown: accuracy, calibration) and the record of where a run happened."""
 from __future__ import annotations
 
 import platform
@@ -9,7 +9,9 @@ from typing import Dict, Mapping, Sequence
 
 import torch
 
+from lift_ext import calibration
 from lift_ext.harness import stats
+from lift_ext.harness.scoring import pooled_bins
 
 
 def machine() -> dict:
@@ -35,6 +37,11 @@ def timed(record: Dict[str, dict], name: str, fn):
     out = fn()
     record[name] = {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}
     return out
+
+
+def by_seed_name(scores: Mapping[str, Mapping[int, Mapping[str, object]]]) -> Dict[str, Dict[str, Mapping]]:
+    """{method: {str(seed): {task: value}}} (JSON keys are strings)."""
+    return {m: {str(seed): v for seed, v in per.items()} for m, per in scores.items()}
 
 
 def ranking_table(rank: Mapping[str, Mapping[int, Mapping[str, float]]], group_of: Mapping[str, str],
@@ -63,4 +70,38 @@ def ranking_table(rank: Mapping[str, Mapping[int, Mapping[str, float]]], group_o
         d, dse, n = stats.paired(rank[reference][seeds[1]], rank[reference][seeds[0]])
         lines.append(f"| noise floor: {reference} seed {seeds[1]} - seed {seeds[0]}, paired over {n} tasks |"
                      + " |" * len(groups) + f" | {d:+.2f} ± {dse:.2f} | |")
+    return "\n".join(lines)
+
+
+CALIBRATION_METRICS = (("ece", "ECE (%)", 2), ("nll", "NLL (nats)", 3), ("brier", "Brier", 3))  # key, header, decimals
+
+
+def calibration_table(scores: Mapping[str, Mapping[str, Mapping[int, Mapping[str, float]]]], labels: Mapping[str, str],
+                      split: str, reference: str = "lift") -> str:
+    """One row per method of ``scores`` ({metric: {method: {seed: {task: value}}}}, as
+    lift_ext.harness.ranking gives): accuracy, then ECE, NLL and Brier score, each the mean ±
+    s.e. over (seed, task) and the paired difference from ``reference`` (same task, same seed)
+    ± its s.e. (negative: better calibrated than the reference), and the ECE of the
+    reliability bins pooled over every (seed, task)."""
+    methods = list(scores["acc"])
+    if reference not in methods:
+        raise ValueError(f"reference {reference!r} is not among the scored methods {methods}")
+    seeds = sorted(scores["acc"][reference])
+    head = " | ".join(f"{name} ± s.e. | minus {reference} ± paired s.e." for _, name, _ in CALIBRATION_METRICS)
+    lines = [f"| method (meta-{split}, {len(seeds)} seeds) | accuracy (%) | {head} | pooled ECE (%) |",
+             "|---|" + "---:|" * (2 + 2 * len(CALIBRATION_METRICS))]
+    for method in methods:
+        mean, se = stats.mean_se(list(stats.flatten(scores["acc"][method]).values()))
+        cells = [f"{mean:.2f} ± {se:.2f}"]
+        for key, _, dec in CALIBRATION_METRICS:
+            flat = stats.flatten(scores[key][method])
+            mean, se = stats.mean_se(list(flat.values()))
+            cells.append(f"{mean:.{dec}f} ± {se:.{dec}f}")
+            if method == reference:
+                cells.append("")
+            else:
+                d, dse, _ = stats.paired(flat, stats.flatten(scores[key][reference]))
+                cells.append(f"{d:+.{dec}f} ± {dse:.{dec}f}")
+        pooled = calibration.ece_of_bins(pooled_bins(list(stats.flatten(scores["bins"][method]).values())))
+        lines.append(f"| {labels.get(method, method)} | " + " | ".join(cells) + f" | {pooled:.2f} |")
     return "\n".join(lines)

@@ -18,14 +18,15 @@ class BenchTask:
     """One task. ``support(seed)``: the labelled few-shot set adaptation sees under ``seed``
     (one full batch); ``pool(batch)``: the meta-training data of a meta-train task in minibatches
     of ``batch`` examples; ``episode``: (generator) -> (support, query) minibatches
-    of distinct pool rows (FO-MAML); ``accuracy(flat, theta)``: the query accuracy (%) of
-    adapter ``theta``; ``group``: the group (vision) or kind (text) it reports under."""
+    of distinct pool rows (FO-MAML); ``query``: the held-out rows every method is scored on
+    (``query.full()`` is one batch the suite's ``logits_fn`` takes); ``group``: the group
+    (vision) or kind (text) it reports under."""
     name: str
     group: str
     support: Callable[[int], TensorTask]
     pool: Callable[[int], TensorTask]
     episode: EpisodeFn
-    accuracy: Callable[[FlatParams, torch.Tensor], float]
+    query: TensorTask
 
 
 @dataclass
@@ -34,7 +35,9 @@ class BenchSuite:
     ``initial(seed)`` (the adapter every method starts from under ``seed``: LoRA A drawn as
     peft does, LoRA B = 0, head = 0; a suite whose support sets do not depend on the seed
     draws LoRA A from it, so that seeds differ),
-    ``loss_fn(call, batch)`` (the mean cross-entropy, nats per example), ``head`` (bool [D], the
+    ``loss_fn(call, batch)`` (the mean cross-entropy, nats per example), ``logits_fn(call,
+    batch)`` (no grad: (logits [n, C] over the batch's task's own C classes, labels [n]), whose
+    softmax is the distribution loss_fn scores), ``head`` (bool [D], the
     head's coordinates), ``groups`` (the group names in report order), ``splits`` {split:
     [BenchTask]} and ``batched_grads`` (whether LiFT may stack minibatches of its tasks: False
     where minibatch shapes differ between tasks)."""
@@ -42,6 +45,7 @@ class BenchSuite:
     flat: FlatParams
     initial: Callable[[int], torch.Tensor]
     loss_fn: LossFn
+    logits_fn: Callable[[Callable, tuple], Tuple[torch.Tensor, torch.Tensor]]
     head: torch.Tensor
     groups: Tuple[str, ...]
     splits: Dict[str, List[BenchTask]]

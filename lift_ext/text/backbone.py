@@ -206,20 +206,29 @@ def classification_loss(call, batch) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(call(states[:, :width], mask[:, :width]) + cmask, labels)
 
 
-def accuracy(flat: FlatParams, theta: torch.Tensor, task: TensorTask, chunk: int = 128) -> float:
-    """Fraction of ``task``'s rows whose arg-max class (over the task's classes) is the label."""
-    states, mask, labels, cmask = task.full()
-    call = flat.call(theta)
-    right = 0
+def class_logits(call, batch, chunk: int = 128):
+    """(logits [N, C] over the task's own C classes, labels [N]) of a batch (states, mask,
+    labels, class mask) of one task's rows, computed ``chunk`` rows at a time, each chunk's
+    padding beyond its longest sentence trimmed (no grad)."""
+    states, mask, labels, cmask = batch
+    classes = int((cmask[0] == 0).sum())
+    if not bool((cmask == cmask[0]).all()):
+        raise ValueError("batch mixes tasks with different classes: class_logits scores one task")
+    parts = []
     with torch.no_grad():
         for i in range(0, len(labels), chunk):
             m = mask[i:i + chunk]
             width = int(m.sum(1).max())
-            logits = call(states[i:i + chunk, :width], m[:, :width]) + cmask[i:i + chunk]
-            right += int((logits.argmax(1) == labels[i:i + chunk]).sum())
-    return right / len(labels)
+            parts.append(call(states[i:i + chunk, :width], m[:, :width]) + cmask[i:i + chunk])
+    return torch.cat(parts)[:, :classes], labels
+
+
+def accuracy(flat: FlatParams, theta: torch.Tensor, task: TensorTask) -> float:
+    """Fraction of ``task``'s rows whose arg-max class (over the task's classes) is the label."""
+    logits, labels = class_logits(flat.call(theta), task.full())
+    return int((logits.argmax(1) == labels).sum()) / len(labels)
 
 
 __all__ = ["TOP_LAYERS", "MAX_TOKENS", "MAX_CLASSES", "RANK", "model_path", "load_encoder", "Features",
            "sentence_features", "TopClassifier", "build_adapter", "initial_vector", "head_size", "class_mask",
-           "tensor_task", "classification_loss", "accuracy"]
+           "tensor_task", "classification_loss", "class_logits", "accuracy"]

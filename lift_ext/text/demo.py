@@ -1,12 +1,14 @@
-"""The text suite end to end: headroom, then the harness's ranking, written as tables and JSON
-(``lift-ext demo --suite text``; benchmarks/text_headroom.py adds the meta-val sweep).
+"""The text suite end to end: headroom, then the harness's ranking, written as tables (accuracy,
+calibration), JSON and a reliability diagram (``lift-ext demo --suite text``;
+benchmarks/text_headroom.py adds the meta-val sweep).
 
 1. Headroom on the meta-val and meta-test tasks: the head at its initialisation (uniform
    probabilities: the share of the first class), the unadapted backbone (nearest class centroid
    of its pooled states), independent fine-tuning on the 32 support sentences under seeds 0
    and 1, the per-kind oracle (a ceiling that is told the kind), and the noise floor
    (independent seed 1 - seed 0, paired by task).
-2. Ranking on ``split`` (meta-test) over the seeds: every method of lift_ext.harness.
+2. Ranking on ``split`` (meta-test) over the seeds: every method of lift_ext.harness, its
+   accuracy and its calibration (ECE, NLL, Brier score; paired differences from MAP LiFT).
 
 Accuracies are in %, differences in percentage points, times in CPU seconds of this process
 (time.process_time). The first run computes the cached lower-layer features (docs/text_suite.md).
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from lift_ext.files import atomic_open
-from lift_ext.harness import LiftSettings, MethodSettings, report, stats
+from lift_ext.harness import LiftSettings, MethodSettings, plot, report, stats
 from lift_ext.harness import methods as hm
 from lift_ext.lift import MapConfig
 from lift_ext.text.backbone import accuracy
@@ -51,7 +53,8 @@ QUICK = Settings(methods=replace(Settings().methods, seeds=(0, 1), lift=replace(
                  limit={"train": 2, "val": 1, "test": 1})
 
 LABELS = {"independent": "independent", "multitask": "multitask + FT", "reptile": "Reptile + FT",
-          "fomaml": "FO-MAML + FT", "lift": "LiFT (K components)", "lift_k1": "LiFT K = 1"}
+          "fomaml": "FO-MAML + FT", "lift": "LiFT (K components)", "lift_k1": "LiFT K = 1",
+          "lift_sgld": "LiFT + pSGLD samples", "lift_ts": "LiFT + temperature scaling"}
 
 
 def headroom(suite: TextSuite, settings: Settings) -> Dict[str, Dict[str, Dict[str, float]]]:
@@ -68,9 +71,9 @@ def headroom(suite: TextSuite, settings: Settings) -> Dict[str, Dict[str, Dict[s
                 "unadapted backbone (prototype)": {t.name: 100 * prototype_accuracy(suite.flat, t) for t in tasks}}
         for seed in (0, 1):
             rows[f"independent, seed {seed}"] = {
-                b.name: hm.adapted_accuracy(bench, b, bench.initial(seed), s.adapt, seed) for b in bench_tasks}
+                b.name: hm.adapted_scores(bench, b, bench.initial(seed), s.adapt, seed)["acc"] for b in bench_tasks}
         rows["oracle (per-kind multitask)"] = {
-            b.name: hm.adapted_accuracy(bench, b, oracle[t.kind], s.adapt, 0) for t, b in zip(tasks, bench_tasks)}
+            b.name: hm.adapted_scores(bench, b, oracle[t.kind], s.adapt, 0)["acc"] for t, b in zip(tasks, bench_tasks)}
         out[split] = rows
     return out
 
@@ -93,7 +96,8 @@ def headroom_table(scores: dict, group_of: Dict[str, str]) -> str:
 
 def run(settings: Settings, output: Optional[Path], cache=None) -> dict:
     """Headroom and ranking under ``settings``; prints the tables and, with ``output``, writes
-    them with every score as JSON. Returns the record."""
+    them with every score as JSON and the reliability diagram beside it (reliability.png).
+    Returns the record."""
     clock: Dict[str, float] = {}
     machine = report.machine()  # the commit of the code this run loaded
     start = time.process_time()
@@ -114,15 +118,21 @@ def run(settings: Settings, output: Optional[Path], cache=None) -> dict:
     clock.update({f"ranking {m}": v for m, v in method_seconds.items()})
     clock["total excluding features"] = time.process_time() - start - suite.feature_cpu_seconds
     text += (f"\n\n### Ranking on meta-{settings.split} (seeds {list(s.seeds)}; accuracy %, mean ± s.e. over "
-             f"(task, seed))\n\n{report.ranking_table(rank, group_of, KINDS, LABELS, settings.split)}\n\n"
-             f"CPU seconds ({machine['cpu']}, {machine['torch_threads']} torch thread(s), commit {machine['commit']}): "
+             f"(task, seed))\n\n{report.ranking_table(rank['acc'], group_of, KINDS, LABELS, settings.split)}\n\n"
+             f"### Calibration on meta-{settings.split} (paired differences from MAP LiFT; lower is better)\n\n"
+             f"{report.calibration_table(rank, LABELS, settings.split)}\n\n"
+             f"CPU seconds ({machine['cpu']}, {machine['torch_threads']} torch thread(s), commit {machine['commit']}; "
+             "a LiFT chain shared by several methods counts under the first): "
              + ", ".join(f"{k} {v:.0f}" for k, v in clock.items()))
     print(text)
     result = {"settings": asdict(settings), "tasks": {sp: [t.name for t in ts] for sp, ts in suite.texts.items()},
-              "headroom": head, "ranking": {m: {str(sd): v for sd, v in d.items()} for m, d in rank.items()},
+              "headroom": head, "ranking": report.by_seed_name(rank["acc"]),
+              "scores": {key: report.by_seed_name(per) for key, per in rank.items()},
               "cpu_seconds": clock, "machine": machine, "markdown": text}
     if output is not None:
         with atomic_open(Path(output)) as fh:
             fh.write(json.dumps(result, indent=1, default=str))
-        print(f"wrote {output}")
+        png = plot.reliability_png(rank["bins"], LABELS, Path(output).parent / "reliability.png",
+                                   f"text suite, meta-{settings.split}: bins pooled over tasks and seeds")
+        print(f"wrote {output} and {png}")
     return result

@@ -21,7 +21,7 @@ import torch
 from lift_ext import baselines
 from lift_ext.harness import BenchTask
 from lift_ext.lift import FlatParams, TensorTask
-from lift_ext.text.backbone import accuracy, classification_loss
+from lift_ext.text.backbone import classification_loss
 from lift_ext.text.tasks import KINDS
 
 
@@ -54,11 +54,11 @@ def episode(task: SuiteTask, batch: int, gen: torch.Generator):
 
 def bench_task(task: SuiteTask, episode_batch: int) -> BenchTask:
     """``task`` as the harness sees it: the same 32 support sentences under every seed (the
-    seed draws the adaptation's minibatch order only), accuracy in %."""
+    seed draws the adaptation's minibatch order only), scored on its query rows."""
     return BenchTask(name=task.name, group=KINDS[task.kind], support=lambda seed: task.support,
                      pool=lambda batch: pool_in_batches(task, batch),
                      episode=lambda gen: episode(task, episode_batch, gen),
-                     accuracy=lambda flat, theta: 100.0 * accuracy(flat, theta, task.query))
+                     query=task.query)
 
 
 def oracle_starts(flat: FlatParams, train: Sequence[SuiteTask], init: torch.Tensor, *, steps: int, batch: int,

@@ -8,7 +8,8 @@ from typing import Dict, List, Optional, Sequence
 from lift_ext.harness import BenchSuite
 from lift_ext.harness.suite import head_mask
 from lift_ext.lift import FlatParams
-from lift_ext.text.backbone import build_adapter, classification_loss, initial_vector, load_encoder, sentence_features, tensor_task
+from lift_ext.text.backbone import (build_adapter, class_logits, classification_loss, initial_vector, load_encoder,
+                                    sentence_features, tensor_task)
 from lift_ext.text.methods import SuiteTask, bench_task
 from lift_ext.text.tasks import KINDS, SPLITS, SUPPORT, TextTask, load_tasks
 
@@ -29,7 +30,8 @@ class TextSuite:
         ``episode_batch`` sentences. batched_grads is off: the loss trims each minibatch's
         padding, so minibatch shapes differ between tasks."""
         return BenchSuite(name="text", flat=self.flat, initial=lambda seed: initial_vector(self.flat, seed),
-                          loss_fn=classification_loss, head=head_mask(self.flat), groups=KINDS,
+                          loss_fn=classification_loss, logits_fn=class_logits, head=head_mask(self.flat),
+                          groups=KINDS,
                           splits={s: [bench_task(t, episode_batch) for t in ts] for s, ts in self.splits.items()},
                           batched_grads=False)
 

@@ -85,7 +85,7 @@ def bench_task(task: vt.VisionTask, shots: int, episode_batch: int) -> BenchTask
                      support=partial(vm.support_task, task, shots),
                      pool=partial(vm.pool_task, task),
                      episode=partial(vm.episode, task, episode_batch),
-                     accuracy=lambda flat, theta: vm.query_accuracy(flat, theta, task))
+                     query=vm.query_task(task))
 
 
 class Suite:
@@ -114,7 +114,7 @@ class Suite:
         """The harness's view of the suite under the current settings: every method starts
         from the same initial adapter (the seed draws the support shots and the orders)."""
         return BenchSuite(name="vision", flat=self.flat, initial=lambda seed: self.init, loss_fn=vb.loss_fn,
-                          head=head_mask(self.flat), groups=vt.GROUPS,
+                          logits_fn=vm.logits_fn, head=head_mask(self.flat), groups=vt.GROUPS,
                           splits={split: [self.bench_task(i) for i in self.evaluated(split)]
                                   for split in ("train", "val", "test")})
 
@@ -126,7 +126,7 @@ class Suite:
 def independent(suite: Suite, index: int, seed: int) -> float:
     """Query accuracy (%) of the adapter fine-tuned from its init on the task's support shots."""
     s = suite.settings
-    return hm.adapted_accuracy(suite.bench(), suite.bench_task(index), suite.init, s.map_config(), seed)
+    return hm.adapted_scores(suite.bench(), suite.bench_task(index), suite.init, s.map_config(), seed)["acc"]
 
 
 def headroom(suite: Suite, seeds=(0, 1)) -> Dict[str, dict]:
@@ -151,8 +151,8 @@ def headroom(suite: Suite, seeds=(0, 1)) -> Dict[str, dict]:
     return out
 
 
-def ranking(suite: Suite, methods=hm.METHODS, cpu_seconds=None) -> Dict[str, Dict[int, dict]]:
-    """{method: {seed: {task name: accuracy (%)}}} on the eval split (lift_ext.harness.ranking)."""
+def ranking(suite: Suite, methods=hm.METHODS, cpu_seconds=None) -> hm.Scores:
+    """{metric: {method: {seed: {task name: value}}}} on the eval split (lift_ext.harness.ranking)."""
     s = suite.settings
     return hm.ranking(suite.bench(), s.methods(methods), split=s.eval_split, cpu_seconds=cpu_seconds)
 

@@ -1,5 +1,6 @@
-"""The vision suite end to end: headroom, then the harness's ranking, written as tables and
-JSON (``lift-ext demo --suite vision``; benchmarks/vision_headroom.py adds the meta-val sweep).
+"""The vision suite end to end: headroom, then the harness's ranking, written as tables (accuracy,
+calibration), JSON and a reliability diagram (``lift-ext demo --suite vision``;
+benchmarks/vision_headroom.py adds the meta-val sweep).
 
 The first run renders the tasks and pre-trains the backbone (cached under $LIFT_EXT_CACHE,
 default ~/.cache/lift_ext/vision); its time is printed. Times are CPU seconds of this process
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from lift_ext.files import atomic_open
-from lift_ext.harness import report, stats
+from lift_ext.harness import plot, report, stats
 from lift_ext.vision import bench
 from lift_ext.vision import tasks as vt
 
@@ -20,7 +21,8 @@ LABELS = {"chance": "chance (1 / classes)", "prototypes": "unadapted backbone, p
           "independent_seed0": "independent fine-tuning (seed 0)", "independent_seed1": "independent fine-tuning (seed 1)",
           "pool_ceiling": "ceiling: fine-tuned on the whole 800-image pool",
           "independent": "independent", "multitask": "multitask + FT", "reptile": "Reptile + FT", "fomaml": "FO-MAML + FT",
-          "lift": "LiFT (K components)", "lift_k1": "LiFT K = 1"}
+          "lift": "LiFT (K components)", "lift_k1": "LiFT K = 1", "lift_sgld": "LiFT + pSGLD samples",
+          "lift_ts": "LiFT + temperature scaling"}
 
 
 def _cells(scores, groups):
@@ -48,7 +50,8 @@ def ranking_table(rank: dict, groups: dict, split: str) -> str:
 
 def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: bool = True) -> dict:
     """Headroom and ranking under ``settings``; prints the tables and, with ``output``, writes
-    them with every score as JSON. Returns the record."""
+    them with every score as JSON and the reliability diagram beside it (reliability.png).
+    Returns the record."""
     stages = {}
     suite = report.timed(stages, "load (tasks and backbone)", lambda: bench.Suite(settings, cache=cache,
                                                                                   progress=progress))
@@ -64,12 +67,15 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
     print(text + "\n", flush=True)
     method_seconds = {}
     rank = report.timed(stages, "ranking", lambda: bench.ranking(suite, cpu_seconds=method_seconds))
-    text += "\n\n" + ranking_table(rank, groups, settings.eval_split)
-    result["ranking"] = {m: {str(s): v for s, v in per.items()} for m, per in rank.items()}
+    text += "\n\n" + ranking_table(rank["acc"], groups, settings.eval_split)
+    text += "\n\n" + report.calibration_table(rank, LABELS, settings.eval_split)
+    result["ranking"] = report.by_seed_name(rank["acc"])
+    result["scores"] = {key: report.by_seed_name(per) for key, per in rank.items()}
     result["method_cpu_seconds"] = method_seconds
     cpu = sum(v["cpu_seconds"] for v in stages.values())
     wall = sum(v["wall_seconds"] for v in stages.values())
-    footer = ("\n\nCPU seconds per method (meta-training and adaptation, all seeds): "
+    footer = ("\n\nCPU seconds per method (meta-training and adaptation, all seeds; a LiFT chain shared by "
+              "several methods counts under the first): "
               + ", ".join(f"{m} {v:.0f}" for m, v in method_seconds.items())
               + f"\n{result['machine']['cpu']}, {result['machine']['torch_threads']} torch thread(s), commit "
               f"{result['machine']['commit']}: {cpu:.0f} CPU s ({wall:.0f} s wall) including loading"
@@ -79,5 +85,7 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
     if output is not None:
         with atomic_open(Path(output)) as fh:
             fh.write(json.dumps(result, indent=1, default=str))
-        print(f"wrote {output}")
+        png = plot.reliability_png(rank["bins"], LABELS, Path(output).parent / "reliability.png",
+                                   f"vision suite, meta-{settings.eval_split}: bins pooled over tasks and seeds")
+        print(f"wrote {output} and {png}")
     return result

@@ -1,6 +1,6 @@
 """The vision suite's data as the harness sees it (lift_ext.harness): support sets, pools,
-episodes and query accuracy on the flat adapter vector (LoRA + head, lift_ext.vision.backbone),
-and the unadapted backbone's prototype classifier."""
+episodes, query rows and logits on the flat adapter vector (LoRA + head,
+lift_ext.vision.backbone), and the unadapted backbone's prototype classifier."""
 from __future__ import annotations
 
 import torch
@@ -26,6 +26,21 @@ def support_task(task: vt.VisionTask, shots: int, seed: int) -> TensorTask:
 def pool_task(task: vt.VisionTask, batch_size: int) -> TensorTask:
     """The whole support pool (SUPPORT_POOL images) with minibatches of ``batch_size``."""
     return labelled(task, torch.arange(vt.SUPPORT_POOL), batch_size)
+
+
+def query_task(task: vt.VisionTask) -> TensorTask:
+    """The task's held-out query images, one full batch."""
+    rows = torch.arange(vt.SUPPORT_POOL, len(task.labels))
+    return labelled(task, rows, batch_size=len(rows))
+
+
+def logits_fn(call, batch):
+    """(logits [N, C] over the task's own C classes, labels [N]) of a batch (inputs, labels,
+    classes) of one task's images (every row has the same number of classes C)."""
+    inputs, labels, classes = batch
+    if int(classes.min()) != int(classes.max()):
+        raise ValueError("batch mixes tasks with different numbers of classes: logits_fn scores one task")
+    return masked_logits(call(inputs), classes)[:, :int(classes[0])], labels
 
 
 def query_accuracy(flat: FlatParams, theta: torch.Tensor, task: vt.VisionTask) -> float:
