@@ -1,8 +1,10 @@
 """The reliability diagram of a ranking (PNG, matplotlib's Agg backend): per method, the
 accuracy against the mean confidence max_c p_c of each of the 15 equal-width confidence bins,
-the bins pooled over every (seed, task), and the diagonal of perfect calibration."""
+the bins pooled over every (seed, task), and the diagonal of perfect calibration; and
+``write_run``, which writes a run's record and its diagram together."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Mapping
 
@@ -41,3 +43,11 @@ def reliability_png(bins: Mapping[str, Mapping[int, Mapping[str, list]]], labels
     with atomic_open(Path(path), "wb") as fh:
         fh.write(buffer.getvalue())
     return Path(path)
+
+
+def write_run(result: dict, output: Path, bins, labels: Mapping[str, str], title: str) -> Path:
+    """Write a run's record ``result`` as JSON to ``output`` (atomically) and its reliability
+    diagram to reliability.png beside it; return the diagram's path."""
+    with atomic_open(Path(output)) as fh:
+        fh.write(json.dumps(result, indent=1, default=str))
+    return reliability_png(bins, labels, Path(output).parent / "reliability.png", title)

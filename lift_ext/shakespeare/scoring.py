@@ -21,21 +21,19 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from lift_ext.calibration import ECE_BINS
+from lift_ext.calibration import fit_temperature as fit_logit_temperature
+from lift_ext.calibration import reliability_bins as core_reliability_bins
 from lift_ext.lift import FlatParams, average_predictions
 
 METRICS = ("acc", "acc_remapped", "nll", "ece", "brier")
-ECE_BINS = 15
 
 
 def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> torch.Tensor:
-    """[bins, 3] float64: per confidence bin (0, 1/bins], ..., ((bins-1)/bins, 1] the number of
-    positions, their summed confidence max_c p_c and their number of correct argmaxes, for
-    predictive distributions probs [..., C] and integer targets [...]. Sums over roles add up."""
-    probs, targets = probs.reshape(-1, probs.shape[-1]).double(), targets.reshape(-1)
-    confidence, pred = probs.max(-1)
-    which = (confidence * bins).ceil().clamp(1, bins).long() - 1
-    columns = torch.stack([torch.ones_like(confidence), confidence, (pred == targets).double()], 1)
-    return torch.zeros(bins, 3, dtype=torch.float64).index_add_(0, which, columns)
+    """lift_ext.calibration.reliability_bins over every position: [bins, 3] float64 (count,
+    summed confidence, correct argmaxes per confidence bin) for predictive distributions
+    probs [..., C] and integer targets [...]. Sums over roles add up."""
+    return core_reliability_bins(probs.reshape(-1, probs.shape[-1]), targets.reshape(-1), bins)
 
 
 def calibration(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> Dict[str, float]:
@@ -47,37 +45,14 @@ def calibration(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS
     return {"ece": float((hits - confidence).abs().sum() / count.sum()), "brier": float(brier)}
 
 
-LOG_T_GRID = torch.linspace(math.log(0.05), math.log(20.0), 241, dtype=torch.float64)
-
-
 @torch.no_grad()
 def fit_temperature(flat: FlatParams, theta: torch.Tensor, pair) -> float:
     """T in [0.05, 20] minimising the mean NLL (nats per target) of softmax(logits / T) on the
-    (inputs, targets) ``pair`` at adapter ``theta``: the best of 241 log-spaced values, refined
-    by 40 golden-section steps between its neighbours (the NLL is convex in 1/T)."""
+    (inputs, targets) ``pair`` at adapter ``theta`` (lift_ext.calibration.fit_temperature over
+    every predicted character)."""
     inputs, targets = pair
     logits = flat.call(theta)(input_ids=inputs).logits.double()
-    logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-
-    def nll(log_t: float) -> float:
-        return float(torch.nn.functional.cross_entropy(logits / math.exp(log_t), targets))
-
-    values = [nll(float(v)) for v in LOG_T_GRID]
-    best = min(range(len(values)), key=values.__getitem__)
-    lo, hi = float(LOG_T_GRID[max(best - 1, 0)]), float(LOG_T_GRID[min(best + 1, len(values) - 1)])
-    ratio = (math.sqrt(5.0) - 1.0) / 2.0
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    at_a, at_b = nll(a), nll(b)
-    for _ in range(40):  # one new evaluation a step: the kept inner point is reused
-        if at_a <= at_b:
-            hi, b, at_b = b, a, at_a
-            a = hi - ratio * (hi - lo)
-            at_a = nll(a)
-        else:
-            lo, a, at_a = a, b, at_b
-            b = lo + ratio * (hi - lo)
-            at_b = nll(b)
-    return math.exp((lo + hi) / 2.0)
+    return fit_logit_temperature(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 @torch.no_grad()

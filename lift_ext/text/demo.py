@@ -15,13 +15,11 @@ Accuracies are in %, differences in percentage points, times in CPU seconds of t
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, Optional
 
-from lift_ext.files import atomic_open
 from lift_ext.harness import LiftSettings, MethodSettings, plot, report, stats
 from lift_ext.harness import methods as hm
 from lift_ext.lift import MapConfig
@@ -130,9 +128,7 @@ def run(settings: Settings, output: Optional[Path], cache=None) -> dict:
               "scores": {key: report.by_seed_name(per) for key, per in rank.items()},
               "cpu_seconds": clock, "machine": machine, "markdown": text}
     if output is not None:
-        with atomic_open(Path(output)) as fh:
-            fh.write(json.dumps(result, indent=1, default=str))
-        png = plot.reliability_png(rank["bins"], LABELS, Path(output).parent / "reliability.png",
-                                   f"text suite, meta-{settings.split}: bins pooled over tasks and seeds")
+        png = plot.write_run(result, Path(output), rank["bins"], LABELS,
+                             f"text suite, meta-{settings.split}: bins pooled over tasks and seeds")
         print(f"wrote {output} and {png}")
     return result

@@ -8,11 +8,9 @@ default ~/.cache/lift_ext/vision); its time is printed. Times are CPU seconds of
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
-from lift_ext.files import atomic_open
 from lift_ext.harness import plot, report, stats
 from lift_ext.vision import bench
 from lift_ext.vision import tasks as vt
@@ -83,9 +81,7 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
     print(text + footer)
     result["cpu_seconds"], result["wall_seconds"], result["table"] = cpu, wall, text + footer
     if output is not None:
-        with atomic_open(Path(output)) as fh:
-            fh.write(json.dumps(result, indent=1, default=str))
-        png = plot.reliability_png(rank["bins"], LABELS, Path(output).parent / "reliability.png",
-                                   f"vision suite, meta-{settings.eval_split}: bins pooled over tasks and seeds")
+        png = plot.write_run(result, Path(output), rank["bins"], LABELS,
+                             f"vision suite, meta-{settings.eval_split}: bins pooled over tasks and seeds")
         print(f"wrote {output} and {png}")
     return result
