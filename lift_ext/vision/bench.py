@@ -99,6 +99,7 @@ class Suite:
         self.model, self.flat = vb.adapter_model(self.state, rank=settings.rank)
         self.init = self.flat.vector.detach().clone()
         self.groups = [t.spec.group for t in self.tasks]
+        self._bench = None  # (settings, BenchSuite): rebuilt only when the settings change
 
     def evaluated(self, split: str) -> List[int]:
         """The task indices of ``split`` (the first tasks_per_group of each group when set;
@@ -113,6 +114,11 @@ class Suite:
     def bench(self) -> BenchSuite:
         """The harness's view of the suite under the current settings: every method starts
         from the same initial adapter (the seed draws the support shots and the orders)."""
+        if self._bench is None or self._bench[0] != self.settings:
+            self._bench = (self.settings, self._new_bench())
+        return self._bench[1]
+
+    def _new_bench(self) -> BenchSuite:
         return BenchSuite(name="vision", flat=self.flat, initial=lambda seed: self.init, loss_fn=vb.loss_fn,
                           logits_fn=vm.logits_fn, head=head_mask(self.flat), groups=vt.GROUPS,
                           splits={split: [self.bench_task(i) for i in self.evaluated(split)]

@@ -45,11 +45,9 @@ def logits_fn(call, batch):
 
 def query_accuracy(flat: FlatParams, theta: torch.Tensor, task: vt.VisionTask) -> float:
     """Accuracy (%) at adapter ``theta`` on the task's held-out query images, the argmax over
-    the task's own classes."""
-    images, labels = task.query
-    classes = torch.full((len(labels),), task.spec.num_classes, dtype=torch.long)
+    the task's own classes (logits_fn)."""
     with torch.no_grad():
-        logits = masked_logits(flat.call(theta)(to_input(images)), classes)
+        logits, labels = logits_fn(flat.call(theta), query_task(task).full())
     return 100.0 * float((logits.argmax(-1) == labels).float().mean())
 
 
