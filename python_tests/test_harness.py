@@ -187,6 +187,27 @@ def test_temperature_scaling_scores_the_map_adapter_at_the_support_temperature(s
         scoring.query_scores(suite, [theta], task.query, temperature=0.0)
 
 
+def test_an_adaptation_done_twice_is_done_once_with_the_same_result(suite, monkeypatch):
+    prior = hm.meta_train("lift", suite, SETTINGS, seed=0)
+    task = suite.splits["test"][0]
+    fresh = {m: hm.method_scores(m, suite, task, prior, SETTINGS, seed=0) for m in ("lift", "lift_ts")}
+    calls = []
+    real = hm.adapt
+    monkeypatch.setattr(hm, "adapt", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    done = hm.Adaptations()
+    shared = {m: hm.method_scores(m, suite, task, prior, SETTINGS, seed=0, adaptations=done)
+              for m in ("lift", "lift_ts")}
+    assert shared == fresh and calls == [0]  # lift_ts scaled lift's MAP adapter, not a second one
+    hm.method_scores("lift", suite, task, prior, SETTINGS, seed=1, adaptations=done)
+    other = suite.splits["test"][1]
+    hm.method_scores("lift", suite, other, prior, SETTINGS, seed=0, adaptations=done)
+    start = suite.initial(0)
+    hm.adapted_scores(suite, task, start, SETTINGS.adapt, 0, adaptations=done)
+    hm.adapted_scores(suite, task, start.clone(), SETTINGS.adapt, 0, adaptations=done)  # same bytes
+    hm.adapted_scores(suite, task, start + 1e-3, SETTINGS.adapt, 0, adaptations=done)
+    assert calls == [0, 1, 0, 0, 0]
+
+
 def test_calibration_table_pairs_against_the_reference_and_the_plot_is_written(tmp_path):
     def per(a, b):
         return {0: {"x": a, "y": b}}

@@ -24,6 +24,7 @@ lift_ext.harness.scoring: accuracy (%), NLL (nats per example), Brier score and 
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Union
@@ -147,51 +148,86 @@ def sampling_config(s: MethodSettings) -> SamplingConfig:
                           temperature=s.lift.temperature, burn_in=steps, thin=max(1, steps // SGLD_SAMPLES))
 
 
+class Adaptations:
+    """The adaptations of a run so far, so that one done twice is done once: adapting is a
+    deterministic function of (suite, task, learned start or prior, config, seed), so lift_ts
+    scores the MAP adapter lift already found, and a ranking's independent fine-tuning reuses
+    the headroom's. Keyed by the suite and task names, a SHA-1 of the bytes of the support set's
+    tensors and of the learned tensors, the config (a frozen dataclass) and the seed."""
+
+    def __init__(self):
+        self._done: Dict[tuple, object] = {}
+
+    @staticmethod
+    def _key(suite: BenchSuite, task: BenchTask, support, learned: Learned, config: AdaptConfig,
+             seed: int) -> tuple:
+        digest = hashlib.sha1()
+        tensors = ((learned.means, learned.variances, learned.weights, torch.tensor(learned.beta))
+                   if isinstance(learned, MixturePrior) else (learned,))
+        for t in (*support.full(), *tensors):
+            digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return suite.name, task.name, type(learned).__name__, digest.hexdigest(), config, seed
+
+    def adapt(self, suite: BenchSuite, task: BenchTask, learned: Learned, config: AdaptConfig, seed: int):
+        """lift_ext.lift.adapt's result for ``task``'s support set under ``seed``: from a start
+        (no prior) or under a prior from its best component; done once per key."""
+        support = task.support(seed)
+        key = self._key(suite, task, support, learned, config, seed)
+        if key not in self._done:
+            if isinstance(learned, MixturePrior):
+                self._done[key] = adapt(suite.flat, support, suite.loss_fn, prior=learned, config=config,
+                                        start="best_component", seed=seed)
+            else:
+                self._done[key] = adapt(suite.flat, support, suite.loss_fn, config=config, start=learned, seed=seed)
+        return self._done[key]
+
+
 def adapted_scores(suite: BenchSuite, task: BenchTask, learned: Learned, config: AdaptConfig, seed: int,
-                   temperature_scaled: bool = False) -> Dict[str, object]:
+                   temperature_scaled: bool = False, adaptations: Optional[Adaptations] = None) -> Dict[str, object]:
     """Query scores (lift_ext.harness.scoring.query_scores) of ``task`` after adapting to its
-    support set under ``seed`` with ``config``: from a start (no prior), or under a prior from
-    its best component. A MapConfig scores the MAP adapter, a SamplingConfig the average over
-    the kept samples; ``temperature_scaled`` divides the MAP adapter's logits by the temperature
+    support set under ``seed`` with ``config`` (Adaptations.adapt; ``adaptations`` keeps what
+    was done before). A MapConfig scores the MAP adapter, a SamplingConfig the average over the
+    kept samples; ``temperature_scaled`` divides the MAP adapter's logits by the temperature
     fitted on the support set."""
-    support = task.support(seed)
-    if isinstance(learned, MixturePrior):
-        result = adapt(suite.flat, support, suite.loss_fn, prior=learned, config=config, start="best_component",
-                       seed=seed)
-    else:
-        result = adapt(suite.flat, support, suite.loss_fn, config=config, start=learned, seed=seed)
+    if temperature_scaled and not isinstance(config, MapConfig):
+        raise ValueError("temperature_scaled needs a MapConfig (one adapter to scale)")
+    result = (Adaptations() if adaptations is None else adaptations).adapt(suite, task, learned, config, seed)
     if not temperature_scaled:
         return query_scores(suite, result.samples, task.query)
-    if not isinstance(config, MapConfig):
-        raise ValueError("temperature_scaled needs a MapConfig (one adapter to scale)")
-    return query_scores(suite, [result.theta], task.query, support_temperature(suite, result.theta, support))
+    return query_scores(suite, [result.theta], task.query,
+                        support_temperature(suite, result.theta, task.support(seed)))
 
 
 def method_scores(method: str, suite: BenchSuite, task: BenchTask, learned: Learned, s: MethodSettings,
-                  seed: int) -> Dict[str, object]:
+                  seed: int, adaptations: Optional[Adaptations] = None) -> Dict[str, object]:
     """adapted_scores as ``method`` adapts: lift_sgld by sampling_config, lift_ts temperature
     scaled, every other method to the MAP under s.adapt."""
     config = sampling_config(s) if method == "lift_sgld" else s.adapt
-    return adapted_scores(suite, task, learned, config, seed, temperature_scaled=method == "lift_ts")
+    return adapted_scores(suite, task, learned, config, seed, temperature_scaled=method == "lift_ts",
+                          adaptations=adaptations)
 
 
 Scores = Dict[str, Dict[str, Dict[int, Dict[str, object]]]]
 
 
-def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_seconds: Optional[Dict] = None) -> Scores:
+def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_seconds: Optional[Dict] = None,
+            adaptations: Optional[Adaptations] = None) -> Scores:
     """{metric: {method: {seed: {task name: value}}}} over the tasks of ``split`` for every seed,
     the metrics lift_ext.calibration.METRICS (acc in %, nll in nats per example, brier, ece in
     %) and "bins" (each task's reliability bins, a list [15][3]). ``cpu_seconds`` (a dict)
     receives each method's CPU seconds of meta-training and adaptation; a LiFT chain shared by
-    several methods counts under the first of them in s.methods."""
+    several methods counts under the first of them in s.methods, an adaptation shared (Adaptations:
+    ``adaptations`` may hold the headroom's) under the first method that did it."""
     cpu_seconds = {} if cpu_seconds is None else cpu_seconds
+    adaptations = Adaptations() if adaptations is None else adaptations
     out: Scores = {key: {m: {} for m in s.methods} for key in METRICS + ("bins",)}
     for seed in s.seeds:
         chains: Dict[int, MixturePrior] = {}
         for method in s.methods:
             start = time.process_time()
             learned = meta_train(method, suite, s, seed, chains)
-            per_task = {t.name: method_scores(method, suite, t, learned, s, seed) for t in suite.splits[split]}
+            per_task = {t.name: method_scores(method, suite, t, learned, s, seed, adaptations)
+                        for t in suite.splits[split]}
             for key in out:
                 out[key][method][seed] = {name: scores[key] for name, scores in per_task.items()}
             cpu_seconds[method] = cpu_seconds.get(method, 0.0) + time.process_time() - start

@@ -129,6 +129,28 @@ def sentence_features(texts: Sequence[str], encoder=None, tokenizer=None, cache=
     return Features({t: i for i, t in enumerate(unique)}, lens, offsets, rows, time.process_time() - start)
 
 
+def _packed_layer(layer, hidden: torch.Tensor, index: torch.Tensor, batch: int, width: int,
+                  additive: torch.Tensor) -> torch.Tensor:
+    """One BERT layer (eval mode: no dropout) on packed token rows ``hidden`` [T, H], the real
+    tokens at flat positions ``index`` [T] of a [batch, width] padded layout; ``additive``
+    [batch, 1, 1, width] masks padded keys. Post-norm as BERT:
+        a = LN(W_o softmax(Q K^T / sqrt(d_h) + mask) V + x),  out = LN(W_2 gelu(W_1 a) + a)."""
+    att = layer.attention.self
+    heads, head_size = att.num_attention_heads, att.attention_head_size
+
+    def padded(rows: torch.Tensor) -> torch.Tensor:  # [T, H] -> [batch, heads, width, head_size]
+        out = rows.new_zeros(batch * width, rows.shape[1]).index_copy(0, index, rows)
+        return out.view(batch, width, heads, head_size).transpose(1, 2)
+
+    context = torch.nn.functional.scaled_dot_product_attention(
+        padded(att.query(hidden)), padded(att.key(hidden)), padded(att.value(hidden)), attn_mask=additive,
+        scale=att.scaling)
+    context = context.transpose(1, 2).reshape(batch * width, heads * head_size)[index]
+    attended = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + hidden)
+    inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(attended))
+    return layer.output.LayerNorm(layer.output.dense(inner) + attended)
+
+
 class TopClassifier(torch.nn.Module):
     """The top transformer layer(s) over cached states, masked mean pooling, a linear head.
     forward(states [B, L, 384], mask [B, L] bool) -> logits [B, MAX_CLASSES]."""
@@ -142,14 +164,21 @@ class TopClassifier(torch.nn.Module):
         self.eval()
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The masked mean over the tokens of the top layer's states [B, 384]."""
-        hidden = states.float()
+        """The masked mean over the tokens of the top layer's states [B, 384]. Every
+        per-token product (query, key, value, attention output, feed-forward) runs on the
+        sentences' real tokens only, packed into [T, 384] rows (T = mask.sum(), about half of
+        B x L at this corpus's lengths); only the attention itself runs on the padded
+        [B, heads, L, L] layout, with the padding masked out of its keys."""
+        batch, width = mask.shape
+        flat_mask = mask.reshape(-1)
+        index = flat_mask.nonzero().squeeze(1)  # positions of the real tokens in [B * L]
+        hidden = states.reshape(batch * width, -1)[index].float()
         additive = torch.zeros(mask.shape, dtype=hidden.dtype).masked_fill(~mask, torch.finfo(hidden.dtype).min)
         for layer in self.layers:
-            out = layer(hidden, attention_mask=additive[:, None, None, :])
-            hidden = out[0] if isinstance(out, tuple) else out
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1)
+            hidden = _packed_layer(layer, hidden, index, batch, width, additive[:, None, None, :])
+        owner = index // width  # the sentence of each packed row
+        sums = torch.zeros(batch, hidden.shape[1], dtype=hidden.dtype).index_add(0, owner, hidden)
+        return sums / mask.sum(1, keepdim=True).to(hidden.dtype)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(states, mask))

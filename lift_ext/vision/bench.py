@@ -74,8 +74,8 @@ class Settings:
                               seeds=tuple(self.seeds), methods=tuple(methods))
 
 
-QUICK = Settings(seeds=(0, 1), adapt_steps=5, pool_steps=10, tasks_per_group=1,
-                 lift=replace(Settings().lift, steps=20))
+QUICK = Settings(seeds=(0, 1), adapt_steps=5, pool_steps=8, tasks_per_group=1,
+                 lift=replace(Settings().lift, steps=12, batch=8))
 
 
 def bench_task(task: vt.VisionTask, shots: int, episode_batch: int) -> BenchTask:
@@ -99,6 +99,7 @@ class Suite:
         self.model, self.flat = vb.adapter_model(self.state, rank=settings.rank)
         self.init = self.flat.vector.detach().clone()
         self.groups = [t.spec.group for t in self.tasks]
+        self.adaptations = hm.Adaptations()  # the headroom's independent fine-tuning, reused by the ranking
         self._bench = None  # (settings, BenchSuite): rebuilt only when the settings change
 
     def evaluated(self, split: str) -> List[int]:
@@ -132,7 +133,8 @@ class Suite:
 def independent(suite: Suite, index: int, seed: int) -> float:
     """Query accuracy (%) of the adapter fine-tuned from its init on the task's support shots."""
     s = suite.settings
-    return hm.adapted_scores(suite.bench(), suite.bench_task(index), suite.init, s.map_config(), seed)["acc"]
+    return hm.adapted_scores(suite.bench(), suite.bench_task(index), suite.init, s.map_config(), seed,
+                             adaptations=suite.adaptations)["acc"]
 
 
 def headroom(suite: Suite, seeds=(0, 1)) -> Dict[str, dict]:
@@ -160,7 +162,8 @@ def headroom(suite: Suite, seeds=(0, 1)) -> Dict[str, dict]:
 def ranking(suite: Suite, methods=hm.METHODS, cpu_seconds=None) -> hm.Scores:
     """{metric: {method: {seed: {task name: value}}}} on the eval split (lift_ext.harness.ranking)."""
     s = suite.settings
-    return hm.ranking(suite.bench(), s.methods(methods), split=s.eval_split, cpu_seconds=cpu_seconds)
+    return hm.ranking(suite.bench(), s.methods(methods), split=s.eval_split, cpu_seconds=cpu_seconds,
+                      adaptations=suite.adaptations)
 
 
 def settings_dict(s: Settings) -> dict:
