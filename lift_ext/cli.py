@@ -34,12 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 HARNESS_SUITES = ("vision", "text")
 # demo options of the Shakespeare suites only, with their defaults
-SHAKESPEARE_ONLY = {"config": None, "device": None, "fresh": False, "methods": None}
+SHAKESPEARE_ONLY = {"config": None, "device": None, "methods": None}
 
 
 def run_harness_suite(args) -> int:
     """``lift-ext demo --suite vision|text``: the suite's demo (lift_ext.vision.demo,
-    lift_ext.text.demo), its tables printed and written to OUTPUT/results.json."""
+    lift_ext.text.demo), its tables printed and written to OUTPUT/results.json; a stopped run
+    resumes from OUTPUT/results.state.pt (--fresh starts over)."""
     given = [f"--{k}" for k, default in SHAKESPEARE_ONLY.items() if getattr(args, k, default) != default]
     if given:
         print(f"lift-ext: error: {', '.join(given)} apply to the Shakespeare suites only, not to --suite "
@@ -51,13 +52,18 @@ def run_harness_suite(args) -> int:
     import torch
     torch.set_num_threads(args.threads)
     output = Path(args.output) / "results.json"
-    if args.suite == "vision":
-        from lift_ext.vision import bench, demo
-        demo.run(bench.QUICK if args.quick else bench.Settings(), output, cache=args.cache,
-                 progress=not args.no_progress)
-    else:
-        from lift_ext.text import demo
-        demo.run(demo.QUICK if args.quick else demo.Settings(), output, cache=args.cache)
+    from lift_ext.harness.progress import RunStateError
+    try:
+        if args.suite == "vision":
+            from lift_ext.vision import bench, demo
+            demo.run(bench.QUICK if args.quick else bench.Settings(), output, cache=args.cache,
+                     progress=not args.no_progress, fresh=args.fresh)
+        else:
+            from lift_ext.text import demo
+            demo.run(demo.QUICK if args.quick else demo.Settings(), output, cache=args.cache, fresh=args.fresh)
+    except RunStateError as exc:
+        print(f"lift-ext: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -226,3 +226,36 @@ def test_calibration_table_pairs_against_the_reference_and_the_plot_is_written(t
         report.calibration_table(scores, {}, "test", reference="independent")
     png = plot.reliability_png(scores["bins"], {}, tmp_path / "r.png", "tiny")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_stopped_ranking_resumes_from_its_state_file_with_the_same_scores(suite, tmp_path, monkeypatch):
+    from lift_ext.harness.progress import RunState, RunStateError
+    settings = MethodSettings(**{**SETTINGS.__dict__, "methods": ("independent", "lift", "lift_sgld"),
+                                 "seeds": (0,)})
+    whole = hm.ranking(suite, settings)
+    path = tmp_path / "results.state.pt"
+    real, chains = hm.method_scores, []
+
+    def stopped_at_sgld(method, *args, **kwargs):
+        if method == "lift_sgld":
+            raise KeyboardInterrupt
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(hm, "method_scores", stopped_at_sgld)
+    with pytest.raises(KeyboardInterrupt):
+        hm.ranking(suite, settings, state=RunState(path, "run-a"))
+    monkeypatch.setattr(hm, "method_scores", real)
+    real_prior = hm.lift_prior
+    monkeypatch.setattr(hm, "lift_prior", lambda *a: chains.append(a[1]) or real_prior(*a))
+    state = RunState(path, "run-a")
+    assert set(state.keys()) == {"ranking/test/0/independent", "ranking/test/0/lift", "chain/0/2"}
+    resumed = hm.ranking(suite, settings, state=state)
+    assert resumed == whole and chains == []  # lift_sgld sampled under the kept chain, not a new one
+    monkeypatch.setattr(hm, "meta_train", lambda *a, **k: pytest.fail("a finished piece was computed again"))
+    assert hm.ranking(suite, settings, state=RunState(path, "run-a")) == whole
+    with pytest.raises(RunStateError, match="another run.*--fresh"):
+        RunState(path, "run-b")
+    assert RunState(path, "run-b", fresh=True).resumed == 0
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(RunStateError, match="--fresh"):
+        RunState(path, "run-a")

@@ -33,6 +33,7 @@ import torch
 
 from lift_ext import baselines
 from lift_ext.calibration import METRICS
+from lift_ext.harness.progress import RunState
 from lift_ext.harness.scoring import query_scores, support_temperature
 from lift_ext.harness.suite import BenchSuite, BenchTask
 from lift_ext.lift import (ChainStart, LangevinConfig, LiFT, MapConfig, MixtureHierarchy, MixturePrior, SamplingConfig,
@@ -70,7 +71,8 @@ class MethodSettings:
     """Everything the methods need: ``lift`` (LiftSettings, also the budget of the other
     meta-training methods), ``meta_lr`` (their RMSprop step size), Reptile's and FO-MAML's
     ``inner_steps``, Reptile's ``outer_lr``, ``reset_head`` (module docstring), ``adapt`` (the
-    MapConfig of every adaptation) and ``seeds``."""
+    MapConfig of every adaptation), ``seeds``, and lift_sgld's ``sampling_temperature`` (None:
+    the chain's, lift.temperature)."""
     lift: LiftSettings
     meta_lr: float
     inner_steps: int
@@ -79,6 +81,7 @@ class MethodSettings:
     adapt: MapConfig
     seeds: tuple = (0, 1, 2)
     methods: tuple = field(default=METHODS)
+    sampling_temperature: Optional[float] = None
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -138,14 +141,16 @@ def meta_train(method: str, suite: BenchSuite, s: MethodSettings, seed: int,
 
 
 def sampling_config(s: MethodSettings) -> SamplingConfig:
-    """lift_sgld's adaptation: pSGLD at the chain's temperature with the MAP adaptation's lr and
+    """lift_sgld's adaptation: pSGLD at s.sampling_temperature (None: the chain's temperature;
+    the posterior tempered to T / n, SamplingConfig) with the MAP adaptation's lr and
     preconditioning, 2 * adapt.steps steps, the first adapt.steps a burn-in (the MAP
     adaptation's whole budget), then every max(1, adapt.steps // SGLD_SAMPLES)-th iterate kept
     (SGLD_SAMPLES samples when adapt.steps is a multiple of SGLD_SAMPLES): twice the MAP
     adaptation's step limit."""
     steps = s.adapt.steps
     return SamplingConfig(steps=2 * steps, lr=s.adapt.lr, preconditioned=s.adapt.preconditioned,
-                          temperature=s.lift.temperature, burn_in=steps, thin=max(1, steps // SGLD_SAMPLES))
+                          temperature=s.lift.temperature if s.sampling_temperature is None else s.sampling_temperature,
+                          burn_in=steps, thin=max(1, steps // SGLD_SAMPLES))
 
 
 class Adaptations:
@@ -211,24 +216,47 @@ Scores = Dict[str, Dict[str, Dict[int, Dict[str, object]]]]
 
 
 def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_seconds: Optional[Dict] = None,
-            adaptations: Optional[Adaptations] = None) -> Scores:
+            adaptations: Optional[Adaptations] = None, state: Optional[RunState] = None) -> Scores:
     """{metric: {method: {seed: {task name: value}}}} over the tasks of ``split`` for every seed,
     the metrics lift_ext.calibration.METRICS (acc in %, nll in nats per example, brier, ece in
     %) and "bins" (each task's reliability bins, a list [15][3]). ``cpu_seconds`` (a dict)
     receives each method's CPU seconds of meta-training and adaptation; a LiFT chain shared by
     several methods counts under the first of them in s.methods, an adaptation shared (Adaptations:
-    ``adaptations`` may hold the headroom's) under the first method that did it."""
+    ``adaptations`` may hold the headroom's) under the first method that did it. ``state`` (a
+    RunState) keeps every finished (seed, method) and LiFT chain, and a resumed run takes them
+    from it (with the CPU seconds they cost then) instead of computing them again."""
     cpu_seconds = {} if cpu_seconds is None else cpu_seconds
     adaptations = Adaptations() if adaptations is None else adaptations
+    state = RunState(None, "") if state is None else state
     out: Scores = {key: {m: {} for m in s.methods} for key in METRICS + ("bins",)}
     for seed in s.seeds:
         chains: Dict[int, MixturePrior] = {}
         for method in s.methods:
-            start = time.process_time()
-            learned = meta_train(method, suite, s, seed, chains)
-            per_task = {t.name: method_scores(method, suite, t, learned, s, seed, adaptations)
-                        for t in suite.splits[split]}
-            for key in out:
-                out[key][method][seed] = {name: scores[key] for name, scores in per_task.items()}
-            cpu_seconds[method] = cpu_seconds.get(method, 0.0) + time.process_time() - start
+            key = f"ranking/{split}/{seed}/{method}"
+            if key not in state:
+                start = time.process_time()
+                learned = meta_train(method, suite, s, seed, _chains_of(state, seed, chains))
+                per_task = {t.name: method_scores(method, suite, t, learned, s, seed, adaptations)
+                            for t in suite.splits[split]}
+                state.put(key, {"scores": per_task, "cpu_seconds": time.process_time() - start})
+                _keep_chains(state, seed, chains)
+            for metric in out:
+                out[metric][method][seed] = {name: scores[metric] for name, scores in state[key]["scores"].items()}
+            cpu_seconds[method] = cpu_seconds.get(method, 0.0) + state[key]["cpu_seconds"]
     return out
+
+
+def _chains_of(state: RunState, seed: int, chains: Dict[int, MixturePrior]) -> Dict[int, MixturePrior]:
+    """``chains`` with the chains of ``seed`` that ``state`` keeps added."""
+    for key in [k for k in state.keys() if k.startswith(f"chain/{seed}/")]:
+        components = int(key.rsplit("/", 1)[1])
+        if components not in chains:
+            chains[components] = MixturePrior(**state[key])
+    return chains
+
+
+def _keep_chains(state: RunState, seed: int, chains: Dict[int, MixturePrior]) -> None:
+    for components, prior in chains.items():
+        if f"chain/{seed}/{components}" not in state:
+            state.put(f"chain/{seed}/{components}", {"means": prior.means, "variances": prior.variances,
+                                                     "weights": prior.weights, "beta": prior.beta})

@@ -15,17 +15,21 @@ from lift_ext.harness.scoring import pooled_bins
 
 
 def machine() -> dict:
-    """CPU model, cores, torch threads, versions and the git commit of the working directory."""
+    """CPU model, cores, torch threads, versions and the git commit of the checkout lift_ext
+    runs from (None for an installed package)."""
     cpu = platform.processor() or "unknown"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                     if line.startswith("model name")), cpu)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
+    commit = None
+    root = Path(__file__).resolve().parents[2]  # the checkout lift_ext runs from, if it is one
+    if (root / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                    text=True, check=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
     return {"cpu": cpu, "cores": torch.multiprocessing.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "commit": commit,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -109,7 +109,8 @@ def add_commands(sub) -> None:
                          "evaluate, reusing the stage files of an earlier run of the same config in --output) "
                          "or the vision / text suite", suites=("families", "roles", "vision", "text"))
     demo.add_argument("--fresh", action="store_true",
-                      help="recompute every stage even where --output holds a matching stage file")
+                      help="recompute every stage even where --output holds a matching stage file "
+                           "(vision / text: start over instead of resuming from OUTPUT/results.state.pt)")
     demo.add_argument("--methods", default=None, metavar="A,B",
                       help="comma-separated subset of methods (default: all)")
     stage("meta-train", "stage 1: pre-train/load the backbone and meta-train every method "

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from lift_ext.harness import LiftSettings, MethodSettings, plot, report, stats
+from lift_ext.harness.progress import progress_state
 from lift_ext.harness import methods as hm
 from lift_ext.lift import MapConfig
 from lift_ext.text.backbone import accuracy
@@ -96,10 +97,11 @@ def headroom_table(scores: dict, group_of: Dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def run(settings: Settings, output: Optional[Path], cache=None) -> dict:
+def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = False) -> dict:
     """Headroom and ranking under ``settings``; prints the tables and, with ``output``, writes
     them with every score as JSON and the reliability diagram beside it (reliability.png).
-    Returns the record."""
+    With ``output`` every finished piece is kept beside it (``<output stem>.state.pt``,
+    lift_ext.harness.progress), and a rerun resumes from them unless ``fresh``. Returns the record."""
     clock: Dict[str, float] = {}
     machine = report.machine()  # the commit of the code this run loaded
     start = time.process_time()
@@ -108,8 +110,12 @@ def run(settings: Settings, output: Optional[Path], cache=None) -> dict:
     clock["load"] = time.process_time() - start - suite.feature_cpu_seconds
     group_of = {t.name: KINDS[t.kind] for ts in suite.splits.values() for t in ts}
     mark = time.process_time()
+    state = progress_state(output, fresh, suite="text", settings=asdict(settings),
+                           tasks={sp: [t.name for t in ts] for sp, ts in suite.texts.items()})
+    if state.resumed:
+        print(state.describe(), flush=True)
     adaptations = hm.Adaptations()  # the headroom's independent fine-tuning, reused by the ranking
-    head = headroom(suite, settings, adaptations)
+    head = state.get_or_run("headroom", lambda: headroom(suite, settings, adaptations))
     clock["headroom"] = time.process_time() - mark
     text = (f"### Headroom (seed 0 unless said; {len(suite.splits['val'])} meta-val, {len(suite.splits['test'])} "
             f"meta-test tasks; accuracy %)\n\n{headroom_table(head, group_of)}")
@@ -117,7 +123,7 @@ def run(settings: Settings, output: Optional[Path], cache=None) -> dict:
     method_seconds: Dict[str, float] = {}
     s = settings.methods
     rank = hm.ranking(suite.bench(s.lift.batch * s.lift.tasks_per_step), s, split=settings.split,
-                      cpu_seconds=method_seconds, adaptations=adaptations)
+                      cpu_seconds=method_seconds, adaptations=adaptations, state=state)
     clock.update({f"ranking {m}": v for m, v in method_seconds.items()})
     clock["total excluding features"] = time.process_time() - start - suite.feature_cpu_seconds
     text += (f"\n\n### Ranking on meta-{settings.split} (seeds {list(s.seeds)}; accuracy %, mean ± s.e. over "
@@ -126,7 +132,8 @@ def run(settings: Settings, output: Optional[Path], cache=None) -> dict:
              f"{report.calibration_table(rank, LABELS, settings.split)}\n\n"
              f"CPU seconds ({machine['cpu']}, {machine['torch_threads']} torch thread(s), commit {machine['commit']}; "
              "a LiFT chain shared by several methods counts under the first): "
-             + ", ".join(f"{k} {v:.0f}" for k, v in clock.items()))
+             + ", ".join(f"{k} {v:.0f}" for k, v in clock.items())
+             + (f"; {state.describe()}" if state.resumed else ""))
     print(text)
     result = {"settings": asdict(settings), "tasks": {sp: [t.name for t in ts] for sp, ts in suite.texts.items()},
               "headroom": head, "ranking": report.by_seed_name(rank["acc"]),

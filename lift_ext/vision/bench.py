@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from functools import partial
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -36,7 +36,8 @@ class Settings:
     RMSprop steps at ``adapt_lr`` (MapConfig, objective checked every 5 steps, patience 3).
     Ceiling: ``pool_steps`` RMSprop steps of ``pool_batch`` pool images at ``adapt_lr``.
     Meta-training: ``lift`` (the harness's LiftSettings: LiFT's chain and every method's
-    budget), ``meta_lr``, ``inner_steps``, ``outer_lr``, ``reset_head`` (lift_ext.harness.methods).
+    budget), ``meta_lr``, ``inner_steps``, ``outer_lr``, ``reset_head``, lift_sgld's
+    ``sampling_temperature`` (lift_ext.harness.methods).
     ``tasks_per_group`` > 0 keeps that many tasks per group of each evaluated split (quick runs).
 
     Chosen on the 6 meta-val tasks (seeds 0 and 1; benchmarks/vision_headroom.py --select,
@@ -57,6 +58,7 @@ class Settings:
     eval_split: str = "test"
     tasks_per_group: int = 0
     rank: int = 4
+    sampling_temperature: Optional[float] = None
 
     def __post_init__(self):
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
@@ -71,7 +73,8 @@ class Settings:
     def methods(self, methods=hm.METHODS) -> MethodSettings:
         return MethodSettings(lift=self.lift, meta_lr=self.meta_lr, inner_steps=self.inner_steps,
                               outer_lr=self.outer_lr, reset_head=self.reset_head, adapt=self.map_config(),
-                              seeds=tuple(self.seeds), methods=tuple(methods))
+                              seeds=tuple(self.seeds), methods=tuple(methods),
+                              sampling_temperature=self.sampling_temperature)
 
 
 QUICK = Settings(seeds=(0, 1), adapt_steps=5, pool_steps=8, tasks_per_group=1,
@@ -159,11 +162,12 @@ def headroom(suite: Suite, seeds=(0, 1)) -> Dict[str, dict]:
     return out
 
 
-def ranking(suite: Suite, methods=hm.METHODS, cpu_seconds=None) -> hm.Scores:
-    """{metric: {method: {seed: {task name: value}}}} on the eval split (lift_ext.harness.ranking)."""
+def ranking(suite: Suite, methods=hm.METHODS, cpu_seconds=None, state=None) -> hm.Scores:
+    """{metric: {method: {seed: {task name: value}}}} on the eval split (lift_ext.harness.ranking;
+    ``state``: its RunState)."""
     s = suite.settings
     return hm.ranking(suite.bench(), s.methods(methods), split=s.eval_split, cpu_seconds=cpu_seconds,
-                      adaptations=suite.adaptations)
+                      adaptations=suite.adaptations, state=state)
 
 
 def settings_dict(s: Settings) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from lift_ext.harness import plot, report, stats
+from lift_ext.harness.progress import progress_state
 from lift_ext.vision import bench
 from lift_ext.vision import tasks as vt
 
@@ -46,10 +47,12 @@ def ranking_table(rank: dict, groups: dict, split: str) -> str:
     return report.ranking_table(rank, groups, vt.GROUPS, LABELS, split)
 
 
-def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: bool = True) -> dict:
+def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: bool = True,
+        fresh: bool = False) -> dict:
     """Headroom and ranking under ``settings``; prints the tables and, with ``output``, writes
     them with every score as JSON and the reliability diagram beside it (reliability.png).
-    Returns the record."""
+    With ``output`` every finished piece is kept beside it (``<output stem>.state.pt``,
+    lift_ext.harness.progress), and a rerun resumes from them unless ``fresh``. Returns the record."""
     stages = {}
     suite = report.timed(stages, "load (tasks and backbone)", lambda: bench.Suite(settings, cache=cache,
                                                                                   progress=progress))
@@ -60,11 +63,16 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
     groups = {t.spec.name: t.spec.group for t in suite.tasks}
     result = {"settings": bench.settings_dict(settings), "pretraining": pre, "machine": report.machine(),
               "stages": stages}
-    result["headroom"] = report.timed(stages, "headroom", lambda: bench.headroom(suite))
+    state = progress_state(output, fresh, suite="vision", settings=result["settings"],
+                           tasks=[t.spec.name for t in suite.tasks])
+    if state.resumed:
+        print(state.describe(), flush=True)
+    result["headroom"] = report.timed(stages, "headroom",
+                                      lambda: state.get_or_run("headroom", lambda: bench.headroom(suite)))
     text = headroom_table(result["headroom"], groups)
     print(text + "\n", flush=True)
     method_seconds = {}
-    rank = report.timed(stages, "ranking", lambda: bench.ranking(suite, cpu_seconds=method_seconds))
+    rank = report.timed(stages, "ranking", lambda: bench.ranking(suite, cpu_seconds=method_seconds, state=state))
     text += "\n\n" + ranking_table(rank["acc"], groups, settings.eval_split)
     text += "\n\n" + report.calibration_table(rank, LABELS, settings.eval_split)
     result["ranking"] = report.by_seed_name(rank["acc"])
@@ -77,7 +85,8 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
               + ", ".join(f"{m} {v:.0f}" for m, v in method_seconds.items())
               + f"\n{result['machine']['cpu']}, {result['machine']['torch_threads']} torch thread(s), commit "
               f"{result['machine']['commit']}: {cpu:.0f} CPU s ({wall:.0f} s wall) including loading"
-              + ("" if pre["cached"] else f" and the backbone's pre-training ({pre['cpu_seconds']:.0f} CPU s)"))
+              + ("" if pre["cached"] else f" and the backbone's pre-training ({pre['cpu_seconds']:.0f} CPU s)")
+              + (f"; {state.describe()}" if state.resumed else ""))
     print(text + footer)
     result["cpu_seconds"], result["wall_seconds"], result["table"] = cpu, wall, text + footer
     if output is not None:
