@@ -259,3 +259,25 @@ def test_a_stopped_ranking_resumes_from_its_state_file_with_the_same_scores(suit
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(RunStateError, match="--fresh"):
         RunState(path, "run-a")
+
+
+def test_lift_sgld_samples_at_its_own_temperature_chosen_by_the_meta_val_rule(suite):
+    import os
+    import runpy
+    assert hm.sampling_config(SETTINGS).temperature == SETTINGS.lift.temperature
+    hot = MethodSettings(**{**SETTINGS.__dict__, "sampling_temperature": 0.5})
+    assert hm.sampling_config(hot).temperature == 0.5
+    script = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                         "benchmarks", "sgld_temperature.py"))
+    rows = script["sweep"](suite, SETTINGS, [0.01, 1.0])
+    assert set(rows) == {"lift", "lift_ts", "lift_sgld T=0.01", "lift_sgld T=1"}
+    assert all(set(per["acc"]) == {(0, "v0"), (1, "v0")} for per in rows.values())
+    assert "| lift_sgld T=1 |" in script["table"](rows)
+
+    def row(acc, ece):
+        return {"acc": {(0, "v"): acc}, "ece": {(0, "v"): ece}, "nll": {(0, "v"): 1.0}}
+
+    crafted = {"lift": row(60.0, 20.0), "lift_sgld T=0.1": row(59.5, 15.0), "lift_sgld T=1": row(50.0, 5.0)}
+    assert script["choose"](crafted, [0.1, 1.0], 0.01) == 0.1  # T = 1 has the lowest ECE but loses 10 pp
+    crafted["lift_sgld T=0.1"] = row(58.0, 15.0)
+    assert script["choose"](crafted, [0.1, 1.0], 0.01) == 0.01  # none within 1 pp: the chain's
