@@ -42,7 +42,8 @@ class Settings:
 
     Chosen on the 6 meta-val tasks (seeds 0 and 1; benchmarks/vision_headroom.py --select,
     docs/benchmark.md "Vision suite" lists every value tried): adapt_lr, reset_head, LiFT's
-    components, beta and steps. Every other value was set once, not searched."""
+    components, beta and steps; sampling_temperature by benchmarks/sgld_temperature.py
+    (docs/calibration.md). Every other value was set once, not searched."""
     seeds: tuple = (0, 1, 2)
     shots: int = 5
     adapt_steps: int = 25
@@ -58,7 +59,7 @@ class Settings:
     eval_split: str = "test"
     tasks_per_group: int = 0
     rank: int = 4
-    sampling_temperature: Optional[float] = None
+    sampling_temperature: Optional[float] = 0.02
 
     def __post_init__(self):
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
