@@ -281,3 +281,36 @@ def test_lift_sgld_samples_at_its_own_temperature_chosen_by_the_meta_val_rule(su
     assert script["choose"](crafted, [0.1, 1.0], 0.01) == 0.1  # T = 1 has the lowest ECE but loses 10 pp
     crafted["lift_sgld T=0.1"] = row(58.0, 15.0)
     assert script["choose"](crafted, [0.1, 1.0], 0.01) == 0.01  # none within 1 pp: the chain's
+
+
+def test_mbc_and_retrieval_start_from_one_library_per_seed_as_published(suite, monkeypatch):
+    from lift_ext import peers
+    from lift_ext.harness import peers as harness_peers
+    calls = []
+    real = harness_peers.train_library
+    monkeypatch.setattr(harness_peers, "train_library", lambda *a: calls.append(a[2]) or real(*a))
+    shared = {}
+    mbc = hm.meta_train("mbc", suite, SETTINGS, seed=0, shared=shared)
+    retrieval = hm.meta_train("retrieval", suite, SETTINGS, seed=0, shared=shared)
+    assert calls == [0] and retrieval.adapters is shared["library"]
+    library, train = shared["library"], suite.splits["train"]
+    # the library: each row its own task's adapter at LiFT's per-task budget (6 steps x 2 tasks / 6)
+    assert library.shape == (len(train), suite.flat.dim)
+    assert peers.library_steps(6, 8, 4, 6) == 2
+    assert len({tuple(row.tolist()) for row in library}) == len(train)
+    # the head layer's input is what a task is keyed by: body(x) * (1 + adapter) at the initial adapter
+    x, y = train[0].pool(64).full()
+    with torch.no_grad():
+        expected = suite.flat.module.body(x[:64]).mean(0)
+    assert torch.allclose(retrieval.keys[0], expected, atol=1e-6)
+    assert mbc.adapters.shape[0] == min(SETTINGS.mbc_clusters, len(train))
+    task = suite.splits["test"][0]
+    support = task.support(0)
+    # MBC: the cluster adapter of lowest support loss; retrieval: the similarity-weighted merge
+    losses = [float(loss_fn(suite.flat.call(a), support.full())) for a in mbc.adapters]
+    assert torch.equal(mbc.start(suite, suite.initial(0), support), mbc.adapters[losses.index(min(losses))])
+    query = harness_peers.embedding(suite, suite.initial(0), support.full())
+    idx, w = peers.retrieve(query, retrieval.keys, SETTINGS.retrieval_k)
+    assert torch.equal(retrieval.start(suite, suite.initial(0), support), peers.merge(library, idx, w))
+    with pytest.raises(ValueError, match="mbc_clusters"):
+        MethodSettings(**{**SETTINGS.__dict__, "mbc_clusters": 0})

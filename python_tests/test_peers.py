@@ -1,4 +1,4 @@
-"""The library-based peers (lift_ext.shakespeare.peers, their training in .library): the
+"""The library-based peers (lift_ext.peers; the Shakespeare side in lift_ext.shakespeare.peers, .library): the
 library's budget and independence, MBC's clustering of directions and its routing by support
 loss, LoRA-Retriever's top-k and weights, on a bigram model small enough to train in a test."""
 from types import SimpleNamespace
@@ -6,11 +6,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lift_ext import peers
 from lift_ext.lift import FlatParams, TensorTask
-from lift_ext.shakespeare import library as L
 from lift_ext.shakespeare import methods as M
-from lift_ext.shakespeare import peers
-from lift_ext.shakespeare.config import BenchConfig, ConfigError, candidate_name, candidates
+from lift_ext.shakespeare import peers as shakespeare_peers
+from lift_ext.shakespeare.config import (
+    BenchConfig,
+    ConfigError,
+    candidate_name,
+    candidates,
+)
+from lift_ext.shakespeare.methods import window_loss
 
 V = 6  # vocabulary
 
@@ -45,7 +51,7 @@ def test_library_budget_is_lifts_per_role_visits():
     # the roles suite: 1500 steps x 1 task of 8 windows over 128 roles
     assert peers.library_steps(1500, 8, 8, 128) == 12
     assert peers.library_steps(10, 8, 8, 1000) == 1  # at least one step
-    with pytest.raises(ValueError, match="n_roles"):
+    with pytest.raises(ValueError, match="n_tasks"):
         peers.library_steps(400, 8, 1, 0)
     assert [peers.cluster_steps(400, n, 128) for n in (40, 30, 35, 23)] == [125, 94, 109, 72]
 
@@ -60,7 +66,7 @@ def test_library_trains_each_role_alone_with_its_budget(monkeypatch):
         return real(theta, loss_fn)
     monkeypatch.setattr(flat, "loss_and_grad", counting)
     init = flat.vector.detach().clone()
-    library = L.train_library(flat, tasks, init, steps=7, lr=0.05, seed=0, progress=False)
+    library = peers.train_library(flat, tasks, window_loss, init, steps=7, lr=0.05, seed=0, progress=False)
     assert library.shape == (3, V * V) and len(calls) == 3 * 7
     # each row learned only its own role's target: every input now predicts that token
     for row, target in zip(library, (1, 3, 5)):
@@ -87,13 +93,13 @@ def test_cluster_adapters_union_budget_and_routing_by_support_loss(monkeypatch):
     labels = torch.tensor([0, 0, 0, 1])
     init = flat.vector.detach().clone()
     steps = []
-    real = L.train_multitask
+    real = peers.baselines.train_multitask
 
-    def spy(flat_, members, init_, **kw):
+    def spy(flat_, members, loss_fn, init_, **kw):
         steps.append((len(members), kw["steps"]))
-        return real(flat_, members, init_, **kw)
-    monkeypatch.setattr(L, "train_multitask", spy)
-    adapters = L.train_cluster_adapters(flat, tasks, labels, init, meta_steps=40, lr=0.05, seed=0, progress=False)
+        return real(flat_, members, loss_fn, init_, **kw)
+    monkeypatch.setattr(peers.baselines, "train_multitask", spy)
+    adapters = peers.train_cluster_adapters(flat, tasks, labels, window_loss, init, meta_steps=40, lr=0.05, seed=0, progress=False)
     assert steps == [(3, 30), (1, 10)]  # each cluster's share of the 40-step budget
     assert (adapters[0].view(V, V).argmax(1) == 1).all() and (adapters[1].view(V, V).argmax(1) == 4).all()
     state = M.MetaState(init=init, clusters={2: adapters})
@@ -125,7 +131,7 @@ def test_retrieval_start_merges_the_roles_with_the_closest_inputs():
     flat = _flat()
     init = flat.vector.detach().clone()
     pools = [(torch.full((4, 5), i), torch.zeros(4, 5, dtype=torch.int64)) for i in range(V)]
-    keys = peers.role_keys(flat, init, pools)
+    keys = shakespeare_peers.role_keys(flat, init, pools)
     assert torch.allclose(keys, torch.eye(V))  # pooled one-hot features of each role's inputs
     library = torch.randn(V, V * V, generator=torch.Generator().manual_seed(0))
     state = M.MetaState(init=init, library=library, keys=keys)

@@ -89,6 +89,37 @@ def test_the_adapter_vector_holds_lora_and_the_head(tiny):
     assert torch.equal(theta, initial_vector(flat, 0)) and not torch.equal(theta, initial_vector(flat, 1))
 
 
+def test_the_packed_top_layer_is_the_bert_layer_on_the_padded_batch(tiny):
+    """The top layer runs its per-token products on the real tokens only; the output and the
+    adapter's gradient equal the transformers BertLayer's on the padded batch (float rounding)."""
+    flat, suite = tiny
+    states, mask, labels, cmask = suite[0].support.full()
+    assert not bool(mask.all())  # the batch has padding to leave out
+    theta = initial_vector(flat, 0) + 0.02 * torch.randn(flat.dim, generator=torch.Generator().manual_seed(3))
+    model = flat.module.base_model.model
+
+    def padded_pool(states_, mask_):
+        hidden = states_.float()
+        additive = torch.zeros(mask_.shape).masked_fill(~mask_, torch.finfo(hidden.dtype).min)
+        for layer in model.layers:
+            hidden = layer(hidden, attention_mask=additive[:, None, None, :])
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        w = mask_.unsqueeze(-1).float()
+        return (hidden * w).sum(1) / w.sum(1)
+
+    def loss(call, pool):
+        model.pool, saved = pool, model.pool
+        try:
+            return classification_loss(call, (states, mask, labels, cmask))
+        finally:
+            model.pool = saved
+
+    packed_loss, packed_grad = flat.loss_and_grad(theta, lambda call: classification_loss(call, (states, mask, labels, cmask)))
+    padded_loss, padded_grad = flat.loss_and_grad(theta, lambda call: loss(call, padded_pool))
+    assert abs(float(packed_loss) - float(padded_loss)) < 1e-6
+    assert torch.allclose(packed_grad, padded_grad, rtol=0, atol=1e-6 * float(padded_grad.abs().max()))
+
+
 def test_head_gradient_reaches_the_vector(tiny):
     flat, suite = tiny
     batch = suite[0].support.full()

@@ -7,7 +7,7 @@ coordinates, and its tasks split by task into meta-train / meta-val / meta-test,
 logits function. The harness supplies the rest, the same for every suite: the methods
 (`methods`: independent fine-tuning, multitask, Reptile, FO-MAML, LiFT with K components and
 with K = 1, all adapted with one MapConfig; LiFT with pSGLD samples and LiFT with temperature
-scaling), the query scores (`scoring`: accuracy, NLL, Brier score, ECE), the paired statistics
+scaling; MBC and LoRA-Retriever as published, `peers`), stopping and resuming (`progress`), the query scores (`scoring`: accuracy, NLL, Brier score, ECE), the paired statistics
 (`stats`) and the tables, reliability diagram and machine record (`report`).
 """
 from lift_ext.harness.methods import METHODS, START_METHODS, LiftSettings, MethodSettings, meta_train, ranking

@@ -11,12 +11,18 @@
                   best component (``sampling_config``), predictions averaged over the samples
     lift_ts       lift's MAP adapter, its logits divided by one temperature fitted on the
                   task's support set (the non-Bayesian reference for calibration)
+    mbc           MBC as published: a library of one adapter per meta-train task, clustered;
+                  the cluster adapter of lowest support loss, adapted (lift_ext.harness.peers)
+    retrieval     LoRA-Retriever as published: the library adapters of the most similar
+                  meta-train tasks, merged, adapted (lift_ext.harness.peers)
 
-lift, lift_sgld and lift_ts share one chain per seed (``ranking`` trains it once). Every
-meta-training method spends the same budget: ``lift.steps`` steps of ``tasks_per_step``
-minibatches of ``batch`` examples (LiFT: one of each of tasks_per_step tasks; multitask and
-Reptile: one minibatch of tasks_per_step * batch examples of one task per gradient; FO-MAML:
-the suite's episodes), counted in gradients as lift_ext.baselines does. The starts of
+lift, lift_sgld and lift_ts share one chain per seed, mbc and retrieval one library
+(``ranking`` trains each once). Every meta-training method spends the same budget:
+``lift.steps`` steps of ``tasks_per_step`` minibatches of ``batch`` examples (LiFT: one of each
+of tasks_per_step tasks; multitask and Reptile: one minibatch of tasks_per_step * batch
+examples of one task per gradient; FO-MAML: the suite's episodes; the library: that budget
+split equally over the meta-train tasks), counted in gradients as lift_ext.baselines does;
+MBC spends it twice (the library, then its cluster adapters). The starts of
 multitask, Reptile and FO-MAML have their head reset to zero when ``reset_head`` is set. All
 adaptation is lift_ext.lift.adapt on the task's support set under the same seed, with
 ``adapt`` (a MapConfig) except lift_sgld's. Every method is scored on the query rows by
@@ -33,6 +39,8 @@ import torch
 
 from lift_ext import baselines
 from lift_ext.calibration import METRICS
+from lift_ext.harness import peers as peer_training
+from lift_ext.harness.peers import PeerStarts
 from lift_ext.harness.progress import RunState
 from lift_ext.harness.scoring import query_scores, support_temperature
 from lift_ext.harness.suite import BenchSuite, BenchTask
@@ -40,9 +48,11 @@ from lift_ext.lift import (ChainStart, LangevinConfig, LiFT, MapConfig, MixtureH
                            adapt)
 from lift_ext.lift.config import AdaptConfig
 
-METHODS = ("independent", "multitask", "reptile", "fomaml", "lift", "lift_k1", "lift_sgld", "lift_ts")
+METHODS = ("independent", "multitask", "reptile", "fomaml", "lift", "lift_k1", "lift_sgld", "lift_ts", "mbc",
+           "retrieval")
 START_METHODS = ("multitask", "reptile", "fomaml")
 LIFT_METHODS = ("lift", "lift_k1", "lift_sgld", "lift_ts")
+PEER_METHODS = ("mbc", "retrieval")
 SGLD_SAMPLES = 5
 
 
@@ -71,8 +81,8 @@ class MethodSettings:
     """Everything the methods need: ``lift`` (LiftSettings, also the budget of the other
     meta-training methods), ``meta_lr`` (their RMSprop step size), Reptile's and FO-MAML's
     ``inner_steps``, Reptile's ``outer_lr``, ``reset_head`` (module docstring), ``adapt`` (the
-    MapConfig of every adaptation), ``seeds``, and lift_sgld's ``sampling_temperature`` (None:
-    the chain's, lift.temperature)."""
+    MapConfig of every adaptation), ``seeds``, lift_sgld's ``sampling_temperature`` (None:
+    the chain's, lift.temperature), MBC's ``mbc_clusters`` C and retrieval's ``retrieval_k``."""
     lift: LiftSettings
     meta_lr: float
     inner_steps: int
@@ -82,6 +92,8 @@ class MethodSettings:
     seeds: tuple = (0, 1, 2)
     methods: tuple = field(default=METHODS)
     sampling_temperature: Optional[float] = None
+    mbc_clusters: int = 4
+    retrieval_k: int = 3
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -89,9 +101,13 @@ class MethodSettings:
             raise ValueError(f"methods: unknown {unknown} (known: {', '.join(METHODS)})")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+        for name in ("mbc_clusters", "retrieval_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
-Learned = Union[torch.Tensor, MixturePrior]
+Learned = Union[torch.Tensor, MixturePrior, PeerStarts]
 
 
 def lift_prior(suite: BenchSuite, components: int, s: LiftSettings, seed: int) -> MixturePrior:
@@ -109,20 +125,25 @@ def lift_prior(suite: BenchSuite, components: int, s: LiftSettings, seed: int) -
 
 
 def meta_train(method: str, suite: BenchSuite, s: MethodSettings, seed: int,
-               chains: Optional[Dict[int, MixturePrior]] = None) -> Optional[Learned]:
+               shared: Optional[Dict] = None) -> Optional[Learned]:
     """What ``method`` adapts from: a start [D] (independent: the suite's initial adapter; the start
-    methods: learned, head reset when s.reset_head) or a MixturePrior (the LiFT methods: K = 1
-    for lift_k1, s.lift.components for the others). ``chains`` ({components: prior} of this
-    seed) keeps each chain's prior, so a chain another method already ran is not run again."""
+    methods: learned, head reset when s.reset_head), a MixturePrior (the LiFT methods: K = 1
+    for lift_k1, s.lift.components for the others) or PeerStarts (mbc, retrieval). ``shared``
+    (of this seed: {components: prior}, "library": [N, D]) keeps each chain's prior and the
+    peers' library, so what another method already trained is not trained again."""
     train, init = suite.splits["train"], suite.initial(seed)
+    shared = {} if shared is None else shared
     if method == "independent":
         return init
     if method in LIFT_METHODS:
-        chains = {} if chains is None else chains
         components = 1 if method == "lift_k1" else s.lift.components
-        if components not in chains:
-            chains[components] = lift_prior(suite, components, s.lift, seed)
-        return chains[components]
+        if components not in shared:
+            shared[components] = lift_prior(suite, components, s.lift, seed)
+        return shared[components]
+    if method in PEER_METHODS:
+        if "library" not in shared:
+            shared["library"] = peer_training.train_library(suite, s, seed)
+        return peer_training.train(method, suite, s, seed, shared["library"])
     budget = dict(steps=s.lift.steps, lr=s.meta_lr, seed=seed)
     pools = [t.pool(s.lift.batch * s.lift.tasks_per_step) for t in train]
     if method == "multitask":
@@ -206,8 +227,11 @@ def adapted_scores(suite: BenchSuite, task: BenchTask, learned: Learned, config:
 def method_scores(method: str, suite: BenchSuite, task: BenchTask, learned: Learned, s: MethodSettings,
                   seed: int, adaptations: Optional[Adaptations] = None) -> Dict[str, object]:
     """adapted_scores as ``method`` adapts: lift_sgld by sampling_config, lift_ts temperature
-    scaled, every other method to the MAP under s.adapt."""
+    scaled, every other method to the MAP under s.adapt; mbc and retrieval from their start for
+    the task (PeerStarts.start)."""
     config = sampling_config(s) if method == "lift_sgld" else s.adapt
+    if isinstance(learned, PeerStarts):
+        learned = learned.start(suite, suite.initial(seed), task.support(seed))
     return adapted_scores(suite, task, learned, config, seed, temperature_scaled=method == "lift_ts",
                           adaptations=adaptations)
 
@@ -223,40 +247,45 @@ def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_secon
     receives each method's CPU seconds of meta-training and adaptation; a LiFT chain shared by
     several methods counts under the first of them in s.methods, an adaptation shared (Adaptations:
     ``adaptations`` may hold the headroom's) under the first method that did it. ``state`` (a
-    RunState) keeps every finished (seed, method) and LiFT chain, and a resumed run takes them
+    RunState) keeps every finished (seed, method), LiFT chain and peers' library, and a resumed run takes them
     from it (with the CPU seconds they cost then) instead of computing them again."""
     cpu_seconds = {} if cpu_seconds is None else cpu_seconds
     adaptations = Adaptations() if adaptations is None else adaptations
     state = RunState(None, "") if state is None else state
     out: Scores = {key: {m: {} for m in s.methods} for key in METRICS + ("bins",)}
     for seed in s.seeds:
-        chains: Dict[int, MixturePrior] = {}
+        shared: Dict = {}
         for method in s.methods:
             key = f"ranking/{split}/{seed}/{method}"
             if key not in state:
                 start = time.process_time()
-                learned = meta_train(method, suite, s, seed, _chains_of(state, seed, chains))
+                learned = meta_train(method, suite, s, seed, _shared_of(state, seed, shared))
                 per_task = {t.name: method_scores(method, suite, t, learned, s, seed, adaptations)
                             for t in suite.splits[split]}
                 state.put(key, {"scores": per_task, "cpu_seconds": time.process_time() - start})
-                _keep_chains(state, seed, chains)
+                _keep_shared(state, seed, shared)
             for metric in out:
                 out[metric][method][seed] = {name: scores[metric] for name, scores in state[key]["scores"].items()}
             cpu_seconds[method] = cpu_seconds.get(method, 0.0) + state[key]["cpu_seconds"]
     return out
 
 
-def _chains_of(state: RunState, seed: int, chains: Dict[int, MixturePrior]) -> Dict[int, MixturePrior]:
-    """``chains`` with the chains of ``seed`` that ``state`` keeps added."""
+def _shared_of(state: RunState, seed: int, shared: Dict) -> Dict:
+    """``shared`` with what ``state`` keeps of ``seed``: its chains' priors and the peers' library."""
     for key in [k for k in state.keys() if k.startswith(f"chain/{seed}/")]:
         components = int(key.rsplit("/", 1)[1])
-        if components not in chains:
-            chains[components] = MixturePrior(**state[key])
-    return chains
+        if components not in shared:
+            shared[components] = MixturePrior(**state[key])
+    if "library" not in shared and f"library/{seed}" in state:
+        shared["library"] = state[f"library/{seed}"]
+    return shared
 
 
-def _keep_chains(state: RunState, seed: int, chains: Dict[int, MixturePrior]) -> None:
-    for components, prior in chains.items():
-        if f"chain/{seed}/{components}" not in state:
-            state.put(f"chain/{seed}/{components}", {"means": prior.means, "variances": prior.variances,
-                                                     "weights": prior.weights, "beta": prior.beta})
+def _keep_shared(state: RunState, seed: int, shared: Dict) -> None:
+    for name, value in shared.items():
+        if name == "library":
+            if f"library/{seed}" not in state:
+                state.put(f"library/{seed}", value)
+        elif f"chain/{seed}/{name}" not in state:
+            state.put(f"chain/{seed}/{name}", {"means": value.means, "variances": value.variances,
+                                               "weights": value.weights, "beta": value.beta})

@@ -25,7 +25,8 @@ from lift_ext.lift import FlatParams, MapConfig, MixturePrior, SamplingConfig, T
 from lift_ext.shakespeare.backbone import target_loss
 from lift_ext.shakespeare.config import PEER_OPTIONS
 from lift_ext.shakespeare.episodes import sample_episode
-from lift_ext.shakespeare.peers import merge, pooled_features, retrieve
+from lift_ext.peers import merge, retrieve
+from lift_ext.shakespeare.peers import pooled_features
 
 LIFT_METHODS = ("lift", "lift_k1", "lift_paper", "lift_sgld", "lift_ts")
 # Scored with a temperature fitted on each support set (lift_ext.shakespeare.scoring.fit_temperature).

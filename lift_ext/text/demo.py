@@ -37,7 +37,8 @@ class Settings:
 
     Chosen on the 15 meta-val tasks (seeds 0 and 1; docs/text_suite.md lists every value tried):
     reset_head (multitask), LiFT's beta and components, lift_sgld's sampling_temperature
-    (benchmarks/sgld_temperature.py, docs/calibration.md). The adaptation lr was chosen earlier by
+    (benchmarks/sgld_temperature.py, docs/calibration.md), MBC's mbc_clusters and retrieval's
+    retrieval_k (benchmarks/peer_select.py). The adaptation lr was chosen earlier by
     independent fine-tuning; every other value was set once, not searched."""
     methods: MethodSettings = MethodSettings(
         lift=LiftSettings(steps=300, tasks_per_step=4, batch=16, lr=3e-3, temperature=0.01, components=5,
@@ -55,7 +56,8 @@ QUICK = Settings(methods=replace(Settings().methods, seeds=(0, 1),
 
 LABELS = {"independent": "independent", "multitask": "multitask + FT", "reptile": "Reptile + FT",
           "fomaml": "FO-MAML + FT", "lift": "LiFT (K components)", "lift_k1": "LiFT K = 1",
-          "lift_sgld": "LiFT + pSGLD samples", "lift_ts": "LiFT + temperature scaling"}
+          "lift_sgld": "LiFT + pSGLD samples", "lift_ts": "LiFT + temperature scaling", "mbc": "MBC + FT",
+          "retrieval": "LoRA-Retriever + FT"}
 
 
 def headroom(suite: TextSuite, settings: Settings,

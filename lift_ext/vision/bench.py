@@ -37,13 +37,15 @@ class Settings:
     Ceiling: ``pool_steps`` RMSprop steps of ``pool_batch`` pool images at ``adapt_lr``.
     Meta-training: ``lift`` (the harness's LiftSettings: LiFT's chain and every method's
     budget), ``meta_lr``, ``inner_steps``, ``outer_lr``, ``reset_head``, lift_sgld's
-    ``sampling_temperature`` (lift_ext.harness.methods).
+    ``sampling_temperature``, MBC's ``mbc_clusters`` and retrieval's ``retrieval_k``
+    (lift_ext.harness.methods).
     ``tasks_per_group`` > 0 keeps that many tasks per group of each evaluated split (quick runs).
 
     Chosen on the 6 meta-val tasks (seeds 0 and 1; benchmarks/vision_headroom.py --select,
     docs/benchmark.md "Vision suite" lists every value tried): adapt_lr, reset_head, LiFT's
     components, beta and steps; sampling_temperature by benchmarks/sgld_temperature.py
-    (docs/calibration.md). Every other value was set once, not searched."""
+    (docs/calibration.md); mbc_clusters and retrieval_k by benchmarks/peer_select.py. Every
+    other value was set once, not searched."""
     seeds: tuple = (0, 1, 2)
     shots: int = 5
     adapt_steps: int = 25
@@ -60,6 +62,8 @@ class Settings:
     tasks_per_group: int = 0
     rank: int = 4
     sampling_temperature: Optional[float] = 0.02
+    mbc_clusters: int = 4
+    retrieval_k: int = 3
 
     def __post_init__(self):
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
@@ -75,7 +79,8 @@ class Settings:
         return MethodSettings(lift=self.lift, meta_lr=self.meta_lr, inner_steps=self.inner_steps,
                               outer_lr=self.outer_lr, reset_head=self.reset_head, adapt=self.map_config(),
                               seeds=tuple(self.seeds), methods=tuple(methods),
-                              sampling_temperature=self.sampling_temperature)
+                              sampling_temperature=self.sampling_temperature, mbc_clusters=self.mbc_clusters,
+                              retrieval_k=self.retrieval_k)
 
 
 QUICK = Settings(seeds=(0, 1), adapt_steps=5, pool_steps=8, tasks_per_group=1,

@@ -21,7 +21,7 @@ LABELS = {"chance": "chance (1 / classes)", "prototypes": "unadapted backbone, p
           "pool_ceiling": "ceiling: fine-tuned on the whole 800-image pool",
           "independent": "independent", "multitask": "multitask + FT", "reptile": "Reptile + FT", "fomaml": "FO-MAML + FT",
           "lift": "LiFT (K components)", "lift_k1": "LiFT K = 1", "lift_sgld": "LiFT + pSGLD samples",
-          "lift_ts": "LiFT + temperature scaling"}
+          "lift_ts": "LiFT + temperature scaling", "mbc": "MBC + FT", "retrieval": "LoRA-Retriever + FT"}
 
 
 def _cells(scores, groups):
