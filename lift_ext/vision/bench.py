@@ -62,7 +62,7 @@ class Settings:
     tasks_per_group: int = 0
     rank: int = 4
     sampling_temperature: Optional[float] = 0.02
-    mbc_clusters: int = 4
+    mbc_clusters: int = 14
     retrieval_k: int = 3
 
     def __post_init__(self):
