@@ -44,7 +44,8 @@ class Settings:
         lift=LiftSettings(steps=300, tasks_per_step=4, batch=16, lr=3e-3, temperature=0.01, components=5,
                           sigma=0.1, beta=0.3, warmup=0.25, shift_lr=3e-3),
         meta_lr=1e-3, inner_steps=5, outer_lr=0.5, reset_head=True,
-        adapt=MapConfig(steps=20, lr=1e-3, eval_every=5, patience=2), seeds=(0, 1, 2), sampling_temperature=0.01)
+        adapt=MapConfig(steps=20, lr=1e-3, eval_every=5, patience=2), seeds=(0, 1, 2), sampling_temperature=0.01,
+        mbc_clusters=10, retrieval_k=3)
     limit: Optional[Dict[str, int]] = None
     split: str = "test"
 
