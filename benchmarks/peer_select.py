@@ -12,28 +12,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-from pathlib import Path
 
 import torch
+from harness_suites import load_default, write_sweep
 
-from lift_ext.files import atomic_open
 from lift_ext.harness import methods as hm
 from lift_ext.harness import peers as harness_peers
 from lift_ext.harness import report, stats
-
-
-def load(suite_name: str):
-    """(BenchSuite, MethodSettings) of the suite's defaults, on seeds 0 and 1."""
-    if suite_name == "vision":
-        from lift_ext.vision import bench
-        suite = bench.Suite(bench.Settings())
-        return suite.bench(), dataclasses.replace(suite.settings.methods(), seeds=(0, 1))
-    from lift_ext.text import demo
-    from lift_ext.text.suite import load_suite
-    s = dataclasses.replace(demo.Settings().methods, seeds=(0, 1))
-    return load_suite(0).bench(s.lift.batch * s.lift.tasks_per_step), s
 
 
 def sweep(bench, s: hm.MethodSettings, clusters, ks) -> dict:
@@ -90,20 +76,10 @@ def main(argv=None) -> int:
     clusters, ks = _ints(args.clusters, "--clusters", parser), _ints(args.k, "--k", parser)
     torch.set_num_threads(1)
     stages = {}
-    bench, s = report.timed(stages, "load", lambda: load(args.suite))
+    bench, s = report.timed(stages, "load", lambda: load_default(args.suite))
     rows = report.timed(stages, "sweep", lambda: sweep(bench, s, clusters, ks))
     chosen = {"mbc_clusters": best(rows, "mbc C", clusters), "retrieval_k": best(rows, "retrieval k", ks)}
-    machine = report.machine()
-    text = (f"{table(rows)}\n\nchosen: {chosen}; {machine['cpu']}, {machine['torch_threads']} thread(s), commit "
-            f"{machine['commit']}, {stages['sweep']['cpu_seconds']:.0f} CPU s")
-    print(text)
-    out = Path(args.out or f"results/peer_select_{args.suite}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out, "w") as fh:
-        fh.write(json.dumps({"suite": args.suite, "chosen": chosen, "machine": machine, "stages": stages,
-                             "table": text, "rows": {n: {f"{k[0]}/{k[1]}": v for k, v in per.items()}
-                                                      for n, per in rows.items()}}, indent=1))
-    print(f"wrote {out}")
+    write_sweep("peer_select", args.suite, table(rows), chosen, stages, rows, args.out)
     return 0
 
 

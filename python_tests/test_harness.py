@@ -1,6 +1,7 @@
 """lift_ext.harness: the suite contract, the methods' ranking loop on a tiny synthetic suite
 (the LiFT methods' shared chain, lift_sgld's averaged samples, lift_ts's temperature), the
 paired statistics, the ranking and calibration tables and the reliability diagram."""
+import json
 import math
 
 import pytest
@@ -261,9 +262,10 @@ def test_a_stopped_ranking_resumes_from_its_state_file_with_the_same_scores(suit
         RunState(path, "run-a")
 
 
-def test_lift_sgld_samples_at_its_own_temperature_chosen_by_the_meta_val_rule(suite):
+def test_lift_sgld_samples_at_its_own_temperature_chosen_by_the_meta_val_rule(suite, monkeypatch, tmp_path):
     import os
     import runpy
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
     assert hm.sampling_config(SETTINGS).temperature == SETTINGS.lift.temperature
     hot = MethodSettings(**{**SETTINGS.__dict__, "sampling_temperature": 0.5})
     assert hm.sampling_config(hot).temperature == 0.5
@@ -273,6 +275,12 @@ def test_lift_sgld_samples_at_its_own_temperature_chosen_by_the_meta_val_rule(su
     assert set(rows) == {"lift", "lift_ts", "lift_sgld T=0.01", "lift_sgld T=1"}
     assert all(set(per["acc"]) == {(0, "v0"), (1, "v0")} for per in rows.values())
     assert "| lift_sgld T=1 |" in script["table"](rows)
+    out = tmp_path / "sweep.json"
+    script["write_sweep"]("sgld_temperature", "tiny", script["table"](rows), 0.01, {"sweep": {"cpu_seconds": 1.0}},
+                          rows, out, temperatures=[0.01, 1.0])
+    record = json.loads(out.read_text())
+    assert record["chosen"] == 0.01 and record["temperatures"] == [0.01, 1.0]
+    assert record["rows"]["lift"]["acc"]["1/v0"] == rows["lift"]["acc"][(1, "v0")]
 
     def row(acc, ece):
         return {"acc": {(0, "v"): acc}, "ece": {(0, "v"): ece}, "nll": {(0, "v"): 1.0}}
