@@ -34,13 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 HARNESS_SUITES = ("vision", "text")
 # demo options of the Shakespeare suites only, with their defaults
-SHAKESPEARE_ONLY = {"config": None, "device": None, "methods": None}
+SHAKESPEARE_ONLY = {"config": None, "device": None}
 
 
 def run_harness_suite(args) -> int:
     """``lift-ext demo --suite vision|text``: the suite's demo (lift_ext.vision.demo,
-    lift_ext.text.demo), its tables printed and written to OUTPUT/results.json; a stopped run
-    resumes from OUTPUT/results.state.pt (--fresh starts over)."""
+    lift_ext.text.demo) of every method or those of --methods, its tables printed and written to
+    OUTPUT/results.json; a stopped run resumes from OUTPUT/results.state.pt (--fresh starts
+    over), and a run of other --methods reuses the pieces of the methods it shares."""
     given = [f"--{k}" for k, default in SHAKESPEARE_ONLY.items() if getattr(args, k, default) != default]
     if given:
         print(f"lift-ext: error: {', '.join(given)} apply to the Shakespeare suites only, not to --suite "
@@ -49,6 +50,17 @@ def run_harness_suite(args) -> int:
     if args.threads < 1:
         print(f"lift-ext: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
+    from dataclasses import replace
+
+    from lift_ext.harness.methods import METHODS
+    ranked = METHODS
+    if args.methods:
+        ranked = tuple(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
+        unknown = [m for m in ranked if m not in METHODS]
+        if unknown or not ranked:
+            print(f"lift-ext: error: --methods: unknown {unknown or args.methods!r} (known: {', '.join(METHODS)})",
+                  file=sys.stderr)
+            return 2
     import torch
     torch.set_num_threads(args.threads)
     output = Path(args.output) / "results.json"
@@ -56,11 +68,14 @@ def run_harness_suite(args) -> int:
     try:
         if args.suite == "vision":
             from lift_ext.vision import bench, demo
-            demo.run(bench.QUICK if args.quick else bench.Settings(), output, cache=args.cache,
-                     progress=not args.no_progress, fresh=args.fresh)
+            settings = bench.QUICK if args.quick else bench.Settings()
+            demo.run(replace(settings, ranked=ranked), output, cache=args.cache, progress=not args.no_progress,
+                     fresh=args.fresh)
         else:
             from lift_ext.text import demo
-            demo.run(demo.QUICK if args.quick else demo.Settings(), output, cache=args.cache, fresh=args.fresh)
+            settings = demo.QUICK if args.quick else demo.Settings()
+            demo.run(replace(settings, methods=replace(settings.methods, methods=ranked)), output, cache=args.cache,
+                     fresh=args.fresh)
     except RunStateError as exc:
         print(f"lift-ext: error: {exc}", file=sys.stderr)
         return 2

@@ -236,3 +236,13 @@ def test_demo_fresh_recomputes_and_the_adapt_bar_counts_roles(in_process, tmp_pa
     assert results["stages"]["meta_train"] != first
     n = len(results["roles"]) * len(results["methods"])  # one lr: no meta-val adaptations
     assert "adapting (seed 0): 100%" in err and f"{n}/{n}" in err and "role" in err
+
+
+@pytest.mark.parametrize("suite", ["vision", "text"])
+def test_harness_suites_refuse_unknown_methods_and_shakespeare_options_in_one_line(suite, capsys):
+    from lift_ext.cli import main
+    assert main(["demo", "--suite", suite, "--quick", "--methods", "lift,maml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lift-ext: error: --methods: unknown ['maml']") and "mbc, retrieval" in err
+    assert main(["demo", "--suite", suite, "--quick", "--config", "x.json"]) == 2
+    assert "--config apply to the Shakespeare suites only" in capsys.readouterr().err

@@ -322,3 +322,13 @@ def test_mbc_and_retrieval_start_from_one_library_per_seed_as_published(suite, m
     assert torch.equal(retrieval.start(suite, suite.initial(0), support), peers.merge(library, idx, w))
     with pytest.raises(ValueError, match="mbc_clusters"):
         MethodSettings(**{**SETTINGS.__dict__, "mbc_clusters": 0})
+
+
+def test_tables_of_a_subset_pair_against_the_first_method_when_the_reference_was_not_ranked():
+    rank = {"lift": {0: {"x": 55.0, "y": 64.0}, 1: {"x": 55.0, "y": 63.0}},
+            "mbc": {0: {"x": 50.0, "y": 60.0}, 1: {"x": 52.0, "y": 58.0}}}
+    lines = report.ranking_table(rank, {"x": "a", "y": "b"}, ("a", "b"), {}, "test").splitlines()
+    assert "minus lift (pp)" in lines[0] and lines[3].startswith("| mbc |") and "-4.25 ± " in lines[3]
+    assert "noise floor: lift seed 1 - seed 0" in lines[4]
+    assert report.default_reference(["mbc", "lift"], "lift") == "lift"
+    assert report.default_reference(["mbc", "retrieval"], "lift") == "mbc"

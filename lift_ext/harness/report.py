@@ -5,7 +5,7 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
@@ -48,12 +48,18 @@ def by_seed_name(scores: Mapping[str, Mapping[int, Mapping[str, object]]]) -> Di
     return {m: {str(seed): v for seed, v in per.items()} for m, per in scores.items()}
 
 
+def default_reference(methods: Sequence[str], preferred: str) -> str:
+    """``preferred`` when it was ranked, else the first ranked method (a run of a subset)."""
+    return preferred if preferred in methods else methods[0]
+
+
 def ranking_table(rank: Mapping[str, Mapping[int, Mapping[str, float]]], group_of: Mapping[str, str],
-                  groups: Sequence[str], labels: Mapping[str, str], split: str, reference: str = "independent") -> str:
+                  groups: Sequence[str], labels: Mapping[str, str], split: str, reference: Optional[str] = None) -> str:
     """One row per method: accuracy per group and overall (mean ± s.e. over (seed, task)), and
-    the paired difference from ``reference`` (same task, same seed) with its s.e. and their
-    ratio; the last row the reference's seed-to-seed noise floor (second seed - first, paired
-    by task)."""
+    the paired difference from ``reference`` (same task, same seed; default independent
+    fine-tuning, or the first method when it was not ranked) with its s.e. and their ratio; the
+    last row the reference's seed-to-seed noise floor (second seed - first, paired by task)."""
+    reference = default_reference(list(rank), "independent") if reference is None else reference
     seeds = sorted(rank[reference])
     lines = [f"| method (meta-{split}, {len(seeds)} seeds) | " + " | ".join(groups) +
              f" | overall (%) ± s.e. | minus {reference} (pp) ± paired s.e. | in s.e. |",
@@ -81,13 +87,15 @@ CALIBRATION_METRICS = (("ece", "ECE (%)", 2), ("nll", "NLL (nats)", 3), ("brier"
 
 
 def calibration_table(scores: Mapping[str, Mapping[str, Mapping[int, Mapping[str, float]]]], labels: Mapping[str, str],
-                      split: str, reference: str = "lift") -> str:
+                      split: str, reference: Optional[str] = None) -> str:
     """One row per method of ``scores`` ({metric: {method: {seed: {task: value}}}}, as
     lift_ext.harness.ranking gives): accuracy, then ECE, NLL and Brier score, each the mean ±
-    s.e. over (seed, task) and the paired difference from ``reference`` (same task, same seed)
-    ± its s.e. (negative: better calibrated than the reference), and the ECE of the
-    reliability bins pooled over every (seed, task)."""
+    s.e. over (seed, task) and the paired difference from ``reference`` (same task, same seed;
+    default MAP LiFT, or the first method when it was not ranked) ± its s.e. (negative: better
+    calibrated than the reference), and the ECE of the reliability bins pooled over every
+    (seed, task)."""
     methods = list(scores["acc"])
+    reference = default_reference(methods, "lift") if reference is None else reference
     if reference not in methods:
         raise ValueError(f"reference {reference!r} is not among the scored methods {methods}")
     seeds = sorted(scores["acc"][reference])

@@ -114,7 +114,9 @@ def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = Fa
     clock["load"] = time.process_time() - start - suite.feature_cpu_seconds
     group_of = {t.name: KINDS[t.kind] for ts in suite.splits.values() for t in ts}
     mark = time.process_time()
-    state = progress_state(output, fresh, suite="text", settings=asdict(settings),
+    fingerprinted = asdict(settings)
+    del fingerprinted["methods"]["methods"]  # a piece is one method's: any subset may resume
+    state = progress_state(output, fresh, suite="text", settings=fingerprinted,
                            tasks={sp: [t.name for t in ts] for sp, ts in suite.texts.items()})
     if state.resumed:
         print(state.describe(), flush=True)

@@ -38,7 +38,7 @@ class Settings:
     Meta-training: ``lift`` (the harness's LiftSettings: LiFT's chain and every method's
     budget), ``meta_lr``, ``inner_steps``, ``outer_lr``, ``reset_head``, lift_sgld's
     ``sampling_temperature``, MBC's ``mbc_clusters`` and retrieval's ``retrieval_k``
-    (lift_ext.harness.methods).
+    (lift_ext.harness.methods). ``ranked``: the methods the ranking runs.
     ``tasks_per_group`` > 0 keeps that many tasks per group of each evaluated split (quick runs).
 
     Chosen on the 6 meta-val tasks (seeds 0 and 1; benchmarks/vision_headroom.py --select,
@@ -64,6 +64,7 @@ class Settings:
     sampling_temperature: Optional[float] = 0.02
     mbc_clusters: int = 14
     retrieval_k: int = 3
+    ranked: tuple = hm.METHODS
 
     def __post_init__(self):
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
@@ -75,7 +76,9 @@ class Settings:
         return MapConfig(steps=self.adapt_steps, lr=self.adapt_lr, preconditioned=True, tol=1e-3, patience=3,
                          eval_every=5)
 
-    def methods(self, methods=hm.METHODS) -> MethodSettings:
+    def methods(self, methods=None) -> MethodSettings:
+        """The harness's MethodSettings of ``methods`` (default: ``ranked``)."""
+        methods = self.ranked if methods is None else methods
         return MethodSettings(lift=self.lift, meta_lr=self.meta_lr, inner_steps=self.inner_steps,
                               outer_lr=self.outer_lr, reset_head=self.reset_head, adapt=self.map_config(),
                               seeds=tuple(self.seeds), methods=tuple(methods),
@@ -168,9 +171,9 @@ def headroom(suite: Suite, seeds=(0, 1)) -> Dict[str, dict]:
     return out
 
 
-def ranking(suite: Suite, methods=hm.METHODS, cpu_seconds=None, state=None) -> hm.Scores:
-    """{metric: {method: {seed: {task name: value}}}} on the eval split (lift_ext.harness.ranking;
-    ``state``: its RunState)."""
+def ranking(suite: Suite, methods=None, cpu_seconds=None, state=None) -> hm.Scores:
+    """{metric: {method: {seed: {task name: value}}}} of ``methods`` (default: the settings'
+    ``ranked``) on the eval split (lift_ext.harness.ranking; ``state``: its RunState)."""
     s = suite.settings
     return hm.ranking(suite.bench(), s.methods(methods), split=s.eval_split, cpu_seconds=cpu_seconds,
                       adaptations=suite.adaptations, state=state)
