@@ -51,7 +51,7 @@ class Settings:
 
 
 QUICK = Settings(methods=replace(Settings().methods, seeds=(0, 1),
-                                 lift=replace(Settings().methods.lift, steps=20, batch=8),
+                                 lift=replace(Settings().methods.lift, steps=12, batch=8),
                                  adapt=MapConfig(steps=5, lr=1e-3, eval_every=5, patience=2)),
                  limit={"train": 2, "val": 1, "test": 1})
 
