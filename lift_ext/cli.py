@@ -75,7 +75,7 @@ def run_harness_suite(args) -> int:
             from lift_ext.text import demo
             settings = demo.QUICK if args.quick else demo.Settings()
             demo.run(replace(settings, methods=replace(settings.methods, methods=ranked)), output, cache=args.cache,
-                     fresh=args.fresh)
+                     fresh=args.fresh, progress=not args.no_progress)
     except RunStateError as exc:
         print(f"lift-ext: error: {exc}", file=sys.stderr)
         return 2

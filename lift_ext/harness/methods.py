@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Union
 
 import torch
+from tqdm.auto import tqdm
 
 from lift_ext import baselines
 from lift_ext.calibration import METRICS
@@ -240,7 +241,8 @@ Scores = Dict[str, Dict[str, Dict[int, Dict[str, object]]]]
 
 
 def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_seconds: Optional[Dict] = None,
-            adaptations: Optional[Adaptations] = None, state: Optional[RunState] = None) -> Scores:
+            adaptations: Optional[Adaptations] = None, state: Optional[RunState] = None,
+            progress: bool = False) -> Scores:
     """{metric: {method: {seed: {task name: value}}}} over the tasks of ``split`` for every seed,
     the metrics lift_ext.calibration.METRICS (acc in %, nll in nats per example, brier, ece in
     %) and "bins" (each task's reliability bins, a list [15][3]). ``cpu_seconds`` (a dict)
@@ -248,25 +250,35 @@ def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_secon
     several methods counts under the first of them in s.methods, an adaptation shared (Adaptations:
     ``adaptations`` may hold the headroom's) under the first method that did it. ``state`` (a
     RunState) keeps every finished (seed, method), LiFT chain and peers' library, and a resumed run takes them
-    from it (with the CPU seconds they cost then) instead of computing them again."""
+    from it (with the CPU seconds they cost then) instead of computing them again. ``progress``
+    shows a bar over the (seed, method) pieces, one tick per task adapted."""
     cpu_seconds = {} if cpu_seconds is None else cpu_seconds
     adaptations = Adaptations() if adaptations is None else adaptations
     state = RunState(None, "") if state is None else state
     out: Scores = {key: {m: {} for m in s.methods} for key in METRICS + ("bins",)}
+    tasks = suite.splits[split]
+    bar = tqdm(total=len(s.seeds) * len(s.methods) * len(tasks), desc=f"{suite.name} ranking", unit="task",
+               disable=not progress, mininterval=1.0)
     for seed in s.seeds:
         shared: Dict = {}
         for method in s.methods:
             key = f"ranking/{split}/{seed}/{method}"
+            bar.set_postfix_str(f"seed {seed}, {method}")
             if key not in state:
                 start = time.process_time()
                 learned = meta_train(method, suite, s, seed, _shared_of(state, seed, shared))
-                per_task = {t.name: method_scores(method, suite, t, learned, s, seed, adaptations)
-                            for t in suite.splits[split]}
+                per_task = {}
+                for t in tasks:
+                    per_task[t.name] = method_scores(method, suite, t, learned, s, seed, adaptations)
+                    bar.update()
                 state.put(key, {"scores": per_task, "cpu_seconds": time.process_time() - start})
                 _keep_shared(state, seed, shared)
+            else:
+                bar.update(len(tasks))
             for metric in out:
                 out[metric][method][seed] = {name: scores[metric] for name, scores in state[key]["scores"].items()}
             cpu_seconds[method] = cpu_seconds.get(method, 0.0) + state[key]["cpu_seconds"]
+    bar.close()
     return out
 
 

@@ -101,11 +101,12 @@ def headroom_table(scores: dict, group_of: Dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = False) -> dict:
+def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = False, progress: bool = True) -> dict:
     """Headroom and ranking under ``settings``; prints the tables and, with ``output``, writes
     them with every score as JSON and the reliability diagram beside it (reliability.png).
     With ``output`` every finished piece is kept beside it (``<output stem>.state.pt``,
-    lift_ext.harness.progress), and a rerun resumes from them unless ``fresh``. Returns the record."""
+    lift_ext.harness.progress), and a rerun resumes from them unless ``fresh``; ``progress``
+    shows a bar over the ranking. Returns the record."""
     clock: Dict[str, float] = {}
     machine = report.machine()  # the commit of the code this run loaded
     start = time.process_time()
@@ -129,7 +130,8 @@ def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = Fa
     method_seconds: Dict[str, float] = {}
     s = settings.methods
     rank = hm.ranking(suite.bench(s.lift.batch * s.lift.tasks_per_step), s, split=settings.split,
-                      cpu_seconds=method_seconds, adaptations=adaptations, state=state)
+                      cpu_seconds=method_seconds, adaptations=adaptations, state=state,
+                      progress=progress)
     clock.update({f"ranking {m}": v for m, v in method_seconds.items()})
     clock["total excluding features"] = time.process_time() - start - suite.feature_cpu_seconds
     text += (f"\n\n### Ranking on meta-{settings.split} (seeds {list(s.seeds)}; accuracy %, mean ± s.e. over "

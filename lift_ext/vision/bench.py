@@ -171,12 +171,12 @@ def headroom(suite: Suite, seeds=(0, 1)) -> Dict[str, dict]:
     return out
 
 
-def ranking(suite: Suite, methods=None, cpu_seconds=None, state=None) -> hm.Scores:
+def ranking(suite: Suite, methods=None, cpu_seconds=None, state=None, progress: bool = False) -> hm.Scores:
     """{metric: {method: {seed: {task name: value}}}} of ``methods`` (default: the settings'
     ``ranked``) on the eval split (lift_ext.harness.ranking; ``state``: its RunState)."""
     s = suite.settings
     return hm.ranking(suite.bench(), s.methods(methods), split=s.eval_split, cpu_seconds=cpu_seconds,
-                      adaptations=suite.adaptations, state=state)
+                      adaptations=suite.adaptations, state=state, progress=progress)
 
 
 def settings_dict(s: Settings) -> dict:

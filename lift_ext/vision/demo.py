@@ -52,7 +52,8 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
     """Headroom and ranking under ``settings``; prints the tables and, with ``output``, writes
     them with every score as JSON and the reliability diagram beside it (reliability.png).
     With ``output`` every finished piece is kept beside it (``<output stem>.state.pt``,
-    lift_ext.harness.progress), and a rerun resumes from them unless ``fresh``. Returns the record."""
+    lift_ext.harness.progress), and a rerun resumes from them unless ``fresh``; ``progress``
+    shows bars (the backbone's pre-training on a first run, the ranking). Returns the record."""
     stages = {}
     suite = report.timed(stages, "load (tasks and backbone)", lambda: bench.Suite(settings, cache=cache,
                                                                                   progress=progress))
@@ -73,7 +74,8 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
     text = headroom_table(result["headroom"], groups)
     print(text + "\n", flush=True)
     method_seconds = {}
-    rank = report.timed(stages, "ranking", lambda: bench.ranking(suite, cpu_seconds=method_seconds, state=state))
+    rank = report.timed(stages, "ranking", lambda: bench.ranking(suite, cpu_seconds=method_seconds, state=state,
+                                                                       progress=progress))
     text += "\n\n" + ranking_table(rank["acc"], groups, settings.eval_split)
     text += "\n\n" + report.calibration_table(rank, LABELS, settings.eval_split)
     result["ranking"] = report.by_seed_name(rank["acc"])
