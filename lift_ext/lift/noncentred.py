@@ -48,7 +48,6 @@ fits it. The two draws complement each other: given theta_i (the distance draw, 
 sampler always makes first) a task far from its phi_k moves, given eta_i a task near the wrong
 one does; alternating them leaves the posterior unchanged.
 """
-import math
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -120,21 +119,22 @@ def draw_assignments_by_likelihood_(thetas: torch.Tensor, comps: Components, tas
     olds = comps.assignments[list(tasks)].tolist()
     index = torch.tensor(list(tasks), dtype=torch.int64, device=thetas.device)
     every = (thetas.index_select(0, index)[:, None, :] + comps.phis).sub_(comps.phis[olds][:, None, :])  # c_ik
-    moves = []
-    for row, (task, old, candidates) in enumerate(zip(tasks, olds, every)):
-        losses = nll(task, candidates).detach().to("cpu", torch.float64)
+    rows = []
+    for task, candidates in zip(tasks, every):
+        losses = nll(task, candidates).detach()
         if losses.shape != (comps.k,):
             raise ValueError(f"grad_fn.losses({task}, candidates) must return a Tensor [{comps.k}], got "
                              f"{tuple(losses.shape)}")
-        if temperature > 0.0:
-            scores = log_weights - losses / temperature - torch.log(-torch.log(uniforms[row].clamp_min(1e-300)))
-        else:
-            scores = -losses
-        if bool(scores.isnan().any()) or not math.isfinite(float(scores.max())):
-            raise FloatingPointError("a stepped theta or a phi_k is not finite")
-        moves.append((task, old, int(scores.argmax()), candidates))
+        rows.append(losses.to(torch.float64))
+    losses = torch.stack(rows).cpu()  # [B, K]: every task's scores in one pass of float64 operations
+    if temperature > 0.0:
+        scores = log_weights - losses / temperature - torch.log(-torch.log(uniforms.clamp_min(1e-300)))
+    else:
+        scores = -losses
+    if bool(scores.isnan().any()) or not bool(torch.isfinite(scores.amax(1)).all()):
+        raise FloatingPointError("a stepped theta or a phi_k is not finite")
     moved = []
-    for task, old, comp, candidates in moves:
+    for task, old, comp, candidates in zip(tasks, olds, scores.argmax(1).tolist(), every):
         if comp != old:
             comps.move_(task, comp, thetas[task], candidates[comp])
             thetas[task].copy_(candidates[comp])
