@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from lift_ext.files import atomic_open
+from lift_ext.harness.stats import mean_se
 from lift_ext.shakespeare.config import PEER_OPTIONS, BenchConfig
 from lift_ext.shakespeare.scoring import METRICS
 
@@ -33,29 +34,17 @@ LABELS = {"lift": "LiFT", "lift_k1": "LiFT K=1 (ablation)", "lift_paper": "LiFT,
 UNITS = {"acc": 100.0, "acc_remapped": 100.0, "nll": 1.0, "ece": 100.0, "brier": 1.0}
 
 
-def mean_stderr(xs: Sequence[float]) -> tuple:
-    """(mean, standard error of the mean); stderr 0 for a single value, nan mean for none."""
-    n = len(xs)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(xs) / n
-    if n < 2:
-        return mean, 0.0
-    var = sum((x - mean) ** 2 for x in xs) / (n - 1)
-    return mean, math.sqrt(var / n)
-
-
 def paired(a: Sequence[Optional[float]], b: Sequence[Optional[float]]) -> dict:
     """Mean and standard error of a - b over the positions where both are present."""
     diffs = [x - y for x, y in zip(a, b) if x is not None and y is not None]
-    mean, se = mean_stderr(diffs) if diffs else (None, None)
+    mean, se = mean_se(diffs) if diffs else (None, None)
     return {"mean": mean, "se": se, "n": len(diffs)}
 
 
 def _stats(values: List[Optional[float]]) -> dict:
     """Mean and s.e. of the values present (None when there are none: JSON has no nan)."""
     present = [v for v in values if v is not None]
-    mean, se = mean_stderr(present) if present else (None, None)
+    mean, se = mean_se(present) if present else (None, None)
     return {"mean": mean, "stderr": se, "per_task": values}
 
 
