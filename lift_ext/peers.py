@@ -127,6 +127,14 @@ def train_cluster_adapters(flat: FlatParams, tasks: Sequence, labels: torch.Tens
     return torch.stack(out)
 
 
+def best_by_support_loss(flat: FlatParams, candidates: torch.Tensor, loss_fn: LossFn, support) -> int:
+    """MBC's routing: the index of the row of candidates [M, D] with the lowest mean loss
+    ``loss_fn`` on the ``support`` batch (the first on a tie)."""
+    with torch.no_grad():
+        losses = [float(loss_fn(flat.call(c), support)) for c in candidates]
+    return min(range(len(losses)), key=losses.__getitem__)
+
+
 def retrieve(query: torch.Tensor, keys: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """(indices [k'], weights [k']) of the k' = min(k, N) keys [N, H] of highest cosine similarity
     to ``query`` [H], most similar first; weights are the similarities clipped at 0 and
@@ -145,5 +153,5 @@ def merge(library: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -
     return (weights.to(library)[:, None] * library[indices]).sum(0)
 
 
-__all__ = ["cluster_library", "cluster_purity", "cluster_steps", "kmeans", "library_steps", "merge", "retrieve",
+__all__ = ["best_by_support_loss", "cluster_library", "cluster_purity", "cluster_steps", "kmeans", "library_steps", "merge", "retrieve",
            "train_cluster_adapters", "train_library"]

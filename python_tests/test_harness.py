@@ -332,3 +332,19 @@ def test_tables_of_a_subset_pair_against_the_first_method_when_the_reference_was
     assert "noise floor: lift seed 1 - seed 0" in lines[4]
     assert report.default_reference(["mbc", "lift"], "lift") == "lift"
     assert report.default_reference(["mbc", "retrieval"], "lift") == "mbc"
+
+
+def test_a_piece_whose_write_is_interrupted_changes_neither_the_file_nor_the_state(tmp_path, monkeypatch):
+    from lift_ext.harness import progress
+    path = tmp_path / "results.state.pt"
+    state = progress.RunState(path, "run-a")
+    state.put("headroom", {"x": 1.0})
+    before = path.read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(progress, "save_atomic", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        state.put("ranking/test/0/lift", {"scores": {}, "cpu_seconds": 1.0})
+    assert "ranking/test/0/lift" not in state and list(state.keys()) == ["headroom"]
+    assert path.read_bytes() == before

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Dict, Optional, Union
 
 import torch
@@ -299,5 +299,4 @@ def _keep_shared(state: RunState, seed: int, shared: Dict) -> None:
             if f"library/{seed}" not in state:
                 state.put(f"library/{seed}", value)
         elif f"chain/{seed}/{name}" not in state:
-            state.put(f"chain/{seed}/{name}", {"means": value.means, "variances": value.variances,
-                                               "weights": value.weights, "beta": value.beta})
+            state.put(f"chain/{seed}/{name}", {f.name: getattr(value, f.name) for f in fields(value)})

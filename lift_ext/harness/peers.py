@@ -43,10 +43,8 @@ class PeerStarts:
     def start(self, suite: BenchSuite, initial: torch.Tensor, support) -> torch.Tensor:
         """The start [D] for a task with ``support`` (module docstring)."""
         if self.method == "mbc":
-            batch = support.full()
-            with torch.no_grad():
-                losses = [float(suite.loss_fn(suite.flat.call(a), batch)) for a in self.adapters]
-            return self.adapters[min(range(len(losses)), key=losses.__getitem__)].clone()
+            return self.adapters[peers.best_by_support_loss(suite.flat, self.adapters, suite.loss_fn,
+                                                            support.full())].clone()
         indices, weights = peers.retrieve(embedding(suite, initial, support.full()), self.keys, self.k)
         return peers.merge(self.adapters, indices, weights)
 
@@ -76,12 +74,10 @@ def _first_rows(task, rows: int):
     return tuple(t[:rows] for t in task.pool(rows).full())
 
 
-def train(method: str, suite: BenchSuite, s, seed: int, library: Optional[torch.Tensor]) -> PeerStarts:
+def train(method: str, suite: BenchSuite, s, seed: int, library: torch.Tensor) -> PeerStarts:
     """MBC's cluster adapters or retrieval's library and keys under ``seed`` for MethodSettings
-    ``s``; ``library`` [N, D] is reused when given (train_library otherwise)."""
+    ``s``, from the ``library`` [N, D] of train_library."""
     train_tasks, init = suite.splits["train"], suite.initial(seed)
-    if library is None:
-        library = train_library(suite, s, seed)
     if method == "retrieval":
         keys = torch.stack([embedding(suite, init, _first_rows(t, KEY_ROWS)) for t in train_tasks])
         return PeerStarts("retrieval", library, keys, s.retrieval_k)

@@ -67,11 +67,13 @@ class RunState:
         return self._pieces[key]
 
     def put(self, key: str, value: Any) -> None:
-        """Keep ``value`` under ``key`` and rewrite the file."""
-        self._pieces[key] = value
+        """Keep ``value`` under ``key`` and rewrite the file; when writing raises (a full disk,
+        KeyboardInterrupt) neither the file nor the pieces in memory change."""
+        pieces = {**self._pieces, key: value}
         if self.path is not None:
             save_atomic({"format": _FORMAT, "version": _VERSION, "fingerprint": self.fingerprint,
-                         "pieces": self._pieces}, str(self.path))
+                         "pieces": pieces}, str(self.path))
+        self._pieces = pieces
 
     def get_or_run(self, key: str, compute: Callable[[], Any]) -> Any:
         """The value kept under ``key``, or compute() kept under it."""

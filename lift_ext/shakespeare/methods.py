@@ -25,7 +25,7 @@ from lift_ext.lift import FlatParams, MapConfig, MixturePrior, SamplingConfig, T
 from lift_ext.shakespeare.backbone import target_loss
 from lift_ext.shakespeare.config import PEER_OPTIONS
 from lift_ext.shakespeare.episodes import sample_episode
-from lift_ext.peers import merge, retrieve
+from lift_ext.peers import best_by_support_loss, merge, retrieve
 from lift_ext.shakespeare.peers import pooled_features
 
 LIFT_METHODS = ("lift", "lift_k1", "lift_paper", "lift_sgld", "lift_ts")
@@ -125,13 +125,6 @@ def train_fomaml(flat: FlatParams, pools: Sequence[tuple], init: torch.Tensor, *
                                   seed=seed, progress=progress)
 
 
-def best_by_support_loss(flat: FlatParams, candidates: torch.Tensor, task: TensorTask) -> int:
-    """Index of the row of candidates [M, D] with the lowest mean loss on the support set."""
-    with torch.no_grad():
-        losses = [float(window_loss(flat.call(c), task.full())) for c in candidates]
-    return min(range(len(losses)), key=losses.__getitem__)
-
-
 def start_vector(method: str, state: MetaState, flat: FlatParams, task: TensorTask, family: int,
                  option: Optional[int] = None) -> Optional[torch.Tensor]:
     """Where a method starts adapting on ``task`` (a role of ``family``): None for the LiFT
@@ -152,7 +145,7 @@ def start_vector(method: str, state: MetaState, flat: FlatParams, task: TensorTa
         raise ValueError(f"method {method!r} needs its option (C or k), got None")
     if method == "mbc":
         adapters = state.clusters[option]
-        return adapters[best_by_support_loss(flat, adapters, task)]
+        return adapters[best_by_support_loss(flat, adapters, window_loss, task.full())]
     if method == "retrieval":
         query = pooled_features(flat, state.init, task.full()[0])
         return merge(state.library, *retrieve(query, state.keys, option))
@@ -179,4 +172,4 @@ def adapt_role(method: str, state: MetaState, flat: FlatParams, task: TensorTask
 
 
 __all__ = ["MetaState", "window_loss", "TEMPERATURE_SCALED", "train_multitask", "train_family_adapters", "train_reptile", "train_fomaml",
-           "best_by_support_loss", "PEER_METHODS", "start_vector", "adapt_role", "LIFT_METHODS", "START_METHODS"]
+           "PEER_METHODS", "start_vector", "adapt_role", "LIFT_METHODS", "START_METHODS"]
