@@ -127,3 +127,26 @@ def test_tiny_lift_step_and_adapt_on_the_vit_adapter():
     logits, labels = vm.logits_fn(flat.call(result.theta), vm.query_task(query).full())
     assert logits.shape == (40, specs[0].num_classes) and torch.equal(labels, query.query[1])
     assert 100.0 * float((logits.argmax(-1) == labels).float().mean()) == accuracy
+
+
+def test_label_set_oracle_trains_on_exactly_the_siblings():
+    from types import SimpleNamespace
+
+    from lift_ext import baselines
+    from lift_ext.vision import bench
+
+    _, flat = _tiny_adapter()
+    names = ["scene-shape-clean", "scene-count-noisy", "scene-shape-noisy", "scene-distance-clean"]
+    specs = [next(s for s in vt.TASK_SPECS if s.name == n) for n in names]
+    data = []
+    for spec in specs:  # a pool of SUPPORT_POOL images: 24 drawn ones repeated
+        x, y = vt.generate(spec, 0, 24)
+        data.append(vt.VisionTask(spec, x.repeat(34, 1, 1)[:vt.SUPPORT_POOL], y.repeat(34)[:vt.SUPPORT_POOL]))
+    settings = bench.Settings(pool_steps=3, pool_batch=8)
+    init = flat.vector.detach().clone()
+    suite = SimpleNamespace(settings=settings, tasks=data, split={"train": [0, 1, 2]}, flat=flat, init=init)
+    start = bench.label_set_start(suite, specs[0].label_set, seed=0)
+    siblings = baselines.train_multitask(flat, [vm.pool_task(data[i], 8) for i in (0, 2)], vb.loss_fn, init,
+                                         steps=3, lr=settings.adapt_lr, seed=0)
+    assert torch.equal(start, siblings) and not torch.equal(start, init)
+    assert bench.label_set_start(suite, specs[3].label_set, seed=0) is init  # no meta-train task has its labels

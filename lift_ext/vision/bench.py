@@ -8,6 +8,13 @@ Headroom, on the meta-val and meta-test tasks, before any method is compared:
                    i.e. at chance)
     independent    the adapter fine-tuned on the support shots from its initialisation
     pool ceiling   the adapter fine-tuned on the task's whole support pool (800 images)
+    label-set oracle
+                   the ceiling of what meta-training can transfer: a start told which meta-train
+                   tasks share the task's label set (its "siblings": the same characters in
+                   another font, the same attribute under another style), trained on their
+                   whole pools with the pool ceiling's budget, head kept (the labels agree),
+                   then adapted on the shots as every method is; the initial adapter when no
+                   meta-train task shares the label set (then it is independent fine-tuning)
     noise floor    independent under seed 1 minus seed 0, paired over tasks (another draw of
                    the shots and of the minibatch order)
 Ranking: every method of lift_ext.harness on the ``eval_split`` tasks with every seed.
@@ -153,8 +160,9 @@ def headroom(suite: Suite, seeds=(0, 1)) -> Dict[str, dict]:
     """Per method a record {task name: accuracy (%)} on the meta-val and meta-test tasks
     (module docstring); "independent_seed<k>" per seed of ``seeds``."""
     s = suite.settings
-    out: Dict[str, dict] = {"chance": {}, "prototypes": {}, "pool_ceiling": {}}
+    out: Dict[str, dict] = {"chance": {}, "prototypes": {}, "pool_ceiling": {}, "label_set_oracle": {}}
     out.update({f"independent_seed{k}": {} for k in seeds})
+    oracle_starts: Dict[tuple, torch.Tensor] = {}
     for index in suite.evaluated("val") + suite.evaluated("test"):
         task = suite.tasks[index]
         name = task.spec.name
@@ -168,7 +176,24 @@ def headroom(suite: Suite, seeds=(0, 1)) -> Dict[str, dict]:
         theta = baselines.train_multitask(suite.flat, [vm.pool_task(task, s.pool_batch)], vb.loss_fn, suite.init,
                                           steps=s.pool_steps, lr=s.adapt_lr, seed=seeds[0])
         out["pool_ceiling"][name] = vm.query_accuracy(suite.flat, theta, task)
+        labels = task.spec.label_set
+        if labels not in oracle_starts:
+            oracle_starts[labels] = label_set_start(suite, labels, seeds[0])
+        out["label_set_oracle"][name] = hm.adapted_scores(suite.bench(), suite.bench_task(index), oracle_starts[labels],
+                                                          s.map_config(), seeds[0], adaptations=suite.adaptations)["acc"]
     return out
+
+
+def label_set_start(suite: Suite, labels: tuple, seed: int) -> torch.Tensor:
+    """The label-set oracle's start (module docstring): multitask over the whole pools of the
+    meta-train tasks whose label set is ``labels``, ``pool_steps`` RMSprop steps of ``pool_batch``
+    images at ``adapt_lr``; the initial adapter when none has it."""
+    s = suite.settings
+    siblings = [suite.tasks[i] for i in suite.split["train"] if suite.tasks[i].spec.label_set == labels]
+    if not siblings:
+        return suite.init
+    return baselines.train_multitask(suite.flat, [vm.pool_task(t, s.pool_batch) for t in siblings], vb.loss_fn,
+                                     suite.init, steps=s.pool_steps, lr=s.adapt_lr, seed=seed)
 
 
 def ranking(suite: Suite, methods=None, cpu_seconds=None, state=None, progress: bool = False) -> hm.Scores:

@@ -19,6 +19,7 @@ from lift_ext.vision import tasks as vt
 LABELS = {"chance": "chance (1 / classes)", "prototypes": "unadapted backbone, prototypes of the shots",
           "independent_seed0": "independent fine-tuning (seed 0)", "independent_seed1": "independent fine-tuning (seed 1)",
           "pool_ceiling": "ceiling: fine-tuned on the whole 800-image pool",
+          "label_set_oracle": "label-set oracle: a start from the meta-train tasks with the same labels, adapted",
           "independent": "independent", "multitask": "multitask + FT", "reptile": "Reptile + FT", "fomaml": "FO-MAML + FT",
           "lift": "LiFT (K components)", "lift_k1": "LiFT K = 1", "lift_sgld": "LiFT + pSGLD samples",
           "lift_ts": "LiFT + temperature scaling", "mbc": "MBC + FT", "retrieval": "LoRA-Retriever + FT"}
@@ -29,7 +30,11 @@ def _cells(scores, groups):
     return " | ".join(f"{means[g]:.1f}" if g in means else "" for g in vt.GROUPS)
 
 
-def headroom_table(rec: dict, groups: dict) -> str:
+def headroom_table(rec: dict, groups: dict, split_of: dict) -> str:
+    """The headroom record as a table: per row the group means and the overall mean over the
+    meta-val and meta-test tasks; then the paired noise floor, the pool ceiling's gain and the
+    label-set oracle's gain (what meta-training could transfer), the last per split
+    (``split_of``: {task name: "val" or "test"})."""
     lines = ["| model (meta-val + meta-test tasks, seed 0 unless said) | " + " | ".join(vt.GROUPS) +
              " | overall (%) ± s.e. over tasks |", "|---|" + "---:|" * (len(vt.GROUPS) + 1)]
     for name, scores in rec.items():
@@ -40,6 +45,12 @@ def headroom_table(rec: dict, groups: dict) -> str:
     lines.append(f"| noise floor: independent seed 1 - seed 0, paired over {floor[2]} tasks | | | | "
                  f"{floor[0]:+.2f} ± {floor[1]:.2f} pp |")
     lines.append(f"| ceiling - independent (seed 0), paired | | | | {gain[0]:+.2f} ± {gain[1]:.2f} pp |")
+    for split in ("val", "test"):
+        names = [n for n in rec["label_set_oracle"] if split_of.get(n) == split]
+        if names:
+            d, se, n = stats.paired({k: rec["label_set_oracle"][k] for k in names}, rec["independent_seed0"])
+            lines.append(f"| label-set oracle - independent (seed 0), paired over the {n} meta-{split} tasks | | | | "
+                         f"{d:+.2f} ± {se:.2f} pp |")
     return "\n".join(lines)
 
 
@@ -71,7 +82,8 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
         print(state.describe(), flush=True)
     result["headroom"] = report.timed(stages, "headroom",
                                       lambda: state.get_or_run("headroom", lambda: bench.headroom(suite)))
-    text = headroom_table(result["headroom"], groups)
+    split_of = {suite.tasks[i].spec.name: split for split in ("val", "test") for i in suite.split[split]}
+    text = headroom_table(result["headroom"], groups, split_of)
     print(text + "\n", flush=True)
     method_seconds = {}
     rank = report.timed(stages, "ranking", lambda: bench.ranking(suite, cpu_seconds=method_seconds, state=state,
