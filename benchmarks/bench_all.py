@@ -22,7 +22,6 @@ import datetime
 import json
 import math
 import os
-import subprocess
 import sys
 
 import torch
@@ -30,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lift_ext  # noqa: E402
 from lift_ext import ops  # noqa: E402
+from lift_ext.provenance import short_commit  # noqa: E402
 
 import bench_gmm  # noqa: E402
 import bench_sgld  # noqa: E402
@@ -275,17 +275,6 @@ def plot(rows, bandwidth, device_label, path):
     plt.close(fig)
 
 
-def git_commit():
-    """Short hash of the checkout; LIFT_EXT_COMMIT overrides it (copies without .git)."""
-    if os.environ.get("LIFT_EXT_COMMIT"):
-        return os.environ["LIFT_EXT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def compiled_fns():
     return {"plain": torch.compile(bench_sgld.flat_step), "bf16": torch.compile(bf16_flat_step),
             "precond": torch.compile(precond_flat_step), "phi": torch.compile(phi_eager),
@@ -314,7 +303,7 @@ def main(argv=None):
     bandwidth = copy_bandwidth_gbs(device, 1 << (26 if device.type == "cuda" else 24))
     label = device_name(device)
     print(f"device: {label}; torch {torch.__version__}; copy bandwidth {bandwidth:.1f} GB/s; "
-          f"commit {git_commit()}", flush=True)
+          f"commit {short_commit()}", flush=True)
     compiled = compiled_fns()
     rows = []
     if "sgld" in families:
@@ -330,7 +319,7 @@ def main(argv=None):
             rows.append(finish_row(gmm_row(k, d, b, device, compiled), bandwidth))
             print_progress(rows[-1])
     print(format_table(rows))
-    meta = {"device": label, "cpu_isa": lift_ext.cpu_isa(), "torch": torch.__version__, "commit": git_commit(),
+    meta = {"device": label, "cpu_isa": lift_ext.cpu_isa(), "torch": torch.__version__, "commit": short_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "threads": torch.get_num_threads(), "copy_GBps": bandwidth, "quick": args.quick}
     with open(json_path + ".tmp", "w") as fh:

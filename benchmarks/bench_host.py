@@ -31,7 +31,6 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -40,7 +39,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lift_ext  # noqa: E402
 from lift_ext.optim import SGLD  # noqa: E402
-from timing import cpu_model, device_name, graph_replay_ms  # noqa: E402
+from lift_ext.provenance import cpu_model, short_commit  # noqa: E402
+from timing import device_name, graph_replay_ms  # noqa: E402
 
 LR, LAM, TEMP = 1e-3, 1.0, 1.0
 KERNEL_RANGE = "lift_ext::sgld_cpu_kernel"
@@ -177,14 +177,6 @@ def format_table(rows, device):
     return "\n".join(lines)
 
 
-def commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("LIFT_EXT_COMMIT", "unknown")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -196,7 +188,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = [run_case(count, numel, device, args.rounds) for count, numel in parse_cases(args.cases)]
-    info = {"device": device_name(device), "cpu": cpu_model(), "torch": torch.__version__, "commit": commit(),
+    info = {"device": device_name(device), "cpu": cpu_model(), "torch": torch.__version__, "commit": short_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "threads": torch.get_num_threads()}
     host = f" (host CPU {info['cpu']})" if device.type == "cuda" else ""

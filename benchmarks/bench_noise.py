@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lift_ext  # noqa: E402
-from bench_all import git_commit  # noqa: E402
+from lift_ext.provenance import short_commit  # noqa: E402
 from timing import device_name, median_ms  # noqa: E402
 
 LR = 1e-3
@@ -101,7 +101,7 @@ def main(argv=None):
     steps = {f"flat {flat}": measure(step_methods([flat]), args.repeats),
              f"list {count} x {numel}": measure(step_methods([numel] * count), args.repeats)}
     meta = {"device": device_name(CPU), "cpu_isa": lift_ext.cpu_isa(), "torch": torch.__version__,
-            "commit": git_commit(), "threads": torch.get_num_threads(), "repeats": args.repeats,
+            "commit": short_commit(), "threads": torch.get_num_threads(), "repeats": args.repeats,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     print(f"device: {meta['device']}; torch {meta['torch']}; commit {meta['commit']}; {meta['date']}")
     print(format_report(normals, steps))

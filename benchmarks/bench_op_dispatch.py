@@ -19,7 +19,6 @@ internal headers for the same three calls; that commit's version of this script
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -27,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lift_ext  # noqa: E402
+from lift_ext.provenance import short_commit  # noqa: E402
 from timing import device_name  # noqa: E402
 
 HYPER = (1e-3, 1.0, 1.0, 0.99, 1e-8)  # lr, temperature, prior_precision, alpha, eps
@@ -81,14 +81,6 @@ def measure(fns, rounds):
     return samples
 
 
-def commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=41)
@@ -99,7 +91,7 @@ def main():
         cases = {"LoRA 448 x [8,768]/[768,8]": calls(*lora_lists(224, 768, 8)),
                  "host only 448 x 0": calls(*empty_lists(448))}
         samples = {case: measure(fns, args.rounds) for case, fns in cases.items()}
-    print(f"{device_name(torch.device('cpu'))}, torch {torch.__version__}, commit {commit()}, "
+    print(f"{device_name(torch.device('cpu'))}, torch {torch.__version__}, commit {short_commit()}, "
           f"{args.rounds} rounds")
     print("| case | call | min / median |")
     print("|---|---|---|")

@@ -59,15 +59,6 @@ def copy_bandwidth_gbs(device: torch.device, numel: int = 1 << 26) -> float:
     return 2 * numel * 4 / (ms * 1e-3) / 1e9
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
-
-
 def device_name(device: torch.device) -> str:
     """The GPU's name, or for the CPU its model, architecture, the instruction-set path of the
     CPU kernels' normals (lift_ext.cpu_isa()) and the thread count."""
@@ -75,6 +66,6 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     import platform
 
-    import lift_ext
-    return (f"CPU {cpu_model()} ({platform.machine()}, normals path {lift_ext.cpu_isa()}), "
+    from lift_ext import provenance
+    return (f"CPU {provenance.cpu_model()} ({platform.machine()}, normals path {provenance.cpu_isa()}), "
             f"{torch.get_num_threads()} threads")

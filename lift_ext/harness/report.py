@@ -2,37 +2,22 @@
 from __future__ import annotations
 
 import platform
-import subprocess
 import time
-from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
-from lift_ext import calibration
+from lift_ext import calibration, provenance
 from lift_ext.harness import stats
 from lift_ext.harness.scoring import pooled_bins
 
 
 def machine() -> dict:
-    """CPU model, cores, torch threads, versions and the git commit of the checkout lift_ext
-    runs from (None for an installed package)."""
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    commit = None
-    root = Path(__file__).resolve().parents[2]  # the checkout lift_ext runs from, if it is one
-    if (root / ".git").exists():
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                                    text=True, check=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return {"cpu": cpu, "cores": torch.multiprocessing.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "commit": commit,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    """CPU model and the CPU kernels' instruction-set path, cores, torch threads, versions, the
+    commit of the code lift_ext runs from (lift_ext.provenance) and the date."""
+    return {"cpu": provenance.cpu_model(), "cpu_isa": provenance.cpu_isa(), "cores": torch.multiprocessing.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "commit": provenance.short_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def timed(record: Dict[str, dict], name: str, fn):

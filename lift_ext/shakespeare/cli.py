@@ -182,11 +182,12 @@ def _user_errors() -> tuple:
 
 def _run(args) -> int:
     import torch
-    from lift_ext.shakespeare import launch, lift_methods, runner, stages
+    from lift_ext import provenance
+    from lift_ext.shakespeare import launch, lift_methods, runner
     from lift_ext.shakespeare.cache import cache_dir
     from lift_ext.shakespeare.config import ConfigError
 
-    stages.source_commit()  # the code this process loaded, before the checkout can change
+    provenance.source_commit()  # the code this process loaded, before the checkout can change
     world = launch.from_environment()
     cfg = lift_methods.check_launch(_config(args), world)  # on every rank, before any collective
     _check_device(cfg.device)

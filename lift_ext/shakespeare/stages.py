@@ -9,17 +9,16 @@ in one line as well.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable
 
 import torch
 
+from lift_ext import provenance
 from lift_ext.checkpoint import CheckpointError, load_checked, save_atomic
 
 META_FILE, ADAPT_FILE = "meta_state.pt", "adapted.pt"
@@ -35,42 +34,14 @@ class StageError(RuntimeError):
     """A stage's input is missing, invalid or was made with another config (the message says which)."""
 
 
-@functools.lru_cache(maxsize=None)
-def source_commit() -> Optional[str]:
-    """The commit of the checkout lift_ext runs from (with "+dirty" for local changes), None
-    for an installed package or without git. Read once per process (the command line reads it
-    when it starts, so later commits to the checkout do not relabel a running process's code)."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
-    try:
-        run = dict(cwd=root, capture_output=True, text=True, timeout=10, check=True)
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: str) -> dict:
     """The software and hardware of this process: lift_ext version and git commit, torch and
     its CUDA, Python, CPU model and core count, torch threads, and the GPU when ``device`` is CUDA."""
     from lift_ext import __version__
     dev = torch.device(device)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" and torch.cuda.is_available() else None
-    return {"lift_ext": __version__, "git_commit": source_commit(), "torch": str(torch.__version__),
-            "torch_cuda": torch.version.cuda, "python": platform.python_version(), "cpu": _cpu_model(),
+    return {"lift_ext": __version__, "git_commit": provenance.source_commit(), "torch": str(torch.__version__),
+            "torch_cuda": torch.version.cuda, "python": platform.python_version(), "cpu": provenance.cpu_model(), "cpu_isa": provenance.cpu_isa(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device, "gpu": gpu}
 
 
