@@ -30,8 +30,7 @@ def write_sweep(name: str, suite_name: str, table: str, chosen, stages: dict, ro
     it as JSON (``out``, default results/<name>_<suite>.json) with ``rows`` {row: {metric or
     (seed, task): ...}} ((seed, task) keys written "seed/task") and ``extra``."""
     machine = report.machine()
-    text = (f"{table}\n\nchosen: {chosen}; {machine['cpu']}, {machine['torch_threads']} thread(s), commit "
-            f"{machine['commit']}, {stages['sweep']['cpu_seconds']:.0f} CPU s")
+    text = f"{table}\n\nchosen: {chosen}; {report.describe(machine)}, {stages['sweep']['cpu_seconds']:.0f} CPU s"
     print(text)
 
     def keyed(per):

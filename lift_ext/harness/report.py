@@ -20,6 +20,12 @@ def machine() -> dict:
             "commit": provenance.short_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def describe(record: dict) -> str:
+    """A machine record in one phrase: "<CPU model> (<ISA>), <n> torch thread(s), commit <hash>"."""
+    return (f"{record['cpu']} ({record['cpu_isa']}), {record['torch_threads']} torch thread(s), "
+            f"commit {record['commit']}")
+
+
 def timed(record: Dict[str, dict], name: str, fn):
     """fn(), with its wall and CPU seconds (this process) stored in record[name]."""
     wall, cpu = time.perf_counter(), time.process_time()

@@ -138,7 +138,7 @@ def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = Fa
              f"(task, seed))\n\n{report.ranking_table(rank['acc'], group_of, KINDS, LABELS, settings.split)}\n\n"
              f"### Calibration on meta-{settings.split} (paired differences from MAP LiFT; lower is better)\n\n"
              f"{report.calibration_table(rank, LABELS, settings.split)}\n\n"
-             f"CPU seconds ({machine['cpu']}, {machine['torch_threads']} torch thread(s), commit {machine['commit']}; "
+             f"CPU seconds ({report.describe(machine)}; "
              "a LiFT chain shared by several methods counts under the first): "
              + ", ".join(f"{k} {v:.0f}" for k, v in clock.items())
              + (f"; {state.describe()}" if state.resumed else ""))

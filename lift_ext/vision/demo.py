@@ -98,8 +98,7 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
     footer = ("\n\nCPU seconds per method (meta-training and adaptation, all seeds; a LiFT chain shared by "
               "several methods counts under the first): "
               + ", ".join(f"{m} {v:.0f}" for m, v in method_seconds.items())
-              + f"\n{result['machine']['cpu']}, {result['machine']['torch_threads']} torch thread(s), commit "
-              f"{result['machine']['commit']}: {cpu:.0f} CPU s ({wall:.0f} s wall) including loading"
+              + f"\n{report.describe(result['machine'])}: {cpu:.0f} CPU s ({wall:.0f} s wall) including loading"
               + ("" if pre["cached"] else f" and the backbone's pre-training ({pre['cpu_seconds']:.0f} CPU s)")
               + (f"; {state.describe()}" if state.resumed else ""))
     print(text + footer)
