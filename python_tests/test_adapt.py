@@ -284,3 +284,46 @@ def test_prior_dominated_weights_settle_instead_of_jittering():
     values = [value for _, value in out.objectives]
     assert all(later <= earlier + 1e-5 for earlier, later in zip(values, values[1:]))
     assert min(values) == pytest.approx(optimum, rel=0.02)
+
+
+class _CopiedBatches:
+    """The same support set as ``task``, each minibatch a new tuple: adapt cannot tell that a
+    step's minibatch is the whole support set, so it evaluates J with passes of its own."""
+
+    def __init__(self, task):
+        self.task, self.num_examples = task, task.num_examples
+
+    def batch(self, generator):
+        return tuple(list(self.task.batch(generator)))  # a new tuple (tuple() of a tuple is the same object)
+
+    def full(self):
+        return self.task.full()
+
+
+@pytest.mark.parametrize("steps, eval_every, patience, tol", [(10, 3, 100, 0.0), (12, 2, 1, 10.0), (7, 1, 2, 0.0)])
+def test_objective_read_off_the_steps_forward_pass_is_the_same(linear, steps, eval_every, patience, tol):
+    """On a whole-support minibatch J comes from the step's own forward pass: bitwise the same
+    run as with separate evaluation passes (with a prior, an early stop and a last evaluation
+    off the eval_every grid), one forward pass fewer for every iterate a step follows."""
+    model, flat, task, x, y = linear
+    prior = random_prior(2)
+    calls = []
+
+    def counted(call, batch):
+        calls.append(1)
+        return mse(call, batch)
+
+    config = MapConfig(steps=steps, lr=0.02, eval_every=eval_every, patience=patience, tol=tol)
+    shared = adapt(flat, task, counted, prior=prior, config=config, seed=3)
+    shared_calls = len(calls)
+    calls.clear()
+    separate = adapt(flat, _CopiedBatches(task), counted, prior=prior, config=config, seed=3)
+    separate_calls = len(calls)
+    assert torch.equal(shared.theta, separate.theta) and shared.objectives == separate.objectives
+    assert shared.losses == separate.losses and shared.component == separate.component
+    assert (shared.steps_run, shared.best_step, shared.stop_reason) == \
+        (separate.steps_run, separate.best_step, separate.stop_reason)
+    read_off = [step for step, _ in shared.objectives if step < steps]  # iterates a step's pass evaluated
+    assert separate_calls - shared_calls == len(read_off) > 0
+    if tol > 1.0:  # no evaluation can improve J by more than tol: the run stops after `patience` of them
+        assert shared.stop_reason == "no_improvement" and shared.steps_run == patience * eval_every

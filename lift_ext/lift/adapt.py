@@ -31,7 +31,10 @@ settles on its MAP instead of jittering around it by lr (docs/design.md section 
 
 MapConfig: temperature 0 (RMSprop / SGD on J), run to a stopping rule. J on the whole
 support set (`task.full()`) is evaluated at the start and after every `eval_every` steps (and
-after the last); the run stops when the best J seen has improved by at most `tol` over the
+after the last); where the minibatch is the whole support set (`task.batch(g)` returns
+`task.full()` itself, as a TensorTask with no more rows than its batch size does), J at an
+iterate is read off the next step's own forward pass instead of a pass of its own (the same
+value). The run stops when the best J seen has improved by at most `tol` over the
 last `patience` evaluations ("no_improvement"), when J is not finite ("non_finite"), or after
 `steps` steps ("max_steps"). It returns the iterate with the best J seen, so the result is
 never worse on J than the start.
@@ -105,8 +108,12 @@ def _support_loss(flat: FlatParams, theta: torch.Tensor, task: Task, loss_fn: Lo
 def support_objective(flat: FlatParams, theta: torch.Tensor, task: Task, loss_fn: LossFn,
                       prior: Optional[MixturePrior]) -> float:
     """J(theta) = mean loss over task.full() + (C - log p(theta)) / n (module docstring)."""
-    value = _support_loss(flat, theta, task, loss_fn)
-    return value if prior is None else value + (prior.log_peak() - prior.log_prob(theta)) / task.num_examples
+    return _objective(_support_loss(flat, theta, task, loss_fn), theta, task, prior)
+
+
+def _objective(support_loss: float, theta: torch.Tensor, task: Task, prior: Optional[MixturePrior]) -> float:
+    """J(theta) from the mean loss over task.full() at theta."""
+    return support_loss if prior is None else support_loss + (prior.log_peak() - prior.log_prob(theta)) / task.num_examples
 
 
 def component_scores(flat: FlatParams, task: Task, loss_fn: LossFn, prior: MixturePrior) -> torch.Tensor:
@@ -177,31 +184,35 @@ def adapt(flat: FlatParams, task: Task, loss_fn: LossFn, *, prior: Optional[Mixt
     square_avg = torch.zeros_like(theta) if config.preconditioned else None
     damping = 1e-8 if prior is None else max(1e-8, lr * prior.max_precision() / n)
     step_temperature = 0.0 if mapping else config.temperature / n
-    best = _BestIterate(theta, support_objective(flat, theta, task, loss_fn, prior), config.tol, config.patience) \
-        if mapping else None
     out = Adapted(theta=theta, samples=[], component=component, scores=scores)
-    if best is not None:
-        out.objectives.append((0, best.value))
+    best: Optional[_BestIterate] = None
     gen = torch.Generator().manual_seed(seed)
-    for step in range(steps):
-        batch = task.batch(gen)
-        loss, grad = flat.loss_and_grad(theta, lambda call: loss_fn(call, batch))
+    for step in range(steps + 1):  # pass `step` holds the iterate after `step` steps; the last only evaluates it
+        if step < steps:
+            batch = task.batch(gen)
+            loss, grad = flat.loss_and_grad(theta, lambda call: loss_fn(call, batch))
+        if mapping and (step % config.eval_every == 0 or step == steps):
+            whole = step < steps and batch is task.full()  # then this step's loss is the support loss
+            value = _objective(float(loss) if whole else _support_loss(flat, theta, task, loss_fn), theta, task,
+                               prior)
+            out.objectives.append((step, value))
+            if best is None:
+                best = _BestIterate(theta, value, config.tol, config.patience)
+            else:
+                reason = best.update(step, theta, value)
+                if reason is not None:
+                    out.stop_reason = reason
+                    break
+        if step == steps:
+            break
         if prior is not None:
             prior.add_prior_grad_(grad, theta, scale=1.0 / n)
         sgld_step(theta, grad, lr=lr, temperature=step_temperature, square_avg=square_avg, eps=damping,
                   seed=seed, offset=step)
         out.losses.append(float(loss))
-        out.steps_run = done = step + 1
-        if best is None:
-            if step >= config.kept_after and (step - config.kept_after) % config.thin == 0:
-                out.samples.append(theta.clone())
-        elif done % config.eval_every == 0 or done == steps:
-            value = support_objective(flat, theta, task, loss_fn, prior)
-            out.objectives.append((done, value))
-            reason = best.update(done, theta, value)
-            if reason is not None:
-                out.stop_reason = reason
-                break
+        out.steps_run = step + 1
+        if not mapping and step >= config.kept_after and (step - config.kept_after) % config.thin == 0:
+            out.samples.append(theta.clone())
     if best is None:
         out.best_step = out.steps_run
     else:
