@@ -1,8 +1,10 @@
 """The vision suite (lift_ext.vision): headroom, then the ranking of every method
 (lift_ext.vision.demo, as ``lift-ext demo --suite vision``), or with ``--select`` the staged
-meta-val sweep the defaults were chosen by.
+meta-val sweep the defaults were chosen by, or with ``--starts SPLIT`` where LiFT's adaptation
+starts on the tasks of SPLIT (a diagnostic: nothing is chosen by it).
 
-Usage: python benchmarks/vision_headroom.py [--quick] [--select] [--out FILE] [--cache DIR] [--threads N]
+Usage: python benchmarks/vision_headroom.py [--quick] [--select | --starts val|test] [--out FILE]
+       [--cache DIR] [--threads N]
 """
 import argparse
 import dataclasses
@@ -12,7 +14,9 @@ from pathlib import Path
 import torch
 
 from lift_ext.files import atomic_open
+from lift_ext.harness import methods as hm
 from lift_ext.harness import report, stats
+from lift_ext.lift import adapt
 from lift_ext.vision import bench, demo
 
 
@@ -63,10 +67,42 @@ def select(suite: bench.Suite) -> dict:
     return tried
 
 
+def starts(suite: bench.Suite, split: str, seed: int = 0) -> list:
+    """Per task of ``split`` under ``seed``: the component LiFT's adaptation starts from (the
+    best support score), the meta-train tasks the chain assigned to it, whether one of them
+    shares the task's label set (a sibling) and where the siblings' components rank by that
+    score; the query accuracy (%) of LiFT and of independent fine-tuning. One chain of the
+    default settings."""
+    settings = dataclasses.replace(suite.settings, eval_split=split)
+    suite.settings = settings
+    b, s = suite.bench(), settings.lift
+    lift = hm.lift_chain(b, s.components, s, seed)
+    prior, config = lift.meta_test_prior(), settings.map_config()
+    labels = {t.spec.name: t.spec.label_set for t in suite.tasks}
+    train = [t.name for t in b.splits["train"]]
+    component_of = dict(zip(train, lift.sampler.assignments.tolist()))
+    rows = []
+    for task in b.splits[split]:
+        out = adapt(b.flat, task.support(seed), b.loss_fn, prior=prior, config=config, seed=seed)
+        order = torch.argsort(out.scores, descending=True).tolist()
+        siblings = [n for n in train if labels[n] == labels[task.name]]
+        rows.append({"task": task.name, "component": out.component,
+                     "holds": [n for n in train if component_of[n] == out.component],
+                     "sibling_in_component": any(component_of[n] == out.component for n in siblings),
+                     "sibling_component_ranks": sorted(order.index(component_of[n]) for n in siblings),
+                     "lift": hm.adapted_scores(b, task, prior, config, seed)["acc"],
+                     "independent": hm.adapted_scores(b, task, b.initial(seed), config, seed)["acc"]})
+        r = rows[-1]
+        print(f"| {r['task']} | {r['component']}: {', '.join(r['holds'])} | {'yes' if r['sibling_in_component'] else 'no'} "
+              f"| {r['sibling_component_ranks']} | {r['lift']:.1f} | {r['independent']:.1f} |", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="3 + 3 tasks, 2 seeds, short loops (a smoke run)")
     p.add_argument("--select", action="store_true", help="run the meta-val sweep of the defaults instead")
+    p.add_argument("--starts", choices=("val", "test"), help="where LiFT's adaptation starts on that split, seed 0")
     p.add_argument("--out", default="results/vision_headroom.json", help="JSON output file")
     p.add_argument("--cache", default=None, help="cache directory (default $LIFT_EXT_CACHE or ~/.cache/lift_ext)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -74,16 +110,23 @@ def main(argv=None) -> int:
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    if args.select and args.starts:
+        p.error("--select and --starts are two different runs: give one")
     settings = bench.QUICK if args.quick else bench.Settings()
-    if not args.select:
+    if not (args.select or args.starts):
         demo.run(settings, Path(args.out), cache=args.cache)
         return 0
     stages = {}
     suite = bench.Suite(settings, cache=args.cache, progress=True)
-    tried = report.timed(stages, "select", lambda: select(suite))
-    print("\n".join(f"| {k} | {v:.2f} |" for k, v in tried.items()))
+    if args.select:
+        record = {"select": report.timed(stages, "select", lambda: select(suite))}
+        print("\n".join(f"| {k} | {v:.2f} |" for k, v in record["select"].items()))
+    else:
+        print("| task | start: component and its meta-train tasks | a sibling in it | siblings' components' ranks "
+              "| LiFT (%) | independent (%) |\n|---|---|---|---|---:|---:|")
+        record = {"starts": report.timed(stages, "starts", lambda: starts(suite, args.starts)), "split": args.starts}
     with atomic_open(Path(args.out)) as fh:
-        fh.write(json.dumps({"select": tried, "stages": stages, "machine": report.machine()}, indent=1))
+        fh.write(json.dumps({**record, "stages": stages, "machine": report.machine()}, indent=1))
     print(f"wrote {args.out}")
     return 0
 

@@ -111,9 +111,9 @@ class MethodSettings:
 Learned = Union[torch.Tensor, MixturePrior, PeerStarts]
 
 
-def lift_prior(suite: BenchSuite, components: int, s: LiftSettings, seed: int) -> MixturePrior:
-    """The meta-test prior of a LiFT chain with ``components`` over the meta-train pools,
-    started at the suite's initial adapter of ``seed``."""
+def lift_chain(suite: BenchSuite, components: int, s: LiftSettings, seed: int) -> LiFT:
+    """A LiFT chain with ``components`` over the meta-train pools, started at the suite's
+    initial adapter of ``seed``, run for ``s.steps`` steps."""
     init = suite.initial(seed)
     lift = LiFT(suite.flat, [t.pool(s.batch) for t in suite.splits["train"]], suite.loss_fn,
                 langevin=LangevinConfig(lr=s.lr, temperature=s.temperature, preconditioned=True,
@@ -122,7 +122,12 @@ def lift_prior(suite: BenchSuite, components: int, s: LiftSettings, seed: int) -
                                            warmup_steps=int(s.warmup * s.steps), shift_lr=s.shift_lr),
                 start=ChainStart(thetas=init, prior_mean=init), seed=seed)
     lift.batched_grads = suite.batched_grads
-    return lift.run(s.steps, progress=False).meta_test_prior()
+    return lift.run(s.steps, progress=False)
+
+
+def lift_prior(suite: BenchSuite, components: int, s: LiftSettings, seed: int) -> MixturePrior:
+    """The meta-test prior of lift_chain(suite, components, s, seed)."""
+    return lift_chain(suite, components, s, seed).meta_test_prior()
 
 
 def meta_train(method: str, suite: BenchSuite, s: MethodSettings, seed: int,
