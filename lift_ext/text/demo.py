@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, Optional
 
+from tqdm.auto import tqdm
+
 from lift_ext.harness import LiftSettings, MethodSettings, plot, report, stats
 from lift_ext.harness.progress import progress_state
 from lift_ext.harness import methods as hm
@@ -61,27 +63,34 @@ LABELS = {"independent": "independent", "multitask": "multitask + FT", "reptile"
           "retrieval": "LoRA-Retriever + FT"}
 
 
-def headroom(suite: TextSuite, settings: Settings,
-             adaptations: Optional[hm.Adaptations] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
+def headroom(suite: TextSuite, settings: Settings, adaptations: Optional[hm.Adaptations] = None,
+             progress: bool = False) -> Dict[str, Dict[str, Dict[str, float]]]:
     """{split: {row: {task name: accuracy (%)}}} on meta-val and meta-test (module docstring);
-    ``adaptations`` keeps its fine-tuning runs for the ranking."""
+    ``adaptations`` keeps its fine-tuning runs for the ranking; ``progress``: a bar over the
+    adaptations."""
     s = settings.methods
     bench = suite.bench(s.lift.batch * s.lift.tasks_per_step)
     init0 = bench.initial(0)
     oracle = oracle_starts(suite.flat, suite.splits["train"], init0, steps=s.lift.steps,
                            batch=s.lift.batch * s.lift.tasks_per_step, lr=s.meta_lr, seed=0)
+    bar = tqdm(total=3 * sum(len(bench.splits[split]) for split in ("val", "test")), desc="text headroom",
+               unit="task", disable=not progress)
+
+    def adapted(task, start, seed, memo=None):
+        bar.update()
+        return hm.adapted_scores(bench, task, start, s.adapt, seed, adaptations=memo)["acc"]
+
     out = {}
     for split in ("val", "test"):
         tasks, bench_tasks = suite.splits[split], bench.splits[split]
         rows = {"head at init": {t.name: 100 * accuracy(suite.flat, init0, t.query) for t in tasks},
                 "unadapted backbone (prototype)": {t.name: 100 * prototype_accuracy(suite.flat, t) for t in tasks}}
         for seed in (0, 1):
-            rows[f"independent, seed {seed}"] = {
-                b.name: hm.adapted_scores(bench, b, bench.initial(seed), s.adapt, seed, adaptations=adaptations)["acc"]
-                for b in bench_tasks}
-        rows["oracle (per-kind multitask)"] = {
-            b.name: hm.adapted_scores(bench, b, oracle[t.kind], s.adapt, 0)["acc"] for t, b in zip(tasks, bench_tasks)}
+            rows[f"independent, seed {seed}"] = {b.name: adapted(b, bench.initial(seed), seed, adaptations)
+                                                 for b in bench_tasks}
+        rows["oracle (per-kind multitask)"] = {b.name: adapted(b, oracle[t.kind], 0) for t, b in zip(tasks, bench_tasks)}
         out[split] = rows
+    bar.close()
     return out
 
 
@@ -122,7 +131,7 @@ def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = Fa
     if state.resumed:
         print(state.describe(), flush=True)
     adaptations = hm.Adaptations()  # the headroom's independent fine-tuning, reused by the ranking
-    head = state.get_or_run("headroom", lambda: headroom(suite, settings, adaptations))
+    head = state.get_or_run("headroom", lambda: headroom(suite, settings, adaptations, progress))
     clock["headroom"] = time.process_time() - mark
     text = (f"### Headroom (seed 0 unless said; {len(suite.splits['val'])} meta-val, {len(suite.splits['test'])} "
             f"meta-test tasks; accuracy %)\n\n{headroom_table(head, group_of)}")

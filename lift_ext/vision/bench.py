@@ -26,6 +26,7 @@ from functools import partial
 from typing import Dict, List, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from lift_ext import baselines
 from lift_ext.harness import BenchSuite, BenchTask, LiftSettings, MethodSettings
@@ -156,14 +157,16 @@ def independent(suite: Suite, index: int, seed: int) -> float:
                              adaptations=suite.adaptations)["acc"]
 
 
-def headroom(suite: Suite, seeds=(0, 1)) -> Dict[str, dict]:
+def headroom(suite: Suite, seeds=(0, 1), progress: bool = False) -> Dict[str, dict]:
     """Per method a record {task name: accuracy (%)} on the meta-val and meta-test tasks
-    (module docstring); "independent_seed<k>" per seed of ``seeds``."""
+    (module docstring); "independent_seed<k>" per seed of ``seeds``; ``progress``: a bar over
+    the tasks."""
     s = suite.settings
     out: Dict[str, dict] = {"chance": {}, "prototypes": {}, "pool_ceiling": {}, "label_set_oracle": {}}
     out.update({f"independent_seed{k}": {} for k in seeds})
     oracle_starts: Dict[tuple, torch.Tensor] = {}
-    for index in suite.evaluated("val") + suite.evaluated("test"):
+    for index in tqdm(suite.evaluated("val") + suite.evaluated("test"), desc="vision headroom", unit="task",
+                      disable=not progress):
         task = suite.tasks[index]
         name = task.spec.name
         out["chance"][name] = 100.0 / task.spec.num_classes

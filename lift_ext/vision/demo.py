@@ -81,7 +81,7 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
     if state.resumed:
         print(state.describe(), flush=True)
     result["headroom"] = report.timed(stages, "headroom",
-                                      lambda: state.get_or_run("headroom", lambda: bench.headroom(suite)))
+                                      lambda: state.get_or_run("headroom", lambda: bench.headroom(suite, progress=progress)))
     split_of = {suite.tasks[i].spec.name: split for split in ("val", "test") for i in suite.split[split]}
     text = headroom_table(result["headroom"], groups, split_of)
     print(text + "\n", flush=True)
