@@ -7,7 +7,8 @@ Headroom, on the meta-val and meta-test tasks, before any method is compared:
                    over the support shots (no training; the adapter's own head starts at zero,
                    i.e. at chance)
     independent    the adapter fine-tuned on the support shots from its initialisation
-    pool ceiling   the adapter fine-tuned on the task's whole support pool (800 images)
+    pool ceiling   (with ``pool_ceiling``) the adapter fine-tuned on the task's whole support
+                   pool (800 images): what more data of the task would give
     label-set oracle
                    the ceiling of what meta-training can transfer: a start told which meta-train
                    tasks share the task's label set (its "siblings": the same characters in
@@ -42,14 +43,15 @@ from lift_ext.vision import tasks as vt
 class Settings:
     """Every knob of a run. Adaptation: ``shots`` per class, at most ``adapt_steps`` full-batch
     RMSprop steps at ``adapt_lr`` (MapConfig, objective checked every 5 steps, patience 3).
-    Ceiling: ``pool_steps`` RMSprop steps of ``pool_batch`` pool images at ``adapt_lr``.
+    The label-set oracle's start and the pool ceiling (computed when ``pool_ceiling`` is set):
+    ``pool_steps`` RMSprop steps of ``pool_batch`` pool images at ``adapt_lr``.
     Meta-training: ``lift`` (the harness's LiftSettings: LiFT's chain and every method's
     budget), ``meta_lr``, ``inner_steps``, ``outer_lr``, ``reset_head``, lift_sgld's
     ``sampling_temperature``, MBC's ``mbc_clusters`` and retrieval's ``retrieval_k``
     (lift_ext.harness.methods). ``ranked``: the methods the ranking runs.
     ``tasks_per_group`` > 0 keeps that many tasks per group of each evaluated split (quick runs).
 
-    Chosen on the 6 meta-val tasks (seeds 0 and 1; benchmarks/vision_headroom.py --select,
+    Chosen on the 9 meta-val tasks (seeds 0 and 1; benchmarks/vision_headroom.py --select,
     docs/benchmark.md "Vision suite" lists every value tried): adapt_lr, reset_head, LiFT's
     components, beta and steps; sampling_temperature by benchmarks/sgld_temperature.py
     (docs/calibration.md); mbc_clusters and retrieval_k by benchmarks/peer_select.py. Every
@@ -60,18 +62,19 @@ class Settings:
     adapt_lr: float = 1e-3
     pool_steps: int = 40
     pool_batch: int = 64
+    pool_ceiling: bool = False
     meta_lr: float = 1e-3
     lift: LiftSettings = LiftSettings(steps=150, tasks_per_step=4, batch=12, lr=1e-3, temperature=0.01,
-                                      components=21, sigma=0.1, beta=0.3, warmup=0.25, shift_lr=1e-3)
+                                      components=24, sigma=0.1, beta=1.0, warmup=0.25, shift_lr=1e-3)
     inner_steps: int = 5
     outer_lr: float = 0.5
     reset_head: bool = True
     eval_split: str = "test"
     tasks_per_group: int = 0
     rank: int = 4
-    sampling_temperature: Optional[float] = 0.02
-    mbc_clusters: int = 14
-    retrieval_k: int = 3
+    sampling_temperature: Optional[float] = 0.01
+    mbc_clusters: int = 13
+    retrieval_k: int = 5
     ranked: tuple = hm.METHODS
 
     def __post_init__(self):
@@ -162,7 +165,8 @@ def headroom(suite: Suite, seeds=(0, 1), progress: bool = False) -> Dict[str, di
     (module docstring); "independent_seed<k>" per seed of ``seeds``; ``progress``: a bar over
     the tasks."""
     s = suite.settings
-    out: Dict[str, dict] = {"chance": {}, "prototypes": {}, "pool_ceiling": {}, "label_set_oracle": {}}
+    out: Dict[str, dict] = {"chance": {}, "prototypes": {}, **({"pool_ceiling": {}} if s.pool_ceiling else {}),
+                            "label_set_oracle": {}}
     out.update({f"independent_seed{k}": {} for k in seeds})
     oracle_starts: Dict[tuple, torch.Tensor] = {}
     for index in tqdm(suite.evaluated("val") + suite.evaluated("test"), desc="vision headroom", unit="task",
@@ -176,9 +180,10 @@ def headroom(suite: Suite, seeds=(0, 1), progress: bool = False) -> Dict[str, di
         out["prototypes"][name] = vm.prototype_accuracy(feats[:len(rows)], task.labels[rows], feats[len(rows):], query_y)
         for k in seeds:
             out[f"independent_seed{k}"][name] = independent(suite, index, k)
-        theta = baselines.train_multitask(suite.flat, [vm.pool_task(task, s.pool_batch)], vb.loss_fn, suite.init,
-                                          steps=s.pool_steps, lr=s.adapt_lr, seed=seeds[0])
-        out["pool_ceiling"][name] = vm.query_accuracy(suite.flat, theta, task)
+        if s.pool_ceiling:
+            theta = baselines.train_multitask(suite.flat, [vm.pool_task(task, s.pool_batch)], vb.loss_fn, suite.init,
+                                              steps=s.pool_steps, lr=s.adapt_lr, seed=seeds[0])
+            out["pool_ceiling"][name] = vm.query_accuracy(suite.flat, theta, task)
         labels = task.spec.label_set
         if labels not in oracle_starts:
             oracle_starts[labels] = label_set_start(suite, labels, seeds[0])

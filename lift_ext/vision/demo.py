@@ -32,8 +32,8 @@ def _cells(scores, groups):
 
 def headroom_table(rec: dict, groups: dict, split_of: dict) -> str:
     """The headroom record as a table: per row the group means and the overall mean over the
-    meta-val and meta-test tasks; then the paired noise floor, the pool ceiling's gain and the
-    label-set oracle's gain (what meta-training could transfer), the last per split
+    meta-val and meta-test tasks; then the paired noise floor, the pool ceiling's gain (when
+    the record has it) and the label-set oracle's gain (what meta-training could transfer), the last per split
     (``split_of``: {task name: "val" or "test"})."""
     lines = ["| model (meta-val + meta-test tasks, seed 0 unless said) | " + " | ".join(vt.GROUPS) +
              " | overall (%) ± s.e. over tasks |", "|---|" + "---:|" * (len(vt.GROUPS) + 1)]
@@ -41,10 +41,11 @@ def headroom_table(rec: dict, groups: dict, split_of: dict) -> str:
         mean, se = stats.mean_se(list(scores.values()))
         lines.append(f"| {LABELS.get(name, name)} | {_cells(scores, groups)} | {mean:.2f} ± {se:.2f} |")
     floor = stats.paired(rec["independent_seed1"], rec["independent_seed0"])
-    gain = stats.paired(rec["pool_ceiling"], rec["independent_seed0"])
     lines.append(f"| noise floor: independent seed 1 - seed 0, paired over {floor[2]} tasks | | | | "
                  f"{floor[0]:+.2f} ± {floor[1]:.2f} pp |")
-    lines.append(f"| ceiling - independent (seed 0), paired | | | | {gain[0]:+.2f} ± {gain[1]:.2f} pp |")
+    if "pool_ceiling" in rec:
+        gain = stats.paired(rec["pool_ceiling"], rec["independent_seed0"])
+        lines.append(f"| ceiling - independent (seed 0), paired | | | | {gain[0]:+.2f} ± {gain[1]:.2f} pp |")
     for split in ("val", "test"):
         names = [n for n in rec["label_set_oracle"] if split_of.get(n) == split]
         if names:

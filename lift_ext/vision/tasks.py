@@ -1,4 +1,4 @@
-"""The vision suite's tasks: 36 image-classification tasks in 3 groups of 12, rendered offline
+"""The vision suite's tasks: 48 image-classification tasks in 3 groups of 16, rendered offline
 and deterministically from a seed, and the disjoint upstream set the backbone is pre-trained on.
 
     natural     glyphs of several scripts (Latin, Greek, Cyrillic letters, digits) in
@@ -40,7 +40,7 @@ SUPPORT_POOL = 800
 UPSTREAM_SIZE = 2_000
 GROUPS = ("natural", "structured", "texture")
 SPLITS = ("train", "val", "test")
-SPLIT_SIZES = {"train": 7, "val": 2, "test": 3}  # tasks per group
+SPLIT_SIZES = {"train": 8, "val": 3, "test": 5}  # tasks per group
 FORMAT = 1
 
 
@@ -91,16 +91,21 @@ TASK_SPECS: Tuple[TaskSpec, ...] = (
     _glyph("greek-upper-serif", GREEK_UPPER, "DejaVuSerif.ttf"),
     _glyph("cyrillic-sans", CYRILLIC, "DejaVuSans.ttf"),
     _glyph("cyrillic-stix-clutter", CYRILLIC, "STIXGeneral.ttf", "clutter"),
+    _glyph("digits-mono", DIGITS, "DejaVuSansMono.ttf"),
+    _glyph("latin-stix-noisy", LATIN, "STIXGeneral.ttf", "noisy"),
+    _glyph("greek-serif-lowcontrast", GREEK, "DejaVuSerif.ttf", "lowcontrast"),
+    _glyph("cyrillic-serif-window", CYRILLIC, "DejaVuSerif.ttf", "window"),
     *(TaskSpec(f"scene-{a}-{s}", "structured", "scene", a, (), (s,)) for a, s in (
-        ("shape", "clean"), ("shape", "noisy"), ("shape", "inverted"),
+        ("shape", "clean"), ("shape", "noisy"), ("shape", "inverted"), ("shape", "lowcontrast"),
         ("orientation", "clean"), ("orientation", "noisy"), ("orientation", "inverted"),
-        ("count", "clean"), ("count", "noisy"), ("distance", "clean"), ("distance", "noisy"),
-        ("xpos", "clean"), ("xpos", "inverted"))),
+        ("count", "clean"), ("count", "noisy"), ("count", "inverted"),
+        ("distance", "clean"), ("distance", "noisy"), ("distance", "inverted"),
+        ("xpos", "clean"), ("xpos", "inverted"), ("xpos", "noisy"))),
     *(TaskSpec(f"texture-{a}-{s}", "texture", "texture", a, (), (s,)) for a, s in (
-        ("orientation", "clean"), ("orientation", "noisy"), ("orientation", "window"),
-        ("frequency", "clean"), ("frequency", "noisy"), ("frequency", "window"),
-        ("scale", "clean"), ("scale", "noisy"), ("scale", "lowcontrast"),
-        ("pattern", "clean"), ("pattern", "noisy"), ("pattern", "window"))),
+        ("orientation", "clean"), ("orientation", "noisy"), ("orientation", "window"), ("orientation", "inverted"),
+        ("frequency", "clean"), ("frequency", "noisy"), ("frequency", "window"), ("frequency", "lowcontrast"),
+        ("scale", "clean"), ("scale", "noisy"), ("scale", "lowcontrast"), ("scale", "window"),
+        ("pattern", "clean"), ("pattern", "noisy"), ("pattern", "window"), ("pattern", "inverted"))),
 )
 
 UPSTREAM_FONTS = ("DejaVuSans-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono-Bold.ttf", "STIXGeneralBol.ttf",
@@ -200,7 +205,7 @@ def resolve_cache(cache) -> Optional[Path]:
 
 
 def load_tasks(seed: int = 0, cache=None) -> List[VisionTask]:
-    """The 36 benchmark tasks (TASK_SPECS order), TASK_SIZE images each, from ``seed``;
+    """The 48 benchmark tasks (TASK_SPECS order), TASK_SIZE images each, from ``seed``;
     ``cache`` as in resolve_cache."""
     return _cached(TASK_SPECS, seed, TASK_SIZE, "tasks", resolve_cache(cache))
 
@@ -213,7 +218,7 @@ def load_upstream(seed: int = 0, cache=None) -> List[VisionTask]:
 
 def split(specs: Sequence[TaskSpec] = TASK_SPECS, seed: int = 0) -> Dict[str, List[int]]:
     """Task indices per split ("train", "val", "test"): within each group the tasks are
-    permuted by ``seed`` and dealt SPLIT_SIZES (7 / 2 / 3 of 12), so every group is in every split."""
+    permuted by ``seed`` and dealt SPLIT_SIZES (8 / 3 / 5 of 16), so every group is in every split."""
     out = {s: [] for s in SPLITS}
     for g, group in enumerate(GROUPS):
         members = [i for i, s in enumerate(specs) if s.group == group]
