@@ -115,7 +115,11 @@ class MixtureHierarchy(_Config):
     ~ N(phi_k, beta^2 I), K = `components`, each phi_k, z_i and pi drawn exactly. `warmup_steps`
     one-phi steps come before k-means sets z; `shift_lr` > 0 adds the non-centred shift of each
     component with its members (docs/design.md section 12); `z_update` "likelihood" redraws z_i
-    given the task's likelihood at each phi_k (needs a grad_fn with `losses`)."""
+    given the task's likelihood at each phi_k (needs a grad_fn with `losses`). `sigma` and
+    `beta` are in adapter-weight units; the components stay apart only while beta is small
+    against the spread of the task adapters: with beta well above it every component explains
+    every task about as well, the z draws follow the weights and the components merge
+    (docs/benchmark.md, "Vision suite")."""
 
     components: int = 1
     sigma: float = 0.01
