@@ -66,6 +66,7 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     import platform
 
+    import lift_ext
     from lift_ext import provenance
-    return (f"CPU {provenance.cpu_model()} ({platform.machine()}, normals path {provenance.cpu_isa()}), "
+    return (f"CPU {provenance.cpu_model()} ({platform.machine()}, normals path {lift_ext.cpu_isa()}), "
             f"{torch.get_num_threads()} threads")

@@ -16,7 +16,6 @@ import torch
 from lift_ext.files import atomic_open
 from lift_ext.harness import methods as hm
 from lift_ext.harness import report, stats
-from lift_ext.lift import adapt
 from lift_ext.vision import bench, demo
 from lift_ext.vision import tasks as vt
 
@@ -88,16 +87,16 @@ def starts(suite: bench.Suite, split: str, seed: int = 0) -> list:
     labels = {t.spec.name: t.spec.label_set for t in suite.tasks}
     train = [t.name for t in b.splits["train"]]
     component_of = dict(zip(train, lift.sampler.assignments.tolist()))
-    rows = []
+    rows, done = [], hm.Adaptations()
     for task in b.splits[split]:
-        out = adapt(b.flat, task.support(seed), b.loss_fn, prior=prior, config=config, seed=seed)
+        out = done.adapt(b, task, prior, config, seed)
         order = torch.argsort(out.scores, descending=True).tolist()
         siblings = [n for n in train if labels[n] == labels[task.name]]
         rows.append({"task": task.name, "component": out.component,
                      "holds": [n for n in train if component_of[n] == out.component],
                      "sibling_in_component": any(component_of[n] == out.component for n in siblings),
                      "sibling_component_ranks": sorted(order.index(component_of[n]) for n in siblings),
-                     "lift": hm.adapted_scores(b, task, prior, config, seed)["acc"],
+                     "lift": hm.adapted_scores(b, task, prior, config, seed, adaptations=done)["acc"],
                      "independent": hm.adapted_scores(b, task, b.initial(seed), config, seed)["acc"]})
         r = rows[-1]
         print(f"| {r['task']} | {r['component']}: {', '.join(r['holds'])} | {'yes' if r['sibling_in_component'] else 'no'} "

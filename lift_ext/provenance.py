@@ -1,6 +1,6 @@
 """Where a result was produced, for every results file and benchmark record: the commit of the
-code lift_ext runs from, and the CPU (its model name and the instruction-set path of the CPU
-kernels, which moves CPU timings by up to 10x between machines)."""
+code lift_ext runs from, and the CPU's model name (beside lift_ext.cpu_isa(), the instruction-set
+path of the CPU kernels, which moves CPU timings by up to 10x between machines)."""
 from __future__ import annotations
 
 import functools
@@ -52,14 +52,4 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def cpu_isa() -> str:
-    """The instruction-set path of lift_ext's CPU kernels on this machine ("avx512", "avx2",
-    "generic"; lift_ext.cpu_isa()), "unknown" where the extension is not built."""
-    try:
-        from lift_ext._loader import cpu_isa as isa
-        return isa()
-    except ImportError:
-        return "unknown"
-
-
-__all__ = ["source_commit", "short_commit", "cpu_model", "cpu_isa"]
+__all__ = ["source_commit", "short_commit", "cpu_model"]

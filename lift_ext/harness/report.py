@@ -7,7 +7,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
-from lift_ext import calibration, provenance
+from lift_ext import calibration, cpu_isa, provenance
 from lift_ext.harness import stats
 from lift_ext.harness.scoring import pooled_bins
 
@@ -15,7 +15,7 @@ from lift_ext.harness.scoring import pooled_bins
 def machine() -> dict:
     """CPU model and the CPU kernels' instruction-set path, cores, torch threads, versions, the
     commit of the code lift_ext runs from (lift_ext.provenance) and the date."""
-    return {"cpu": provenance.cpu_model(), "cpu_isa": provenance.cpu_isa(), "cores": torch.multiprocessing.cpu_count(),
+    return {"cpu": provenance.cpu_model(), "cpu_isa": cpu_isa(), "cores": torch.multiprocessing.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
             "commit": provenance.short_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 

@@ -18,7 +18,7 @@ from typing import Dict, Iterable
 
 import torch
 
-from lift_ext import provenance
+from lift_ext import cpu_isa, provenance
 from lift_ext.checkpoint import CheckpointError, load_checked, save_atomic
 
 META_FILE, ADAPT_FILE = "meta_state.pt", "adapted.pt"
@@ -41,7 +41,7 @@ def machine(device: str) -> dict:
     dev = torch.device(device)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" and torch.cuda.is_available() else None
     return {"lift_ext": __version__, "git_commit": provenance.source_commit(), "torch": str(torch.__version__),
-            "torch_cuda": torch.version.cuda, "python": platform.python_version(), "cpu": provenance.cpu_model(), "cpu_isa": provenance.cpu_isa(),
+            "torch_cuda": torch.version.cuda, "python": platform.python_version(), "cpu": provenance.cpu_model(), "cpu_isa": cpu_isa(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device, "gpu": gpu}
 
 

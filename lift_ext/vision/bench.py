@@ -181,9 +181,7 @@ def headroom(suite: Suite, seeds=(0, 1), progress: bool = False) -> Dict[str, di
         for k in seeds:
             out[f"independent_seed{k}"][name] = independent(suite, index, k)
         if s.pool_ceiling:
-            theta = baselines.train_multitask(suite.flat, [vm.pool_task(task, s.pool_batch)], vb.loss_fn, suite.init,
-                                              steps=s.pool_steps, lr=s.adapt_lr, seed=seeds[0])
-            out["pool_ceiling"][name] = vm.query_accuracy(suite.flat, theta, task)
+            out["pool_ceiling"][name] = vm.query_accuracy(suite.flat, pool_start(suite, [task], seeds[0]), task)
         labels = task.spec.label_set
         if labels not in oracle_starts:
             oracle_starts[labels] = label_set_start(suite, labels, seeds[0])
@@ -192,16 +190,20 @@ def headroom(suite: Suite, seeds=(0, 1), progress: bool = False) -> Dict[str, di
     return out
 
 
-def label_set_start(suite: Suite, labels: tuple, seed: int) -> torch.Tensor:
-    """The label-set oracle's start (module docstring): multitask over the whole pools of the
-    meta-train tasks whose label set is ``labels``, ``pool_steps`` RMSprop steps of ``pool_batch``
-    images at ``adapt_lr``; the initial adapter when none has it."""
+def pool_start(suite: Suite, tasks: List[vt.VisionTask], seed: int) -> torch.Tensor:
+    """Multitask from the initial adapter over the whole support pools of ``tasks``:
+    ``pool_steps`` RMSprop steps of ``pool_batch`` images at ``adapt_lr`` (the pool ceiling's and
+    the label-set oracle's training)."""
     s = suite.settings
-    siblings = [suite.tasks[i] for i in suite.split["train"] if suite.tasks[i].spec.label_set == labels]
-    if not siblings:
-        return suite.init
-    return baselines.train_multitask(suite.flat, [vm.pool_task(t, s.pool_batch) for t in siblings], vb.loss_fn,
+    return baselines.train_multitask(suite.flat, [vm.pool_task(t, s.pool_batch) for t in tasks], vb.loss_fn,
                                      suite.init, steps=s.pool_steps, lr=s.adapt_lr, seed=seed)
+
+
+def label_set_start(suite: Suite, labels: tuple, seed: int) -> torch.Tensor:
+    """The label-set oracle's start (module docstring): pool_start over the meta-train tasks
+    whose label set is ``labels``; the initial adapter when none has it."""
+    siblings = [suite.tasks[i] for i in suite.split["train"] if suite.tasks[i].spec.label_set == labels]
+    return pool_start(suite, siblings, seed) if siblings else suite.init
 
 
 def ranking(suite: Suite, methods=None, cpu_seconds=None, state=None, progress: bool = False) -> hm.Scores:
