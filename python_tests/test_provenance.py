@@ -44,4 +44,6 @@ def test_a_tree_without_git_history(checkout, monkeypatch):
 
 
 def test_cpu_description():
+    from lift_ext.harness import report
     assert provenance.cpu_model().strip()
+    assert report.machine()["cpu_isa"] in ("avx512", "avx2", "generic")
