@@ -2,7 +2,7 @@
 calibration), JSON and a reliability diagram (``lift-ext demo --suite text``;
 benchmarks/text_headroom.py adds the meta-val sweep).
 
-1. Headroom on the meta-val and meta-test tasks: the head at its initialisation (uniform
+1. Headroom on the ranked split's tasks (meta-test; with ``val_headroom`` meta-val's too): the head at its initialisation (uniform
    probabilities: the share of the first class), the unadapted backbone (nearest class centroid
    of its pooled states), independent fine-tuning on the 32 support sentences under seeds 0
    and 1, the per-kind oracle (a ceiling that is told the kind), and the noise floor
@@ -35,7 +35,9 @@ from lift_ext.text.tasks import KINDS
 @dataclass(frozen=True)
 class Settings:
     """A run: ``methods`` (the harness's MethodSettings: budgets, LiFT, adaptation, seeds),
-    ``limit`` ({split: tasks per kind}, None for all), ``split`` ranked.
+    ``limit`` ({split: tasks per kind}, None for all), ``split`` ranked; ``val_headroom``: the
+    headroom on the meta-val tasks as well as ``split``'s (the sweep's view; off in the default
+    run, which needs the headroom of the split it ranks only).
 
     Chosen on the 15 meta-val tasks (seeds 0 and 1; docs/text_suite.md lists every value tried):
     reset_head (multitask), LiFT's beta, components and warm-up, lift_sgld's sampling_temperature
@@ -50,6 +52,11 @@ class Settings:
         mbc_clusters=10, retrieval_k=3)
     limit: Optional[Dict[str, int]] = None
     split: str = "test"
+    val_headroom: bool = False
+
+    def headroom_splits(self) -> tuple:
+        """The splits the headroom covers: meta-val (with val_headroom) and the ranked split."""
+        return tuple(dict.fromkeys(("val", self.split))) if self.val_headroom else (self.split,)
 
 
 QUICK = Settings(methods=replace(Settings().methods, seeds=(0, 1),
@@ -65,7 +72,7 @@ LABELS = {"independent": "independent", "multitask": "multitask + FT", "reptile"
 
 def headroom(suite: TextSuite, settings: Settings, adaptations: Optional[hm.Adaptations] = None,
              progress: bool = False) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """{split: {row: {task name: accuracy (%)}}} on meta-val and meta-test (module docstring);
+    """{split: {row: {task name: accuracy (%)}}} on the settings' headroom_splits (module docstring);
     ``adaptations`` keeps its fine-tuning runs for the ranking; ``progress``: a bar over the
     adaptations."""
     s = settings.methods
@@ -73,7 +80,8 @@ def headroom(suite: TextSuite, settings: Settings, adaptations: Optional[hm.Adap
     init0 = bench.initial(0)
     oracle = oracle_starts(suite.flat, suite.splits["train"], init0, steps=s.lift.steps,
                            batch=s.lift.batch * s.lift.tasks_per_step, lr=s.meta_lr, seed=0)
-    bar = tqdm(total=3 * sum(len(bench.splits[split]) for split in ("val", "test")), desc="text headroom",
+    splits = settings.headroom_splits()
+    bar = tqdm(total=3 * sum(len(bench.splits[split]) for split in splits), desc="text headroom",
                unit="task", disable=not progress)
 
     def adapted(task, start, seed, memo=None):
@@ -81,7 +89,7 @@ def headroom(suite: TextSuite, settings: Settings, adaptations: Optional[hm.Adap
         return hm.adapted_scores(bench, task, start, s.adapt, seed, adaptations=memo)["acc"]
 
     out = {}
-    for split in ("val", "test"):
+    for split in splits:
         tasks, bench_tasks = suite.splits[split], bench.splits[split]
         rows = {"head at init": {t.name: 100 * accuracy(suite.flat, init0, t.query) for t in tasks},
                 "unadapted backbone (prototype)": {t.name: 100 * prototype_accuracy(suite.flat, t) for t in tasks}}
@@ -133,8 +141,8 @@ def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = Fa
     adaptations = hm.Adaptations()  # the headroom's independent fine-tuning, reused by the ranking
     head = state.get_or_run("headroom", lambda: headroom(suite, settings, adaptations, progress))
     clock["headroom"] = time.process_time() - mark
-    text = (f"### Headroom (seed 0 unless said; {len(suite.splits['val'])} meta-val, {len(suite.splits['test'])} "
-            f"meta-test tasks; accuracy %)\n\n{headroom_table(head, group_of)}")
+    counted = ", ".join(f"{len(suite.splits[split])} meta-{split}" for split in head)
+    text = f"### Headroom (seed 0 unless said; {counted} tasks; accuracy %)\n\n{headroom_table(head, group_of)}"
     print(text + "\n", flush=True)
     method_seconds: Dict[str, float] = {}
     s = settings.methods

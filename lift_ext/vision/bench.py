@@ -1,7 +1,8 @@
 """The vision suite's benchmark: headroom, then the harness's ranking (run by
 ``lift-ext demo --suite vision`` and benchmarks/vision_headroom.py).
 
-Headroom, on the meta-val and meta-test tasks, before any method is compared:
+Headroom, on the ranked split's tasks (``eval_split``; with ``val_headroom`` on the meta-val
+tasks too), before any method is compared:
     chance         1 / classes
     prototypes     the unadapted backbone: nearest class mean (cosine) of its frozen features
                    over the support shots (no training; the adapter's own head starts at zero,
@@ -50,6 +51,9 @@ class Settings:
     ``sampling_temperature``, MBC's ``mbc_clusters`` and retrieval's ``retrieval_k``
     (lift_ext.harness.methods). ``ranked``: the methods the ranking runs.
     ``tasks_per_group`` > 0 keeps that many tasks per group of each evaluated split (quick runs).
+    ``val_headroom``: the headroom on the meta-val tasks as well as the ranked split's (the
+    sweep's view, benchmarks/vision_headroom.py --val-headroom; off in the default run, which
+    ranks meta-test and needs its headroom there only).
 
     Chosen on the 9 meta-val tasks (seeds 0 and 1; benchmarks/vision_headroom.py --select,
     docs/benchmark.md "Vision suite" lists every value tried): adapt_lr, reset_head, LiFT's
@@ -63,6 +67,7 @@ class Settings:
     pool_steps: int = 40
     pool_batch: int = 64
     pool_ceiling: bool = False
+    val_headroom: bool = False
     meta_lr: float = 1e-3
     lift: LiftSettings = LiftSettings(steps=150, tasks_per_step=4, batch=12, lr=1e-3, temperature=0.01,
                                       components=24, sigma=0.1, beta=1.0, warmup=0.25, shift_lr=1e-3)
@@ -82,6 +87,10 @@ class Settings:
             raise ValueError(f"seeds must hold at least two distinct seeds (the noise floor), got {self.seeds}")
         if self.eval_split not in ("val", "test"):
             raise ValueError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
+
+    def headroom_splits(self) -> tuple:
+        """The splits the headroom covers: meta-val (with val_headroom) and the ranked split."""
+        return tuple(dict.fromkeys(("val", self.eval_split))) if self.val_headroom else (self.eval_split,)
 
     def map_config(self) -> MapConfig:
         return MapConfig(steps=self.adapt_steps, lr=self.adapt_lr, preconditioned=True, tol=1e-3, patience=3,
@@ -161,16 +170,16 @@ def independent(suite: Suite, index: int, seed: int) -> float:
 
 
 def headroom(suite: Suite, seeds=(0, 1), progress: bool = False) -> Dict[str, dict]:
-    """Per method a record {task name: accuracy (%)} on the meta-val and meta-test tasks
-    (module docstring); "independent_seed<k>" per seed of ``seeds``; ``progress``: a bar over
-    the tasks."""
+    """Per method a record {task name: accuracy (%)} on the tasks of the settings'
+    headroom_splits (module docstring); "independent_seed<k>" per seed of ``seeds``;
+    ``progress``: a bar over the tasks."""
     s = suite.settings
     out: Dict[str, dict] = {"chance": {}, "prototypes": {}, **({"pool_ceiling": {}} if s.pool_ceiling else {}),
                             "label_set_oracle": {}}
     out.update({f"independent_seed{k}": {} for k in seeds})
     oracle_starts: Dict[tuple, torch.Tensor] = {}
-    for index in tqdm(suite.evaluated("val") + suite.evaluated("test"), desc="vision headroom", unit="task",
-                      disable=not progress):
+    indices = [i for split in s.headroom_splits() for i in suite.evaluated(split)]
+    for index in tqdm(indices, desc="vision headroom", unit="task", disable=not progress):
         task = suite.tasks[index]
         name = task.spec.name
         out["chance"][name] = 100.0 / task.spec.num_classes

@@ -31,12 +31,13 @@ def _cells(scores, groups):
 
 
 def headroom_table(rec: dict, groups: dict, split_of: dict) -> str:
-    """The headroom record as a table: per row the group means and the overall mean over the
-    meta-val and meta-test tasks; then the paired noise floor, the pool ceiling's gain (when
-    the record has it) and the label-set oracle's gain (what meta-training could transfer), the last per split
-    (``split_of``: {task name: "val" or "test"})."""
-    lines = ["| model (meta-val + meta-test tasks, seed 0 unless said) | " + " | ".join(vt.GROUPS) +
-             " | overall (%) ± s.e. over tasks |", "|---|" + "---:|" * (len(vt.GROUPS) + 1)]
+    """The headroom record as a table: per row the group means and the overall mean over its
+    tasks (the ranked split's, and meta-val's with val_headroom); then the paired noise floor,
+    the pool ceiling's gain (when the record has it) and the label-set oracle's gain (what
+    meta-training could transfer), the last per split (``split_of``: {task name: "val" or "test"})."""
+    splits = [sp for sp in ("val", "test") if any(split_of.get(n) == sp for n in rec["independent_seed0"])]
+    lines = [f"| model ({' + '.join('meta-' + sp for sp in splits)} tasks, seed 0 unless said) | "
+             + " | ".join(vt.GROUPS) + " | overall (%) ± s.e. over tasks |", "|---|" + "---:|" * (len(vt.GROUPS) + 1)]
     for name, scores in rec.items():
         mean, se = stats.mean_se(list(scores.values()))
         lines.append(f"| {LABELS.get(name, name)} | {_cells(scores, groups)} | {mean:.2f} ± {se:.2f} |")
