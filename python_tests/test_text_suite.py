@@ -151,3 +151,11 @@ def test_a_tiny_lift_chain_and_adaptation_run(tiny):
     assert int((logits.argmax(1) == labels).sum()) / 8 == accuracy(flat, prior.means[0], task.query)
     start = hm.meta_train("multitask", bench, settings, seed=0)
     assert float(start[head_mask(flat)].abs().sum()) == 0.0  # the learned head is reset
+
+
+def test_headroom_covers_the_ranked_split_and_meta_val_only_when_asked():
+    from lift_ext.text.demo import Settings
+
+    assert Settings().headroom_splits() == ("test",)
+    assert Settings(val_headroom=True).headroom_splits() == ("val", "test")
+    assert Settings(split="val", val_headroom=True).headroom_splits() == ("val",)

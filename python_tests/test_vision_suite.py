@@ -150,3 +150,12 @@ def test_label_set_oracle_trains_on_exactly_the_siblings():
                                          steps=3, lr=settings.adapt_lr, seed=0)
     assert torch.equal(start, siblings) and not torch.equal(start, init)
     assert bench.label_set_start(suite, specs[3].label_set, seed=0) is init  # no meta-train task has its labels
+
+
+def test_headroom_covers_the_ranked_split_and_meta_val_only_when_asked():
+    from lift_ext.vision import bench
+
+    assert bench.Settings().headroom_splits() == ("test",)
+    assert bench.Settings(val_headroom=True).headroom_splits() == ("val", "test")
+    assert bench.Settings(eval_split="val", val_headroom=True).headroom_splits() == ("val",)
+    assert bench.Settings(eval_split="val").headroom_splits() == ("val",)
