@@ -8,6 +8,10 @@ the n support examples under LiFT's prior, T -> 0 the MAP adapter. Rule, fixed b
 the T with the lowest mean ECE among those whose accuracy is at least MAP LiFT's minus 1 pp
 (the issue's accuracy bound); the chain's temperature when none is.
 
+A control row is reported beside them, not chosen by: ``lift 2x steps``, MAP LiFT adapted for
+lift_sgld's step count (2 x the MAP adaptation's step limit, the same stopping rule), so that
+what averaging the samples adds is told apart from what the longer adaptation adds.
+
     PYTHONPATH=. python benchmarks/sgld_temperature.py --suite vision [--temperatures 0.01,0.1,1]
 """
 from __future__ import annotations
@@ -23,15 +27,19 @@ from lift_ext.harness import methods as hm
 from lift_ext.harness import report, stats
 
 
+CONTROL = "lift 2x steps"  # MAP LiFT at lift_sgld's step count (module docstring)
+
+
 def sweep(bench, s: hm.MethodSettings, temperatures) -> dict:
     """{row: {metric: {(seed, task): value}}} on the meta-val tasks (module docstring)."""
     rows = {name: {m: {} for m in ("acc", "ece", "nll")}
-            for name in ["lift", "lift_ts"] + [f"lift_sgld T={t:g}" for t in temperatures]}
+            for name in ["lift", "lift_ts", CONTROL] + [f"lift_sgld T={t:g}" for t in temperatures]}
+    longer = dataclasses.replace(s, adapt=dataclasses.replace(s.adapt, steps=hm.sampling_config(s).steps))
     for seed in s.seeds:
         prior = hm.meta_train("lift", bench, s, seed)
         done = hm.Adaptations()
         for task in bench.splits["val"]:
-            runs = {"lift": ("lift", s), "lift_ts": ("lift_ts", s)}
+            runs = {"lift": ("lift", s), "lift_ts": ("lift_ts", s), CONTROL: ("lift", longer)}
             runs.update({f"lift_sgld T={t:g}": ("lift_sgld", dataclasses.replace(s, sampling_temperature=t))
                          for t in temperatures})
             for name, (method, settings) in runs.items():
