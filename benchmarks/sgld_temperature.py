@@ -8,15 +8,7 @@ the n support examples under LiFT's prior, T -> 0 the MAP adapter. Rule, fixed b
 the T with the lowest mean ECE among those whose accuracy is at least MAP LiFT's minus 1 pp
 (the issue's accuracy bound); the chain's temperature when none is.
 
-A control row is reported beside them, not chosen by: ``lift 2x steps``, MAP LiFT adapted for
-lift_sgld's step count (2 x the MAP adaptation's step limit, the same stopping rule), so that
-what averaging the samples adds is told apart from what the longer adaptation adds.
-
-``--split test`` scores the same rows on the meta-test tasks over seeds 0, 1, 2 (a report
-beside the default run's ranking: nothing is chosen on meta-test).
-
     PYTHONPATH=. python benchmarks/sgld_temperature.py --suite vision [--temperatures 0.01,0.1,1]
-        [--split val|test]
 """
 from __future__ import annotations
 
@@ -31,19 +23,15 @@ from lift_ext.harness import methods as hm
 from lift_ext.harness import report, stats
 
 
-CONTROL = "lift 2x steps"  # MAP LiFT at lift_sgld's step count (module docstring)
-
-
-def sweep(bench, s: hm.MethodSettings, temperatures, split: str = "val") -> dict:
-    """{row: {metric: {(seed, task): value}}} on the tasks of ``split`` (module docstring)."""
+def sweep(bench, s: hm.MethodSettings, temperatures) -> dict:
+    """{row: {metric: {(seed, task): value}}} on the meta-val tasks (module docstring)."""
     rows = {name: {m: {} for m in ("acc", "ece", "nll")}
-            for name in ["lift", "lift_ts", CONTROL] + [f"lift_sgld T={t:g}" for t in temperatures]}
-    longer = dataclasses.replace(s, adapt=dataclasses.replace(s.adapt, steps=hm.sampling_config(s).steps))
+            for name in ["lift", "lift_ts"] + [f"lift_sgld T={t:g}" for t in temperatures]}
     for seed in s.seeds:
         prior = hm.meta_train("lift", bench, s, seed)
         done = hm.Adaptations()
-        for task in bench.splits[split]:
-            runs = {"lift": ("lift", s), "lift_ts": ("lift_ts", s), CONTROL: ("lift", longer)}
+        for task in bench.splits["val"]:
+            runs = {"lift": ("lift", s), "lift_ts": ("lift_ts", s)}
             runs.update({f"lift_sgld T={t:g}": ("lift_sgld", dataclasses.replace(s, sampling_temperature=t))
                          for t in temperatures})
             for name, (method, settings) in runs.items():
@@ -54,8 +42,8 @@ def sweep(bench, s: hm.MethodSettings, temperatures, split: str = "val") -> dict
     return rows
 
 
-def table(rows: dict, split: str = "val", seeds: int = 2) -> str:
-    lines = [f"| meta-{split} ({seeds} seeds) | accuracy (%) | minus MAP LiFT (pp) | ECE (%) | minus MAP LiFT | NLL | minus MAP LiFT |",
+def table(rows: dict) -> str:
+    lines = ["| meta-val (2 seeds) | accuracy (%) | minus MAP LiFT (pp) | ECE (%) | minus MAP LiFT | NLL | minus MAP LiFT |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, per in rows.items():
         cells = []
@@ -84,8 +72,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=("vision", "text"), required=True)
     parser.add_argument("--temperatures", default="0.01,0.1,1", help="comma-separated sampling temperatures")
-    parser.add_argument("--split", choices=("val", "test"), default="val",
-                        help="val: choose T (default); test: the same rows on meta-test, seeds 0-2, nothing chosen")
     parser.add_argument("--out", default=None, help="JSON file (default results/sgld_temperature_SUITE.json)")
     args = parser.parse_args(argv)
     try:
@@ -96,13 +82,10 @@ def main(argv=None) -> int:
         parser.error(f"--temperatures must be > 0, got {args.temperatures!r}")
     torch.set_num_threads(1)
     stages = {}
-    seeds = (0, 1) if args.split == "val" else (0, 1, 2)
-    bench, s = report.timed(stages, "load", lambda: load_default(args.suite, seeds))
-    rows = report.timed(stages, "sweep", lambda: sweep(bench, s, temperatures, args.split))
-    chosen = choose(rows, temperatures, s.lift.temperature) if args.split == "val" else "nothing (meta-test report)"
-    name = "sgld_temperature" + ("" if args.split == "val" else "_test")
-    write_sweep(name, args.suite, table(rows, args.split, len(seeds)), chosen, stages, rows, args.out,
-                temperatures=temperatures, split=args.split)
+    bench, s = report.timed(stages, "load", lambda: load_default(args.suite))
+    rows = report.timed(stages, "sweep", lambda: sweep(bench, s, temperatures))
+    chosen = choose(rows, temperatures, s.lift.temperature)
+    write_sweep("sgld_temperature", args.suite, table(rows), chosen, stages, rows, args.out, temperatures=temperatures)
     return 0
 
 

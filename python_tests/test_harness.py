@@ -155,13 +155,21 @@ def test_the_lift_methods_share_one_chain_per_seed(suite, monkeypatch):
     assert scores["nll"]["lift_ts"] != scores["nll"]["lift"]
 
 
+@pytest.mark.parametrize("steps, burn_in, thin, kept", [(25, 12, 3, 5), (20, 10, 2, 5), (7, 3, 1, 4), (1, 0, 1, 1)])
+def test_lift_sgld_samples_within_the_map_adaptations_step_limit(steps, burn_in, thin, kept):
+    s = MethodSettings(**{**SETTINGS.__dict__, "adapt": MapConfig(steps=steps, lr=1e-2)})
+    config = hm.sampling_config(s)
+    assert (config.steps, config.kept_after, config.thin) == (steps, burn_in, thin)
+    assert len(range(config.kept_after, config.steps, config.thin)) == kept <= hm.SGLD_SAMPLES
+
+
 def test_lift_sgld_averages_the_predictions_of_its_samples(suite):
     prior = hm.meta_train("lift", suite, SETTINGS, seed=0)
     task = suite.splits["test"][0]
     config = hm.sampling_config(SETTINGS)
-    assert (config.steps, config.kept_after, config.thin) == (10, 5, 1)
+    assert (config.steps, config.kept_after, config.thin) == (5, 2, 1)  # the MAP adaptation's 5 steps
     samples = adapt(suite.flat, task.support(0), loss_fn, prior=prior, config=config, seed=0).samples
-    assert len(samples) == hm.SGLD_SAMPLES
+    assert len(samples) == 3
     x, y = task.query.full()
     with torch.no_grad():
         probs = torch.stack([torch.softmax(suite.flat.call(t)(x).double(), -1) for t in samples]).mean(0)

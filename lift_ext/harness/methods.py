@@ -169,15 +169,15 @@ def meta_train(method: str, suite: BenchSuite, s: MethodSettings, seed: int,
 
 def sampling_config(s: MethodSettings) -> SamplingConfig:
     """lift_sgld's adaptation: pSGLD at s.sampling_temperature (None: the chain's temperature;
-    the posterior tempered to T / n, SamplingConfig) with the MAP adaptation's lr and
-    preconditioning, 2 * adapt.steps steps, the first adapt.steps a burn-in (the MAP
-    adaptation's whole budget), then every max(1, adapt.steps // SGLD_SAMPLES)-th iterate kept
-    (SGLD_SAMPLES samples when adapt.steps is a multiple of SGLD_SAMPLES): twice the MAP
-    adaptation's step limit."""
+    the posterior tempered to T / n, SamplingConfig) with the MAP adaptation's lr,
+    preconditioning and step limit S = adapt.steps (the MAP adaptation's budget, as the
+    Shakespeare suites' lift_sgld): the first S // 2 steps a burn-in, then every thin-th
+    iterate kept, thin = ceil((S - S // 2) / SGLD_SAMPLES), i.e. at most SGLD_SAMPLES samples."""
     steps = s.adapt.steps
-    return SamplingConfig(steps=2 * steps, lr=s.adapt.lr, preconditioned=s.adapt.preconditioned,
+    burn_in = steps // 2
+    return SamplingConfig(steps=steps, lr=s.adapt.lr, preconditioned=s.adapt.preconditioned,
                           temperature=s.lift.temperature if s.sampling_temperature is None else s.sampling_temperature,
-                          burn_in=steps, thin=max(1, steps // SGLD_SAMPLES))
+                          burn_in=burn_in, thin=-(-(steps - burn_in) // SGLD_SAMPLES))
 
 
 class Adaptations:
