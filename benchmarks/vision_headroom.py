@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--pool-ceiling", action="store_true",
                    help="add the whole-pool ceiling to the headroom (about 4 CPU s a task; not in the default run)")
     p.add_argument("--val-headroom", action="store_true",
-                   help="the headroom on the meta-val tasks too (about 70 CPU s; not in the default run)")
+                   help="the headroom on the meta-val tasks too (about 40 CPU s more; not in the default run)")
     p.add_argument("--out", default="results/vision_headroom.json", help="JSON output file")
     p.add_argument("--cache", default=None, help="cache directory (default $LIFT_EXT_CACHE or ~/.cache/lift_ext)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")

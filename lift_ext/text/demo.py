@@ -2,11 +2,11 @@
 calibration), JSON and a reliability diagram (``lift-ext demo --suite text``;
 benchmarks/text_headroom.py adds the meta-val sweep).
 
-1. Headroom on the ranked split's tasks (meta-test; with ``val_headroom`` meta-val's too): the head at its initialisation (uniform
-   probabilities: the share of the first class), the unadapted backbone (nearest class centroid
-   of its pooled states), independent fine-tuning on the 32 support sentences under seeds 0
-   and 1, the per-kind oracle (a ceiling that is told the kind), and the noise floor
-   (independent seed 1 - seed 0, paired by task).
+1. Headroom on the ranked split's tasks (meta-test; with ``val_headroom`` meta-val's too): the
+   head at its initialisation (uniform probabilities: the share of the first class), the
+   unadapted backbone (nearest class centroid of its pooled states), independent fine-tuning on
+   the 32 support sentences under seeds 0 and 1, the per-kind oracle (a ceiling that is told
+   the kind), and the noise floor (independent seed 1 - seed 0, paired by task).
 2. Ranking on ``split`` (meta-test) over the seeds: every method of lift_ext.harness, its
    accuracy and its calibration (ECE, NLL, Brier score; paired differences from MAP LiFT).
 
