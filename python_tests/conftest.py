@@ -31,12 +31,10 @@ def skip_module_without_the_application(*modules: str) -> None:
 
 def run_cli(args, cache, timeout=240) -> subprocess.CompletedProcess:
     """`python -m lift_ext.cli ARGS` in a child process with LIFT_EXT_CACHE=cache, run from the
-    temporary directory on the build the tests imported (the directory lift_ext came from, first
-    on PYTHONPATH: site-packages when installed, the checkout for an in-place build)."""
-    parent = str(Path(lift_ext.__file__).resolve().parents[1])
-    env = dict(os.environ, LIFT_EXT_CACHE=str(cache), PYTHONPATH=parent + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    temporary directory on the build the tests imported (PYTHONPATH as the session's fixture
+    below sets it)."""
     return subprocess.run([sys.executable, "-m", "lift_ext.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=tempfile.gettempdir())
+                          env=dict(os.environ, LIFT_EXT_CACHE=str(cache)), timeout=timeout, cwd=tempfile.gettempdir())
 
 
 def chain_state(sampler):

@@ -81,3 +81,9 @@ def head_mask(flat: FlatParams, module_name: str = "head") -> torch.Tensor:
     if not bool(mask.any()):
         raise ValueError(f"no parameter of the adapter lies under a module called {module_name!r}")
     return mask
+
+
+def headroom_splits(ranked: str, with_val: bool) -> Tuple[str, ...]:
+    """The splits a run's headroom covers: the ``ranked`` split, and meta-val before it when
+    ``with_val`` (the meta-val sweep's view; a default run needs the ranked split's only)."""
+    return tuple(dict.fromkeys(("val", ranked))) if with_val else (ranked,)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from lift_ext.harness import LiftSettings, MethodSettings, plot, report, stats
 from lift_ext.harness.progress import progress_state
+from lift_ext.harness.suite import headroom_splits
 from lift_ext.harness import methods as hm
 from lift_ext.lift import MapConfig
 from lift_ext.text.backbone import accuracy
@@ -55,8 +56,8 @@ class Settings:
     val_headroom: bool = False
 
     def headroom_splits(self) -> tuple:
-        """The splits the headroom covers: meta-val (with val_headroom) and the ranked split."""
-        return tuple(dict.fromkeys(("val", self.split))) if self.val_headroom else (self.split,)
+        """The splits the headroom covers (lift_ext.harness.suite.headroom_splits)."""
+        return headroom_splits(self.split, self.val_headroom)
 
 
 QUICK = Settings(methods=replace(Settings().methods, seeds=(0, 1),

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from lift_ext import baselines
 from lift_ext.harness import BenchSuite, BenchTask, LiftSettings, MethodSettings
 from lift_ext.harness import methods as hm
-from lift_ext.harness.suite import head_mask
+from lift_ext.harness.suite import head_mask, headroom_splits
 from lift_ext.lift import MapConfig
 from lift_ext.vision import backbone as vb
 from lift_ext.vision import methods as vm
@@ -89,8 +89,8 @@ class Settings:
             raise ValueError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
 
     def headroom_splits(self) -> tuple:
-        """The splits the headroom covers: meta-val (with val_headroom) and the ranked split."""
-        return tuple(dict.fromkeys(("val", self.eval_split))) if self.val_headroom else (self.eval_split,)
+        """The splits the headroom covers (lift_ext.harness.suite.headroom_splits)."""
+        return headroom_splits(self.eval_split, self.val_headroom)
 
     def map_config(self) -> MapConfig:
         return MapConfig(steps=self.adapt_steps, lr=self.adapt_lr, preconditioned=True, tol=1e-3, patience=3,
