@@ -47,6 +47,7 @@ def missing_packages(suite: str) -> List[str]:
 
 # demo options of the Shakespeare suites only, with their defaults
 SHAKESPEARE_ONLY = {"config": None, "device": None}
+HARNESS_ONLY = {"workers": None}  # the Shakespeare suites run in several processes under torchrun
 
 
 def run_harness_suite(args) -> int:
@@ -61,6 +62,12 @@ def run_harness_suite(args) -> int:
         return 2
     if args.threads < 1:
         print(f"lift-ext: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    from lift_ext.harness.workers import resolve_workers
+    try:
+        workers = resolve_workers(0 if args.workers is None else args.workers)
+    except ValueError as exc:
+        print(f"lift-ext: error: --workers: {exc}", file=sys.stderr)
         return 2
     missing = missing_packages(args.suite)
     if missing:
@@ -89,12 +96,12 @@ def run_harness_suite(args) -> int:
             from lift_ext.vision import bench, demo
             settings = bench.QUICK if args.quick else bench.Settings()
             demo.run(replace(settings, ranked=ranked), output, cache=args.cache, progress=not args.no_progress,
-                     fresh=args.fresh)
+                     fresh=args.fresh, workers=workers)
         else:
             from lift_ext.text import demo
             settings = demo.QUICK if args.quick else demo.Settings()
             demo.run(replace(settings, methods=replace(settings.methods, methods=ranked)), output, cache=args.cache,
-                     fresh=args.fresh, progress=not args.no_progress)
+                     fresh=args.fresh, progress=not args.no_progress, workers=workers)
     except RunStateError as exc:
         print(f"lift-ext: error: {exc}", file=sys.stderr)
         return 2
@@ -108,6 +115,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return quickstart.main()
     if args.command == "demo" and args.suite in HARNESS_SUITES:
         return run_harness_suite(args)
+    given = [f"--{k}" for k, default in HARNESS_ONLY.items() if getattr(args, k, default) != default]
+    if given:
+        print(f"lift-ext: error: {', '.join(given)} apply to --suite vision and text only; the Shakespeare suites "
+              "run their LiFT chains in several processes under torchrun (docs/distributed.md)", file=sys.stderr)
+        return 2
     return benchmark_cli.run(args)
 
 

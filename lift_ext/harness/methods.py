@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field, fields
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -45,6 +45,7 @@ from lift_ext.harness.peers import PeerStarts
 from lift_ext.harness.progress import RunState
 from lift_ext.harness.scoring import query_scores, support_temperature
 from lift_ext.harness.suite import BenchSuite, BenchTask
+from lift_ext.harness.workers import forked_map, resolve_workers
 from lift_ext.lift import (ChainStart, LangevinConfig, LiFT, MapConfig, MixtureHierarchy, MixturePrior, SamplingConfig,
                            adapt)
 from lift_ext.lift.config import AdaptConfig
@@ -245,9 +246,43 @@ def method_scores(method: str, suite: BenchSuite, task: BenchTask, learned: Lear
 Scores = Dict[str, Dict[str, Dict[int, Dict[str, object]]]]
 
 
+def share_key(method: str, s: MethodSettings) -> tuple:
+    """What ``method`` shares with other methods of a seed: its LiFT chain (by its number of
+    components), the peers' library, or nothing (its own name)."""
+    if method in LIFT_METHODS:
+        return "chain", 1 if method == "lift_k1" else s.lift.components
+    if method in PEER_METHODS:
+        return ("library",)
+    return (method,)
+
+
+def work_units(pending: Sequence[Tuple[int, str]], s: MethodSettings) -> List[Tuple[int, Tuple[str, ...]]]:
+    """The (seed, method) pieces of ``pending`` grouped into units of work that share nothing:
+    the methods of one seed with the same share_key, in the order of s.methods; the units that
+    train a chain or the library (the longest) first."""
+    groups: Dict[Tuple[int, tuple], List[str]] = {}
+    for seed, method in pending:
+        groups.setdefault((seed, share_key(method, s)), []).append(method)
+    units = [(seed, tuple(sorted(methods, key=s.methods.index))) for (seed, _), methods in groups.items()]
+    return sorted(units, key=lambda unit: unit[1][0] not in LIFT_METHODS + PEER_METHODS)  # stable: seeds in order
+
+
+def _piece(method: str, suite: BenchSuite, s: MethodSettings, split: str, seed: int, shared: Dict,
+           adaptations: Adaptations, tick) -> Dict[str, object]:
+    """One (seed, method) of the ranking: {"scores": {task name: method_scores}, "cpu_seconds"}
+    (meta-training, adapting and scoring, in this process); ``tick()`` after each task."""
+    start = time.process_time()
+    learned = meta_train(method, suite, s, seed, shared)
+    per_task = {}
+    for t in suite.splits[split]:
+        per_task[t.name] = method_scores(method, suite, t, learned, s, seed, adaptations)
+        tick()
+    return {"scores": per_task, "cpu_seconds": time.process_time() - start}
+
+
 def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_seconds: Optional[Dict] = None,
             adaptations: Optional[Adaptations] = None, state: Optional[RunState] = None,
-            progress: bool = False) -> Scores:
+            progress: bool = False, workers: int = 1) -> Scores:
     """{metric: {method: {seed: {task name: value}}}} over the tasks of ``split`` for every seed,
     the metrics lift_ext.calibration.METRICS (acc in %, nll in nats per example, brier, ece in
     %) and "bins" (each task's reliability bins, a list [15][3]). ``cpu_seconds`` (a dict)
@@ -256,35 +291,50 @@ def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_secon
     ``adaptations`` may hold the headroom's) under the first method that did it. ``state`` (a
     RunState) keeps every finished (seed, method), LiFT chain and peers' library, and a resumed run takes them
     from it (with the CPU seconds they cost then) instead of computing them again. ``progress``
-    shows a bar over the (seed, method) pieces, one tick per task adapted."""
+    shows a bar over the (seed, method) pieces, one tick per task adapted (per unit of work with
+    workers). ``workers`` (lift_ext.harness.workers.resolve_workers: 0 = one per CPU, 1 = this
+    process) runs the work_units in forked processes: the same scores to the bit, the wall time
+    divided by up to the number of workers."""
     cpu_seconds = {} if cpu_seconds is None else cpu_seconds
     adaptations = Adaptations() if adaptations is None else adaptations
     state = RunState(None, "") if state is None else state
-    out: Scores = {key: {m: {} for m in s.methods} for key in METRICS + ("bins",)}
     tasks = suite.splits[split]
+    pending = [(seed, m) for seed in s.seeds for m in s.methods if _piece_key(split, seed, m) not in state]
     bar = tqdm(total=len(s.seeds) * len(s.methods) * len(tasks), desc=f"{suite.name} ranking", unit="task",
                disable=not progress, mininterval=1.0)
-    for seed in s.seeds:
-        shared: Dict = {}
-        for method in s.methods:
-            key = f"ranking/{split}/{seed}/{method}"
+    bar.update((len(s.seeds) * len(s.methods) - len(pending)) * len(tasks))
+    if resolve_workers(workers) == 1:
+        shared_of_seed: Dict[int, Dict] = {}
+        for seed, method in pending:
             bar.set_postfix_str(f"seed {seed}, {method}")
-            if key not in state:
-                start = time.process_time()
-                learned = meta_train(method, suite, s, seed, _shared_of(state, seed, shared))
-                per_task = {}
-                for t in tasks:
-                    per_task[t.name] = method_scores(method, suite, t, learned, s, seed, adaptations)
-                    bar.update()
-                state.put(key, {"scores": per_task, "cpu_seconds": time.process_time() - start})
-                _keep_shared(state, seed, shared)
-            else:
-                bar.update(len(tasks))
-            for metric in out:
-                out[metric][method][seed] = {name: scores[metric] for name, scores in state[key]["scores"].items()}
-            cpu_seconds[method] = cpu_seconds.get(method, 0.0) + state[key]["cpu_seconds"]
+            shared = _shared_of(state, seed, shared_of_seed.setdefault(seed, {}))
+            state.put(_piece_key(split, seed, method), _piece(method, suite, s, split, seed, shared, adaptations,
+                                                              bar.update))
+            _keep_shared(state, seed, shared)
+    else:
+        def run_unit(unit):
+            seed, methods = unit
+            shared = _shared_of(state, seed, {})  # this process's copy of the state: read only
+            return seed, {m: _piece(m, suite, s, split, seed, shared, adaptations, lambda: None) for m in methods}, shared
+
+        for seed, pieces, shared in forked_map(run_unit, work_units(pending, s), workers):
+            for method, piece in pieces.items():
+                state.put(_piece_key(split, seed, method), piece)
+            _keep_shared(state, seed, shared)
+            bar.update(len(pieces) * len(tasks))
     bar.close()
+    out: Scores = {key: {m: {} for m in s.methods} for key in METRICS + ("bins",)}
+    for seed in s.seeds:
+        for method in s.methods:
+            piece = state[_piece_key(split, seed, method)]
+            for metric in out:
+                out[metric][method][seed] = {name: scores[metric] for name, scores in piece["scores"].items()}
+            cpu_seconds[method] = cpu_seconds.get(method, 0.0) + piece["cpu_seconds"]
     return out
+
+
+def _piece_key(split: str, seed: int, method: str) -> str:
+    return f"ranking/{split}/{seed}/{method}"
 
 
 def _shared_of(state: RunState, seed: int, shared: Dict) -> Dict:

@@ -97,7 +97,7 @@ def add_commands(sub) -> None:
                        help="families (default: each role's targets pass through its family's letter "
                             "permutation) or roles (plain next-character prediction, the earlier benchmark)"
                             + ("; vision or text: the suites of lift_ext.harness (only --quick, --output, "
-                               "--cache, --threads and --no-progress apply)" if "vision" in suites else ""))
+                               "--cache, --threads, --workers and --no-progress apply)" if "vision" in suites else ""))
         p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (overrides the config)")
         p.add_argument("--threads", type=int, default=1, metavar="N",
                        help="CPU threads for torch (default 1: the models are tiny, and on a busy "
@@ -113,6 +113,10 @@ def add_commands(sub) -> None:
                            "(vision / text: start over instead of resuming from OUTPUT/results.state.pt)")
     demo.add_argument("--methods", default=None, metavar="A,B",
                       help="comma-separated subset of methods (default: all)")
+    demo.add_argument("--workers", type=int, default=None, metavar="N",
+                      help="vision / text: processes the ranking runs in, each with --threads torch threads "
+                           "(default 0: one per CPU this process may use, on Linux; 1: this process alone); "
+                           "the scores are the same to the bit for any N, the wall time shorter")
     stage("meta-train", "stage 1: pre-train/load the backbone and meta-train every method "
                         "(writes meta_state.pt)")
     stage("adapt", "stage 2: pick each method's adaptation lr on meta-val roles (when adapt_lrs has "

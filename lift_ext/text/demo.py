@@ -10,8 +10,9 @@ benchmarks/text_headroom.py adds the meta-val sweep).
 2. Ranking on ``split`` (meta-test) over the seeds: every method of lift_ext.harness, its
    accuracy and its calibration (ECE, NLL, Brier score; paired differences from MAP LiFT).
 
-Accuracies are in %, differences in percentage points, times in CPU seconds of this process
-(time.process_time). The first run computes the cached lower-layer features (docs/text_suite.md).
+Accuracies are in %, differences in percentage points, times in CPU seconds of this process and
+of the ranking's worker processes (lift_ext.harness.workers.cpu_seconds), and the run's wall
+seconds. The first run computes the cached lower-layer features (docs/text_suite.md).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from lift_ext.harness import LiftSettings, MethodSettings, plot, report, stats
 from lift_ext.harness.progress import progress_state
 from lift_ext.harness.suite import headroom_splits
+from lift_ext.harness.workers import cpu_seconds, resolve_workers
 from lift_ext.harness import methods as hm
 from lift_ext.lift import MapConfig
 from lift_ext.text.backbone import accuracy
@@ -119,20 +121,23 @@ def headroom_table(scores: dict, group_of: Dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = False, progress: bool = True) -> dict:
+def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = False, progress: bool = True,
+        workers: int = 1) -> dict:
     """Headroom and ranking under ``settings``; prints the tables and, with ``output``, writes
     them with every score as JSON and the reliability diagram beside it (reliability.png).
     With ``output`` every finished piece is kept beside it (``<output stem>.state.pt``,
     lift_ext.harness.progress), and a rerun resumes from them unless ``fresh``; ``progress``
-    shows a bar over the ranking. Returns the record."""
+    shows a bar over the ranking; ``workers``: the ranking's processes
+    (lift_ext.harness.methods.ranking; the same scores for any number). Returns the record."""
+    workers = resolve_workers(workers)
     clock: Dict[str, float] = {}
     machine = report.machine()  # the commit of the code this run loaded
-    start = time.process_time()
+    start, wall = cpu_seconds(), time.perf_counter()
     suite = load_suite(0, cache=cache, limit=settings.limit)
     clock["features (computed this run)"] = suite.feature_cpu_seconds
-    clock["load"] = time.process_time() - start - suite.feature_cpu_seconds
+    clock["load"] = cpu_seconds() - start - suite.feature_cpu_seconds
     group_of = {t.name: KINDS[t.kind] for ts in suite.splits.values() for t in ts}
-    mark = time.process_time()
+    mark = cpu_seconds()
     fingerprinted = asdict(settings)
     del fingerprinted["methods"]["methods"]  # a piece is one method's: any subset may resume
     state = progress_state(output, fresh, suite="text", settings=fingerprinted,
@@ -141,7 +146,7 @@ def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = Fa
         print(state.describe(), flush=True)
     adaptations = hm.Adaptations()  # the headroom's independent fine-tuning, reused by the ranking
     head = state.get_or_run("headroom", lambda: headroom(suite, settings, adaptations, progress))
-    clock["headroom"] = time.process_time() - mark
+    clock["headroom"] = cpu_seconds() - mark
     counted = ", ".join(f"{len(suite.splits[split])} meta-{split}" for split in head)
     text = f"### Headroom (seed 0 unless said; {counted} tasks; accuracy %)\n\n{headroom_table(head, group_of)}"
     print(text + "\n", flush=True)
@@ -149,22 +154,24 @@ def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = Fa
     s = settings.methods
     rank = hm.ranking(suite.bench(s.lift.batch * s.lift.tasks_per_step), s, split=settings.split,
                       cpu_seconds=method_seconds, adaptations=adaptations, state=state,
-                      progress=progress)
+                      progress=progress, workers=workers)
     clock.update({f"ranking {m}": v for m, v in method_seconds.items()})
-    clock["total excluding features"] = time.process_time() - start - suite.feature_cpu_seconds
+    clock["total excluding features"] = cpu_seconds() - start - suite.feature_cpu_seconds
+    wall = time.perf_counter() - wall
     text += (f"\n\n### Ranking on meta-{settings.split} (seeds {list(s.seeds)}; accuracy %, mean ± s.e. over "
              f"(task, seed))\n\n{report.ranking_table(rank['acc'], group_of, KINDS, LABELS, settings.split)}\n\n"
              f"### Calibration on meta-{settings.split} (paired differences from MAP LiFT; lower is better)\n\n"
              f"{report.calibration_table(rank, LABELS, settings.split)}\n\n"
-             f"CPU seconds ({report.describe(machine)}; "
+             f"CPU seconds ({report.describe(machine)}, the ranking in {workers} process(es); "
              "a LiFT chain shared by several methods counts under the first): "
-             + ", ".join(f"{k} {v:.0f}" for k, v in clock.items())
+             + ", ".join(f"{k} {v:.0f}" for k, v in clock.items()) + f"; {wall:.0f} s wall"
              + (f"; {state.describe()}" if state.resumed else ""))
     print(text)
     result = {"settings": asdict(settings), "tasks": {sp: [t.name for t in ts] for sp, ts in suite.texts.items()},
               "headroom": head, "ranking": report.by_seed_name(rank["acc"]),
               "scores": {key: report.by_seed_name(per) for key, per in rank.items()},
-              "cpu_seconds": clock, "machine": machine, "markdown": text}
+              "cpu_seconds": clock, "wall_seconds": wall, "ranking_processes": workers, "machine": machine,
+              "markdown": text}
     if output is not None:
         png = plot.write_run(result, Path(output), rank["bins"], LABELS,
                              f"text suite, meta-{settings.split}: bins pooled over tasks and seeds")

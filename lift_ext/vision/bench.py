@@ -215,12 +215,14 @@ def label_set_start(suite: Suite, labels: tuple, seed: int) -> torch.Tensor:
     return pool_start(suite, siblings, seed) if siblings else suite.init
 
 
-def ranking(suite: Suite, methods=None, cpu_seconds=None, state=None, progress: bool = False) -> hm.Scores:
+def ranking(suite: Suite, methods=None, cpu_seconds=None, state=None, progress: bool = False,
+            workers: int = 1) -> hm.Scores:
     """{metric: {method: {seed: {task name: value}}}} of ``methods`` (default: the settings'
-    ``ranked``) on the eval split (lift_ext.harness.ranking; ``state``: its RunState)."""
+    ``ranked``) on the eval split (lift_ext.harness.ranking; ``state``: its RunState; ``workers``:
+    its worker processes)."""
     s = suite.settings
     return hm.ranking(suite.bench(), s.methods(methods), split=s.eval_split, cpu_seconds=cpu_seconds,
-                      adaptations=suite.adaptations, state=state, progress=progress)
+                      adaptations=suite.adaptations, state=state, progress=progress, workers=workers)
 
 
 def settings_dict(s: Settings) -> dict:

@@ -3,8 +3,8 @@ calibration), JSON and a reliability diagram (``lift-ext demo --suite vision``;
 benchmarks/vision_headroom.py adds the meta-val sweep).
 
 The first run renders the tasks and pre-trains the backbone (cached under $LIFT_EXT_CACHE,
-default ~/.cache/lift_ext/vision); its time is printed. Times are CPU seconds of this process
-(time.process_time) and wall seconds.
+default ~/.cache/lift_ext/vision); its time is printed. Times are CPU seconds of this process and
+of the ranking's worker processes (lift_ext.harness.workers.cpu_seconds) and wall seconds.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Optional
 
 from lift_ext.harness import plot, report, stats
 from lift_ext.harness.progress import progress_state
+from lift_ext.harness.workers import resolve_workers
 from lift_ext.vision import bench
 from lift_ext.vision import tasks as vt
 
@@ -61,12 +62,15 @@ def ranking_table(rank: dict, groups: dict, split: str) -> str:
 
 
 def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: bool = True,
-        fresh: bool = False) -> dict:
+        fresh: bool = False, workers: int = 1) -> dict:
     """Headroom and ranking under ``settings``; prints the tables and, with ``output``, writes
     them with every score as JSON and the reliability diagram beside it (reliability.png).
     With ``output`` every finished piece is kept beside it (``<output stem>.state.pt``,
     lift_ext.harness.progress), and a rerun resumes from them unless ``fresh``; ``progress``
-    shows bars (the backbone's pre-training on a first run, the ranking). Returns the record."""
+    shows bars (the backbone's pre-training on a first run, the ranking); ``workers``: the
+    ranking's processes (lift_ext.harness.methods.ranking; the same scores for any number).
+    Returns the record."""
+    workers = resolve_workers(workers)
     stages = {}
     suite = report.timed(stages, "load (tasks and backbone)", lambda: bench.Suite(settings, cache=cache,
                                                                                   progress=progress))
@@ -76,7 +80,7 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
           f"held-out upstream accuracy {pre['upstream_heldout_accuracy']:.1f} % over {pre['upstream_classes']} classes")
     groups = {t.spec.name: t.spec.group for t in suite.tasks}
     result = {"settings": bench.settings_dict(settings), "pretraining": pre, "machine": report.machine(),
-              "stages": stages}
+              "stages": stages, "ranking_processes": workers}
     state = progress_state(output, fresh, suite="vision",  # a piece is one method's: any subset may resume
                            settings={k: v for k, v in result["settings"].items() if k != "ranked"},
                            tasks=[t.spec.name for t in suite.tasks])
@@ -89,7 +93,7 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
     print(text + "\n", flush=True)
     method_seconds = {}
     rank = report.timed(stages, "ranking", lambda: bench.ranking(suite, cpu_seconds=method_seconds, state=state,
-                                                                       progress=progress))
+                                                                       progress=progress, workers=workers))
     text += "\n\n" + ranking_table(rank["acc"], groups, settings.eval_split)
     text += "\n\n" + report.calibration_table(rank, LABELS, settings.eval_split)
     result["ranking"] = report.by_seed_name(rank["acc"])
@@ -100,7 +104,8 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
     footer = ("\n\nCPU seconds per method (meta-training and adaptation, all seeds; a LiFT chain shared by "
               "several methods counts under the first): "
               + ", ".join(f"{m} {v:.0f}" for m, v in method_seconds.items())
-              + f"\n{report.describe(result['machine'])}: {cpu:.0f} CPU s ({wall:.0f} s wall) including loading"
+              + f"\n{report.describe(result['machine'])}, the ranking in {workers} process(es): {cpu:.0f} CPU s "
+              f"({wall:.0f} s wall) including loading"
               + ("" if pre["cached"] else f" and the backbone's pre-training ({pre['cpu_seconds']:.0f} CPU s)")
               + (f"; {state.describe()}" if state.resumed else ""))
     print(text + footer)

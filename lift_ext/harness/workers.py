@@ -1,0 +1,98 @@
+"""Independent pieces of work over forked worker processes: the wall time of a run on a machine
+with several cores, for the same results.
+
+`forked_map(fn, items, workers)` calls fn(item) for every item, in ``workers`` processes forked
+from this one, and yields the results as they finish. The workers are forked (multiprocessing's
+"fork" start method) so that they inherit everything fn reaches (a loaded suite, its backbone,
+the pieces of a resumed run) without pickling it; only the items and the results are pickled.
+Each worker runs torch with this process's thread count. A piece of work that is a function of
+its inputs alone (every random draw seeded from them, as the harness's pieces are) gives in a
+worker bitwise what it gives here. Fork is used on Linux only: elsewhere (macOS, where forking
+a process that has used Apple's frameworks is unsafe; Windows, which cannot fork) the work runs
+in this process.
+
+CPU time: a worker's CPU seconds are not this process's `time.process_time`; `cpu_seconds()`
+adds those of the finished workers (os.times' children), which a finished `forked_map` has
+waited for.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import torch
+
+# The function the forked workers call: set by forked_map just before it forks, so that the
+# workers inherit it (a closure over the loaded suite) instead of receiving it pickled.
+_WORK: Optional[Callable[[Any], Any]] = None
+
+
+def can_fork() -> bool:
+    """Whether worker processes can be forked here (Linux)."""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int) -> int:
+    """The number of processes ``workers`` asks for: 0 = one per usable CPU where workers can be
+    forked (else 1); 1 = this process alone; N > 1 = N forked workers (ValueError where forking
+    is not available, or for a negative or non-int value)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an int >= 0 (0: one per CPU), got {workers!r}")
+    if workers == 0:
+        return usable_cpus() if can_fork() else 1
+    if workers > 1 and not can_fork():
+        raise ValueError(f"workers = {workers} needs forked worker processes, which run on Linux only; "
+                         f"use workers = 1 (or 0) on {sys.platform}")
+    return workers
+
+
+def _call(item: Any) -> Any:
+    return _WORK(item)
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def forked_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
+    """fn(item) for every item, yielded as each finishes (in any order), by ``workers`` forked
+    processes (resolve_workers), or in this process, in order, when that is 1 or there is at
+    most one item. An exception in a worker is raised here; stopping the iteration early stops
+    the workers."""
+    global _WORK
+    items = list(items)
+    workers = min(resolve_workers(workers), len(items))
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    if _WORK is not None:
+        raise RuntimeError("forked_map does not nest: a worker cannot fork workers of its own")
+    _WORK = fn
+    try:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(workers, initializer=_init_worker, initargs=(torch.get_num_threads(),)) as pool:
+            yield from pool.imap_unordered(_call, items)
+            pool.close()
+            pool.join()  # the workers' CPU seconds now count in os.times' children
+    finally:
+        _WORK = None
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its child processes that have finished
+    and been waited for (the workers of a finished forked_map among them)."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
+__all__ = ["forked_map", "resolve_workers", "can_fork", "usable_cpus", "cpu_seconds"]
