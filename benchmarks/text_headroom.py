@@ -24,11 +24,13 @@ def main(argv=None) -> int:
                         help="the headroom on the meta-val tasks too (not in the default run)")
     parser.add_argument("--output", default=None, help="JSON file (default results/text_headroom[_quick].json)")
     parser.add_argument("--cache", default=None, help="cache directory (default $LIFT_EXT_CACHE or ~/.cache/lift_ext)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes the ranking runs in (default 0: one per CPU; the same scores for any number)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # on a shared 2-core machine one thread costs the fewest CPU seconds
     output = Path(args.output or f"results/text_headroom{'_quick' if args.quick else ''}.json")
     settings = replace(demo.QUICK if args.quick else demo.Settings(), val_headroom=args.val_headroom)
-    demo.run(settings, output, cache=args.cache)
+    demo.run(settings, output, cache=args.cache, workers=args.workers)
     return 0
 
 

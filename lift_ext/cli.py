@@ -63,12 +63,6 @@ def run_harness_suite(args) -> int:
     if args.threads < 1:
         print(f"lift-ext: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
-    from lift_ext.harness.workers import resolve_workers
-    try:
-        workers = resolve_workers(0 if args.workers is None else args.workers)
-    except ValueError as exc:
-        print(f"lift-ext: error: --workers: {exc}", file=sys.stderr)
-        return 2
     missing = missing_packages(args.suite)
     if missing:
         how = [f'pip install --no-build-isolation ".[{args.suite}]"'] if any("(" not in m for m in missing) else []
@@ -89,6 +83,12 @@ def run_harness_suite(args) -> int:
             return 2
     import torch
     torch.set_num_threads(args.threads)
+    from lift_ext.harness.workers import resolve_workers
+    try:
+        workers = resolve_workers(0 if args.workers is None else args.workers)
+    except ValueError as exc:
+        print(f"lift-ext: error: --workers: {exc}", file=sys.stderr)
+        return 2
     output = Path(args.output) / "results.json"
     from lift_ext.harness.progress import RunStateError
     try:

@@ -5,11 +5,13 @@ with several cores, for the same results.
 from this one, and yields the results as they finish. The workers are forked (multiprocessing's
 "fork" start method) so that they inherit everything fn reaches (a loaded suite, its backbone,
 the pieces of a resumed run) without pickling it; only the items and the results are pickled.
-Each worker runs torch with this process's thread count. A piece of work that is a function of
-its inputs alone (every random draw seeded from them, as the harness's pieces are) gives in a
-worker bitwise what it gives here. Fork is used on Linux only: elsewhere (macOS, where forking
-a process that has used Apple's frameworks is unsafe; Windows, which cannot fork) the work runs
-in this process.
+Forked workers need this process to run torch with one thread, and run one thread each:
+OpenMP's thread pool does not survive a fork, and a forked process that enters a parallel
+region of more than one thread after its parent did hangs. A piece of work that is a function
+of its inputs alone (every random draw seeded from them, as the harness's pieces are) gives in
+a worker bitwise what it gives here. Fork is used on Linux only: elsewhere (macOS, where a
+forked process can crash once the system frameworks are in use; Windows, which cannot fork)
+the work runs in this process.
 
 CPU time: a worker's CPU seconds are not this process's `time.process_time`; `cpu_seconds()`
 adds those of the finished workers (os.times' children), which a finished `forked_map` has
@@ -44,24 +46,26 @@ def usable_cpus() -> int:
 
 def resolve_workers(workers: int) -> int:
     """The number of processes ``workers`` asks for: 0 = one per usable CPU where workers can be
-    forked (else 1); 1 = this process alone; N > 1 = N forked workers (ValueError where forking
-    is not available, or for a negative or non-int value)."""
+    forked and torch runs one thread (else 1); 1 = this process alone; N > 1 = N forked workers
+    (ValueError where forking is not available, or while torch runs more than one thread, or
+    for a negative or non-int value)."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an int >= 0 (0: one per CPU), got {workers!r}")
+    threads = torch.get_num_threads()
     if workers == 0:
-        return usable_cpus() if can_fork() else 1
+        return usable_cpus() if can_fork() and threads == 1 else 1
     if workers > 1 and not can_fork():
         raise ValueError(f"workers = {workers} needs forked worker processes, which run on Linux only; "
                          f"use workers = 1 (or 0) on {sys.platform}")
+    if workers > 1 and threads > 1:
+        raise ValueError(f"workers = {workers} needs torch at one thread (it runs {threads}): forked workers run "
+                         "one thread each, as OpenMP's threads do not survive a fork; set the threads to 1 "
+                         "(torch.set_num_threads(1), --threads 1) or use workers = 1")
     return workers
 
 
 def _call(item: Any) -> Any:
     return _WORK(item)
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
 
 
 def forked_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
@@ -80,7 +84,7 @@ def forked_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> 
     _WORK = fn
     try:
         context = multiprocessing.get_context("fork")
-        with context.Pool(workers, initializer=_init_worker, initargs=(torch.get_num_threads(),)) as pool:
+        with context.Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
             yield from pool.imap_unordered(_call, items)
             pool.close()
             pool.join()  # the workers' CPU seconds now count in os.times' children
