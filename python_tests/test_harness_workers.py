@@ -68,6 +68,15 @@ def test_the_workers_cpu_seconds_are_counted_here():
 
 
 @needs_fork
+def test_stopping_early_stops_the_workers():
+    import multiprocessing
+    results = workers.forked_map(_burn, [0.05] * 8, 2)
+    next(results)
+    results.close()  # as when the consumer raises (Ctrl-C in the parent: the workers ignore SIGINT)
+    assert multiprocessing.active_children() == [] and workers._WORK is None
+
+
+@needs_fork
 def test_a_worker_cannot_fork_workers_of_its_own():
     def nested(x):
         return list(workers.forked_map(_square, [x, x + 1], 2))

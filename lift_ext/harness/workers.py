@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -68,6 +69,13 @@ def _call(item: Any) -> Any:
     return _WORK(item)
 
 
+def _init_worker() -> None:
+    """A worker: one torch thread; Ctrl-C (SIGINT to the terminal's process group) left to the
+    parent, which stops the workers (Pool.terminate) when it leaves forked_map."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def forked_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
     """fn(item) for every item, yielded as each finishes (in any order), by ``workers`` forked
     processes (resolve_workers), or in this process, in order, when that is 1 or there is at
@@ -84,7 +92,7 @@ def forked_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> 
     _WORK = fn
     try:
         context = multiprocessing.get_context("fork")
-        with context.Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        with context.Pool(workers, initializer=_init_worker) as pool:
             yield from pool.imap_unordered(_call, items)
             pool.close()
             pool.join()  # the workers' CPU seconds now count in os.times' children
