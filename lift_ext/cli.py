@@ -47,7 +47,6 @@ def missing_packages(suite: str) -> List[str]:
 
 # demo options of the Shakespeare suites only, with their defaults
 SHAKESPEARE_ONLY = {"config": None, "device": None}
-HARNESS_ONLY = {"workers": None}  # the Shakespeare suites run in several processes under torchrun
 
 
 def run_harness_suite(args) -> int:
@@ -83,7 +82,7 @@ def run_harness_suite(args) -> int:
             return 2
     import torch
     torch.set_num_threads(args.threads)
-    from lift_ext.harness.workers import resolve_workers
+    from lift_ext.workers import resolve_workers
     try:
         workers = resolve_workers(0 if args.workers is None else args.workers)
     except ValueError as exc:
@@ -115,11 +114,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return quickstart.main()
     if args.command == "demo" and args.suite in HARNESS_SUITES:
         return run_harness_suite(args)
-    given = [f"--{k}" for k, default in HARNESS_ONLY.items() if getattr(args, k, default) != default]
-    if given:
-        print(f"lift-ext: error: {', '.join(given)} apply to --suite vision and text only; the Shakespeare suites "
-              "run their LiFT chains in several processes under torchrun (docs/distributed.md)", file=sys.stderr)
-        return 2
     return benchmark_cli.run(args)
 
 

@@ -234,14 +234,6 @@ def test_harness_suites_refuse_unknown_methods_and_shakespeare_options_in_one_li
     assert capsys.readouterr().err.strip() == "lift-ext: error: --workers: workers must be an int >= 0 (0: one per CPU), got -1"
 
 
-@pytest.mark.parametrize("suite", ["families", "roles"])
-def test_the_shakespeare_suites_refuse_workers_in_one_line(suite, capsys):
-    from lift_ext.cli import main
-    assert main(["demo", "--suite", suite, "--quick", "--workers", "2"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("lift-ext: error: --workers apply to --suite vision and text only") and "torchrun" in err
-
-
 def test_harness_suites_say_what_to_install_in_one_line(monkeypatch, capsys):
     import importlib.util
 

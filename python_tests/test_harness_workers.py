@@ -1,4 +1,4 @@
-"""lift_ext.harness.workers and the ranking in worker processes: the same scores to the bit as
+"""lift_ext.workers and the ranking in worker processes: the same scores to the bit as
 in one process, the units of work (what shares a chain or a library runs together), resume,
 errors, and the workers' CPU seconds counted."""
 import os
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lift_ext.harness import methods as hm
-from lift_ext.harness import workers
+from lift_ext import workers
 from lift_ext.harness.progress import RunState
 
 from test_harness import SETTINGS, suite  # noqa: F401  (the tiny synthetic suite fixture)
@@ -19,7 +19,7 @@ needs_fork = pytest.mark.skipif(not workers.can_fork(), reason="forked workers r
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    """Forked workers need torch at one thread (lift_ext.harness.workers); restored afterwards."""
+    """Forked workers need torch at one thread (lift_ext.workers); restored afterwards."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -45,7 +45,7 @@ from lift_ext.harness.peers import PeerStarts
 from lift_ext.harness.progress import RunState
 from lift_ext.harness.scoring import query_scores, support_temperature
 from lift_ext.harness.suite import BenchSuite, BenchTask
-from lift_ext.harness.workers import forked_map, resolve_workers
+from lift_ext.workers import forked_map, resolve_workers
 from lift_ext.lift import (ChainStart, LangevinConfig, LiFT, MapConfig, MixtureHierarchy, MixturePrior, SamplingConfig,
                            adapt)
 from lift_ext.lift.config import AdaptConfig
@@ -292,7 +292,7 @@ def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_secon
     RunState) keeps every finished (seed, method), LiFT chain and peers' library, and a resumed run takes them
     from it (with the CPU seconds they cost then) instead of computing them again. ``progress``
     shows a bar over the (seed, method) pieces, one tick per task adapted (per unit of work with
-    workers). ``workers`` (lift_ext.harness.workers.resolve_workers: 0 = one per CPU, 1 = this
+    workers). ``workers`` (lift_ext.workers.resolve_workers: 0 = one per CPU, 1 = this
     process) runs the work_units in forked processes: the same scores to the bit, the wall time
     divided by up to the number of workers."""
     cpu_seconds = {} if cpu_seconds is None else cpu_seconds

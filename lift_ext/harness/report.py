@@ -10,7 +10,7 @@ import torch
 from lift_ext import calibration, cpu_isa, provenance
 from lift_ext.harness import stats
 from lift_ext.harness.scoring import pooled_bins
-from lift_ext.harness.workers import cpu_seconds
+from lift_ext.workers import cpu_seconds
 
 
 def machine() -> dict:
@@ -29,7 +29,7 @@ def describe(record: dict) -> str:
 
 def timed(record: Dict[str, dict], name: str, fn):
     """fn(), with its wall and CPU seconds (this process and the worker processes it waited for,
-    lift_ext.harness.workers.cpu_seconds) stored in record[name]."""
+    lift_ext.workers.cpu_seconds) stored in record[name]."""
     wall, cpu = time.perf_counter(), cpu_seconds()
     out = fn()
     record[name] = {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": cpu_seconds() - cpu}

@@ -103,6 +103,11 @@ def add_commands(sub) -> None:
                        help="CPU threads for torch (default 1: the models are tiny, and on a busy "
                             "2-core machine 2 threads oversubscribe it and run ~10x slower)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="processes the seeds (Shakespeare suites: of meta-train and adapt) or the ranking "
+                            "(vision / text) run in, one torch thread each (default 0: one per CPU this process "
+                            "may use, on Linux, when --threads is 1; 1: this process alone); every score is the "
+                            "same to the bit for any N, the wall time shorter")
         return p
 
     demo = stage("demo", "run a benchmark suite end to end: the Shakespeare suites (meta-train, adapt, "
@@ -113,10 +118,6 @@ def add_commands(sub) -> None:
                            "(vision / text: start over instead of resuming from OUTPUT/results.state.pt)")
     demo.add_argument("--methods", default=None, metavar="A,B",
                       help="comma-separated subset of methods (default: all)")
-    demo.add_argument("--workers", type=int, default=None, metavar="N",
-                      help="vision / text: processes the ranking runs in, each with --threads torch threads "
-                           "(default 0: one per CPU this process may use, on Linux; 1: this process alone); "
-                           "the scores are the same to the bit for any N, the wall time shorter")
     stage("meta-train", "stage 1: pre-train/load the backbone and meta-train every method "
                         "(writes meta_state.pt)")
     stage("adapt", "stage 2: pick each method's adaptation lr on meta-val roles (when adapt_lrs has "
@@ -199,7 +200,8 @@ def _run(args) -> int:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     cache = cache_dir(args.cache, knob="--cache")
     torch.set_num_threads(args.threads)
-    common = dict(cache=cache, setups={}, progress=not args.no_progress)  # stages share data and models
+    common = dict(cache=cache, setups={}, progress=not args.no_progress,  # stages share data and models
+                  processes=runner.seed_processes(cfg, world, 0 if args.workers is None else args.workers))
     if args.command not in ("demo", "meta-train"):  # adapt / evaluate: rank 0 alone
         if not world.main:
             return 0

@@ -28,13 +28,14 @@ from lift_ext.lift import FlatParams, MapConfig
 from lift_ext.shakespeare import launch, stages
 from lift_ext.shakespeare import methods as M
 from lift_ext.shakespeare.clock import Clock
-from lift_ext.shakespeare.config import BenchConfig, candidate_name, candidates
+from lift_ext.shakespeare.config import BenchConfig, ConfigError, candidate_name, candidates
 from lift_ext.shakespeare.episodes import pool_tasks, support_task
 from lift_ext.shakespeare.library import train_peers
 from lift_ext.shakespeare.lift_methods import chains_needed, train_lift_variants
 from lift_ext.shakespeare.scoring import fit_temperature, query_metrics
 from lift_ext.shakespeare.stages import StageError
 from lift_ext.shakespeare.suite import SuiteData, build_suite
+from lift_ext.workers import forked_map, resolve_workers
 
 
 @dataclass
@@ -271,30 +272,71 @@ def _to_cpu(obj):
     return obj
 
 
+def seed_processes(cfg: BenchConfig, world: launch.World, workers: int) -> int:
+    """The processes the seeds of the meta-train and adapt stages run in (lift_ext.workers:
+    0 = one per CPU, 1 = this process): one for a single seed, and where forked workers cannot
+    run: under a launch (WORLD_SIZE > 1) or with sharded chains (``lift_shards``), whose process
+    groups do not survive a fork, and on a CUDA device, which does not either. There a
+    ``workers`` > 1 is a ConfigError (0 gives 1)."""
+    try:
+        count = resolve_workers(workers)
+    except ValueError as exc:
+        raise ConfigError(f"--workers: {exc}") from None
+    where = ("under a launch" if world.size > 1 else "with sharded chains (lift_shards)" if cfg.lift_shards
+             else "on a CUDA device" if torch.device(cfg.device).type != "cpu" else None)
+    if count > 1 and where is not None:
+        if workers:
+            raise ConfigError(f"--workers {workers}: the seeds run in forked processes only in one CPU process "
+                              f"without sharded chains, not {where}; use --workers 1")
+        return 1
+    return min(count, len(cfg.seeds))
+
+
+def _over_seeds(cfg: BenchConfig, run_seed, processes: int, what: str, progress: bool):
+    """run_seed(seed) -> (seed, record) for every seed of ``cfg`` in ``processes`` forked workers
+    (lift_ext.workers.forked_map: each seed loads its data and model itself, from the cache, as
+    setup does in one process), yielded as they finish; a bar over the seeds."""
+    bar = tqdm(total=len(cfg.seeds), desc=f"{what} ({processes} processes)", unit="seed", disable=not progress)
+    for seed, record in forked_map(run_seed, cfg.seeds, processes):
+        bar.update()
+        yield seed, record
+    bar.close()
+
+
 def run_meta_train(cfg: BenchConfig, output: Path, cache=None, progress: bool = True,
                    setups: Optional[dict] = None, world: launch.World = launch.ONE,
-                   gate: Optional[launch.Gate] = None) -> Optional[Path]:
+                   gate: Optional[launch.Gate] = None, processes: int = 1) -> Optional[Path]:
     """Stage 1 for every seed; writes ``output/meta_state.pt``. Under a launch every rank calls
     it; rank 0 writes the file (its record names the world) and the others return None. Rank 0
-    opens ``gate`` once the first seed's data and backbone are loaded (and cached)."""
+    opens ``gate`` once the first seed's data and backbone are loaded (and cached).
+    ``processes`` > 1 (seed_processes): the seeds meta-trained in that many forked workers,
+    every stage file the same to the bit but its timings."""
     total = Clock()
-    seeds = {}
-    for seed in cfg.seeds:
+
+    def one_seed(seed: int, bars: bool):
         clock = Clock()
-        su = setup(cfg, seed, cache, progress and world.main, setups)
+        su = setup(cfg, seed, cache, bars and world.main, setups)
         if gate is not None:
             gate.open(True)
         clock.lap("setup")
-        state = meta_train(cfg, su, seed, progress, world)
+        state = meta_train(cfg, su, seed, bars, world)
         clock.lap("meta_train")
-        if world.main:
-            seeds[seed] = {"state": _to_cpu(state.to_state()), "backbone": su.backbone, "timing": clock.laps}
+        return seed, ({"state": _to_cpu(state.to_state()), "backbone": su.backbone, "timing": clock.laps}
+                      if world.main else None)
+
+    if processes == 1:
+        seeds = dict(one_seed(seed, progress) for seed in cfg.seeds)
+    else:  # one process (no launch): the backbone pre-trained and cached before the workers load it
+        setup(cfg, cfg.seeds[0], cache, progress)
+        seeds = dict(_over_seeds(cfg, lambda seed: one_seed(seed, False), processes, "meta-training", progress))
+        seeds = {seed: seeds[seed] for seed in cfg.seeds}
     if not world.main:
         return None
     path = output / stages.META_FILE
     spent = total.total()
     record = {**stages.stage_record(spent["wall"], spent["cpu"], cfg.device),
-              "per_seed": {str(s): seeds[s]["timing"] for s in cfg.seeds}, "world": world.record()}
+              "per_seed": {str(s): seeds[s]["timing"] for s in cfg.seeds}, "world": world.record(),
+              "processes": processes}
     stages.save("meta", cfg, {"seeds": seeds, "stages": {"meta_train": record}}, path)
     return path
 
@@ -308,20 +350,28 @@ def _meta_state(meta: dict, seed: int, device: str, path: Path) -> M.MetaState:
 
 
 def run_adapt(cfg: BenchConfig, output: Path, cache=None, progress: bool = True,
-              setups: Optional[dict] = None) -> Path:
-    """Stage 2; needs ``meta_state.pt`` of the same config, writes ``output/adapted.pt``."""
+              setups: Optional[dict] = None, processes: int = 1) -> Path:
+    """Stage 2; needs ``meta_state.pt`` of the same config, writes ``output/adapted.pt``;
+    ``processes`` > 1: the seeds in that many forked workers (run_meta_train)."""
     total = Clock()
     meta = stages.load("meta", cfg, output)
     states = {seed: _meta_state(meta, seed, cfg.device, output / stages.META_FILE) for seed in cfg.seeds}
-    seeds = {}
-    for seed in cfg.seeds:
+
+    def one_seed(seed: int, bars: bool):
         su = setup(cfg, seed, cache, progress=False, setups=setups)
-        seeds[seed] = adapt_roles(cfg, su, states[seed], seed, progress)
+        return seed, adapt_roles(cfg, su, states[seed], seed, bars)
+
+    if processes == 1:
+        seeds = dict(one_seed(seed, progress) for seed in cfg.seeds)
+    else:
+        seeds = dict(_over_seeds(cfg, lambda seed: one_seed(seed, False), processes, "adapting", progress))
+        seeds = {seed: seeds[seed] for seed in cfg.seeds}
     path = output / stages.ADAPT_FILE
     backbones = {s: {k: meta["seeds"][s][k] for k in ("timing", "backbone")} for s in cfg.seeds}
     notes = {s: meta["seeds"][s]["state"]["info"] for s in cfg.seeds}
     spent = total.total()
-    records = {**meta["stages"], "adapt": stages.stage_record(spent["wall"], spent["cpu"], cfg.device)}
+    records = {**meta["stages"], "adapt": {**stages.stage_record(spent["wall"], spent["cpu"], cfg.device),
+                                           "processes": processes}}
     stages.save("adapt", cfg, {"seeds": seeds, "meta": backbones, "notes": notes, "stages": records}, path)
     return path
 

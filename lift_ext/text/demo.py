@@ -11,7 +11,7 @@ benchmarks/text_headroom.py adds the meta-val sweep).
    accuracy and its calibration (ECE, NLL, Brier score; paired differences from MAP LiFT).
 
 Accuracies are in %, differences in percentage points, times in CPU seconds of this process and
-of the ranking's worker processes (lift_ext.harness.workers.cpu_seconds), and the run's wall
+of the ranking's worker processes (lift_ext.workers.cpu_seconds), and the run's wall
 seconds. The first run computes the cached lower-layer features (docs/text_suite.md).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from lift_ext.harness import LiftSettings, MethodSettings, plot, report, stats
 from lift_ext.harness.progress import progress_state
 from lift_ext.harness.suite import headroom_splits
-from lift_ext.harness.workers import cpu_seconds, resolve_workers
+from lift_ext.workers import cpu_seconds, resolve_workers
 from lift_ext.harness import methods as hm
 from lift_ext.lift import MapConfig
 from lift_ext.text.backbone import accuracy

@@ -4,7 +4,7 @@ benchmarks/vision_headroom.py adds the meta-val sweep).
 
 The first run renders the tasks and pre-trains the backbone (cached under $LIFT_EXT_CACHE,
 default ~/.cache/lift_ext/vision); its time is printed. Times are CPU seconds of this process and
-of the ranking's worker processes (lift_ext.harness.workers.cpu_seconds) and wall seconds.
+of the ranking's worker processes (lift_ext.workers.cpu_seconds) and wall seconds.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Optional
 
 from lift_ext.harness import plot, report, stats
 from lift_ext.harness.progress import progress_state
-from lift_ext.harness.workers import resolve_workers
+from lift_ext.workers import resolve_workers
 from lift_ext.vision import bench
 from lift_ext.vision import tasks as vt
 

@@ -1,4 +1,4 @@
-"""Independent pieces of work over forked worker processes: the wall time of a run on a machine
+"""Independent pieces of work in forked worker processes: the wall time of a run on a machine
 with several cores, for the same results.
 
 `forked_map(fn, items, workers)` calls fn(item) for every item, in ``workers`` processes forked
