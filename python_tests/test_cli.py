@@ -9,6 +9,7 @@ from conftest import run_cli, skip_module_without_the_application  # noqa: E402
 
 skip_module_without_the_application("transformers", "peft", "matplotlib")
 
+from lift_ext import workers  # noqa: E402
 from lift_ext.shakespeare.config import FAMILY_METHODS, ROLES_METHODS  # noqa: E402
 
 
@@ -220,6 +221,54 @@ def test_demo_fresh_recomputes_and_the_adapt_bar_counts_roles(in_process, tmp_pa
     assert results["stages"]["meta_train"] != first
     n = len(results["roles"]) * len(results["methods"])  # one lr: no meta-val adaptations
     assert "adapting (seed 0): 100%" in err and f"{n}/{n}" in err and "role" in err
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if "seconds" not in k and k != "costs"}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+@pytest.mark.skipif(not workers.can_fork(), reason="forked workers run on Linux only")
+def test_seeds_in_worker_processes_give_the_one_process_results_to_the_bit(in_process, tmp_path):
+    config = tmp_path / "two_seeds.json"
+    config.write_text(json.dumps({"seeds": [0, 1], "methods": ["independent", "multitask", "lift", "lift_sgld"]}))
+    runs = {}
+    for count in (1, 2):
+        out = tmp_path / f"workers{count}"
+        status, _, err = in_process("demo", "--quick", "--no-progress", "--config", str(config), "--workers",
+                                    str(count), "--output", str(out))
+        assert status == 0, err
+        runs[count] = _strict((out / "results.json").read_text())
+    assert [runs[2]["stages"][stage]["processes"] for stage in ("meta_train", "adapt", "evaluate")] == [2, 2, 2]
+    assert runs[1]["stages"]["meta_train"]["processes"] == 1
+    one, two = ({k: _without_timings(v) for k, v in run.items() if k not in ("stages", "seconds")}
+                for run in (runs[1], runs[2]))
+    assert one == two and len(one["methods"]["lift"]["per_task"]) == 2 * len(one["roles"])
+
+
+def test_seed_workers_are_refused_where_a_fork_cannot_run(monkeypatch):
+    from dataclasses import replace
+
+    from lift_ext.shakespeare import launch
+    from lift_ext.shakespeare.config import BenchConfig, ConfigError
+    from lift_ext.shakespeare.runner import seed_processes
+    monkeypatch.setattr(workers, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(workers, "can_fork", lambda: True)
+    monkeypatch.setattr(workers.torch, "get_num_threads", lambda: 1)
+    cfg = BenchConfig()
+    assert seed_processes(cfg, launch.ONE, 0) == len(cfg.seeds) == 3  # at most one process per seed
+    assert seed_processes(replace(cfg, seeds=[0]), launch.ONE, 0) == 1
+    for where, cfg_, world in (("under a launch", cfg, launch.World(rank=0, size=2)),
+                               ("with sharded chains", replace(cfg, lift_shards=2), launch.ONE),
+                               ("on a CUDA device", replace(cfg, device="cuda"), launch.ONE)):
+        assert seed_processes(cfg_, world, 0) == 1
+        with pytest.raises(ConfigError, match=f"--workers 2: .*not {where}.*use --workers 1"):
+            seed_processes(cfg_, world, 2)
+    with pytest.raises(ConfigError, match="--workers: workers must be an int >= 0"):
+        seed_processes(cfg, launch.ONE, -1)
 
 
 @pytest.mark.parametrize("suite", ["vision", "text"])

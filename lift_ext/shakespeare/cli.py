@@ -104,7 +104,7 @@ def add_commands(sub) -> None:
                             "2-core machine 2 threads oversubscribe it and run ~10x slower)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="processes the seeds (Shakespeare suites: of meta-train and adapt) or the ranking "
+                       help="processes the seeds (Shakespeare suites: of every stage) or the ranking "
                             "(vision / text) run in, one torch thread each (default 0: one per CPU this process "
                             "may use, on Linux, when --threads is 1; 1: this process alone); every score is the "
                             "same to the bit for any N, the wall time shorter")
@@ -231,9 +231,11 @@ def _lead(args, cfg, output: Path, common: dict, gate) -> int:
         if args.command not in ("demo", "evaluate"):
             return 0
         clock = runner.Clock()
-        results = runner.run_evaluate(cfg, output, cache=common["cache"], setups=common["setups"])
+        results = runner.run_evaluate(cfg, output, cache=common["cache"], setups=common["setups"],
+                                      processes=common["processes"])
         spent = clock.total()
-        results["stages"]["evaluate"] = stages.stage_record(spent["wall"], spent["cpu"], cfg.device)
+        results["stages"]["evaluate"] = {**stages.stage_record(spent["wall"], spent["cpu"], cfg.device),
+                                         "processes": common["processes"]}
         results["seconds"] = round(sum(r["seconds"] for r in results["stages"].values()), 1)
         paths = write_results(results, output)
     print(markdown_table(results))

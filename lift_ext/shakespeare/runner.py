@@ -9,7 +9,9 @@
 
 Stage files (fingerprinted by config, with the provenance of every stage so far) are written
 and checked by :mod:`lift_ext.shakespeare.stages`. ``setups`` (a dict seed -> Setup) lets the
-stages of one process share the loaded data and model.
+stages of one process share the loaded data and model. Each stage runs its seeds one after
+another or, with ``processes`` > 1 (seed_processes), in forked worker processes, with the same
+results to the bit.
 """
 from __future__ import annotations
 
@@ -273,8 +275,8 @@ def _to_cpu(obj):
 
 
 def seed_processes(cfg: BenchConfig, world: launch.World, workers: int) -> int:
-    """The processes the seeds of the meta-train and adapt stages run in (lift_ext.workers:
-    0 = one per CPU, 1 = this process): one for a single seed, and where forked workers cannot
+    """The processes the seeds of each stage run in (lift_ext.workers: 0 = one per CPU, 1 = this
+    process), at most one per seed; one where forked workers cannot
     run: under a launch (WORLD_SIZE > 1) or with sharded chains (``lift_shards``), whose process
     groups do not survive a fork, and on a CUDA device, which does not either. There a
     ``workers`` > 1 is a ConfigError (0 gives 1)."""
@@ -377,21 +379,30 @@ def run_adapt(cfg: BenchConfig, output: Path, cache=None, progress: bool = True,
 
 
 def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None = None,
-                 setups: Optional[dict] = None) -> dict:
+                 setups: Optional[dict] = None, processes: int = 1) -> dict:
     """Stage 3; needs ``adapted.pt`` of the same config. Returns the results dict (see
     ``lift_ext.shakespeare.report``) without writing it; its "stages" are the stage records
-    of the stage files (the caller adds evaluate's own)."""
+    of the stage files (the caller adds evaluate's own); ``processes`` > 1: the seeds scored in
+    that many forked workers (run_meta_train)."""
     adapted = stages.load("adapt", cfg, output)
+
+    def seed_rows(seed: int):
+        su = setup(cfg, seed, cache, progress=False, setups=setups)
+        return seed, {method: _scores(su, list(adapted["seeds"][seed][method]["thetas"].to(cfg.device)), su.evaluated,
+                                      scaled=method in M.TEMPERATURE_SCALED) for method in cfg.methods}
+
+    if processes == 1:
+        rows_of = dict(seed_rows(seed) for seed in cfg.seeds)
+    else:
+        rows_of = dict(_over_seeds(cfg, seed_rows, processes, "evaluating", False))
     scores: Dict[str, list] = {m: [] for m in cfg.methods}
     detail: Dict[str, dict] = {m: {"lr": {}, "option": {}, "val_scores": {}, "adapt_seconds": 0.0,
                                    "adapt_cpu_seconds": 0.0, "start_cpu_seconds": 0.0, "meta_seconds": 0.0,
                                    "meta_cpu_seconds": 0.0, "costs": {}} for m in cfg.methods}
-    su = None
     for seed in cfg.seeds:
-        su = setup(cfg, seed, cache, progress=False, setups=setups)
         for method in cfg.methods:
             rec = adapted["seeds"][seed][method]
-            rows = _scores(su, list(rec["thetas"].to(cfg.device)), su.evaluated, scaled=method in M.TEMPERATURE_SCALED)
+            rows = rows_of[seed][method]
             scores[method] += rows
             if method in M.TEMPERATURE_SCALED:
                 detail[method].setdefault("temperatures", []).extend(row.pop("temperature") for row in rows)
@@ -410,7 +421,8 @@ def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None 
             detail[method]["notes"] = {k: v for k, v in note.items() if "seconds" not in k and k != "costs"}
     from lift_ext.shakespeare.report import summarize
     backbones = {str(s): adapted["meta"][s]["backbone"] for s in cfg.seeds}
-    return summarize(cfg, scores, detail, [(r.key, r.family) for r in su.evaluated],
+    evaluated = setup(cfg, cfg.seeds[-1], cache, progress=False, setups=setups).evaluated
+    return summarize(cfg, scores, detail, [(r.key, r.family) for r in evaluated],
                      extra={**(extra or {}), "backbone": backbones, "stages": dict(adapted["stages"])})
 
 
