@@ -4,7 +4,7 @@ keys, the backbone's pooled features of a role's input windows. lift_ext.shakesp
 trains the library and MBC's cluster adapters on the next-character loss.
 
 C and k are chosen per seed on the meta-val roles with the adaptation lr
-(lift_ext.shakespeare.runner); either peer then adapts like every method
+(lift_ext.shakespeare.adaptation); either peer then adapts like every method
 (lift_ext.shakespeare.methods.adapt_role).
 """
 from __future__ import annotations
