@@ -43,7 +43,7 @@ from lift_ext.shakespeare.episodes import pool_tasks  # noqa: E402
 from lift_ext.lift import MixtureHierarchy  # noqa: E402
 from lift_ext.lift.batched_grad import VMAP  # noqa: E402
 from lift_ext.shakespeare.lift_methods import build_chain, lift_batch  # noqa: E402
-from lift_ext.shakespeare.runner import setup  # noqa: E402
+from lift_ext.shakespeare.loading import setup  # noqa: E402
 from timing import device_name  # noqa: E402
 
 SEED = 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -16,10 +16,8 @@ from lift_ext.shakespeare import methods as M
 from lift_ext.shakespeare.clock import Clock
 from lift_ext.shakespeare.config import BenchConfig, candidate_name, candidates
 from lift_ext.shakespeare.episodes import support_task
+from lift_ext.shakespeare.loading import Setup
 from lift_ext.shakespeare.scoring import fit_temperature, query_metrics
-
-if TYPE_CHECKING:
-    from lift_ext.shakespeare.runner import Setup
 
 
 def adapt_config(cfg: BenchConfig, lr: float) -> MapConfig:
