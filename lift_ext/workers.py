@@ -77,22 +77,32 @@ def _init_worker() -> None:
 
 
 def forked_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
-    """fn(item) for every item, yielded as each finishes (in any order), by ``workers`` forked
-    processes (resolve_workers), or in this process, in order, when that is 1 or there is at
-    most one item. An exception in a worker is raised here; stopping the iteration early stops
-    the workers."""
+    """An iterator over fn(item) for every item, each yielded as it finishes (in any order), by
+    ``workers`` forked processes (resolve_workers), or in this process, in order, when that is 1
+    or there is at most one item. The workers are forked by this call, so call it before
+    opening a progress bar: tqdm's monitor thread, alive while a bar is, takes a lock that a
+    fork would leave held in the workers. Iterate the result to its end (or close it): an
+    exception in a worker is raised there, and stopping early stops the workers."""
     global _WORK
     items = list(items)
     workers = min(resolve_workers(workers), len(items))
     if workers <= 1:
-        yield from map(fn, items)
-        return
+        return map(fn, items)
     if _WORK is not None:
         raise RuntimeError("forked_map does not nest: a worker cannot fork workers of its own")
     _WORK = fn
     try:
-        context = multiprocessing.get_context("fork")
-        with context.Pool(workers, initializer=_init_worker) as pool:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
+    except BaseException:
+        _WORK = None
+        raise
+    return _results(pool, items)
+
+
+def _results(pool, items: list) -> Iterator[Any]:
+    global _WORK
+    try:
+        with pool:
             yield from pool.imap_unordered(_call, items)
             pool.close()
             pool.join()  # the workers' CPU seconds now count in os.times' children

@@ -68,9 +68,10 @@ def test_the_workers_cpu_seconds_are_counted_here():
 
 
 @needs_fork
-def test_stopping_early_stops_the_workers():
+def test_the_workers_fork_at_the_call_and_stopping_early_stops_them():
     import multiprocessing
     results = workers.forked_map(_burn, [0.05] * 8, 2)
+    assert len(multiprocessing.active_children()) == 2  # before a progress bar opens (its thread, its lock)
     next(results)
     results.close()  # as when the consumer raises (Ctrl-C in the parent: the workers ignore SIGINT)
     assert multiprocessing.active_children() == [] and workers._WORK is None

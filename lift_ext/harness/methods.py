@@ -300,10 +300,18 @@ def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_secon
     state = RunState(None, "") if state is None else state
     tasks = suite.splits[split]
     pending = [(seed, m) for seed in s.seeds for m in s.methods if _piece_key(split, seed, m) not in state]
+
+    def run_unit(unit):
+        seed, methods = unit
+        shared = _shared_of(state, seed, {})  # this process's copy of the state: read only
+        return seed, {m: _piece(m, suite, s, split, seed, shared, adaptations, lambda: None) for m in methods}, shared
+
+    # forked before the bar opens (lift_ext.workers.forked_map)
+    units = forked_map(run_unit, work_units(pending, s), workers) if resolve_workers(workers) > 1 else None
     bar = tqdm(total=len(s.seeds) * len(s.methods) * len(tasks), desc=f"{suite.name} ranking", unit="task",
                disable=not progress, mininterval=1.0)
     bar.update((len(s.seeds) * len(s.methods) - len(pending)) * len(tasks))
-    if resolve_workers(workers) == 1:
+    if units is None:
         shared_of_seed: Dict[int, Dict] = {}
         for seed, method in pending:
             bar.set_postfix_str(f"seed {seed}, {method}")
@@ -312,12 +320,7 @@ def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_secon
                                                               bar.update))
             _keep_shared(state, seed, shared)
     else:
-        def run_unit(unit):
-            seed, methods = unit
-            shared = _shared_of(state, seed, {})  # this process's copy of the state: read only
-            return seed, {m: _piece(m, suite, s, split, seed, shared, adaptations, lambda: None) for m in methods}, shared
-
-        for seed, pieces, shared in forked_map(run_unit, work_units(pending, s), workers):
+        for seed, pieces, shared in units:
             for method, piece in pieces.items():
                 state.put(_piece_key(split, seed, method), piece)
             _keep_shared(state, seed, shared)

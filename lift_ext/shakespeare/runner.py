@@ -130,8 +130,9 @@ def _over_seeds(cfg: BenchConfig, run_seed, processes: int, what: str, progress:
     """run_seed(seed) -> (seed, record) for every seed of ``cfg`` in ``processes`` forked workers
     (lift_ext.workers.forked_map: each seed loads its data and model itself, from the cache, as
     setup does in one process), yielded as they finish; a bar over the seeds."""
+    results = forked_map(run_seed, cfg.seeds, processes)  # forked before the bar opens
     bar = tqdm(total=len(cfg.seeds), desc=f"{what} ({processes} processes)", unit="seed", disable=not progress)
-    for seed, record in forked_map(run_seed, cfg.seeds, processes):
+    for seed, record in results:
         bar.update()
         yield seed, record
     bar.close()
