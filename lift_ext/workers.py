@@ -1,8 +1,8 @@
 """Independent pieces of work in forked worker processes: the wall time of a run on a machine
 with several cores, for the same results.
 
-`forked_map(fn, items, workers)` calls fn(item) for every item, in ``workers`` processes forked
-from this one, and yields the results as they finish. The workers are forked (multiprocessing's
+`with forked_map(fn, items, workers) as results:` calls fn(item) for every item, in ``workers``
+processes forked from this one, and ``results`` yields them as they finish. The workers are forked (multiprocessing's
 "fork" start method) so that they inherit everything fn reaches (a loaded suite, its backbone,
 the pieces of a resumed run) without pickling it; only the items and the results are pickled.
 Forked workers need this process to run torch with one thread, and run one thread each:
@@ -19,6 +19,7 @@ waited for.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -76,38 +77,34 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def forked_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
-    """An iterator over fn(item) for every item, each yielded as it finishes (in any order), by
-    ``workers`` forked processes (resolve_workers), or in this process, in order, when that is 1
-    or there is at most one item. The workers are forked by this call, so call it before
-    opening a progress bar: tqdm's monitor thread, alive while a bar is, takes a lock that a
-    fork would leave held in the workers. Iterate the result to its end (or close it): an
-    exception in a worker is raised there, and stopping early stops the workers."""
+@contextlib.contextmanager
+def forked_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Iterator[Any]]:
+    """A context giving an iterator over fn(item) for every item, each yielded as it finishes
+    (in any order), by ``workers`` forked processes (resolve_workers), or in this process, in
+    order, when that is 1 or there is at most one item. The workers are forked on entering, so
+    enter before opening a progress bar: tqdm's monitor thread, alive while a bar is, takes a
+    lock that a fork would leave held in the workers. An exception in a worker is raised by the
+    iterator; leaving the context, finished or not (an exception, Ctrl-C), stops the workers."""
     global _WORK
     items = list(items)
     workers = min(resolve_workers(workers), len(items))
     if workers <= 1:
-        return map(fn, items)
+        yield map(fn, items)
+        return
     if _WORK is not None:
         raise RuntimeError("forked_map does not nest: a worker cannot fork workers of its own")
     _WORK = fn
     try:
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
-    except BaseException:
-        _WORK = None
-        raise
-    return _results(pool, items)
-
-
-def _results(pool, items: list) -> Iterator[Any]:
-    global _WORK
-    try:
-        with pool:
-            yield from pool.imap_unordered(_call, items)
-            pool.close()
-            pool.join()  # the workers' CPU seconds now count in os.times' children
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+            yield _joined(pool, items)
     finally:
         _WORK = None
+
+
+def _joined(pool, items: list) -> Iterator[Any]:
+    yield from pool.imap_unordered(_call, items)
+    pool.close()
+    pool.join()  # the workers' CPU seconds now count in os.times' children
 
 
 def cpu_seconds() -> float:

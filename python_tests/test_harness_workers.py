@@ -43,26 +43,30 @@ def _fail_on_three(x):
     return x
 
 
+def _all(fn, items, count):
+    with workers.forked_map(fn, items, count) as results:
+        return list(results)
+
+
 def test_one_worker_runs_in_this_process_in_order():
-    assert list(workers.forked_map(lambda x: (x, os.getpid()), [3, 1, 2], 1)) == [(3, os.getpid()), (1, os.getpid()),
-                                                                                (2, os.getpid())]
+    assert _all(lambda x: (x, os.getpid()), [3, 1, 2], 1) == [(3, os.getpid()), (1, os.getpid()), (2, os.getpid())]
 
 
 @needs_fork
 def test_forked_workers_give_every_result_and_raise_a_workers_error_here():
-    assert sorted(workers.forked_map(_square, range(7), 2)) == [x * x for x in range(7)]
-    assert set(workers.forked_map(lambda _: torch.get_num_threads(), range(4), 2)) == {1}
+    assert sorted(_all(_square, range(7), 2)) == [x * x for x in range(7)]
+    assert set(_all(lambda _: torch.get_num_threads(), range(4), 2)) == {1}
     captured = torch.arange(5.0)  # a closure over this process's objects: inherited, not pickled
-    assert sorted(workers.forked_map(lambda i: float(captured[i]), range(5), 2)) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert sorted(_all(lambda i: float(captured[i]), range(5), 2)) == [0.0, 1.0, 2.0, 3.0, 4.0]
     with pytest.raises(ValueError, match="item three is bad"):
-        list(workers.forked_map(_fail_on_three, range(6), 2))
+        _all(_fail_on_three, range(6), 2)
     assert workers._WORK is None  # left clean for the next map
 
 
 @needs_fork
 def test_the_workers_cpu_seconds_are_counted_here():
     before = workers.cpu_seconds()
-    results = list(workers.forked_map(_burn, [0.3, 0.3, 0.3], 2))
+    results = _all(_burn, [0.3, 0.3, 0.3], 2)
     assert len({pid for pid, _ in results}) == 2 and os.getpid() not in {pid for pid, _ in results}
     assert workers.cpu_seconds() - before >= 0.95 * sum(seconds for _, seconds in results)
 
@@ -70,20 +74,21 @@ def test_the_workers_cpu_seconds_are_counted_here():
 @needs_fork
 def test_the_workers_fork_at_the_call_and_stopping_early_stops_them():
     import multiprocessing
-    results = workers.forked_map(_burn, [0.05] * 8, 2)
-    assert len(multiprocessing.active_children()) == 2  # before a progress bar opens (its thread, its lock)
-    next(results)
-    results.close()  # as when the consumer raises (Ctrl-C in the parent: the workers ignore SIGINT)
+    with pytest.raises(KeyboardInterrupt):  # as Ctrl-C in the parent (the workers ignore SIGINT)
+        with workers.forked_map(_burn, [0.05] * 8, 2) as results:
+            assert len(multiprocessing.active_children()) == 2  # before a progress bar opens (its thread, its lock)
+            next(results)
+            raise KeyboardInterrupt
     assert multiprocessing.active_children() == [] and workers._WORK is None
 
 
 @needs_fork
 def test_a_worker_cannot_fork_workers_of_its_own():
     def nested(x):
-        return list(workers.forked_map(_square, [x, x + 1], 2))
+        return _all(_square, [x, x + 1], 2)
 
     with pytest.raises(RuntimeError, match="does not nest"):
-        list(workers.forked_map(nested, [1, 2], 2))
+        _all(nested, [1, 2], 2)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
@@ -133,3 +138,28 @@ def test_the_ranking_in_workers_scores_to_the_bit_as_in_one_process_and_resumes(
     assert {f"ranking/test/{seed}/{m}" for seed in s.seeds for m in s.methods} | {
         f"chain/{seed}/{k}" for seed in s.seeds for k in (1, 2)} | {"library/0", "library/1"} == set(state.keys())
     assert hm.ranking(suite, s, state=state, workers=2) == serial  # all resumed, nothing forked
+
+
+@needs_fork
+def test_a_forked_ranking_stopped_keeps_whole_pieces_only_and_resumes_to_the_same_scores(suite, tmp_path,  # noqa: F811
+                                                                                         monkeypatch):
+    import multiprocessing
+    s = replace(SETTINGS, seeds=(0,), methods=("independent", "multitask", "lift", "lift_ts"))
+    whole = hm.ranking(suite, s)
+    path = tmp_path / "results.state.pt"
+    real_put, puts = RunState.put, []
+
+    def stopped_at_the_third_piece(self, key, value):
+        if key.startswith("ranking/") and sum(k.startswith("ranking/") for k in puts) == 2:
+            raise KeyboardInterrupt  # as Ctrl-C while the parent writes a finished unit
+        real_put(self, key, value)
+        puts.append(key)
+
+    monkeypatch.setattr(RunState, "put", stopped_at_the_third_piece)
+    with pytest.raises(KeyboardInterrupt):
+        hm.ranking(suite, s, state=RunState(path, "run"), workers=2)
+    assert multiprocessing.active_children() == []  # the workers stopped with the run
+    monkeypatch.setattr(RunState, "put", real_put)
+    kept = RunState(path, "run")  # the file holds exactly the pieces written before the stop
+    assert set(kept.keys()) == set(puts) and sum(k.startswith("ranking/") for k in kept.keys()) == 2
+    assert hm.ranking(suite, s, state=kept, workers=2) == whole

@@ -306,26 +306,25 @@ def ranking(suite: BenchSuite, s: MethodSettings, split: str = "test", cpu_secon
         shared = _shared_of(state, seed, {})  # this process's copy of the state: read only
         return seed, {m: _piece(m, suite, s, split, seed, shared, adaptations, lambda: None) for m in methods}, shared
 
-    # forked before the bar opens (lift_ext.workers.forked_map)
-    units = forked_map(run_unit, work_units(pending, s), workers) if resolve_workers(workers) > 1 else None
-    bar = tqdm(total=len(s.seeds) * len(s.methods) * len(tasks), desc=f"{suite.name} ranking", unit="task",
-               disable=not progress, mininterval=1.0)
-    bar.update((len(s.seeds) * len(s.methods) - len(pending)) * len(tasks))
-    if units is None:
-        shared_of_seed: Dict[int, Dict] = {}
-        for seed, method in pending:
-            bar.set_postfix_str(f"seed {seed}, {method}")
-            shared = _shared_of(state, seed, shared_of_seed.setdefault(seed, {}))
-            state.put(_piece_key(split, seed, method), _piece(method, suite, s, split, seed, shared, adaptations,
-                                                              bar.update))
-            _keep_shared(state, seed, shared)
-    else:
+    forked = resolve_workers(workers) > 1
+    with forked_map(run_unit, work_units(pending, s) if forked else [], workers) as units:  # forked before the bar
+        bar = tqdm(total=len(s.seeds) * len(s.methods) * len(tasks), desc=f"{suite.name} ranking", unit="task",
+                   disable=not progress, mininterval=1.0)
+        bar.update((len(s.seeds) * len(s.methods) - len(pending)) * len(tasks))
+        if not forked:
+            shared_of_seed: Dict[int, Dict] = {}
+            for seed, method in pending:
+                bar.set_postfix_str(f"seed {seed}, {method}")
+                shared = _shared_of(state, seed, shared_of_seed.setdefault(seed, {}))
+                state.put(_piece_key(split, seed, method), _piece(method, suite, s, split, seed, shared, adaptations,
+                                                                  bar.update))
+                _keep_shared(state, seed, shared)
         for seed, pieces, shared in units:
             for method, piece in pieces.items():
                 state.put(_piece_key(split, seed, method), piece)
             _keep_shared(state, seed, shared)
             bar.update(len(pieces) * len(tasks))
-    bar.close()
+        bar.close()
     out: Scores = {key: {m: {} for m in s.methods} for key in METRICS + ("bins",)}
     for seed in s.seeds:
         for method in s.methods:

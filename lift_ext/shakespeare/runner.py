@@ -129,13 +129,15 @@ def seed_processes(cfg: BenchConfig, world: launch.World, workers: int) -> int:
 def _over_seeds(cfg: BenchConfig, run_seed, processes: int, what: str, progress: bool):
     """run_seed(seed) -> (seed, record) for every seed of ``cfg`` in ``processes`` forked workers
     (lift_ext.workers.forked_map: each seed loads its data and model itself, from the cache, as
-    setup does in one process), yielded as they finish; a bar over the seeds."""
-    results = forked_map(run_seed, cfg.seeds, processes)  # forked before the bar opens
-    bar = tqdm(total=len(cfg.seeds), desc=f"{what} ({processes} processes)", unit="seed", disable=not progress)
-    for seed, record in results:
-        bar.update()
-        yield seed, record
-    bar.close()
+    setup does in one process): {seed: record} in the order of cfg.seeds; a bar over the seeds."""
+    out = {}
+    with forked_map(run_seed, cfg.seeds, processes) as results:  # forked before the bar opens
+        bar = tqdm(total=len(cfg.seeds), desc=f"{what} ({processes} processes)", unit="seed", disable=not progress)
+        for seed, record in results:
+            out[seed] = record
+            bar.update()
+        bar.close()
+    return {seed: out[seed] for seed in cfg.seeds}
 
 
 def run_meta_train(cfg: BenchConfig, output: Path, cache=None, progress: bool = True,
@@ -163,8 +165,7 @@ def run_meta_train(cfg: BenchConfig, output: Path, cache=None, progress: bool = 
         seeds = dict(one_seed(seed, progress) for seed in cfg.seeds)
     else:  # one process (no launch): the backbone pre-trained and cached before the workers load it
         setup(cfg, cfg.seeds[0], cache, progress)
-        seeds = dict(_over_seeds(cfg, lambda seed: one_seed(seed, False), processes, "meta-training", progress))
-        seeds = {seed: seeds[seed] for seed in cfg.seeds}
+        seeds = _over_seeds(cfg, lambda seed: one_seed(seed, False), processes, "meta-training", progress)
     if not world.main:
         return None
     path = output / stages.META_FILE
@@ -199,8 +200,7 @@ def run_adapt(cfg: BenchConfig, output: Path, cache=None, progress: bool = True,
     if processes == 1:
         seeds = dict(one_seed(seed, progress) for seed in cfg.seeds)
     else:
-        seeds = dict(_over_seeds(cfg, lambda seed: one_seed(seed, False), processes, "adapting", progress))
-        seeds = {seed: seeds[seed] for seed in cfg.seeds}
+        seeds = _over_seeds(cfg, lambda seed: one_seed(seed, False), processes, "adapting", progress)
     path = output / stages.ADAPT_FILE
     backbones = {s: {k: meta["seeds"][s][k] for k in ("timing", "backbone")} for s in cfg.seeds}
     notes = {s: meta["seeds"][s]["state"]["info"] for s in cfg.seeds}
@@ -227,7 +227,7 @@ def run_evaluate(cfg: BenchConfig, output: Path, cache=None, extra: dict | None 
     if processes == 1:
         rows_of = dict(seed_rows(seed) for seed in cfg.seeds)
     else:
-        rows_of = dict(_over_seeds(cfg, seed_rows, processes, "evaluating", False))
+        rows_of = _over_seeds(cfg, seed_rows, processes, "evaluating", False)
     scores: Dict[str, list] = {m: [] for m in cfg.methods}
     detail: Dict[str, dict] = {m: {"lr": {}, "option": {}, "val_scores": {}, "adapt_seconds": 0.0,
                                    "adapt_cpu_seconds": 0.0, "start_cpu_seconds": 0.0, "meta_seconds": 0.0,

@@ -132,7 +132,7 @@ def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = Fa
     workers = resolve_workers(workers)
     clock: Dict[str, float] = {}
     machine = report.machine()  # the commit of the code this run loaded
-    start, wall = cpu_seconds(), time.perf_counter()
+    start, started = cpu_seconds(), time.perf_counter()
     suite = load_suite(0, cache=cache, limit=settings.limit)
     clock["features (computed this run)"] = suite.feature_cpu_seconds
     clock["load"] = cpu_seconds() - start - suite.feature_cpu_seconds
@@ -157,7 +157,7 @@ def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = Fa
                       progress=progress, workers=workers)
     clock.update({f"ranking {m}": v for m, v in method_seconds.items()})
     clock["total excluding features"] = cpu_seconds() - start - suite.feature_cpu_seconds
-    wall = time.perf_counter() - wall
+    wall = time.perf_counter() - started
     text += (f"\n\n### Ranking on meta-{settings.split} (seeds {list(s.seeds)}; accuracy %, mean ± s.e. over "
              f"(task, seed))\n\n{report.ranking_table(rank['acc'], group_of, KINDS, LABELS, settings.split)}\n\n"
              f"### Calibration on meta-{settings.split} (paired differences from MAP LiFT; lower is better)\n\n"
