@@ -5,7 +5,6 @@ normals the portable path gives here, on the same grid of seeds, offsets, first 
 group counts as test_cpu_normals.py. The aarch64 build takes the portable path, which the
 compiler vectorises with NEON there (benchmarks/NOTES.md entry 14). Skipped without the
 packages of the ``aarch64-check`` extra (ziglang, unicorn, pyelftools)."""
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +17,13 @@ pytest.importorskip("ziglang")
 pytest.importorskip("unicorn")
 pytest.importorskip("elftools")
 
+from cxx_flags import CHECKOUT, FLOAT_FLAGS, cmake_cxx_flags  # noqa: E402
 from elftools.elf.elffile import ELFFile  # noqa: E402
 from test_cpu_normals import FIRST_GROUPS, GROUP_COUNTS, OFFSETS, SEEDS, bits, normals  # noqa: E402
 from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, UC_PROT_ALL, Uc  # noqa: E402
 from unicorn import arm64_const as arm64  # noqa: E402
 
-CHECKOUT = Path(__file__).resolve().parents[1]
 IMAGE_SOURCE = Path(__file__).resolve().parent / "aarch64" / "normals_image.cpp"
-FLOAT_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno"]  # CMakeLists.txt's, for C++
 GENERIC = 0  # lift_ext::NormalsIsa::kGeneric
 PAGE = 0x1000
 STACK_TOP, OUT, STOP = 0x7000_0000, 0x6000_0000, 0x5000_0000
@@ -33,9 +31,7 @@ OUT_BYTES = 0x10_0000
 
 
 def test_the_image_is_built_with_the_extensions_floating_point_flags():
-    cmake = (CHECKOUT / "CMakeLists.txt").read_text()
-    line = next(line for line in cmake.splitlines() if "COMPILE_LANGUAGE:CXX" in line and "-ffp-contract" in line)
-    assert set(FLOAT_FLAGS) <= set(re.split(r"[\s:>]+", line)), line
+    assert set(FLOAT_FLAGS) <= cmake_cxx_flags()
 
 
 @pytest.fixture(scope="module")

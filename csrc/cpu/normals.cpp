@@ -71,6 +71,30 @@ void fill_normals_generic(uint64_t seed, uint64_t offset, uint64_t first_group,
   }
 }
 
+namespace {
+// Box-Muller alone on words r1[i], r2[i] through store_normals (the radius and angle words of
+// normals 0 and 1, repeated as those of 2 and 3), inlined into each caller's target.
+__attribute__((always_inline)) inline void box_muller_words(const uint32_t* r1, const uint32_t* r2,
+                                                            int64_t n, float* z0, float* z1) {
+  for (int64_t i0 = 0; i0 < n; i0 += kLanes) {
+    const int64_t lanes = std::min<int64_t>(kLanes, n - i0);
+    uint32_t w1[kLanes] = {}, w2[kLanes] = {};
+    std::copy(r1 + i0, r1 + i0 + lanes, w1);
+    std::copy(r2 + i0, r2 + i0 + lanes, w2);
+    float out[4 * kLanes];
+    store_normals(w1, w2, w1, w2, lanes, out);
+    for (int64_t l = 0; l < lanes; ++l) {
+      z0[i0 + l] = out[4 * l];
+      z1[i0 + l] = out[4 * l + 1];
+    }
+  }
+}
+}  // namespace
+
+void box_muller_generic(const uint32_t* r1, const uint32_t* r2, int64_t n, float* z0, float* z1) {
+  box_muller_words(r1, r2, n, z0, z1);
+}
+
 #if defined(__x86_64__)
 // GCC 12's avx512fintrin.h seeds the shift intrinsics with an "undefined" vector and then
 // warns about it (-Wmaybe-uninitialized), a false positive inside the header.
@@ -128,6 +152,11 @@ void fill_normals_avx512(uint64_t seed, uint64_t offset, uint64_t first_group,
     store_normals(w0, w1, w2, w3, std::min<int64_t>(kLanes, num_groups - j0), out + 4 * j0);
   }
 }
+
+__attribute__((target("avx512f")))
+void box_muller_avx512(const uint32_t* r1, const uint32_t* r2, int64_t n, float* z0, float* z1) {
+  box_muller_words(r1, r2, n, z0, z1);
+}
 #pragma GCC diagnostic pop
 #endif
 
@@ -135,15 +164,19 @@ void fill_normals_avx512(uint64_t seed, uint64_t offset, uint64_t first_group,
 // The same stream with AVX2 intrinsics, 8 groups per 256-bit vector and two vectors (kLanes
 // groups) per iteration. AVX2 has neither unsigned integer -> float conversion nor masked
 // operations, so the compiler leaves the header's Box-Muller scalar for AVX2; here it is
-// written out with the header's operations in the header's order (no FMA: the target is
-// "avx2" alone), so every normal is bitwise that of philox_normal4.
+// written out with operations that give the header's floats bit for bit (no FMA: the target
+// is "avx2" alone), so every normal is bitwise that of philox_normal4. Measured design
+// (benchmarks/NOTES.md, entries 9 and 15): the Philox rounds of the next kLanes groups run
+// between the Box-Muller steps of these, so the integer multiplies and the float polynomials
+// share the cycles; the rounds keep each word in the low half of a 64-bit lane (no blends),
+// and no 64-bit shifts, which one pipe executes on AMD's Zen cores, are left.
 namespace {
 #define LIFT_AVX2 __attribute__((target("avx2"), always_inline)) inline
 
 LIFT_AVX2 __m256i splat_u32(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
 LIFT_AVX2 __m256 splat_f32(float v) { return _mm256_set1_ps(v); }
 
-// 8 groups' Philox state: word k of lane l is w[k][l].
+// 8 groups' Philox words: word k of lane l is w[k][l].
 struct Philox8 {
   __m256i w[4];
 };
@@ -162,12 +195,13 @@ LIFT_AVX2 Philox8 counters8(uint64_t base, uint64_t offset) {
 }
 
 // (hi, lo) 32-bit halves of the 64-bit products a * m, per 32-bit lane: vpmuludq multiplies
-// the even lanes, and the odd lanes after shifting them down; blends put the halves together.
+// the even lanes, and the odd lanes after a shuffle moves them down; shuffles and blends put
+// the halves together (no 64-bit shifts: one pipe executes those on AMD's Zen cores).
 LIFT_AVX2 void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
   const __m256i even = _mm256_mul_epu32(a, m);
-  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  const __m256i odd = _mm256_mul_epu32(_mm256_shuffle_epi32(a, 0xF5), m);  // lanes 1, 1, 3, 3
+  hi = _mm256_blend_epi32(_mm256_shuffle_epi32(even, 0xF5), odd, 0xAA);
+  lo = _mm256_blend_epi32(even, _mm256_shuffle_epi32(odd, 0xA0), 0xAA);     // lanes 0, 0, 2, 2
 }
 
 // One Philox4x32 round with round keys k0, k1 (philox4x32_10 in philox.h).
@@ -182,82 +216,121 @@ LIFT_AVX2 void philox_round8(Philox8& c, __m256i k0, __m256i k1) {
   c.w[3] = lo0;
 }
 
-// portable_log_unit (philox.h) on 8 lanes.
-LIFT_AVX2 __m256 log_unit8(__m256 u) {
-  const __m256i bits = _mm256_castps_si256(u);
-  __m256i exponent = _mm256_sub_epi32(
-      _mm256_and_si256(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(0xFF)), _mm256_set1_epi32(127));
-  __m256 mantissa = _mm256_castsi256_ps(_mm256_or_si256(
-      _mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)), _mm256_set1_epi32(0x3F800000)));
-  const __m256 fold = _mm256_cmp_ps(mantissa, splat_f32(1.41421356f), _CMP_GT_OQ);
-  mantissa = _mm256_blendv_ps(mantissa, _mm256_mul_ps(mantissa, splat_f32(0.5f)), fold);
-  exponent = _mm256_sub_epi32(exponent, _mm256_castps_si256(fold));  // fold is -1: +1
-  const __m256 s = _mm256_div_ps(_mm256_sub_ps(mantissa, splat_f32(1.0f)),
-                                 _mm256_add_ps(mantissa, splat_f32(1.0f)));
-  const __m256 s2 = _mm256_mul_ps(s, s);
-  __m256 poly = splat_f32(1.0f / 11.0f);
-  poly = _mm256_add_ps(_mm256_mul_ps(poly, s2), splat_f32(1.0f / 9.0f));
-  poly = _mm256_add_ps(_mm256_mul_ps(poly, s2), splat_f32(1.0f / 7.0f));
-  poly = _mm256_add_ps(_mm256_mul_ps(poly, s2), splat_f32(1.0f / 5.0f));
-  poly = _mm256_add_ps(_mm256_mul_ps(poly, s2), splat_f32(1.0f / 3.0f));
-  poly = _mm256_add_ps(_mm256_mul_ps(poly, s2), splat_f32(1.0f));
-  const __m256 log_mantissa = _mm256_mul_ps(_mm256_mul_ps(splat_f32(2.0f), s), poly);
-  return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(exponent), splat_f32(0.693147180559945309f)),
-                       log_mantissa);
+// The ten rounds' keys, broadcast once per call.
+struct RoundKeys {
+  __m256i k0[10], k1[10];
+};
+
+// box_muller (philox.h) of radius words r1[j] and angle words r2[j] on N x 8 lanes, the N
+// vectors' steps and the logarithm's and the sine's and cosine's polynomials interleaved, and
+// hook(0) .. hook(9) called between the steps (the caller's next Philox rounds). Exact
+// rewrites of the header's operations, each giving the same float:
+//  * u = x 2^-24 + 2^-25 (x = r1 >> 8) is (2x + 1) 2^-25 rounded once, i.e. the conversion of
+//    the integer 2x + 1 = (r1 >> 7) | 1 scaled by 2^-25; the logarithm reads the exponent and
+//    the mantissa of that conversion (the 2^-25 is the -25 in the exponent).
+//  * the mantissa's fold m * 0.5 (m > 1.41421356f = 0x3FB504F3) is one less in its exponent.
+//  * -2 log u = -2 (e ln2 + (2 s) poly) is e (-2 ln2) + (-4 s) poly: scaling by a power of
+//    two commutes with rounding, so each product and the sum round to the same floats.
+//  * the angle (y 2^-24) (pi/2), y = (r2 >> 6) & (2^24 - 1), is (64 y) (2^-30 pi/2), 64 y
+//    being r2 with its top two and bottom six bits cleared, by the same argument.
+// The integer -> float conversions are signed here and unsigned there; both are exact (or
+// round once, for 2x + 1 < 2^25, as u's sum does) and equal, the values being below 2^31.
+template <int N, typename Hook>
+LIFT_AVX2 void box_muller8xN(const __m256i* r1, const __m256i* r2, __m256* z0, __m256* z1,
+                             Hook&& hook) {
+  constexpr float kLn2 = 0.693147180559945309f;
+  constexpr float kHalfPiScaled = 1.57079632679489662f * 9.31322574615478515625e-10f;  // 2^-30, exact
+  __m256 m[N], e[N], s[N], s2[N], poly[N], a[N], a2[N], ps[N], pc[N];
+  for (int j = 0; j < N; ++j) {
+    const __m256i u_bits = _mm256_castps_si256(
+        _mm256_cvtepi32_ps(_mm256_or_si256(_mm256_srli_epi32(r1[j], 7), _mm256_set1_epi32(1))));
+    const __m256i fraction = _mm256_and_si256(u_bits, _mm256_set1_epi32(0x007FFFFF));
+    const __m256i fold = _mm256_cmpgt_epi32(fraction, _mm256_set1_epi32(0x003504F3));  // -1: fold
+    m[j] = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_or_si256(fraction, _mm256_set1_epi32(0x3F800000)),
+                                                _mm256_and_si256(fold, _mm256_set1_epi32(0x00800000))));
+    e[j] = _mm256_cvtepi32_ps(_mm256_sub_epi32(
+        _mm256_sub_epi32(_mm256_srli_epi32(u_bits, 23), _mm256_set1_epi32(127 + 25)), fold));
+    a[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(r2[j], _mm256_set1_epi32(0x3FFFFFC0))),
+                         splat_f32(kHalfPiScaled));
+  }
+  hook(0);
+  for (int j = 0; j < N; ++j) {
+    s[j] = _mm256_div_ps(_mm256_sub_ps(m[j], splat_f32(1.0f)), _mm256_add_ps(m[j], splat_f32(1.0f)));
+    a2[j] = _mm256_mul_ps(a[j], a[j]);
+  }
+  hook(1);
+  for (int j = 0; j < N; ++j) {
+    ps[j] = _mm256_sub_ps(_mm256_mul_ps(splat_f32(1.0f / 6227020800.0f), a2[j]), splat_f32(1.0f / 39916800.0f));
+    pc[j] = _mm256_sub_ps(_mm256_mul_ps(splat_f32(1.0f / 87178291200.0f), a2[j]), splat_f32(1.0f / 479001600.0f));
+  }
+  for (int j = 0; j < N; ++j) {
+    ps[j] = _mm256_add_ps(_mm256_mul_ps(ps[j], a2[j]), splat_f32(1.0f / 362880.0f));
+    pc[j] = _mm256_add_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(1.0f / 3628800.0f));
+  }
+  hook(2);
+  for (int j = 0; j < N; ++j) {
+    s2[j] = _mm256_mul_ps(s[j], s[j]);
+    ps[j] = _mm256_sub_ps(_mm256_mul_ps(ps[j], a2[j]), splat_f32(1.0f / 5040.0f));
+    pc[j] = _mm256_sub_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(1.0f / 40320.0f));
+  }
+  hook(3);
+  for (int j = 0; j < N; ++j) {
+    poly[j] = _mm256_add_ps(_mm256_mul_ps(splat_f32(1.0f / 11.0f), s2[j]), splat_f32(1.0f / 9.0f));
+    ps[j] = _mm256_add_ps(_mm256_mul_ps(ps[j], a2[j]), splat_f32(1.0f / 120.0f));
+    pc[j] = _mm256_add_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(1.0f / 720.0f));
+  }
+  hook(4);
+  for (int j = 0; j < N; ++j) {
+    poly[j] = _mm256_add_ps(_mm256_mul_ps(poly[j], s2[j]), splat_f32(1.0f / 7.0f));
+    ps[j] = _mm256_sub_ps(_mm256_mul_ps(ps[j], a2[j]), splat_f32(1.0f / 6.0f));
+    pc[j] = _mm256_sub_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(1.0f / 24.0f));
+  }
+  hook(5);
+  for (int j = 0; j < N; ++j) {
+    poly[j] = _mm256_add_ps(_mm256_mul_ps(poly[j], s2[j]), splat_f32(1.0f / 5.0f));
+    pc[j] = _mm256_add_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(0.5f));
+  }
+  hook(6);
+  for (int j = 0; j < N; ++j) poly[j] = _mm256_add_ps(_mm256_mul_ps(poly[j], s2[j]), splat_f32(1.0f / 3.0f));
+  hook(7);
+  for (int j = 0; j < N; ++j) poly[j] = _mm256_add_ps(_mm256_mul_ps(poly[j], s2[j]), splat_f32(1.0f));
+  hook(8);
+  for (int j = 0; j < N; ++j) {
+    const __m256 radius = _mm256_sqrt_ps(_mm256_add_ps(
+        _mm256_mul_ps(e[j], splat_f32(-2.0f * kLn2)),
+        _mm256_mul_ps(_mm256_mul_ps(s[j], splat_f32(-4.0f)), poly[j])));
+    const __m256 sin_a = _mm256_add_ps(a[j], _mm256_mul_ps(_mm256_mul_ps(a[j], a2[j]), ps[j]));
+    const __m256 cos_a = _mm256_sub_ps(splat_f32(1.0f), _mm256_mul_ps(a2[j], pc[j]));
+    // Quadrant q = r2 >> 30: (cos t, sin t) = (c, s), (-s, c), (-c, -s), (s, -c) for q = 0..3,
+    // i.e. swap c and s when bit 30 is set, negate the cosine when bits 31 and 30 differ and
+    // the sine when bit 31 is set (negation flips the sign bit, as the scalar code's does).
+    const __m256i r2_shl = _mm256_add_epi32(r2[j], r2[j]);  // bit 30 moved to the sign bit
+    const __m256 odd = _mm256_castsi256_ps(r2_shl);
+    const __m256 cos_abs = _mm256_blendv_ps(cos_a, sin_a, odd);
+    const __m256 sin_abs = _mm256_blendv_ps(sin_a, cos_a, odd);
+    const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+    const __m256 cos_sign = _mm256_castsi256_ps(_mm256_and_si256(_mm256_xor_si256(r2[j], r2_shl), sign));
+    const __m256 sin_sign = _mm256_castsi256_ps(_mm256_and_si256(r2[j], sign));
+    z0[j] = _mm256_mul_ps(radius, _mm256_xor_ps(cos_abs, cos_sign));
+    z1[j] = _mm256_mul_ps(radius, _mm256_xor_ps(sin_abs, sin_sign));
+  }
+  hook(9);
 }
 
-// portable_sincos_quarter (philox.h) on 8 lanes.
-LIFT_AVX2 void sincos_quarter8(__m256 a, __m256& sin_a, __m256& cos_a) {
-  const __m256 a2 = _mm256_mul_ps(a, a);
-  __m256 ps = splat_f32(1.0f / 6227020800.0f);
-  ps = _mm256_sub_ps(_mm256_mul_ps(ps, a2), splat_f32(1.0f / 39916800.0f));
-  ps = _mm256_add_ps(_mm256_mul_ps(ps, a2), splat_f32(1.0f / 362880.0f));
-  ps = _mm256_sub_ps(_mm256_mul_ps(ps, a2), splat_f32(1.0f / 5040.0f));
-  ps = _mm256_add_ps(_mm256_mul_ps(ps, a2), splat_f32(1.0f / 120.0f));
-  ps = _mm256_sub_ps(_mm256_mul_ps(ps, a2), splat_f32(1.0f / 6.0f));
-  sin_a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_mul_ps(a, a2), ps));
-  __m256 pc = splat_f32(1.0f / 87178291200.0f);
-  pc = _mm256_sub_ps(_mm256_mul_ps(pc, a2), splat_f32(1.0f / 479001600.0f));
-  pc = _mm256_add_ps(_mm256_mul_ps(pc, a2), splat_f32(1.0f / 3628800.0f));
-  pc = _mm256_sub_ps(_mm256_mul_ps(pc, a2), splat_f32(1.0f / 40320.0f));
-  pc = _mm256_add_ps(_mm256_mul_ps(pc, a2), splat_f32(1.0f / 720.0f));
-  pc = _mm256_sub_ps(_mm256_mul_ps(pc, a2), splat_f32(1.0f / 24.0f));
-  pc = _mm256_add_ps(_mm256_mul_ps(pc, a2), splat_f32(0.5f));
-  cos_a = _mm256_sub_ps(splat_f32(1.0f), _mm256_mul_ps(a2, pc));
-}
-
-// box_muller (philox.h) on 8 lanes. The integer -> float conversions are signed here and
-// unsigned there; both are exact and equal, since the converted values are below 2^24.
-LIFT_AVX2 void box_muller8(__m256i r1, __m256i r2, __m256& z0, __m256& z1) {
-  const __m256 u = _mm256_add_ps(
-      _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(r1, 8)), splat_f32(5.9604644775390625e-08f)),
-      splat_f32(2.98023223876953125e-08f));
-  const __m256 radius = _mm256_sqrt_ps(_mm256_mul_ps(splat_f32(-2.0f), log_unit8(u)));
-  const __m256 fraction = _mm256_mul_ps(
-      _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(r2, 6), _mm256_set1_epi32(0x00FFFFFF))),
-      splat_f32(5.9604644775390625e-08f));
-  __m256 s, c;
-  sincos_quarter8(_mm256_mul_ps(fraction, splat_f32(1.57079632679489662f)), s, c);
-  // Quadrant q = r2 >> 30: (cos t, sin t) = (c, s), (-s, c), (-c, -s), (s, -c) for q = 0..3,
-  // i.e. swap c and s when bit 30 is set, negate the cosine when bits 31 and 30 differ and
-  // the sine when bit 31 is set (negation flips the sign bit, as the scalar code's does).
-  const __m256i r2_shl = _mm256_slli_epi32(r2, 1);  // bit 30 moved to the sign bit
-  const __m256 odd = _mm256_castsi256_ps(r2_shl);
-  const __m256 cos_abs = _mm256_blendv_ps(c, s, odd);
-  const __m256 sin_abs = _mm256_blendv_ps(s, c, odd);
-  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
-  const __m256 cos_sign = _mm256_castsi256_ps(_mm256_and_si256(_mm256_xor_si256(r2, r2_shl), sign));
-  const __m256 sin_sign = _mm256_castsi256_ps(_mm256_and_si256(r2, sign));
-  z0 = _mm256_mul_ps(radius, _mm256_xor_ps(cos_abs, cos_sign));
-  z1 = _mm256_mul_ps(radius, _mm256_xor_ps(sin_abs, sin_sign));
+// Box-Muller of words (r1[j], r2[j]), j = 0, 1, one vector at a time, with the ten rounds of
+// `state` between the steps (five in each; none where `rounds` is false).
+LIFT_AVX2 void box_muller16_during_rounds(const __m256i* r1, const __m256i* r2, __m256* z0, __m256* z1,
+                                          Philox8& state, const RoundKeys& keys, bool rounds) {
+  for (int j = 0; j < 2; ++j) {
+    box_muller8xN<1>(r1 + j, r2 + j, z0 + j, z1 + j, [&](int step) __attribute__((target("avx2"), always_inline)) {
+      if (rounds && step % 2 == 0) philox_round8(state, keys.k0[5 * j + step / 2], keys.k1[5 * j + step / 2]);
+    });
+  }
 }
 
 // The four normals of 8 groups, group-interleaved: out[4 l + k] = z_k[l] for l < lanes. A 4 x 8
 // transpose in registers; a partial vector (lanes < 8) goes through a buffer.
-LIFT_AVX2 void store_normals8(const Philox8& r, int64_t lanes, float* out) {
-  __m256 z0, z1, z2, z3;
-  box_muller8(r.w[0], r.w[1], z0, z1);
-  box_muller8(r.w[2], r.w[3], z2, z3);
+LIFT_AVX2 void store_normals8(__m256 z0, __m256 z1, __m256 z2, __m256 z3, int64_t lanes, float* out) {
   // pairs: t0 = (z0 z1) of lanes 0,1 | 4,5; t1 = lanes 2,3 | 6,7; t2, t3 the same for (z2 z3)
   const __m256 t0 = _mm256_unpacklo_ps(z0, z1), t1 = _mm256_unpackhi_ps(z0, z1);
   const __m256 t2 = _mm256_unpacklo_ps(z2, z3), t3 = _mm256_unpackhi_ps(z2, z3);
@@ -284,27 +357,57 @@ void fill_normals_avx2(uint64_t seed, uint64_t offset, uint64_t first_group, int
                        float* __restrict out) {
   using namespace philox_detail;
   static_assert(kLanes == 16, "two ymm registers of uint32 lanes");
-  // the ten rounds' keys, broadcast once per call
-  __m256i key0[10], key1[10];
+  RoundKeys keys;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < 10; ++round) {
-    key0[round] = splat_u32(k0);
-    key1[round] = splat_u32(k1);
+    keys.k0[round] = splat_u32(k0);
+    keys.k1[round] = splat_u32(k1);
     k0 += kWeyl0;
     k1 += kWeyl1;
   }
+  // Two 8-group states per iteration (kLanes groups). The first iteration's rounds run
+  // alone; every later iteration's run between the Box-Muller steps of the one before.
+  Philox8 a = counters8(first_group, offset), b = counters8(first_group + 8, offset);
+  for (int round = 0; round < 10; ++round) {
+    philox_round8(a, keys.k0[round], keys.k1[round]);
+    philox_round8(b, keys.k0[round], keys.k1[round]);
+  }
   for (int64_t j0 = 0; j0 < num_groups; j0 += kLanes) {
-    // two independent 8-group states, so one's multiplies overlap the other's latency
-    const uint64_t base = first_group + static_cast<uint64_t>(j0);
-    Philox8 a = counters8(base, offset);
-    Philox8 b = counters8(base + 8, offset);
-    for (int round = 0; round < 10; ++round) {
-      philox_round8(a, key0[round], key1[round]);
-      philox_round8(b, key0[round], key1[round]);
-    }
+    const bool more = j0 + kLanes < num_groups;
+    const uint64_t next = first_group + static_cast<uint64_t>(j0 + kLanes);
+    const __m256i r1[4] = {a.w[0], a.w[2], b.w[0], b.w[2]};
+    const __m256i r2[4] = {a.w[1], a.w[3], b.w[1], b.w[3]};
+    __m256 z0[4], z1[4];
+    a = counters8(next, offset);
+    box_muller16_during_rounds(r1, r2, z0, z1, a, keys, more);
+    b = counters8(next + 8, offset);
+    box_muller16_during_rounds(r1 + 2, r2 + 2, z0 + 2, z1 + 2, b, keys, more);
     const int64_t lanes = std::min<int64_t>(kLanes, num_groups - j0);
-    store_normals8(a, std::min<int64_t>(lanes, 8), out + 4 * j0);
-    if (lanes > 8) store_normals8(b, lanes - 8, out + 4 * (j0 + 8));
+    store_normals8(z0[0], z1[0], z0[1], z1[1], std::min<int64_t>(lanes, 8), out + 4 * j0);
+    if (lanes > 8) store_normals8(z0[2], z1[2], z0[3], z1[3], lanes - 8, out + 4 * (j0 + 8));
+  }
+}
+
+__attribute__((target("avx2")))
+void box_muller_avx2(const uint32_t* r1, const uint32_t* r2, int64_t n, float* z0, float* z1) {
+  for (int64_t i0 = 0; i0 < n; i0 += 16) {
+    const int64_t lanes = std::min<int64_t>(16, n - i0);
+    alignas(32) uint32_t w1[16] = {}, w2[16] = {};
+    std::copy(r1 + i0, r1 + i0 + lanes, w1);
+    std::copy(r2 + i0, r2 + i0 + lanes, w2);
+    const __m256i v1[2] = {_mm256_load_si256(reinterpret_cast<const __m256i*>(w1)),
+                           _mm256_load_si256(reinterpret_cast<const __m256i*>(w1 + 8))};
+    const __m256i v2[2] = {_mm256_load_si256(reinterpret_cast<const __m256i*>(w2)),
+                           _mm256_load_si256(reinterpret_cast<const __m256i*>(w2 + 8))};
+    __m256 a[2], b[2];
+    for (int j = 0; j < 2; ++j) box_muller8xN<1>(v1 + j, v2 + j, a + j, b + j, [](int) {});
+    alignas(32) float f0[16], f1[16];
+    for (int k = 0; k < 2; ++k) {
+      _mm256_store_ps(f0 + 8 * k, a[k]);
+      _mm256_store_ps(f1 + 8 * k, b[k]);
+    }
+    std::copy(f0, f0 + lanes, z0 + i0);
+    std::copy(f1, f1 + lanes, z1 + i0);
   }
 }
 #endif
@@ -364,6 +467,22 @@ void fill_normals_on(NormalsIsa isa, uint64_t seed, uint64_t offset, uint64_t fi
 #endif
     default:
       fill_normals_generic(seed, offset, first_group, num_groups, out);
+  }
+}
+
+void box_muller_on(NormalsIsa isa, const uint32_t* r1, const uint32_t* r2, int64_t n, float* z0,
+                   float* z1) {
+  switch (isa) {
+#if defined(__x86_64__)
+    case NormalsIsa::kAvx512:
+      box_muller_avx512(r1, r2, n, z0, z1);
+      return;
+    case NormalsIsa::kAvx2:
+      box_muller_avx2(r1, r2, n, z0, z1);
+      return;
+#endif
+    default:
+      box_muller_generic(r1, r2, n, z0, z1);
   }
 }
 

@@ -31,4 +31,9 @@ NormalsIsa normals_isa();
 void fill_normals_on(NormalsIsa isa, uint64_t seed, uint64_t offset, uint64_t first_group,
                      int64_t num_groups, float* out);
 
+// z0[i], z1[i] = box_muller(r1[i], r2[i]) (philox.h) for i < n, on a given supported path: its
+// Box-Muller code alone, on chosen words (verification: every radius and every angle word).
+void box_muller_on(NormalsIsa isa, const uint32_t* r1, const uint32_t* r2, int64_t n, float* z0,
+                   float* z1);
+
 }  // namespace lift_ext
