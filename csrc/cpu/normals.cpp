@@ -167,9 +167,8 @@ void box_muller_avx512(const uint32_t* r1, const uint32_t* r2, int64_t n, float*
 // written out with operations that give the header's floats bit for bit (no FMA: the target
 // is "avx2" alone), so every normal is bitwise that of philox_normal4. Measured design
 // (benchmarks/NOTES.md, entries 9 and 15): the Philox rounds of the next kLanes groups run
-// between the Box-Muller steps of these, so the integer multiplies and the float polynomials
-// share the cycles; the rounds keep each word in the low half of a 64-bit lane (no blends),
-// and no 64-bit shifts, which one pipe executes on AMD's Zen cores, are left.
+// between the Box-Muller steps of these, so that the integer multiplies and the float
+// polynomials share the cycles, and a round is 16 instructions.
 namespace {
 #define LIFT_AVX2 __attribute__((target("avx2"), always_inline)) inline
 
@@ -194,26 +193,36 @@ LIFT_AVX2 Philox8 counters8(uint64_t base, uint64_t offset) {
                   splat_u32(static_cast<uint32_t>(offset >> 32))}};
 }
 
-// (hi, lo) 32-bit halves of the 64-bit products a * m, per 32-bit lane: vpmuludq multiplies
-// the even lanes, and the odd lanes after a shuffle moves them down; shuffles and blends put
-// the halves together (no 64-bit shifts: one pipe executes those on AMD's Zen cores).
-LIFT_AVX2 void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
-  const __m256i even = _mm256_mul_epu32(a, m);
-  const __m256i odd = _mm256_mul_epu32(_mm256_shuffle_epi32(a, 0xF5), m);  // lanes 1, 1, 3, 3
-  hi = _mm256_blend_epi32(_mm256_shuffle_epi32(even, 0xF5), odd, 0xAA);
-  lo = _mm256_blend_epi32(even, _mm256_shuffle_epi32(odd, 0xA0), 0xAA);     // lanes 0, 0, 2, 2
+// The 32-bit halves of the 64-bit products of 8 lanes: vpmuludq multiplies the even lanes
+// (e = products of lanes 0, 2 | 4, 6) and, after a shuffle moves them down, the odd lanes
+// (o = 1, 3 | 5, 7); one two-source shuffle gathers the high halves and one the low halves,
+// in the lane order 0 2 1 3 | 4 6 5 7.
+LIFT_AVX2 __m256i high_halves(__m256i e, __m256i o) {
+  return _mm256_castps_si256(
+      _mm256_shuffle_ps(_mm256_castsi256_ps(e), _mm256_castsi256_ps(o), _MM_SHUFFLE(3, 1, 3, 1)));
+}
+LIFT_AVX2 __m256i low_halves(__m256i e, __m256i o) {
+  return _mm256_castps_si256(
+      _mm256_shuffle_ps(_mm256_castsi256_ps(e), _mm256_castsi256_ps(o), _MM_SHUFFLE(2, 0, 2, 0)));
 }
 
-// One Philox4x32 round with round keys k0, k1 (philox4x32_10 in philox.h).
+// One Philox4x32 round with round keys k0, k1 (philox4x32_10 in philox.h), 16 instructions and
+// no blends or 64-bit shifts (one pipe runs those on AMD's Zen cores). The products' halves
+// come out with lanes 1 and 2 of each 128 bits swapped, so the words carried over (c1, c3)
+// are swapped the same way, and the state leaves the round in that order: after an even
+// number of rounds (the ten) every lane is back in its place.
 LIFT_AVX2 void philox_round8(Philox8& c, __m256i k0, __m256i k1) {
   using namespace philox_detail;
-  __m256i hi0, lo0, hi1, lo1;
-  mulhilo8(c.w[0], splat_u32(kMul0), hi0, lo0);
-  mulhilo8(c.w[2], splat_u32(kMul1), hi1, lo1);
-  c.w[0] = _mm256_xor_si256(_mm256_xor_si256(hi1, c.w[1]), k0);
-  c.w[1] = lo1;
-  c.w[2] = _mm256_xor_si256(_mm256_xor_si256(hi0, c.w[3]), k1);
-  c.w[3] = lo0;
+  const __m256i m0 = splat_u32(kMul0), m1 = splat_u32(kMul1);
+  const __m256i e0 = _mm256_mul_epu32(c.w[0], m0);
+  const __m256i o0 = _mm256_mul_epu32(_mm256_shuffle_epi32(c.w[0], 0xF5), m0);  // lanes 1 1 3 3
+  const __m256i e1 = _mm256_mul_epu32(c.w[2], m1);
+  const __m256i o1 = _mm256_mul_epu32(_mm256_shuffle_epi32(c.w[2], 0xF5), m1);
+  const __m256i c1 = _mm256_shuffle_epi32(c.w[1], 0xD8), c3 = _mm256_shuffle_epi32(c.w[3], 0xD8);  // 0 2 1 3
+  c.w[0] = _mm256_xor_si256(_mm256_xor_si256(high_halves(e1, o1), c1), k0);
+  c.w[1] = low_halves(e1, o1);
+  c.w[2] = _mm256_xor_si256(_mm256_xor_si256(high_halves(e0, o0), c3), k1);
+  c.w[3] = low_halves(e0, o0);
 }
 
 // The ten rounds' keys, broadcast once per call.
