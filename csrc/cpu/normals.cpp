@@ -15,22 +15,6 @@ namespace lift_ext {
 namespace {
 constexpr int kLanes = 16;  // element groups generated together, one SIMD lane each
 
-// Requests the cache lines of normals [first, first + n) of `prefetch`'s arrays (see
-// cpu_normals.h); inlined into every path's loop, once per kLanes groups.
-__attribute__((always_inline)) inline void request_lines(const NormalsPrefetch* prefetch, int64_t first,
-                                                         int64_t n) {
-  if (prefetch == nullptr) return;
-  constexpr uintptr_t kLine = 64;
-  const int64_t end = std::min(first + n, prefetch->count);
-  for (int a = 0; a < prefetch->arrays; ++a) {
-    const uintptr_t bytes = static_cast<uintptr_t>(prefetch->element_bytes[a]);
-    const uintptr_t lo = prefetch->address[a] + static_cast<uintptr_t>(first) * bytes;
-    const uintptr_t hi = prefetch->address[a] + static_cast<uintptr_t>(end) * bytes;
-    for (uintptr_t line = lo & ~(kLine - 1); line < hi; line += kLine)
-      __builtin_prefetch(reinterpret_cast<const void*>(line));
-  }
-}
-
 // Box-Muller of kLanes groups' Philox words (w0..w3 per lane) and the interleaved store of
 // the first `lanes` groups' four normals. Inlined into the portable and AVX-512 paths; the
 // compiler vectorises it for AVX-512 only (the AVX2 path has its own, box_muller8).
@@ -55,10 +39,9 @@ __attribute__((always_inline)) inline void store_normals(const uint32_t* w0, con
 // Portable path, compiled for the baseline instruction set: structure-of-arrays over kLanes
 // groups so that the Philox loops map onto SIMD lanes where the compiler can vectorise them.
 void fill_normals_generic(uint64_t seed, uint64_t offset, uint64_t first_group,
-                          int64_t num_groups, float* __restrict out, const NormalsPrefetch* prefetch) {
+                          int64_t num_groups, float* __restrict out) {
   using namespace philox_detail;
   for (int64_t j0 = 0; j0 < num_groups; j0 += kLanes) {
-    request_lines(prefetch, 4 * j0, 4 * kLanes);
     uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
 #pragma omp simd
     for (int l = 0; l < kLanes; ++l) {
@@ -124,7 +107,7 @@ void box_muller_generic(const uint32_t* r1, const uint32_t* r2, int64_t n, float
 // the same order (no contraction), so the normals are bitwise those of philox_normal4.
 __attribute__((target("avx512f")))
 void fill_normals_avx512(uint64_t seed, uint64_t offset, uint64_t first_group,
-                         int64_t num_groups, float* __restrict out, const NormalsPrefetch* prefetch) {
+                         int64_t num_groups, float* __restrict out) {
   using namespace philox_detail;
   static_assert(kLanes == 16, "one zmm register of uint32 lanes");
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -135,7 +118,6 @@ void fill_normals_avx512(uint64_t seed, uint64_t offset, uint64_t first_group,
   constexpr __mmask16 kOdd = 0xAAAA;
   alignas(64) uint32_t w0[kLanes], w1[kLanes], w2[kLanes], w3[kLanes];
   for (int64_t j0 = 0; j0 < num_groups; j0 += kLanes) {
-    request_lines(prefetch, 4 * j0, 4 * kLanes);
     const uint64_t base = first_group + static_cast<uint64_t>(j0);
     // group = base + lane as (low, high) words; the low word carries when it wraps.
     __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(base))), lane);
@@ -379,11 +361,9 @@ LIFT_AVX2 void store_normals8(__m256 z0, __m256 z1, __m256 z2, __m256 z3, int64_
 #undef LIFT_AVX2
 }  // namespace
 
-// kPrefetch: whether `prefetch` is given (without it, the loop is compiled as if it did not exist).
-template <bool kPrefetch>
 __attribute__((target("avx2")))
 void fill_normals_avx2(uint64_t seed, uint64_t offset, uint64_t first_group, int64_t num_groups,
-                       float* __restrict out, const NormalsPrefetch* prefetch) {
+                       float* __restrict out) {
   using namespace philox_detail;
   static_assert(kLanes == 16, "two ymm registers of uint32 lanes");
   RoundKeys keys;
@@ -402,7 +382,6 @@ void fill_normals_avx2(uint64_t seed, uint64_t offset, uint64_t first_group, int
     philox_round8(b, keys.k0[round], keys.k1[round]);
   }
   for (int64_t j0 = 0; j0 < num_groups; j0 += kLanes) {
-    if constexpr (kPrefetch) request_lines(prefetch, 4 * j0, 4 * kLanes);
     const bool more = j0 + kLanes < num_groups;
     const uint64_t next = first_group + static_cast<uint64_t>(j0 + kLanes);
     const __m256i r1[4] = {a.w[0], a.w[2], b.w[0], b.w[2]};
@@ -485,19 +464,18 @@ NormalsIsa normals_isa() {
 }
 
 void fill_normals_on(NormalsIsa isa, uint64_t seed, uint64_t offset, uint64_t first_group,
-                     int64_t num_groups, float* out, const NormalsPrefetch* prefetch) {
+                     int64_t num_groups, float* out) {
   switch (isa) {
 #if defined(__x86_64__)
     case NormalsIsa::kAvx512:
-      fill_normals_avx512(seed, offset, first_group, num_groups, out, prefetch);
+      fill_normals_avx512(seed, offset, first_group, num_groups, out);
       return;
     case NormalsIsa::kAvx2:
-      if (prefetch != nullptr) fill_normals_avx2<true>(seed, offset, first_group, num_groups, out, prefetch);
-      else fill_normals_avx2<false>(seed, offset, first_group, num_groups, out, nullptr);
+      fill_normals_avx2(seed, offset, first_group, num_groups, out);
       return;
 #endif
     default:
-      fill_normals_generic(seed, offset, first_group, num_groups, out, prefetch);
+      fill_normals_generic(seed, offset, first_group, num_groups, out);
   }
 }
 
@@ -518,8 +496,8 @@ void box_muller_on(NormalsIsa isa, const uint32_t* r1, const uint32_t* r2, int64
 }
 
 void fill_normals(uint64_t seed, uint64_t offset, uint64_t first_group, int64_t num_groups,
-                  float* out, const NormalsPrefetch* prefetch) {
-  fill_normals_on(normals_isa(), seed, offset, first_group, num_groups, out, prefetch);
+                  float* out) {
+  fill_normals_on(normals_isa(), seed, offset, first_group, num_groups, out);
 }
 
 }  // namespace lift_ext
