@@ -327,15 +327,56 @@ LIFT_AVX2 void box_muller8xN(const __m256i* r1, const __m256i* r2, __m256* z0, _
 }
 
 // Box-Muller of words (r1[j], r2[j]), j = 0, 1, one vector at a time, with the ten rounds of
-// `state` between the steps (five in each; none where `rounds` is false).
+// `state` between the steps (five in each; none where `rounds` is false) and request() at the
+// five steps between those.
+template <typename Request>
 LIFT_AVX2 void box_muller16_during_rounds(const __m256i* r1, const __m256i* r2, __m256* z0, __m256* z1,
-                                          Philox8& state, const RoundKeys& keys, bool rounds) {
+                                          Philox8& state, const RoundKeys& keys, bool rounds,
+                                          Request&& request) {
   for (int j = 0; j < 2; ++j) {
     box_muller8xN<1>(r1 + j, r2 + j, z0 + j, z1 + j, [&](int step) __attribute__((target("avx2"), always_inline)) {
-      if (rounds && step % 2 == 0) philox_round8(state, keys.k0[5 * j + step / 2], keys.k1[5 * j + step / 2]);
+      if (step % 2 == 1) {
+        request();
+      } else if (rounds) {
+        philox_round8(state, keys.k0[5 * j + step / 2], keys.k1[5 * j + step / 2]);
+      }
     });
   }
 }
+
+// The cache lines of `prefetch`'s arrays for the first `normals` normals, in the order the
+// update reads them (line by line, the arrays taken in turn); fill_normals_avx2 requests one at
+// each of its request points (20 per 16 groups, more than the 8 lines of two float arrays).
+struct LineQueue {
+  static constexpr uintptr_t kLine = 64;
+  uintptr_t first[NormalsPrefetch::kMaxArrays], end[NormalsPrefetch::kMaxArrays];
+  uintptr_t offset = 0, span = 0;  // bytes past each array's first line; the longest array's
+  int arrays = 0, array = 0;
+
+  LineQueue(const NormalsPrefetch& rows, int64_t normals) : arrays(rows.arrays) {
+    const int64_t count = std::min(rows.count, normals);
+    for (int a = 0; a < arrays; ++a) {
+      first[a] = rows.address[a] & ~(kLine - 1);
+      end[a] = rows.address[a] + static_cast<uintptr_t>(count * rows.element_bytes[a]);
+      span = std::max(span, end[a] - first[a]);
+    }
+    if (count <= 0) array = arrays;
+  }
+  void request() {
+    if (array == arrays) return;  // none, or all requested
+    const uintptr_t line = first[array] + offset;
+    if (line < end[array]) __builtin_prefetch(reinterpret_cast<const void*>(line));
+    if (++array == arrays) {
+      offset += kLine;
+      array = offset < span ? 0 : arrays;
+    }
+  }
+};
+
+// LineQueue's stand-in when nothing is to be requested.
+struct NoLines {
+  void request() {}
+};
 
 // The four normals of 8 groups, group-interleaved: out[4 l + k] = z_k[l] for l < lanes. A 4 x 8
 // transpose in registers; a partial vector (lanes < 8) goes through a buffer.
@@ -361,9 +402,12 @@ LIFT_AVX2 void store_normals8(__m256 z0, __m256 z1, __m256 z2, __m256 z3, int64_
 #undef LIFT_AVX2
 }  // namespace
 
+// kPrefetch: whether `prefetch` is given (without it, the loop is compiled as if it did not
+// exist; with it, requesting costs the loop a queue index and a branch per request point).
+template <bool kPrefetch>
 __attribute__((target("avx2")))
 void fill_normals_avx2(uint64_t seed, uint64_t offset, uint64_t first_group, int64_t num_groups,
-                       float* __restrict out) {
+                       float* __restrict out, const NormalsPrefetch* prefetch) {
   using namespace philox_detail;
   static_assert(kLanes == 16, "two ymm registers of uint32 lanes");
   RoundKeys keys;
@@ -374,6 +418,12 @@ void fill_normals_avx2(uint64_t seed, uint64_t offset, uint64_t first_group, int
     k0 += kWeyl0;
     k1 += kWeyl1;
   }
+  // The rows to request while drawing (kPrefetch), one line at a time between the steps.
+  auto queue = [&] {
+    if constexpr (kPrefetch) return LineQueue(*prefetch, 4 * num_groups);
+    else return NoLines{};
+  }();
+  auto request = [&]() __attribute__((always_inline)) { queue.request(); };
   // Two 8-group states per iteration (kLanes groups). The first iteration's rounds run
   // alone; every later iteration's run between the Box-Muller steps of the one before.
   Philox8 a = counters8(first_group, offset), b = counters8(first_group + 8, offset);
@@ -388,9 +438,9 @@ void fill_normals_avx2(uint64_t seed, uint64_t offset, uint64_t first_group, int
     const __m256i r2[4] = {a.w[1], a.w[3], b.w[1], b.w[3]};
     __m256 z0[4], z1[4];
     a = counters8(next, offset);
-    box_muller16_during_rounds(r1, r2, z0, z1, a, keys, more);
+    box_muller16_during_rounds(r1, r2, z0, z1, a, keys, more, request);
     b = counters8(next + 8, offset);
-    box_muller16_during_rounds(r1 + 2, r2 + 2, z0 + 2, z1 + 2, b, keys, more);
+    box_muller16_during_rounds(r1 + 2, r2 + 2, z0 + 2, z1 + 2, b, keys, more, request);
     const int64_t lanes = std::min<int64_t>(kLanes, num_groups - j0);
     store_normals8(z0[0], z1[0], z0[1], z1[1], std::min<int64_t>(lanes, 8), out + 4 * j0);
     if (lanes > 8) store_normals8(z0[2], z1[2], z0[3], z1[3], lanes - 8, out + 4 * (j0 + 8));
@@ -464,14 +514,15 @@ NormalsIsa normals_isa() {
 }
 
 void fill_normals_on(NormalsIsa isa, uint64_t seed, uint64_t offset, uint64_t first_group,
-                     int64_t num_groups, float* out) {
+                     int64_t num_groups, float* out, const NormalsPrefetch* prefetch) {
   switch (isa) {
 #if defined(__x86_64__)
     case NormalsIsa::kAvx512:
       fill_normals_avx512(seed, offset, first_group, num_groups, out);
       return;
     case NormalsIsa::kAvx2:
-      fill_normals_avx2(seed, offset, first_group, num_groups, out);
+      if (prefetch != nullptr) fill_normals_avx2<true>(seed, offset, first_group, num_groups, out, prefetch);
+      else fill_normals_avx2<false>(seed, offset, first_group, num_groups, out, nullptr);
       return;
 #endif
     default:
@@ -496,8 +547,8 @@ void box_muller_on(NormalsIsa isa, const uint32_t* r1, const uint32_t* r2, int64
 }
 
 void fill_normals(uint64_t seed, uint64_t offset, uint64_t first_group, int64_t num_groups,
-                  float* out) {
-  fill_normals_on(normals_isa(), seed, offset, first_group, num_groups, out);
+                  float* out, const NormalsPrefetch* prefetch) {
+  fill_normals_on(normals_isa(), seed, offset, first_group, num_groups, out, prefetch);
 }
 
 }  // namespace lift_ext

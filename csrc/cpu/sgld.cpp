@@ -101,6 +101,25 @@ void run_piece(const SgldSlot& slot, int64_t lo, int64_t hi, const float* noise,
          slot.square_avg ? slot.square_avg + local : nullptr, n, s);
 }
 
+// The arrays of `slot` from flattened element `first` up to `stop` (at most), for fill_normals
+// to request while it draws their block's normals (NormalsPrefetch in cpu_normals.h). Pointer
+// arithmetic in integers: `first` may lie up to 3 elements before the slot (group rounding).
+NormalsPrefetch prefetch_of(const SgldSlot& slot, int64_t first, int64_t stop, GradDtype grad_dtype) {
+  NormalsPrefetch out;
+  out.count = std::min(stop, slot.base + slot.numel) - first;
+  auto add = [&](const void* data, int64_t element_bytes) {
+    if (data == nullptr) return;
+    out.address[out.arrays] = reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>((first - slot.base) * element_bytes);
+    out.element_bytes[out.arrays++] = element_bytes;
+  };
+  add(slot.param, sizeof(float));
+  add(slot.grad, grad_dtype == GradDtype::kFloat32 ? 4 : 2);
+  add(slot.prior_mean, sizeof(float));
+  add(slot.accum, sizeof(float));
+  add(slot.square_avg, sizeof(float));
+  return out;
+}
+
 // Elements [begin, end) of the flattened call, in blocks of up to kBlock elements ending on
 // kBlock boundaries: each block's normals are drawn once (for all the tensors it spans, so
 // a list of small tensors costs what one flat tensor does), then each tensor's piece of the
@@ -114,8 +133,9 @@ void run_range(const SgldSlot* it, const SgldSlot* slots_end, int64_t begin, int
     const int64_t stop = std::min(end, (start / kBlock + 1) * kBlock);
     const int64_t first_group = start / 4;
     if (noise) {
+      const NormalsPrefetch rows = prefetch_of(*it, 4 * first_group, stop, grad_dtype);
       fill_normals(s.seed, s.offset, static_cast<uint64_t>(first_group),
-                   (stop - 1) / 4 - first_group + 1, noise_buf);
+                   (stop - 1) / 4 - first_group + 1, noise_buf, &rows);
     }
     for (; it != slots_end && it->base < stop; ++it) {
       const int64_t lo = std::max(start, it->base);

@@ -7,11 +7,26 @@
 
 namespace lift_ext {
 
+// Arrays that the caller reads element for element right after the normals (the SGLD step's
+// parameters, gradients and optional state): the AVX2 path requests their cache lines while it
+// computes, one line between two Box-Muller steps, so that memory streams in behind the
+// compute-bound normals instead of after them (benchmarks/NOTES.md entry 17; the other paths,
+// not measured with it, ignore it). Normal e (e = 0: the first group's first normal) goes with
+// the bytes at address[a] + e * element_bytes[a] of array a, for e < count. A request never
+// faults, so the addresses need not be valid; the normals do not depend on any of it.
+struct NormalsPrefetch {
+  static constexpr int kMaxArrays = 5;
+  uintptr_t address[kMaxArrays] = {};
+  int64_t element_bytes[kMaxArrays] = {};
+  int arrays = 0;
+  int64_t count = 0;
+};
+
 // out[4 * j + k] = normal k of element group first_group + j, for j < num_groups
 // (element group g holds elements 4g .. 4g+3 of the flattened vector). Writes exactly
-// 4 * num_groups floats.
+// 4 * num_groups floats. `prefetch`: memory to request on the way (optional).
 void fill_normals(uint64_t seed, uint64_t offset, uint64_t first_group, int64_t num_groups,
-                  float* out);
+                  float* out, const NormalsPrefetch* prefetch = nullptr);
 
 // The code paths of fill_normals, slowest first. kGeneric is portable C++ (compiled for the
 // baseline instruction set); kAvx2 and kAvx512 use AVX2 / AVX-512F intrinsics (x86-64 only).
@@ -29,7 +44,7 @@ NormalsIsa normals_isa();
 
 // fill_normals on a given supported path (verification: every path gives the same bits).
 void fill_normals_on(NormalsIsa isa, uint64_t seed, uint64_t offset, uint64_t first_group,
-                     int64_t num_groups, float* out);
+                     int64_t num_groups, float* out, const NormalsPrefetch* prefetch = nullptr);
 
 // z0[i], z1[i] = box_muller(r1[i], r2[i]) (philox.h) for i < n, on a given supported path: its
 // Box-Muller code alone, on chosen words (verification: every radius and every angle word).
