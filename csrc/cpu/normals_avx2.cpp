@@ -1,0 +1,334 @@
+// The AVX2 path of the CPU normals (csrc/cpu/normals_paths.h), bitwise equal to philox_normal4
+// (philox.h): AVX2 has neither unsigned integer -> float conversion nor masked operations, so
+// the compiler leaves the header's Box-Muller scalar for AVX2; here it is written out with
+// operations that give the header's floats bit for bit (no FMA: the target is "avx2" alone).
+// Measured design (benchmarks/NOTES.md, entries 9, 15 and 17): the Philox rounds of the next
+// kGroups groups run between the Box-Muller steps of these, so that the integer multiplies and
+// the float polynomials share the cycles, and a round is 16 instructions; the SGLD step's rows
+// are requested between the steps too.
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "lift_ext/philox.h"
+#include "normals_paths.h"
+
+namespace lift_ext {
+namespace {
+constexpr int kGroups = 16;  // element groups per iteration: two ymm registers of uint32 lanes
+
+#define LIFT_AVX2 __attribute__((target("avx2"), always_inline)) inline
+
+LIFT_AVX2 __m256i splat_u32(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
+LIFT_AVX2 __m256 splat_f32(float v) { return _mm256_set1_ps(v); }
+
+// 8 groups' Philox words: word k of lane l is w[k][l].
+struct Philox8 {
+  __m256i w[4];
+};
+
+// Counters (group low, group high, offset low, offset high) of groups base .. base + 7, the
+// low word's carry into the high word included.
+LIFT_AVX2 Philox8 counters8(uint64_t base, uint64_t offset) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i lo = _mm256_add_epi32(splat_u32(static_cast<uint32_t>(base)), lane);
+  // the low word wrapped in a lane iff lo < lane (unsigned), i.e. max(lo, lane) != lo
+  const __m256i no_carry = _mm256_cmpeq_epi32(_mm256_max_epu32(lo, lane), lo);
+  const __m256i carry = _mm256_xor_si256(no_carry, _mm256_set1_epi32(-1));  // -1 where wrapped
+  const __m256i hi = _mm256_sub_epi32(splat_u32(static_cast<uint32_t>(base >> 32)), carry);
+  return Philox8{{lo, hi, splat_u32(static_cast<uint32_t>(offset)),
+                  splat_u32(static_cast<uint32_t>(offset >> 32))}};
+}
+
+// The 32-bit halves of the 64-bit products of 8 lanes: vpmuludq multiplies the even lanes
+// (e = products of lanes 0, 2 | 4, 6) and, after a shuffle moves them down, the odd lanes
+// (o = 1, 3 | 5, 7); one two-source shuffle gathers the high halves and one the low halves,
+// in the lane order 0 2 1 3 | 4 6 5 7.
+LIFT_AVX2 __m256i high_halves(__m256i e, __m256i o) {
+  return _mm256_castps_si256(
+      _mm256_shuffle_ps(_mm256_castsi256_ps(e), _mm256_castsi256_ps(o), _MM_SHUFFLE(3, 1, 3, 1)));
+}
+LIFT_AVX2 __m256i low_halves(__m256i e, __m256i o) {
+  return _mm256_castps_si256(
+      _mm256_shuffle_ps(_mm256_castsi256_ps(e), _mm256_castsi256_ps(o), _MM_SHUFFLE(2, 0, 2, 0)));
+}
+
+// One Philox4x32 round with round keys k0, k1 (philox4x32_10 in philox.h), 16 instructions and
+// no blends or 64-bit shifts (one pipe runs those on AMD's Zen cores). The products' halves
+// come out with lanes 1 and 2 of each 128 bits swapped, so the words carried over (c1, c3)
+// are swapped the same way, and the state leaves the round in that order: after an even
+// number of rounds (the ten) every lane is back in its place.
+LIFT_AVX2 void philox_round8(Philox8& c, __m256i k0, __m256i k1) {
+  using namespace philox_detail;
+  const __m256i m0 = splat_u32(kMul0), m1 = splat_u32(kMul1);
+  const __m256i e0 = _mm256_mul_epu32(c.w[0], m0);
+  const __m256i o0 = _mm256_mul_epu32(_mm256_shuffle_epi32(c.w[0], 0xF5), m0);  // lanes 1 1 3 3
+  const __m256i e1 = _mm256_mul_epu32(c.w[2], m1);
+  const __m256i o1 = _mm256_mul_epu32(_mm256_shuffle_epi32(c.w[2], 0xF5), m1);
+  const __m256i c1 = _mm256_shuffle_epi32(c.w[1], 0xD8), c3 = _mm256_shuffle_epi32(c.w[3], 0xD8);  // 0 2 1 3
+  c.w[0] = _mm256_xor_si256(_mm256_xor_si256(high_halves(e1, o1), c1), k0);
+  c.w[1] = low_halves(e1, o1);
+  c.w[2] = _mm256_xor_si256(_mm256_xor_si256(high_halves(e0, o0), c3), k1);
+  c.w[3] = low_halves(e0, o0);
+}
+
+// The ten rounds' keys, broadcast once per call.
+struct RoundKeys {
+  __m256i k0[10], k1[10];
+};
+
+// box_muller (philox.h) of radius words r1[j] and angle words r2[j] on N x 8 lanes, the N
+// vectors' steps and the logarithm's and the sine's and cosine's polynomials interleaved, and
+// hook(0) .. hook(9) called between the steps (the caller's next Philox rounds). Exact
+// rewrites of the header's operations, each giving the same float:
+//  * u = x 2^-24 + 2^-25 (x = r1 >> 8) is (2x + 1) 2^-25 rounded once, i.e. the conversion of
+//    the integer 2x + 1 = (r1 >> 7) | 1 scaled by 2^-25; the logarithm reads the exponent and
+//    the mantissa of that conversion (the 2^-25 is the -25 in the exponent).
+//  * the mantissa's fold m * 0.5 (m > 1.41421356f = 0x3FB504F3) is one less in its exponent.
+//  * -2 log u = -2 (e ln2 + (2 s) poly) is e (-2 ln2) + (-4 s) poly: scaling by a power of
+//    two commutes with rounding, so each product and the sum round to the same floats.
+//  * the angle (y 2^-24) (pi/2), y = (r2 >> 6) & (2^24 - 1), is (64 y) (2^-30 pi/2), 64 y
+//    being r2 with its top two and bottom six bits cleared, by the same argument.
+// The integer -> float conversions are signed here and unsigned there; both are exact (or
+// round once, for 2x + 1 < 2^25, as u's sum does) and equal, the values being below 2^31.
+template <int N, typename Hook>
+LIFT_AVX2 void box_muller8xN(const __m256i* r1, const __m256i* r2, __m256* z0, __m256* z1,
+                             Hook&& hook) {
+  constexpr float kLn2 = 0.693147180559945309f;
+  constexpr float kHalfPiScaled = 1.57079632679489662f * 9.31322574615478515625e-10f;  // 2^-30, exact
+  __m256 m[N], e[N], s[N], s2[N], poly[N], a[N], a2[N], ps[N], pc[N];
+  for (int j = 0; j < N; ++j) {
+    const __m256i u_bits = _mm256_castps_si256(
+        _mm256_cvtepi32_ps(_mm256_or_si256(_mm256_srli_epi32(r1[j], 7), _mm256_set1_epi32(1))));
+    const __m256i fraction = _mm256_and_si256(u_bits, _mm256_set1_epi32(0x007FFFFF));
+    const __m256i fold = _mm256_cmpgt_epi32(fraction, _mm256_set1_epi32(0x003504F3));  // -1: fold
+    m[j] = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_or_si256(fraction, _mm256_set1_epi32(0x3F800000)),
+                                                _mm256_and_si256(fold, _mm256_set1_epi32(0x00800000))));
+    e[j] = _mm256_cvtepi32_ps(_mm256_sub_epi32(
+        _mm256_sub_epi32(_mm256_srli_epi32(u_bits, 23), _mm256_set1_epi32(127 + 25)), fold));
+    a[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(r2[j], _mm256_set1_epi32(0x3FFFFFC0))),
+                         splat_f32(kHalfPiScaled));
+  }
+  hook(0);
+  for (int j = 0; j < N; ++j) {
+    s[j] = _mm256_div_ps(_mm256_sub_ps(m[j], splat_f32(1.0f)), _mm256_add_ps(m[j], splat_f32(1.0f)));
+    a2[j] = _mm256_mul_ps(a[j], a[j]);
+  }
+  hook(1);
+  for (int j = 0; j < N; ++j) {
+    ps[j] = _mm256_sub_ps(_mm256_mul_ps(splat_f32(1.0f / 6227020800.0f), a2[j]), splat_f32(1.0f / 39916800.0f));
+    pc[j] = _mm256_sub_ps(_mm256_mul_ps(splat_f32(1.0f / 87178291200.0f), a2[j]), splat_f32(1.0f / 479001600.0f));
+  }
+  for (int j = 0; j < N; ++j) {
+    ps[j] = _mm256_add_ps(_mm256_mul_ps(ps[j], a2[j]), splat_f32(1.0f / 362880.0f));
+    pc[j] = _mm256_add_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(1.0f / 3628800.0f));
+  }
+  hook(2);
+  for (int j = 0; j < N; ++j) {
+    s2[j] = _mm256_mul_ps(s[j], s[j]);
+    ps[j] = _mm256_sub_ps(_mm256_mul_ps(ps[j], a2[j]), splat_f32(1.0f / 5040.0f));
+    pc[j] = _mm256_sub_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(1.0f / 40320.0f));
+  }
+  hook(3);
+  for (int j = 0; j < N; ++j) {
+    poly[j] = _mm256_add_ps(_mm256_mul_ps(splat_f32(1.0f / 11.0f), s2[j]), splat_f32(1.0f / 9.0f));
+    ps[j] = _mm256_add_ps(_mm256_mul_ps(ps[j], a2[j]), splat_f32(1.0f / 120.0f));
+    pc[j] = _mm256_add_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(1.0f / 720.0f));
+  }
+  hook(4);
+  for (int j = 0; j < N; ++j) {
+    poly[j] = _mm256_add_ps(_mm256_mul_ps(poly[j], s2[j]), splat_f32(1.0f / 7.0f));
+    ps[j] = _mm256_sub_ps(_mm256_mul_ps(ps[j], a2[j]), splat_f32(1.0f / 6.0f));
+    pc[j] = _mm256_sub_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(1.0f / 24.0f));
+  }
+  hook(5);
+  for (int j = 0; j < N; ++j) {
+    poly[j] = _mm256_add_ps(_mm256_mul_ps(poly[j], s2[j]), splat_f32(1.0f / 5.0f));
+    pc[j] = _mm256_add_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(0.5f));
+  }
+  hook(6);
+  for (int j = 0; j < N; ++j) poly[j] = _mm256_add_ps(_mm256_mul_ps(poly[j], s2[j]), splat_f32(1.0f / 3.0f));
+  hook(7);
+  for (int j = 0; j < N; ++j) poly[j] = _mm256_add_ps(_mm256_mul_ps(poly[j], s2[j]), splat_f32(1.0f));
+  hook(8);
+  for (int j = 0; j < N; ++j) {
+    const __m256 radius = _mm256_sqrt_ps(_mm256_add_ps(
+        _mm256_mul_ps(e[j], splat_f32(-2.0f * kLn2)),
+        _mm256_mul_ps(_mm256_mul_ps(s[j], splat_f32(-4.0f)), poly[j])));
+    const __m256 sin_a = _mm256_add_ps(a[j], _mm256_mul_ps(_mm256_mul_ps(a[j], a2[j]), ps[j]));
+    const __m256 cos_a = _mm256_sub_ps(splat_f32(1.0f), _mm256_mul_ps(a2[j], pc[j]));
+    // Quadrant q = r2 >> 30: (cos t, sin t) = (c, s), (-s, c), (-c, -s), (s, -c) for q = 0..3,
+    // i.e. swap c and s when bit 30 is set, negate the cosine when bits 31 and 30 differ and
+    // the sine when bit 31 is set (negation flips the sign bit, as the scalar code's does).
+    const __m256i r2_shl = _mm256_add_epi32(r2[j], r2[j]);  // bit 30 moved to the sign bit
+    const __m256 odd = _mm256_castsi256_ps(r2_shl);
+    const __m256 cos_abs = _mm256_blendv_ps(cos_a, sin_a, odd);
+    const __m256 sin_abs = _mm256_blendv_ps(sin_a, cos_a, odd);
+    const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+    const __m256 cos_sign = _mm256_castsi256_ps(_mm256_and_si256(_mm256_xor_si256(r2[j], r2_shl), sign));
+    const __m256 sin_sign = _mm256_castsi256_ps(_mm256_and_si256(r2[j], sign));
+    z0[j] = _mm256_mul_ps(radius, _mm256_xor_ps(cos_abs, cos_sign));
+    z1[j] = _mm256_mul_ps(radius, _mm256_xor_ps(sin_abs, sin_sign));
+  }
+  hook(9);
+}
+
+// Box-Muller of words (r1[j], r2[j]), j = 0, 1, one vector at a time, with the ten rounds of
+// `state` between the steps (five in each; none where `rounds` is false) and request() at the
+// five steps between those.
+template <typename Request>
+LIFT_AVX2 void box_muller16_during_rounds(const __m256i* r1, const __m256i* r2, __m256* z0, __m256* z1,
+                                          Philox8& state, const RoundKeys& keys, bool rounds,
+                                          Request&& request) {
+  for (int j = 0; j < 2; ++j) {
+    box_muller8xN<1>(r1 + j, r2 + j, z0 + j, z1 + j, [&](int step) __attribute__((target("avx2"), always_inline)) {
+      if (step % 2 == 1) {
+        request();
+      } else if (rounds) {
+        philox_round8(state, keys.k0[5 * j + step / 2], keys.k1[5 * j + step / 2]);
+      }
+    });
+  }
+}
+
+// The cache lines of `prefetch`'s arrays for the first `normals` normals, in the order the
+// update reads them (line by line, the arrays taken in turn); fill_normals_avx2 requests one at
+// each of its request points (20 per 16 groups, more than the 8 lines of two float arrays).
+struct LineQueue {
+  static constexpr uintptr_t kLine = 64;
+  uintptr_t first[NormalsPrefetch::kMaxArrays], end[NormalsPrefetch::kMaxArrays];
+  uintptr_t offset = 0, span = 0;  // bytes past each array's first line; the longest array's
+  int arrays = 0, array = 0;
+
+  LineQueue(const NormalsPrefetch& rows, int64_t normals) : arrays(rows.arrays) {
+    const int64_t count = std::min(rows.count, normals);
+    for (int a = 0; a < arrays; ++a) {
+      first[a] = rows.address[a] & ~(kLine - 1);
+      end[a] = rows.address[a] + static_cast<uintptr_t>(count * rows.element_bytes[a]);
+      span = std::max(span, end[a] - first[a]);
+    }
+    if (count <= 0) array = arrays;
+  }
+  void request() {
+    if (array == arrays) return;  // none, or all requested
+    const uintptr_t line = first[array] + offset;
+    if (line < end[array]) __builtin_prefetch(reinterpret_cast<const void*>(line));
+    if (++array == arrays) {
+      offset += kLine;
+      array = offset < span ? 0 : arrays;
+    }
+  }
+};
+
+// LineQueue's stand-in when nothing is to be requested.
+struct NoLines {
+  void request() {}
+};
+
+// The four normals of 8 groups, group-interleaved: out[4 l + k] = z_k[l] for l < lanes. A 4 x 8
+// transpose in registers; a partial vector (lanes < 8) goes through a buffer.
+LIFT_AVX2 void store_normals8(__m256 z0, __m256 z1, __m256 z2, __m256 z3, int64_t lanes, float* out) {
+  // pairs: t0 = (z0 z1) of lanes 0,1 | 4,5; t1 = lanes 2,3 | 6,7; t2, t3 the same for (z2 z3)
+  const __m256 t0 = _mm256_unpacklo_ps(z0, z1), t1 = _mm256_unpackhi_ps(z0, z1);
+  const __m256 t2 = _mm256_unpacklo_ps(z2, z3), t3 = _mm256_unpackhi_ps(z2, z3);
+  // quads: g0 = group 0 | group 4, g1 = 1 | 5, g2 = 2 | 6, g3 = 3 | 7
+  const __m256 g0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 g1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 g2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 g3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 groups[4] = {_mm256_permute2f128_ps(g0, g1, 0x20), _mm256_permute2f128_ps(g2, g3, 0x20),
+                            _mm256_permute2f128_ps(g0, g1, 0x31), _mm256_permute2f128_ps(g2, g3, 0x31)};
+  if (lanes >= 8) {
+    for (int k = 0; k < 4; ++k) _mm256_storeu_ps(out + 8 * k, groups[k]);
+    return;
+  }
+  alignas(32) float buf[32];
+  for (int k = 0; k < 4; ++k) _mm256_store_ps(buf + 8 * k, groups[k]);
+  std::copy(buf, buf + 4 * lanes, out);
+}
+#undef LIFT_AVX2
+}  // namespace
+
+namespace {
+// kPrefetch: whether `prefetch` is given (without it, the loop is compiled as if it did not
+// exist; with it, requesting costs the loop a queue index and a branch per request point).
+template <bool kPrefetch>
+__attribute__((target("avx2")))
+void fill_normals_avx2_loop(uint64_t seed, uint64_t offset, uint64_t first_group, int64_t num_groups,
+                            float* __restrict out, const NormalsPrefetch* prefetch) {
+  using namespace philox_detail;
+  
+  RoundKeys keys;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    keys.k0[round] = splat_u32(k0);
+    keys.k1[round] = splat_u32(k1);
+    k0 += kWeyl0;
+    k1 += kWeyl1;
+  }
+  // The rows to request while drawing (kPrefetch), one line at a time between the steps.
+  auto queue = [&] {
+    if constexpr (kPrefetch) return LineQueue(*prefetch, 4 * num_groups);
+    else return NoLines{};
+  }();
+  auto request = [&]() __attribute__((always_inline)) { queue.request(); };
+  // Two 8-group states per iteration (kGroups groups). The first iteration's rounds run
+  // alone; every later iteration's run between the Box-Muller steps of the one before.
+  Philox8 a = counters8(first_group, offset), b = counters8(first_group + 8, offset);
+  for (int round = 0; round < 10; ++round) {
+    philox_round8(a, keys.k0[round], keys.k1[round]);
+    philox_round8(b, keys.k0[round], keys.k1[round]);
+  }
+  for (int64_t j0 = 0; j0 < num_groups; j0 += kGroups) {
+    const bool more = j0 + kGroups < num_groups;
+    const uint64_t next = first_group + static_cast<uint64_t>(j0 + kGroups);
+    const __m256i r1[4] = {a.w[0], a.w[2], b.w[0], b.w[2]};
+    const __m256i r2[4] = {a.w[1], a.w[3], b.w[1], b.w[3]};
+    __m256 z0[4], z1[4];
+    a = counters8(next, offset);
+    box_muller16_during_rounds(r1, r2, z0, z1, a, keys, more, request);
+    b = counters8(next + 8, offset);
+    box_muller16_during_rounds(r1 + 2, r2 + 2, z0 + 2, z1 + 2, b, keys, more, request);
+    const int64_t lanes = std::min<int64_t>(kGroups, num_groups - j0);
+    store_normals8(z0[0], z1[0], z0[1], z1[1], std::min<int64_t>(lanes, 8), out + 4 * j0);
+    if (lanes > 8) store_normals8(z0[2], z1[2], z0[3], z1[3], lanes - 8, out + 4 * (j0 + 8));
+  }
+}
+
+}  // namespace
+
+void fill_normals_avx2(uint64_t seed, uint64_t offset, uint64_t first_group, int64_t num_groups,
+                       float* out, const NormalsPrefetch* prefetch) {
+  if (prefetch != nullptr) {
+    fill_normals_avx2_loop<true>(seed, offset, first_group, num_groups, out, prefetch);
+  } else {
+    fill_normals_avx2_loop<false>(seed, offset, first_group, num_groups, out, nullptr);
+  }
+}
+
+__attribute__((target("avx2")))
+void box_muller_avx2(const uint32_t* r1, const uint32_t* r2, int64_t n, float* z0, float* z1) {
+  for (int64_t i0 = 0; i0 < n; i0 += 16) {
+    const int64_t lanes = std::min<int64_t>(16, n - i0);
+    alignas(32) uint32_t w1[16] = {}, w2[16] = {};
+    std::copy(r1 + i0, r1 + i0 + lanes, w1);
+    std::copy(r2 + i0, r2 + i0 + lanes, w2);
+    const __m256i v1[2] = {_mm256_load_si256(reinterpret_cast<const __m256i*>(w1)),
+                           _mm256_load_si256(reinterpret_cast<const __m256i*>(w1 + 8))};
+    const __m256i v2[2] = {_mm256_load_si256(reinterpret_cast<const __m256i*>(w2)),
+                           _mm256_load_si256(reinterpret_cast<const __m256i*>(w2 + 8))};
+    __m256 a[2], b[2];
+    for (int j = 0; j < 2; ++j) box_muller8xN<1>(v1 + j, v2 + j, a + j, b + j, [](int) {});
+    alignas(32) float f0[16], f1[16];
+    for (int k = 0; k < 2; ++k) {
+      _mm256_store_ps(f0 + 8 * k, a[k]);
+      _mm256_store_ps(f1 + 8 * k, b[k]);
+    }
+    std::copy(f0, f0 + lanes, z0 + i0);
+    std::copy(f1, f1 + lanes, z1 + i0);
+  }
+}
+
+}  // namespace lift_ext
+#endif  // __x86_64__
