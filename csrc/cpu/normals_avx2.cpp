@@ -258,7 +258,6 @@ __attribute__((target("avx2")))
 void fill_normals_avx2_loop(uint64_t seed, uint64_t offset, uint64_t first_group, int64_t num_groups,
                             float* __restrict out, const NormalsPrefetch* prefetch) {
   using namespace philox_detail;
-  
   RoundKeys keys;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < 10; ++round) {
@@ -309,9 +308,9 @@ void fill_normals_avx2(uint64_t seed, uint64_t offset, uint64_t first_group, int
 
 __attribute__((target("avx2")))
 void box_muller_avx2(const uint32_t* r1, const uint32_t* r2, int64_t n, float* z0, float* z1) {
-  for (int64_t i0 = 0; i0 < n; i0 += 16) {
-    const int64_t lanes = std::min<int64_t>(16, n - i0);
-    alignas(32) uint32_t w1[16] = {}, w2[16] = {};
+  for (int64_t i0 = 0; i0 < n; i0 += kGroups) {
+    const int64_t lanes = std::min<int64_t>(kGroups, n - i0);
+    alignas(32) uint32_t w1[kGroups] = {}, w2[kGroups] = {};
     std::copy(r1 + i0, r1 + i0 + lanes, w1);
     std::copy(r2 + i0, r2 + i0 + lanes, w2);
     const __m256i v1[2] = {_mm256_load_si256(reinterpret_cast<const __m256i*>(w1)),
@@ -320,7 +319,7 @@ void box_muller_avx2(const uint32_t* r1, const uint32_t* r2, int64_t n, float* z
                            _mm256_load_si256(reinterpret_cast<const __m256i*>(w2 + 8))};
     __m256 a[2], b[2];
     for (int j = 0; j < 2; ++j) box_muller8xN<1>(v1 + j, v2 + j, a + j, b + j, [](int) {});
-    alignas(32) float f0[16], f1[16];
+    alignas(32) float f0[kGroups], f1[kGroups];
     for (int k = 0; k < 2; ++k) {
       _mm256_store_ps(f0 + 8 * k, a[k]);
       _mm256_store_ps(f1 + 8 * k, b[k]);
