@@ -1,4 +1,5 @@
 """Loads the compiled kernels (`lift_ext._C`) and says what to do when they are missing."""
+import os
 from pathlib import Path
 
 import torch  # the torch libraries must be loaded before _C
@@ -49,8 +50,29 @@ def cuda_kernels_built() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(PROBE_OP, "CUDA")
 
 
+# Names the CPU path by hand (csrc/include/lift_ext/cpu_normals.h, kCpuIsaVariable).
+CPU_ISA_VARIABLE = "LIFT_EXT_CPU_ISA"
+
+
+def _check_cpu_isa_request() -> None:
+    """Refuse a $LIFT_EXT_CPU_ISA that names no path this machine runs, then fix the choice:
+    the kernels read the variable once, here, so setting it later in the process changes
+    nothing."""
+    requested = os.environ.get(CPU_ISA_VARIABLE, "")
+    runnable = _C.cpu_isas()
+    if requested and requested not in runnable:
+        raise ImportError(f"{CPU_ISA_VARIABLE}={requested!r} names no CPU path this machine runs: "
+                          f"set it to one of {', '.join(runnable)}, or unset it for the fastest "
+                          f"({runnable[-1]})")
+    _C.cpu_isa()
+
+
+_check_cpu_isa_request()
+
+
 def cpu_isa() -> str:
-    """The instruction set the CPU kernels draw their Philox normals with on this machine:
-    "avx512", "avx2" or "generic" (portable code), the fastest the CPU supports. Every path gives
-    the same bits (docs/design.md section 6)."""
+    """The instruction set the CPU kernels draw their Philox normals with in this process:
+    "avx512", "avx2" or "generic" (portable code), the fastest the CPU supports unless the
+    environment variable LIFT_EXT_CPU_ISA named another when lift_ext was imported. Every path
+    gives the same bits (docs/design.md section 6)."""
     return _C.cpu_isa()

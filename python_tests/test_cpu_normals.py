@@ -2,9 +2,13 @@
 Each path the machine can run must give bitwise the normals of the portable one, on odd group
 counts (partial SIMD vectors), odd first groups, group counters whose low word wraps into the
 high word, and seeds and offsets with nonzero high words; the path the kernels take must be the
-fastest the CPU has. The op `fill_normals_on_` draws any element groups on a named path."""
+fastest the CPU has, or the one $LIFT_EXT_CPU_ISA names, with bitwise the same SGLD steps. The
+op `fill_normals_on_` draws any element groups on a named path."""
 import math
+import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ import torch
 
 import lift_ext
 from lift_ext import _C, ops
+from lift_ext._loader import CPU_ISA_VARIABLE
 
 PATHS = _C.cpu_isas()
 VECTOR_PATHS = [isa for isa in PATHS if isa != "generic"]
@@ -48,9 +53,52 @@ def cpu_flags() -> set:
                     reason="needs an x86-64 Linux machine")
 def test_kernels_take_the_fastest_path_the_cpu_has():
     flags = cpu_flags()
-    expected = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "generic"
-    assert lift_ext.cpu_isa() == expected
-    assert PATHS[-1] == expected and PATHS[0] == "generic"
+    fastest = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "generic"
+    assert lift_ext.cpu_isa() == (os.environ.get(CPU_ISA_VARIABLE) or fastest)
+    assert PATHS[-1] == fastest and PATHS[0] == "generic"
+
+
+# One SGLD step of a flat vector and of a list (odd sizes), its result's bytes hashed, and the
+# path the process took.
+STEP_PROGRAM = """
+import hashlib, os, torch, lift_ext
+flat = torch.linspace(-1, 1, 40_003)
+params = [torch.linspace(-1, 1, n) for n in (5, 1027, 4099)]
+grads = [p.cos() for p in params]
+lift_ext.sgld_step(flat, flat.sin(), lr=1e-3, temperature=1.0, seed=7, offset=3)
+lift_ext.sgld_step(params, grads, lr=1e-3, temperature=1.0, seed=9, offset=0)
+digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in [flat, *params])).hexdigest()
+os.environ[{variable!r}] = "generic"  # read once at import: no effect now
+print(lift_ext.cpu_isa(), digest)
+"""
+
+
+def run_with_isa(isa):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop(CPU_ISA_VARIABLE, None)
+    if isa is not None:
+        env[CPU_ISA_VARIABLE] = isa
+    return subprocess.run([sys.executable, "-c", STEP_PROGRAM.format(variable=CPU_ISA_VARIABLE)],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_environment_variable_picks_the_path_and_the_bits_stay():
+    unset = run_with_isa(None)
+    assert unset.returncode == 0, unset.stderr
+    fastest, digest = unset.stdout.split()
+    assert fastest == PATHS[-1]
+    for isa in PATHS:
+        picked = run_with_isa(isa)
+        assert picked.returncode == 0, picked.stderr
+        assert picked.stdout.split() == [isa, digest]
+
+
+def test_the_environment_variable_refuses_a_path_the_machine_cannot_run():
+    for isa in ["sse9", "AVX2", *({"avx2", "avx512"} - set(PATHS))]:
+        refused = run_with_isa(isa)
+        assert refused.returncode != 0
+        assert f"{CPU_ISA_VARIABLE}={isa!r} names no CPU path this machine runs" in refused.stderr
+        assert ", ".join(PATHS) in refused.stderr
 
 
 @pytest.mark.parametrize("isa", VECTOR_PATHS)

@@ -1,9 +1,12 @@
 // Philox normals for the CPU kernels (see lift_ext/cpu_normals.h): the portable and AVX-512F
 // paths (the AVX2 path: normals_avx2.cpp), all bitwise equal to philox_normal4 (philox.h), and
-// the choice among them, made once per process from the CPU's features (normals_isa).
+// the choice among them, made once per process from the CPU's features and $LIFT_EXT_CPU_ISA
+// (normals_isa).
 #include "lift_ext/cpu_normals.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -197,10 +200,23 @@ const char* normals_isa_name(NormalsIsa isa) {
 
 bool normals_isa_supported(NormalsIsa isa) { return cpu_runs(isa); }
 
+namespace {
+// The path $LIFT_EXT_CPU_ISA names, where it names one this CPU runs (lift_ext/_loader.py
+// refuses any other value when lift_ext is imported); otherwise the fastest.
+NormalsIsa chosen_isa() {
+  const char* requested = std::getenv(kCpuIsaVariable);
+  for (int i = 0; requested != nullptr && i < kNumNormalsIsas; ++i) {
+    const auto isa = static_cast<NormalsIsa>(i);
+    if (std::strcmp(requested, normals_isa_name(isa)) == 0 && cpu_runs(isa)) return isa;
+  }
+  return cpu_runs(NormalsIsa::kAvx512) ? NormalsIsa::kAvx512
+         : cpu_runs(NormalsIsa::kAvx2) ? NormalsIsa::kAvx2
+                                       : NormalsIsa::kGeneric;
+}
+}  // namespace
+
 NormalsIsa normals_isa() {
-  static const NormalsIsa chosen = cpu_runs(NormalsIsa::kAvx512) ? NormalsIsa::kAvx512
-                                   : cpu_runs(NormalsIsa::kAvx2) ? NormalsIsa::kAvx2
-                                                                 : NormalsIsa::kGeneric;
+  static const NormalsIsa chosen = chosen_isa();
   return chosen;
 }
 

@@ -1,5 +1,5 @@
 // The Philox normal stream on the CPU, vectorised (AVX-512 / AVX2 / portable code picked once
-// per process from the CPU's features). Bitwise equal to philox_normal4 in philox.h, which
+// per process from the CPU's features, or by $LIFT_EXT_CPU_ISA). Bitwise equal to philox_normal4 in philox.h, which
 // the CUDA kernels use, on every path.
 #pragma once
 
@@ -39,7 +39,12 @@ const char* normals_isa_name(NormalsIsa isa);
 // Whether this build and this CPU can run `isa`.
 bool normals_isa_supported(NormalsIsa isa);
 
-// The path fill_normals takes: the fastest supported one, decided on the first call.
+// The environment variable that picks the path by name ("generic", "avx2", "avx512"), e.g. to
+// time a slower path on a faster CPU or to avoid AVX-512 where it lowers the clock.
+constexpr const char* kCpuIsaVariable = "LIFT_EXT_CPU_ISA";
+
+// The path fill_normals takes, decided on the first call: the one kCpuIsaVariable names if
+// this CPU runs it, otherwise the fastest supported one.
 NormalsIsa normals_isa();
 
 // fill_normals on a given supported path (verification: every path gives the same bits).
