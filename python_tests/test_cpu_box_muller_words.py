@@ -24,7 +24,8 @@ def test_every_radius_and_angle_word_is_bitwise_the_headers(tmp_path):
     program = tmp_path / "box_muller_words"
     cpu = CHECKOUT / "csrc" / "cpu"
     build = [COMPILER, *FLOAT_FLAGS, "-std=c++17", "-I", str(CHECKOUT / "csrc" / "include"), str(SOURCE),
-             str(cpu / "normals.cpp"), str(cpu / "normals_avx2.cpp"), "-o", str(program)]
+             str(cpu / "normals.cpp"), str(cpu / "normals_avx2.cpp"),
+             str(cpu / "normals_avx512.cpp"), "-o", str(program)]
     built = subprocess.run(build, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr
     ran = subprocess.run([str(program)], capture_output=True, text=True, timeout=600)

@@ -1,6 +1,6 @@
-// Philox normals for the CPU kernels (see lift_ext/cpu_normals.h): the portable and AVX-512F
-// paths (the AVX2 path: normals_avx2.cpp), all bitwise equal to philox_normal4 (philox.h), and
-// the choice among them, made once per process from the CPU's features and $LIFT_EXT_CPU_ISA
+// Philox normals for the CPU kernels (see lift_ext/cpu_normals.h): the portable path (the AVX2
+// and AVX-512F paths: normals_avx2.cpp, normals_avx512.cpp), all bitwise equal to
+// philox_normal4 (philox.h), and the choice among them, made once per process from the CPU's features and $LIFT_EXT_CPU_ISA
 // (normals_isa).
 #include "lift_ext/cpu_normals.h"
 
@@ -20,8 +20,8 @@ namespace {
 constexpr int kLanes = 16;  // element groups generated together, one SIMD lane each
 
 // Box-Muller of kLanes groups' Philox words (w0..w3 per lane) and the interleaved store of
-// the first `lanes` groups' four normals. Inlined into the portable and AVX-512 paths; the
-// compiler vectorises it for AVX-512 only (the AVX2 path has its own, box_muller8xN in normals_avx2.cpp).
+// the first `lanes` groups' four normals: the portable path's (the vector paths write theirs
+// out, box_muller_steps in normals_simd.h).
 __attribute__((always_inline)) inline void store_normals(const uint32_t* w0, const uint32_t* w1,
                                                          const uint32_t* w2, const uint32_t* w3,
                                                          int64_t lanes, float* __restrict out) {
@@ -99,70 +99,6 @@ void box_muller_generic(const uint32_t* r1, const uint32_t* r2, int64_t n, float
   box_muller_words(r1, r2, n, z0, z1);
 }
 
-#if defined(__x86_64__)
-// GCC 12's avx512fintrin.h seeds the shift intrinsics with an "undefined" vector and then
-// warns about it (-Wmaybe-uninitialized), a false positive inside the header.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-// The same stream with the Philox rounds written for AVX-512F: the compiler turns the
-// portable 32x32->64 multiplies into a full 64-bit multiply emulation (three vpmuludq per
-// product); here each is two vpmuludq (even and odd lanes) and a blend. Box-Muller is the
-// header's code, vectorised by the compiler in this AVX-512 function: same operations in
-// the same order (no contraction), so the normals are bitwise those of philox_normal4.
-__attribute__((target("avx512f")))
-void fill_normals_avx512(uint64_t seed, uint64_t offset, uint64_t first_group,
-                         int64_t num_groups, float* __restrict out) {
-  using namespace philox_detail;
-  static_assert(kLanes == 16, "one zmm register of uint32 lanes");
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i mul0 = _mm512_set1_epi32(static_cast<int>(kMul0));
-  const __m512i mul1 = _mm512_set1_epi32(static_cast<int>(kMul1));
-  const __m512i off_lo = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
-  const __m512i off_hi = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset >> 32)));
-  constexpr __mmask16 kOdd = 0xAAAA;
-  alignas(64) uint32_t w0[kLanes], w1[kLanes], w2[kLanes], w3[kLanes];
-  for (int64_t j0 = 0; j0 < num_groups; j0 += kLanes) {
-    const uint64_t base = first_group + static_cast<uint64_t>(j0);
-    // group = base + lane as (low, high) words; the low word carries when it wraps.
-    __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(base))), lane);
-    const __mmask16 carry = _mm512_cmplt_epu32_mask(c0, lane);
-    __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(base >> 32))),
-                                       carry,
-                                       _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(base >> 32))),
-                                       _mm512_set1_epi32(1));
-    __m512i c2 = off_lo, c3 = off_hi;
-    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-    for (int round = 0; round < 10; ++round) {
-      const __m512i e0 = _mm512_mul_epu32(c0, mul0);                          // even lanes
-      const __m512i o0 = _mm512_mul_epu32(_mm512_srli_epi64(c0, 32), mul0);   // odd lanes
-      const __m512i e1 = _mm512_mul_epu32(c2, mul1);
-      const __m512i o1 = _mm512_mul_epu32(_mm512_srli_epi64(c2, 32), mul1);
-      const __m512i hi0 = _mm512_mask_blend_epi32(kOdd, _mm512_srli_epi64(e0, 32), o0);
-      const __m512i lo0 = _mm512_mask_blend_epi32(kOdd, e0, _mm512_slli_epi64(o0, 32));
-      const __m512i hi1 = _mm512_mask_blend_epi32(kOdd, _mm512_srli_epi64(e1, 32), o1);
-      const __m512i lo1 = _mm512_mask_blend_epi32(kOdd, e1, _mm512_slli_epi64(o1, 32));
-      // 0x96: a ^ b ^ c
-      c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);
-      c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
-      c1 = lo1;
-      c3 = lo0;
-      k0 += kWeyl0;
-      k1 += kWeyl1;
-    }
-    _mm512_store_si512(w0, c0);
-    _mm512_store_si512(w1, c1);
-    _mm512_store_si512(w2, c2);
-    _mm512_store_si512(w3, c3);
-    store_normals(w0, w1, w2, w3, std::min<int64_t>(kLanes, num_groups - j0), out + 4 * j0);
-  }
-}
-
-__attribute__((target("avx512f")))
-void box_muller_avx512(const uint32_t* r1, const uint32_t* r2, int64_t n, float* z0, float* z1) {
-  box_muller_words(r1, r2, n, z0, z1);
-}
-#pragma GCC diagnostic pop
-#endif
 
 
 namespace {
@@ -225,7 +161,7 @@ void fill_normals_on(NormalsIsa isa, uint64_t seed, uint64_t offset, uint64_t fi
   switch (isa) {
 #if defined(__x86_64__)
     case NormalsIsa::kAvx512:
-      fill_normals_avx512(seed, offset, first_group, num_groups, out);
+      fill_normals_avx512(seed, offset, first_group, num_groups, out, prefetch);
       return;
     case NormalsIsa::kAvx2:
       fill_normals_avx2(seed, offset, first_group, num_groups, out, prefetch);

@@ -1,7 +1,8 @@
 // The AVX2 path of the CPU normals (csrc/cpu/normals_paths.h), bitwise equal to philox_normal4
 // (philox.h): AVX2 has neither unsigned integer -> float conversion nor masked operations, so
-// the compiler leaves the header's Box-Muller scalar for AVX2; here it is written out with
-// operations that give the header's floats bit for bit (no FMA: the target is "avx2" alone).
+// the compiler leaves the header's Box-Muller scalar for AVX2; here it is normals_simd.h's, on
+// AVX2 registers: operations that give the header's floats bit for bit (no FMA: the target is
+// "avx2" alone).
 // Measured design (benchmarks/NOTES.md, entries 9, 15 and 17): the Philox rounds of the next
 // kGroups groups run between the Box-Muller steps of these, so that the integer multiplies and
 // the float polynomials share the cycles, and a round is 16 instructions; the SGLD step's rows
@@ -14,14 +15,15 @@
 #include "lift_ext/philox.h"
 #include "normals_paths.h"
 
+#define LIFT_SIMD __attribute__((target("avx2"), always_inline)) inline
+#include "normals_simd.h"
+
 namespace lift_ext {
 namespace {
 constexpr int kGroups = 16;  // element groups per iteration: two ymm registers of uint32 lanes
 
-#define LIFT_AVX2 __attribute__((target("avx2"), always_inline)) inline
-
-LIFT_AVX2 __m256i splat_u32(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
-LIFT_AVX2 __m256 splat_f32(float v) { return _mm256_set1_ps(v); }
+LIFT_SIMD __m256i splat_u32(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
+LIFT_SIMD __m256 splat_f32(float v) { return _mm256_set1_ps(v); }
 
 // 8 groups' Philox words: word k of lane l is w[k][l].
 struct Philox8 {
@@ -30,7 +32,7 @@ struct Philox8 {
 
 // Counters (group low, group high, offset low, offset high) of groups base .. base + 7, the
 // low word's carry into the high word included.
-LIFT_AVX2 Philox8 counters8(uint64_t base, uint64_t offset) {
+LIFT_SIMD Philox8 counters8(uint64_t base, uint64_t offset) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i lo = _mm256_add_epi32(splat_u32(static_cast<uint32_t>(base)), lane);
   // the low word wrapped in a lane iff lo < lane (unsigned), i.e. max(lo, lane) != lo
@@ -45,11 +47,11 @@ LIFT_AVX2 Philox8 counters8(uint64_t base, uint64_t offset) {
 // (e = products of lanes 0, 2 | 4, 6) and, after a shuffle moves them down, the odd lanes
 // (o = 1, 3 | 5, 7); one two-source shuffle gathers the high halves and one the low halves,
 // in the lane order 0 2 1 3 | 4 6 5 7.
-LIFT_AVX2 __m256i high_halves(__m256i e, __m256i o) {
+LIFT_SIMD __m256i high_halves(__m256i e, __m256i o) {
   return _mm256_castps_si256(
       _mm256_shuffle_ps(_mm256_castsi256_ps(e), _mm256_castsi256_ps(o), _MM_SHUFFLE(3, 1, 3, 1)));
 }
-LIFT_AVX2 __m256i low_halves(__m256i e, __m256i o) {
+LIFT_SIMD __m256i low_halves(__m256i e, __m256i o) {
   return _mm256_castps_si256(
       _mm256_shuffle_ps(_mm256_castsi256_ps(e), _mm256_castsi256_ps(o), _MM_SHUFFLE(2, 0, 2, 0)));
 }
@@ -59,7 +61,7 @@ LIFT_AVX2 __m256i low_halves(__m256i e, __m256i o) {
 // come out with lanes 1 and 2 of each 128 bits swapped, so the words carried over (c1, c3)
 // are swapped the same way, and the state leaves the round in that order: after an even
 // number of rounds (the ten) every lane is back in its place.
-LIFT_AVX2 void philox_round8(Philox8& c, __m256i k0, __m256i k1) {
+LIFT_SIMD void philox_round8(Philox8& c, __m256i k0, __m256i k1) {
   using namespace philox_detail;
   const __m256i m0 = splat_u32(kMul0), m1 = splat_u32(kMul1);
   const __m256i e0 = _mm256_mul_epu32(c.w[0], m0);
@@ -78,111 +80,48 @@ struct RoundKeys {
   __m256i k0[10], k1[10];
 };
 
-// box_muller (philox.h) of radius words r1[j] and angle words r2[j] on N x 8 lanes, the N
-// vectors' steps and the logarithm's and the sine's and cosine's polynomials interleaved, and
-// hook(0) .. hook(9) called between the steps (the caller's next Philox rounds). Exact
-// rewrites of the header's operations, each giving the same float:
-//  * u = x 2^-24 + 2^-25 (x = r1 >> 8) is (2x + 1) 2^-25 rounded once, i.e. the conversion of
-//    the integer 2x + 1 = (r1 >> 7) | 1 scaled by 2^-25; the logarithm reads the exponent and
-//    the mantissa of that conversion (the 2^-25 is the -25 in the exponent).
-//  * the mantissa's fold m * 0.5 (m > 1.41421356f = 0x3FB504F3) is one less in its exponent.
-//  * -2 log u = -2 (e ln2 + (2 s) poly) is e (-2 ln2) + (-4 s) poly: scaling by a power of
-//    two commutes with rounding, so each product and the sum round to the same floats.
-//  * the angle (y 2^-24) (pi/2), y = (r2 >> 6) & (2^24 - 1), is (64 y) (2^-30 pi/2), 64 y
-//    being r2 with its top two and bottom six bits cleared, by the same argument.
-// The integer -> float conversions are signed here and unsigned there; both are exact (or
-// round once, for 2x + 1 < 2^25, as u's sum does) and equal, the values being below 2^31.
-template <int N, typename Hook>
-LIFT_AVX2 void box_muller8xN(const __m256i* r1, const __m256i* r2, __m256* z0, __m256* z1,
-                             Hook&& hook) {
-  constexpr float kLn2 = 0.693147180559945309f;
-  constexpr float kHalfPiScaled = 1.57079632679489662f * 9.31322574615478515625e-10f;  // 2^-30, exact
-  __m256 m[N], e[N], s[N], s2[N], poly[N], a[N], a2[N], ps[N], pc[N];
-  for (int j = 0; j < N; ++j) {
-    const __m256i u_bits = _mm256_castps_si256(
-        _mm256_cvtepi32_ps(_mm256_or_si256(_mm256_srli_epi32(r1[j], 7), _mm256_set1_epi32(1))));
-    const __m256i fraction = _mm256_and_si256(u_bits, _mm256_set1_epi32(0x007FFFFF));
-    const __m256i fold = _mm256_cmpgt_epi32(fraction, _mm256_set1_epi32(0x003504F3));  // -1: fold
-    m[j] = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_or_si256(fraction, _mm256_set1_epi32(0x3F800000)),
-                                                _mm256_and_si256(fold, _mm256_set1_epi32(0x00800000))));
-    e[j] = _mm256_cvtepi32_ps(_mm256_sub_epi32(
-        _mm256_sub_epi32(_mm256_srli_epi32(u_bits, 23), _mm256_set1_epi32(127 + 25)), fold));
-    a[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(r2[j], _mm256_set1_epi32(0x3FFFFFC0))),
-                         splat_f32(kHalfPiScaled));
+// The AVX2 vectors and operations of box_muller_steps (normals_simd.h): 8 lanes, a lane
+// predicate is a vector of all-ones or zero lanes.
+struct Avx2 {
+  using F = __m256;
+  using I = __m256i;
+  using Mask = __m256i;
+  LIFT_SIMD static I splat_i(uint32_t v) { return splat_u32(v); }
+  LIFT_SIMD static F splat_f(float v) { return splat_f32(v); }
+  template <int kBits>
+  LIFT_SIMD static I srli(I x) { return _mm256_srli_epi32(x, kBits); }
+  LIFT_SIMD static I or_(I a, I b) { return _mm256_or_si256(a, b); }
+  LIFT_SIMD static I and_(I a, I b) { return _mm256_and_si256(a, b); }
+  LIFT_SIMD static I xor_(I a, I b) { return _mm256_xor_si256(a, b); }
+  LIFT_SIMD static I add_i(I a, I b) { return _mm256_add_epi32(a, b); }
+  LIFT_SIMD static I sub_i(I a, I b) { return _mm256_sub_epi32(a, b); }
+  LIFT_SIMD static F cvt(I x) { return _mm256_cvtepi32_ps(x); }
+  LIFT_SIMD static I as_i(F x) { return _mm256_castps_si256(x); }
+  LIFT_SIMD static F as_f(I x) { return _mm256_castsi256_ps(x); }
+  LIFT_SIMD static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  LIFT_SIMD static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  LIFT_SIMD static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  LIFT_SIMD static F div(F a, F b) { return _mm256_div_ps(a, b); }
+  LIFT_SIMD static F sqrt(F x) { return _mm256_sqrt_ps(x); }
+  LIFT_SIMD static Mask greater(I a, I b) { return _mm256_cmpgt_epi32(a, b); }  // signed
+  LIFT_SIMD static I minus_where(Mask m, I x, I v) { return _mm256_sub_epi32(x, _mm256_and_si256(m, v)); }
+  LIFT_SIMD static I plus_one_where(Mask m, I x) { return _mm256_sub_epi32(x, m); }  // m = -1 there
+  // if_set where the sign bit of `selector` is set, else if_clear.
+  LIFT_SIMD static F select_by_sign(I selector, F if_clear, F if_set) {
+    return _mm256_blendv_ps(if_clear, if_set, _mm256_castsi256_ps(selector));
   }
-  hook(0);
-  for (int j = 0; j < N; ++j) {
-    s[j] = _mm256_div_ps(_mm256_sub_ps(m[j], splat_f32(1.0f)), _mm256_add_ps(m[j], splat_f32(1.0f)));
-    a2[j] = _mm256_mul_ps(a[j], a[j]);
-  }
-  hook(1);
-  for (int j = 0; j < N; ++j) {
-    ps[j] = _mm256_sub_ps(_mm256_mul_ps(splat_f32(1.0f / 6227020800.0f), a2[j]), splat_f32(1.0f / 39916800.0f));
-    pc[j] = _mm256_sub_ps(_mm256_mul_ps(splat_f32(1.0f / 87178291200.0f), a2[j]), splat_f32(1.0f / 479001600.0f));
-  }
-  for (int j = 0; j < N; ++j) {
-    ps[j] = _mm256_add_ps(_mm256_mul_ps(ps[j], a2[j]), splat_f32(1.0f / 362880.0f));
-    pc[j] = _mm256_add_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(1.0f / 3628800.0f));
-  }
-  hook(2);
-  for (int j = 0; j < N; ++j) {
-    s2[j] = _mm256_mul_ps(s[j], s[j]);
-    ps[j] = _mm256_sub_ps(_mm256_mul_ps(ps[j], a2[j]), splat_f32(1.0f / 5040.0f));
-    pc[j] = _mm256_sub_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(1.0f / 40320.0f));
-  }
-  hook(3);
-  for (int j = 0; j < N; ++j) {
-    poly[j] = _mm256_add_ps(_mm256_mul_ps(splat_f32(1.0f / 11.0f), s2[j]), splat_f32(1.0f / 9.0f));
-    ps[j] = _mm256_add_ps(_mm256_mul_ps(ps[j], a2[j]), splat_f32(1.0f / 120.0f));
-    pc[j] = _mm256_add_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(1.0f / 720.0f));
-  }
-  hook(4);
-  for (int j = 0; j < N; ++j) {
-    poly[j] = _mm256_add_ps(_mm256_mul_ps(poly[j], s2[j]), splat_f32(1.0f / 7.0f));
-    ps[j] = _mm256_sub_ps(_mm256_mul_ps(ps[j], a2[j]), splat_f32(1.0f / 6.0f));
-    pc[j] = _mm256_sub_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(1.0f / 24.0f));
-  }
-  hook(5);
-  for (int j = 0; j < N; ++j) {
-    poly[j] = _mm256_add_ps(_mm256_mul_ps(poly[j], s2[j]), splat_f32(1.0f / 5.0f));
-    pc[j] = _mm256_add_ps(_mm256_mul_ps(pc[j], a2[j]), splat_f32(0.5f));
-  }
-  hook(6);
-  for (int j = 0; j < N; ++j) poly[j] = _mm256_add_ps(_mm256_mul_ps(poly[j], s2[j]), splat_f32(1.0f / 3.0f));
-  hook(7);
-  for (int j = 0; j < N; ++j) poly[j] = _mm256_add_ps(_mm256_mul_ps(poly[j], s2[j]), splat_f32(1.0f));
-  hook(8);
-  for (int j = 0; j < N; ++j) {
-    const __m256 radius = _mm256_sqrt_ps(_mm256_add_ps(
-        _mm256_mul_ps(e[j], splat_f32(-2.0f * kLn2)),
-        _mm256_mul_ps(_mm256_mul_ps(s[j], splat_f32(-4.0f)), poly[j])));
-    const __m256 sin_a = _mm256_add_ps(a[j], _mm256_mul_ps(_mm256_mul_ps(a[j], a2[j]), ps[j]));
-    const __m256 cos_a = _mm256_sub_ps(splat_f32(1.0f), _mm256_mul_ps(a2[j], pc[j]));
-    // Quadrant q = r2 >> 30: (cos t, sin t) = (c, s), (-s, c), (-c, -s), (s, -c) for q = 0..3,
-    // i.e. swap c and s when bit 30 is set, negate the cosine when bits 31 and 30 differ and
-    // the sine when bit 31 is set (negation flips the sign bit, as the scalar code's does).
-    const __m256i r2_shl = _mm256_add_epi32(r2[j], r2[j]);  // bit 30 moved to the sign bit
-    const __m256 odd = _mm256_castsi256_ps(r2_shl);
-    const __m256 cos_abs = _mm256_blendv_ps(cos_a, sin_a, odd);
-    const __m256 sin_abs = _mm256_blendv_ps(sin_a, cos_a, odd);
-    const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
-    const __m256 cos_sign = _mm256_castsi256_ps(_mm256_and_si256(_mm256_xor_si256(r2[j], r2_shl), sign));
-    const __m256 sin_sign = _mm256_castsi256_ps(_mm256_and_si256(r2[j], sign));
-    z0[j] = _mm256_mul_ps(radius, _mm256_xor_ps(cos_abs, cos_sign));
-    z1[j] = _mm256_mul_ps(radius, _mm256_xor_ps(sin_abs, sin_sign));
-  }
-  hook(9);
-}
+  LIFT_SIMD static F xor_sign(F x, I sign) { return _mm256_xor_ps(x, _mm256_castsi256_ps(sign)); }
+};
 
 // Box-Muller of words (r1[j], r2[j]), j = 0, 1, one vector at a time, with the ten rounds of
 // `state` between the steps (five in each; none where `rounds` is false) and request() at the
 // five steps between those.
 template <typename Request>
-LIFT_AVX2 void box_muller16_during_rounds(const __m256i* r1, const __m256i* r2, __m256* z0, __m256* z1,
+LIFT_SIMD void box_muller16_during_rounds(const __m256i* r1, const __m256i* r2, __m256* z0, __m256* z1,
                                           Philox8& state, const RoundKeys& keys, bool rounds,
                                           Request&& request) {
   for (int j = 0; j < 2; ++j) {
-    box_muller8xN<1>(r1 + j, r2 + j, z0 + j, z1 + j, [&](int step) __attribute__((target("avx2"), always_inline)) {
+    box_muller_steps<Avx2, 1>(r1 + j, r2 + j, z0 + j, z1 + j, [&](int step) __attribute__((target("avx2"), always_inline)) {
       if (step % 2 == 1) {
         request();
       } else if (rounds) {
@@ -192,43 +131,9 @@ LIFT_AVX2 void box_muller16_during_rounds(const __m256i* r1, const __m256i* r2, 
   }
 }
 
-// The cache lines of `prefetch`'s arrays for the first `normals` normals, in the order the
-// update reads them (line by line, the arrays taken in turn); fill_normals_avx2 requests one at
-// each of its request points (20 per 16 groups, more than the 8 lines of two float arrays).
-struct LineQueue {
-  static constexpr uintptr_t kLine = 64;
-  uintptr_t first[NormalsPrefetch::kMaxArrays], end[NormalsPrefetch::kMaxArrays];
-  uintptr_t offset = 0, span = 0;  // bytes past each array's first line; the longest array's
-  int arrays = 0, array = 0;
-
-  LineQueue(const NormalsPrefetch& rows, int64_t normals) : arrays(rows.arrays) {
-    const int64_t count = std::min(rows.count, normals);
-    for (int a = 0; a < arrays; ++a) {
-      first[a] = rows.address[a] & ~(kLine - 1);
-      end[a] = rows.address[a] + static_cast<uintptr_t>(count * rows.element_bytes[a]);
-      span = std::max(span, end[a] - first[a]);
-    }
-    if (count <= 0) array = arrays;
-  }
-  void request() {
-    if (array == arrays) return;  // none, or all requested
-    const uintptr_t line = first[array] + offset;
-    if (line < end[array]) __builtin_prefetch(reinterpret_cast<const void*>(line));
-    if (++array == arrays) {
-      offset += kLine;
-      array = offset < span ? 0 : arrays;
-    }
-  }
-};
-
-// LineQueue's stand-in when nothing is to be requested.
-struct NoLines {
-  void request() {}
-};
-
 // The four normals of 8 groups, group-interleaved: out[4 l + k] = z_k[l] for l < lanes. A 4 x 8
 // transpose in registers; a partial vector (lanes < 8) goes through a buffer.
-LIFT_AVX2 void store_normals8(__m256 z0, __m256 z1, __m256 z2, __m256 z3, int64_t lanes, float* out) {
+LIFT_SIMD void store_normals8(__m256 z0, __m256 z1, __m256 z2, __m256 z3, int64_t lanes, float* out) {
   // pairs: t0 = (z0 z1) of lanes 0,1 | 4,5; t1 = lanes 2,3 | 6,7; t2, t3 the same for (z2 z3)
   const __m256 t0 = _mm256_unpacklo_ps(z0, z1), t1 = _mm256_unpackhi_ps(z0, z1);
   const __m256 t2 = _mm256_unpacklo_ps(z2, z3), t3 = _mm256_unpackhi_ps(z2, z3);
@@ -247,7 +152,6 @@ LIFT_AVX2 void store_normals8(__m256 z0, __m256 z1, __m256 z2, __m256 z3, int64_
   for (int k = 0; k < 4; ++k) _mm256_store_ps(buf + 8 * k, groups[k]);
   std::copy(buf, buf + 4 * lanes, out);
 }
-#undef LIFT_AVX2
 }  // namespace
 
 namespace {
@@ -318,7 +222,7 @@ void box_muller_avx2(const uint32_t* r1, const uint32_t* r2, int64_t n, float* z
     const __m256i v2[2] = {_mm256_load_si256(reinterpret_cast<const __m256i*>(w2)),
                            _mm256_load_si256(reinterpret_cast<const __m256i*>(w2 + 8))};
     __m256 a[2], b[2];
-    for (int j = 0; j < 2; ++j) box_muller8xN<1>(v1 + j, v2 + j, a + j, b + j, [](int) {});
+    for (int j = 0; j < 2; ++j) box_muller_steps<Avx2, 1>(v1 + j, v2 + j, a + j, b + j, [](int) {});
     alignas(32) float f0[kGroups], f1[kGroups];
     for (int k = 0; k < 2; ++k) {
       _mm256_store_ps(f0 + 8 * k, a[k]);

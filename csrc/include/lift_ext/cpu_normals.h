@@ -8,10 +8,10 @@
 namespace lift_ext {
 
 // Arrays that the caller reads element for element right after the normals (the SGLD step's
-// parameters, gradients and optional state): the AVX2 path requests their cache lines while it
-// computes, one line between two Box-Muller steps, so that memory streams in behind the
-// compute-bound normals instead of after them (benchmarks/NOTES.md entry 17; the other paths,
-// not measured with it, ignore it). Normal e (e = 0: the first group's first normal) goes with
+// parameters, gradients and optional state): the AVX2 and AVX-512 paths request their cache
+// lines while they compute, one line between two Box-Muller steps, so that memory streams in
+// behind the compute-bound normals instead of after them (benchmarks/NOTES.md entries 17, 18;
+// the portable path ignores it). Normal e (e = 0: the first group's first normal) goes with
 // the bytes at address[a] + e * element_bytes[a] of array a, for e < count. A request never
 // faults, so the addresses need not be valid; the normals do not depend on any of it.
 struct NormalsPrefetch {
