@@ -75,11 +75,6 @@ LIFT_SIMD void philox_round8(Philox8& c, __m256i k0, __m256i k1) {
   c.w[3] = low_halves(e0, o0);
 }
 
-// The ten rounds' keys, broadcast once per call.
-struct RoundKeys {
-  __m256i k0[10], k1[10];
-};
-
 // The AVX2 vectors and operations of box_muller_steps (normals_simd.h): 8 lanes, a lane
 // predicate is a vector of all-ones or zero lanes.
 struct Avx2 {
@@ -118,7 +113,7 @@ struct Avx2 {
 // five steps between those.
 template <typename Request>
 LIFT_SIMD void box_muller16_during_rounds(const __m256i* r1, const __m256i* r2, __m256* z0, __m256* z1,
-                                          Philox8& state, const RoundKeys& keys, bool rounds,
+                                          Philox8& state, const RoundKeys<Avx2>& keys, bool rounds,
                                           Request&& request) {
   for (int j = 0; j < 2; ++j) {
     box_muller_steps<Avx2, 1>(r1 + j, r2 + j, z0 + j, z1 + j, [&](int step) __attribute__((target("avx2"), always_inline)) {
@@ -161,20 +156,9 @@ template <bool kPrefetch>
 __attribute__((target("avx2")))
 void fill_normals_avx2_loop(uint64_t seed, uint64_t offset, uint64_t first_group, int64_t num_groups,
                             float* __restrict out, const NormalsPrefetch* prefetch) {
-  using namespace philox_detail;
-  RoundKeys keys;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    keys.k0[round] = splat_u32(k0);
-    keys.k1[round] = splat_u32(k1);
-    k0 += kWeyl0;
-    k1 += kWeyl1;
-  }
-  // The rows to request while drawing (kPrefetch), one line at a time between the steps.
-  auto queue = [&] {
-    if constexpr (kPrefetch) return LineQueue(*prefetch, 4 * num_groups);
-    else return NoLines{};
-  }();
+  RoundKeys<Avx2> keys;
+  set_round_keys(seed, keys);
+  auto queue = row_queue<kPrefetch>(prefetch, 4 * num_groups);  // one line between two steps
   auto request = [&]() __attribute__((always_inline)) { queue.request(); };
   // Two 8-group states per iteration (kGroups groups). The first iteration's rounds run
   // alone; every later iteration's run between the Box-Muller steps of the one before.

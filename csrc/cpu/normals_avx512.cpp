@@ -61,11 +61,6 @@ LIFT_SIMD void philox_round16(Philox16& c, __m512i k0, __m512i k1) {
   c.w[3] = _mm512_permutex2var_epi32(e0, low, o0);
 }
 
-// The ten rounds' keys, broadcast once per call.
-struct RoundKeys {
-  __m512i k0[10], k1[10];
-};
-
 // The AVX-512F vectors and operations of box_muller_steps (normals_simd.h): 16 lanes, a lane
 // predicate is a mask register.
 struct Avx512 {
@@ -127,19 +122,9 @@ template <bool kPrefetch>
 __attribute__((target("avx512f")))
 void fill_normals_avx512_loop(uint64_t seed, uint64_t offset, uint64_t first_group, int64_t num_groups,
                               float* __restrict out, const NormalsPrefetch* prefetch) {
-  using namespace philox_detail;
-  RoundKeys keys;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    keys.k0[round] = splat_u32(k0);
-    keys.k1[round] = splat_u32(k1);
-    k0 += kWeyl0;
-    k1 += kWeyl1;
-  }
-  auto queue = [&] {
-    if constexpr (kPrefetch) return LineQueue(*prefetch, 4 * num_groups);
-    else return NoLines{};
-  }();
+  RoundKeys<Avx512> keys;
+  set_round_keys(seed, keys);
+  auto queue = row_queue<kPrefetch>(prefetch, 4 * num_groups);  // one line between two steps
   // The first iteration's rounds run alone; every later iteration's run between the
   // Box-Muller steps of the one before, with a row request beside each.
   Philox16 state = counters16(first_group, offset);

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "lift_ext/cpu_normals.h"
+#include "lift_ext/philox.h"
 
 #ifndef LIFT_SIMD
 #error "define LIFT_SIMD (the path's target attribute, always_inline, inline) before including normals_simd.h"
@@ -108,6 +109,24 @@ LIFT_SIMD void box_muller_steps(const typename V::I* r1, const typename V::I* r2
   hook(9);
 }
 
+// The ten Philox rounds' keys (philox4x32_10 in philox.h) of `seed`, broadcast once per call.
+template <typename V>
+struct RoundKeys {
+  typename V::I k0[10], k1[10];
+};
+
+template <typename V>
+LIFT_SIMD void set_round_keys(uint64_t seed, RoundKeys<V>& keys) {
+  using namespace philox_detail;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    keys.k0[round] = V::splat_i(k0);
+    keys.k1[round] = V::splat_i(k1);
+    k0 += kWeyl0;
+    k1 += kWeyl1;
+  }
+}
+
 // The cache lines of `prefetch`'s arrays for the first `normals` normals, in the order the
 // update reads them (line by line, the arrays taken in turn); a path's loop requests one at
 // each of its request points.
@@ -141,6 +160,14 @@ struct LineQueue {
 struct NoLines {
   void request() {}
 };
+
+// The requests of a path's loop for the first `normals` normals: `prefetch`'s lines where one
+// is given (kPrefetch; without, the loop compiles as if requests did not exist).
+template <bool kPrefetch>
+__attribute__((always_inline)) inline auto row_queue(const NormalsPrefetch* prefetch, int64_t normals) {
+  if constexpr (kPrefetch) return LineQueue(*prefetch, normals);
+  else return NoLines{};
+}
 
 }  // namespace
 }  // namespace lift_ext
