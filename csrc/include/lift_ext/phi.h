@@ -28,17 +28,30 @@ struct PhiScalars {
   uint64_t offset;
 };
 
-LIFT_HOST_DEVICE float phi_update_element(float phi, float sum, float mu0, float noise,
-                                          const PhiScalars& s) {
+// The update with the case fixed at compile time (kGibbs: s.gibbs, kNoise: s.noise_scale != 0),
+// so that a loop over elements has no branch in it; phi_update_element picks the case.
+template <bool kGibbs, bool kNoise>
+LIFT_HOST_DEVICE float phi_update_case(float phi, float sum, float mu0, float noise, const PhiScalars& s) {
   float updated;
-  if (s.gibbs) {
+  if (kGibbs) {
     updated = s.gibbs_variance * (mu0 * s.inv_sigma2 + sum * s.inv_beta2);
   } else {
     const float drift = (phi - mu0) * s.inv_sigma2 - (sum - s.num_tasks * phi) * s.inv_beta2;
     updated = phi - s.lr * drift;
   }
-  if (s.noise_scale != 0.0f) updated = updated + s.noise_scale * noise;
+  if (kNoise) updated = updated + s.noise_scale * noise;
   return updated;
+}
+
+LIFT_HOST_DEVICE float phi_update_element(float phi, float sum, float mu0, float noise,
+                                          const PhiScalars& s) {
+  const bool noise_on = s.noise_scale != 0.0f;
+  if (s.gibbs) {
+    return noise_on ? phi_update_case<true, true>(phi, sum, mu0, noise, s)
+                    : phi_update_case<true, false>(phi, sum, mu0, noise, s);
+  }
+  return noise_on ? phi_update_case<false, true>(phi, sum, mu0, noise, s)
+                  : phi_update_case<false, false>(phi, sum, mu0, noise, s);
 }
 
 #if defined(LIFT_EXT_WITH_CUDA) || defined(__CUDACC__)
