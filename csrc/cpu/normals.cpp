@@ -138,13 +138,17 @@ bool normals_isa_supported(NormalsIsa isa) { return cpu_runs(isa); }
 
 namespace {
 // The path $LIFT_EXT_CPU_ISA names, where it names one this CPU runs (lift_ext/_loader.py
-// refuses any other value when lift_ext is imported); otherwise the fastest.
+// refuses any other value when lift_ext is imported); otherwise the fastest. Off x86-64 the
+// portable path is the only one, and the variable is not read (the aarch64 test image of this
+// file links no C library).
 NormalsIsa chosen_isa() {
+#if defined(__x86_64__)
   const char* requested = std::getenv(kCpuIsaVariable);
   for (int i = 0; requested != nullptr && i < kNumNormalsIsas; ++i) {
     const auto isa = static_cast<NormalsIsa>(i);
     if (std::strcmp(requested, normals_isa_name(isa)) == 0 && cpu_runs(isa)) return isa;
   }
+#endif
   return cpu_runs(NormalsIsa::kAvx512) ? NormalsIsa::kAvx512
          : cpu_runs(NormalsIsa::kAvx2) ? NormalsIsa::kAvx2
                                        : NormalsIsa::kGeneric;
