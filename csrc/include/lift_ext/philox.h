@@ -92,11 +92,14 @@ LIFT_HOST_DEVICE Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, ui
 LIFT_HOST_DEVICE float portable_log_unit(float u) {
   using namespace philox_detail;
   const uint32_t bits = float_to_bits(u);
-  int exponent = static_cast<int>((bits >> 23) & 0xFFu) - 127;
-  float mantissa = bits_to_float((bits & 0x007FFFFFu) | 0x3F800000u);  // [1, 2)
-  const bool fold = mantissa > 1.41421356f;
-  mantissa = fold ? mantissa * 0.5f : mantissa;
-  exponent = fold ? exponent + 1 : exponent;
+  const uint32_t mantissa_bits = (bits & 0x007FFFFFu) | 0x3F800000u;  // [1, 2)
+  // Fold [sqrt 2, 2) onto [sqrt(1/2), 1): the mantissa m > 1.41421356f (bits 0x3FB504F3; a
+  // positive float's bits order as its value) times 0.5, which is one less in its exponent
+  // bits, exactly. Integer selects only, so that loops over this function vectorise (a
+  // conditional float product may not be speculated under IEEE trapping semantics).
+  const uint32_t fold = mantissa_bits > 0x3FB504F3u ? 1u : 0u;
+  const int exponent = static_cast<int>((bits >> 23) & 0xFFu) - 127 + static_cast<int>(fold);
+  const float mantissa = bits_to_float(mantissa_bits - (fold << 23));
   const float s = (mantissa - 1.0f) / (mantissa + 1.0f);
   const float s2 = s * s;
   float poly = 1.0f / 11.0f;
