@@ -16,19 +16,6 @@ namespace {
 
 constexpr int64_t kBlock = 1024;
 
-// Elements [start, start + n) of the arrays the update reads (nullptr: absent), for
-// fill_normals to request while it draws their normals (NormalsPrefetch in cpu_normals.h).
-NormalsPrefetch rows_of(int64_t start, int64_t n, std::initializer_list<const float*> arrays) {
-  NormalsPrefetch rows;
-  rows.count = n;
-  for (const float* a : arrays) {
-    if (a == nullptr) continue;
-    rows.address[rows.arrays] = reinterpret_cast<uintptr_t>(a + start);
-    rows.element_bytes[rows.arrays++] = sizeof(float);
-  }
-  return rows;
-}
-
 // p[i] <- phi_update_case<kGibbs, kNoise>(p[i], sum[i], mu0 ? mu0[i] : 0, noise[i], s) for
 // i < n, with no branch in the loop so that it vectorises (the scalars are a local copy that
 // the stores to p cannot change; the tensors do not overlap, which prepare_phi_call checks).
@@ -69,7 +56,9 @@ void phi_step_cpu(const at::Tensor& phi, const at::Tensor& task_sum,
       const int64_t start = b * kBlock;
       const int64_t n = std::min(kBlock, numel - start);
       if (s.noise_scale != 0.0f) {
-        const NormalsPrefetch rows = rows_of(start, n, {p, sum, mu0});
+        NormalsPrefetch rows;  // the rows the update reads, requested during the normals
+        rows.count = n;
+        for (const float* array : {static_cast<const float*>(p), sum, mu0}) rows.add(array, start, sizeof(float));
         fill_normals(s.seed, s.offset, static_cast<uint64_t>(start / 4), (n + 3) / 4, noise, &rows);
       }
       update_block_of(p + start, sum + start, mu0 ? mu0 + start : nullptr, noise, n, s);

@@ -102,21 +102,17 @@ void run_piece(const SgldSlot& slot, int64_t lo, int64_t hi, const float* noise,
 }
 
 // The arrays of `slot` from flattened element `first` up to `stop` (at most), for fill_normals
-// to request while it draws their block's normals (NormalsPrefetch in cpu_normals.h). Pointer
-// arithmetic in integers: `first` may lie up to 3 elements before the slot (group rounding).
+// to request while it draws their block's normals (NormalsPrefetch in cpu_normals.h); `first`
+// may lie up to 3 elements before the slot (group rounding).
 NormalsPrefetch prefetch_of(const SgldSlot& slot, int64_t first, int64_t stop, GradDtype grad_dtype) {
   NormalsPrefetch out;
   out.count = std::min(stop, slot.base + slot.numel) - first;
-  auto add = [&](const void* data, int64_t element_bytes) {
-    if (data == nullptr) return;
-    out.address[out.arrays] = reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>((first - slot.base) * element_bytes);
-    out.element_bytes[out.arrays++] = element_bytes;
-  };
-  add(slot.param, sizeof(float));
-  add(slot.grad, grad_dtype == GradDtype::kFloat32 ? 4 : 2);
-  add(slot.prior_mean, sizeof(float));
-  add(slot.accum, sizeof(float));
-  add(slot.square_avg, sizeof(float));
+  const int64_t at = first - slot.base;
+  out.add(slot.param, at, sizeof(float));
+  out.add(slot.grad, at, grad_dtype == GradDtype::kFloat32 ? 4 : 2);
+  out.add(slot.prior_mean, at, sizeof(float));
+  out.add(slot.accum, at, sizeof(float));
+  out.add(slot.square_avg, at, sizeof(float));
   return out;
 }
 

@@ -20,6 +20,15 @@ struct NormalsPrefetch {
   int64_t element_bytes[kMaxArrays] = {};
   int arrays = 0;
   int64_t count = 0;
+
+  // Appends the array `data` (nothing when null) whose element `first` goes with normal 0,
+  // elements `bytes` apart. The address is formed in integers: `first` may lie before the
+  // array's start (the SGLD step's group rounding), where pointer arithmetic would not be valid.
+  void add(const void* data, int64_t first, int64_t bytes) {
+    if (data == nullptr || arrays == kMaxArrays) return;
+    address[arrays] = reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(first * bytes);
+    element_bytes[arrays++] = bytes;
+  }
 };
 
 // out[4 * j + k] = normal k of element group first_group + j, for j < num_groups
