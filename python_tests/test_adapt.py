@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lift_ext.gmm import OnlineGMM
-from lift_ext.lift import FlatParams, MapConfig, MixturePrior, SamplingConfig, TensorTask, adapt, average_predictions
+from lift_ext.lift import (FlatParams, MapConfig, MixturePrior, SamplingConfig, TensorTask, adapt, average_predictions,
+                           best_component)
 from lift_ext.lift.adapt import STOP_REASONS
 from lift_ext.sgld import sgld_step
 
@@ -140,6 +141,26 @@ def test_component_is_chosen_by_weighted_support_evidence(linear):
     assert int(losses.argmin()) == 1  # component 2 won above on its weight, not its loss
 
 
+@pytest.mark.parametrize("config", [MapConfig(steps=12, lr=1e-2, eval_every=3),
+                                    SamplingConfig(steps=12, lr=1e-2, burn_in=6, thin=2)], ids=["map", "sgld"])
+def test_a_component_chosen_once_and_passed_on_gives_the_same_adaptation(linear, config):
+    """best_component is the choice start="best_component" makes; adapting from that index
+    gives bitwise the same run (the component recorded, no scores: nothing was scored)."""
+    model, flat, task, x, y = linear
+    prior = random_prior(4, beta=0.3)
+    chosen = adapt(flat, task, mse, prior=prior, config=config, seed=3)
+    best = best_component(flat, task, mse, prior)
+    passed = adapt(flat, task, mse, prior=prior, config=config, start=best, seed=3)
+    assert best == chosen.component == passed.component and passed.scores is None
+    assert torch.equal(chosen.theta, passed.theta) and chosen.losses == passed.losses
+    assert all(torch.equal(a, b) for a, b in zip(chosen.samples, passed.samples))
+    other = (best + 1) % prior.n_components
+    assert torch.equal(adapt(flat, task, mse, prior=prior, config=MapConfig(steps=0), start=other).theta,
+                       prior.means[other])
+    with pytest.raises(TypeError, match="prior"):
+        best_component(flat, task, mse, None)
+
+
 def test_online_gmm_prior_equals_its_mixture_prior(linear):
     """An OnlineGMM over phi samples becomes a prior with beta (MixturePrior.from_gmm): adapting
     under it equals adapting under the mixture of its moments; adapt itself takes a MixturePrior
@@ -233,10 +254,15 @@ BAD = [(lambda: dict(config="vi"), TypeError, "config"),
        (lambda: dict(config=SamplingConfig(steps=3, tol=0.0)), TypeError, "tol"),  # MAP's: not a sampling field
        (lambda: dict(config=MapConfig(steps=3), start=torch.zeros(D + 1)), ValueError, "start"),
        (lambda: dict(config=MapConfig(steps=3), start=torch.full((D,), math.nan)), ValueError, "start"),
-       (lambda: dict(config=MapConfig(steps=3), prior=WRONG_DIM_PRIOR), ValueError, "prior")]
+       (lambda: dict(config=MapConfig(steps=3), prior=WRONG_DIM_PRIOR), ValueError, "prior"),
+       (lambda: dict(config=MapConfig(steps=3), start=2), ValueError, "start: component index 2"),
+       (lambda: dict(config=MapConfig(steps=3), start=-1), ValueError, "start: component index -1"),
+       (lambda: dict(config=MapConfig(steps=3), start=True), TypeError, "start"),
+       (lambda: dict(config=MapConfig(steps=3), start=1.0), TypeError, "start"),
+       (lambda: dict(config=MapConfig(steps=3), start=0, prior=None), ValueError, "start")]
 BAD_IDS = ["config", "start", "steps", "steps-float", "lr", "tol", "patience", "eval_every", "temperature",
            "burn_in", "thin", "seed", "preconditioned", "beta", "tol-sampling", "start-shape", "start-nan",
-           "prior-dim"]
+           "prior-dim", "start-index-high", "start-index-negative", "start-bool", "start-float", "start-index-no-prior"]
 
 
 @pytest.mark.parametrize("bad, error, match", BAD, ids=BAD_IDS)

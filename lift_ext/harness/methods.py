@@ -47,7 +47,7 @@ from lift_ext.harness.scoring import query_scores, support_temperature
 from lift_ext.harness.suite import BenchSuite, BenchTask
 from lift_ext.workers import forked_map, resolve_workers
 from lift_ext.lift import (ChainStart, LangevinConfig, LiFT, MapConfig, MixtureHierarchy, MixturePrior, SamplingConfig,
-                           adapt)
+                           adapt, best_component)
 from lift_ext.lift.config import AdaptConfig
 
 METHODS = ("independent", "multitask", "reptile", "fomaml", "lift", "lift_k1", "lift_sgld", "lift_ts", "mbc",
@@ -186,30 +186,35 @@ class Adaptations:
     deterministic function of (suite, task, learned start or prior, config, seed), so lift_ts
     scores the MAP adapter lift already found, and a ranking's independent fine-tuning reuses
     the headroom's. Keyed by the suite and task names, a SHA-1 of the bytes of the support set's
-    tensors and of the learned tensors, the config (a frozen dataclass) and the seed."""
+    tensors and of the learned tensors, the config (a frozen dataclass) and the seed. Under a
+    prior the start component (lift_ext.lift.best_component: K forward passes over the support
+    set) is chosen once per support set and prior, so lift and lift_sgld choose it once."""
 
     def __init__(self):
         self._done: Dict[tuple, object] = {}
+        self._component: Dict[tuple, int] = {}
 
     @staticmethod
-    def _key(suite: BenchSuite, task: BenchTask, support, learned: Learned, config: AdaptConfig,
-             seed: int) -> tuple:
+    def _content(suite: BenchSuite, task: BenchTask, support, learned: Learned) -> tuple:
         digest = hashlib.sha1()
         tensors = ((learned.means, learned.variances, learned.weights, torch.tensor(learned.beta))
                    if isinstance(learned, MixturePrior) else (learned,))
         for t in (*support.full(), *tensors):
             digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        return suite.name, task.name, type(learned).__name__, digest.hexdigest(), config, seed
+        return suite.name, task.name, type(learned).__name__, digest.hexdigest()
 
     def adapt(self, suite: BenchSuite, task: BenchTask, learned: Learned, config: AdaptConfig, seed: int):
         """lift_ext.lift.adapt's result for ``task``'s support set under ``seed``: from a start
         (no prior) or under a prior from its best component; done once per key."""
         support = task.support(seed)
-        key = self._key(suite, task, support, learned, config, seed)
+        content = self._content(suite, task, support, learned)
+        key = content + (config, seed)
         if key not in self._done:
             if isinstance(learned, MixturePrior):
+                if content not in self._component:
+                    self._component[content] = best_component(suite.flat, support, suite.loss_fn, learned)
                 self._done[key] = adapt(suite.flat, support, suite.loss_fn, prior=learned, config=config,
-                                        start="best_component", seed=seed)
+                                        start=self._component[content], seed=seed)
             else:
                 self._done[key] = adapt(suite.flat, support, suite.loss_fn, config=config, start=learned, seed=seed)
         return self._done[key]

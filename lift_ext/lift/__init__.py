@@ -12,8 +12,9 @@ and 10).
                       meta-test prior, apply / export_peft of an adapter, save / load
     ShardedLiFT       LiFT over a sharded chain, each rank holding only its tasks' data
     adapt             meta-test adaptation under a mixture prior (MAP to a stopping rule, or SGLD)
+    best_component    the component adapt starts from by default, chosen once for several adaptations
 """
-from lift_ext.lift.adapt import Adapted, adapt, average_predictions
+from lift_ext.lift.adapt import Adapted, adapt, average_predictions, best_component
 from lift_ext.lift.batched_grad import mean_loss_grad
 from lift_ext.lift.config import (LangevinConfig, MapConfig, MixtureHierarchy, PaperHierarchy, SamplingConfig,
                                   config_from_dict)
@@ -27,4 +28,5 @@ from lift_ext.lift.trainer import LiFT
 
 __all__ = ["LangevinConfig", "PaperHierarchy", "MixtureHierarchy", "MapConfig", "SamplingConfig", "config_from_dict",
            "ChainStart", "Sharding", "SGLDGibbs", "ShardedSGLDGibbs", "mean_loss_grad", "FlatParams", "MixturePrior", "LiFT",
-           "ShardedLiFT", "Task", "TensorTask", "adapt", "Adapted", "average_predictions"]
+           "ShardedLiFT", "Task", "TensorTask", "adapt", "Adapted", "average_predictions",
+           "best_component"]

@@ -18,9 +18,11 @@ largest score_k = log w_k - n * mean support loss(m_k), i.e. log w_k + log p(sup
 the log posterior p(z = k | support) up to a constant, with each component's evidence
 int p(support | theta) N(theta; m_k, .) dtheta replaced by its value at theta = m_k (exact as
 the component's spread shrinks to 0; the neglected Occam factor is the same for components
-of equal spread). It costs K forward passes over the support set. "mean" starts at
-sum_k w_k m_k; a Tensor [D] at that adapter (e.g. the PEFT initialisation), which a run
-without a prior needs.
+of equal spread). It costs K forward passes over the support set; `best_component` gives the
+same choice alone, so that several adaptations of one support set under one prior (another
+config, lr or seed) choose once and pass it on as an int. An int k starts at component k's
+mean m_k; "mean" starts at sum_k w_k m_k; a Tensor [D] at that adapter (e.g. the PEFT
+initialisation), which a run without a prior needs.
 
 Steps use `lift_ext.sgld_step` on minibatches `task.batch(generator)`; with
 ``preconditioned=True`` (the configs' default) they are RMSprop-preconditioned, the average of g^2 starting
@@ -57,7 +59,7 @@ from lift_ext.lift.tasks import Task
 from lift_ext.sgld import sgld_step
 from lift_ext.types import LossFn
 
-StartLike = Union[str, torch.Tensor]
+StartLike = Union[str, int, torch.Tensor]
 
 STARTS = ("best_component", "mean")
 STOP_REASONS = ("no_improvement", "non_finite", "max_steps")
@@ -69,9 +71,9 @@ class Adapted:
 
     theta: the MAP estimate (the best iterate by J), or the last SGLD iterate [D] float32.
     samples: the kept SGLD samples ([theta] in MAP mode, or when none was kept).
-    component: the component started from (init "best_component"), else None.
+    component: the component started from (start "best_component" or an int), else None.
     scores: score_k = log w_k - n * mean support loss(m_k) of every component [K] float64
-        (init "best_component"), else None; softmax(scores) = the plug-in p(z = k | support).
+        (start "best_component"), else None; softmax(scores) = the plug-in p(z = k | support).
     losses: the minibatch mean loss before each step.
     objectives: (steps done, J) at every evaluation of the full-support objective (MAP mode).
     best_step: the steps done when theta was reached (MAP mode; steps_run in SGLD mode).
@@ -123,15 +125,31 @@ def component_scores(flat: FlatParams, task: Task, loss_fn: LossFn, prior: Mixtu
     return prior.weights.cpu().log() - task.num_examples * losses
 
 
+def best_component(flat: FlatParams, task: Task, loss_fn: LossFn, prior: MixturePrior) -> int:
+    """argmax_k score_k (component_scores): the component start="best_component" starts from,
+    to pass as ``start`` to several adaptations of `task` under `prior` (module docstring)."""
+    check_type("prior", prior, MixturePrior)
+    return int(component_scores(flat, task, loss_fn, prior).argmax())
+
+
 def _start(flat: FlatParams, task: Task, loss_fn: LossFn, prior: Optional[MixturePrior], start: StartLike
            ) -> Tuple[torch.Tensor, Optional[int], Optional[torch.Tensor]]:
     """(starting theta, chosen component, component scores) for `start` (module docstring)."""
     if isinstance(start, torch.Tensor):
         return validate.vector("start", start, flat.dim, flat.vector.device), None, None
-    validate.one_of("start", start, STARTS)
+    if not isinstance(start, (str, int)) or isinstance(start, bool):
+        raise TypeError(f"start must be one of {STARTS}, a component index (int) or an adapter Tensor [D], "
+                        f"got {type(start).__name__}")
+    if isinstance(start, str):
+        validate.one_of("start", start, STARTS)
     if prior is None:
         raise ValueError(f"start={start!r} chooses among a prior's components: without a prior, start must be "
                          "the adapter to begin from (a Tensor [D], e.g. the PEFT initialisation)")
+    if isinstance(start, int):
+        if not 0 <= start < prior.n_components:
+            raise ValueError(f"start: component index {start} out of range for a prior of "
+                             f"{prior.n_components} components")
+        return prior.means[start].clone(), start, None
     if start == "mean":
         return prior.weights.float() @ prior.means, None, None
     scores = component_scores(flat, task, loss_fn, prior)
@@ -168,7 +186,8 @@ def adapt(flat: FlatParams, task: Task, loss_fn: LossFn, *, prior: Optional[Mixt
     see the module docstring for the objective, the start, the two configs and the stopping rule.
 
     prior: a MixturePrior or None. config: MapConfig (MAP to a stopping rule) or SamplingConfig
-    (pSGLD samples). start: "best_component", "mean" or an adapter Tensor [D]. seed: minibatch
+    (pSGLD samples). start: "best_component", "mean", a component index (int; best_component's
+    choice, made once for several adaptations) or an adapter Tensor [D]. seed: minibatch
     order and SGLD noise. Neither `flat.vector` nor the module changes; bad arguments raise
     before any work.
     """
@@ -234,5 +253,5 @@ def average_predictions(flat: FlatParams, thetas: List[torch.Tensor],
     return total / len(thetas)
 
 
-__all__ = ["Adapted", "adapt", "average_predictions", "checked_prior", "support_objective", "component_scores",
-           "STARTS", "STOP_REASONS"]
+__all__ = ["Adapted", "adapt", "average_predictions", "best_component", "checked_prior", "support_objective",
+           "component_scores", "STARTS", "STOP_REASONS"]

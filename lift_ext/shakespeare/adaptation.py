@@ -32,9 +32,9 @@ def _adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, method: str, r
                  option: Optional[int] = None) -> List[torch.Tensor]:
     """Adapted vectors [S, D] of ``method`` (with its ``option``, MBC's C or retrieval's k) for
     each of ``roles`` (the chosen prior component of each appended to ``components``);
-    ``starts`` memoises each (role, option)'s start vector (retrieval / MBC route once per
-    role, not once per lr) and sums the CPU seconds spent choosing them under "cpu"; ``bar``
-    (a tqdm bar) advances by one per role."""
+    ``starts`` memoises each (role, option)'s start (retrieval / MBC route and the LiFT variants
+    choose their component once per role, not once per lr) and sums the CPU seconds spent
+    choosing them under "cpu"; ``bar`` (a tqdm bar) advances by one per role."""
     out = []
     for r in roles:
         task = support_task(r.support, cfg.batch_size)
@@ -95,7 +95,8 @@ def adapt_roles(cfg: BenchConfig, su: Setup, state: M.MetaState, seed: int, prog
     """Per method: (option, lr) chosen on meta-val (highest mean query accuracy; the first
     candidate on a tie), then the adapted vectors of every evaluated role, the seconds taken
     and the CPU seconds of choosing the starts (``start_cpu``: retrieval's embedding and
-    merging, MBC's routing by support loss, over meta-val and evaluated roles)."""
+    merging, MBC's routing by support loss, the LiFT variants' best component, over meta-val and
+    evaluated roles; a part of ``cpu``)."""
     out = {}
     bar = tqdm(total=adaptations(cfg, su), desc=f"adapting (seed {seed})", unit="role", disable=not progress,
                mininterval=1.0)

@@ -16,12 +16,12 @@ one minibatch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from lift_ext import baselines
-from lift_ext.lift import FlatParams, MapConfig, MixturePrior, SamplingConfig, TensorTask, adapt
+from lift_ext.lift import FlatParams, MapConfig, MixturePrior, SamplingConfig, TensorTask, adapt, best_component
 from lift_ext.shakespeare.backbone import target_loss
 from lift_ext.shakespeare.config import PEER_OPTIONS
 from lift_ext.shakespeare.episodes import sample_episode
@@ -126,15 +126,15 @@ def train_fomaml(flat: FlatParams, pools: Sequence[tuple], init: torch.Tensor, *
 
 
 def start_vector(method: str, state: MetaState, flat: FlatParams, task: TensorTask, family: int,
-                 option: Optional[int] = None) -> Optional[torch.Tensor]:
-    """Where a method starts adapting on ``task`` (a role of ``family``): None for the LiFT
-    variants (their start, the best prior component, is chosen inside lift_ext.lift.adapt); the
-    PEFT init (independent, backbone); the learned start (multitask, reptile, fomaml); the true
+                 option: Optional[int] = None) -> Optional[Union[int, torch.Tensor]]:
+    """Where a method starts adapting on ``task`` (a role of ``family``): for the LiFT variants
+    the index of their prior's best component (lift_ext.lift.best_component, chosen once per role
+    for every lr tried); the PEFT init (independent, backbone); the learned start (multitask, reptile, fomaml); the true
     family's adapter (oracle); of the ``option`` = C cluster adapters the one with the lowest
     support loss (mbc); the similarity-weighted average of the ``option`` = k library adapters
     whose keys are closest to the support inputs' pooled features at the PEFT init (retrieval)."""
     if method in LIFT_METHODS:
-        return None
+        return best_component(flat, task, window_loss, state.priors[method])
     if method in ("independent", "backbone"):
         return state.init
     if method in START_METHODS:
@@ -152,21 +152,21 @@ def start_vector(method: str, state: MetaState, flat: FlatParams, task: TensorTa
     raise ValueError(f"unknown method {method!r}")
 
 
-def adapt_role(method: str, state: MetaState, flat: FlatParams, task: TensorTask, *, start: Optional[torch.Tensor],
-               config: MapConfig, seed: int, temperature: float) -> Tuple[List[torch.Tensor], Optional[int]]:
-    """(adapted vectors, chosen prior component) of ``method`` on one role's support ``task``:
-    lift_ext.lift.adapt with ``config`` (steps, lr, stopping rule) and ``seed``, under the
-    method's prior from its best component (LiFT variants: MAP, one vector; ``lift_sgld``: pSGLD
-    with the same steps and lr at ``temperature``, the samples kept after steps // 2, whose
-    predictions are averaged), else without a prior from ``start``. The reference "backbone"
-    is not adapted."""
+def adapt_role(method: str, state: MetaState, flat: FlatParams, task: TensorTask, *,
+               start: Union[int, torch.Tensor], config: MapConfig, seed: int, temperature: float
+               ) -> Tuple[List[torch.Tensor], Optional[int]]:
+    """(adapted vectors, chosen prior component) of ``method`` on one role's support ``task``
+    from ``start`` (start_vector's): lift_ext.lift.adapt with ``config`` (steps, lr, stopping
+    rule) and ``seed``, under the method's prior from its best component (LiFT variants: MAP,
+    one vector; ``lift_sgld``: pSGLD with the same steps and lr at ``temperature``, the samples
+    kept after steps // 2, whose predictions are averaged), else without a prior. The reference
+    "backbone" is not adapted."""
     if method == "backbone":
         return [state.init], None
     if method in LIFT_METHODS:
         how = SamplingConfig(steps=config.steps, lr=config.lr, preconditioned=config.preconditioned,
                              temperature=temperature) if method == "lift_sgld" else config
-        out = adapt(flat, task, window_loss, prior=state.priors[method], config=how, start="best_component",
-                    seed=seed)
+        out = adapt(flat, task, window_loss, prior=state.priors[method], config=how, start=start, seed=seed)
         return out.samples, out.component
     return adapt(flat, task, window_loss, config=config, start=start, seed=seed).samples, None
 
