@@ -12,7 +12,8 @@ benchmarks/text_headroom.py adds the meta-val sweep).
 
 Accuracies are in %, differences in percentage points, times in CPU seconds of this process and
 of the ranking's worker processes (lift_ext.workers.cpu_seconds), and the run's wall
-seconds. The first run computes the cached lower-layer features (docs/text_suite.md).
+seconds. The first run computes the cached lower-layer features of its tasks' sentences
+(docs/text_suite.md).
 """
 from __future__ import annotations
 

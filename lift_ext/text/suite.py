@@ -40,10 +40,10 @@ def load_suite(seed: int = 0, cache=None, batch_size: int = 16,
                limit: Optional[Dict[str, int]] = None) -> TextSuite:
     """The suite of ``seed``. Meta-training minibatches hold ``batch_size`` sentences. ``limit``
     {split: n} keeps the first n tasks of each kind in that split (a smaller run); the features are
-    computed and cached for every task, so a limited run shares the full run's cache."""
+    computed and cached for the kept tasks' sentences (a cache of their own: a limited run on a
+    fresh machine computes a fraction of the full run's, and a full run never reads features
+    computed in other batches)."""
     tasks = load_tasks(seed, cache)
-    tokenizer, encoder = load_encoder()
-    features = sentence_features([s for t in tasks for s in t.support + t.query], encoder, tokenizer, cache)
     if limit is not None:
         unknown = sorted(set(limit) - set(SPLITS))
         if unknown:
@@ -54,6 +54,8 @@ def load_suite(seed: int = 0, cache=None, batch_size: int = 16,
                 mine = [t for t in tasks if t.split == split and t.kind == kind]
                 kept += mine[:limit.get(split, len(mine))]
         tasks = kept
+    tokenizer, encoder = load_encoder()
+    features = sentence_features([s for t in tasks for s in t.support + t.query], encoder, tokenizer, cache)
     flat = build_adapter(encoder)
     splits: Dict[str, List[SuiteTask]] = {s: [] for s in SPLITS}
     texts: Dict[str, List[TextTask]] = {s: [] for s in SPLITS}
