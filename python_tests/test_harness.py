@@ -217,6 +217,24 @@ def test_an_adaptation_done_twice_is_done_once_with_the_same_result(suite, monke
     assert calls == [0, 1, 0, 0, 0]
 
 
+def test_the_start_component_is_chosen_once_per_support_set_and_prior(suite, monkeypatch):
+    """lift and lift_sgld start from one choice of component (K support passes once), with the
+    scores each gets when it chooses alone; another seed's support set chooses again."""
+    prior = hm.meta_train("lift", suite, SETTINGS, seed=0)
+    assert prior.n_components > 1
+    task = suite.splits["test"][0]
+    alone = {m: hm.method_scores(m, suite, task, prior, SETTINGS, seed=0) for m in ("lift", "lift_sgld")}
+    chosen = []
+    real = hm.best_component
+    monkeypatch.setattr(hm, "best_component", lambda *a, **k: chosen.append(1) or real(*a, **k))
+    done = hm.Adaptations()
+    shared = {m: hm.method_scores(m, suite, task, prior, SETTINGS, seed=0, adaptations=done)
+              for m in ("lift", "lift_sgld")}
+    assert shared == alone and len(chosen) == 1
+    hm.method_scores("lift_sgld", suite, task, prior, SETTINGS, seed=1, adaptations=done)
+    assert len(chosen) == 2
+
+
 def test_calibration_table_pairs_against_the_reference_and_the_plot_is_written(tmp_path):
     def per(a, b):
         return {0: {"x": a, "y": b}}
