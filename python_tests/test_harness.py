@@ -235,6 +235,27 @@ def test_the_start_component_is_chosen_once_per_support_set_and_prior(suite, mon
     assert len(chosen) == 2
 
 
+def test_ranking_figure_pairs_each_group_against_the_reference(tmp_path):
+    """paired_by_group: the paired mean, s.e. and count of each group's (seed, task) pairs and
+    overall, the reference left out; ranking_png writes a PNG and refuses a missing reference."""
+    rank = {"independent": {0: {"a": 50.0, "b": 60.0, "c": 70.0}, 1: {"a": 52.0, "b": 58.0, "c": 71.0}},
+            "lift": {0: {"a": 54.0, "b": 61.0, "c": 69.0}, 1: {"a": 55.0, "b": 62.0, "c": 71.0}}}
+    group_of = {"a": "g1", "b": "g1", "c": "g2"}
+    paired = plot.paired_by_group(rank, group_of, ("g1", "g2", "empty"), "independent")
+    assert list(paired) == ["lift"] and list(paired["lift"]) == ["g1", "g2", "overall"]
+    g1 = [4.0, 1.0, 3.0, 4.0]  # (0, a), (0, b), (1, a), (1, b)
+    assert paired["lift"]["g1"] == stats.mean_se(g1) + (4,)
+    assert paired["lift"]["g2"] == stats.mean_se([-1.0, 0.0]) + (2,)
+    assert paired["lift"]["overall"] == stats.paired(stats.flatten(rank["lift"]), stats.flatten(rank["independent"]))
+    png = plot.ranking_png(rank, group_of, ("g1", "g2"), {"lift": "LiFT"}, tmp_path / "ranking.png", "tiny",
+                           references={"oracle - independent": 3.0})
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="reference 'multitask'"):
+        plot.ranking_png(rank, group_of, ("g1", "g2"), {}, tmp_path / "r.png", "tiny", reference="multitask")
+    with pytest.raises(ValueError, match="besides the reference"):
+        plot.ranking_png({"independent": rank["independent"]}, group_of, ("g1", "g2"), {}, tmp_path / "r.png", "x")
+
+
 def test_calibration_table_pairs_against_the_reference_and_the_plot_is_written(tmp_path):
     def per(a, b):
         return {0: {"x": a, "y": b}}

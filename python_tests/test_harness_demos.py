@@ -67,7 +67,8 @@ def test_quick_run_ranks_every_method_over_the_ranked_splits_headroom(quick):
     low = {m: v for m, v in means.items() if v <= floor}
     assert not low, (low, floor)  # no method collapses to chance
     assert "| method (meta-test, 2 seeds) |" in table and "ECE (%)" in table
-    assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for figure in ("reliability.png", "ranking.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
     assert "resumed" not in first.stdout
 
 

@@ -1,12 +1,22 @@
-"""The reliability diagram of a ranking (PNG, matplotlib's Agg backend): per method, the
-accuracy against the mean confidence max_c p_c of each of the 15 equal-width confidence bins,
-the bins pooled over every (seed, task), and the diagonal of perfect calibration; and
-``write_run``, which writes a run's record and its diagram together."""
+"""A ranking's figures (PNG, matplotlib's Agg backend) and ``write_run``, which writes a run's
+record and its figures together.
+
+    ranking.png      left: each method's accuracy minus the reference's (independent
+                     fine-tuning), paired over (seed, task), in percentage points, the thick
+                     bar ±1 paired s.e., the thin one ±2, beside the suite's headroom lines
+                     (e.g. the oracle's gain over the reference, the seed-to-seed noise floor);
+                     right: the same paired mean per group of tasks and overall, as a grid of
+                     numbers coloured by sign (the per-group view of the ranking table)
+    reliability.png  per method, the accuracy against the mean confidence max_c p_c of each of
+                     the 15 equal-width confidence bins, the bins pooled over every (seed,
+                     task), and the diagonal of perfect calibration
+"""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional, Sequence
 
 from lift_ext.calibration import ece_of_bins
 from lift_ext.files import atomic_open
@@ -19,8 +29,6 @@ def reliability_png(bins: Mapping[str, Mapping[int, Mapping[str, list]]], labels
     """Write the diagram of ``bins`` ({method: {seed: {task: reliability bins [15][3]}}}, the
     "bins" of lift_ext.harness.ranking) to ``path``, one curve per method (LiFT's variants
     solid, the others dashed; the legend gives each method's pooled ECE). Returns ``path``."""
-    import io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -37,6 +45,13 @@ def reliability_png(bins: Mapping[str, Mapping[int, Mapping[str, list]]], labels
     ax.set(xlim=(0, 100), ylim=(0, 100), xlabel="confidence, max_c p_c (%, 15 equal-width bins)",
            ylabel="accuracy in the bin (%)", title=title)
     ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG (atomically) and close it."""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -45,9 +60,90 @@ def reliability_png(bins: Mapping[str, Mapping[int, Mapping[str, list]]], labels
     return Path(path)
 
 
-def write_run(result: dict, output: Path, bins, labels: Mapping[str, str], title: str) -> Path:
-    """Write a run's record ``result`` as JSON to ``output`` (atomically) and its reliability
-    diagram to reliability.png beside it; return the diagram's path."""
-    with atomic_open(Path(output)) as fh:
+def paired_by_group(rank: Mapping[str, Mapping[int, Mapping[str, float]]], group_of: Mapping[str, str],
+                    groups: Sequence[str], reference: str) -> dict:
+    """{method: {group or "overall": (mean, s.e., n)}}: each method's score minus the
+    reference's, paired over the (seed, task) pairs of the group (every method but the reference)."""
+    base = stats.flatten(rank[reference])
+    out = {}
+    for method, per_seed in rank.items():
+        if method == reference:
+            continue
+        flat = stats.flatten(per_seed)
+        out[method] = {g: stats.paired({k: v for k, v in flat.items() if group_of[k[1]] == g}, base)
+                       for g in groups if any(group_of[k[1]] == g for k in flat)}
+        out[method]["overall"] = stats.paired(flat, base)
+    return out
+
+
+def ranking_png(rank: Mapping[str, Mapping[int, Mapping[str, float]]], group_of: Mapping[str, str],
+                groups: Sequence[str], labels: Mapping[str, str], path: Path, title: str,
+                references: Optional[Mapping[str, float]] = None, reference: str = "independent") -> Path:
+    """Write ranking.png (module docstring) of ``rank`` ({method: {seed: {task: accuracy %}}})
+    to ``path``: the paired differences from ``reference`` overall and per group
+    (``group_of``: {task: group}, ``groups`` in order), and ``references`` ({label: pp}) as
+    vertical lines (headroom: an oracle's gain, a noise floor). Returns ``path``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if reference not in rank:
+        raise ValueError(f"reference {reference!r} is not among the ranked methods {list(rank)}")
+    paired = paired_by_group(rank, group_of, groups, reference)
+    if not paired:
+        raise ValueError("ranking_png needs a method besides the reference")
+    methods = sorted(paired, key=lambda m: -paired[m]["overall"][0])
+    columns = [g for g in groups if any(g in paired[m] for m in methods)] + ["overall"]
+    fig, (bars, grid) = plt.subplots(1, 2, figsize=(13, 0.45 * len(methods) + 2.2),
+                                     gridspec_kw={"width_ratios": [1.1, 1]})
+    rows = range(len(methods))
+    means = [paired[m]["overall"][0] for m in methods]
+    errors = [paired[m]["overall"][1] for m in methods]
+    colours = ["tab:red" if m.startswith("lift") else "tab:gray" for m in methods]
+    bars.barh(rows, means, xerr=[2 * e for e in errors], color=colours, alpha=0.35,
+              error_kw={"elinewidth": 0.8, "capsize": 2})
+    bars.errorbar(means, rows, xerr=errors, fmt="o", color="black", elinewidth=2.2, markersize=3)
+    bars.axvline(0.0, color="black", linewidth=0.8)
+    for (label, value), style in zip((references or {}).items(), ("--", ":", "-.", (0, (5, 1)))):
+        bars.axvline(value, color="tab:blue", linestyle=style, linewidth=1.2, label=f"{label}: {value:+.2f} pp")
+    if references:
+        bars.legend(fontsize=7, loc="best")
+    bars.set_yticks(list(rows), [labels.get(m, m) for m in methods], fontsize=8)
+    bars.invert_yaxis()
+    seeds = len(rank[reference])
+    bars.set_xlabel(f"accuracy minus {labels.get(reference, reference)} (pp), paired over (seed, task); "
+                    "bar ±1 s.e., whisker ±2 s.e.", fontsize=8)
+    values = [[paired[m][c][0] if c in paired[m] else float("nan") for c in columns] for m in methods]
+    scale = max([abs(v) for row in values for v in row if v == v] + [1e-9])
+    grid.imshow(values, cmap="RdBu", vmin=-scale, vmax=scale, aspect="auto")
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            if value == value:
+                se = paired[methods[i]][columns[j]][1]
+                grid.text(j, i, f"{value:+.1f}\n±{se:.1f}", ha="center", va="center", fontsize=7,
+                          color="white" if abs(value) > 0.6 * scale else "black")
+    grid.set_xticks(range(len(columns)), columns, fontsize=8)
+    grid.set_yticks(list(rows), [labels.get(m, m) for m in methods], fontsize=8)
+    grid.set_title("per group: mean paired difference (pp) ± s.e.", fontsize=9)
+    fig.suptitle(f"{title} ({seeds} seed{'s' if seeds != 1 else ''})", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def write_run(result: dict, output: Path, rank: Mapping[str, Mapping[str, Mapping[int, Mapping[str, object]]]],
+              group_of: Mapping[str, str], groups: Sequence[str], labels: Mapping[str, str], title: str,
+              references: Optional[Mapping[str, float]] = None) -> Path:
+    """Write a run's record ``result`` as JSON to ``output`` (atomically), and beside it
+    ranking.png of ``rank["acc"]`` (paired from independent fine-tuning when it was ranked,
+    else from the first method; ``references``: the headroom's lines) and reliability.png of
+    ``rank["bins"]``; return the directory."""
+    output = Path(output)
+    with atomic_open(output) as fh:
         fh.write(json.dumps(result, indent=1, default=str))
-    return reliability_png(bins, labels, Path(output).parent / "reliability.png", title)
+    accuracy = rank["acc"]
+    if len(accuracy) > 1:
+        reference = "independent" if "independent" in accuracy else next(iter(accuracy))
+        ranking_png(accuracy, group_of, groups, labels, output.parent / "ranking.png", title,
+                    references=references, reference=reference)
+    reliability_png(rank["bins"], labels, output.parent / "reliability.png", f"{title}: bins pooled over tasks and seeds")
+    return output.parent

@@ -174,7 +174,15 @@ def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = Fa
               "cpu_seconds": clock, "wall_seconds": wall, "ranking_processes": workers, "machine": machine,
               "markdown": text}
     if output is not None:
-        png = plot.write_run(result, Path(output), rank["bins"], LABELS,
-                             f"text suite, meta-{settings.split}: bins pooled over tasks and seeds")
-        print(f"wrote {output} and {png}")
+        folder = plot.write_run(result, Path(output), rank, group_of, KINDS, LABELS, f"text suite, meta-{settings.split}",
+                                headroom_lines(head[settings.split]))
+        print(f"wrote {output}, {folder / 'ranking.png'} and {folder / 'reliability.png'}")
     return result
+
+
+def headroom_lines(rows: dict) -> dict:
+    """{label: pp} of the ranking figure: the per-kind oracle's gain over independent
+    fine-tuning (seed 0) and the noise floor (seed 1 - seed 0), paired over the split's tasks."""
+    seed0 = rows["independent, seed 0"]
+    return {"per-kind oracle - independent (seed 0)": stats.paired(rows["oracle (per-kind multitask)"], seed0)[0],
+            "noise floor: independent seed 1 - seed 0": stats.paired(rows["independent, seed 1"], seed0)[0]}

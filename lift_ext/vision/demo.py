@@ -1,5 +1,5 @@
 """The vision suite end to end: headroom, then the harness's ranking, written as tables (accuracy,
-calibration), JSON and a reliability diagram (``lift-ext demo --suite vision``;
+calibration), JSON, the ranking figure and a reliability diagram (``lift-ext demo --suite vision``;
 benchmarks/vision_headroom.py adds the meta-val sweep).
 
 The first run renders the tasks and pre-trains the backbone (cached under $LIFT_EXT_CACHE,
@@ -111,7 +111,17 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
     print(text + footer)
     result["cpu_seconds"], result["wall_seconds"], result["table"] = cpu, wall, text + footer
     if output is not None:
-        png = plot.write_run(result, Path(output), rank["bins"], LABELS,
-                             f"vision suite, meta-{settings.eval_split}: bins pooled over tasks and seeds")
-        print(f"wrote {output} and {png}")
+        folder = plot.write_run(result, Path(output), rank, groups, vt.GROUPS, LABELS,
+                                f"vision suite, meta-{settings.eval_split}",
+                                headroom_lines(result["headroom"], split_of, settings.eval_split))
+        print(f"wrote {output}, {folder / 'ranking.png'} and {folder / 'reliability.png'}")
     return result
+
+
+def headroom_lines(rec: dict, split_of: dict, split: str) -> dict:
+    """{label: pp} of the ranking figure: the label-set oracle's gain over independent
+    fine-tuning (seed 0) and the noise floor (seed 1 - seed 0), paired over the ``split`` tasks."""
+    names = [n for n in rec["independent_seed0"] if split_of.get(n) == split]
+    seed0 = {n: rec["independent_seed0"][n] for n in names}
+    return {"label-set oracle - independent (seed 0)": stats.paired(rec["label_set_oracle"], seed0)[0],
+            "noise floor: independent seed 1 - seed 0": stats.paired(rec["independent_seed1"], seed0)[0]}
