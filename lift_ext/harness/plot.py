@@ -145,5 +145,6 @@ def write_run(result: dict, output: Path, rank: Mapping[str, Mapping[str, Mappin
         reference = "independent" if "independent" in accuracy else next(iter(accuracy))
         ranking_png(accuracy, group_of, groups, labels, output.parent / "ranking.png", title,
                     references=references, reference=reference)
-    reliability_png(rank["bins"], labels, output.parent / "reliability.png", f"{title}: bins pooled over tasks and seeds")
+    reliability_png(rank["bins"], labels, output.parent / "reliability.png",
+                    f"{title}: bins pooled over tasks and seeds")
     return output.parent
