@@ -155,8 +155,9 @@ def test_a_component_chosen_once_and_passed_on_gives_the_same_adaptation(linear,
     assert torch.equal(chosen.theta, passed.theta) and chosen.losses == passed.losses
     assert all(torch.equal(a, b) for a, b in zip(chosen.samples, passed.samples))
     other = (best + 1) % prior.n_components
-    assert torch.equal(adapt(flat, task, mse, prior=prior, config=MapConfig(steps=0), start=other).theta,
-                       prior.means[other])
+    for index in (other, torch.tensor(other).numpy()[()]):  # a numpy integer too
+        out = adapt(flat, task, mse, prior=prior, config=MapConfig(steps=0), start=index)
+        assert torch.equal(out.theta, prior.means[other]) and out.component == other
     with pytest.raises(TypeError, match="prior"):
         best_component(flat, task, mse, None)
 

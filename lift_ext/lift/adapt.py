@@ -46,6 +46,7 @@ steps; after `burn_in` steps every `thin`-th theta is kept, and `average_predict
 predictions over them.
 """
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Tuple, Union
 
@@ -137,7 +138,7 @@ def _start(flat: FlatParams, task: Task, loss_fn: LossFn, prior: Optional[Mixtur
     """(starting theta, chosen component, component scores) for `start` (module docstring)."""
     if isinstance(start, torch.Tensor):
         return validate.vector("start", start, flat.dim, flat.vector.device), None, None
-    if not isinstance(start, (str, int)) or isinstance(start, bool):
+    if not isinstance(start, (str, numbers.Integral)) or isinstance(start, bool):
         raise TypeError(f"start must be one of {STARTS}, a component index (int) or an adapter Tensor [D], "
                         f"got {type(start).__name__}")
     if isinstance(start, str):
@@ -145,11 +146,12 @@ def _start(flat: FlatParams, task: Task, loss_fn: LossFn, prior: Optional[Mixtur
     if prior is None:
         raise ValueError(f"start={start!r} chooses among a prior's components: without a prior, start must be "
                          "the adapter to begin from (a Tensor [D], e.g. the PEFT initialisation)")
-    if isinstance(start, int):
-        if not 0 <= start < prior.n_components:
-            raise ValueError(f"start: component index {start} out of range for a prior of "
+    if isinstance(start, numbers.Integral):
+        index = int(start)
+        if not 0 <= index < prior.n_components:
+            raise ValueError(f"start: component index {index} out of range for a prior of "
                              f"{prior.n_components} components")
-        return prior.means[start].clone(), start, None
+        return prior.means[index].clone(), index, None
     if start == "mean":
         return prior.weights.float() @ prior.means, None, None
     scores = component_scores(flat, task, loss_fn, prior)
