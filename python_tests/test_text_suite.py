@@ -159,3 +159,33 @@ def test_headroom_covers_the_ranked_split_and_meta_val_only_when_asked():
     assert Settings().headroom_splits() == ("test",)
     assert Settings(val_headroom=True).headroom_splits() == ("val", "test")
     assert Settings(split="val", val_headroom=True).headroom_splits() == ("val",)
+
+
+def test_a_limited_suite_computes_the_features_of_its_own_sentences_only(tmp_path, monkeypatch):
+    """load_suite with ``limit`` hands sentence_features the kept tasks' sentences (so a quick
+    run on a fresh machine computes a fraction of the full run's, in a cache of its own); an
+    unknown split is refused before any feature is computed."""
+    from lift_ext.text import suite as S
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(texts, *args, **kwargs):
+        seen.append(list(texts))
+        raise Stop
+
+    monkeypatch.setattr(S, "sentence_features", record)
+    monkeypatch.setattr(S, "load_encoder", lambda: (None, None))
+    limit = {"train": 2, "val": 1, "test": 1}
+    with pytest.raises(Stop):
+        S.load_suite(0, cache=tmp_path, limit=limit)
+    every = T.load_tasks(0, cache=tmp_path)
+    kept = [t for split in T.SPLITS for kind in T.KINDS
+            for t in [u for u in every if u.split == split and u.kind == kind][:limit[split]]]
+    assert seen == [[s for t in kept for s in t.support + t.query]]
+    assert len(set(seen[0])) < len({s for t in every for s in t.support + t.query}) / 3
+    with pytest.raises(ValueError, match="unknown splits"):
+        S.load_suite(0, cache=tmp_path, limit={"dev": 1})
+    assert len(seen) == 1
