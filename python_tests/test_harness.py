@@ -254,6 +254,18 @@ def test_ranking_figure_pairs_each_group_against_the_reference(tmp_path):
         plot.ranking_png(rank, group_of, ("g1", "g2"), {}, tmp_path / "r.png", "tiny", reference="multitask")
     with pytest.raises(ValueError, match="besides the reference"):
         plot.ranking_png({"independent": rank["independent"]}, group_of, ("g1", "g2"), {}, tmp_path / "r.png", "x")
+    bins = calibration.reliability_bins(torch.tensor([[0.9, 0.1, 0.0]]), torch.tensor([0])).tolist()
+    scores = {"acc": rank, "bins": {m: {s: {t: bins for t in per} for s, per in by.items()} for m, by in rank.items()}}
+    run = tmp_path / "run"
+    run.mkdir()
+    written = plot.write_run({"x": 1}, run / "results.json", scores, group_of, ("g1", "g2"), {}, "tiny")
+    assert [p.name for p in written] == ["results.json", "ranking.png", "reliability.png"]
+    one = {"acc": {"lift": rank["lift"]}, "bins": {"lift": scores["bins"]["lift"]}}
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    written = plot.write_run({"x": 1}, alone / "results.json", one, group_of, ("g1", "g2"), {}, "tiny")
+    assert [p.name for p in written] == ["results.json", "reliability.png"]  # nothing to pair against
+    assert sorted(p.name for p in alone.iterdir()) == ["reliability.png", "results.json"]
 
 
 def test_calibration_table_pairs_against_the_reference_and_the_plot_is_written(tmp_path):

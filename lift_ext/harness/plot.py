@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 from lift_ext.calibration import ece_of_bins
 from lift_ext.files import atomic_open
@@ -132,19 +132,20 @@ def ranking_png(rank: Mapping[str, Mapping[int, Mapping[str, float]]], group_of:
 
 def write_run(result: dict, output: Path, rank: Mapping[str, Mapping[str, Mapping[int, Mapping[str, object]]]],
               group_of: Mapping[str, str], groups: Sequence[str], labels: Mapping[str, str], title: str,
-              references: Optional[Mapping[str, float]] = None) -> Path:
+              references: Optional[Mapping[str, float]] = None) -> List[Path]:
     """Write a run's record ``result`` as JSON to ``output`` (atomically), and beside it
     ranking.png of ``rank["acc"]`` (paired from independent fine-tuning when it was ranked,
-    else from the first method; ``references``: the headroom's lines) and reliability.png of
-    ``rank["bins"]``; return the directory."""
+    else from the first method; only when more than one method was ranked; ``references``:
+    the headroom's lines) and reliability.png of ``rank["bins"]``; return the files written."""
     output = Path(output)
     with atomic_open(output) as fh:
         fh.write(json.dumps(result, indent=1, default=str))
+    written = [output]
     accuracy = rank["acc"]
     if len(accuracy) > 1:
         reference = "independent" if "independent" in accuracy else next(iter(accuracy))
-        ranking_png(accuracy, group_of, groups, labels, output.parent / "ranking.png", title,
-                    references=references, reference=reference)
-    reliability_png(rank["bins"], labels, output.parent / "reliability.png",
-                    f"{title}: bins pooled over tasks and seeds")
-    return output.parent
+        written.append(ranking_png(accuracy, group_of, groups, labels, output.parent / "ranking.png", title,
+                                   references=references, reference=reference))
+    written.append(reliability_png(rank["bins"], labels, output.parent / "reliability.png",
+                                   f"{title}: bins pooled over tasks and seeds"))
+    return written

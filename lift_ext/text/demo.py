@@ -174,9 +174,9 @@ def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = Fa
               "cpu_seconds": clock, "wall_seconds": wall, "ranking_processes": workers, "machine": machine,
               "markdown": text}
     if output is not None:
-        folder = plot.write_run(result, Path(output), rank, group_of, KINDS, LABELS,
-                                f"text suite, meta-{settings.split}", headroom_lines(head[settings.split]))
-        print(f"wrote {output}, {folder / 'ranking.png'} and {folder / 'reliability.png'}")
+        written = plot.write_run(result, Path(output), rank, group_of, KINDS, LABELS,
+                                 f"text suite, meta-{settings.split}", headroom_lines(head[settings.split]))
+        print(f"wrote {', '.join(map(str, written))}")
     return result
 
 

@@ -111,10 +111,10 @@ def run(settings: bench.Settings, output: Optional[Path], cache=None, progress: 
     print(text + footer)
     result["cpu_seconds"], result["wall_seconds"], result["table"] = cpu, wall, text + footer
     if output is not None:
-        folder = plot.write_run(result, Path(output), rank, groups, vt.GROUPS, LABELS,
-                                f"vision suite, meta-{settings.eval_split}",
-                                headroom_lines(result["headroom"], split_of, settings.eval_split))
-        print(f"wrote {output}, {folder / 'ranking.png'} and {folder / 'reliability.png'}")
+        written = plot.write_run(result, Path(output), rank, groups, vt.GROUPS, LABELS,
+                                 f"vision suite, meta-{settings.eval_split}",
+                                 headroom_lines(result["headroom"], split_of, settings.eval_split))
+        print(f"wrote {', '.join(map(str, written))}")
     return result
 
 
