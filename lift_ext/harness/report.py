@@ -8,9 +8,9 @@ from typing import Dict, Mapping, Optional, Sequence
 import torch
 
 from lift_ext import calibration, cpu_isa, provenance
+from lift_ext.clock import Clock
 from lift_ext.harness import stats
 from lift_ext.harness.scoring import pooled_bins
-from lift_ext.workers import cpu_seconds
 
 
 def machine() -> dict:
@@ -28,11 +28,12 @@ def describe(record: dict) -> str:
 
 
 def timed(record: Dict[str, dict], name: str, fn):
-    """fn(), with its wall and CPU seconds (this process and the worker processes it waited for,
-    lift_ext.workers.cpu_seconds) stored in record[name]."""
-    wall, cpu = time.perf_counter(), cpu_seconds()
+    """fn(), with its wall and CPU seconds (lift_ext.clock.Clock: this process and the worker
+    processes it waited for) stored in record[name]."""
+    clock = Clock()
     out = fn()
-    record[name] = {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": cpu_seconds() - cpu}
+    lap = clock.lap(name)
+    record[name] = {"wall_seconds": lap["wall"], "cpu_seconds": lap["cpu"]}
     return out
 
 

@@ -15,7 +15,7 @@ role's targets permuted by its task family). Needs the optional extra
     lift_methods            the LiFT variants' chains and meta-test priors
     peers, library          MBC and LoRA-Retriever: their math; their per-role library and training
     scoring                 query accuracy (all / remapped targets) and NLL
-    runner, clock           the meta-train / adapt / evaluate stages; their wall / CPU seconds
+    runner                  the meta-train / adapt / evaluate stages (timed by lift_ext.clock)
     stages                  the stage files (reuse, checks) and the run's provenance
     launch                  runs under torchrun: the world, its checks, the process group
     report                  results.json, results.md, results.png

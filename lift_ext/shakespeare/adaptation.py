@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from lift_ext.lift import MapConfig
 from lift_ext.shakespeare import methods as M
-from lift_ext.shakespeare.clock import Clock
+from lift_ext.clock import Clock
 from lift_ext.shakespeare.config import BenchConfig, candidate_name, candidates
 from lift_ext.shakespeare.episodes import support_task
 from lift_ext.shakespeare.loading import Setup

@@ -11,7 +11,7 @@ import torch
 from lift_ext import peers
 from lift_ext.lift import FlatParams
 from lift_ext.shakespeare import peers as shakespeare_peers
-from lift_ext.shakespeare.clock import Clock
+from lift_ext.clock import Clock
 from lift_ext.shakespeare.episodes import pool_tasks
 from lift_ext.shakespeare.lift_methods import lift_batch
 from lift_ext.shakespeare.methods import MetaState, window_loss

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from lift_ext.shakespeare import launch, stages
 from lift_ext.shakespeare import methods as M
 from lift_ext.shakespeare.adaptation import adapt_roles, role_scores
-from lift_ext.shakespeare.clock import Clock
+from lift_ext.clock import Clock
 from lift_ext.shakespeare.config import BenchConfig, ConfigError
 from lift_ext.shakespeare.episodes import pool_tasks
 from lift_ext.shakespeare.library import train_peers

@@ -1,4 +1,5 @@
-"""Wall and process CPU seconds per named lap (the benchmark's timings)."""
+"""Wall and CPU seconds per named lap: the timings of every benchmark suite (the Shakespeare
+stages, the harness's stages)."""
 from __future__ import annotations
 
 import time
