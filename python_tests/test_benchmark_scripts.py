@@ -71,3 +71,28 @@ def test_bench_chain_reports_every_row_and_the_ratio(monkeypatch, capsys):
         assert f"{row} " in out
     assert "ratio lift / multitask: " in out
     assert "multi-adapter rows: TaskGradients.batched = True, passes ['multi-adapter']" in out
+
+
+def test_head_select_twins_every_component_with_the_initial_head(monkeypatch):
+    """benchmarks/head_select.py's fresh-head twins: 2K components, the first K the prior's
+    own, the twins equal to them but on the head coordinates (the initial adapter's there),
+    the weights halved (still summing to 1), beta kept."""
+    import importlib
+
+    import torch
+    from lift_ext.lift import MixturePrior
+
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    head_select = importlib.import_module("head_select")
+    gen = torch.Generator().manual_seed(0)
+    prior = MixturePrior(torch.randn(3, 6, generator=gen), torch.rand(3, 6, generator=gen),
+                         torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64), 0.3)
+    head = torch.tensor([False, False, False, False, True, True])
+    init = torch.randn(6, generator=gen)
+    twins = head_select.fresh_head_twins(prior, head, init)
+    assert twins.n_components == 6 and twins.beta == prior.beta
+    assert torch.equal(twins.means[:3], prior.means) and torch.equal(twins.variances[3:], prior.variances)
+    assert torch.equal(twins.means[3:, ~head], prior.means[:, ~head])
+    assert torch.equal(twins.means[3:, head], init[head].expand(3, 2))
+    assert torch.allclose(twins.weights, torch.cat([prior.weights, prior.weights]) / 2)
+    assert float(twins.weights.sum()) == pytest.approx(1.0)
