@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from lift_ext.files import atomic_open
-from lift_ext.harness import report
+from lift_ext.harness import report, stats
 
 
 def load_default(suite_name: str, seeds=(0, 1)):
@@ -23,6 +23,18 @@ def load_default(suite_name: str, seeds=(0, 1)):
     from lift_ext.text.suite import load_suite
     s = dataclasses.replace(demo.Settings().methods, seeds=tuple(seeds))
     return load_suite(0).bench(s.lift.batch * s.lift.tasks_per_step), s
+
+
+def meta_val_table(rows: dict) -> str:
+    """A sweep's rows {row: {(seed, task): meta-val accuracy %}} as a markdown table: each row's
+    mean ± s.e. and its paired difference from the "independent" row."""
+    lines = ["| meta-val (2 seeds) | accuracy (%) ± s.e. | minus independent (pp) ± paired s.e. |", "|---|---:|---:|"]
+    for name, per in rows.items():
+        mean, se = stats.mean_se(list(per.values()))
+        d, dse, _ = stats.paired(per, rows["independent"])
+        lines.append(f"| {name} | {mean:.2f} ± {se:.2f} | " + ("" if name == "independent" else f"{d:+.2f} ± {dse:.2f}")
+                     + " |")
+    return "\n".join(lines)
 
 
 def write_sweep(name: str, suite_name: str, table: str, chosen, stages: dict, rows: dict, out=None, **extra) -> None:

@@ -20,7 +20,7 @@ import argparse
 import sys
 
 import torch
-from harness_suites import load_default, write_sweep
+from harness_suites import load_default, meta_val_table, write_sweep
 
 from lift_ext import baselines
 from lift_ext.harness import methods as hm
@@ -58,17 +58,11 @@ def sweep(bench, s: hm.MethodSettings) -> dict:
 
 
 def table(rows: dict) -> str:
-    lines = ["| meta-val (2 seeds) | accuracy (%) ± s.e. | minus independent (pp) ± paired s.e. |", "|---|---:|---:|"]
-    for name, per in rows.items():
-        mean, se = stats.mean_se(list(per.values()))
-        d, dse, _ = stats.paired(per, rows["independent"])
-        lines.append(f"| {name} | {mean:.2f} ± {se:.2f} | " + ("" if name == "independent" else f"{d:+.2f} ± {dse:.2f}")
-                     + " |")
+    """meta_val_table with the two paired comparisons the choice and the report rest on."""
     kept = stats.paired(rows["multitask, head kept"], rows["multitask, head reset"])
     twins = stats.paired(rows["lift, fresh-head twins"], rows["lift"])
-    lines += ["", f"multitask kept minus reset: {kept[0]:+.2f} ± {kept[1]:.2f} pp; LiFT with twins minus LiFT: "
-              f"{twins[0]:+.2f} ± {twins[1]:.2f} pp (paired over {kept[2]} (seed, task) pairs)"]
-    return "\n".join(lines)
+    return (f"{meta_val_table(rows)}\n\nmultitask kept minus reset: {kept[0]:+.2f} ± {kept[1]:.2f} pp; LiFT with "
+            f"twins minus LiFT: {twins[0]:+.2f} ± {twins[1]:.2f} pp (paired over {kept[2]} (seed, task) pairs)")
 
 
 def main(argv=None) -> int:
@@ -80,7 +74,8 @@ def main(argv=None) -> int:
     stages = {}
     bench, s = report.timed(stages, "load", lambda: load_default(args.suite))
     rows = report.timed(stages, "sweep", lambda: sweep(bench, s))
-    mean = {name: stats.mean_se(list(rows[name].values()))[0] for name in ("multitask, head reset", "multitask, head kept")}
+    mean = {name: stats.mean_se(list(rows[name].values()))[0]
+            for name in ("multitask, head reset", "multitask, head kept")}
     chosen = {"reset_head": mean["multitask, head reset"] > mean["multitask, head kept"]}  # kept on a tie
     write_sweep("head_select", args.suite, table(rows), chosen, stages, rows, args.out)
     return 0

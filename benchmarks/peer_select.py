@@ -15,7 +15,7 @@ import dataclasses
 import sys
 
 import torch
-from harness_suites import load_default, write_sweep
+from harness_suites import load_default, meta_val_table, write_sweep
 
 from lift_ext.harness import methods as hm
 from lift_ext.harness import peers as harness_peers
@@ -39,16 +39,6 @@ def sweep(bench, s: hm.MethodSettings, clusters, ks) -> dict:
                 rows[name][(seed, task.name)] = hm.method_scores(method, bench, task, start, s, seed)["acc"]
         print(f"seed {seed} done", flush=True)
     return rows
-
-
-def table(rows: dict) -> str:
-    lines = ["| meta-val (2 seeds) | accuracy (%) ± s.e. | minus independent (pp) ± paired s.e. |", "|---|---:|---:|"]
-    for name, per in rows.items():
-        mean, se = stats.mean_se(list(per.values()))
-        d, dse, _ = stats.paired(per, rows["independent"])
-        lines.append(f"| {name} | {mean:.2f} ± {se:.2f} | " + ("" if name == "independent" else f"{d:+.2f} ± {dse:.2f}")
-                     + " |")
-    return "\n".join(lines)
 
 
 def best(rows: dict, prefix: str, values) -> int:
@@ -79,7 +69,7 @@ def main(argv=None) -> int:
     bench, s = report.timed(stages, "load", lambda: load_default(args.suite))
     rows = report.timed(stages, "sweep", lambda: sweep(bench, s, clusters, ks))
     chosen = {"mbc_clusters": best(rows, "mbc C", clusters), "retrieval_k": best(rows, "retrieval k", ks)}
-    write_sweep("peer_select", args.suite, table(rows), chosen, stages, rows, args.out)
+    write_sweep("peer_select", args.suite, meta_val_table(rows), chosen, stages, rows, args.out)
     return 0
 
 

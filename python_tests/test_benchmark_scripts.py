@@ -3,7 +3,8 @@ benchmarks/sanitizer_driver.py (every kernel, odd sizes), benchmarks/bench_sampl
 benchmarks/bench_sampler_work.py (small sizes); and
 the CPU noise benchmark benchmarks/bench_noise.py (small sizes); the LoRA ViT benchmark
 benchmarks/lora_vit_sgld.py (--quick); the Shakespeare chain benchmark benchmarks/bench_chain.py
-(--quick, where the application's extra and texts are installed)."""
+(--quick, where the application's extra and texts are installed); and the meta-val sweeps'
+helpers (benchmarks/harness_suites.py's table, benchmarks/head_select.py's twins and table)."""
 import os
 import runpy
 import sys
@@ -96,3 +97,22 @@ def test_head_select_twins_every_component_with_the_initial_head(monkeypatch):
     assert torch.equal(twins.means[3:, head], init[head].expand(3, 2))
     assert torch.allclose(twins.weights, torch.cat([prior.weights, prior.weights]) / 2)
     assert float(twins.weights.sum()) == pytest.approx(1.0)
+
+
+def test_sweep_tables_pair_every_row_with_independent(monkeypatch):
+    """harness_suites.meta_val_table (peer_select's and head_select's table): each row's mean ±
+    s.e. and, but for independent's own row, its paired difference from independent."""
+    import importlib
+
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    suites = importlib.import_module("harness_suites")
+    head_select = importlib.import_module("head_select")
+    rows = {"independent": {(0, "a"): 50.0, (0, "b"): 60.0}, "multitask, head reset": {(0, "a"): 52.0, (0, "b"): 61.0},
+            "multitask, head kept": {(0, "a"): 55.0, (0, "b"): 60.0}, "lift": {(0, "a"): 54.0, (0, "b"): 64.0},
+            "lift, fresh-head twins": {(0, "a"): 53.0, (0, "b"): 64.0}}
+    lines = suites.meta_val_table(rows).splitlines()
+    assert lines[2] == "| independent | 55.00 ± 5.00 |  |"
+    assert lines[3] == "| multitask, head reset | 56.50 ± 4.50 | +1.50 ± 0.50 |"
+    text = head_select.table(rows)
+    assert text.startswith(suites.meta_val_table(rows))
+    assert "multitask kept minus reset: +1.00 ± 2.00 pp; LiFT with twins minus LiFT: -0.50 ± 0.50 pp" in text
