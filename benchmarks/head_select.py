@@ -17,12 +17,12 @@ task's own" by support evidence.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import torch
 from harness_suites import load_default, meta_val_table, write_sweep
 
-from lift_ext import baselines
 from lift_ext.harness import methods as hm
 from lift_ext.harness import report, stats
 from lift_ext.lift import MixturePrior
@@ -41,11 +41,9 @@ def sweep(bench, s: hm.MethodSettings) -> dict:
     """{row: {(seed, task): meta-val accuracy %}}."""
     rows = {"independent": {}, "multitask, head reset": {}, "multitask, head kept": {}, "lift": {},
             "lift, fresh-head twins": {}}
-    pools = [t.pool(s.lift.batch * s.lift.tasks_per_step) for t in bench.splits["train"]]
     for seed in s.seeds:
         init = bench.initial(seed)
-        multitask = baselines.train_multitask(bench.flat, pools, bench.loss_fn, init, steps=s.lift.steps,
-                                              lr=s.meta_lr, seed=seed)
+        multitask = hm.meta_train("multitask", bench, dataclasses.replace(s, reset_head=False), seed)
         prior = hm.meta_train("lift", bench, s, seed)
         learned = {"independent": init, "multitask, head reset": bench.without_head(multitask),
                    "multitask, head kept": multitask, "lift": prior,

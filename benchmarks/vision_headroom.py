@@ -27,10 +27,14 @@ STEPS_GRID = (150, 600)
 WARMUP_GRID = (0.25, 0.5, 0.75, 0.9)  # the text suite's grid (docs/text_suite.md), fixed before the runs
 
 
-def _val_mean(suite: bench.Suite, settings: bench.Settings, method: str, workers: int) -> float:
+def _val_scores(suite: bench.Suite, settings: bench.Settings, method: str, workers: int) -> dict:
+    """{(seed, task): meta-val accuracy %} of ``method`` under ``settings``."""
     suite.settings = settings
-    rank = bench.ranking(suite, (method,), workers=workers)
-    value = stats.mean_se(list(stats.flatten(rank["acc"][method]).values()))[0]
+    return stats.flatten(bench.ranking(suite, (method,), workers=workers)["acc"][method])
+
+
+def _val_mean(suite: bench.Suite, settings: bench.Settings, method: str, workers: int) -> float:
+    value = stats.mean_se(list(_val_scores(suite, settings, method, workers).values()))[0]
     print(f"meta-val {method}: {value:.2f} at {_changed(settings)}", flush=True)
     return value
 
@@ -85,13 +89,11 @@ def select_warmup(suite: bench.Suite, workers: int = 1, base=None) -> dict:
     each value's meta-val mean and its paired difference from independent fine-tuning.
     Returns {setting: meta-val mean accuracy (%)}."""
     base = dataclasses.replace(suite.settings, eval_split="val", seeds=(0, 1)) if base is None else base
-    suite.settings = base
-    reference = stats.flatten(bench.ranking(suite, ("independent",), workers=workers)["acc"]["independent"])
+    reference = _val_scores(suite, base, "independent", workers)
     tried = {}
     for warmup in WARMUP_GRID:
         settings = dataclasses.replace(base, lift=dataclasses.replace(base.lift, warmup=warmup))
-        suite.settings = settings
-        scores = stats.flatten(bench.ranking(suite, ("lift",), workers=workers)["acc"]["lift"])
+        scores = _val_scores(suite, settings, "lift", workers)
         mean = stats.mean_se(list(scores.values()))[0]
         d, se, n = stats.paired(scores, reference)
         print(f"meta-val lift: {mean:.2f} at {_changed(settings)} ({d:+.2f} ± {se:.2f} pp over independent, "

@@ -44,9 +44,10 @@ class Settings:
     run, which needs the headroom of the split it ranks only).
 
     Chosen on the 15 meta-val tasks (seeds 0 and 1; docs/text_suite.md lists every value tried):
-    reset_head (by multitask, benchmarks/head_select.py: kept), LiFT's beta, components and warm-up, lift_sgld's sampling_temperature
-    (benchmarks/sgld_temperature.py, docs/calibration.md), MBC's mbc_clusters and retrieval's
-    retrieval_k (benchmarks/peer_select.py). The adaptation lr was chosen earlier by
+    reset_head (by multitask, benchmarks/head_select.py: kept), LiFT's beta, components and
+    warm-up, lift_sgld's sampling_temperature (benchmarks/sgld_temperature.py,
+    docs/calibration.md), MBC's mbc_clusters and retrieval's retrieval_k
+    (benchmarks/peer_select.py). The adaptation lr was chosen earlier by
     independent fine-tuning; every other value was set once, not searched."""
     methods: MethodSettings = MethodSettings(
         lift=LiftSettings(steps=300, tasks_per_step=4, batch=16, lr=3e-3, temperature=0.01, components=5,
@@ -113,10 +114,11 @@ def headroom_table(scores: dict, group_of: Dict[str, str]) -> str:
             means = stats.group_means(values, group_of, KINDS)
             lines.append(f"| {row} | {split} | " + " | ".join(f"{means[k]:.1f}" if k in means else "" for k in KINDS)
                          + f" | {means['overall']:.2f} |")
-        d, se, n = stats.paired(rows["independent, seed 1"], rows["independent, seed 0"])
+        gains = headroom_gains(rows)
+        d, se, n = gains[FLOOR]
         lines.append(f"| noise floor: independent seed 1 - seed 0, paired over {n} tasks | {split} |"
                      + " |" * len(KINDS) + f" {d:+.2f} ± {se:.2f} pp |")
-        d, se, n = stats.paired(rows["oracle (per-kind multitask)"], rows["independent, seed 0"])
+        d, se, n = gains[ORACLE_GAIN]
         lines.append(f"| oracle - independent (seed 0), paired | {split} |" + " |" * len(KINDS)
                      + f" {d:+.2f} ± {se:.2f} pp |")
     return "\n".join(lines)
@@ -175,14 +177,19 @@ def run(settings: Settings, output: Optional[Path], cache=None, fresh: bool = Fa
               "markdown": text}
     if output is not None:
         written = plot.write_run(result, Path(output), rank, group_of, KINDS, LABELS,
-                                 f"text suite, meta-{settings.split}", headroom_lines(head[settings.split]))
+                                 f"text suite, meta-{settings.split}",
+                                 {k: v[0] for k, v in headroom_gains(head[settings.split]).items()})
         print(f"wrote {', '.join(map(str, written))}")
     return result
 
 
-def headroom_lines(rows: dict) -> dict:
-    """{label: pp} of the ranking figure: the per-kind oracle's gain over independent
-    fine-tuning (seed 0) and the noise floor (seed 1 - seed 0), paired over the split's tasks."""
+ORACLE_GAIN, FLOOR = "per-kind oracle - independent (seed 0)", "noise floor: independent seed 1 - seed 0"
+
+
+def headroom_gains(rows: dict) -> dict:
+    """{label: (mean, s.e., n)} of one split's headroom rows, paired over its tasks: the per-kind
+    oracle's gain over independent fine-tuning (seed 0) and the noise floor (seed 1 - seed 0);
+    the headroom table's last rows and the ranking figure's lines."""
     seed0 = rows["independent, seed 0"]
-    return {"per-kind oracle - independent (seed 0)": stats.paired(rows["oracle (per-kind multitask)"], seed0)[0],
-            "noise floor: independent seed 1 - seed 0": stats.paired(rows["independent, seed 1"], seed0)[0]}
+    return {ORACLE_GAIN: stats.paired(rows["oracle (per-kind multitask)"], seed0),
+            FLOOR: stats.paired(rows["independent, seed 1"], seed0)}
