@@ -40,7 +40,8 @@ def _results(run, methods):
         assert 0.0 <= r["mean"] <= 1.0 and r["stderr"] >= 0.0, name
         assert len(r["per_task"]) == n and len(r["metrics"]["nll"]["per_task"]) == n
     assert "| method |" in (out / "results.md").read_text()
-    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for figure in ("ranking.png", "reliability.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return results
 
 

@@ -284,7 +284,8 @@ def test_calibration_table_pairs_against_the_reference_and_the_plot_is_written(t
     assert lines[3].endswith(f"| {calibration.ece_of_bins(torch.tensor(bins)):.2f} |")
     with pytest.raises(ValueError, match="reference"):
         report.calibration_table(scores, {}, "test", reference="independent")
-    png = plot.reliability_png(scores["bins"], {}, tmp_path / "r.png", "tiny")
+    png = plot.reliability_png({m: torch.tensor([bins, bins]).sum(0) for m in ("lift", "lift_sgld")}, {},
+                               tmp_path / "r.png", "tiny")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,8 +1,8 @@
-"""results.json / results.md / results.png on synthetic scores: strict JSON, the reference of
-the paired differences, footers that say what the run did, and the two-panel plot."""
+"""results.json / results.md and the figures on synthetic scores: strict JSON, the reference of
+the paired differences, footers that say what the run did, and ranking.png / reliability.png
+drawn by the harness's plot from the results."""
 import json
 import math
-import warnings
 
 import pytest
 
@@ -48,18 +48,25 @@ def test_footer_says_whether_the_lr_was_chosen():
     assert "lr chosen per method and seed among 0.001, 0.0001" in several and "not tuned" not in several
 
 
-def test_plot_has_a_full_accuracy_axis_and_paired_differences(monkeypatch):
-    import matplotlib.figure
-    saved = []
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
-                        lambda fig, buf, **kw: saved.append(fig) or buf.write(b"\x89PNG"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        report.plot_png(_results(methods=("lift", "multitask", "reptile"), seeds=(0, 1)))
-    acc, diff = saved[0].axes
-    assert acc.get_ylim() == (0.0, 100.0)
-    assert "paired" in diff.get_title() and "lift" in diff.get_xlabel()
-    assert [t.get_text() for t in diff.get_yticklabels()] == ["multitask", "reptile"]
+def test_results_are_drawn_with_every_suites_figures(tmp_path):
+    """write_results draws lift_ext.harness.plot's figures: ranking.png (paired from independent
+    fine-tuning, per family) and reliability.png where the results hold diagrams; figure_inputs
+    unfolds the seed-major per_task lists into {method: {seed: {role: %}}} and the pooled
+    diagrams back into bins [15, 3]."""
+    results = _results(methods=("lift", "independent", "multitask"), seeds=(0, 1))
+    inputs = report.figure_inputs(results)
+    lift = inputs["accuracy"]["lift"]
+    assert list(lift) == [0, 1] and all(list(per) == ["a", "b", "c"] for per in lift.values())
+    assert [lift[s][r] for s in (0, 1) for r in "abc"] == pytest.approx([20.0, 22.0, 24.0, 21.0, 23.0, 25.0])
+    assert inputs["groups"] == ("family 0", "family 1", "family 2") and inputs["group_of"]["b"] == "family 1"
+    assert inputs["pooled"] == {}
+    assert list(inputs["references"]) == ["noise floor: independent, first seed - second"]
+    assert inputs["references"]["noise floor: independent, first seed - second"] == pytest.approx(-1.0)
+    paths = report.write_results(results, tmp_path)
+    assert sorted(paths) == ["json", "md", "ranking"]  # no diagram held: no reliability.png
+    assert paths["ranking"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    one_family = dict(results, roles=[[key, 0] for key, _ in results["roles"]])
+    assert report.figure_inputs(one_family)["groups"] == ()  # the roles suite: overall only
 
 
 def test_calibration_by_hand_and_on_a_calibrated_forecaster():
@@ -82,25 +89,24 @@ def test_calibration_by_hand_and_on_a_calibrated_forecaster():
     assert calibration(probs, probs.argmin(-1))["ece"] > 0.3
 
 
-def test_reliability_is_pooled_over_roles_and_drawn_as_a_third_panel():
+def test_reliability_is_pooled_over_roles_and_drawn_as_its_own_figure(tmp_path):
     """Bins summed over (seed, role) rows: counts add, confidence and accuracy are pooled means;
-    the plot gains the reliability panel (wider figure) where the results hold it."""
-    import io
-
-    import matplotlib.image
+    figure_inputs turns the pooled diagram back into the summed bins, and write_results draws
+    reliability.png from them."""
     import torch
 
     from lift_ext.shakespeare.scoring import reliability_bins
     probs = torch.tensor([[0.9, 0.1], [0.95, 0.05], [0.3, 0.7]])
-    rows = [reliability_bins(probs[:2], torch.tensor([0, 1])).tolist(),
-            reliability_bins(probs[2:], torch.tensor([1])).tolist()]
-    pooled = report.reliability(rows)
+    rows = [reliability_bins(probs[:2], torch.tensor([0, 1])), reliability_bins(probs[2:], torch.tensor([1]))]
+    pooled = report.reliability([r.tolist() for r in rows])
     assert pooled["count"][13] == 1 and pooled["count"][14] == 1 and pooled["count"][10] == 1
     assert pooled["accuracy"][14] == 0.0 and pooled["confidence"][14] == pytest.approx(0.95)
     assert pooled["confidence"][0] is None and sum(pooled["count"]) == 3
     results = _results()
-    plain = matplotlib.image.imread(io.BytesIO(report.plot_png(results)))
     for record in results["methods"].values():
         record["reliability"] = pooled
-    with_diagram = matplotlib.image.imread(io.BytesIO(report.plot_png(results)))
-    assert with_diagram.shape[1] > 1.4 * plain.shape[1]
+    bins = report.figure_inputs(results)["pooled"]
+    assert set(bins) == {"lift", "multitask"}
+    assert torch.allclose(bins["lift"], (rows[0] + rows[1]).double())
+    paths = report.write_results(results, tmp_path)
+    assert paths["reliability"].name == "reliability.png" and paths["reliability"].read_bytes()[:4] == b"\x89PNG"

@@ -1,5 +1,5 @@
-"""A ranking's figures (PNG, matplotlib's Agg backend) and ``write_run``, which writes a run's
-record and its figures together.
+"""A ranking's figures (PNG, matplotlib's Agg backend), ``write_figures``, and ``write_run``,
+which writes a harness run's record and its figures together.
 
     ranking.png      left: each method's accuracy minus the reference's (independent
                      fine-tuning), paired over (seed, task), in percentage points, the thick
@@ -10,6 +10,9 @@ record and its figures together.
     reliability.png  per method, the accuracy against the mean confidence max_c p_c of each of
                      the 15 equal-width confidence bins, the bins pooled over every (seed,
                      task), and the diagonal of perfect calibration
+
+Every suite draws these two (``write_figures``): the harness's through ``write_run``, the
+Shakespeare suites' from their results.json (lift_ext.shakespeare.report).
 """
 from __future__ import annotations
 
@@ -18,29 +21,30 @@ import json
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence
 
+import torch
+
 from lift_ext.calibration import ece_of_bins
 from lift_ext.files import atomic_open
 from lift_ext.harness import stats
 from lift_ext.harness.scoring import pooled_bins
 
 
-def reliability_png(bins: Mapping[str, Mapping[int, Mapping[str, list]]], labels: Mapping[str, str], path: Path,
-                    title: str) -> Path:
-    """Write the diagram of ``bins`` ({method: {seed: {task: reliability bins [15][3]}}}, the
-    "bins" of lift_ext.harness.ranking) to ``path``, one curve per method (LiFT's variants
-    solid, the others dashed; the legend gives each method's pooled ECE). Returns ``path``."""
+def reliability_png(pooled: Mapping[str, torch.Tensor], labels: Mapping[str, str], path: Path, title: str) -> Path:
+    """Write the diagram of ``pooled`` ({method: reliability bins [15, 3] (count, summed
+    confidence, correct argmaxes) summed over every (seed, task)}) to ``path``, one curve per
+    method (LiFT's variants solid, the others dashed; the legend gives each method's pooled
+    ECE). Returns ``path``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 6))
-    for method, per_seed in bins.items():
-        pooled = pooled_bins(list(stats.flatten(per_seed).values()))
-        count, confidence, hits = pooled.unbind(1)
+    for method, bins in pooled.items():
+        count, confidence, hits = bins.unbind(1)
         kept = count > 0
         ax.plot((100 * confidence[kept] / count[kept]).tolist(), (100 * hits[kept] / count[kept]).tolist(),
                 marker="o", markersize=3, linestyle="-" if method.startswith("lift") else "--",
-                label=f"{labels.get(method, method)} (ECE {ece_of_bins(pooled):.1f} %)")
+                label=f"{labels.get(method, method)} (ECE {ece_of_bins(bins):.1f} %)")
     ax.plot([0, 100], [0, 100], color="black", linewidth=0.8, linestyle=":")
     ax.set(xlim=(0, 100), ylim=(0, 100), xlabel="confidence, max_c p_c (%, 15 equal-width bins)",
            ylabel="accuracy in the bin (%)", title=title)
@@ -115,12 +119,13 @@ def ranking_png(rank: Mapping[str, Mapping[int, Mapping[str, float]]], group_of:
                     "bar ±1 s.e., whisker ±2 s.e.", fontsize=8)
     values = [[paired[m][c][0] if c in paired[m] else float("nan") for c in columns] for m in methods]
     scale = max([abs(v) for row in values for v in row if v == v] + [1e-9])
+    digits = 1 if scale >= 1 else 2  # a field within 1 pp (the roles suite) keeps its s.e. readable
     grid.imshow(values, cmap="RdBu", vmin=-scale, vmax=scale, aspect="auto")
     for i, row in enumerate(values):
         for j, value in enumerate(row):
             if value == value:
                 se = paired[methods[i]][columns[j]][1]
-                grid.text(j, i, f"{value:+.1f}\n±{se:.1f}", ha="center", va="center", fontsize=7,
+                grid.text(j, i, f"{value:+.{digits}f}\n±{se:.{digits}f}", ha="center", va="center", fontsize=7,
                           color="white" if abs(value) > 0.6 * scale else "black")
     grid.set_xticks(range(len(columns)), columns, fontsize=8)
     grid.set_yticks(list(rows), [labels.get(m, m) for m in methods], fontsize=8)
@@ -130,22 +135,34 @@ def ranking_png(rank: Mapping[str, Mapping[int, Mapping[str, float]]], group_of:
     return _save(fig, path)
 
 
+def write_figures(folder: Path, accuracy: Mapping[str, Mapping[int, Mapping[str, float]]],
+                  pooled: Mapping[str, torch.Tensor], group_of: Mapping[str, str], groups: Sequence[str],
+                  labels: Mapping[str, str], title: str, references: Optional[Mapping[str, float]] = None
+                  ) -> List[Path]:
+    """Write a ranking's figures into ``folder`` and return them: ranking.png of ``accuracy``
+    ({method: {seed: {task: accuracy %}}}, paired from independent fine-tuning when it was
+    ranked, else from the first method; only when more than one method was ranked;
+    ``references``: the headroom's lines) and reliability.png of ``pooled`` (reliability_png;
+    only when some method has bins)."""
+    folder, written = Path(folder), []
+    if len(accuracy) > 1:
+        reference = "independent" if "independent" in accuracy else next(iter(accuracy))
+        written.append(ranking_png(accuracy, group_of, groups, labels, folder / "ranking.png", title,
+                                   references=references, reference=reference))
+    if pooled:
+        written.append(reliability_png(pooled, labels, folder / "reliability.png",
+                                       f"{title}: bins pooled over tasks and seeds"))
+    return written
+
+
 def write_run(result: dict, output: Path, rank: Mapping[str, Mapping[str, Mapping[int, Mapping[str, object]]]],
               group_of: Mapping[str, str], groups: Sequence[str], labels: Mapping[str, str], title: str,
               references: Optional[Mapping[str, float]] = None) -> List[Path]:
-    """Write a run's record ``result`` as JSON to ``output`` (atomically), and beside it
-    ranking.png of ``rank["acc"]`` (paired from independent fine-tuning when it was ranked,
-    else from the first method; only when more than one method was ranked; ``references``:
-    the headroom's lines) and reliability.png of ``rank["bins"]``; return the files written."""
+    """Write a run's record ``result`` as JSON to ``output`` (atomically) and beside it the
+    figures (write_figures) of ``rank["acc"]`` and of ``rank["bins"]`` pooled over (seed, task);
+    return the files written."""
     output = Path(output)
     with atomic_open(output) as fh:
         fh.write(json.dumps(result, indent=1, default=str))
-    written = [output]
-    accuracy = rank["acc"]
-    if len(accuracy) > 1:
-        reference = "independent" if "independent" in accuracy else next(iter(accuracy))
-        written.append(ranking_png(accuracy, group_of, groups, labels, output.parent / "ranking.png", title,
-                                   references=references, reference=reference))
-    written.append(reliability_png(rank["bins"], labels, output.parent / "reliability.png",
-                                   f"{title}: bins pooled over tasks and seeds"))
-    return written
+    pooled = {method: pooled_bins(list(stats.flatten(per_seed).values())) for method, per_seed in rank["bins"].items()}
+    return [output] + write_figures(output.parent, rank["acc"], pooled, group_of, groups, labels, title, references)

@@ -18,7 +18,7 @@ role's targets permuted by its task family). Needs the optional extra
     runner                  the meta-train / adapt / evaluate stages (timed by lift_ext.clock)
     stages                  the stage files (reuse, checks) and the run's provenance
     launch                  runs under torchrun: the world, its checks, the process group
-    report                  results.json, results.md, results.png
+    report                  results.json, results.md, ranking.png, reliability.png
     cli                     the `lift-ext demo | meta-train | adapt | evaluate` commands
 """
 from lift_ext.shakespeare.config import METHODS, BenchConfig, ConfigError, quick_config

@@ -54,7 +54,8 @@ config file: a JSON object with any subset of these keys (others keep their suit
 
 
 TRAILER = """\
-Stages write into --output: meta_state.pt, adapted.pt, results.json, results.md, results.png.
+Stages write into --output: meta_state.pt, adapted.pt, results.json, results.md, ranking.png,
+reliability.png.
 Larger runs on a GPU, e.g.:  lift-ext demo --device cuda --config big.json  with
   {"max_val": 0, "meta_steps": 20000, "adapt_steps": 100,
    "backbone": {"n_layer": 6, "n_embd": 256, "n_head": 8, "steps": 10000}}
@@ -123,7 +124,7 @@ def add_commands(sub) -> None:
     stage("adapt", "stage 2: pick each method's adaptation lr on meta-val roles (when adapt_lrs has "
                    "several) and adapt to every meta-test role (reads meta_state.pt, writes adapted.pt)")
     stage("evaluate", "stage 3: query accuracy of the adapted vectors (reads adapted.pt, writes "
-                      "results.json, results.md, results.png)")
+                      "results.json, results.md, ranking.png, reliability.png)")
 
 
 def _config(args):

@@ -1,4 +1,5 @@
-"""Results: summary statistics, ``results.json``, a Markdown table and a bar plot.
+"""Results: summary statistics, ``results.json``, a Markdown table and the figures every suite
+draws (ranking.png, reliability.png: lift_ext.harness.plot).
 
 Scores per (seed, evaluated role): next-character accuracy on all query targets ("acc"), on
 the targets the role's family permutation changes ("acc_remapped"; roles without any, e.g.
@@ -20,7 +21,10 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import torch
+
 from lift_ext.files import atomic_open
+from lift_ext.harness.plot import write_figures
 from lift_ext.harness.stats import mean_se
 from lift_ext.shakespeare.config import PEER_OPTIONS, BenchConfig
 from lift_ext.shakespeare.scoring import METRICS
@@ -249,71 +253,41 @@ def _write_bytes(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def plot_png(results: dict) -> bytes:
-    """Two panels (PNG bytes): mean accuracy of every method with ±1 s.e. on the full 0-100 %
-    axis, and the reference method minus each other method, paired over (seed, role), in
-    percentage points with ±1 paired s.e. (the comparison role difficulty does not blur); and a
-    third, the reliability diagram (accuracy against confidence per bin, pooled over (seed,
-    role)), where the results hold its data."""
-    import io
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    items = sorted(results["methods"].items(), key=lambda kv: -(kv[1]["mean"] or 0.0))
-    names = [k for k, _ in items]
-    colors = ["tab:red" if n.startswith("lift") else "tab:blue" if n in ("oracle", "backbone") else "tab:gray"
-              for n in names]
-    diagrams = [(n, v["reliability"]) for n, v in items if v.get("reliability") and n != "backbone"]
-    fig, panels = plt.subplots(1, 3 if diagrams else 2, figsize=(18 if diagrams else 12, 4.5))
-    acc, diff = panels[0], panels[1]
-    acc.bar(names, [100 * (v["mean"] or 0.0) for _, v in items], color=colors, capsize=3,
-            yerr=[100 * (v["stderr"] or 0.0) for _, v in items])
-    acc.set_ylim(0, 100)
-    acc.set_ylabel("next-character accuracy (%)")
-    acc.set_title("accuracy, mean ± s.e. over (seed, role)")
-    reference = results.get("reference", reference_method(names))
-    others = [n for n in names if results["paired"].get(n, {}).get("acc", {}).get("mean") is not None]
-    leads = [results["paired"][n]["acc"] for n in others]
-    diff.barh(others, [100 * p["mean"] for p in leads], xerr=[100 * (p["se"] or 0.0) for p in leads],
-              color=[colors[names.index(n)] for n in others], capsize=3)
-    diff.axvline(0.0, color="black", linewidth=0.8)
-    diff.invert_yaxis()
-    diff.set_xlabel(f"`{reference}` minus the method, paired (percentage points)")
-    diff.set_title(f"paired difference against `{reference}`, ± 1 paired s.e.")
-    plt.setp(acc.get_xticklabels(), rotation=30, ha="right")
-    if diagrams:
-        _reliability_panel(panels[2], diagrams)
-    fig.suptitle(f"Shakespeare {results['config'].get('suite', 'roles')} suite, "
-                 f"{len(results['roles'])} roles x {len(results['config']['seeds'])} seed(s)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _reliability_panel(ax, diagrams) -> None:
-    """Accuracy against mean confidence per bin, one line per method, and the diagonal of
-    perfect calibration; LiFT's variants drawn solid, the others dashed."""
-    for name, data in diagrams:
-        points = [(c, a) for c, a in zip(data["confidence"], data["accuracy"]) if c is not None]
-        ax.plot([100 * c for c, _ in points], [100 * a for _, a in points], marker="o", markersize=3,
-                linestyle="-" if name.startswith("lift") else "--", label=name)
-    ax.plot([0, 100], [0, 100], color="black", linewidth=0.8, linestyle=":")
-    ax.set_xlim(0, 100)
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("confidence, max_c p_c (%, 15 equal-width bins)")
-    ax.set_ylabel("accuracy in the bin (%)")
-    ax.set_title("reliability: accuracy against confidence")
-    ax.legend(fontsize=7, loc="upper left")
+def figure_inputs(results: dict) -> dict:
+    """The arguments of lift_ext.harness.plot.write_figures for a results.json object:
+    "accuracy" {method: {seed: {role: accuracy %}}} from the per_task lists (seed-major,
+    role-minor), "pooled" {method: reliability bins [15, 3]} back from each method's pooled
+    diagram (count, count x mean confidence, count x accuracy), "group_of" {role: "family f"}
+    and "groups" (the families, none when every role is of one family: the roles suite),
+    "references" (the noise floor of independent fine-tuning, first seed minus second, pp)."""
+    roles = [key for key, _ in results["roles"]]
+    families = sorted({family for _, family in results["roles"]})
+    n, seeds = len(roles), results["config"]["seeds"]
+    accuracy = {m: {seed: {role: 100.0 * value for role, value in zip(roles, r["per_task"][i * n:(i + 1) * n])
+                           if value is not None} for i, seed in enumerate(seeds)}
+                for m, r in results["methods"].items()}
+    pooled = {}
+    for m, r in results["methods"].items():
+        if r.get("reliability"):
+            d = r["reliability"]
+            pooled[m] = torch.tensor([[c, c * (conf or 0.0), c * (acc or 0.0)]
+                                      for c, conf, acc in zip(d["count"], d["confidence"], d["accuracy"])],
+                                     dtype=torch.float64)
+    floor = results.get("noise_floor", {}).get("independent", {}).get("mean")
+    return {"accuracy": accuracy, "pooled": pooled, "group_of": {key: f"family {f}" for key, f in results["roles"]},
+            "groups": tuple(f"family {f}" for f in families) if len(families) > 1 else (),
+            "references": {} if floor is None else {"noise floor: independent, first seed - second": 100.0 * floor}}
 
 
 def write_results(results: dict, output: Path) -> Dict[str, Path]:
-    """Write results.json, results.md and results.png into ``output`` (atomically)."""
-    paths = {"json": output / "results.json", "md": output / "results.md", "png": output / "results.png"}
+    """Write results.json, results.md and every suite's figures (lift_ext.harness.plot.write_figures:
+    ranking.png, paired from independent fine-tuning with its noise floor, per family on the
+    family suite; reliability.png) into ``output`` (atomically); returns {"json", "md", and each
+    figure's stem: path}."""
+    paths = {"json": output / "results.json", "md": output / "results.md"}
     _write_bytes(paths["json"], json.dumps(strict_json(results), indent=1, allow_nan=False).encode())
     _write_bytes(paths["md"], markdown_table(results).encode())
-    _write_bytes(paths["png"], plot_png(results))
+    title = f"Shakespeare {results['config'].get('suite', 'roles')} suite, {len(results['roles'])} roles"
+    for path in write_figures(output, **figure_inputs(results), labels=LABELS, title=title):
+        paths[path.stem] = path
     return paths
