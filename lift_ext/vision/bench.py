@@ -87,6 +87,9 @@ class Settings:
             raise ValueError(f"seeds must hold at least two distinct seeds (the noise floor), got {self.seeds}")
         if self.eval_split not in ("val", "test"):
             raise ValueError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
+        unknown = [m for m in self.ranked if m not in hm.METHODS]
+        if unknown or not self.ranked:
+            raise ValueError(f"ranked: unknown {unknown or 'none given'} (known: {', '.join(hm.METHODS)})")
 
     def headroom_splits(self) -> tuple:
         """The splits the headroom covers (lift_ext.harness.suite.headroom_splits)."""
