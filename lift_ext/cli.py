@@ -10,6 +10,8 @@
 Errors a user can cause print one line `lift-ext: error: ...` and exit with 2.
 """
 import argparse
+import importlib
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -73,50 +75,53 @@ def run_harness_suite(args) -> int:
         print(f"lift-ext: error: the {args.suite} suite needs {', '.join(missing)}: {' and '.join(how)}",
               file=sys.stderr)
         return 2
+    from lift_ext.config_file import ConfigError, config_dict
+    from lift_ext.harness.progress import RunStateError
+    try:
+        settings = harness_settings(args)
+        if args.show_config:
+            print(json.dumps({"suite": args.suite, **config_dict(settings)}, indent=1))
+            return 0
+        import torch
+        torch.set_num_threads(args.threads)
+        from lift_ext.workers import resolve_workers
+        try:
+            workers = resolve_workers(0 if args.workers is None else args.workers)
+        except ValueError as exc:
+            raise ConfigError(f"--workers: {exc}") from None
+        demo = importlib.import_module(f"lift_ext.{args.suite}.demo")
+        demo.run(settings, Path(args.output) / "results.json", cache=args.cache, progress=not args.no_progress,
+                 fresh=args.fresh, workers=workers)
+    except (ConfigError, RunStateError) as exc:
+        print(f"lift-ext: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def harness_settings(args):
+    """The Settings a harness suite's demo runs with: the suite's (--quick: its quick ones),
+    the --config file's keys over them (lift_ext.config_file.overridden), --methods over
+    that. ConfigError names what is wrong."""
     from dataclasses import replace
 
+    from lift_ext.config_file import ConfigError, overridden, read_json
     from lift_ext.harness.methods import METHODS
+    given = read_json(args.config) if args.config else {}
+    if given.pop("suite", args.suite) != args.suite:
+        raise ConfigError(f"config file {args.config!r} is for another suite than --suite {args.suite}")
     ranked = None
     if args.methods:
         ranked = tuple(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
         unknown = [m for m in ranked if m not in METHODS]
         if unknown or not ranked:
-            print(f"lift-ext: error: --methods: unknown {unknown or args.methods!r} (known: {', '.join(METHODS)})",
-                  file=sys.stderr)
-            return 2
-    import torch
-    torch.set_num_threads(args.threads)
-    from lift_ext.workers import resolve_workers
-    try:
-        workers = resolve_workers(0 if args.workers is None else args.workers)
-    except ValueError as exc:
-        print(f"lift-ext: error: --workers: {exc}", file=sys.stderr)
-        return 2
-    output = Path(args.output) / "results.json"
-    from lift_ext.config_file import ConfigError, overridden, read_json
-    from lift_ext.harness.progress import RunStateError
-    try:
-        given = read_json(args.config) if args.config else {}
-        if given.pop("suite", args.suite) != args.suite:
-            raise ConfigError(f"config file {args.config!r} is for another suite than --suite {args.suite}")
-        if args.suite == "vision":
-            from lift_ext.vision import bench, demo
-            settings = overridden(bench.QUICK if args.quick else bench.Settings(), given)
-            if args.methods:
-                settings = replace(settings, ranked=ranked)
-            demo.run(settings, output, cache=args.cache, progress=not args.no_progress, fresh=args.fresh,
-                     workers=workers)
-        else:
-            from lift_ext.text import demo
-            settings = overridden(demo.QUICK if args.quick else demo.Settings(), given)
-            if args.methods:
-                settings = replace(settings, methods=replace(settings.methods, methods=ranked))
-            demo.run(settings, output, cache=args.cache, fresh=args.fresh, progress=not args.no_progress,
-                     workers=workers)
-    except (ConfigError, RunStateError) as exc:
-        print(f"lift-ext: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+            raise ConfigError(f"--methods: unknown {unknown or args.methods!r} (known: {', '.join(METHODS)})")
+    if args.suite == "vision":
+        from lift_ext.vision import bench
+        settings = overridden(bench.QUICK if args.quick else bench.Settings(), given)
+        return replace(settings, ranked=ranked) if ranked else settings
+    from lift_ext.text import demo
+    settings = overridden(demo.QUICK if args.quick else demo.Settings(), given)
+    return replace(settings, methods=replace(settings.methods, methods=ranked)) if ranked else settings
 
 
 def _suite_of_config(path) -> Optional[str]:

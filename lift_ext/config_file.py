@@ -1,5 +1,6 @@
-"""Run configs as JSON files: reading one (``read_json``) and laying a JSON object over a
-frozen settings dataclass (``overridden``), with errors that name the file or the key.
+"""Run configs as JSON files: reading one (``read_json``), laying a JSON object over a frozen
+settings dataclass (``overridden``), with errors that name the file or the key, and the JSON
+object that gives a settings dataclass back (``config_dict``, what ``--show-config`` prints).
 
 The Shakespeare suites read their config with ``read_json`` (lift_ext.shakespeare.config); the
 vision and text suites lay it over their Settings with ``overridden`` (``lift-ext demo --suite
@@ -54,6 +55,20 @@ def overridden(defaults, overrides: dict, where: str = ""):
         raise ConfigError(f"{where.rstrip('.') or 'config'}: {exc}") from None
 
 
+def config_dict(settings) -> dict:
+    """The JSON object a config file holds to give ``settings`` (a dataclass instance) through
+    ``overridden``: its fields, nested dataclasses as objects, tuples as lists, and the fields
+    whose value is None left out (a config file has no null: a left-out key keeps its default)."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items() if v is not None}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(settings))
+
+
 def _value(default, value, key: str):
     """``value`` as the config's value of ``key``, whose default is ``default`` (overridden)."""
     if value is None:
@@ -75,4 +90,4 @@ def _value(default, value, key: str):
     return value
 
 
-__all__ = ["ConfigError", "read_json", "overridden"]
+__all__ = ["ConfigError", "read_json", "overridden", "config_dict"]

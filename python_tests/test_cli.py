@@ -336,3 +336,28 @@ def test_harness_suites_take_a_config_over_their_settings_and_methods_over_it(su
         err = capsys.readouterr().err.strip()
         assert err.startswith("lift-ext: error: ") and message in err and "\n" not in err, err
     assert len(ran) == 2
+
+
+@pytest.mark.parametrize("argv", [["--suite", "vision"], ["--suite", "vision", "--quick", "--methods", "lift,mbc"],
+                                  ["--suite", "text", "--quick"], ["--suite", "roles", "--quick"], []])
+def test_show_config_prints_a_config_that_gives_the_same_settings_back(argv, tmp_path, monkeypatch, capsys):
+    """--show-config prints the settings the command would run with as a --config object, and
+    starts no work; that file given back as --config (without --quick or --methods) yields the
+    same settings (harness suites: the Settings their demo gets; Shakespeare: the BenchConfig)."""
+    import importlib
+
+    from lift_ext import cli
+    from lift_ext.shakespeare import cli as shakespeare_cli
+    ran = []
+    for suite in ("vision", "text"):
+        monkeypatch.setattr(importlib.import_module(f"lift_ext.{suite}.demo"), "run",
+                            lambda settings, output, **kw: ran.append(settings))
+    monkeypatch.setattr(shakespeare_cli, "_run", lambda args: ran.append(shakespeare_cli._config(args)) or 0)
+    assert cli.main(["demo", *argv, "--show-config"]) == 0
+    shown = capsys.readouterr().out
+    assert ran == [] and json.loads(shown)["suite"] == (argv[1] if argv else "families")
+    config = tmp_path / "shown.json"
+    config.write_text(shown)
+    assert cli.main(["demo", *argv]) == 0
+    assert cli.main(["demo", "--config", str(config)]) == 0
+    assert len(ran) == 2 and ran[0] == ran[1]

@@ -66,3 +66,14 @@ def test_read_json_refusals_name_the_file(tmp_path):
             path.write_text(text)
         with pytest.raises(ConfigError, match=f"config file '{path}'.*{message}"):
             read_json(path)
+
+
+def test_config_dict_gives_the_settings_back():
+    """config_dict: nested objects, lists for tuples, None-valued fields left out; laid over the
+    defaults it yields the settings it was made of."""
+    from lift_ext.config_file import config_dict
+    settings = Outer(inner=Inner(lr=0.5), seeds=(3, 4), limit={"test": 2})
+    shown = config_dict(settings)
+    assert shown["inner"] == {"lr": 0.5, "steps": 10, "preconditioned": True} and shown["seeds"] == [3, 4]
+    assert "limit" not in config_dict(Outer())
+    assert overridden(Outer(), json.loads(json.dumps(shown))) == settings

@@ -89,6 +89,9 @@ def add_commands(sub) -> None:
                        help="JSON config (see below); its keys override the defaults (default: the built-in config)")
         p.add_argument("--quick", action="store_true",
                        help="a smoke run: tiny backbone, few roles, tiny budgets (give it to every stage of a run)")
+        p.add_argument("--show-config", action="store_true",
+                       help="print the config this command would run with (the suite's defaults, --quick, "
+                            "--config, --methods and --suite applied) as a JSON object for --config, and exit")
         p.add_argument("--output", default="results/demo", metavar="DIR",
                        help="directory for stage files and results (default: results/demo)")
         p.add_argument("--cache", default=None, metavar="DIR",
@@ -271,6 +274,10 @@ def run(args) -> int:
     from lift_ext.lift.collective import RankFailure
     from lift_ext.shakespeare.launch import RankStopped
     try:
+        if args.show_config:
+            from lift_ext.config_file import config_dict
+            print(json.dumps(config_dict(_config(args)), indent=1))
+            return 0
         return _run(args)
     except _user_errors() as exc:
         print(f"lift-ext: error: {exc}", file=sys.stderr)
