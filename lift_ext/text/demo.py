@@ -45,13 +45,13 @@ class Settings:
 
     Chosen on the 15 meta-val tasks (seeds 0 and 1; docs/text_suite.md lists every value tried):
     reset_head (by multitask, benchmarks/head_select.py: kept), LiFT's beta, components and
-    warm-up, lift_sgld's sampling_temperature (benchmarks/sgld_temperature.py,
-    docs/calibration.md), MBC's mbc_clusters and retrieval's retrieval_k
-    (benchmarks/peer_select.py). The adaptation lr was chosen earlier by
-    independent fine-tuning; every other value was set once, not searched."""
+    warm-up, its sigma (benchmarks/chain_select.py, which also kept its lr 3e-3), lift_sgld's
+    sampling_temperature (benchmarks/sgld_temperature.py, docs/calibration.md), MBC's
+    mbc_clusters and retrieval's retrieval_k (benchmarks/peer_select.py). The adaptation lr was
+    chosen earlier by independent fine-tuning; every other value was set once, not searched."""
     methods: MethodSettings = MethodSettings(
         lift=LiftSettings(steps=300, tasks_per_step=4, batch=16, lr=3e-3, temperature=0.01, components=5,
-                          sigma=0.1, beta=0.3, warmup=0.75, shift_lr=3e-3),
+                          sigma=0.3, beta=0.3, warmup=0.75, shift_lr=3e-3),
         meta_lr=1e-3, inner_steps=5, outer_lr=0.5, reset_head=False,
         adapt=MapConfig(steps=20, lr=1e-3, eval_every=5, patience=2), seeds=(0, 1, 2), sampling_temperature=0.01,
         mbc_clusters=10, retrieval_k=3)

@@ -57,9 +57,9 @@ class Settings:
 
     Chosen on the 9 meta-val tasks (seeds 0 and 1; benchmarks/vision_headroom.py --select,
     docs/benchmark.md "Vision suite" lists every value tried): adapt_lr, reset_head, LiFT's
-    components, beta and steps; sampling_temperature by benchmarks/sgld_temperature.py
-    (docs/calibration.md); mbc_clusters and retrieval_k by benchmarks/peer_select.py. Every
-    other value was set once, not searched."""
+    components, beta and steps; its warm-up, lr and sigma by benchmarks/chain_select.py;
+    sampling_temperature by benchmarks/sgld_temperature.py (docs/calibration.md); mbc_clusters
+    and retrieval_k by benchmarks/peer_select.py. Every other value was set once, not searched."""
     seeds: tuple = (0, 1, 2)
     shots: int = 5
     adapt_steps: int = 25
