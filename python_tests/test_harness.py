@@ -408,3 +408,19 @@ def test_a_piece_whose_write_is_interrupted_changes_neither_the_file_nor_the_sta
         state.put("ranking/test/0/lift", {"scores": {}, "cpu_seconds": 1.0})
     assert "ranking/test/0/lift" not in state and list(state.keys()) == ["headroom"]
     assert path.read_bytes() == before
+
+
+def test_adapt_beta_widens_the_meta_test_prior_only(suite):
+    """LiftSettings.adapt_beta: the chain runs at its beta, the meta-test prior keeps the chain's
+    means, variances and weights and takes adapt_beta as its task spread; None keeps the
+    chain's beta; a non-positive value is refused."""
+    from dataclasses import replace
+    plain = hm.lift_prior(suite, 2, SETTINGS.lift, 0)
+    wide = hm.lift_prior(suite, 2, replace(SETTINGS.lift, adapt_beta=2.0), 0)
+    assert plain.beta == SETTINGS.lift.beta and wide.beta == 2.0
+    for name in ("means", "variances", "weights"):
+        assert torch.equal(getattr(plain, name), getattr(wide, name)), name
+    assert wide.log_prob(plain.means[0] + 1.0) > plain.log_prob(plain.means[0] + 1.0)  # a wider spread
+    for bad in (0.0, -1.0, "1"):
+        with pytest.raises(ValueError, match="adapt_beta must be a number > 0"):
+            replace(SETTINGS.lift, adapt_beta=bad)

@@ -65,7 +65,11 @@ class LiftSettings:
     MixtureHierarchy ``components`` K, ``sigma`` (spread of the component means around the
     initial adapter) and ``beta`` (spread of a task's adapter around its component's mean),
     both in adapter-weight units; the first ``warmup`` fraction of the steps with one
-    component; non-centred ``shift_lr``."""
+    component; non-centred ``shift_lr``. ``adapt_beta``: the task spread of the meta-test
+    prior a new task adapts under (None: the chain's ``beta``). The chain's beta ties the
+    meta-train tasks to their components and so sets how far the components follow their tasks
+    (m_k = v_k (mu0 / sigma^2 + S_k / beta^2), v_k = 1 / (1 / sigma^2 + n_k / beta^2));
+    adapt_beta sets how far a new task may move from its component."""
     steps: int
     tasks_per_step: int
     batch: int
@@ -76,6 +80,11 @@ class LiftSettings:
     beta: float
     warmup: float
     shift_lr: float
+    adapt_beta: Optional[float] = None
+
+    def __post_init__(self):
+        if self.adapt_beta is not None and not (isinstance(self.adapt_beta, (int, float)) and self.adapt_beta > 0):
+            raise ValueError(f"adapt_beta must be a number > 0 or None (the chain's beta), got {self.adapt_beta!r}")
 
 
 @dataclass(frozen=True)
@@ -127,8 +136,12 @@ def lift_chain(suite: BenchSuite, components: int, s: LiftSettings, seed: int) -
 
 
 def lift_prior(suite: BenchSuite, components: int, s: LiftSettings, seed: int) -> MixturePrior:
-    """The meta-test prior of lift_chain(suite, components, s, seed)."""
-    return lift_chain(suite, components, s, seed).meta_test_prior()
+    """The meta-test prior of lift_chain(suite, components, s, seed), its task spread
+    s.adapt_beta when that is set (else the chain's beta)."""
+    prior = lift_chain(suite, components, s, seed).meta_test_prior()
+    if s.adapt_beta is None:
+        return prior
+    return MixturePrior(prior.means, prior.variances, prior.weights, float(s.adapt_beta))
 
 
 def meta_train(method: str, suite: BenchSuite, s: MethodSettings, seed: int,

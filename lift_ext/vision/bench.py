@@ -57,7 +57,8 @@ class Settings:
 
     Chosen on the 9 meta-val tasks (seeds 0 and 1; benchmarks/vision_headroom.py --select,
     docs/benchmark.md "Vision suite" lists every value tried): adapt_lr, reset_head, LiFT's
-    components, beta and steps; its warm-up, lr and sigma by benchmarks/chain_select.py;
+    components, beta and steps; its warm-up, lr, sigma and (at adapt_beta 1.0, the meta-test
+    prior's spread, the beta chosen before) the chain's beta again by benchmarks/chain_select.py;
     sampling_temperature by benchmarks/sgld_temperature.py (docs/calibration.md); mbc_clusters
     and retrieval_k by benchmarks/peer_select.py. Every other value was set once, not searched."""
     seeds: tuple = (0, 1, 2)
@@ -70,7 +71,8 @@ class Settings:
     val_headroom: bool = False
     meta_lr: float = 1e-3
     lift: LiftSettings = LiftSettings(steps=150, tasks_per_step=4, batch=12, lr=1e-3, temperature=0.01,
-                                      components=24, sigma=0.1, beta=1.0, warmup=0.25, shift_lr=1e-3)
+                                      components=24, sigma=0.1, beta=0.1, warmup=0.25, shift_lr=1e-3,
+                                      adapt_beta=1.0)
     inner_steps: int = 5
     outer_lr: float = 0.5
     reset_head: bool = True
