@@ -42,7 +42,7 @@ def _changed(settings: bench.Settings) -> str:
     default = bench.Settings()
     keys = ("adapt_lr", "reset_head")
     out = [f"{k}={getattr(settings, k)}" for k in keys if getattr(settings, k) != getattr(default, k)]
-    out += [f"lift.{k}={getattr(settings.lift, k)}" for k in ("components", "beta", "steps", "warmup")
+    out += [f"lift.{k}={getattr(settings.lift, k)}" for k in ("components", "beta", "adapt_beta", "steps", "warmup")
             if getattr(settings.lift, k) != getattr(default.lift, k)]
     return ", ".join(out) or "the defaults"
 
@@ -57,11 +57,14 @@ def select(suite: bench.Suite, workers: int = 1) -> dict:
     """The staged meta-val sweep (seeds 0 and 1) the defaults were chosen by: adaptation lr
     by independent fine-tuning; whether a learned start's head is reset, by multitask; then
     LiFT's components K at beta 0.1, its beta at that K, then its chain length at that beta
-    (reported, not chosen: the longer chain costs 4x the CPU budget of a default run). The
-    chain's later stages (warm-up, lr) are benchmarks/chain_select.py runs at the settings this
-    sweep kept. ``workers``: the ranking's processes (the same values for any number).
+    (reported, not chosen: the longer chain costs 4x the CPU budget of a default run), with one
+    beta for the chain and the meta-test prior (adapt_beta None), as when it chose. The later
+    stages (warm-up, lr, sigma, and the chain's beta under the meta-test prior's adapt_beta 1.0)
+    are benchmarks/chain_select.py runs at the settings this sweep kept. ``workers``: the
+    ranking's processes (the same values for any number).
     Returns {setting: meta-val mean accuracy (%)}."""
-    base = dataclasses.replace(suite.settings, eval_split="val", seeds=(0, 1))
+    base = dataclasses.replace(suite.settings, eval_split="val", seeds=(0, 1),
+                               lift=dataclasses.replace(suite.settings.lift, adapt_beta=None))
     tried = {}
 
     def run(method, **changes):
