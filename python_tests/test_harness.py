@@ -421,6 +421,6 @@ def test_adapt_beta_widens_the_meta_test_prior_only(suite):
     for name in ("means", "variances", "weights"):
         assert torch.equal(getattr(plain, name), getattr(wide, name)), name
     assert wide.log_prob(plain.means[0] + 1.0) > plain.log_prob(plain.means[0] + 1.0)  # a wider spread
-    for bad in (0.0, -1.0, "1"):
+    for bad in (0.0, -1.0, "1", True, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="adapt_beta must be a number > 0"):
             replace(SETTINGS.lift, adapt_beta=bad)

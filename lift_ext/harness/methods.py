@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from tqdm.auto import tqdm
 
-from lift_ext import baselines
+from lift_ext import baselines, validate
 from lift_ext.calibration import METRICS
 from lift_ext.harness import peers as peer_training
 from lift_ext.harness.peers import PeerStarts
@@ -83,8 +83,12 @@ class LiftSettings:
     adapt_beta: Optional[float] = None
 
     def __post_init__(self):
-        if self.adapt_beta is not None and not (isinstance(self.adapt_beta, (int, float)) and self.adapt_beta > 0):
-            raise ValueError(f"adapt_beta must be a number > 0 or None (the chain's beta), got {self.adapt_beta!r}")
+        if self.adapt_beta is not None:
+            try:
+                validate.number("adapt_beta", self.adapt_beta)
+            except ValueError:
+                raise ValueError(f"adapt_beta must be a number > 0 (finite, float32) or None (the chain's beta), "
+                                 f"got {self.adapt_beta!r}") from None
 
 
 @dataclass(frozen=True)
@@ -139,9 +143,7 @@ def lift_prior(suite: BenchSuite, components: int, s: LiftSettings, seed: int) -
     """The meta-test prior of lift_chain(suite, components, s, seed), its task spread
     s.adapt_beta when that is set (else the chain's beta)."""
     prior = lift_chain(suite, components, s, seed).meta_test_prior()
-    if s.adapt_beta is None:
-        return prior
-    return MixturePrior(prior.means, prior.variances, prior.weights, float(s.adapt_beta))
+    return prior if s.adapt_beta is None else replace(prior, beta=float(s.adapt_beta))
 
 
 def meta_train(method: str, suite: BenchSuite, s: MethodSettings, seed: int,
